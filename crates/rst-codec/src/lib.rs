@@ -1,0 +1,1 @@
+//! Audio payload decoders (to be written).

@@ -1,0 +1,375 @@
+use std::io::Write as _;
+
+use crate::types::parse_decimal;
+use crate::{Direction, EncodeError, ParseError, PayloadType, Uuid, MAX_DATAGRAM_LEN};
+
+/// One rst datagram, borrowing from the bytes it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Inv(Inv<'a>),
+    Data(Data<'a>),
+    Bye(Bye<'a>),
+    Ack(Ack<'a>),
+}
+
+/// `INV :UUID:CALLER:CALLEE[:LOCAL_READ_PORT:LOCAL_WRITE_PORT][:key=value...]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inv<'a> {
+    pub uuid: Uuid<'a>,
+    /// May be empty when the sender does not know it.
+    pub caller: &'a str,
+    pub callee: &'a str,
+    /// Present in RTP mode: the sender's ports for R and W.
+    pub rtp_ports: Option<RtpPorts>,
+    /// Optional `key=value` fields after the standard ones (an rst extension that a
+    /// receiver implementing only the original table ignores).
+    pub extensions: Extensions<'a>,
+}
+
+/// `DATA:UUID:FLAG:PT:LENGTH:` followed by exactly LENGTH payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Data<'a> {
+    pub uuid: Uuid<'a>,
+    pub direction: Direction,
+    pub payload_type: PayloadType,
+    /// The codec payload, any bytes (`:` included), borrowed from the datagram.
+    pub payload: &'a [u8],
+}
+
+/// `BYE :UUID`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bye<'a> {
+    pub uuid: Uuid<'a>,
+}
+
+/// `ACK :UUID[:SERVER_READ_PORT:SERVER_WRITE_PORT]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack<'a> {
+    pub uuid: Uuid<'a>,
+    /// Present in RTP mode: the receiver's ports for R and W.
+    pub rtp_ports: Option<RtpPorts>,
+}
+
+/// A pair of UDP ports, one per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RtpPorts {
+    pub read: u16,
+    pub write: u16,
+}
+
+/// The `key=value` fields that may follow an INV's standard fields, kept as the
+/// validated wire text (`key=value:key=value`) so parsing allocates nothing.
+///
+/// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Extensions<'a>(&'a str);
+
+impl<'a> Extensions<'a> {
+    pub const NONE: Extensions<'static> = Extensions("");
+
+    /// Validates `text` as `key=value` fields joined by `:` (or empty).
+    pub fn parse(text: &'a str) -> Result<Self, ParseError> {
+        if !text.is_empty() {
+            for field in text.split(':') {
+                match field.split_once('=') {
+                    Some((key, _)) if !key.is_empty() => {}
+                    _ => {
+                        return Err(ParseError::BadExtension {
+                            field: field.to_owned(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Extensions(text))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let text = self.0;
+        text.split(':').filter_map(|field| field.split_once('='))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
+    pub fn l16_rate(&self) -> Option<u32> {
+        self.get("rate")?
+            .parse()
+            .ok()
+            .filter(|rate| (8000..=192_000).contains(rate))
+    }
+}
+
+const INV: &[u8; 5] = b"INV :";
+const DATA: &[u8; 5] = b"DATA:";
+const BYE: &[u8; 5] = b"BYE :";
+const ACK: &[u8; 5] = b"ACK :";
+
+impl<'a> Message<'a> {
+    /// Parses one datagram. Never panics, never allocates on success.
+    pub fn parse(datagram: &'a [u8]) -> Result<Self, ParseError> {
+        if datagram.len() > MAX_DATAGRAM_LEN {
+            return Err(ParseError::Oversize {
+                len: datagram.len(),
+                max: MAX_DATAGRAM_LEN,
+            });
+        }
+        let Some((command, rest)) = datagram.split_first_chunk::<5>() else {
+            return Err(ParseError::TooShort {
+                len: datagram.len(),
+            });
+        };
+        match command {
+            DATA => Data::parse_body(rest).map(Message::Data),
+            INV => Inv::parse_body(control_text("INV", rest)?).map(Message::Inv),
+            BYE => Bye::parse_body(control_text("BYE", rest)?).map(Message::Bye),
+            ACK => Ack::parse_body(control_text("ACK", rest)?).map(Message::Ack),
+            other => Err(ParseError::UnknownCommand {
+                command: String::from_utf8_lossy(&other[..4]).into_owned(),
+            }),
+        }
+    }
+
+    pub fn uuid(&self) -> Uuid<'a> {
+        match self {
+            Message::Inv(m) => m.uuid,
+            Message::Data(m) => m.uuid,
+            Message::Bye(m) => m.uuid,
+            Message::Ack(m) => m.uuid,
+        }
+    }
+
+    /// Appends the wire form of this message to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let start = out.len();
+        match self {
+            Message::Inv(inv) => inv.encode(out)?,
+            Message::Data(data) => {
+                Data::encode_header(
+                    data.uuid,
+                    data.direction,
+                    data.payload_type,
+                    data.payload.len(),
+                    out,
+                );
+                out.extend_from_slice(data.payload);
+            }
+            Message::Bye(bye) => {
+                out.extend_from_slice(BYE);
+                out.extend_from_slice(bye.uuid.as_str().as_bytes());
+            }
+            Message::Ack(ack) => {
+                out.extend_from_slice(ACK);
+                out.extend_from_slice(ack.uuid.as_str().as_bytes());
+                if let Some(ports) = ack.rtp_ports {
+                    ports.encode(out);
+                }
+            }
+        }
+        let len = out.len() - start;
+        if len > MAX_DATAGRAM_LEN {
+            out.truncate(start);
+            return Err(EncodeError::Oversize {
+                len,
+                max: MAX_DATAGRAM_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// The encoded message in a new buffer.
+    pub fn to_vec(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        self.encode(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl<'a> Inv<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        let missing = |field| ParseError::MissingField {
+            message: "INV",
+            field,
+        };
+        let mut fields = text.splitn(4, ':');
+        let uuid = Uuid::new(fields.next().ok_or(missing("uuid"))?)?;
+        let caller = fields.next().ok_or(missing("caller"))?;
+        let callee = fields.next().ok_or(missing("callee"))?;
+        let rest = fields.next().unwrap_or("");
+
+        // After the callee: either two ports (RTP mode) or straight to extensions.
+        let (rtp_ports, extensions) = match rest.split_once(':') {
+            _ if rest.is_empty() || first_field(rest).contains('=') => (None, rest),
+            Some((read, tail)) => {
+                let (write, extensions) = tail.split_once(':').unwrap_or((tail, ""));
+                (Some(RtpPorts::parse("INV", read, write)?), extensions)
+            }
+            None => return Err(missing("local_write_port")),
+        };
+        Ok(Inv {
+            uuid,
+            caller,
+            callee,
+            rtp_ports,
+            extensions: Extensions::parse(extensions)?,
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        for (field, value) in [("caller", self.caller), ("callee", self.callee)] {
+            if value.contains(':') {
+                return Err(EncodeError::FieldContainsColon { field });
+            }
+        }
+        out.extend_from_slice(INV);
+        out.extend_from_slice(self.uuid.as_str().as_bytes());
+        for value in [self.caller, self.callee] {
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+        }
+        if let Some(ports) = self.rtp_ports {
+            ports.encode(out);
+        }
+        if !self.extensions.is_empty() {
+            out.push(b':');
+            out.extend_from_slice(self.extensions.as_str().as_bytes());
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Data<'a> {
+    fn parse_body(body: &'a [u8]) -> Result<Self, ParseError> {
+        let missing = |field| ParseError::MissingField {
+            message: "DATA",
+            field,
+        };
+        let (uuid, rest) = split_field(body).ok_or(missing("uuid"))?;
+        let (flag, rest) = split_field(rest).ok_or(missing("flag"))?;
+        let (pt, rest) = split_field(rest).ok_or(missing("payload_type"))?;
+        let (length, payload) = split_field(rest).ok_or(missing("length"))?;
+
+        let uuid = Uuid::from_bytes(uuid)?;
+        let direction = Direction::from_flag(flag)?;
+        let payload_type = PayloadType::from_digits(pt)?;
+        let declared = parse_decimal(length, 5).ok_or_else(|| ParseError::BadLength {
+            length: String::from_utf8_lossy(length).into_owned(),
+        })? as usize;
+        if declared != payload.len() {
+            return Err(ParseError::LengthMismatch {
+                declared,
+                actual: payload.len(),
+            });
+        }
+        Ok(Data {
+            uuid,
+            direction,
+            payload_type,
+            payload,
+        })
+    }
+
+    /// Appends `DATA:UUID:FLAG:PT:LENGTH:` to `out`; the caller appends the
+    /// `payload_len` payload bytes. Lets a sender build datagrams in a reused buffer.
+    pub fn encode_header(
+        uuid: Uuid<'_>,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload_len: usize,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(DATA);
+        out.extend_from_slice(uuid.as_str().as_bytes());
+        out.push(b':');
+        out.push(direction.flag());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, ":{payload_type}:{payload_len}:");
+    }
+}
+
+impl<'a> Bye<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        if text.contains(':') {
+            return Err(ParseError::TrailingFields { message: "BYE" });
+        }
+        Ok(Bye {
+            uuid: Uuid::new(text)?,
+        })
+    }
+}
+
+impl<'a> Ack<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        let mut fields = text.split(':');
+        let uuid = Uuid::new(fields.next().unwrap_or(""))?;
+        let rtp_ports = match (fields.next(), fields.next()) {
+            (None, _) => None,
+            (Some(read), Some(write)) => Some(RtpPorts::parse("ACK", read, write)?),
+            (Some(_), None) => {
+                return Err(ParseError::MissingField {
+                    message: "ACK",
+                    field: "server_write_port",
+                })
+            }
+        };
+        if fields.next().is_some() {
+            return Err(ParseError::TrailingFields { message: "ACK" });
+        }
+        Ok(Ack { uuid, rtp_ports })
+    }
+}
+
+impl RtpPorts {
+    fn parse(message: &'static str, read: &str, write: &str) -> Result<Self, ParseError> {
+        let port = |text: &str| {
+            parse_decimal(text.as_bytes(), 5)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n != 0)
+                .ok_or_else(|| ParseError::BadPort {
+                    message,
+                    port: text.to_owned(),
+                })
+        };
+        Ok(RtpPorts {
+            read: port(read)?,
+            write: port(write)?,
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let _ = write!(out, ":{}:{}", self.read, self.write);
+    }
+}
+
+/// The header of a control message as text, without the trailing NUL or line
+/// end that C senders sometimes include.
+fn control_text<'a>(message: &'static str, body: &'a [u8]) -> Result<&'a str, ParseError> {
+    let end = body
+        .iter()
+        .rposition(|b| !matches!(b, b'\0' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    std::str::from_utf8(&body[..end]).map_err(|_| ParseError::NotUtf8 {
+        message,
+        field: "header",
+    })
+}
+
+fn first_field(text: &str) -> &str {
+    text.split(':').next().unwrap_or("")
+}
+
+/// Splits at the first `:`, returning the field and what follows the colon.
+fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = bytes.iter().position(|&b| b == b':')?;
+    Some((&bytes[..colon], &bytes[colon + 1..]))
+}
