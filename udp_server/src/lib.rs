@@ -1,1 +1,19 @@
+//! udp_server, the rst receiver: takes the INV/DATA/BYE datagrams that mod_rst
+//! and tap_daemon send and records each call into WAV files and a JSON record.
+//!
+//! The layers, inside out: [`calls`] (the call table, sans-IO), [`align`]
+//! (stereo alignment, sans-IO), [`record`] and [`files`] (one call's files),
+//! [`recorder`] (the thread that owns them) and [`server`] (the tokio shell).
 
+pub mod align;
+pub mod calls;
+pub mod config;
+pub mod files;
+pub mod metrics;
+pub mod record;
+pub mod recorder;
+pub mod server;
+
+pub use config::{Config, Settings};
+pub use metrics::Metrics;
+pub use server::{bind, run};

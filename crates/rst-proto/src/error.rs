@@ -51,6 +51,23 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// Every value [`ParseError::kind`] returns, for counters labelled by kind.
+    pub const KINDS: [&'static str; 13] = [
+        "too_short",
+        "oversize",
+        "unknown_command",
+        "missing_field",
+        "not_utf8",
+        "bad_uuid",
+        "bad_flag",
+        "bad_payload_type",
+        "bad_length",
+        "length_mismatch",
+        "bad_port",
+        "bad_extension",
+        "trailing_fields",
+    ];
+
     /// A short stable name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what rst needs to build and test on Debian/Ubuntu, only what is missing.
+# Safe to run again; used by scripts/run.sh, scripts/test.sh and CI.
+set -euo pipefail
+
+missing=()
+have_command() { command -v "$1" >/dev/null 2>&1; }
+have_file() { [ -e "$1" ]; }
+
+have_file /usr/include/bcg729/decoder.h || missing+=(libbcg729-dev)   # G.729 decoding
+have_file /usr/include/pcap.h || missing+=(libpcap-dev)               # tap_daemon capture
+if [ "${1:-}" = "--test" ]; then
+  have_command sox || missing+=(sox)                                  # checks WAV files and G.711
+  have_command sipp || missing+=(sip-tester)                          # real SIP/RTP peer
+  have_command tshark || missing+=(tshark)                            # cross-checks decoding
+  have_command tcpreplay || missing+=(tcpreplay)                      # replays captures
+  have_command ip || missing+=(iproute2)                              # namespaces for live tests
+fi
+have_command cc || missing+=(gcc)
+have_command pkg-config || missing+=(pkg-config)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; answer no without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | $sudo debconf-set-selections 2>/dev/null || true
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

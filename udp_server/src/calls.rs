@@ -1,0 +1,315 @@
+//! The call table: which calls exist, who sent them, when they were last heard
+//! from. Sans-IO: datagrams and the time come in, [`Output`]s go out through a
+//! callback; no sockets, files or clocks in here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use rst_proto::{Ack, Direction, Message, ParseError, PayloadType, Uuid};
+
+use crate::metrics::{Metrics, Refusal};
+use crate::record::EndReason;
+
+/// The receiver's own number for a call, unique for the life of the process
+/// (a UUID can be reused: `uuid_rst stop`, then start again).
+pub type CallId = u64;
+
+/// What the table asks the shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<'a> {
+    /// Send this ACK back to the datagram's sender.
+    Reply(Ack<'a>),
+    /// A new call: open its recording.
+    Start(CallStart),
+    /// An INV arrived for a call that DATA had already started: caller and callee are now known.
+    Identify {
+        call: CallId,
+        caller: &'a str,
+        callee: &'a str,
+    },
+    /// Audio for a call.
+    Audio {
+        call: CallId,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload: &'a [u8],
+    },
+    /// A malformed datagram that names one of this call's UUID.
+    Malformed { call: CallId },
+    /// The call is over: finish its recording.
+    End { call: CallId, reason: EndReason },
+}
+
+/// Everything known when a call starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStart {
+    pub call: CallId,
+    /// Validated by [`Uuid::new`]: safe in a file name.
+    pub uuid: String,
+    /// `None` when the call was started by DATA whose INV was lost.
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    pub sender: SocketAddr,
+    /// Sample rate of PT 10 audio for this call.
+    pub l16_rate: u32,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    last_heard: Instant,
+    has_inv: bool,
+}
+
+/// The limits the table enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_calls: usize,
+    pub allow: Vec<IpNet>,
+    pub default_l16_rate: u32,
+}
+
+/// Every call in progress, by UUID.
+#[derive(Debug)]
+pub struct CallTable {
+    calls: HashMap<Box<str>, Call>,
+    /// UUIDs ended recently, so that DATA straggling in after the BYE does not start
+    /// a one-frame call of its own. Forgotten after the idle timeout.
+    recently_ended: HashMap<Box<str>, Instant>,
+    next_id: CallId,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl CallTable {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+        CallTable {
+            calls: HashMap::new(),
+            recently_ended: HashMap::new(),
+            next_id: 1,
+            limits,
+            metrics,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Handles one datagram received at `now` from `from`.
+    pub fn handle<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        emit: &mut impl FnMut(Output<'a>),
+    ) {
+        self.metrics.datagrams.fetch_add(1, Relaxed);
+        if !self.allowed(from) {
+            self.metrics.refused(Refusal::NotAllowed);
+            tracing::debug!(%from, "datagram from a sender outside the allowed networks");
+            return;
+        }
+        let message = match Message::parse(datagram) {
+            Ok(message) => message,
+            Err(error) => return self.malformed(from, datagram, &error, emit),
+        };
+        self.metrics.message(&message);
+        match message {
+            Message::Inv(inv) => {
+                let uuid = inv.uuid;
+                if let Some(call) = self.calls.get_mut(uuid.as_str()) {
+                    call.last_heard = now;
+                    if !call.has_inv {
+                        call.has_inv = true;
+                        emit(Output::Identify {
+                            call: call.id,
+                            caller: inv.caller,
+                            callee: inv.callee,
+                        });
+                    }
+                } else {
+                    let l16_rate = inv
+                        .extensions
+                        .l16_rate()
+                        .unwrap_or(self.limits.default_l16_rate);
+                    let start = |call| CallStart {
+                        call,
+                        uuid: uuid.as_str().to_owned(),
+                        caller: Some(inv.caller.to_owned()),
+                        callee: Some(inv.callee.to_owned()),
+                        sender: from,
+                        l16_rate,
+                    };
+                    if !self.start(now, uuid, true, start, emit) {
+                        return;
+                    }
+                }
+                emit(Output::Reply(Ack {
+                    uuid,
+                    rtp_ports: None,
+                }));
+            }
+            Message::Data(data) => {
+                let uuid = data.uuid;
+                let id = match self.calls.get_mut(uuid.as_str()) {
+                    Some(call) => {
+                        call.last_heard = now;
+                        call.id
+                    }
+                    None if self.recently_ended.contains_key(uuid.as_str()) => {
+                        self.metrics.refused(Refusal::AfterEnd);
+                        return;
+                    }
+                    None => {
+                        let l16_rate = self.limits.default_l16_rate;
+                        let start = |call| CallStart {
+                            call,
+                            uuid: uuid.as_str().to_owned(),
+                            caller: None,
+                            callee: None,
+                            sender: from,
+                            l16_rate,
+                        };
+                        if !self.start(now, uuid, false, start, emit) {
+                            return;
+                        }
+                        self.next_id - 1
+                    }
+                };
+                self.metrics
+                    .audio_bytes
+                    .fetch_add(data.payload.len() as u64, Relaxed);
+                emit(Output::Audio {
+                    call: id,
+                    direction: data.direction,
+                    payload_type: data.payload_type,
+                    payload: data.payload,
+                });
+            }
+            Message::Bye(bye) => {
+                // A BYE for a call already ended (by timeout, or a retransmission)
+                // is still answered, or the sender would retransmit it in vain.
+                if let Some((uuid, call)) = self.calls.remove_entry(bye.uuid.as_str()) {
+                    self.end(now, uuid, call, EndReason::Bye, emit);
+                }
+                emit(Output::Reply(Ack {
+                    uuid: bye.uuid,
+                    rtp_ports: None,
+                }));
+            }
+            Message::Ack(_) => self.metrics.refused(Refusal::UnexpectedAck),
+        }
+    }
+
+    /// Ends the calls not heard from for the idle timeout, and forgets old ended UUIDs.
+    pub fn expire<'a>(&mut self, now: Instant, emit: &mut impl FnMut(Output<'a>)) {
+        let timeout = self.limits.idle_timeout;
+        let idle: Vec<Box<str>> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| now.saturating_duration_since(call.last_heard) >= timeout)
+            .map(|(uuid, _)| uuid.clone())
+            .collect();
+        for uuid in idle {
+            if let Some((uuid, call)) = self.calls.remove_entry(&uuid) {
+                self.end(now, uuid, call, EndReason::Timeout, emit);
+            }
+        }
+        self.recently_ended
+            .retain(|_, ended| now.saturating_duration_since(*ended) < timeout);
+    }
+
+    /// Ends every call (the receiver is shutting down).
+    pub fn end_all<'a>(
+        &mut self,
+        now: Instant,
+        reason: EndReason,
+        emit: &mut impl FnMut(Output<'a>),
+    ) {
+        for (uuid, call) in std::mem::take(&mut self.calls) {
+            self.end(now, uuid, call, reason, emit);
+        }
+    }
+
+    fn allowed(&self, from: SocketAddr) -> bool {
+        let ip = from.ip().to_canonical();
+        self.limits.allow.is_empty() || self.limits.allow.iter().any(|net| net.contains(&ip))
+    }
+
+    fn start<'a>(
+        &mut self,
+        now: Instant,
+        uuid: Uuid<'a>,
+        has_inv: bool,
+        start: impl FnOnce(CallId) -> CallStart,
+        emit: &mut impl FnMut(Output<'a>),
+    ) -> bool {
+        if self.calls.len() >= self.limits.max_calls {
+            self.metrics.refused(Refusal::MaxCalls);
+            tracing::debug!(%uuid, max_calls = self.limits.max_calls, "call refused: at max-calls");
+            return false;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.recently_ended.remove(uuid.as_str());
+        self.calls.insert(
+            uuid.as_str().into(),
+            Call {
+                id,
+                last_heard: now,
+                has_inv,
+            },
+        );
+        self.metrics.calls_started.fetch_add(1, Relaxed);
+        self.metrics.calls_active.fetch_add(1, Relaxed);
+        emit(Output::Start(start(id)));
+        true
+    }
+
+    fn end<'a>(
+        &mut self,
+        now: Instant,
+        uuid: Box<str>,
+        call: Call,
+        reason: EndReason,
+        emit: &mut impl FnMut(Output<'a>),
+    ) {
+        self.metrics.call_ended(reason);
+        emit(Output::End {
+            call: call.id,
+            reason,
+        });
+        tracing::debug!(uuid = &*uuid, ?reason, "call ended");
+        self.recently_ended.insert(uuid, now);
+    }
+
+    fn malformed<'a>(
+        &mut self,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        error: &ParseError,
+        emit: &mut impl FnMut(Output<'a>),
+    ) {
+        self.metrics.malformed(error);
+        tracing::debug!(%from, %error, "malformed datagram");
+        // Attribute it to its call when the UUID field is readable, so the
+        // call's record shows it.
+        let uuid = datagram
+            .get(5..)
+            .and_then(|rest| rest.split(|&b| b == b':').next())
+            .and_then(|field| std::str::from_utf8(field).ok());
+        if let Some(call) = uuid.and_then(|uuid| self.calls.get(uuid)) {
+            emit(Output::Malformed { call: call.id });
+        }
+    }
+}

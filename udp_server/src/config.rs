@@ -1,0 +1,215 @@
+//! Configuration: a TOML file plus command-line flags of the same names; flags win,
+//! and every setting has a default that works.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The receiver's settings, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// UDP address the rst datagrams arrive on.
+    pub listen: SocketAddr,
+    /// Folder the recordings go into (a subfolder per UTC day).
+    pub record_dir: PathBuf,
+    /// A call with no datagram for this long is ended as `timeout`.
+    pub idle_timeout: Duration,
+    /// Calls recorded at once; beyond it new calls are refused and counted.
+    pub max_calls: usize,
+    /// Optional HTTP address serving the counters in Prometheus text format.
+    pub metrics: Option<SocketAddr>,
+    /// How often the counters are logged.
+    pub stats_interval: Duration,
+    /// Also write each direction's bare payload (`UUID.R.raw`), as the original receiver did.
+    pub raw: bool,
+    /// Sender networks allowed; empty allows every sender.
+    pub allow: Vec<IpNet>,
+    /// Sample rate of PT 10 linear audio when the INV does not say (`rate=` extension).
+    pub l16_rate: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], rst_proto::DEFAULT_PORT)),
+            record_dir: PathBuf::from("./recordings"),
+            idle_timeout: Duration::from_secs(30),
+            max_calls: 10_000,
+            metrics: None,
+            stats_interval: Duration::from_secs(60),
+            raw: false,
+            allow: Vec::new(),
+            l16_rate: 8000,
+        }
+    }
+}
+
+/// Settings as given in a file or on the command line: everything optional, named
+/// alike in both (`record-dir` in TOML is `--record-dir` on the command line).
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address to receive rst datagrams on [default: 127.0.0.1:9527]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Folder for recordings [default: ./recordings]
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// Seconds without a datagram after which a call is ended [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Most calls recorded at once [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on this address [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Seconds between counter summaries in the log [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub stats_interval: Option<u64>,
+    /// Also write each direction's bare payload, as the original receiver did
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub raw: Option<bool>,
+    /// Sender network allowed to send (CIDR, repeatable) [default: any]
+    #[arg(long, value_name = "CIDR")]
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Sample rate of PT 10 linear audio when the INV does not say [default: 8000]
+    #[arg(long, value_name = "HZ")]
+    pub l16_rate: Option<u32>,
+}
+
+impl Settings {
+    /// Parses the TOML text of a configuration file.
+    pub fn parse(text: &str) -> anyhow::Result<Settings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Settings::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// `self` over `base`: every setting given here replaces the one in `base`.
+    pub fn over(self, base: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(base.listen),
+            record_dir: self.record_dir.or(base.record_dir),
+            idle_timeout: self.idle_timeout.or(base.idle_timeout),
+            max_calls: self.max_calls.or(base.max_calls),
+            metrics: self.metrics.or(base.metrics),
+            stats_interval: self.stats_interval.or(base.stats_interval),
+            raw: self.raw.or(base.raw),
+            allow: if self.allow.is_empty() {
+                base.allow
+            } else {
+                self.allow
+            },
+            l16_rate: self.l16_rate.or(base.l16_rate),
+        }
+    }
+
+    /// Fills what is not given with defaults and checks the values.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let default = Config::default();
+        let config = Config {
+            listen: self.listen.unwrap_or(default.listen),
+            record_dir: self.record_dir.unwrap_or(default.record_dir),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(default.idle_timeout, Duration::from_secs),
+            max_calls: self.max_calls.unwrap_or(default.max_calls),
+            metrics: self.metrics.or(default.metrics),
+            stats_interval: self
+                .stats_interval
+                .map_or(default.stats_interval, Duration::from_secs),
+            raw: self.raw.unwrap_or(default.raw),
+            allow: self.allow,
+            l16_rate: self.l16_rate.unwrap_or(default.l16_rate),
+        };
+        anyhow::ensure!(
+            !config.idle_timeout.is_zero(),
+            "idle-timeout must be at least 1 second"
+        );
+        anyhow::ensure!(config.max_calls > 0, "max-calls must be at least 1");
+        anyhow::ensure!(
+            !config.stats_interval.is_zero(),
+            "stats-interval must be at least 1 second"
+        );
+        anyhow::ensure!(
+            (8000..=192_000).contains(&config.l16_rate),
+            "l16-rate must be between 8000 and 192000"
+        );
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(
+            Settings::parse("").unwrap().resolve().unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn file_keys_are_the_flag_names() {
+        let file = Settings::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            record-dir = "/var/rec"
+            idle-timeout = 5
+            max-calls = 7
+            metrics = "127.0.0.1:9100"
+            stats-interval = 10
+            raw = true
+            allow = ["10.0.0.0/8", "::1/128"]
+            l16-rate = 16000
+            "#,
+        )
+        .unwrap();
+        let config = file.resolve().unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.record_dir, PathBuf::from("/var/rec"));
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_calls, 7);
+        assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(config.raw);
+        assert_eq!(config.allow.len(), 2);
+        assert_eq!(config.l16_rate, 16000);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Settings::parse("idle-timeout = 5\nmax-calls = 7").unwrap();
+        let flags = Settings {
+            idle_timeout: Some(9),
+            ..Settings::default()
+        };
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(9));
+        assert_eq!(config.max_calls, 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Settings::parse("idle_timeout = 5").is_err());
+        assert!(Settings::parse("allow = [\"10.0.0.0/33\"]").is_err());
+        assert!(Settings {
+            idle_timeout: Some(0),
+            ..Settings::default()
+        }
+        .resolve()
+        .is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! One call's recording: a mono WAV per direction, the stereo WAV, raw payload
+//! files for what cannot be decoded, and the JSON record that describes them.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use rst_codec::{Codec, Decoder};
+use rst_proto::{Direction, PayloadType};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::align::StereoAligner;
+use crate::calls::CallStart;
+use crate::files::{part_path, RawFile, WavFile};
+use crate::metrics::Metrics;
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// The sender said BYE.
+    Bye,
+    /// Nothing arrived for the idle timeout.
+    Timeout,
+    /// The receiver was stopped.
+    Shutdown,
+    /// Recording failed (a full disk, say) or the receiver died mid-call.
+    Error,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 4] = [
+        EndReason::Bye,
+        EndReason::Timeout,
+        EndReason::Shutdown,
+        EndReason::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::Bye => "bye",
+            EndReason::Timeout => "timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// The JSON record of a call, written beside its audio.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub uuid: String,
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    pub sender: String,
+    pub mode: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub end: Option<OffsetDateTime>,
+    pub end_reason: Option<EndReason>,
+    /// What went wrong, when `end_reason` is `error`.
+    pub error: Option<String>,
+    /// Malformed datagrams that named this call.
+    pub malformed: u64,
+    /// Per direction, `R` and `W`.
+    pub directions: BTreeMap<&'static str, DirectionRecord>,
+    /// Left R, right W, aligned by arrival time.
+    pub stereo: Option<PathBuf>,
+    /// This record's own path.
+    pub record: PathBuf,
+}
+
+/// What one direction of a call carried and where it went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DirectionRecord {
+    /// Codec names in the order they appeared (`PCMU`, `G722`, `raw`, ...).
+    pub codecs: Vec<String>,
+    pub payload_types: Vec<u8>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Samples written to this direction's WAV files.
+    pub samples: u64,
+    pub decode_errors: u64,
+    /// WAV files, one per sample rate the direction used, in order.
+    pub wav: Vec<PathBuf>,
+    /// Payloads kept as they came because they could not be decoded.
+    pub raw: Vec<RawRecord>,
+    /// The bare payload of every DATA, when the `raw` option is on.
+    pub bare: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawRecord {
+    pub payload_type: u8,
+    pub path: PathBuf,
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
+struct Lane {
+    direction: Direction,
+    payload_type: Option<PayloadType>,
+    decoder: Option<Decoder>,
+    wav: Option<WavFile>,
+    raw: Vec<(u8, RawFile)>,
+    bare: Option<RawFile>,
+    samples: Vec<i16>,
+}
+
+/// Options that apply to every recording.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub record_dir: PathBuf,
+    pub bare_payload: bool,
+}
+
+/// The files of one call being recorded.
+#[derive(Debug)]
+pub struct CallRecording {
+    record: CallRecord,
+    /// Path prefix of every file of the call: `<dir>/<day>/<uuid>`.
+    base: PathBuf,
+    started: Instant,
+    l16_rate: u32,
+    lanes: [Lane; 2],
+    stereo: Option<(StereoAligner, WavFile)>,
+    stereo_frames: Vec<i16>,
+    /// Once a write fails the call stops writing; what was written stays valid.
+    failed: bool,
+}
+
+impl CallRecording {
+    /// Creates the call's folder and its provisional record.
+    pub fn open(
+        start: &CallStart,
+        wall: OffsetDateTime,
+        now: Instant,
+        options: &RecordOptions,
+    ) -> io::Result<Self> {
+        let day = options.record_dir.join(format!(
+            "{:04}-{:02}-{:02}",
+            wall.year(),
+            u8::from(wall.month()),
+            wall.day()
+        ));
+        std::fs::create_dir_all(&day)?;
+        let base = unique_base(&day, &start.uuid);
+        let lane = |direction| Lane {
+            direction,
+            payload_type: None,
+            decoder: None,
+            wav: None,
+            raw: Vec::new(),
+            bare: None,
+            samples: Vec::new(),
+        };
+        let mut recording = CallRecording {
+            record: CallRecord {
+                uuid: start.uuid.clone(),
+                caller: start.caller.clone(),
+                callee: start.callee.clone(),
+                sender: start.sender.to_string(),
+                mode: "data",
+                start: wall,
+                end: None,
+                end_reason: None,
+                error: None,
+                malformed: 0,
+                directions: Direction::BOTH
+                    .iter()
+                    .map(|d| (d.as_str(), DirectionRecord::default()))
+                    .collect(),
+                stereo: None,
+                record: with_suffix(&base, "json"),
+            },
+            base,
+            started: now,
+            l16_rate: start.l16_rate,
+            lanes: [lane(Direction::Read), lane(Direction::Write)],
+            stereo: None,
+            stereo_frames: Vec::new(),
+            failed: false,
+        };
+        if options.bare_payload {
+            for lane in &mut recording.lanes {
+                let path =
+                    with_suffix(&recording.base, &format!("{}.raw", lane.direction.as_str()));
+                lane.bare = Some(RawFile::create(path.clone())?);
+                recording
+                    .record
+                    .directions
+                    .get_mut(lane.direction.as_str())
+                    .expect("both directions")
+                    .bare = Some(path);
+            }
+        }
+        recording.write_provisional_record()?;
+        Ok(recording)
+    }
+
+    pub fn record(&self) -> &CallRecord {
+        &self.record
+    }
+
+    /// Caller and callee learnt from an INV that came after the call's first DATA.
+    pub fn identify(&mut self, caller: &str, callee: &str) {
+        self.record.caller = Some(caller.to_owned());
+        self.record.callee = Some(callee.to_owned());
+        let result = self.write_provisional_record();
+        self.check(result, "update the record", None);
+    }
+
+    pub fn malformed(&mut self) {
+        self.record.malformed += 1;
+    }
+
+    /// Records one DATA payload that arrived at `now`.
+    pub fn audio(
+        &mut self,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload: &[u8],
+        now: Instant,
+        metrics: &Metrics,
+    ) {
+        let index = direction as usize;
+        let stats = self
+            .record
+            .directions
+            .get_mut(direction.as_str())
+            .expect("both directions");
+        stats.packets += 1;
+        stats.bytes += payload.len() as u64;
+        if self.failed {
+            return;
+        }
+        let result = self.write_audio(index, payload_type, payload, now, metrics);
+        self.check(result, "write audio", Some(metrics));
+    }
+
+    /// Pushes buffered audio and fresh headers to disk.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if self.failed {
+            return;
+        }
+        let mut result = Ok(());
+        for lane in &mut self.lanes {
+            result = result
+                .and(lane.wav.as_mut().map_or(Ok(()), WavFile::flush))
+                .and(lane.bare.as_mut().map_or(Ok(()), RawFile::flush));
+            for (_, raw) in &mut lane.raw {
+                result = result.and(raw.flush());
+            }
+        }
+        if let Some((_, wav)) = &mut self.stereo {
+            result = result.and(wav.flush());
+        }
+        self.check(result, "flush", Some(metrics));
+    }
+
+    /// Completes every file and writes the final record.
+    pub fn finish(
+        mut self,
+        reason: EndReason,
+        wall: OffsetDateTime,
+        metrics: &Metrics,
+    ) -> CallRecord {
+        if let Some((mut aligner, mut wav)) = self.stereo.take() {
+            self.stereo_frames.clear();
+            aligner.finish(&mut self.stereo_frames);
+            if !self.failed {
+                let result = wav.write(&self.stereo_frames);
+                self.check(result, "write the stereo file", Some(metrics));
+            }
+            let result = wav.finish();
+            self.check(result.map(drop), "complete the stereo file", Some(metrics));
+        }
+        for index in 0..2 {
+            let lane = &mut self.lanes[index];
+            let mut results = Vec::new();
+            if let Some(wav) = lane.wav.take() {
+                results.push(wav.finish().map(drop));
+            }
+            for (_, raw) in lane.raw.drain(..) {
+                results.push(raw.finish().map(drop));
+            }
+            if let Some(bare) = lane.bare.take() {
+                results.push(bare.finish().map(drop));
+            }
+            for result in results {
+                self.check(result, "complete a file", Some(metrics));
+            }
+        }
+        self.record.end = Some(wall);
+        self.record.end_reason = Some(if self.failed {
+            EndReason::Error
+        } else {
+            reason
+        });
+        let result = write_json(&self.record.record, &self.record)
+            .and_then(|()| std::fs::remove_file(part_path(&self.record.record)));
+        self.check(result, "write the record", Some(metrics));
+        self.record
+    }
+
+    fn write_audio(
+        &mut self,
+        index: usize,
+        payload_type: PayloadType,
+        payload: &[u8],
+        now: Instant,
+        metrics: &Metrics,
+    ) -> io::Result<()> {
+        let lane = &mut self.lanes[index];
+        let stats = self
+            .record
+            .directions
+            .get_mut(lane.direction.as_str())
+            .expect("both directions");
+        if let Some(bare) = &mut lane.bare {
+            bare.write(payload)?;
+        }
+        if lane.payload_type != Some(payload_type) {
+            let codec = Codec::for_payload_type(payload_type.number(), self.l16_rate);
+            lane.payload_type = Some(payload_type);
+            lane.decoder = Some(Decoder::new(codec));
+            if !stats.payload_types.contains(&payload_type.number()) {
+                stats.payload_types.push(payload_type.number());
+                stats.codecs.push(codec.name().to_owned());
+            }
+        }
+        let decoder = lane.decoder.as_mut().expect("set above");
+        let Some(rate) = decoder.codec().sample_rate() else {
+            return write_raw(
+                lane,
+                &self.base,
+                stats,
+                payload_type,
+                payload,
+                "no decoder for this payload type",
+            );
+        };
+        lane.samples.clear();
+        if decoder.decode(payload, &mut lane.samples).is_err() {
+            stats.decode_errors += 1;
+            metrics.decode_errors.fetch_add(1, Relaxed);
+            if lane.samples.is_empty() {
+                return write_raw(
+                    lane,
+                    &self.base,
+                    stats,
+                    payload_type,
+                    payload,
+                    "payload could not be decoded",
+                );
+            }
+        }
+        if lane.wav.as_ref().is_some_and(|wav| wav.rate() != rate) {
+            // A codec change to another sample rate starts a new segment file.
+            lane.wav.take().expect("checked").finish()?;
+        }
+        if lane.wav.is_none() {
+            let segment = stats.wav.len() + 1;
+            let suffix = match segment {
+                1 => format!("{}.wav", lane.direction.as_str()),
+                n => format!("{}.{n}.wav", lane.direction.as_str()),
+            };
+            let path = with_suffix(&self.base, &suffix);
+            lane.wav = Some(WavFile::create(path.clone(), 1, rate)?);
+            stats.wav.push(path);
+            write_json(&part_path(&self.record.record), &self.record)?;
+        }
+        let lane = &mut self.lanes[index];
+        lane.wav
+            .as_mut()
+            .expect("opened above")
+            .write(&lane.samples)?;
+        let written = lane.samples.len() as u64;
+        self.record
+            .directions
+            .get_mut(lane.direction.as_str())
+            .expect("both directions")
+            .samples += written;
+        metrics.samples_written.fetch_add(written, Relaxed);
+
+        if self.stereo.is_none() {
+            let path = with_suffix(&self.base, "stereo.wav");
+            self.stereo = Some((
+                StereoAligner::new(rate),
+                WavFile::create(path.clone(), 2, rate)?,
+            ));
+            self.record.stereo = Some(path);
+        }
+        let (aligner, wav) = self.stereo.as_mut().expect("opened above");
+        self.stereo_frames.clear();
+        aligner.push(
+            lane.direction,
+            &lane.samples,
+            rate,
+            now.saturating_duration_since(self.started),
+            &mut self.stereo_frames,
+        );
+        wav.write(&self.stereo_frames)
+    }
+
+    fn write_provisional_record(&self) -> io::Result<()> {
+        write_json(&part_path(&self.record.record), &self.record)
+    }
+
+    fn check(&mut self, result: io::Result<()>, what: &str, metrics: Option<&Metrics>) {
+        let Err(error) = result else { return };
+        if let Some(metrics) = metrics {
+            metrics.write_errors.fetch_add(1, Relaxed);
+        }
+        tracing::warn!(uuid = %self.record.uuid, base = %self.base.display(), %error, "cannot {what}; the call is marked failed, what was written is kept");
+        if !self.failed {
+            self.failed = true;
+            self.record.error = Some(format!("cannot {what}: {error}"));
+        }
+    }
+}
+
+fn write_raw(
+    lane: &mut Lane,
+    base: &Path,
+    stats: &mut DirectionRecord,
+    payload_type: PayloadType,
+    payload: &[u8],
+    reason: &'static str,
+) -> io::Result<()> {
+    let pt = payload_type.number();
+    let position = match lane.raw.iter().position(|(p, _)| *p == pt) {
+        Some(position) => position,
+        None => {
+            let path = with_suffix(base, &format!("{}.pt{pt:02}.raw", lane.direction.as_str()));
+            lane.raw.push((pt, RawFile::create(path.clone())?));
+            stats.raw.push(RawRecord {
+                payload_type: pt,
+                path,
+                reason,
+            });
+            lane.raw.len() - 1
+        }
+    };
+    lane.raw[position].1.write(payload)
+}
+
+/// `<uuid>`, or `<uuid>.2`, `<uuid>.3`... when a call with that UUID was already
+/// recorded that day (a stream stopped and started again on one channel).
+fn unique_base(day: &Path, uuid: &str) -> PathBuf {
+    let taken = |base: &Path| {
+        let record = with_suffix(base, "json");
+        record.exists() || part_path(&record).exists()
+    };
+    let mut base = day.join(uuid);
+    let mut n = 2;
+    while taken(&base) {
+        base = day.join(format!("{uuid}.{n}"));
+        n += 1;
+    }
+    base
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
+    let mut text = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    text.push(b'\n');
+    std::fs::write(path, text)
+}

@@ -1,0 +1,229 @@
+//! The recorder thread: owns every open recording and does all file I/O, so the
+//! receive loop never waits on the disk. Commands arrive in batches, one per
+//! burst of datagrams, with the payloads packed in one buffer.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use rst_proto::{Direction, PayloadType};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::calls::{CallId, CallStart};
+use crate::files::repair_wav;
+use crate::metrics::Metrics;
+use crate::record::{CallRecord, CallRecording, EndReason, RecordOptions};
+
+/// What the receive loop asks of the recorder.
+#[derive(Debug)]
+pub enum Command {
+    Start {
+        start: CallStart,
+        at: Instant,
+        wall: OffsetDateTime,
+    },
+    Identify {
+        call: CallId,
+        caller: String,
+        callee: String,
+    },
+    /// `payload` is a range of the batch's `bytes`.
+    Audio {
+        call: CallId,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload: Range<usize>,
+        at: Instant,
+    },
+    Malformed {
+        call: CallId,
+    },
+    End {
+        call: CallId,
+        reason: EndReason,
+        wall: OffsetDateTime,
+    },
+    /// Refresh headers and push buffers to disk (once a second).
+    Flush,
+}
+
+/// Commands from one wake-up of the receive loop.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    pub commands: Vec<Command>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+}
+
+/// Runs until the sending side of `batches` is dropped, then finishes whatever
+/// is still open as `shutdown`. `finished` gets the record of every ended call.
+pub fn run(
+    mut batches: mpsc::Receiver<Batch>,
+    options: RecordOptions,
+    metrics: Arc<Metrics>,
+    finished: impl Fn(&CallRecord),
+) {
+    let mut calls: HashMap<CallId, CallRecording> = HashMap::new();
+    while let Some(batch) = batches.blocking_recv() {
+        for command in batch.commands {
+            match command {
+                Command::Start { start, at, wall } => {
+                    match CallRecording::open(&start, wall, at, &options) {
+                        Ok(recording) => {
+                            tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
+                            calls.insert(start.call, recording);
+                        }
+                        Err(error) => {
+                            metrics.write_errors.fetch_add(1, Relaxed);
+                            tracing::error!(uuid = %start.uuid, dir = %options.record_dir.display(), %error, "cannot create the call's files; its audio is not recorded");
+                        }
+                    }
+                }
+                Command::Identify {
+                    call,
+                    caller,
+                    callee,
+                } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.identify(&caller, &callee);
+                    }
+                }
+                Command::Audio {
+                    call,
+                    direction,
+                    payload_type,
+                    payload,
+                    at,
+                } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.audio(
+                            direction,
+                            payload_type,
+                            &batch.bytes[payload],
+                            at,
+                            &metrics,
+                        );
+                    }
+                }
+                Command::Malformed { call } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.malformed();
+                    }
+                }
+                Command::End { call, reason, wall } => {
+                    if let Some(recording) = calls.remove(&call) {
+                        finish(recording, reason, wall, &metrics, &finished);
+                    }
+                }
+                Command::Flush => {
+                    for recording in calls.values_mut() {
+                        recording.flush(&metrics);
+                    }
+                }
+            }
+        }
+    }
+    let wall = OffsetDateTime::now_utc();
+    for (_, recording) in calls.drain() {
+        finish(recording, EndReason::Shutdown, wall, &metrics, &finished);
+    }
+}
+
+fn finish(
+    recording: CallRecording,
+    reason: EndReason,
+    wall: OffsetDateTime,
+    metrics: &Metrics,
+    finished: &impl Fn(&CallRecord),
+) {
+    let record = recording.finish(reason, wall, metrics);
+    tracing::info!(
+        uuid = %record.uuid,
+        reason = record.end_reason.map_or("?", EndReason::name),
+        record = %record.record.display(),
+        "call recorded"
+    );
+    finished(&record);
+}
+
+/// Completes the files a previous run left unfinished (`.part`), so that a crash
+/// of the receiver costs at most the audio it had not yet flushed. Returns how
+/// many files were recovered.
+pub fn recover(record_dir: &Path, metrics: &Metrics) -> usize {
+    let mut parts = Vec::new();
+    collect_parts(record_dir, 2, &mut parts);
+    // Audio first, so a record is completed only after its files are.
+    parts.sort_by_key(|path| path.to_string_lossy().ends_with(".json.part"));
+    let mut recovered = 0;
+    for part in parts {
+        let final_path = part.with_extension("");
+        let result = if part.to_string_lossy().ends_with(".wav.part") {
+            repair_wav(&part).map(drop)
+        } else if part.to_string_lossy().ends_with(".json.part") {
+            complete_record(&part)
+        } else {
+            Ok(())
+        };
+        match result.and_then(|()| std::fs::rename(&part, &final_path)) {
+            Ok(()) => {
+                recovered += 1;
+                metrics.recovered_files.fetch_add(1, Relaxed);
+                tracing::info!(path = %final_path.display(), "recovered a file left unfinished by an earlier run");
+            }
+            Err(error) => {
+                tracing::warn!(path = %part.display(), %error, "cannot recover a file left unfinished by an earlier run; left as it is");
+            }
+        }
+    }
+    recovered
+}
+
+fn collect_parts(dir: &Path, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() && depth > 0 => collect_parts(&path, depth - 1, out),
+            Ok(kind) if kind.is_file() && path.extension().is_some_and(|e| e == "part") => {
+                out.push(path)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Marks a provisional record as ended by the crash, at the time its files last changed.
+fn complete_record(part: &Path) -> std::io::Result<()> {
+    let text = std::fs::read(part)?;
+    let mut record: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let ended = std::fs::metadata(part)?
+        .modified()
+        .unwrap_or_else(|_| SystemTime::now());
+    let ended = OffsetDateTime::from(ended)
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok();
+    let fields = record
+        .as_object_mut()
+        .ok_or_else(|| std::io::Error::other("record is not an object"))?;
+    fields.insert("end".into(), ended.into());
+    fields.insert("end_reason".into(), "error".into());
+    fields.insert(
+        "error".into(),
+        "the receiver stopped before the call ended; files recovered at the next start".into(),
+    );
+    let mut text = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    std::fs::write(part, text)
+}

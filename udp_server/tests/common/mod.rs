@@ -1,0 +1,330 @@
+//! A real receiver on 127.0.0.1 in a background runtime, a sender that speaks the
+//! protocol over a real UDP socket, and readers for what lands on disk.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rst_proto::{Data, Direction, Extensions, Inv, Message, PayloadType, Uuid};
+use tokio_util::sync::CancellationToken;
+use udp_server::{Metrics, Settings};
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Receiver::with(Settings::default())
+    }
+
+    /// A receiver with `settings` over the test defaults (port 0, a fresh folder).
+    pub fn with(settings: Settings) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        Receiver::in_dir(settings, dir)
+    }
+
+    pub fn in_dir(settings: Settings, dir: tempfile::TempDir) -> Receiver {
+        let base = Settings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            record_dir: Some(dir.path().to_owned()),
+            ..Settings::default()
+        };
+        let config = settings.over(base).resolve().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = udp_server::bind(config.listen)?;
+                    addr_tx.send(socket.local_addr()?).unwrap();
+                    udp_server::run(socket, config, metrics, shutdown).await
+                })
+            })
+        };
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver did not start");
+        Receiver {
+            addr,
+            dir,
+            metrics,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the receiver the way SIGTERM does and waits until its files are complete.
+    pub fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+    }
+
+    /// Waits until `count` records exist, then returns them, sorted by path.
+    pub fn wait_records(&self, count: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let records = records_in(self.dir.path());
+            if records.len() >= count || std::time::Instant::now() > deadline {
+                assert_eq!(
+                    records.len(),
+                    count,
+                    "records in {}",
+                    self.dir.path().display()
+                );
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn counter(&self, line_start: &str) -> u64 {
+        metric(&self.metrics.render(), line_start)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The value of the first line of a Prometheus text that starts with `line_start`.
+pub fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|line| {
+            line.starts_with(line_start) && line.as_bytes().get(line_start.len()) == Some(&b' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start} in\n{text}"))
+}
+
+/// Every finished JSON record under `dir`, sorted by path.
+pub fn records_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut paths = files_in(dir, ".json");
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// Every file under `dir` (one level of day folders) whose name ends with `suffix`.
+pub fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_in(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+pub struct Sender {
+    pub socket: UdpSocket,
+    target: SocketAddr,
+    buffer: Vec<u8>,
+}
+
+impl Sender {
+    pub fn new(target: SocketAddr) -> Sender {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        Sender {
+            socket,
+            target,
+            buffer: Vec::new(),
+        }
+    }
+
+    pub fn send_raw(&self, datagram: &[u8]) {
+        self.socket.send_to(datagram, self.target).unwrap();
+    }
+
+    pub fn send(&mut self, message: Message<'_>) {
+        self.buffer.clear();
+        message.encode(&mut self.buffer).unwrap();
+        self.socket.send_to(&self.buffer, self.target).unwrap();
+    }
+
+    pub fn inv(&mut self, uuid: &str, caller: &str, callee: &str) {
+        self.inv_with(uuid, caller, callee, Extensions::NONE)
+    }
+
+    pub fn inv_with(&mut self, uuid: &str, caller: &str, callee: &str, extensions: Extensions<'_>) {
+        let uuid = Uuid::new(uuid).unwrap();
+        self.send(Message::Inv(Inv {
+            uuid,
+            caller,
+            callee,
+            rtp_ports: None,
+            extensions,
+        }));
+        self.expect_ack(uuid.as_str());
+    }
+
+    pub fn data(&mut self, uuid: &str, direction: Direction, pt: u8, payload: &[u8]) {
+        let uuid = Uuid::new(uuid).unwrap();
+        let payload_type = PayloadType::new(pt).unwrap();
+        self.send(Message::Data(Data {
+            uuid,
+            direction,
+            payload_type,
+            payload,
+        }));
+    }
+
+    pub fn bye(&mut self, uuid: &str) {
+        let uuid = Uuid::new(uuid).unwrap();
+        self.send(Message::Bye(rst_proto::Bye { uuid }));
+        self.expect_ack(uuid.as_str());
+    }
+
+    pub fn expect_ack(&self, uuid: &str) {
+        let reply = self
+            .receive()
+            .unwrap_or_else(|| panic!("no ACK for {uuid}"));
+        assert_eq!(reply, format!("ACK :{uuid}").into_bytes());
+    }
+
+    pub fn receive(&self) -> Option<Vec<u8>> {
+        let mut reply = [0u8; 2048];
+        match self.socket.recv_from(&mut reply) {
+            Ok((len, _)) => Some(reply[..len].to_vec()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// `seconds` of a sine at `frequency` Hz, amplitude `amplitude`, at `rate` Hz.
+pub fn tone(frequency: f64, amplitude: f64, rate: u32, seconds: f64) -> Vec<i16> {
+    let count = (f64::from(rate) * seconds).round() as usize;
+    (0..count)
+        .map(|n| {
+            (amplitude
+                * (2.0 * std::f64::consts::PI * frequency * n as f64 / f64::from(rate)).sin())
+            .round() as i16
+        })
+        .collect()
+}
+
+/// G.711 µ-law encoding (the classic Sun reference), to make test payloads.
+pub fn ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut pcm = i32::from(sample);
+    let mask = if pcm < 0 {
+        pcm = -pcm;
+        0x7F
+    } else {
+        0xFF
+    };
+    pcm = (pcm + BIAS).min(0x7FFF + BIAS).min(32635 + BIAS);
+    let segment = (0..8).find(|&s| pcm <= (0xFF << s)).unwrap_or(7);
+    let byte = ((segment << 4) | ((pcm >> (segment + 3)) & 0xF)) as u8;
+    byte ^ mask
+}
+
+/// G.711 A-law encoding (the classic Sun reference), to make test payloads.
+pub fn alaw(sample: i16) -> u8 {
+    let mut pcm = i32::from(sample) >> 3;
+    let mask = if pcm >= 0 {
+        0xD5
+    } else {
+        pcm = -pcm - 1;
+        0x55
+    };
+    let segment = (0..8)
+        .find(|&s| pcm <= (0x1F << s) | ((1 << s) - 1))
+        .unwrap_or(8);
+    let byte = if segment >= 8 {
+        0x7F
+    } else if segment < 2 {
+        ((segment << 4) | ((pcm >> 1) & 0xF)) as u8
+    } else {
+        ((segment << 4) | ((pcm >> segment) & 0xF)) as u8
+    };
+    byte ^ mask
+}
+
+/// The samples of a mono or stereo WAV, with its spec.
+pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = reader.spec();
+    (spec, reader.into_samples().map(Result::unwrap).collect())
+}
+
+/// `sox --i` must accept the file: the independent check that it is a valid WAV.
+pub fn assert_sox_accepts(path: &Path) {
+    let output = Command::new("sox")
+        .arg("--i")
+        .arg(path)
+        .output()
+        .expect("sox is installed (apt-get install sox)");
+    assert!(
+        output.status.success(),
+        "sox --i {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What sox makes of raw G.711 bytes: the independent decoder for expected samples.
+pub fn sox_decode(kind: &str, bytes: &[u8]) -> Vec<i16> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.raw");
+    let output = dir.path().join("out.raw");
+    std::fs::write(&input, bytes).unwrap();
+    let status = Command::new("sox")
+        .args(["-t", kind, "-r", "8000", "-c", "1"])
+        .arg(&input)
+        .args(["-t", "s16", "-r", "8000", "-c", "1"])
+        .arg(&output)
+        .status()
+        .expect("sox is installed");
+    assert!(status.success());
+    std::fs::read(&output)
+        .unwrap()
+        .chunks(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+pub fn uuid(n: u32) -> String {
+    format!("478525a8-8263-4550-b18c-{n:012x}")
+}
+
+pub fn path_of(record: &serde_json::Value, pointer: &str) -> PathBuf {
+    PathBuf::from(
+        record
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("{pointer} in {record}")),
+    )
+}

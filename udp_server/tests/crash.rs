@@ -1,0 +1,133 @@
+//! The receiver as a process: `kill -9` mid-call loses at most the last second,
+//! and the next start completes what was left.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rst_proto::Direction::{Read, Write};
+
+fn spawn_receiver(dir: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udp_server"))
+        .args(["--listen", "127.0.0.1:0", "--record-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(
+                    rest.split(' ')
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the receiver printed its address");
+    (child, addr)
+}
+
+#[test]
+fn kill_9_mid_call_leaves_valid_files_that_the_next_start_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_receiver(dir.path());
+    let mut sender = Sender::new(addr);
+    let id = uuid(1);
+    sender.inv(&id, "alice", "bob");
+    // 3 s of audio in real time, then the receiver dies without warning.
+    let started = Instant::now();
+    for i in 0..150u32 {
+        let due = started + Duration::from_millis(20 * u64::from(i + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        sender.data(&id, Read, 0, &[0xFF; 160]);
+        sender.data(&id, Write, 0, &[0x7F; 160]);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Before any repair the files are already valid, short of the last second.
+    let parts = files_in(dir.path(), ".wav.part");
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    for part in &parts {
+        let (spec, samples) = read_wav(part);
+        let per_second = spec.sample_rate as usize * spec.channels as usize;
+        assert!(
+            samples.len() >= 2 * per_second - 160 * spec.channels as usize,
+            "{}: {} samples",
+            part.display(),
+            samples.len()
+        );
+    }
+
+    let (mut child, _) = spawn_receiver(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !files_in(dir.path(), ".part").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    assert!(files_in(dir.path(), ".part").is_empty());
+    let records = records_in(dir.path());
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record["end_reason"], "error");
+    assert_eq!(record["caller"], "alice");
+    for dir in ["R", "W"] {
+        let path = path_of(record, &format!("/directions/{dir}/wav/0"));
+        assert_sox_accepts(&path);
+        let (_, samples) = read_wav(&path);
+        assert!(
+            samples.len() >= 2 * 8000,
+            "{dir}: {} samples",
+            samples.len()
+        );
+        assert!(samples.len() <= 150 * 160);
+        let expected = if dir == "R" { 0 } else { ulaw_decoded(0x7F) };
+        assert!(samples.iter().all(|&s| s == expected));
+    }
+    assert_sox_accepts(&path_of(record, "/stereo"));
+}
+
+#[test]
+fn sigterm_finishes_open_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_receiver(dir.path());
+    let mut sender = Sender::new(addr);
+    sender.inv(&uuid(2), "alice", "bob");
+    sender.data(&uuid(2), Read, 0, &[0xFF; 160]);
+    std::thread::sleep(Duration::from_millis(100));
+    sigterm(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let records = records_in(dir.path());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["end_reason"], "shutdown");
+    assert!(files_in(dir.path(), ".part").is_empty());
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn ulaw_decoded(byte: u8) -> i16 {
+    sox_decode("ul", &[byte])[0]
+}

@@ -1,0 +1,536 @@
+//! End to end over real UDP on 127.0.0.1: datagrams in, WAV files and JSON records
+//! read back from disk and checked sample by sample.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rst_proto::Direction::{Read, Write};
+use udp_server::Settings;
+
+/// Sends `frames` 20 ms frames of each direction, R and W interleaved.
+fn send_frames(sender: &mut Sender, uuid: &str, pt: u8, r: &[Vec<u8>], w: &[Vec<u8>]) {
+    for (read, write) in r.iter().zip(w) {
+        sender.data(uuid, Read, pt, read);
+        sender.data(uuid, Write, pt, write);
+    }
+}
+
+fn frames(bytes: &[u8], size: usize) -> Vec<Vec<u8>> {
+    bytes.chunks(size).map(<[u8]>::to_vec).collect()
+}
+
+#[test]
+fn a_tone_in_pcmu_pcma_and_l16_is_recorded_sample_for_sample() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let read_tone = tone(1000.0, 8000.0, 8000, 1.0);
+    let write_tone = tone(440.0, 12000.0, 8000, 1.0);
+
+    let cases: [(u8, &str); 3] = [(0, "ul"), (8, "al"), (10, "")];
+    for (n, (pt, sox_kind)) in cases.iter().enumerate() {
+        let id = uuid(n as u32);
+        let encode = |samples: &[i16]| -> Vec<u8> {
+            match pt {
+                0 => samples.iter().map(|&s| ulaw(s)).collect(),
+                8 => samples.iter().map(|&s| alaw(s)).collect(),
+                _ => samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            }
+        };
+        let (read_bytes, write_bytes) = (encode(&read_tone), encode(&write_tone));
+        let frame = if *pt == 10 { 320 } else { 160 };
+        sender.inv(&id, "18621575908", "02131570530");
+        send_frames(
+            &mut sender,
+            &id,
+            *pt,
+            &frames(&read_bytes, frame),
+            &frames(&write_bytes, frame),
+        );
+        sender.bye(&id);
+
+        let expected = |bytes: &[u8], samples: &[i16]| match pt {
+            10 => samples.to_vec(),
+            _ => sox_decode(sox_kind, bytes),
+        };
+        let record = receiver.wait_records(n + 1).pop().unwrap();
+        for (dir, bytes, samples) in [
+            ("R", &read_bytes, &read_tone),
+            ("W", &write_bytes, &write_tone),
+        ] {
+            let path = path_of(&record, &format!("/directions/{dir}/wav/0"));
+            assert_sox_accepts(&path);
+            let (spec, recorded) = read_wav(&path);
+            assert_eq!(
+                (spec.channels, spec.sample_rate, spec.bits_per_sample),
+                (1, 8000, 16)
+            );
+            assert_eq!(recorded, expected(bytes, samples), "PT {pt} {dir}");
+            assert_eq!(
+                record
+                    .pointer(&format!("/directions/{dir}/packets"))
+                    .unwrap(),
+                50
+            );
+            assert_eq!(
+                record.pointer(&format!("/directions/{dir}/bytes")).unwrap(),
+                bytes.len()
+            );
+            assert_eq!(
+                record
+                    .pointer(&format!("/directions/{dir}/samples"))
+                    .unwrap(),
+                8000
+            );
+        }
+        assert_eq!(record["uuid"], id);
+        assert_eq!(record["caller"], "18621575908");
+        assert_eq!(record["callee"], "02131570530");
+        assert_eq!(record["end_reason"], "bye");
+        assert_eq!(
+            record["sender"],
+            sender.socket.local_addr().unwrap().to_string()
+        );
+        let codec = ["PCMU", "PCMA", "L16"][n];
+        assert_eq!(record["directions"]["R"]["codecs"][0], codec);
+        let start = time::OffsetDateTime::parse(
+            record["start"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let end = time::OffsetDateTime::parse(
+            record["end"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(end >= start);
+
+        let stereo = path_of(&record, "/stereo");
+        assert_sox_accepts(&stereo);
+        let (spec, interleaved) = read_wav(&stereo);
+        assert_eq!(spec.channels, 2);
+        let left: Vec<i16> = interleaved.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = interleaved.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(left, expected(&read_bytes, &read_tone));
+        assert_eq!(right, expected(&write_bytes, &write_tone));
+    }
+    receiver.stop();
+    assert_eq!(receiver.counter("rst_calls_ended_total{reason=\"bye\"}"), 3);
+    assert!(files_in(receiver.dir.path(), ".part").is_empty());
+}
+
+/// The original Go receiver prefixed every frame with a 0x00 byte, a 50 Hz click
+/// in µ-law (0x00 decodes to -32124). Ours writes exactly the payload's audio.
+#[test]
+fn no_stray_byte_is_written_before_a_frame() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(7);
+    sender.inv(&id, "1", "2");
+    let silence = vec![0xFFu8; 160];
+    for _ in 0..10 {
+        sender.data(&id, Read, 0, &silence);
+    }
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    let (_, samples) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert_eq!(samples.len(), 1600);
+    assert!(
+        samples.iter().all(|&s| s == 0),
+        "a frame carried something besides its payload"
+    );
+    receiver.stop();
+}
+
+#[test]
+fn data_before_its_inv_starts_the_call_and_the_late_inv_names_it() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(8);
+    let payload = vec![0x55u8; 160];
+    sender.data(&id, Read, 8, &payload);
+    sender.data(&id, Write, 8, &payload);
+    std::thread::sleep(Duration::from_millis(100));
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 8, &payload);
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["caller"], "alice");
+    assert_eq!(record["callee"], "bob");
+    assert_eq!(record["directions"]["R"]["packets"], 2);
+    assert_eq!(record["directions"]["W"]["packets"], 1);
+    assert_eq!(receiver.counter("rst_calls_started_total"), 1);
+    receiver.stop();
+}
+
+#[test]
+fn data_with_no_inv_at_all_is_still_recorded() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(9);
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert!(record["caller"].is_null() && record["callee"].is_null());
+    assert_eq!(record["directions"]["R"]["samples"], 160);
+    receiver.stop();
+}
+
+#[test]
+fn a_repeated_inv_is_answered_again_and_changes_nothing() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(10);
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    sender.inv(&id, "mallory", "eve");
+    sender.bye(&id);
+    // The BYE of an ended call is answered too, so a retransmitting sender stops.
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["caller"], "alice");
+    assert_eq!(receiver.counter("rst_calls_started_total"), 1);
+    assert_eq!(receiver.counter("rst_acks_sent_total"), 4);
+    receiver.stop();
+}
+
+#[test]
+fn a_call_whose_bye_is_lost_ends_by_idle_timeout() {
+    let mut receiver = Receiver::with(Settings {
+        idle_timeout: Some(1),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(11);
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "timeout");
+    assert_eq!(record["directions"]["R"]["samples"], 160);
+    // A straggler after the end does not start a one-frame call of its own.
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"after_end\"}"),
+        1
+    );
+    assert_eq!(receiver.counter("rst_calls_started_total"), 1);
+    receiver.stop();
+}
+
+#[test]
+fn the_stereo_file_stays_aligned_when_one_direction_has_a_gap() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(12);
+    sender.inv(&id, "alice", "bob");
+    // 2 s in real time; W is silent (sends nothing) from 0.5 s to 1.5 s.
+    let started = std::time::Instant::now();
+    for i in 0..100u32 {
+        let due = started + Duration::from_millis(20 * u64::from(i + 1));
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        sender.data(&id, Read, 10, &[0x10, 0x00].repeat(160));
+        if !(25..75).contains(&i) {
+            sender.data(&id, Write, 10, &[0x20, 0x00].repeat(160));
+        }
+    }
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    let (_, interleaved) = read_wav(&path_of(&record, "/stereo"));
+    let right: Vec<i16> = interleaved.iter().skip(1).step_by(2).copied().collect();
+    let left: Vec<i16> = interleaved.iter().step_by(2).copied().collect();
+    // All of R, then at most the few samples W's arrival jitter adds at the end.
+    let r_end = left.iter().rposition(|&s| s == 0x10).unwrap() + 1;
+    assert_eq!(
+        left[..r_end].iter().filter(|&&s| s == 0x10).count(),
+        100 * 160,
+        "R has a gap"
+    );
+    assert!(
+        left[r_end..].iter().all(|&s| s == 0) && left.len() - r_end <= 800,
+        "{} samples after R's end",
+        left.len() - r_end
+    );
+    // The gap is silence of its length, give or take a few frames of scheduling jitter.
+    let silent = right.iter().filter(|&&s| s == 0).count();
+    assert!(
+        (7200..=8800).contains(&silent),
+        "{silent} samples of silence for a 1 s gap"
+    );
+    let resumed = right.iter().rposition(|&s| s == 0).unwrap() + 1;
+    assert!(
+        (11_600..=12_400).contains(&resumed),
+        "W resumed at sample {resumed}, sent at 12000"
+    );
+    assert_eq!(right.iter().filter(|&&s| s == 0x20).count(), 50 * 160);
+    receiver.stop();
+}
+
+#[test]
+fn uuids_that_are_path_tricks_make_no_file() {
+    let mut receiver = Receiver::start();
+    let sender = Sender::new(receiver.addr);
+    let tricks: [&[u8]; 7] = [
+        b"INV :../../etc/passwd:1:2",
+        b"INV :a/b:1:2",
+        b"INV :..:1:2",
+        b"INV :abc\0def:1:2",
+        b"INV :/tmp/x:1:2",
+        b"DATA:..%2f..:R:00:1:x",
+        b"INV :.hidden:1:2",
+    ];
+    for trick in tricks {
+        sender.send_raw(trick);
+    }
+    assert!(sender.receive().is_none(), "a path trick was answered");
+    assert_eq!(
+        receiver.counter("rst_malformed_total{kind=\"bad_uuid\"}"),
+        tricks.len() as u64
+    );
+    receiver.stop();
+    assert!(
+        std::fs::read_dir(receiver.dir.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "a file was made"
+    );
+}
+
+#[test]
+fn malformed_datagrams_are_counted_by_kind_and_harm_no_call() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(13);
+    sender.inv(&id, "alice", "bob");
+    let mut oversize = format!("DATA:{id}:R:00:20000:").into_bytes();
+    oversize.resize(oversize.len() + 20000, 0xFF);
+    let table: Vec<(Vec<u8>, &str)> = vec![
+        (b"".to_vec(), "too_short"),
+        (b"INV".to_vec(), "too_short"),
+        (b"HELLO:world".to_vec(), "unknown_command"),
+        (oversize, "oversize"),
+        (format!("DATA:{id}:X:00:1:a").into_bytes(), "bad_flag"),
+        (
+            format!("DATA:{id}:R:1a:1:a").into_bytes(),
+            "bad_payload_type",
+        ),
+        (
+            format!("DATA:{id}:R:200:1:a").into_bytes(),
+            "bad_payload_type",
+        ),
+        (format!("DATA:{id}:R:00:abc:a").into_bytes(), "bad_length"),
+        (
+            format!("DATA:{id}:R:00:5:abc").into_bytes(),
+            "length_mismatch",
+        ),
+        (
+            format!("DATA:{id}:R:00:1:abc").into_bytes(),
+            "length_mismatch",
+        ),
+        (format!("DATA:{id}:R:00").into_bytes(), "missing_field"),
+        (b"INV :\xff\xfe:1:2".to_vec(), "not_utf8"),
+        (format!("INV :{id}").into_bytes(), "missing_field"),
+        (format!("INV :{id}:1:2:0:5").into_bytes(), "bad_port"),
+        (format!("BYE :{id}:extra").into_bytes(), "trailing_fields"),
+    ];
+    for (datagram, _) in &table {
+        sender.send_raw(datagram);
+    }
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["directions"]["R"]["samples"], 160);
+    // The DATA ones that named the call are in its record.
+    assert_eq!(record["malformed"], 11);
+    let mut expected = std::collections::BTreeMap::new();
+    for (_, kind) in &table {
+        *expected.entry(*kind).or_insert(0u64) += 1;
+    }
+    for (kind, count) in expected {
+        assert_eq!(
+            receiver.counter(&format!("rst_malformed_total{{kind=\"{kind}\"}}")),
+            count,
+            "{kind}"
+        );
+    }
+    receiver.stop();
+}
+
+#[test]
+fn a_flood_of_inv_stops_at_max_calls() {
+    let mut receiver = Receiver::with(Settings {
+        max_calls: Some(3),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    for n in 0..3 {
+        sender.inv(&uuid(100 + n), "a", "b");
+    }
+    for n in 3..6 {
+        let line = format!("INV :{}:a:b", uuid(100 + n));
+        sender.send_raw(line.as_bytes());
+    }
+    assert!(
+        sender.receive().is_none(),
+        "a call over max-calls was accepted"
+    );
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"max_calls\"}"),
+        3
+    );
+    // Ending one makes room for another.
+    sender.bye(&uuid(100));
+    sender.inv(&uuid(200), "a", "b");
+    receiver.stop();
+    assert_eq!(receiver.wait_records(4).len(), 4);
+}
+
+#[test]
+fn senders_outside_the_allowed_networks_are_ignored() {
+    let mut receiver = Receiver::with(Settings {
+        allow: vec!["10.0.0.0/8".parse().unwrap()],
+        ..Settings::default()
+    });
+    let sender = Sender::new(receiver.addr);
+    sender.send_raw(format!("INV :{}:a:b", uuid(14)).as_bytes());
+    assert!(sender.receive().is_none());
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"not_allowed\"}"),
+        1
+    );
+    receiver.stop();
+    assert!(records_in(receiver.dir.path()).is_empty());
+}
+
+#[test]
+fn a_payload_type_change_mid_call_keeps_every_byte() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(15);
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 0, &[0xFFu8; 160]); // PCMU, 8 kHz
+    sender.data(&id, Read, 8, &[0xD5u8; 160]); // PCMA, 8 kHz: same file
+    sender.data(&id, Read, 4, &[0xAB; 24]); // G.723: kept raw
+    sender.data(&id, Read, 9, &[0xFF; 160]); // G.722, 16 kHz: a new segment
+    sender.data(&id, Read, 99, &[1, 2, 3]); // unknown: kept raw
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    let read = &record["directions"]["R"];
+    assert_eq!(
+        read["codecs"],
+        serde_json::json!(["PCMU", "PCMA", "raw", "G722", "raw"])
+    );
+    let (spec, first) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert_eq!((spec.sample_rate, first.len()), (8000, 320));
+    assert_eq!(&first[160..], &[8i16; 160][..]);
+    let (spec, second) = read_wav(&path_of(&record, "/directions/R/wav/1"));
+    assert_eq!((spec.sample_rate, second.len()), (16000, 320));
+    assert_sox_accepts(&path_of(&record, "/directions/R/wav/1"));
+    assert_eq!(
+        std::fs::read(path_of(&record, "/directions/R/raw/0/path")).unwrap(),
+        [0xAB; 24]
+    );
+    assert_eq!(read["raw"][0]["payload_type"], 4);
+    assert_eq!(
+        std::fs::read(path_of(&record, "/directions/R/raw/1/path")).unwrap(),
+        [1, 2, 3]
+    );
+    receiver.stop();
+}
+
+#[test]
+fn the_raw_option_writes_each_directions_bare_payload() {
+    let mut receiver = Receiver::with(Settings {
+        raw: Some(true),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(16);
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 0, &[1u8; 160]);
+    sender.data(&id, Read, 0, &[2u8; 160]);
+    sender.data(&id, Write, 0, &[3u8; 160]);
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    let mut expected = vec![1u8; 160];
+    expected.extend([2u8; 160]);
+    assert_eq!(
+        std::fs::read(path_of(&record, "/directions/R/bare")).unwrap(),
+        expected
+    );
+    assert_eq!(
+        std::fs::read(path_of(&record, "/directions/W/bare")).unwrap(),
+        [3u8; 160]
+    );
+    receiver.stop();
+}
+
+#[test]
+fn shutdown_finishes_every_open_call() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    for n in 0..3 {
+        sender.inv(&uuid(20 + n), "a", "b");
+        sender.data(&uuid(20 + n), Read, 0, &[0xFF; 160]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    receiver.stop();
+    let records = records_in(receiver.dir.path());
+    assert_eq!(records.len(), 3);
+    for record in records {
+        assert_eq!(record["end_reason"], "shutdown");
+        assert_sox_accepts(&path_of(&record, "/directions/R/wav/0"));
+    }
+    assert!(files_in(receiver.dir.path(), ".part").is_empty());
+}
+
+#[test]
+fn a_uuid_reused_after_its_call_ended_gets_new_files() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(30);
+    for round in 0..2u8 {
+        sender.inv(&id, "a", "b");
+        sender.data(&id, Read, 0, &[round; 160]);
+        sender.bye(&id);
+    }
+    let records = receiver.wait_records(2);
+    assert_ne!(records[0]["record"], records[1]["record"]);
+    assert_ne!(
+        path_of(&records[0], "/directions/R/wav/0"),
+        path_of(&records[1], "/directions/R/wav/0")
+    );
+    receiver.stop();
+}
+
+#[test]
+fn the_metrics_endpoint_serves_prometheus_text() {
+    use std::io::{Read as _, Write as _};
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let mut receiver = Receiver::with(Settings {
+        metrics: Some(addr),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    sender.inv(&uuid(40), "a", "b");
+    sender.send_raw(b"garbage");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200 OK"));
+    assert_eq!(metric(&response, "rst_messages_total{command=\"inv\"}"), 1);
+    assert_eq!(
+        metric(&response, "rst_malformed_total{kind=\"unknown_command\"}"),
+        1
+    );
+    assert_eq!(metric(&response, "rst_calls_active"), 1);
+    receiver.stop();
+}
