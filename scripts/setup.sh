@@ -13,6 +13,7 @@ if [ "${1:-}" = "--test" ]; then
   have_command sox || missing+=(sox)                                  # checks WAV files and G.711
   have_command sipp || missing+=(sip-tester)                          # real SIP/RTP peer
   have_command tshark || missing+=(tshark)                            # cross-checks decoding
+  have_command ffmpeg || missing+=(ffmpeg)                            # independent G.722/G.729 decoders
   have_command tcpreplay || missing+=(tcpreplay)                      # replays captures
   have_command ip || missing+=(iproute2)                              # namespaces for live tests
 fi
