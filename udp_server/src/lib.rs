@@ -9,6 +9,7 @@ pub mod align;
 pub mod calls;
 pub mod config;
 pub mod files;
+pub mod jitter;
 pub mod metrics;
 pub mod record;
 pub mod recorder;

@@ -16,10 +16,12 @@
 
 mod error;
 mod message;
+pub mod rtp;
 mod types;
 
 pub use error::{EncodeError, ParseError};
 pub use message::{Ack, Bye, Data, Extensions, Inv, Message, RtpPorts};
+pub use rtp::{RtpError, RtpPacket, TelephoneEvent};
 pub use types::{Direction, PayloadType, Uuid};
 
 /// Datagrams longer than this are refused as oversize. The largest legitimate

@@ -60,7 +60,9 @@ pub struct RtpPorts {
 /// The `key=value` fields that may follow an INV's standard fields, kept as the
 /// validated wire text (`key=value:key=value`) so parsing allocates nothing.
 ///
-/// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000).
+/// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000) and
+/// `ptNNN=NAME/RATE` (what a dynamic RTP payload type carries in RTP mode, as SDP's
+/// `a=rtpmap` says it: `pt101=telephone-event/8000`, `pt96=PCMU/8000`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Extensions<'a>(&'a str);
 
@@ -99,6 +101,15 @@ impl<'a> Extensions<'a> {
 
     pub fn get(&self, key: &str) -> Option<&'a str> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// What the sender declared payload type `pt` to be: its encoding name and clock rate.
+    pub fn payload_type(&self, pt: u8) -> Option<(&'a str, u32)> {
+        self.iter().find_map(|(key, value)| {
+            let number: u8 = key.strip_prefix("pt")?.parse().ok()?;
+            let (name, rate) = value.split_once('/')?;
+            (number == pt).then_some((name, rate.parse().ok()?))
+        })
     }
 
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
@@ -372,4 +383,19 @@ fn first_field(text: &str) -> &str {
 fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = bytes.iter().position(|&b| b == b':')?;
     Some((&bytes[..colon], &bytes[colon + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_payload_types_are_found() {
+        let extensions =
+            Extensions::parse("rate=16000:pt101=telephone-event/8000:pt96=PCMA/8000").unwrap();
+        assert_eq!(extensions.payload_type(101), Some(("telephone-event", 8000)));
+        assert_eq!(extensions.payload_type(96), Some(("PCMA", 8000)));
+        assert_eq!(extensions.payload_type(97), None);
+        assert_eq!(extensions.l16_rate(), Some(16000));
+    }
 }

@@ -1,0 +1,373 @@
+//! RTP reordering and timing for one direction of a call (sans-IO).
+//!
+//! [`JitterBuffer`] puts packets back in sequence order, drops duplicates and
+//! stragglers, and gives up on a missing packet once `depth` later ones wait
+//! behind it. [`Timeline`] turns RTP timestamps into media time since the call
+//! started, so a lost packet becomes silence of its length and both directions
+//! share one clock; SSRC changes and timestamp jumps re-anchor it instead of
+//! inserting hours of silence.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use rst_proto::RtpPacket;
+use serde::Serialize;
+
+/// A packet waiting in, or released from, the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub sequence: u64,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Per-direction RTP figures for the call's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RtpStats {
+    /// Packets the sequence numbers say were sent.
+    pub expected: u64,
+    pub received: u64,
+    /// Never arrived, or arrived after their place was given up on (`late`).
+    pub lost: u64,
+    /// Arrived after the buffer had moved past them; dropped.
+    pub late: u64,
+    pub duplicates: u64,
+    /// RFC 3550 interarrival jitter, in milliseconds.
+    pub jitter_ms: f64,
+    pub ssrc_changes: u64,
+    pub timestamp_jumps: u64,
+}
+
+#[derive(Debug)]
+pub struct JitterBuffer {
+    depth: usize,
+    held: BTreeMap<u64, Held>,
+    /// Released because the SSRC changed, waiting to be popped.
+    ready: VecDeque<Held>,
+    ssrc: Option<u32>,
+    /// Next sequence number to release; `None` before the first packet.
+    next: Option<u64>,
+    released_any: bool,
+    /// First and highest extended sequence number of the current SSRC.
+    first: u64,
+    highest: u64,
+    /// Expected packets of earlier SSRCs.
+    expected_before: u64,
+    recently_released: VecDeque<u64>,
+    /// Previous packet's arrival and timestamp, for the jitter estimate.
+    last_transit: Option<f64>,
+    jitter: f64,
+    jitter_clock: u32,
+    pub stats: RtpStats,
+}
+
+const RECENT: usize = 64;
+
+impl JitterBuffer {
+    /// `depth`: packets held behind a hole before it is declared lost.
+    pub fn new(depth: usize) -> Self {
+        JitterBuffer {
+            depth,
+            held: BTreeMap::new(),
+            ready: VecDeque::new(),
+            ssrc: None,
+            next: None,
+            released_any: false,
+            first: 0,
+            highest: 0,
+            expected_before: 0,
+            recently_released: VecDeque::with_capacity(RECENT),
+            last_transit: None,
+            jitter: 0.0,
+            jitter_clock: 8000,
+            stats: RtpStats::default(),
+        }
+    }
+
+    /// Takes a packet that arrived `arrival` after the call started; `clock` is
+    /// its payload type's RTP clock rate.
+    pub fn push(&mut self, packet: &RtpPacket<'_>, arrival: Duration, clock: u32) {
+        if self.ssrc.is_some_and(|ssrc| ssrc != packet.ssrc) {
+            self.stats.ssrc_changes += 1;
+            self.expected_before += self.highest - self.first + 1;
+            self.drain_into_ready();
+            self.next = None;
+            self.released_any = false;
+            self.last_transit = None;
+            self.recently_released.clear();
+        }
+        let sequence = match self.next {
+            None if self.held.is_empty() => {
+                self.ssrc = Some(packet.ssrc);
+                self.first = u64::from(packet.sequence) + (1 << 16);
+                self.highest = self.first;
+                self.first
+            }
+            _ => extend(self.highest, packet.sequence),
+        };
+        if self.next.is_some_and(|next| sequence < next) && self.released_any {
+            if self.recently_released.contains(&sequence) {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.late += 1;
+            }
+            return;
+        }
+        if self.held.contains_key(&sequence) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.received += 1;
+        self.first = self.first.min(sequence);
+        self.highest = self.highest.max(sequence);
+        self.next = Some(self.next.map_or(sequence, |next| next.min(sequence)));
+        self.update_jitter(packet.timestamp, arrival, clock);
+        self.held.insert(
+            sequence,
+            Held {
+                sequence,
+                timestamp: packet.timestamp,
+                ssrc: packet.ssrc,
+                payload_type: packet.payload_type,
+                payload: packet.payload.to_vec(),
+            },
+        );
+        self.update_expected();
+    }
+
+    /// The next packet in order, if it can be released now.
+    pub fn pop(&mut self) -> Option<Held> {
+        if let Some(held) = self.ready.pop_front() {
+            return Some(held);
+        }
+        let next = self.next?;
+        if let Some(held) = self.held.remove(&next) {
+            return Some(self.release(held));
+        }
+        if self.held.len() > self.depth {
+            let (&sequence, _) = self.held.first_key_value()?;
+            self.stats.lost += sequence - next;
+            let held = self.held.remove(&sequence)?;
+            return Some(self.release(held));
+        }
+        None
+    }
+
+    /// Releases everything still held, in order (the call is ending).
+    pub fn finish(&mut self) -> impl Iterator<Item = Held> + '_ {
+        self.drain_into_ready();
+        self.ready.drain(..)
+    }
+
+    fn release(&mut self, held: Held) -> Held {
+        self.next = Some(held.sequence + 1);
+        self.released_any = true;
+        if self.recently_released.len() == RECENT {
+            self.recently_released.pop_front();
+        }
+        self.recently_released.push_back(held.sequence);
+        held
+    }
+
+    fn drain_into_ready(&mut self) {
+        while let Some((sequence, held)) = self.held.pop_first() {
+            if let Some(next) = self.next {
+                self.stats.lost += sequence.saturating_sub(next);
+            }
+            self.next = Some(sequence + 1);
+            self.ready.push_back(held);
+        }
+    }
+
+    fn update_expected(&mut self) {
+        self.stats.expected = self.expected_before + (self.highest - self.first + 1);
+    }
+
+    /// RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units.
+    fn update_jitter(&mut self, timestamp: u32, arrival: Duration, clock: u32) {
+        self.jitter_clock = clock.max(1);
+        let transit = arrival.as_secs_f64() * f64::from(self.jitter_clock) - f64::from(timestamp);
+        if let Some(last) = self.last_transit {
+            let mut d = (transit - last).abs();
+            // A timestamp wrap between the two packets is not jitter.
+            if d > f64::from(u32::MAX / 2) {
+                d = (d - f64::from(u32::MAX) - 1.0).abs();
+            }
+            self.jitter += (d - self.jitter) / 16.0;
+            self.stats.jitter_ms = self.jitter * 1000.0 / f64::from(self.jitter_clock);
+        }
+        self.last_transit = Some(transit);
+    }
+}
+
+/// The 64-bit sequence number closest to `highest` whose low 16 bits are `sequence`.
+fn extend(highest: u64, sequence: u16) -> u64 {
+    let candidate = (highest & !0xFFFF) | u64::from(sequence);
+    [candidate.wrapping_sub(1 << 16), candidate, candidate + (1 << 16)]
+        .into_iter()
+        .filter(|&c| c >= 1 << 16)
+        .min_by_key(|&c| c.abs_diff(highest))
+        .unwrap_or(candidate)
+}
+
+/// How far a timestamp may move past what the sequence numbers explain before
+/// it is taken as a jump: one second per packet.
+const MAX_TIMESTAMP_STEP_PER_PACKET: Duration = Duration::from_secs(1);
+
+/// Media time of one direction's RTP timestamps.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    anchor: Option<Anchor>,
+}
+
+#[derive(Debug)]
+struct Anchor {
+    ssrc: u32,
+    clock: u32,
+    /// Extended timestamp and media time of the anchor packet.
+    timestamp: i64,
+    at: Duration,
+    last_timestamp: i64,
+    last_sequence: u64,
+}
+
+impl Timeline {
+    /// Media time of `packet`. `arrival` anchors a new stream; `end_of_audio` is
+    /// where this direction's audio so far ends, where a jump re-anchors.
+    /// Returns the time and whether the stream was re-anchored by a jump.
+    pub fn place(&mut self, packet: &Held, clock: u32, arrival: Duration, end_of_audio: Duration) -> (Duration, bool) {
+        let clock = clock.max(1);
+        let anchor = match &mut self.anchor {
+            Some(anchor) if anchor.ssrc == packet.ssrc && anchor.clock == clock => anchor,
+            _ => {
+                return (self.anchor_at(packet, clock, arrival.max(end_of_audio)), false);
+            }
+        };
+        let timestamp = extend_timestamp(anchor.last_timestamp, packet.timestamp);
+        let packets = packet.sequence.saturating_sub(anchor.last_sequence).max(1);
+        let step = timestamp - anchor.last_timestamp;
+        let max_step = MAX_TIMESTAMP_STEP_PER_PACKET.as_secs_f64() * f64::from(clock) * packets as f64;
+        if step < 0 || step as f64 > max_step {
+            return (self.anchor_at(packet, clock, end_of_audio), true);
+        }
+        anchor.last_timestamp = timestamp;
+        anchor.last_sequence = packet.sequence;
+        let offset = (timestamp - anchor.timestamp) as f64 / f64::from(clock);
+        (anchor.at + Duration::from_secs_f64(offset.max(0.0)), false)
+    }
+
+    fn anchor_at(&mut self, packet: &Held, clock: u32, at: Duration) -> Duration {
+        let timestamp = i64::from(packet.timestamp);
+        self.anchor = Some(Anchor {
+            ssrc: packet.ssrc,
+            clock,
+            timestamp,
+            at,
+            last_timestamp: timestamp,
+            last_sequence: packet.sequence,
+        });
+        at
+    }
+}
+
+fn extend_timestamp(last: i64, timestamp: u32) -> i64 {
+    let candidate = (last & !0xFFFF_FFFF) | i64::from(timestamp);
+    [candidate - (1 << 32), candidate, candidate + (1 << 32)]
+        .into_iter()
+        .min_by_key(|&c| c.abs_diff(last))
+        .unwrap_or(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(sequence: u16, timestamp: u32, ssrc: u32) -> (Vec<u8>, u16, u32, u32) {
+        (vec![sequence as u8], sequence, timestamp, ssrc)
+    }
+
+    fn push(buffer: &mut JitterBuffer, (payload, sequence, timestamp, ssrc): &(Vec<u8>, u16, u32, u32)) -> Vec<u16> {
+        let rtp = RtpPacket { marker: false, payload_type: 0, sequence: *sequence, timestamp: *timestamp, ssrc: *ssrc, payload };
+        buffer.push(&rtp, Duration::from_millis(u64::from(*timestamp) / 8), 8000);
+        std::iter::from_fn(|| buffer.pop()).map(|h| h.sequence as u16).collect()
+    }
+
+    #[test]
+    fn reorders_drops_duplicates_and_counts_loss() {
+        let mut buffer = JitterBuffer::new(3);
+        let mut released = Vec::new();
+        for seq in [10u16, 12, 11, 11, 13, 15, 16, 17, 18, 14] {
+            released.extend(push(&mut buffer, &packet(seq, u32::from(seq) * 160, 1)));
+        }
+        released.extend(buffer.finish().map(|h| h.sequence as u16));
+        // 14 came after 15..18 had pushed the buffer past it: late, and lost.
+        assert_eq!(released, [10, 11, 12, 13, 15, 16, 17, 18]);
+        let stats = &buffer.stats;
+        assert_eq!((stats.expected, stats.received, stats.lost, stats.late, stats.duplicates), (9, 8, 1, 1, 1));
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut buffer = JitterBuffer::new(3);
+        let mut released = Vec::new();
+        for seq in [65534u16, 65535, 1, 0, 2] {
+            released.extend(push(&mut buffer, &packet(seq, 0, 1)));
+        }
+        released.extend(buffer.finish().map(|h| h.sequence as u16));
+        assert_eq!(released, [65534, 65535, 0, 1, 2]);
+        assert_eq!(buffer.stats.lost, 0);
+        assert_eq!(buffer.stats.expected, 5);
+    }
+
+    #[test]
+    fn an_ssrc_change_flushes_and_starts_a_new_stream() {
+        let mut buffer = JitterBuffer::new(3);
+        let mut released = Vec::new();
+        for (seq, ssrc) in [(1u16, 7u32), (3, 7), (900, 8), (901, 8)] {
+            released.extend(push(&mut buffer, &packet(seq, 0, ssrc)));
+        }
+        released.extend(buffer.finish().map(|h| h.sequence as u16));
+        assert_eq!(released, [1, 3, 900, 901]);
+        assert_eq!(buffer.stats.ssrc_changes, 1);
+        assert_eq!(buffer.stats.expected, 5);
+        assert_eq!(buffer.stats.lost, 1);
+    }
+
+    fn held(sequence: u64, timestamp: u32, ssrc: u32) -> Held {
+        Held { sequence, timestamp, ssrc, payload_type: 0, payload: Vec::new() }
+    }
+
+    #[test]
+    fn the_timeline_follows_timestamps_and_reanchors_on_jumps() {
+        let ms = Duration::from_millis;
+        let mut timeline = Timeline::default();
+        assert_eq!(timeline.place(&held(1, 1000, 1), 8000, ms(40), ms(0)), (ms(40), false));
+        // A lost packet: the timestamp says where the next one goes.
+        assert_eq!(timeline.place(&held(3, 1320, 1), 8000, ms(85), ms(60)), (ms(80), false));
+        // A jump of an hour: continue where the audio ends.
+        assert_eq!(timeline.place(&held(4, 1320 + 8000 * 3600, 1), 8000, ms(100), ms(100)), (ms(100), true));
+        assert_eq!(timeline.place(&held(5, 1480 + 8000 * 3600, 1), 8000, ms(120), ms(120)), (ms(120), false));
+        // A new SSRC anchors at its arrival (or the end of the audio, if later).
+        assert_eq!(timeline.place(&held(9, 5, 2), 8000, ms(150), ms(140)), (ms(150), false));
+        // Timestamps wrap.
+        let mut timeline = Timeline::default();
+        timeline.place(&held(1, u32::MAX - 79, 1), 8000, ms(0), ms(0));
+        assert_eq!(timeline.place(&held(2, 80, 1), 8000, ms(20), ms(20)).0, ms(20));
+    }
+
+    #[test]
+    fn jitter_follows_rfc_3550() {
+        let mut buffer = JitterBuffer::new(3);
+        // Every packet 20 ms apart in timestamp, arrivals alternating 10 ms early and late.
+        for i in 0..200u32 {
+            let arrival = Duration::from_millis(u64::from(i * 20 + if i % 2 == 0 { 0 } else { 10 }));
+            let rtp = RtpPacket { marker: false, payload_type: 0, sequence: i as u16, timestamp: i * 160, ssrc: 1, payload: &[] };
+            buffer.push(&rtp, arrival, 8000);
+            while buffer.pop().is_some() {}
+        }
+        // |D| is 10 ms every packet, so J converges to 10 ms.
+        assert!((buffer.stats.jitter_ms - 10.0).abs() < 0.1, "{}", buffer.stats.jitter_ms);
+    }
+}
