@@ -84,7 +84,12 @@ impl StereoAligner {
         lane.cursor += resampled.len() as u64;
         self.scratch = resampled;
 
-        // Bound the wait for a quiet other direction.
+        self.bound_wait(own);
+        self.drain(out);
+    }
+
+    /// Gives a quiet other direction silence once `own` is far ahead of it.
+    fn bound_wait(&mut self, own: usize) {
         let max_wait = self.position(MAX_WAIT);
         let own_cursor = self.lanes[own].cursor;
         let other = &mut self.lanes[1 - own];
@@ -92,6 +97,40 @@ impl StereoAligner {
             pad(other, own_cursor - max_wait / 2 - other.cursor);
             other.resuming = true;
         }
+    }
+
+    /// Places `samples` (at `source_rate`) of `direction` at media time `at` since
+    /// the call started, as RTP timestamps say: a gap before it becomes silence.
+    /// Audio that overlaps what the direction already has is appended, not
+    /// dropped (clock drift between sender and receiver).
+    pub fn place(
+        &mut self,
+        direction: Direction,
+        samples: &[i16],
+        source_rate: u32,
+        at: Duration,
+        out: &mut Vec<i16>,
+    ) {
+        let own = lane_index(direction);
+        let position = self.position(at);
+        let mut resampled = std::mem::take(&mut self.scratch);
+        resampled.clear();
+        let lane = &mut self.lanes[own];
+        resample(
+            samples,
+            source_rate,
+            self.rate,
+            &mut lane.resample_phase,
+            &mut resampled,
+        );
+        if position > lane.cursor {
+            pad(lane, position - lane.cursor);
+        }
+        lane.resuming = false;
+        lane.pending.extend(&resampled);
+        lane.cursor += resampled.len() as u64;
+        self.scratch = resampled;
+        self.bound_wait(own);
         self.drain(out);
     }
 
@@ -240,6 +279,23 @@ mod tests {
         aligner.finish(&mut out);
         assert_eq!(out.len(), 2 * 50 * 160);
         assert!(out.chunks(2).all(|f| f == [1, 2]));
+    }
+
+    #[test]
+    fn placed_audio_lands_at_its_media_time() {
+        let mut aligner = StereoAligner::new(8000);
+        let mut out = Vec::new();
+        aligner.place(Direction::Read, &frame(1), 8000, MS * 0, &mut out);
+        aligner.place(Direction::Write, &frame(2), 8000, MS * 10, &mut out);
+        // R loses a packet: 20 ms of silence before the next.
+        aligner.place(Direction::Read, &frame(3), 8000, MS * 40, &mut out);
+        aligner.finish(&mut out);
+        let left: Vec<i16> = out.chunks(2).map(|f| f[0]).collect();
+        let right: Vec<i16> = out.chunks(2).map(|f| f[1]).collect();
+        assert_eq!(left.len(), 480);
+        assert!(left[..160].iter().all(|&s| s == 1) && left[160..320].iter().all(|&s| s == 0));
+        assert!(left[320..].iter().all(|&s| s == 3));
+        assert!(right[..80].iter().all(|&s| s == 0) && right[80..240].iter().all(|&s| s == 2));
     }
 
     #[test]

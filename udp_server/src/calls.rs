@@ -2,14 +2,15 @@
 //! from. Sans-IO: datagrams and the time come in, [`Output`]s go out through a
 //! callback; no sockets, files or clocks in here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use rst_proto::{Ack, Direction, Message, ParseError, PayloadType, Uuid};
+use rst_proto::{Ack, Direction, Message, ParseError, PayloadType, RtpPacket, RtpPorts, Uuid};
 
 use crate::metrics::{Metrics, Refusal};
 use crate::record::EndReason;
@@ -38,6 +39,15 @@ pub enum Output<'a> {
         payload_type: PayloadType,
         payload: &'a [u8],
     },
+    /// RTP mode: open the call's two receive ports. If that fails, call
+    /// [`CallTable::abort`] and do not send the ACK that follows.
+    OpenRtp { call: CallId, ports: RtpPorts },
+    /// An RTP packet for a call, from its sender.
+    Rtp {
+        call: CallId,
+        direction: Direction,
+        packet: RtpPacket<'a>,
+    },
     /// A malformed datagram that names one of this call's UUID.
     Malformed { call: CallId },
     /// The call is over: finish its recording.
@@ -56,6 +66,10 @@ pub struct CallStart {
     pub sender: SocketAddr,
     /// Sample rate of PT 10 audio for this call.
     pub l16_rate: u32,
+    /// RTP mode: the sender's ports, R and W.
+    pub sender_rtp_ports: Option<RtpPorts>,
+    /// The INV's `key=value` extensions (declared payload types, say).
+    pub extensions: String,
 }
 
 #[derive(Debug)]
@@ -63,6 +77,15 @@ struct Call {
     id: CallId,
     last_heard: Instant,
     has_inv: bool,
+    sender: SocketAddr,
+    rtp: Option<RtpBinding>,
+}
+
+/// Where a call's RTP comes from and goes to.
+#[derive(Debug, Clone, Copy)]
+struct RtpBinding {
+    server: RtpPorts,
+    sender: RtpPorts,
 }
 
 /// The limits the table enforces.
@@ -72,6 +95,7 @@ pub struct Limits {
     pub max_calls: usize,
     pub allow: Vec<IpNet>,
     pub default_l16_rate: u32,
+    pub rtp_ports: RangeInclusive<u16>,
 }
 
 /// Every call in progress, by UUID.
@@ -81,6 +105,9 @@ pub struct CallTable {
     /// UUIDs ended recently, so that DATA straggling in after the BYE does not start
     /// a one-frame call of its own. Forgotten after the idle timeout.
     recently_ended: HashMap<Box<str>, Instant>,
+    /// UUID of each call, by id, for the RTP sockets that know only the id.
+    uuids: HashMap<CallId, Box<str>>,
+    ports: PortPool,
     next_id: CallId,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -91,6 +118,8 @@ impl CallTable {
         CallTable {
             calls: HashMap::new(),
             recently_ended: HashMap::new(),
+            uuids: HashMap::new(),
+            ports: PortPool::new(limits.rtp_ports.clone()),
             next_id: 1,
             limits,
             metrics,
@@ -127,37 +156,50 @@ impl CallTable {
         match message {
             Message::Inv(inv) => {
                 let uuid = inv.uuid;
-                if let Some(call) = self.calls.get_mut(uuid.as_str()) {
-                    call.last_heard = now;
-                    if !call.has_inv {
-                        call.has_inv = true;
-                        emit(Output::Identify {
-                            call: call.id,
-                            caller: inv.caller,
-                            callee: inv.callee,
-                        });
+                let id = match self.calls.get_mut(uuid.as_str()) {
+                    Some(call) => {
+                        call.last_heard = now;
+                        if !call.has_inv {
+                            call.has_inv = true;
+                            emit(Output::Identify {
+                                call: call.id,
+                                caller: inv.caller,
+                                callee: inv.callee,
+                            });
+                        }
+                        call.id
                     }
-                } else {
-                    let l16_rate = inv
-                        .extensions
-                        .l16_rate()
-                        .unwrap_or(self.limits.default_l16_rate);
-                    let start = |call| CallStart {
-                        call,
-                        uuid: uuid.as_str().to_owned(),
-                        caller: Some(inv.caller.to_owned()),
-                        callee: Some(inv.callee.to_owned()),
-                        sender: from,
-                        l16_rate,
-                    };
-                    if !self.start(now, uuid, true, start, emit) {
-                        return;
+                    None => {
+                        let l16_rate = inv
+                            .extensions
+                            .l16_rate()
+                            .unwrap_or(self.limits.default_l16_rate);
+                        let start = |call| CallStart {
+                            call,
+                            uuid: uuid.as_str().to_owned(),
+                            caller: Some(inv.caller.to_owned()),
+                            callee: Some(inv.callee.to_owned()),
+                            sender: from,
+                            l16_rate,
+                            sender_rtp_ports: inv.rtp_ports,
+                            extensions: inv.extensions.as_str().to_owned(),
+                        };
+                        let Some(id) = self.start(now, uuid, from, true, start, emit) else {
+                            return;
+                        };
+                        id
                     }
-                }
-                emit(Output::Reply(Ack {
-                    uuid,
-                    rtp_ports: None,
-                }));
+                };
+                let rtp_ports = match inv.rtp_ports {
+                    Some(sender_ports) => {
+                        match self.bind_rtp(uuid.as_str(), id, sender_ports, emit) {
+                            Some(server) => Some(server),
+                            None => return,
+                        }
+                    }
+                    None => None,
+                };
+                emit(Output::Reply(Ack { uuid, rtp_ports }));
             }
             Message::Data(data) => {
                 let uuid = data.uuid;
@@ -179,11 +221,13 @@ impl CallTable {
                             callee: None,
                             sender: from,
                             l16_rate,
+                            sender_rtp_ports: None,
+                            extensions: String::new(),
                         };
-                        if !self.start(now, uuid, false, start, emit) {
+                        let Some(id) = self.start(now, uuid, from, false, start, emit) else {
                             return;
-                        }
-                        self.next_id - 1
+                        };
+                        id
                     }
                 };
                 self.metrics
@@ -250,14 +294,15 @@ impl CallTable {
         &mut self,
         now: Instant,
         uuid: Uuid<'a>,
+        sender: SocketAddr,
         has_inv: bool,
         start: impl FnOnce(CallId) -> CallStart,
         emit: &mut impl FnMut(Output<'a>),
-    ) -> bool {
+    ) -> Option<CallId> {
         if self.calls.len() >= self.limits.max_calls {
             self.metrics.refused(Refusal::MaxCalls);
             tracing::debug!(%uuid, max_calls = self.limits.max_calls, "call refused: at max-calls");
-            return false;
+            return None;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -268,12 +313,104 @@ impl CallTable {
                 id,
                 last_heard: now,
                 has_inv,
+                sender,
+                rtp: None,
             },
         );
+        self.uuids.insert(id, uuid.as_str().into());
         self.metrics.calls_started.fetch_add(1, Relaxed);
         self.metrics.calls_active.fetch_add(1, Relaxed);
         emit(Output::Start(start(id)));
-        true
+        Some(id)
+    }
+
+    /// The call's server ports, allocated on its first RTP-mode INV. `None` when
+    /// the port range is exhausted: the INV goes unanswered rather than half-answered.
+    fn bind_rtp<'a>(
+        &mut self,
+        uuid: &str,
+        id: CallId,
+        sender_ports: RtpPorts,
+        emit: &mut impl FnMut(Output<'a>),
+    ) -> Option<RtpPorts> {
+        let call = self.calls.get_mut(uuid)?;
+        if let Some(binding) = call.rtp {
+            return Some(binding.server);
+        }
+        let Some(server) = self.ports.take_pair() else {
+            self.metrics.refused(Refusal::NoPorts);
+            tracing::warn!(
+                %uuid,
+                range = ?self.limits.rtp_ports,
+                "no free RTP port pair: the INV is not answered; widen rtp-ports or lower max-calls"
+            );
+            return None;
+        };
+        call.rtp = Some(RtpBinding {
+            server,
+            sender: sender_ports,
+        });
+        emit(Output::OpenRtp {
+            call: id,
+            ports: server,
+        });
+        Some(server)
+    }
+
+    /// Handles an RTP packet that arrived on `call`'s port for `direction`.
+    pub fn handle_rtp<'a>(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        direction: Direction,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        emit: &mut impl FnMut(Output<'a>),
+    ) {
+        let Some(entry) = self
+            .uuids
+            .get(&call)
+            .and_then(|uuid| self.calls.get_mut(uuid))
+        else {
+            return;
+        };
+        let Some(binding) = entry.rtp else { return };
+        let expected_port = match direction {
+            Direction::Read => binding.sender.read,
+            Direction::Write => binding.sender.write,
+        };
+        if from.ip().to_canonical() != entry.sender.ip().to_canonical()
+            || from.port() != expected_port
+        {
+            self.metrics.refused(Refusal::WrongSource);
+            tracing::debug!(%from, "RTP from an address other than the call's sender");
+            return;
+        }
+        match RtpPacket::parse(datagram) {
+            Ok(packet) => {
+                entry.last_heard = now;
+                self.metrics.rtp_packets.fetch_add(1, Relaxed);
+                emit(Output::Rtp {
+                    call,
+                    direction,
+                    packet,
+                });
+            }
+            Err(error) => {
+                self.metrics.rtp_malformed.fetch_add(1, Relaxed);
+                tracing::debug!(%from, %error, "malformed RTP");
+                emit(Output::Malformed { call });
+            }
+        }
+    }
+
+    /// Ends a call whose RTP ports could not be opened.
+    pub fn abort<'a>(&mut self, now: Instant, call: CallId, emit: &mut impl FnMut(Output<'a>)) {
+        if let Some(uuid) = self.uuids.get(&call).cloned() {
+            if let Some((uuid, call)) = self.calls.remove_entry(&uuid) {
+                self.end(now, uuid, call, EndReason::Error, emit);
+            }
+        }
     }
 
     fn end<'a>(
@@ -285,6 +422,10 @@ impl CallTable {
         emit: &mut impl FnMut(Output<'a>),
     ) {
         self.metrics.call_ended(reason);
+        self.uuids.remove(&call.id);
+        if let Some(binding) = call.rtp {
+            self.ports.give_back(binding.server);
+        }
         emit(Output::End {
             call: call.id,
             reason,
@@ -311,5 +452,70 @@ impl CallTable {
         if let Some(call) = uuid.and_then(|uuid| self.calls.get(uuid)) {
             emit(Output::Malformed { call: call.id });
         }
+    }
+}
+
+/// The receiver's RTP ports. Handed out round-robin, so a port just released is
+/// the last to be reused and late packets of an old call miss the new one.
+#[derive(Debug)]
+struct PortPool {
+    free: BTreeSet<u16>,
+    cursor: u16,
+}
+
+impl PortPool {
+    fn new(range: RangeInclusive<u16>) -> Self {
+        let cursor = *range.start();
+        PortPool {
+            free: range.filter(|&port| port != 0).collect(),
+            cursor,
+        }
+    }
+
+    fn take_pair(&mut self) -> Option<RtpPorts> {
+        let read = self.take()?;
+        let Some(write) = self.take() else {
+            self.free.insert(read);
+            return None;
+        };
+        Some(RtpPorts { read, write })
+    }
+
+    fn take(&mut self) -> Option<u16> {
+        let port = self
+            .free
+            .range(self.cursor..)
+            .next()
+            .or_else(|| self.free.iter().next())
+            .copied()?;
+        self.free.remove(&port);
+        self.cursor = port.wrapping_add(1);
+        Some(port)
+    }
+
+    fn give_back(&mut self, ports: RtpPorts) {
+        self.free.insert(ports.read);
+        self.free.insert(ports.write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_go_round_robin_and_come_back() {
+        let mut pool = PortPool::new(40000..=40005);
+        let first = pool.take_pair().unwrap();
+        assert_eq!((first.read, first.write), (40000, 40001));
+        let second = pool.take_pair().unwrap();
+        pool.give_back(first);
+        let third = pool.take_pair().unwrap();
+        assert_eq!((third.read, third.write), (40004, 40005));
+        // Wraps to the ports given back; then the range is exhausted.
+        assert_eq!(pool.take_pair(), Some(first));
+        assert_eq!(pool.take_pair(), None);
+        pool.give_back(second);
+        assert_eq!(pool.take_pair(), Some(second));
     }
 }

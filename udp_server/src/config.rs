@@ -30,6 +30,42 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     /// Sample rate of PT 10 linear audio when the INV does not say (`rate=` extension).
     pub l16_rate: u32,
+    /// UDP ports handed out to RTP-mode calls, two per call.
+    pub rtp_ports: PortRange,
+    /// RTP packets held behind a missing one before it is declared lost.
+    pub jitter_packets: usize,
+    /// Optional TCP address of the metadata feed for recording consoles.
+    pub feed: Option<SocketAddr>,
+}
+
+/// An inclusive range of UDP ports, written `40000-59999`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange(pub std::ops::RangeInclusive<u16>);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a port range like 40000-59999");
+        let (low, high) = text.split_once('-').ok_or_else(bad)?;
+        let low: u16 = low.trim().parse().map_err(|_| bad())?;
+        let high: u16 = high.trim().parse().map_err(|_| bad())?;
+        if low == 0 || high < low.saturating_add(1) {
+            return Err(format!(
+                "{text:?}: the range needs at least two ports, none of them 0"
+            ));
+        }
+        Ok(PortRange(low..=high))
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
 }
 
 impl Default for Config {
@@ -44,6 +80,9 @@ impl Default for Config {
             raw: false,
             allow: Vec::new(),
             l16_rate: 8000,
+            rtp_ports: PortRange(40000..=59999),
+            jitter_packets: 5,
+            feed: None,
         }
     }
 }
@@ -81,6 +120,15 @@ pub struct Settings {
     /// Sample rate of PT 10 linear audio when the INV does not say [default: 8000]
     #[arg(long, value_name = "HZ")]
     pub l16_rate: Option<u32>,
+    /// UDP ports for RTP-mode calls, two per call [default: 40000-59999]
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub rtp_ports: Option<PortRange>,
+    /// RTP packets held behind a missing one before it counts as lost [default: 5]
+    #[arg(long, value_name = "N")]
+    pub jitter_packets: Option<usize>,
+    /// Serve the metadata feed (JSON lines) to TCP clients on this address [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub feed: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -112,6 +160,9 @@ impl Settings {
                 self.allow
             },
             l16_rate: self.l16_rate.or(base.l16_rate),
+            rtp_ports: self.rtp_ports.or(base.rtp_ports),
+            jitter_packets: self.jitter_packets.or(base.jitter_packets),
+            feed: self.feed.or(base.feed),
         }
     }
 
@@ -132,6 +183,9 @@ impl Settings {
             raw: self.raw.unwrap_or(default.raw),
             allow: self.allow,
             l16_rate: self.l16_rate.unwrap_or(default.l16_rate),
+            rtp_ports: self.rtp_ports.unwrap_or(default.rtp_ports),
+            jitter_packets: self.jitter_packets.unwrap_or(default.jitter_packets),
+            feed: self.feed.or(default.feed),
         };
         anyhow::ensure!(
             !config.idle_timeout.is_zero(),
@@ -175,6 +229,9 @@ mod tests {
             raw = true
             allow = ["10.0.0.0/8", "::1/128"]
             l16-rate = 16000
+            rtp-ports = "30000-30009"
+            jitter-packets = 3
+            feed = "127.0.0.1:9529"
             "#,
         )
         .unwrap();
@@ -187,6 +244,9 @@ mod tests {
         assert!(config.raw);
         assert_eq!(config.allow.len(), 2);
         assert_eq!(config.l16_rate, 16000);
+        assert_eq!(config.rtp_ports, PortRange(30000..=30009));
+        assert_eq!(config.jitter_packets, 3);
+        assert_eq!(config.feed, Some("127.0.0.1:9529".parse().unwrap()));
     }
 
     #[test]
@@ -205,6 +265,8 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Settings::parse("idle_timeout = 5").is_err());
         assert!(Settings::parse("allow = [\"10.0.0.0/33\"]").is_err());
+        assert!(Settings::parse("rtp-ports = \"5000\"").is_err());
+        assert!(Settings::parse("rtp-ports = \"5000-5000\"").is_err());
         assert!(Settings {
             idle_timeout: Some(0),
             ..Settings::default()

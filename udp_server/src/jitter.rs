@@ -205,11 +205,15 @@ impl JitterBuffer {
 /// The 64-bit sequence number closest to `highest` whose low 16 bits are `sequence`.
 fn extend(highest: u64, sequence: u16) -> u64 {
     let candidate = (highest & !0xFFFF) | u64::from(sequence);
-    [candidate.wrapping_sub(1 << 16), candidate, candidate + (1 << 16)]
-        .into_iter()
-        .filter(|&c| c >= 1 << 16)
-        .min_by_key(|&c| c.abs_diff(highest))
-        .unwrap_or(candidate)
+    [
+        candidate.wrapping_sub(1 << 16),
+        candidate,
+        candidate + (1 << 16),
+    ]
+    .into_iter()
+    .filter(|&c| c >= 1 << 16)
+    .min_by_key(|&c| c.abs_diff(highest))
+    .unwrap_or(candidate)
 }
 
 /// How far a timestamp may move past what the sequence numbers explain before
@@ -237,18 +241,28 @@ impl Timeline {
     /// Media time of `packet`. `arrival` anchors a new stream; `end_of_audio` is
     /// where this direction's audio so far ends, where a jump re-anchors.
     /// Returns the time and whether the stream was re-anchored by a jump.
-    pub fn place(&mut self, packet: &Held, clock: u32, arrival: Duration, end_of_audio: Duration) -> (Duration, bool) {
+    pub fn place(
+        &mut self,
+        packet: &Held,
+        clock: u32,
+        arrival: Duration,
+        end_of_audio: Duration,
+    ) -> (Duration, bool) {
         let clock = clock.max(1);
         let anchor = match &mut self.anchor {
             Some(anchor) if anchor.ssrc == packet.ssrc && anchor.clock == clock => anchor,
             _ => {
-                return (self.anchor_at(packet, clock, arrival.max(end_of_audio)), false);
+                return (
+                    self.anchor_at(packet, clock, arrival.max(end_of_audio)),
+                    false,
+                );
             }
         };
         let timestamp = extend_timestamp(anchor.last_timestamp, packet.timestamp);
         let packets = packet.sequence.saturating_sub(anchor.last_sequence).max(1);
         let step = timestamp - anchor.last_timestamp;
-        let max_step = MAX_TIMESTAMP_STEP_PER_PACKET.as_secs_f64() * f64::from(clock) * packets as f64;
+        let max_step =
+            MAX_TIMESTAMP_STEP_PER_PACKET.as_secs_f64() * f64::from(clock) * packets as f64;
         if step < 0 || step as f64 > max_step {
             return (self.anchor_at(packet, clock, end_of_audio), true);
         }
@@ -288,10 +302,22 @@ mod tests {
         (vec![sequence as u8], sequence, timestamp, ssrc)
     }
 
-    fn push(buffer: &mut JitterBuffer, (payload, sequence, timestamp, ssrc): &(Vec<u8>, u16, u32, u32)) -> Vec<u16> {
-        let rtp = RtpPacket { marker: false, payload_type: 0, sequence: *sequence, timestamp: *timestamp, ssrc: *ssrc, payload };
+    fn push(
+        buffer: &mut JitterBuffer,
+        (payload, sequence, timestamp, ssrc): &(Vec<u8>, u16, u32, u32),
+    ) -> Vec<u16> {
+        let rtp = RtpPacket {
+            marker: false,
+            payload_type: 0,
+            sequence: *sequence,
+            timestamp: *timestamp,
+            ssrc: *ssrc,
+            payload,
+        };
         buffer.push(&rtp, Duration::from_millis(u64::from(*timestamp) / 8), 8000);
-        std::iter::from_fn(|| buffer.pop()).map(|h| h.sequence as u16).collect()
+        std::iter::from_fn(|| buffer.pop())
+            .map(|h| h.sequence as u16)
+            .collect()
     }
 
     #[test]
@@ -305,7 +331,16 @@ mod tests {
         // 14 came after 15..18 had pushed the buffer past it: late, and lost.
         assert_eq!(released, [10, 11, 12, 13, 15, 16, 17, 18]);
         let stats = &buffer.stats;
-        assert_eq!((stats.expected, stats.received, stats.lost, stats.late, stats.duplicates), (9, 8, 1, 1, 1));
+        assert_eq!(
+            (
+                stats.expected,
+                stats.received,
+                stats.lost,
+                stats.late,
+                stats.duplicates
+            ),
+            (9, 8, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -336,25 +371,49 @@ mod tests {
     }
 
     fn held(sequence: u64, timestamp: u32, ssrc: u32) -> Held {
-        Held { sequence, timestamp, ssrc, payload_type: 0, payload: Vec::new() }
+        Held {
+            sequence,
+            timestamp,
+            ssrc,
+            payload_type: 0,
+            payload: Vec::new(),
+        }
     }
 
     #[test]
     fn the_timeline_follows_timestamps_and_reanchors_on_jumps() {
         let ms = Duration::from_millis;
         let mut timeline = Timeline::default();
-        assert_eq!(timeline.place(&held(1, 1000, 1), 8000, ms(40), ms(0)), (ms(40), false));
+        assert_eq!(
+            timeline.place(&held(1, 1000, 1), 8000, ms(40), ms(0)),
+            (ms(40), false)
+        );
         // A lost packet: the timestamp says where the next one goes.
-        assert_eq!(timeline.place(&held(3, 1320, 1), 8000, ms(85), ms(60)), (ms(80), false));
+        assert_eq!(
+            timeline.place(&held(3, 1320, 1), 8000, ms(85), ms(60)),
+            (ms(80), false)
+        );
         // A jump of an hour: continue where the audio ends.
-        assert_eq!(timeline.place(&held(4, 1320 + 8000 * 3600, 1), 8000, ms(100), ms(100)), (ms(100), true));
-        assert_eq!(timeline.place(&held(5, 1480 + 8000 * 3600, 1), 8000, ms(120), ms(120)), (ms(120), false));
+        assert_eq!(
+            timeline.place(&held(4, 1320 + 8000 * 3600, 1), 8000, ms(100), ms(100)),
+            (ms(100), true)
+        );
+        assert_eq!(
+            timeline.place(&held(5, 1480 + 8000 * 3600, 1), 8000, ms(120), ms(120)),
+            (ms(120), false)
+        );
         // A new SSRC anchors at its arrival (or the end of the audio, if later).
-        assert_eq!(timeline.place(&held(9, 5, 2), 8000, ms(150), ms(140)), (ms(150), false));
+        assert_eq!(
+            timeline.place(&held(9, 5, 2), 8000, ms(150), ms(140)),
+            (ms(150), false)
+        );
         // Timestamps wrap.
         let mut timeline = Timeline::default();
         timeline.place(&held(1, u32::MAX - 79, 1), 8000, ms(0), ms(0));
-        assert_eq!(timeline.place(&held(2, 80, 1), 8000, ms(20), ms(20)).0, ms(20));
+        assert_eq!(
+            timeline.place(&held(2, 80, 1), 8000, ms(20), ms(20)).0,
+            ms(20)
+        );
     }
 
     #[test]
@@ -362,12 +421,24 @@ mod tests {
         let mut buffer = JitterBuffer::new(3);
         // Every packet 20 ms apart in timestamp, arrivals alternating 10 ms early and late.
         for i in 0..200u32 {
-            let arrival = Duration::from_millis(u64::from(i * 20 + if i % 2 == 0 { 0 } else { 10 }));
-            let rtp = RtpPacket { marker: false, payload_type: 0, sequence: i as u16, timestamp: i * 160, ssrc: 1, payload: &[] };
+            let arrival =
+                Duration::from_millis(u64::from(i * 20 + if i % 2 == 0 { 0 } else { 10 }));
+            let rtp = RtpPacket {
+                marker: false,
+                payload_type: 0,
+                sequence: i as u16,
+                timestamp: i * 160,
+                ssrc: 1,
+                payload: &[],
+            };
             buffer.push(&rtp, arrival, 8000);
             while buffer.pop().is_some() {}
         }
         // |D| is 10 ms every packet, so J converges to 10 ms.
-        assert!((buffer.stats.jitter_ms - 10.0).abs() < 0.1, "{}", buffer.stats.jitter_ms);
+        assert!(
+            (buffer.stats.jitter_ms - 10.0).abs() < 0.1,
+            "{}",
+            buffer.stats.jitter_ms
+        );
     }
 }

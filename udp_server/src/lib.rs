@@ -8,6 +8,7 @@
 pub mod align;
 pub mod calls;
 pub mod config;
+pub mod feed;
 pub mod files;
 pub mod jitter;
 pub mod metrics;

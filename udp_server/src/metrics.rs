@@ -19,14 +19,20 @@ pub enum Refusal {
     AfterEnd,
     /// An ACK sent to the receiver, which only sends them.
     UnexpectedAck,
+    /// RTP mode: every port of the `rtp-ports` range is in use.
+    NoPorts,
+    /// RTP from an address other than the call's sender and its announced port.
+    WrongSource,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 6] = [
         Refusal::NotAllowed,
         Refusal::MaxCalls,
         Refusal::AfterEnd,
         Refusal::UnexpectedAck,
+        Refusal::NoPorts,
+        Refusal::WrongSource,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +41,8 @@ impl Refusal {
             Refusal::MaxCalls => "max_calls",
             Refusal::AfterEnd => "after_end",
             Refusal::UnexpectedAck => "unexpected_ack",
+            Refusal::NoPorts => "no_ports",
+            Refusal::WrongSource => "wrong_source",
         }
     }
 }
@@ -61,6 +69,11 @@ pub struct Metrics {
     /// Leftover `.part` files from an earlier run repaired at start-up.
     pub recovered_files: AtomicU64,
     pub acks_sent: AtomicU64,
+    pub rtp_packets: AtomicU64,
+    /// RTP datagrams that are not valid RTP.
+    pub rtp_malformed: AtomicU64,
+    /// RTP port pairs that could not be bound (taken by another program).
+    pub rtp_open_failures: AtomicU64,
     pub send_errors: AtomicU64,
 }
 
@@ -109,107 +122,120 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let plain = |counter: &AtomicU64| vec![(String::new(), counter.load(Relaxed))];
-        let labelled = |label: &str, names: &[&str], counters: &[AtomicU64]| {
+        let mut family =
+            |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, value) in rows {
+                    let _ = writeln!(out, "{name}{labels} {value}");
+                }
+            };
+        let rows = |names: &[&str], label: &str, counters: &[AtomicU64]| -> Vec<(String, u64)> {
             names
                 .iter()
                 .zip(counters)
                 .map(|(name, c)| (format!("{{{label}=\"{name}\"}}"), c.load(Relaxed)))
-                .collect::<Vec<_>>()
+                .collect()
         };
-        metric(
-            "rst_datagrams_total",
-            "counter",
-            "Datagrams received.",
-            &plain(&self.datagrams),
-        );
-        metric(
-            "rst_messages_total",
-            "counter",
-            "Well-formed messages received, by command.",
-            &labelled("command", &COMMANDS, &self.messages),
-        );
-        metric(
-            "rst_malformed_total",
-            "counter",
-            "Datagrams refused as malformed, by kind.",
-            &labelled("kind", &ParseError::KINDS, &self.malformed),
-        );
         let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.name()).collect();
-        metric(
-            "rst_refused_total",
-            "counter",
-            "Well-formed messages not recorded, by reason.",
-            &labelled("reason", &refusals, &self.refused),
-        );
-        metric(
-            "rst_calls_started_total",
-            "counter",
-            "Calls started.",
-            &plain(&self.calls_started),
-        );
+        let reasons: Vec<&str> = EndReason::ALL.iter().map(|r| r.name()).collect();
+        let labelled_families: [(&str, &str, Vec<(String, u64)>); 4] = [
+            (
+                "rst_messages_total",
+                "Well-formed messages received, by command.",
+                rows(&COMMANDS, "command", &self.messages),
+            ),
+            (
+                "rst_malformed_total",
+                "Datagrams refused as malformed, by kind.",
+                rows(&ParseError::KINDS, "kind", &self.malformed),
+            ),
+            (
+                "rst_refused_total",
+                "Well-formed messages not recorded, by reason.",
+                rows(&refusals, "reason", &self.refused),
+            ),
+            (
+                "rst_calls_ended_total",
+                "Calls ended, by reason.",
+                rows(&reasons, "reason", &self.calls_ended),
+            ),
+        ];
+        for (name, help, rows) in labelled_families {
+            family(name, "counter", help, &mut rows.into_iter());
+        }
         let active = self.calls_active.load(Relaxed).max(0) as u64;
-        metric(
+        family(
             "rst_calls_active",
             "gauge",
             "Calls being recorded.",
-            &[(String::new(), active)],
+            &mut std::iter::once((String::new(), active)),
         );
-        let reasons: Vec<&str> = EndReason::ALL.iter().map(|r| r.name()).collect();
-        metric(
-            "rst_calls_ended_total",
-            "counter",
-            "Calls ended, by reason.",
-            &labelled("reason", &reasons, &self.calls_ended),
-        );
-        metric(
-            "rst_audio_bytes_total",
-            "counter",
-            "Payload bytes received in DATA.",
-            &plain(&self.audio_bytes),
-        );
-        metric(
-            "rst_samples_written_total",
-            "counter",
-            "Mono samples written to WAV files.",
-            &plain(&self.samples_written),
-        );
-        metric(
-            "rst_decode_errors_total",
-            "counter",
-            "Payloads that could not be fully decoded.",
-            &plain(&self.decode_errors),
-        );
-        metric(
-            "rst_write_errors_total",
-            "counter",
-            "Failed writes of recording files.",
-            &plain(&self.write_errors),
-        );
-        metric(
-            "rst_recovered_files_total",
-            "counter",
-            "Unfinished files repaired at start-up.",
-            &plain(&self.recovered_files),
-        );
-        metric(
-            "rst_acks_sent_total",
-            "counter",
-            "ACKs sent.",
-            &plain(&self.acks_sent),
-        );
-        metric(
-            "rst_send_errors_total",
-            "counter",
-            "Failed sends of ACKs.",
-            &plain(&self.send_errors),
-        );
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "rst_datagrams_total",
+                "Datagrams received on the rst port.",
+                &self.datagrams,
+            ),
+            (
+                "rst_calls_started_total",
+                "Calls started.",
+                &self.calls_started,
+            ),
+            (
+                "rst_audio_bytes_total",
+                "Payload bytes received in DATA.",
+                &self.audio_bytes,
+            ),
+            (
+                "rst_samples_written_total",
+                "Mono samples written to WAV files.",
+                &self.samples_written,
+            ),
+            (
+                "rst_decode_errors_total",
+                "Payloads that could not be fully decoded.",
+                &self.decode_errors,
+            ),
+            (
+                "rst_write_errors_total",
+                "Failed writes of recording files.",
+                &self.write_errors,
+            ),
+            (
+                "rst_recovered_files_total",
+                "Unfinished files repaired at start-up.",
+                &self.recovered_files,
+            ),
+            ("rst_acks_sent_total", "ACKs sent.", &self.acks_sent),
+            (
+                "rst_send_errors_total",
+                "Failed sends of ACKs.",
+                &self.send_errors,
+            ),
+            (
+                "rst_rtp_packets_total",
+                "RTP packets accepted (RTP mode).",
+                &self.rtp_packets,
+            ),
+            (
+                "rst_rtp_malformed_total",
+                "RTP datagrams that are not valid RTP.",
+                &self.rtp_malformed,
+            ),
+            (
+                "rst_rtp_open_failures_total",
+                "RTP port pairs that could not be bound.",
+                &self.rtp_open_failures,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            family(
+                name,
+                "counter",
+                help,
+                &mut std::iter::once((String::new(), counter.load(Relaxed))),
+            );
+        }
         out
     }
 

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rst_codec::{Codec, Decoder};
-use rst_proto::{Direction, PayloadType};
+use rst_proto::{Direction, Extensions, PayloadType, RtpPacket, RtpPorts, TelephoneEvent};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::align::StereoAligner;
 use crate::calls::CallStart;
 use crate::files::{part_path, RawFile, WavFile};
+use crate::jitter::{JitterBuffer, RtpStats, Timeline};
 use crate::metrics::Metrics;
 
 /// Why a call ended.
@@ -56,7 +57,10 @@ pub struct CallRecord {
     pub caller: Option<String>,
     pub callee: Option<String>,
     pub sender: String,
+    /// `data` (DATA datagrams) or `rtp` (RTP per direction).
     pub mode: &'static str,
+    /// RTP mode: the ports the sender sends R and W from.
+    pub sender_rtp_ports: Option<PortsRecord>,
     #[serde(with = "time::serde::rfc3339")]
     pub start: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -68,7 +72,9 @@ pub struct CallRecord {
     pub malformed: u64,
     /// Per direction, `R` and `W`.
     pub directions: BTreeMap<&'static str, DirectionRecord>,
-    /// Left R, right W, aligned by arrival time.
+    /// RFC 4733 telephone-events, in the order they started.
+    pub dtmf: Vec<DtmfRecord>,
+    /// Left R, right W, aligned by arrival time (RTP mode: by timestamps).
     pub stereo: Option<PathBuf>,
     /// This record's own path.
     pub record: PathBuf,
@@ -91,6 +97,29 @@ pub struct DirectionRecord {
     pub raw: Vec<RawRecord>,
     /// The bare payload of every DATA, when the `raw` option is on.
     pub bare: Option<PathBuf>,
+    /// RTP mode: loss, reordering and jitter.
+    pub rtp: Option<RtpStats>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PortsRecord {
+    pub read: u16,
+    pub write: u16,
+}
+
+/// One DTMF key press (or other RFC 4733 event).
+#[derive(Debug, Clone, Serialize)]
+pub struct DtmfRecord {
+    pub direction: &'static str,
+    /// `0`-`9`, `*`, `#`, `A`-`D`, `!` (flash), or `?` for other events.
+    pub digit: char,
+    pub event: u8,
+    /// Seconds from the call's start to the key press, on the call's media clock.
+    pub offset: f64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Known once the event's end packet arrives.
+    pub duration_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,9 +135,33 @@ struct Lane {
     payload_type: Option<PayloadType>,
     decoder: Option<Decoder>,
     wav: Option<WavFile>,
+    /// Media time at which the current WAV segment starts, and its length so far.
+    segment_start: Duration,
+    segment_samples: u64,
     raw: Vec<(u8, RawFile)>,
     bare: Option<RawFile>,
     samples: Vec<i16>,
+    rtp: Option<RtpLane>,
+}
+
+/// RTP mode state of one direction.
+#[derive(Debug)]
+struct RtpLane {
+    jitter: JitterBuffer,
+    timeline: Timeline,
+    /// Media time where this direction's audio so far ends.
+    media_end: Duration,
+    /// The telephone-event being received: its SSRC, start timestamp and record index.
+    event: Option<(u32, u32, usize)>,
+}
+
+/// When audio belongs on the call's timeline.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// DATA: only its arrival, this long after the call started.
+    Arrival(Duration),
+    /// RTP: its media time, from the timestamps.
+    Media(Duration),
 }
 
 /// Options that apply to every recording.
@@ -116,6 +169,8 @@ struct Lane {
 pub struct RecordOptions {
     pub record_dir: PathBuf,
     pub bare_payload: bool,
+    /// RTP packets held behind a missing one before it counts as lost.
+    pub jitter_packets: usize,
 }
 
 /// The files of one call being recorded.
@@ -125,8 +180,13 @@ pub struct CallRecording {
     /// Path prefix of every file of the call: `<dir>/<day>/<uuid>`.
     base: PathBuf,
     started: Instant,
+    started_wall: OffsetDateTime,
     l16_rate: u32,
+    /// The INV's extensions: payload types the sender declared.
+    extensions: String,
     lanes: [Lane; 2],
+    /// DTMF records completed since the last [`CallRecording::take_new_dtmf`].
+    new_dtmf: Vec<usize>,
     stereo: Option<(StereoAligner, WavFile)>,
     stereo_frames: Vec<i16>,
     /// Once a write fails the call stops writing; what was written stays valid.
@@ -149,14 +209,23 @@ impl CallRecording {
         ));
         std::fs::create_dir_all(&day)?;
         let base = unique_base(&day, &start.uuid);
+        let rtp_mode = start.sender_rtp_ports.is_some();
         let lane = |direction| Lane {
             direction,
             payload_type: None,
             decoder: None,
             wav: None,
+            segment_start: Duration::ZERO,
+            segment_samples: 0,
             raw: Vec::new(),
             bare: None,
             samples: Vec::new(),
+            rtp: rtp_mode.then(|| RtpLane {
+                jitter: JitterBuffer::new(options.jitter_packets),
+                timeline: Timeline::default(),
+                media_end: Duration::ZERO,
+                event: None,
+            }),
         };
         let mut recording = CallRecording {
             record: CallRecord {
@@ -164,7 +233,10 @@ impl CallRecording {
                 caller: start.caller.clone(),
                 callee: start.callee.clone(),
                 sender: start.sender.to_string(),
-                mode: "data",
+                mode: if rtp_mode { "rtp" } else { "data" },
+                sender_rtp_ports: start
+                    .sender_rtp_ports
+                    .map(|RtpPorts { read, write }| PortsRecord { read, write }),
                 start: wall,
                 end: None,
                 end_reason: None,
@@ -174,13 +246,17 @@ impl CallRecording {
                     .iter()
                     .map(|d| (d.as_str(), DirectionRecord::default()))
                     .collect(),
+                dtmf: Vec::new(),
                 stereo: None,
                 record: with_suffix(&base, "json"),
             },
             base,
             started: now,
+            started_wall: wall,
             l16_rate: start.l16_rate,
+            extensions: start.extensions.clone(),
             lanes: [lane(Direction::Read), lane(Direction::Write)],
+            new_dtmf: Vec::new(),
             stereo: None,
             stereo_frames: Vec::new(),
             failed: false,
@@ -238,8 +314,144 @@ impl CallRecording {
         if self.failed {
             return;
         }
-        let result = self.write_audio(index, payload_type, payload, now, metrics);
+        if let Some(bare) = &mut self.lanes[index].bare {
+            let result = bare.write(payload);
+            self.check(result, "write audio", Some(metrics));
+        }
+        let timing = Timing::Arrival(now.saturating_duration_since(self.started));
+        let result = self.write_audio(index, payload_type, payload, timing, metrics);
         self.check(result, "write audio", Some(metrics));
+    }
+
+    /// Records one RTP packet of `direction` that arrived at `now`: reordered by
+    /// the jitter buffer, then placed by its timestamp.
+    pub fn rtp(
+        &mut self,
+        direction: Direction,
+        packet: &RtpPacket<'_>,
+        now: Instant,
+        metrics: &Metrics,
+    ) {
+        let index = direction as usize;
+        let arrival = now.saturating_duration_since(self.started);
+        let clock = self.clock_rate(packet.payload_type);
+        let Some(rtp) = &mut self.lanes[index].rtp else {
+            return;
+        };
+        rtp.jitter.push(packet, arrival, clock);
+        while let Some(held) = self.lanes[index]
+            .rtp
+            .as_mut()
+            .and_then(|rtp| rtp.jitter.pop())
+        {
+            self.play(index, held, arrival, metrics);
+        }
+    }
+
+    /// DTMF records completed since the last call, for the metadata feed.
+    pub fn take_new_dtmf(&mut self) -> impl Iterator<Item = &DtmfRecord> {
+        let indices = std::mem::take(&mut self.new_dtmf);
+        indices.into_iter().filter_map(|i| self.record.dtmf.get(i))
+    }
+
+    fn play(
+        &mut self,
+        index: usize,
+        held: crate::jitter::Held,
+        arrival: Duration,
+        metrics: &Metrics,
+    ) {
+        let direction = self.lanes[index].direction;
+        let stats = self
+            .record
+            .directions
+            .get_mut(direction.as_str())
+            .expect("both directions");
+        stats.packets += 1;
+        stats.bytes += held.payload.len() as u64;
+        let clock = self.clock_rate(held.payload_type);
+        let is_event = self
+            .declared(held.payload_type)
+            .is_some_and(|(name, _)| name.eq_ignore_ascii_case("telephone-event"));
+        let Some(rtp) = &mut self.lanes[index].rtp else {
+            return;
+        };
+        let (at, jumped) = rtp.timeline.place(&held, clock, arrival, rtp.media_end);
+        if jumped {
+            rtp.jitter.stats.timestamp_jumps += 1;
+        }
+        if is_event {
+            self.telephone_event(index, &held, at, clock);
+            return;
+        }
+        if self.failed {
+            return;
+        }
+        let result = self.write_audio(
+            index,
+            PayloadType::new(held.payload_type).expect("7-bit"),
+            &held.payload,
+            Timing::Media(at),
+            metrics,
+        );
+        self.check(result, "write audio", Some(metrics));
+    }
+
+    fn telephone_event(
+        &mut self,
+        index: usize,
+        held: &crate::jitter::Held,
+        at: Duration,
+        clock: u32,
+    ) {
+        let Some(event) = TelephoneEvent::parse(&held.payload) else {
+            return;
+        };
+        let direction = self.lanes[index].direction;
+        let Some(rtp) = &mut self.lanes[index].rtp else {
+            return;
+        };
+        let record_index = match rtp.event {
+            Some((ssrc, timestamp, i)) if ssrc == held.ssrc && timestamp == held.timestamp => i,
+            _ => {
+                self.record.dtmf.push(DtmfRecord {
+                    direction: direction.as_str(),
+                    digit: event.digit().unwrap_or('?'),
+                    event: event.event,
+                    offset: at.as_secs_f64(),
+                    time: self.started_wall + at,
+                    duration_ms: None,
+                });
+                let i = self.record.dtmf.len() - 1;
+                rtp.event = Some((held.ssrc, held.timestamp, i));
+                i
+            }
+        };
+        let record = &mut self.record.dtmf[record_index];
+        if event.end && record.duration_ms.is_none() {
+            record.duration_ms =
+                Some((u64::from(event.duration) * 1000 / u64::from(clock.max(1))) as u32);
+            self.new_dtmf.push(record_index);
+        }
+    }
+
+    /// What the sender declared `pt` to be, in its INV.
+    fn declared(&self, pt: u8) -> Option<(&str, u32)> {
+        Extensions::parse(&self.extensions).ok()?.payload_type(pt)
+    }
+
+    fn codec_for(&self, pt: u8) -> Codec {
+        match self.declared(pt) {
+            Some((name, rate)) => Codec::from_encoding_name(name, rate),
+            None => Codec::for_payload_type(pt, self.l16_rate),
+        }
+    }
+
+    fn clock_rate(&self, pt: u8) -> u32 {
+        match self.declared(pt) {
+            Some((_, rate)) => rate,
+            None => self.codec_for(pt).rtp_clock_rate().unwrap_or(8000),
+        }
     }
 
     /// Pushes buffered audio and fresh headers to disk.
@@ -263,12 +475,37 @@ impl CallRecording {
     }
 
     /// Completes every file and writes the final record.
+    /// RTP mode: plays what the jitter buffers still hold (the call is ending)
+    /// and puts the RTP figures in the record.
+    pub fn drain_rtp(&mut self, metrics: &Metrics) {
+        for index in 0..2 {
+            let Some(rtp) = &mut self.lanes[index].rtp else {
+                continue;
+            };
+            let arrival = rtp.media_end;
+            let rest: Vec<_> = rtp.jitter.finish().collect();
+            for held in rest {
+                self.play(index, held, arrival, metrics);
+            }
+            if let Some(rtp) = &self.lanes[index].rtp {
+                let direction = self.lanes[index].direction.as_str();
+                let stats = self
+                    .record
+                    .directions
+                    .get_mut(direction)
+                    .expect("both directions");
+                stats.rtp = Some(rtp.jitter.stats.clone());
+            }
+        }
+    }
+
     pub fn finish(
         mut self,
         reason: EndReason,
         wall: OffsetDateTime,
         metrics: &Metrics,
     ) -> CallRecord {
+        self.drain_rtp(metrics);
         if let Some((mut aligner, mut wav)) = self.stereo.take() {
             self.stereo_frames.clear();
             aligner.finish(&mut self.stereo_frames);
@@ -312,20 +549,17 @@ impl CallRecording {
         index: usize,
         payload_type: PayloadType,
         payload: &[u8],
-        now: Instant,
+        timing: Timing,
         metrics: &Metrics,
     ) -> io::Result<()> {
-        let lane = &mut self.lanes[index];
-        let stats = self
-            .record
-            .directions
-            .get_mut(lane.direction.as_str())
-            .expect("both directions");
-        if let Some(bare) = &mut lane.bare {
-            bare.write(payload)?;
-        }
-        if lane.payload_type != Some(payload_type) {
-            let codec = Codec::for_payload_type(payload_type.number(), self.l16_rate);
+        if self.lanes[index].payload_type != Some(payload_type) {
+            let codec = self.codec_for(payload_type.number());
+            let lane = &mut self.lanes[index];
+            let stats = self
+                .record
+                .directions
+                .get_mut(lane.direction.as_str())
+                .expect("both directions");
             lane.payload_type = Some(payload_type);
             lane.decoder = Some(Decoder::new(codec));
             if !stats.payload_types.contains(&payload_type.number()) {
@@ -333,6 +567,12 @@ impl CallRecording {
                 stats.codecs.push(codec.name().to_owned());
             }
         }
+        let lane = &mut self.lanes[index];
+        let stats = self
+            .record
+            .directions
+            .get_mut(lane.direction.as_str())
+            .expect("both directions");
         let decoder = lane.decoder.as_mut().expect("set above");
         let Some(rate) = decoder.codec().sample_rate() else {
             return write_raw(
@@ -363,6 +603,9 @@ impl CallRecording {
             // A codec change to another sample rate starts a new segment file.
             lane.wav.take().expect("checked").finish()?;
         }
+        let at = match timing {
+            Timing::Arrival(at) | Timing::Media(at) => at,
+        };
         if lane.wav.is_none() {
             let segment = stats.wav.len() + 1;
             let suffix = match segment {
@@ -371,15 +614,28 @@ impl CallRecording {
             };
             let path = with_suffix(&self.base, &suffix);
             lane.wav = Some(WavFile::create(path.clone(), 1, rate)?);
+            lane.segment_start = at;
+            lane.segment_samples = 0;
             stats.wav.push(path);
             write_json(&part_path(&self.record.record), &self.record)?;
         }
         let lane = &mut self.lanes[index];
-        lane.wav
-            .as_mut()
-            .expect("opened above")
-            .write(&lane.samples)?;
-        let written = lane.samples.len() as u64;
+        let wav = lane.wav.as_mut().expect("opened above");
+        let mut written = lane.samples.len() as u64;
+        if let Timing::Media(at) = timing {
+            // A lost packet, or the other side's silence: fill to where this audio belongs.
+            let position = (at.saturating_sub(lane.segment_start).as_secs_f64() * f64::from(rate))
+                .round() as u64;
+            let gap = position.saturating_sub(lane.segment_samples);
+            write_silence(wav, gap)?;
+            written += gap;
+        }
+        wav.write(&lane.samples)?;
+        lane.segment_samples += written;
+        if let (Timing::Media(at), Some(rtp)) = (timing, &mut lane.rtp) {
+            rtp.media_end =
+                at + Duration::from_secs_f64(lane.samples.len() as f64 / f64::from(rate));
+        }
         self.record
             .directions
             .get_mut(lane.direction.as_str())
@@ -397,13 +653,22 @@ impl CallRecording {
         }
         let (aligner, wav) = self.stereo.as_mut().expect("opened above");
         self.stereo_frames.clear();
-        aligner.push(
-            lane.direction,
-            &lane.samples,
-            rate,
-            now.saturating_duration_since(self.started),
-            &mut self.stereo_frames,
-        );
+        match timing {
+            Timing::Arrival(at) => aligner.push(
+                lane.direction,
+                &lane.samples,
+                rate,
+                at,
+                &mut self.stereo_frames,
+            ),
+            Timing::Media(at) => aligner.place(
+                lane.direction,
+                &lane.samples,
+                rate,
+                at,
+                &mut self.stereo_frames,
+            ),
+        }
         wav.write(&self.stereo_frames)
     }
 
@@ -422,6 +687,16 @@ impl CallRecording {
             self.record.error = Some(format!("cannot {what}: {error}"));
         }
     }
+}
+
+fn write_silence(wav: &mut WavFile, mut samples: u64) -> io::Result<()> {
+    const ZEROS: [i16; 1024] = [0; 1024];
+    while samples > 0 {
+        let chunk = samples.min(ZEROS.len() as u64) as usize;
+        wav.write(&ZEROS[..chunk])?;
+        samples -= chunk as u64;
+    }
+    Ok(())
 }
 
 fn write_raw(

@@ -9,14 +9,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use rst_proto::{Direction, PayloadType};
+use rst_proto::{Direction, PayloadType, RtpPacket};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::calls::{CallId, CallStart};
 use crate::files::repair_wav;
 use crate::metrics::Metrics;
-use crate::record::{CallRecord, CallRecording, EndReason, RecordOptions};
+use crate::record::{CallRecord, CallRecording, DtmfRecord, EndReason, RecordOptions};
 
 /// What the receive loop asks of the recorder.
 #[derive(Debug)]
@@ -39,6 +39,14 @@ pub enum Command {
         payload: Range<usize>,
         at: Instant,
     },
+    /// An RTP packet; its payload is a range of the batch's `bytes`.
+    Rtp {
+        call: CallId,
+        direction: Direction,
+        header: RtpHeader,
+        payload: Range<usize>,
+        at: Instant,
+    },
     Malformed {
         call: CallId,
     },
@@ -49,6 +57,47 @@ pub enum Command {
     },
     /// Refresh headers and push buffers to disk (once a second).
     Flush,
+}
+
+/// An RTP header without its payload, to travel in a [`Command`].
+#[derive(Debug, Clone, Copy)]
+pub struct RtpHeader {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+impl RtpHeader {
+    pub fn of(packet: &RtpPacket<'_>) -> Self {
+        RtpHeader {
+            marker: packet.marker,
+            payload_type: packet.payload_type,
+            sequence: packet.sequence,
+            timestamp: packet.timestamp,
+            ssrc: packet.ssrc,
+        }
+    }
+
+    fn with<'a>(&self, payload: &'a [u8]) -> RtpPacket<'a> {
+        RtpPacket {
+            marker: self.marker,
+            payload_type: self.payload_type,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+            payload,
+        }
+    }
+}
+
+/// What the recorder reports, for the metadata feed.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    Started(&'a CallRecord),
+    Dtmf(&'a CallRecord, &'a DtmfRecord),
+    Ended(&'a CallRecord),
 }
 
 /// Commands from one wake-up of the receive loop.
@@ -65,12 +114,12 @@ impl Batch {
 }
 
 /// Runs until the sending side of `batches` is dropped, then finishes whatever
-/// is still open as `shutdown`. `finished` gets the record of every ended call.
+/// is still open as `shutdown`. `on_event` hears of every call start, DTMF and end.
 pub fn run(
     mut batches: mpsc::Receiver<Batch>,
     options: RecordOptions,
     metrics: Arc<Metrics>,
-    finished: impl Fn(&CallRecord),
+    mut on_event: impl FnMut(Event<'_>),
 ) {
     let mut calls: HashMap<CallId, CallRecording> = HashMap::new();
     while let Some(batch) = batches.blocking_recv() {
@@ -114,6 +163,18 @@ pub fn run(
                         );
                     }
                 }
+                Command::Rtp {
+                    call,
+                    direction,
+                    header,
+                    payload,
+                    at,
+                } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.rtp(direction, &header.with(&batch.bytes[payload]), at, &metrics);
+                        publish_dtmf(recording, &mut on_event);
+                    }
+                }
                 Command::Malformed { call } => {
                     if let Some(recording) = calls.get_mut(&call) {
                         recording.malformed();
@@ -121,7 +182,7 @@ pub fn run(
                 }
                 Command::End { call, reason, wall } => {
                     if let Some(recording) = calls.remove(&call) {
-                        finish(recording, reason, wall, &metrics, &finished);
+                        finish(recording, reason, wall, &metrics, &mut on_event);
                     }
                 }
                 Command::Flush => {
@@ -134,17 +195,25 @@ pub fn run(
     }
     let wall = OffsetDateTime::now_utc();
     for (_, recording) in calls.drain() {
-        finish(recording, EndReason::Shutdown, wall, &metrics, &finished);
+        finish(
+            recording,
+            EndReason::Shutdown,
+            wall,
+            &metrics,
+            &mut on_event,
+        );
     }
 }
 
 fn finish(
-    recording: CallRecording,
+    mut recording: CallRecording,
     reason: EndReason,
     wall: OffsetDateTime,
     metrics: &Metrics,
-    finished: &impl Fn(&CallRecord),
+    on_event: &mut impl FnMut(Event<'_>),
 ) {
+    recording.drain_rtp(metrics);
+    publish_dtmf(&mut recording, on_event);
     let record = recording.finish(reason, wall, metrics);
     tracing::info!(
         uuid = %record.uuid,
@@ -152,7 +221,18 @@ fn finish(
         record = %record.record.display(),
         "call recorded"
     );
-    finished(&record);
+    // Events whose end packet never came were not published yet.
+    for dtmf in record.dtmf.iter().filter(|d| d.duration_ms.is_none()) {
+        on_event(Event::Dtmf(&record, dtmf));
+    }
+    on_event(Event::Ended(&record));
+}
+
+fn publish_dtmf(recording: &mut CallRecording, on_event: &mut impl FnMut(Event<'_>)) {
+    let fresh: Vec<DtmfRecord> = recording.take_new_dtmf().cloned().collect();
+    for dtmf in &fresh {
+        on_event(Event::Dtmf(recording.record(), dtmf));
+    }
 }
 
 /// Completes the files a previous run left unfinished (`.part`), so that a crash

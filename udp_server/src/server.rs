@@ -1,7 +1,8 @@
 //! The receiver's tokio shell: the UDP receive loop around the [`CallTable`],
 //! the recorder thread, the metrics endpoint and the periodic summary.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +14,15 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::calls::{CallTable, Limits, Output};
+use rst_proto::{Direction, RtpPorts};
+use tokio::task::AbortHandle;
+
+use crate::calls::{CallId, CallTable, Limits, Output};
 use crate::config::Config;
+use crate::feed::{Feed, FeedStats};
 use crate::metrics::Metrics;
 use crate::record::{EndReason, RecordOptions};
-use crate::recorder::{self, Batch, Command};
+use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 
 /// Datagrams handled per wake-up before the batch goes to the recorder; bounds
 /// the work per wake-up and the batch size.
@@ -27,9 +32,17 @@ const BATCH_DATAGRAMS: usize = 64;
 const RECORDER_QUEUE: usize = 1024;
 /// Receive buffer asked of the kernel, so bursts are not dropped while the loop is busy.
 const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
+/// RTP packets in flight from the per-call sockets to the receive loop.
+const RTP_QUEUE: usize = 8192;
 
 /// Binds the receiver's UDP socket with a large receive buffer.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let socket = bind_udp(addr)
+        .with_context(|| format!("cannot listen on UDP {addr}: is another receiver running?"))?;
+    Ok(UdpSocket::from_std(socket)?)
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -40,10 +53,8 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
         tracing::debug!(%error, "cannot enlarge the receive buffer");
     }
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot listen on UDP {addr}: is another receiver running?"))?;
-    Ok(UdpSocket::from_std(socket.into())?)
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Runs the receiver on `socket` until `shutdown` is cancelled, then ends every
@@ -69,15 +80,18 @@ pub async fn run(
         );
     }
 
+    let (feed, feed_server) = Feed::new();
     let metrics_task = match config.metrics {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+            let (metrics, feed_stats) = (metrics.clone(), feed.stats().clone());
             Some(tokio::spawn(serve_metrics(
                 listener,
-                metrics.clone(),
+                metrics,
+                feed_stats,
                 shutdown.clone(),
             )))
         }
@@ -88,17 +102,33 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
+    // The feed stops after the recorder, so consoles get the call_end lines of
+    // the calls that shutdown ends.
+    let feed_shutdown = CancellationToken::new();
+    let feed_task = match config.feed {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve the metadata feed on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving the metadata feed");
+            Some(tokio::spawn(
+                feed_server.run(listener, feed_shutdown.clone()),
+            ))
+        }
+        None => None,
+    };
 
     let (batches, queue) = mpsc::channel(RECORDER_QUEUE);
     let options = RecordOptions {
         record_dir,
         bare_payload: config.raw,
+        jitter_packets: config.jitter_packets,
     };
     let recorder = {
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("rst-recorder".into())
-            .spawn(move || recorder::run(queue, options, metrics, |_| {}))?
+            .spawn(move || recorder::run(queue, options, metrics, |event| publish(&feed, event)))?
     };
 
     let limits = Limits {
@@ -106,22 +136,31 @@ pub async fn run(
         max_calls: config.max_calls,
         allow: config.allow.clone(),
         default_l16_rate: config.l16_rate,
+        rtp_ports: config.rtp_ports.0.clone(),
     };
+    let (rtp_arrivals, rtp_queue) = mpsc::channel(RTP_QUEUE);
     let mut receiver = Receiver {
         socket,
         table: CallTable::new(limits, metrics.clone()),
         metrics,
         ack: Vec::new(),
+        rtp: RtpSockets {
+            ip: config.listen.ip(),
+            arrivals: rtp_arrivals,
+            open: HashMap::new(),
+        },
+        rtp_queue,
     };
     let result = receiver.receive(&batches, &shutdown).await;
 
     let mut batch = Batch::default();
+    let now = Instant::now();
     receiver
         .table
-        .end_all(Instant::now(), EndReason::Shutdown, &mut |output| {
-            receiver.ack.clear();
-            push_output(&mut batch, output, Instant::now());
+        .end_all(now, EndReason::Shutdown, &mut |output| {
+            push_output(&mut batch, output, now)
         });
+    receiver.rtp.close_all();
     let _ = batches.send(batch).await;
     drop(batches);
     tokio::task::spawn_blocking(move || recorder.join())
@@ -132,7 +171,108 @@ pub async fn run(
     if let Some(task) = metrics_task {
         task.await?;
     }
+    feed_shutdown.cancel();
+    if let Some(task) = feed_task {
+        task.await?;
+    }
     result
+}
+
+/// Turns the recorder's events into metadata feed lines.
+fn publish(feed: &Feed, event: Event<'_>) {
+    match event {
+        Event::Started(record) => feed.call_started(
+            &record.uuid,
+            serde_json::json!({
+                "event": "call_start",
+                "uuid": record.uuid,
+                "caller": record.caller,
+                "callee": record.callee,
+                "sender": record.sender,
+                "time": record.start.format(&time::format_description::well_known::Rfc3339).ok(),
+                "mode": record.mode,
+            }),
+        ),
+        Event::Dtmf(record, dtmf) => {
+            let mut line = serde_json::to_value(dtmf).unwrap_or_default();
+            line["event"] = "dtmf".into();
+            line["uuid"] = record.uuid.clone().into();
+            feed.publish(line);
+        }
+        Event::Ended(record) => {
+            let mut line = serde_json::to_value(record).unwrap_or_default();
+            line["event"] = "call_end".into();
+            feed.call_ended(&record.uuid, line);
+        }
+    }
+}
+
+/// An RTP packet as it came off one of a call's ports.
+#[derive(Debug)]
+struct RtpArrival {
+    call: CallId,
+    direction: Direction,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+    at: Instant,
+}
+
+/// The receive ports of RTP-mode calls, each read by a task of its own.
+struct RtpSockets {
+    ip: IpAddr,
+    arrivals: mpsc::Sender<RtpArrival>,
+    open: HashMap<CallId, [AbortHandle; 2]>,
+}
+
+impl RtpSockets {
+    fn open(&mut self, call: CallId, ports: RtpPorts) -> std::io::Result<()> {
+        let read = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.read))?)?;
+        let write = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.write))?)?;
+        let spawn = |socket, direction| {
+            tokio::spawn(receive_rtp(socket, call, direction, self.arrivals.clone())).abort_handle()
+        };
+        self.open.insert(
+            call,
+            [spawn(read, Direction::Read), spawn(write, Direction::Write)],
+        );
+        Ok(())
+    }
+
+    fn close(&mut self, call: CallId) {
+        for task in self.open.remove(&call).into_iter().flatten() {
+            task.abort();
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, tasks) in self.open.drain() {
+            tasks.iter().for_each(AbortHandle::abort);
+        }
+    }
+}
+
+async fn receive_rtp(
+    socket: UdpSocket,
+    call: CallId,
+    direction: Direction,
+    arrivals: mpsc::Sender<RtpArrival>,
+) {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
+            continue;
+        };
+        let arrival = RtpArrival {
+            call,
+            direction,
+            from,
+            bytes: buffer[..len].to_vec(),
+            at: Instant::now(),
+        };
+        if arrivals.send(arrival).await.is_err() {
+            return;
+        }
+    }
 }
 
 struct Receiver {
@@ -140,6 +280,8 @@ struct Receiver {
     table: CallTable,
     metrics: Arc<Metrics>,
     ack: Vec<u8>,
+    rtp: RtpSockets,
+    rtp_queue: mpsc::Receiver<RtpArrival>,
 }
 
 impl Receiver {
@@ -158,8 +300,23 @@ impl Receiver {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    self.table.expire(now, &mut |output| push_output(&mut batch, output, now));
+                    let Receiver { table, rtp, .. } = self;
+                    table.expire(now, &mut |output| {
+                        if let Output::End { call, .. } = output {
+                            rtp.close(call);
+                        }
+                        push_output(&mut batch, output, now);
+                    });
                     batch.commands.push(Command::Flush);
+                }
+                Some(arrival) = self.rtp_queue.recv() => {
+                    self.handle_rtp(arrival, &mut batch);
+                    for _ in 1..BATCH_DATAGRAMS {
+                        match self.rtp_queue.try_recv() {
+                            Ok(arrival) => self.handle_rtp(arrival, &mut batch),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 received = self.socket.recv_from(&mut buffer) => {
                     let (len, from) = match received {
@@ -192,9 +349,16 @@ impl Receiver {
             table,
             metrics,
             ack,
+            rtp,
+            ..
         } = self;
+        let mut failed: Option<CallId> = None;
         table.handle(now, from, datagram, &mut |output| match output {
             Output::Reply(reply) => {
+                if failed.is_some() {
+                    // Its ports could not be opened: no ACK, the sender retries later.
+                    return;
+                }
                 ack.clear();
                 if rst_proto::Message::Ack(reply).encode(ack).is_ok() {
                     // Never wait for the socket: a lost ACK is retransmitted by the sender.
@@ -204,14 +368,48 @@ impl Receiver {
                     };
                 }
             }
+            Output::OpenRtp { call, ports } => {
+                if let Err(error) = rtp.open(call, ports) {
+                    tracing::warn!(read = ports.read, write = ports.write, %error, "cannot open RTP ports; the call is ended, its INV not answered");
+                    metrics.write_errors.fetch_add(1, Relaxed);
+                    failed = Some(call);
+                }
+            }
+            Output::End { call, reason } => {
+                rtp.close(call);
+                push_output(batch, Output::End { call, reason }, now);
+            }
             other => push_output(batch, other, now),
         });
+        if let Some(call) = failed {
+            let Receiver { table, rtp, .. } = self;
+            table.abort(now, call, &mut |output| {
+                if let Output::End { call, .. } = output {
+                    rtp.close(call);
+                }
+                push_output(batch, output, now);
+            });
+        }
+    }
+
+    fn handle_rtp(&mut self, arrival: RtpArrival, batch: &mut Batch) {
+        let RtpArrival {
+            call,
+            direction,
+            from,
+            bytes,
+            at,
+        } = arrival;
+        self.table
+            .handle_rtp(at, call, direction, from, &bytes, &mut |output| {
+                push_output(batch, output, at)
+            });
     }
 }
 
 fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
     let command = match output {
-        Output::Reply(_) => return,
+        Output::Reply(_) | Output::OpenRtp { .. } => return,
         Output::Start(start) => Command::Start {
             start,
             at: now,
@@ -242,6 +440,21 @@ fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
                 at: now,
             }
         }
+        Output::Rtp {
+            call,
+            direction,
+            packet,
+        } => {
+            let start = batch.bytes.len();
+            batch.bytes.extend_from_slice(packet.payload);
+            Command::Rtp {
+                call,
+                direction,
+                header: RtpHeader::of(&packet),
+                payload: start..batch.bytes.len(),
+                at: now,
+            }
+        }
         Output::Malformed { call } => Command::Malformed { call },
         Output::End { call, reason } => Command::End {
             call,
@@ -265,7 +478,12 @@ async fn log_stats(interval: Duration, metrics: Arc<Metrics>, shutdown: Cancella
 }
 
 /// A minimal HTTP/1.0 responder for `GET /metrics`; anything else gets 404.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    feed: Arc<FeedStats>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (mut stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -278,14 +496,16 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: C
                 }
             },
         };
-        let metrics = metrics.clone();
+        let (metrics, feed) = (metrics.clone(), feed.clone());
         tokio::spawn(async move {
             let mut request = [0u8; 2048];
             let read =
                 tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
             let Ok(Ok(len)) = read else { return };
             let (status, body) = if request[..len].starts_with(b"GET /metrics") {
-                ("200 OK", metrics.render())
+                let mut text = metrics.render();
+                feed.render_prometheus(&mut text);
+                ("200 OK", text)
             } else {
                 ("404 Not Found", "not found: try /metrics\n".to_owned())
             };

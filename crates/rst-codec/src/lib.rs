@@ -91,6 +91,12 @@ pub enum Codec {
         /// Sample rate in Hz; 0 means unknown.
         rate: u32,
     },
+    /// Signed 16-bit big-endian linear PCM at `rate` Hz: RTP's L16 (RFC 3551),
+    /// as a sender declares it for a dynamic payload type in RTP mode.
+    L16Network {
+        /// Sample rate in Hz; 0 means unknown.
+        rate: u32,
+    },
     /// Not decoded: G.723, unknown payload types, or G.729 without the
     /// `g729` feature. The bytes should be stored as received.
     Raw,
@@ -114,14 +120,38 @@ impl Codec {
         }
     }
 
+    /// Maps an SDP/`a=rtpmap` encoding name and clock rate (what a sender declares
+    /// for a dynamic payload type) to a codec; unknown names are Raw.
+    pub fn from_encoding_name(name: &str, clock_rate: u32) -> Codec {
+        match name.to_ascii_uppercase().as_str() {
+            "PCMU" => Codec::Pcmu,
+            "PCMA" => Codec::Pcma,
+            "G722" => Codec::G722,
+            #[cfg(feature = "g729")]
+            "G729" | "G729A" => Codec::G729,
+            "L16" => Codec::L16Network { rate: clock_rate },
+            _ => Codec::Raw,
+        }
+    }
+
+    /// The RTP timestamp clock of the codec: 8000 for G.722 too (RFC 3551's
+    /// historical quirk), the sample rate for L16; `None` for Raw.
+    pub fn rtp_clock_rate(&self) -> Option<u32> {
+        match *self {
+            Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::G729 => Some(8000),
+            Codec::L16 { rate } | Codec::L16Network { rate } => Some(rate).filter(|&r| r > 0),
+            Codec::Raw => None,
+        }
+    }
+
     /// Sample rate of the decoded audio in Hz; `None` for [`Codec::Raw`] and
     /// for L16 with rate 0.
     pub fn sample_rate(&self) -> Option<u32> {
         match *self {
             Codec::Pcmu | Codec::Pcma | Codec::G729 => Some(8000),
             Codec::G722 => Some(16000),
-            Codec::L16 { rate: 0 } | Codec::Raw => None,
-            Codec::L16 { rate } => Some(rate),
+            Codec::L16 { rate: 0 } | Codec::L16Network { rate: 0 } | Codec::Raw => None,
+            Codec::L16 { rate } | Codec::L16Network { rate } => Some(rate),
         }
     }
 
@@ -132,7 +162,7 @@ impl Codec {
             Codec::Pcma => "PCMA",
             Codec::G722 => "G722",
             Codec::G729 => "G729",
-            Codec::L16 { .. } => "L16",
+            Codec::L16 { .. } | Codec::L16Network { .. } => "L16",
             Codec::Raw => "raw",
         }
     }
@@ -210,7 +240,12 @@ impl Decoder {
                 g711::decode_alaw(payload, out);
                 Ok(())
             }
-            (State::Stateless, codec @ Codec::L16 { .. }) => decode_l16_le(payload, out, codec),
+            (State::Stateless, codec @ Codec::L16 { .. }) => {
+                decode_l16(payload, out, codec, i16::from_le_bytes)
+            }
+            (State::Stateless, codec @ Codec::L16Network { .. }) => {
+                decode_l16(payload, out, codec, i16::from_be_bytes)
+            }
             (State::Stateless, codec) => Err(DecodeError::Unsupported {
                 codec: codec.name(),
             }),
@@ -219,11 +254,16 @@ impl Decoder {
 }
 
 /// The rst protocol's PT 10 carries the sender's native (little-endian)
-/// samples, unlike RTP's big-endian L16.
-fn decode_l16_le(payload: &[u8], out: &mut Vec<i16>, codec: Codec) -> Result<(), DecodeError> {
+/// samples, unlike RTP's big-endian L16: `sample` says which.
+fn decode_l16(
+    payload: &[u8],
+    out: &mut Vec<i16>,
+    codec: Codec,
+    sample: fn([u8; 2]) -> i16,
+) -> Result<(), DecodeError> {
     let samples = payload.chunks_exact(2);
     let rest = samples.remainder().len();
-    out.extend(samples.map(|b| i16::from_le_bytes([b[0], b[1]])));
+    out.extend(samples.map(|b| sample([b[0], b[1]])));
     if rest == 0 {
         Ok(())
     } else {

@@ -71,6 +71,13 @@ impl<'a> Extensions<'a> {
 
     /// Validates `text` as `key=value` fields joined by `:` (or empty).
     pub fn parse(text: &'a str) -> Result<Self, ParseError> {
+        // The last field of an INV: a trailing NUL or line end would not survive
+        // the wire (`control_text` strips it).
+        if text.ends_with(is_stripped) {
+            return Err(ParseError::BadExtension {
+                field: text.rsplit(':').next().unwrap_or(text).to_owned(),
+            });
+        }
         if !text.is_empty() {
             for field in text.split(':') {
                 match field.split_once('=') {
@@ -254,6 +261,10 @@ impl<'a> Inv<'a> {
         if !self.extensions.is_empty() {
             out.push(b':');
             out.extend_from_slice(self.extensions.as_str().as_bytes());
+        } else if self.rtp_ports.is_none() && self.callee.ends_with(is_stripped) {
+            // The callee is the last field and `control_text` would strip its
+            // end: close it with an empty field, which parses back to no ports.
+            out.push(b':');
         }
         Ok(())
     }
@@ -362,6 +373,11 @@ impl RtpPorts {
     }
 }
 
+/// What [`control_text`] strips from the end of a control message.
+fn is_stripped(c: char) -> bool {
+    matches!(c, '\0' | '\r' | '\n')
+}
+
 /// The header of a control message as text, without the trailing NUL or line
 /// end that C senders sometimes include.
 fn control_text<'a>(message: &'static str, body: &'a [u8]) -> Result<&'a str, ParseError> {
@@ -393,7 +409,10 @@ mod tests {
     fn declared_payload_types_are_found() {
         let extensions =
             Extensions::parse("rate=16000:pt101=telephone-event/8000:pt96=PCMA/8000").unwrap();
-        assert_eq!(extensions.payload_type(101), Some(("telephone-event", 8000)));
+        assert_eq!(
+            extensions.payload_type(101),
+            Some(("telephone-event", 8000))
+        );
         assert_eq!(extensions.payload_type(96), Some(("PCMA", 8000)));
         assert_eq!(extensions.payload_type(97), None);
         assert_eq!(extensions.l16_rate(), Some(16000));

@@ -45,7 +45,10 @@ pub const RTP_HEADER_LEN: usize = 12;
 
 impl<'a> RtpPacket<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, RtpError> {
-        let truncated = |needed| RtpError::Truncated { len: bytes.len(), needed };
+        let truncated = |needed| RtpError::Truncated {
+            len: bytes.len(),
+            needed,
+        };
         let Some(header) = bytes.first_chunk::<RTP_HEADER_LEN>() else {
             return Err(truncated(RTP_HEADER_LEN));
         };
@@ -119,12 +122,19 @@ impl TelephoneEvent {
 
     pub fn encode(&self) -> [u8; 4] {
         let duration = self.duration.to_be_bytes();
-        [self.event, u8::from(self.end) << 7 | (self.volume & 0x3F), duration[0], duration[1]]
+        [
+            self.event,
+            u8::from(self.end) << 7 | (self.volume & 0x3F),
+            duration[0],
+            duration[1],
+        ]
     }
 
     /// The DTMF key, for events 0 to 16.
     pub fn digit(&self) -> Option<char> {
-        b"0123456789*#ABCD!".get(usize::from(self.event)).map(|&b| char::from(b))
+        b"0123456789*#ABCD!"
+            .get(usize::from(self.event))
+            .map(|&b| char::from(b))
     }
 }
 
@@ -156,32 +166,65 @@ mod tests {
         bytes.extend([7, 7]); // payload
         bytes.extend([0, 0, 3]); // three bytes of padding
         let packet = RtpPacket::parse(&bytes).unwrap();
-        assert_eq!((packet.payload_type, packet.sequence, packet.timestamp), (8, 1, 160));
+        assert_eq!(
+            (packet.payload_type, packet.sequence, packet.timestamp),
+            (8, 1, 160)
+        );
         assert_eq!(packet.payload, &[7, 7]);
     }
 
     #[test]
     fn lying_lengths_are_errors_not_panics() {
-        assert!(matches!(RtpPacket::parse(&[0x80; 5]), Err(RtpError::Truncated { .. })));
-        assert_eq!(RtpPacket::parse(&[0x40; 12]), Err(RtpError::BadVersion { version: 1 }));
+        assert!(matches!(
+            RtpPacket::parse(&[0x80; 5]),
+            Err(RtpError::Truncated { .. })
+        ));
+        assert_eq!(
+            RtpPacket::parse(&[0x40; 12]),
+            Err(RtpError::BadVersion { version: 1 })
+        );
         let mut many_csrcs = vec![0x8F, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         many_csrcs.extend([0; 8]);
-        assert!(matches!(RtpPacket::parse(&many_csrcs), Err(RtpError::Truncated { .. })));
+        assert!(matches!(
+            RtpPacket::parse(&many_csrcs),
+            Err(RtpError::Truncated { .. })
+        ));
         let mut huge_extension = vec![0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF];
         huge_extension.extend([0; 4]);
-        assert!(matches!(RtpPacket::parse(&huge_extension), Err(RtpError::Truncated { .. })));
+        assert!(matches!(
+            RtpPacket::parse(&huge_extension),
+            Err(RtpError::Truncated { .. })
+        ));
         let bad_padding = [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 200];
-        assert_eq!(RtpPacket::parse(&bad_padding), Err(RtpError::BadPadding { padding: 200 }));
+        assert_eq!(
+            RtpPacket::parse(&bad_padding),
+            Err(RtpError::BadPadding { padding: 200 })
+        );
         let zero_padding = [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-        assert_eq!(RtpPacket::parse(&zero_padding), Err(RtpError::BadPadding { padding: 0 }));
+        assert_eq!(
+            RtpPacket::parse(&zero_padding),
+            Err(RtpError::BadPadding { padding: 0 })
+        );
     }
 
     #[test]
     fn telephone_events_parse() {
-        let event = TelephoneEvent { event: 11, end: true, volume: 10, duration: 800 };
+        let event = TelephoneEvent {
+            event: 11,
+            end: true,
+            volume: 10,
+            duration: 800,
+        };
         assert_eq!(TelephoneEvent::parse(&event.encode()), Some(event));
         assert_eq!(event.digit(), Some('#'));
         assert_eq!(TelephoneEvent::parse(&[1, 2]), None);
-        assert_eq!(TelephoneEvent { event: 200, ..event }.digit(), None);
+        assert_eq!(
+            TelephoneEvent {
+                event: 200,
+                ..event
+            }
+            .digit(),
+            None
+        );
     }
 }

@@ -1,0 +1,116 @@
+//! G.711 encoders (the receiver side only needs decoders, so rst-codec has none) and
+//! the test tones the load generator sends.
+
+use std::f64::consts::PI;
+
+/// Sample rate of every payload rst-load sends (PCMU, PCMA and PT 10 without a
+/// `rate` extension are all 8 kHz).
+pub const SAMPLE_RATE: u32 = 8000;
+
+/// Samples in one 20 ms frame at 8 kHz.
+pub const FRAME_SAMPLES: usize = 160;
+
+/// Tone sent on `R` (what the channel's far end says).
+pub const TONE_HZ_READ: u32 = 1000;
+
+/// Tone sent on `W` (what the far end hears): a different pitch, so a recording
+/// checker can tell the directions apart.
+pub const TONE_HZ_WRITE: u32 = 500;
+
+/// Peak amplitude of the tones: half of full scale (-6 dBFS).
+pub const TONE_AMPLITUDE: f64 = 16384.0;
+
+/// One 20 ms frame (160 samples) of a sine tone at `hz`. 1000 Hz and 500 Hz fit a
+/// whole number of periods into a frame, so repeating the frame gives a clean tone.
+pub fn tone_frame(hz: u32) -> [i16; FRAME_SAMPLES] {
+    let mut frame = [0i16; FRAME_SAMPLES];
+    for (n, sample) in frame.iter_mut().enumerate() {
+        let phase = 2.0 * PI * f64::from(hz) * n as f64 / f64::from(SAMPLE_RATE);
+        *sample = (TONE_AMPLITUDE * phase.sin()).round() as i16;
+    }
+    frame
+}
+
+/// ITU-T G.711 µ-law encoding of one 16-bit linear sample.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let mut magnitude = i32::from(sample);
+    let sign = if magnitude < 0 {
+        magnitude = -magnitude;
+        0x80
+    } else {
+        0
+    };
+    magnitude = magnitude.min(CLIP) + BIAS;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && magnitude & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (magnitude >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
+/// ITU-T G.711 A-law encoding of one 16-bit linear sample.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    const SEGMENT_ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
+    let mut value = i32::from(sample) >> 3;
+    let mask = if value >= 0 {
+        0xD5
+    } else {
+        value = -value - 1;
+        0x55
+    };
+    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
+        return (0x7F ^ mask) as u8;
+    };
+    let segment = segment as i32;
+    let mut code = segment << 4;
+    code |= if segment < 2 {
+        (value >> 1) & 0x0F
+    } else {
+        (value >> segment) & 0x0F
+    };
+    (code ^ mask) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulaw_round_trips_within_quantisation() {
+        for sample in (i16::MIN..=i16::MAX).step_by(7) {
+            let decoded = rst_codec::g711::ulaw_to_linear(linear_to_ulaw(sample));
+            let error = (i32::from(decoded) - i32::from(sample)).abs();
+            // The largest µ-law step is 1024 (clipped near full scale at 32124).
+            let allowed = (i32::from(sample).abs() / 16).max(8) + 1024 * i32::from(sample.unsigned_abs() > 32000);
+            assert!(error <= allowed, "{sample} -> {decoded}");
+        }
+        assert_eq!(linear_to_ulaw(0), 0xFF);
+    }
+
+    #[test]
+    fn alaw_round_trips_within_quantisation() {
+        for sample in (i16::MIN..=i16::MAX).step_by(7) {
+            let decoded = rst_codec::g711::alaw_to_linear(linear_to_alaw(sample));
+            let error = (i32::from(decoded) - i32::from(sample)).abs();
+            let allowed = (i32::from(sample).abs() / 16).max(16);
+            assert!(error <= allowed, "{sample} -> {decoded}");
+        }
+        assert_eq!(linear_to_alaw(0), 0xD5);
+    }
+
+    #[test]
+    fn tones_repeat_per_frame() {
+        for hz in [TONE_HZ_READ, TONE_HZ_WRITE] {
+            let frame = tone_frame(hz);
+            let period = (SAMPLE_RATE / hz) as usize;
+            assert_eq!(FRAME_SAMPLES % period, 0);
+            assert_eq!(frame[0], 0);
+            assert!(frame.iter().any(|&s| s > 16000));
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! RTP mode end to end over real UDP on 127.0.0.1: port allocation, then RTP
+//! with loss, reordering, duplicates, an SSRC change, a timestamp jump and DTMF,
+//! checked sample by sample in the WAV and figure by figure in the record.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use rst_proto::{Extensions, Inv, Message, RtpPacket, TelephoneEvent, Uuid};
+use udp_server::config::PortRange;
+use udp_server::Settings;
+
+/// A sender in RTP mode: the control socket plus one socket per direction.
+struct RtpSender {
+    control: Sender,
+    read: UdpSocket,
+    write: UdpSocket,
+}
+
+impl RtpSender {
+    fn new(target: SocketAddr) -> Self {
+        RtpSender {
+            control: Sender::new(target),
+            read: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            write: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    /// Sends the RTP-mode INV; returns the server's ports from the ACK, if answered.
+    fn inv(&mut self, uuid: &str, extensions: &str) -> Option<(u16, u16)> {
+        let ports = rst_proto::RtpPorts {
+            read: self.read.local_addr().unwrap().port(),
+            write: self.write.local_addr().unwrap().port(),
+        };
+        self.control.send(Message::Inv(Inv {
+            uuid: Uuid::new(uuid).unwrap(),
+            caller: "alice",
+            callee: "bob",
+            rtp_ports: Some(ports),
+            extensions: Extensions::parse(extensions).unwrap(),
+        }));
+        let reply = self.control.receive()?;
+        let Ok(Message::Ack(ack)) = Message::parse(&reply) else {
+            panic!("not an ACK: {reply:?}")
+        };
+        assert_eq!(ack.uuid.as_str(), uuid);
+        let server = ack
+            .rtp_ports
+            .expect("an RTP-mode INV is answered with ports");
+        Some((server.read, server.write))
+    }
+}
+
+fn rtp(sequence: u16, timestamp: u32, ssrc: u32, payload_type: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    RtpPacket {
+        marker: false,
+        payload_type,
+        sequence,
+        timestamp,
+        ssrc,
+        payload,
+    }
+    .encode(&mut bytes);
+    bytes
+}
+
+fn settings(ports: &str) -> Settings {
+    Settings {
+        rtp_ports: Some(ports.parse::<PortRange>().unwrap()),
+        ..Settings::default()
+    }
+}
+
+#[test]
+fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
+    let mut receiver = Receiver::with(settings("41000-41003"));
+    let mut first = RtpSender::new(receiver.addr);
+    let mut second = RtpSender::new(receiver.addr);
+    let a = first.inv(&uuid(1), "").unwrap();
+    assert_eq!(
+        first.inv(&uuid(1), ""),
+        Some(a),
+        "a repeated INV got other ports"
+    );
+    let b = second.inv(&uuid(2), "").unwrap();
+    let mut all = [a.0, a.1, b.0, b.1];
+    all.sort();
+    assert_eq!(all, [41000, 41001, 41002, 41003]);
+
+    // The range is exhausted: the third call gets no answer at all, never a broken one.
+    let mut third = RtpSender::new(receiver.addr);
+    assert_eq!(third.inv(&uuid(3), ""), None);
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"no_ports\"}"),
+        1
+    );
+
+    // Ports come back when a call ends.
+    first.control.bye(&uuid(1));
+    let c = third.inv(&uuid(3), "").unwrap();
+    let mut freed = [c.0, c.1];
+    freed.sort();
+    assert_eq!(freed, [a.0.min(a.1), a.0.max(a.1)]);
+    receiver.stop();
+    let records = receiver.wait_records(3);
+    assert!(records.iter().all(|r| r["mode"] == "rtp"));
+}
+
+#[test]
+fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_exactly() {
+    let mut receiver = Receiver::with(Settings {
+        jitter_packets: Some(5),
+        ..settings("41100-41199")
+    });
+    let mut sender = RtpSender::new(receiver.addr);
+    let id = uuid(10);
+    let (server_read, _) = sender.inv(&id, "pt101=telephone-event/8000").unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], server_read));
+    let send = |bytes: &[u8]| {
+        sender.read.send_to(bytes, to).unwrap();
+    };
+    let audio = |k: u8| vec![0x80 + k; 160];
+    let (ssrc_a, ssrc_b) = (0x1111_1111, 0x2222_2222);
+
+    // SSRC A: packets 0..14, then a '5' held 60 ms, then 15..19.
+    let ts = |k: u32| {
+        if k < 15 {
+            50_000 + 160 * k
+        } else {
+            50_000 + 160 * 15 + 480 + 160 * (k - 15)
+        }
+    };
+    let a = |k: u8| rtp(1000 + u16::from(k), ts(u32::from(k)), ssrc_a, 0, &audio(k));
+    for k in 0..15u8 {
+        match k {
+            5 => {} // lost
+            8 => {} // sent after 9
+            9 => {
+                send(&a(9));
+                send(&a(8));
+            }
+            12 => {
+                send(&a(12));
+                send(&a(12));
+            } // duplicate
+            _ => send(&a(k)),
+        }
+    }
+    let event = |seq: u16, duration: u16, end: bool| {
+        let payload = TelephoneEvent {
+            event: 5,
+            end,
+            volume: 10,
+            duration,
+        }
+        .encode();
+        rtp(seq, ts(15) - 480, ssrc_a, 101, &payload)
+    };
+    send(&event(1015, 160, false));
+    send(&event(1016, 320, false));
+    send(&event(1017, 480, true));
+    send(&event(1017, 480, true)); // RFC 4733 end retransmissions
+    send(&event(1017, 480, true));
+    for k in 15..20u8 {
+        send(&rtp(
+            1003 + u16::from(k),
+            ts(u32::from(k)),
+            ssrc_a,
+            0,
+            &audio(k),
+        ));
+    }
+    send(&a(5)); // the lost one, far too late
+                 // SSRC B (a re-INVITE upstream, say), then a timestamp jump of 100 s.
+    for i in 0..10u8 {
+        let jump = if i >= 5 { 8000 * 100 } else { 0 };
+        let timestamp = 999_999 + 160 * u32::from(i) + jump;
+        send(&rtp(7 + u16::from(i), timestamp, ssrc_b, 0, &audio(20 + i)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    sender.control.bye(&id);
+
+    let record = receiver.wait_records(1).pop().unwrap();
+    let block = |k: u8| vec![sox_decode("ul", &[0x80 + k])[0]; 160];
+    let mut expected = Vec::new();
+    for k in 0..30u8 {
+        match k {
+            5 => expected.extend([0i16; 160]),
+            15 => {
+                expected.extend([0i16; 480]); // the DTMF's time is silence, never its tones
+                expected.extend(block(k));
+            }
+            _ => expected.extend(block(k)),
+        }
+    }
+    let (spec, samples) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert_eq!(spec.sample_rate, 8000);
+    assert_eq!(samples.len(), expected.len());
+    assert!(
+        samples == expected,
+        "the R recording differs from what was sent"
+    );
+    assert_sox_accepts(&path_of(&record, "/directions/R/wav/0"));
+    assert_sox_accepts(&path_of(&record, "/stereo"));
+
+    let stats = &record["directions"]["R"]["rtp"];
+    assert_eq!(stats["expected"], 23 + 10, "{stats}");
+    assert_eq!(stats["received"], 22 + 10, "{stats}");
+    assert_eq!(stats["lost"], 1, "{stats}");
+    assert_eq!(stats["late"], 1, "{stats}");
+    assert_eq!(stats["duplicates"], 3, "{stats}");
+    assert_eq!(stats["ssrc_changes"], 1, "{stats}");
+    assert_eq!(stats["timestamp_jumps"], 1, "{stats}");
+    assert!(stats["jitter_ms"].as_f64().unwrap() >= 0.0);
+
+    let dtmf = &record["dtmf"];
+    assert_eq!(dtmf.as_array().unwrap().len(), 1, "{dtmf}");
+    assert_eq!(dtmf[0]["digit"], "5");
+    assert_eq!(dtmf[0]["direction"], "R");
+    assert_eq!(dtmf[0]["duration_ms"], 60);
+    assert_eq!(
+        record["directions"]["R"]["codecs"],
+        serde_json::json!(["PCMU"])
+    );
+    receiver.stop();
+}
+
+#[test]
+fn rtp_from_anyone_but_the_calls_sender_is_ignored_and_counted() {
+    let mut receiver = Receiver::with(settings("41200-41209"));
+    let mut sender = RtpSender::new(receiver.addr);
+    let id = uuid(20);
+    let (server_read, server_write) = sender.inv(&id, "").unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger
+        .send_to(&rtp(1, 0, 9, 0, &[0x00; 160]), ("127.0.0.1", server_read))
+        .unwrap();
+    // The sender's R socket sending to the W port is not the announced W source either.
+    sender
+        .read
+        .send_to(&rtp(1, 0, 9, 0, &[0x00; 160]), ("127.0.0.1", server_write))
+        .unwrap();
+    sender
+        .write
+        .send_to(&rtp(1, 0, 9, 0, &[0xFF; 160]), ("127.0.0.1", server_write))
+        .unwrap();
+    sender
+        .read
+        .send_to(b"not rtp", ("127.0.0.1", server_read))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    sender.control.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"wrong_source\"}"),
+        2
+    );
+    assert_eq!(receiver.counter("rst_rtp_malformed_total"), 1);
+    assert_eq!(record["malformed"], 1);
+    assert_eq!(record["directions"]["R"]["rtp"]["received"], 0);
+    let (_, samples) = read_wav(&path_of(&record, "/directions/W/wav/0"));
+    assert_eq!(samples, vec![0i16; 160]);
+    receiver.stop();
+}
+
+#[test]
+fn an_idle_rtp_call_times_out_and_frees_its_ports() {
+    let mut receiver = Receiver::with(Settings {
+        idle_timeout: Some(1),
+        ..settings("41300-41301")
+    });
+    let mut sender = RtpSender::new(receiver.addr);
+    let (read, _) = sender.inv(&uuid(30), "").unwrap();
+    sender
+        .read
+        .send_to(&rtp(1, 0, 9, 8, &[0xD5; 160]), ("127.0.0.1", read))
+        .unwrap();
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "timeout");
+    assert_eq!(record["directions"]["R"]["samples"], 160);
+    // The only port pair is free again.
+    let mut next = RtpSender::new(receiver.addr);
+    assert!(next.inv(&uuid(31), "").is_some());
+    receiver.stop();
+}
