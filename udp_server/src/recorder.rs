@@ -129,6 +129,7 @@ pub fn run(
                     match CallRecording::open(&start, wall, at, &options) {
                         Ok(recording) => {
                             tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
+                            on_event(Event::Started(recording.record()));
                             calls.insert(start.call, recording);
                         }
                         Err(error) => {
@@ -144,6 +145,8 @@ pub fn run(
                 } => {
                     if let Some(recording) = calls.get_mut(&call) {
                         recording.identify(&caller, &callee);
+                        // Consoles (and the snapshot) get the call with its parties named.
+                        on_event(Event::Started(recording.record()));
                     }
                 }
                 Command::Audio {
