@@ -86,7 +86,8 @@ mod tests {
             let decoded = rst_codec::g711::ulaw_to_linear(linear_to_ulaw(sample));
             let error = (i32::from(decoded) - i32::from(sample)).abs();
             // The largest µ-law step is 1024 (clipped near full scale at 32124).
-            let allowed = (i32::from(sample).abs() / 16).max(8) + 1024 * i32::from(sample.unsigned_abs() > 32000);
+            let allowed = (i32::from(sample).abs() / 16).max(8)
+                + 1024 * i32::from(sample.unsigned_abs() > 32000);
             assert!(error <= allowed, "{sample} -> {decoded}");
         }
         assert_eq!(linear_to_ulaw(0), 0xFF);

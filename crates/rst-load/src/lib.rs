@@ -268,8 +268,8 @@ pub fn random_uuid() -> String {
         ^ SEQUENCE.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed);
     let high = splitmix64(&mut state);
     let low = splitmix64(&mut state);
-    let bits = (u128::from(high) << 64 | u128::from(low)) & !(0xF000u128 << 64)
-        | (0x4000u128 << 64); // version 4
+    let bits =
+        (u128::from(high) << 64 | u128::from(low)) & !(0xF000u128 << 64) | (0x4000u128 << 64); // version 4
     let bits = bits & !(0xC000u128 << 48) | (0x8000u128 << 48); // RFC 4122 variant
     let hex = format!("{bits:032x}");
     format!(
@@ -299,7 +299,10 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
 pub fn run_with(config: &Config, live: &Live) -> anyhow::Result<Report> {
     anyhow::ensure!(config.calls > 0, "at least one call is needed");
     anyhow::ensure!(!config.interval.is_zero(), "the frame interval must be > 0");
-    anyhow::ensure!(!config.rto.is_zero(), "the retransmission timeout must be > 0");
+    anyhow::ensure!(
+        !config.rto.is_zero(),
+        "the retransmission timeout must be > 0"
+    );
     if let Some(rate) = config.rate {
         anyhow::ensure!(rate > 0, "the rate must be > 0");
         anyhow::ensure!(config.fast, "a rate cap only applies to fast mode");
@@ -574,7 +577,13 @@ impl Control {
         }
     }
 
-    fn service<'a>(&mut self, now: Instant, out: &mut Out<'a>, calls: &'a [Call], state: &[CallState]) {
+    fn service<'a>(
+        &mut self,
+        now: Instant,
+        out: &mut Out<'a>,
+        calls: &'a [Call],
+        state: &[CallState],
+    ) {
         while let Some(&Reverse((due, call, kind, sends))) = self.timers.peek() {
             if due > now {
                 break;
@@ -662,7 +671,10 @@ fn play(
     };
     let frames = config.frames.or_else(|| {
         (!config.fast).then(|| {
-            let frames = config.duration.as_nanos().div_ceil(config.interval.as_nanos());
+            let frames = config
+                .duration
+                .as_nanos()
+                .div_ceil(config.interval.as_nanos());
             (frames as u64).max(1)
         })
     });

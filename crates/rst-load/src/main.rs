@@ -95,12 +95,7 @@ fn main() -> anyhow::Result<()> {
             size,
             duration,
         }) => {
-            let report = ceiling::blast(
-                target,
-                size,
-                seconds(duration)?,
-                &AtomicBool::new(false),
-            )?;
+            let report = ceiling::blast(target, size, seconds(duration)?, &AtomicBool::new(false))?;
             println!(
                 "sent {} datagrams of {} bytes in {:.3} s = {:.0}/s ({} send errors)",
                 report.sent,

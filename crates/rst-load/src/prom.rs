@@ -12,10 +12,9 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
         .with_context(|| format!("cannot connect to the metrics endpoint {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: a minimal server may answer (and close) after the first segment.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
@@ -91,14 +90,20 @@ mod tests {
         let text = "# HELP rst_messages_total x\n# TYPE rst_messages_total counter\n\
                     rst_messages_total{command=\"inv\"} 5\nrst_messages_total{command=\"data\"} 1234\n\
                     rst_datagrams_total 99\n";
-        assert_eq!(value(text, "rst_messages_total{command=\"data\"}"), Some(1234.0));
+        assert_eq!(
+            value(text, "rst_messages_total{command=\"data\"}"),
+            Some(1234.0)
+        );
         assert_eq!(value(text, "rst_datagrams_total"), Some(99.0));
         assert_eq!(value(text, "rst_messages_total"), None);
     }
 
     #[test]
     fn dechunks() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ fn real_time_calls_are_counted_and_acknowledged() {
     let calls = calls as u64;
     assert_eq!(report.calls, calls);
     assert_eq!(report.data_sent, calls * 2 * frames, "{report}");
-    assert_eq!((report.inv_acked, report.bye_acked), (calls, calls), "{report}");
+    assert_eq!(
+        (report.inv_acked, report.bye_acked),
+        (calls, calls),
+        "{report}"
+    );
     assert_eq!(report.lost(), 0, "{report}");
     assert_eq!(report.send_errors, 0, "{report}");
 
@@ -37,11 +41,17 @@ fn real_time_calls_are_counted_and_acknowledged() {
     assert_eq!(counts.bye, report.bye_sent, "{report}\n{counts:?}");
     assert_eq!(counts.other + counts.ack, 0);
     assert_eq!(counts.datagrams, report.datagrams_sent());
-    assert_eq!(counts.acks_sent, report.acks_received, "{report}\n{counts:?}");
+    assert_eq!(
+        counts.acks_sent, report.acks_received,
+        "{report}\n{counts:?}"
+    );
     // PCMA frames: 51-byte header + 160 bytes.
     assert!(counts.bytes > report.data_sent * 211);
     // Real time: 25 frames 20 ms apart take about half a second.
-    assert!(report.data_elapsed >= Duration::from_millis(460), "{report}");
+    assert!(
+        report.data_elapsed >= Duration::from_millis(460),
+        "{report}"
+    );
     assert!(report.elapsed < Duration::from_secs(5), "{report}");
 }
 
@@ -111,6 +121,9 @@ fn blaster_datagrams_reach_the_counting_receiver() {
     let counts = receiver.stop().unwrap();
     assert!(blast.sent > 0);
     // Loopback may drop when the receiver falls behind, never invent.
-    assert!(counts.data <= blast.sent && counts.data > 0, "{blast:?} {counts:?}");
+    assert!(
+        counts.data <= blast.sent && counts.data > 0,
+        "{blast:?} {counts:?}"
+    );
     assert_eq!(counts.bytes, counts.data * 180);
 }

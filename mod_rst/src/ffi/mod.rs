@@ -1,0 +1,8 @@
+//! The raw FreeSWITCH boundary: `#[repr(C)]` types and `extern "C"` functions,
+//! nothing else. [`crate::fs`] is the safe layer over it.
+
+mod functions;
+pub mod types;
+
+pub use functions::*;
+pub use types::*;

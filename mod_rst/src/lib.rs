@@ -1,0 +1,2 @@
+//! mod_rst (being written).
+pub mod ffi;

@@ -1,0 +1,411 @@
+//! Throughput and memory of udp_server on loopback, in one run:
+//!
+//! ```text
+//! cargo bench -p udp_server --bench throughput
+//! ```
+//!
+//! (a) the loopback ceiling: datagrams/s a bare `recvmmsg` receiver counts while a
+//!     blaster sends 180-byte DATA datagrams as fast as it can (each on its own thread);
+//! (b) udp_server's highest lossless rate while recording: the real binary, 50 calls
+//!     sent by rst-load in fast mode at a capped total rate, stepped up (doubling, then
+//!     bisecting); a step is lossless when the server's `rst_messages_total{command="data"}`
+//!     grew by exactly the DATA rst-load sent;
+//! (c) memory per active call: VmRSS of a fresh udp_server before and while 1000
+//!     calls are up (INV, then one frame per direction per call every second).
+//!
+//! Sender, receiver and recorder share the machine's cores: the figures are for
+//! this machine as loaded, not absolute.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rst_load::ceiling::{self, Options, Receiver};
+use rst_load::{prom, Codec, Config, Live};
+
+/// Size of the blaster's datagrams for the ceiling.
+const CEILING_DATAGRAM: usize = 180;
+const CEILING_SECS: f64 = 3.0;
+/// Calls per rate step, and how long each step sends.
+const STEP_CALLS: usize = 50;
+const STEP_SECS: f64 = 2.5;
+const FIRST_RATE: u64 = 20_000;
+const MAX_STEPS: usize = 10;
+/// Bisection stops when the lossy rate is within this factor of the lossless one.
+const PRECISION: f64 = 1.08;
+const MEMORY_CALLS: usize = 1000;
+const DATA_SERIES: &str = "rst_messages_total{command=\"data\"}";
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; a filter argument naming something else skips us.
+    if std::env::args()
+        .skip(1)
+        .any(|arg| !arg.starts_with('-') && !"throughput".contains(arg.as_str()))
+    {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "udp_server throughput bench ({cores} cores; sender, receiver and recorder share them)\n"
+    );
+
+    println!("(a) loopback ceiling: bare recvmmsg receiver, {CEILING_DATAGRAM}-byte DATA blasted for {CEILING_SECS} s");
+    let ceiling = loopback_ceiling()?;
+
+    println!("\n(b) udp_server recording, {STEP_CALLS} calls per step, {STEP_SECS} s per step, PCMU (211-byte DATA)");
+    let lossless = lossless_rate(ceiling)?;
+
+    println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server");
+    let memory = memory_per_call()?;
+
+    println!("\nsummary ({:.0} s)", started.elapsed().as_secs_f64());
+    println!("loopback ceiling            : {ceiling:.0} datagrams/s");
+    println!(
+        "udp_server lossless (record): {}{:.0} datagrams/s = {:.2} x ceiling",
+        if lossless.sender_bound { ">= " } else { "" },
+        lossless.rate,
+        lossless.rate / ceiling
+    );
+    println!("memory per active call      : {memory:.1} KiB");
+    if lossless.sender_bound {
+        println!("(the lossless figure is a lower bound: rst-load could not send faster)");
+    }
+    Ok(())
+}
+
+/// (a): datagrams/s the bare receiver counts in the steady middle of a blast.
+fn loopback_ceiling() -> anyhow::Result<f64> {
+    let receiver = Receiver::bind("127.0.0.1:0".parse()?, Options::default())?;
+    let target = receiver.local_addr();
+    let stop = AtomicBool::new(false);
+    let (blast, first, last) = std::thread::scope(|scope| {
+        let blaster = scope.spawn(|| {
+            ceiling::blast(
+                target,
+                CEILING_DATAGRAM,
+                Duration::from_secs_f64(CEILING_SECS),
+                &stop,
+            )
+        });
+        // Skip the ramp-up and the tail: count over the middle of the blast.
+        std::thread::sleep(Duration::from_millis(500));
+        let first = (Instant::now(), receiver.counts());
+        std::thread::sleep(Duration::from_secs_f64(CEILING_SECS - 1.0));
+        let last = (Instant::now(), receiver.counts());
+        let blast = blaster.join().expect("blaster panicked");
+        (blast, first, last)
+    });
+    let blast = blast?;
+    std::thread::sleep(Duration::from_millis(100));
+    let total = receiver.stop()?;
+    let rate = (last.1.datagrams - first.1.datagrams) as f64 / (last.0 - first.0).as_secs_f64();
+    println!(
+        "    blaster sent {} ({:.0}/s), receiver counted {} ({:.1}% dropped by the kernel)",
+        blast.sent,
+        blast.rate(),
+        total.datagrams,
+        100.0 * blast.sent.saturating_sub(total.datagrams) as f64 / blast.sent.max(1) as f64
+    );
+    println!("    ceiling: {rate:.0} datagrams/s counted");
+    Ok(rate)
+}
+
+struct Lossless {
+    /// The highest achieved DATA rate of a lossless step.
+    rate: f64,
+    /// That step could not reach its offered rate: the sender, not the server, was the limit.
+    sender_bound: bool,
+}
+
+struct Step {
+    offered: u64,
+    achieved: f64,
+    sent: u64,
+    counted: u64,
+    lost_control: u64,
+}
+
+impl Step {
+    fn lossless(&self) -> bool {
+        self.counted == self.sent
+    }
+}
+
+/// (b): steps the offered rate up (doubling) until DATA is lost, then bisects.
+fn lossless_rate(ceiling: f64) -> anyhow::Result<Lossless> {
+    let server = Server::start("recording")?;
+    let mut best: Option<(u64, f64, bool)> = None; // offered, achieved, sender-bound
+    let mut lossy: Option<u64> = None;
+    let mut rate = FIRST_RATE;
+    for _ in 0..MAX_STEPS {
+        let step = server.step(rate)?;
+        let lossless = step.lossless();
+        let sender_bound = step.achieved < 0.95 * step.offered as f64;
+        println!(
+            "    offered {:>7}/s  sent {:>7.0}/s  DATA {:>8} sent {:>8} counted  {}{}{}",
+            step.offered,
+            step.achieved,
+            step.sent,
+            step.counted,
+            if lossless {
+                "lossless".to_owned()
+            } else {
+                format!("LOST {}", step.sent.saturating_sub(step.counted))
+            },
+            if sender_bound { " (sender-bound)" } else { "" },
+            if step.lost_control > 0 {
+                format!(" ({} INV/BYE unacknowledged)", step.lost_control)
+            } else {
+                String::new()
+            }
+        );
+        if lossless {
+            if best.map_or(true, |(_, achieved, _)| step.achieved > achieved) {
+                best = Some((rate, step.achieved, sender_bound));
+            }
+            if sender_bound && lossy.is_none() {
+                break; // rst-load cannot offer more: no point going higher.
+            }
+        } else {
+            lossy = Some(lossy.map_or(rate, |hi| hi.min(rate)));
+        }
+        let low = best.map_or(0, |(offered, ..)| offered);
+        rate = match lossy {
+            None => (rate * 2).min((ceiling * 2.0) as u64),
+            Some(high) => {
+                if low > 0 && high as f64 / low as f64 <= PRECISION {
+                    break;
+                }
+                (low + high) / 2
+            }
+        };
+        if rate < 1000 {
+            break;
+        }
+    }
+    let log = server.stop();
+    let (_, achieved, sender_bound) =
+        best.with_context(|| format!("udp_server lost DATA at every rate tried; its log:\n{log}"))?;
+    Ok(Lossless {
+        rate: achieved,
+        sender_bound,
+    })
+}
+
+/// (c): (VmRSS with the calls up - VmRSS before) / active calls.
+fn memory_per_call() -> anyhow::Result<f64> {
+    let server = Server::start("memory")?;
+    // One short call first, so what the first call initialises once is not counted.
+    let warm_up = rst_load::run(&Config {
+        target: server.listen,
+        calls: 1,
+        frames: Some(3),
+        ..Config::default()
+    })?;
+    anyhow::ensure!(
+        warm_up.lost() == 0,
+        "warm-up call not acknowledged:\n{warm_up}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.rss_kib()?;
+
+    let config = Config {
+        target: server.listen,
+        calls: MEMORY_CALLS,
+        // One frame per direction per call every second, calls spread over the second.
+        interval: Duration::from_secs(1),
+        frames: Some(5),
+        ..Config::default()
+    };
+    let live = Live::default();
+    let (report, after, active) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| rst_load::run_with(&config, &live));
+        // Every call started and has sent two frames per direction (about 2 s in).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut measured = None;
+        while Instant::now() < deadline {
+            let now = live.snapshot();
+            if now.inv_acked == MEMORY_CALLS as u64 && now.data_sent >= 2 * 2 * MEMORY_CALLS as u64
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                let active = server.value("rst_calls_active");
+                measured = Some((server.rss_kib(), active));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = load.join().expect("load generator panicked");
+        let (after, active) = measured.unzip();
+        (report, after, active)
+    });
+    let report = report?;
+    let log = server.stop();
+    let after = after.with_context(|| {
+        format!("the {MEMORY_CALLS} calls never all came up:\n{report}\n{log}")
+    })??;
+    let active = active.unwrap_or(Ok(0))?;
+    println!(
+        "    VmRSS {before} KiB before, {after} KiB with {active} calls active (rst_calls_active); INV acked {}/{}",
+        report.inv_acked, report.calls
+    );
+    anyhow::ensure!(active > 0, "udp_server reports no active call");
+    Ok(after.saturating_sub(before) as f64 / active as f64)
+}
+
+/// The real udp_server binary, recording into a temporary folder.
+struct Server {
+    child: Child,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(name: &str) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rst-bench-{name}-"))
+            .tempdir()?;
+        let listen = free_udp_port()?;
+        let metrics = free_tcp_port()?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_udp_server"))
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--record-dir")
+            .arg(dir.path())
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .arg("--max-calls")
+            .arg((10 * MEMORY_CALLS).to_string())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start udp_server")?;
+        // Keep draining its log, so it never blocks on a full pipe.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready, listening) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening on") {
+                        let _ = ready.send(());
+                    }
+                    let mut log = log.lock().expect("log lock");
+                    if log.len() < 10_000 {
+                        log.push(line);
+                    }
+                }
+            }
+        });
+        let server = Server {
+            child,
+            listen,
+            metrics,
+            log,
+            dir,
+        };
+        if listening.recv_timeout(Duration::from_secs(10)).is_err() {
+            let log = server.stop();
+            anyhow::bail!("udp_server did not log `listening on`; its log:\n{log}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(error) = prom::scrape(metrics) {
+            if Instant::now() > deadline {
+                let log = server.stop();
+                anyhow::bail!("no metrics at {metrics}: {error:#}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn value(&self, series: &str) -> anyhow::Result<u64> {
+        prom::scrape_value(self.metrics, series)
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        prom::vm_rss_kib(self.child.id())
+    }
+
+    /// One rate step: STEP_CALLS calls in fast mode capped at `rate` datagrams/s.
+    fn step(&self, rate: u64) -> anyhow::Result<Step> {
+        let before = self.value(DATA_SERIES)?;
+        let report = rst_load::run(&Config {
+            target: self.listen,
+            calls: STEP_CALLS,
+            duration: Duration::from_secs_f64(STEP_SECS),
+            fast: true,
+            rate: Some(rate),
+            codec: Codec::Pcmu,
+            ..Config::default()
+        })?;
+        // Settle: wait until the count reaches what was sent or stops moving.
+        let expected = before + report.data_sent;
+        let mut counted = self.value(DATA_SERIES)?;
+        let mut still = 0;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while counted < expected && still < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.value(DATA_SERIES)?;
+            still = if now == counted { still + 1 } else { 0 };
+            counted = now;
+        }
+        self.clear_recordings();
+        Ok(Step {
+            offered: rate,
+            achieved: report.data_rate(),
+            sent: report.data_sent,
+            counted: counted - before,
+            lost_control: report.lost(),
+        })
+    }
+
+    /// Deletes what the finished calls recorded, so steps do not fill the disk.
+    fn clear_recordings(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
+    /// Kills the server and returns the tail of its log.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        let log = self.log.lock().expect("log lock");
+        let tail = log.len().saturating_sub(40);
+        log[tail..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
