@@ -1,2 +1,567 @@
-//! mod_rst (being written).
+//! mod_rst: a FreeSWITCH module that streams both directions of a call, live,
+//! to an rst receiver (`udp_server`), as DATA datagrams or RTP.
+//!
+//! Layers, one direction: [`ffi`] (raw declarations) → [`fs`] (safe layer) →
+//! this file (the module: load, shutdown, application, APIs) with [`tap`] (the
+//! media bug, on FreeSWITCH's media threads) feeding [`sender`] (one thread that
+//! owns every socket and timer) and its per-call state machine [`stream`].
+//! Every `extern "C"` entry is a trampoline that catches panics.
+
+pub mod args;
+pub mod config;
 pub mod ffi;
+pub mod fs;
+pub mod sender;
+pub mod stream;
+pub mod tap;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use args::{ApiCommand, Target};
+use config::{Audio, Mode, Settings};
+use ffi::*;
+use fs::{LocatedSession, SessionRef};
+use sender::{Command, Sender, StreamId};
+use stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
+use tap::Tap;
+
+/// What FreeSWITCH looks up after `dlopen("mod_rst.so")`: `<file name>_module_interface`.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mod_rst_module_interface: switch_loadable_module_function_table_t =
+    switch_loadable_module_function_table_t {
+        switch_api_version: SWITCH_API_VERSION,
+        load: Some(module_load),
+        shutdown: Some(module_shutdown),
+        runtime: None,
+        flags: 0,
+    };
+
+/// The channel private that holds a channel's bug: one stream per channel.
+const PRIVATE_KEY: &CStr = c"rst";
+const EVENT_START: &CStr = c"rst::start";
+const EVENT_STOP: &CStr = c"rst::stop";
+const EVENT_ERROR: &CStr = c"rst::error";
+
+struct Module {
+    settings: Settings,
+    sender: Sender,
+    thread: Option<JoinHandle<()>>,
+    /// Streams in progress, by channel UUID: what unload must stop.
+    active: HashMap<String, StreamId>,
+    next_stream: StreamId,
+}
+
+static MODULE: Mutex<Option<Module>> = Mutex::new(None);
+
+fn module() -> MutexGuard<'static, Option<Module>> {
+    // A panic while holding the lock must not take the module down with it.
+    MODULE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `body`, turning a panic into `on_panic` and a log line: nothing unwinds into C.
+fn guarded<T>(what: &str, on_panic: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(_) => {
+            fs::log(
+                SWITCH_LOG_ERROR,
+                None,
+                &format!("mod_rst: internal error in {what}; the call is not affected"),
+            );
+            on_panic
+        }
+    }
+}
+
+unsafe extern "C" fn module_load(
+    module_interface: *mut *mut switch_loadable_module_interface_t,
+    pool: *mut switch_memory_pool_t,
+) -> switch_status_t {
+    guarded("load", SWITCH_STATUS_GENERR, || {
+        if module_interface.is_null() {
+            return SWITCH_STATUS_GENERR;
+        }
+        // SAFETY: FreeSWITCH passes its pool; the interface lives as long as the module.
+        let interface = unsafe {
+            switch_loadable_module_create_module_interface(pool, fs::MODULE_NAME.as_ptr())
+        };
+        if interface.is_null() {
+            return SWITCH_STATUS_MEMERR;
+        }
+        let settings = load_settings();
+        let (sender, commands) = sender::channel(settings.queue_frames);
+        let counters = sender.counters.clone();
+        let hex_dir = settings.write_hex.then(|| settings.hex_dir.clone());
+        if let Some(dir) = &hex_dir {
+            if let Err(error) = std::fs::create_dir_all(dir) {
+                fs::log(
+                    SWITCH_LOG_WARNING,
+                    None,
+                    &format!("mod_rst: write-hex folder {dir}: {error}"),
+                );
+            }
+        }
+        let thread = match std::thread::Builder::new()
+            .name("rst-sender".into())
+            .spawn(move || sender::run(commands, counters, hex_dir, EventReport))
+        {
+            Ok(thread) => thread,
+            Err(error) => {
+                fs::log(
+                    SWITCH_LOG_ERROR,
+                    None,
+                    &format!("mod_rst: cannot start the sender thread: {error}"),
+                );
+                return SWITCH_STATUS_GENERR;
+            }
+        };
+        fs::log(
+            SWITCH_LOG_INFO,
+            None,
+            &format!(
+                "mod_rst: default receiver {}:{}, mode {:?}, audio {:?}",
+                settings.host, settings.port, settings.mode, settings.audio
+            ),
+        );
+        *module() = Some(Module {
+            settings,
+            sender,
+            thread: Some(thread),
+            active: HashMap::new(),
+            next_stream: 1,
+        });
+        for subclass in [EVENT_START, EVENT_STOP, EVENT_ERROR] {
+            fs::reserve_event(subclass);
+        }
+        // SAFETY: `interface` is live; the registered strings and functions are 'static.
+        unsafe {
+            add_application(interface, c"rst", app_rst);
+            // `execute_on_answer='rst host port'` reaches FreeSWITCH 1.10.10+ with the
+            // quote still on the name: answer to it as well.
+            add_application(interface, c"'rst", app_rst);
+            add_api(
+                interface,
+                c"uuid_rst",
+                c"Stream a channel's audio to an rst receiver",
+                c"<uuid> [host] [port] | <uuid> stop",
+                api_uuid_rst,
+            );
+            add_api(
+                interface,
+                c"rst_stop",
+                c"Stop a channel's rst stream",
+                c"<uuid>",
+                api_rst_stop,
+            );
+            add_api(
+                interface,
+                c"rst_status",
+                c"mod_rst counters, as JSON",
+                c"",
+                api_rst_status,
+            );
+            *module_interface = interface;
+        }
+        SWITCH_STATUS_SUCCESS
+    })
+}
+
+unsafe extern "C" fn module_shutdown() -> switch_status_t {
+    guarded("shutdown", SWITCH_STATUS_SUCCESS, || {
+        // Stop every stream first: FreeSWITCH unloads the .so right after, and a
+        // bug left behind would call into freed code.
+        let active: Vec<String> = module()
+            .as_ref()
+            .map(|m| m.active.keys().cloned().collect())
+            .unwrap_or_default();
+        for uuid in active {
+            if let Some(located) = LocatedSession::locate(&uuid) {
+                let _ = stop_stream(located.session());
+            }
+        }
+        let taken = module().take();
+        if let Some(mut module) = taken {
+            module.sender.control(Command::Shutdown);
+            if let Some(thread) = module.thread.take() {
+                let _ = thread.join();
+            }
+            fs::log(
+                SWITCH_LOG_INFO,
+                None,
+                &format!(
+                    "mod_rst: unloaded; counters {}",
+                    module.sender.counters.to_json()
+                ),
+            );
+        }
+        for subclass in [EVENT_START, EVENT_STOP, EVENT_ERROR] {
+            fs::free_event(subclass);
+        }
+        SWITCH_STATUS_SUCCESS
+    })
+}
+
+fn load_settings() -> Settings {
+    match fs::config_params(c"rst.conf") {
+        Some(params) => {
+            let (settings, problems) =
+                Settings::from_params(params.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            for problem in problems {
+                fs::log(SWITCH_LOG_WARNING, None, &problem);
+            }
+            settings
+        }
+        None => {
+            fs::log(
+                SWITCH_LOG_WARNING,
+                None,
+                "mod_rst: no rst.conf found; using the defaults (127.0.0.1:9527)",
+            );
+            Settings::default()
+        }
+    }
+}
+
+/// # Safety
+/// `interface` is a live module interface.
+unsafe fn add_application(
+    interface: *mut switch_loadable_module_interface_t,
+    name: &'static CStr,
+    function: unsafe extern "C" fn(*mut switch_core_session_t, *const c_char),
+) {
+    // SAFETY: FreeSWITCH returns a zeroed application interface owned by the module interface.
+    let app =
+        unsafe { switch_loadable_module_create_interface(interface, SWITCH_APPLICATION_INTERFACE) }
+            as *mut switch_application_interface_t;
+    if app.is_null() {
+        return;
+    }
+    // SAFETY: `app` is live and ours to fill; the strings are 'static.
+    unsafe {
+        (*app).interface_name = name.as_ptr();
+        (*app).application_function = Some(function);
+        (*app).short_desc = c"Stream the call's audio to an rst receiver".as_ptr();
+        (*app).long_desc =
+            c"Stream both directions of the call, live, to an rst receiver (udp_server)".as_ptr();
+        (*app).syntax = c"[host] [port]".as_ptr();
+        (*app).flags = SAF_MEDIA_TAP;
+    }
+}
+
+/// # Safety
+/// `interface` is a live module interface.
+unsafe fn add_api(
+    interface: *mut switch_loadable_module_interface_t,
+    name: &'static CStr,
+    description: &'static CStr,
+    syntax: &'static CStr,
+    function: unsafe extern "C" fn(
+        *const c_char,
+        *mut switch_core_session_t,
+        *mut switch_stream_handle_t,
+    ) -> switch_status_t,
+) {
+    // SAFETY: as in add_application.
+    let api = unsafe { switch_loadable_module_create_interface(interface, SWITCH_API_INTERFACE) }
+        as *mut switch_api_interface_t;
+    if api.is_null() {
+        return;
+    }
+    // SAFETY: `api` is live and ours to fill; the strings are 'static.
+    unsafe {
+        (*api).interface_name = name.as_ptr();
+        (*api).desc = description.as_ptr();
+        (*api).function = Some(function);
+        (*api).syntax = syntax.as_ptr();
+    }
+}
+
+/// The dialplan application: `rst [host] [port]`.
+unsafe extern "C" fn app_rst(session: *mut switch_core_session_t, data: *const c_char) {
+    guarded("the rst application", (), || {
+        // SAFETY: FreeSWITCH passes the running session and its argument string.
+        let (Some(session), data) = (unsafe { SessionRef::new(session) }, unsafe {
+            fs::text(data)
+        }) else {
+            return;
+        };
+        let uuid = session.uuid();
+        let result = args::parse_app(data.as_deref().unwrap_or(""))
+            .map_err(|e| e.to_string())
+            .and_then(|target| start_stream(&session, &target));
+        match result {
+            Ok(message) => fs::log(SWITCH_LOG_INFO, Some(&uuid), &format!("rst: {message}")),
+            Err(message) => fs::log(SWITCH_LOG_ERROR, Some(&uuid), &format!("rst: {message}")),
+        }
+    })
+}
+
+/// `uuid_rst <uuid> [host] [port]` / `uuid_rst <uuid> stop`.
+unsafe extern "C" fn api_uuid_rst(
+    cmd: *const c_char,
+    _session: *mut switch_core_session_t,
+    stream: *mut switch_stream_handle_t,
+) -> switch_status_t {
+    guarded("uuid_rst", SWITCH_STATUS_SUCCESS, || {
+        // SAFETY: FreeSWITCH passes the argument string (or NULL).
+        let cmd = unsafe { fs::text(cmd) }.unwrap_or_default();
+        let reply = match args::parse_uuid_rst(&cmd) {
+            Err(error) => format!("-ERR {error}\n"),
+            Ok(ApiCommand::Start { uuid, target }) => {
+                with_session(&uuid, |session| start_stream(session, &target))
+            }
+            Ok(ApiCommand::Stop { uuid }) => with_session(&uuid, stop_stream),
+        };
+        // SAFETY: the stream FreeSWITCH passed.
+        unsafe { fs::stream_write(stream, &reply) };
+        SWITCH_STATUS_SUCCESS
+    })
+}
+
+/// `rst_stop <uuid>`, the original module's API.
+unsafe extern "C" fn api_rst_stop(
+    cmd: *const c_char,
+    _session: *mut switch_core_session_t,
+    stream: *mut switch_stream_handle_t,
+) -> switch_status_t {
+    guarded("rst_stop", SWITCH_STATUS_SUCCESS, || {
+        // SAFETY: as in api_uuid_rst.
+        let cmd = unsafe { fs::text(cmd) }.unwrap_or_default();
+        let reply = match args::parse_rst_stop(&cmd) {
+            Err(error) => format!("-ERR {error}\n"),
+            Ok(uuid) => with_session(&uuid, stop_stream),
+        };
+        // SAFETY: the stream FreeSWITCH passed.
+        unsafe { fs::stream_write(stream, &reply) };
+        SWITCH_STATUS_SUCCESS
+    })
+}
+
+/// `rst_status`: the module's counters.
+unsafe extern "C" fn api_rst_status(
+    _cmd: *const c_char,
+    _session: *mut switch_core_session_t,
+    stream: *mut switch_stream_handle_t,
+) -> switch_status_t {
+    guarded("rst_status", SWITCH_STATUS_SUCCESS, || {
+        let reply = match module().as_ref() {
+            Some(module) => format!("{}\n", module.sender.counters.to_json()),
+            None => "-ERR mod_rst is not loaded\n".to_owned(),
+        };
+        // SAFETY: the stream FreeSWITCH passed.
+        unsafe { fs::stream_write(stream, &reply) };
+        SWITCH_STATUS_SUCCESS
+    })
+}
+
+/// Runs `action` on the session `uuid` while holding its read lock; the lock is
+/// released when this returns and the session is not touched after (the
+/// original's use-after-free).
+fn with_session(uuid: &str, action: impl FnOnce(&SessionRef) -> Result<String, String>) -> String {
+    let Some(located) = LocatedSession::locate(uuid) else {
+        return format!("-ERR no such channel {uuid}\n");
+    };
+    match action(located.session()) {
+        Ok(message) => format!("+OK {message}\n"),
+        Err(message) => format!("-ERR {message}\n"),
+    }
+}
+
+/// Starts streaming `session` to `target` (or the configured receiver).
+fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String> {
+    let uuid = session.uuid();
+    if !session.private(PRIVATE_KEY).is_null() {
+        return Ok(format!("{uuid} is already streaming"));
+    }
+    let (settings, sender, stream_id) = {
+        let mut guard = module();
+        let module = guard.as_mut().ok_or("mod_rst is not loaded")?;
+        let id = module.next_stream;
+        module.next_stream += 1;
+        (module.settings.clone(), module.sender.clone(), id)
+    };
+    let (host, port) = target.resolve(&settings.host, settings.port);
+    let address: SocketAddr = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| format!("cannot resolve receiver {host}:{port}"))?;
+    let caller = session
+        .variable("rst_caller")
+        .or_else(|| session.variable("caller_id_number"))
+        .unwrap_or_default();
+    let callee = session
+        .variable("rst_callee")
+        .or_else(|| session.variable("destination_number"))
+        .unwrap_or_default();
+    let rate = session
+        .read_codec_payload_type()
+        .map_or(8000, |(_, rate)| rate);
+    let extensions = match (settings.mode, settings.audio) {
+        (Mode::Rtp, _) => format!("pt{RTP_L16_PAYLOAD_TYPE}=L16/{rate}"),
+        (Mode::Data, Audio::L16) if rate != 8000 => format!("rate={rate}"),
+        (Mode::Data, _) => String::new(),
+    };
+    let start = StreamStart {
+        uuid: uuid.clone(),
+        caller,
+        callee,
+        target: address,
+        mode: settings.mode,
+        local_ports: None,
+        extensions,
+        retransmit: settings.retransmit,
+        tries: settings.retransmit_tries,
+        max_pending: settings.rtp_buffer_frames,
+        seed: seed(&uuid, stream_id),
+    };
+    if !sender.control(Command::Start {
+        stream: stream_id,
+        start: Box::new(start),
+    }) {
+        return Err("the sender is not running".to_owned());
+    }
+    let tap = Box::into_raw(Tap::new(
+        stream_id,
+        uuid.clone(),
+        settings.audio,
+        sender.clone(),
+    ));
+    // SAFETY: `tap` stays valid until CLOSE, where bug_callback frees it exactly once.
+    match unsafe {
+        session.add_bug(
+            Some(bug_callback),
+            tap as *mut c_void,
+            Tap::flags(settings.audio),
+        )
+    } {
+        Ok(bug) => {
+            session.set_private(PRIVATE_KEY, bug as *const c_void);
+            if let Some(module) = module().as_mut() {
+                module.active.insert(uuid.clone(), stream_id);
+            }
+            let target = address.to_string();
+            fs::fire_event(
+                EVENT_START,
+                &[("Unique-ID", &uuid), ("rst-target", &target)],
+            );
+            Ok(format!("{uuid} streaming to {target}"))
+        }
+        Err(status) => {
+            // SAFETY: the bug was not added, so nothing else holds `tap`.
+            drop(unsafe { Box::from_raw(tap) });
+            sender.control(Command::Stop { stream: stream_id });
+            let message = format!("cannot attach a media bug (status {status})");
+            fs::fire_event(
+                EVENT_ERROR,
+                &[("Unique-ID", &uuid), ("rst-error", &message)],
+            );
+            Err(message)
+        }
+    }
+}
+
+/// Stops `session`'s stream: removing the bug runs its CLOSE, which sends the BYE.
+fn stop_stream(session: &SessionRef) -> Result<String, String> {
+    let uuid = session.uuid();
+    let bug = session.private(PRIVATE_KEY) as *mut switch_media_bug_t;
+    if bug.is_null() {
+        return Err(format!("{uuid} is not streaming"));
+    }
+    // SAFETY: the private holds this session's bug, cleared at its CLOSE.
+    unsafe { session.remove_bug(bug) };
+    Ok(format!("{uuid} stopped"))
+}
+
+unsafe extern "C" fn bug_callback(
+    bug: *mut switch_media_bug_t,
+    user_data: *mut c_void,
+    kind: switch_abc_type_t,
+) -> switch_bool_t {
+    if user_data.is_null() {
+        return SWITCH_FALSE;
+    }
+    let tap = user_data as *mut Tap;
+    if kind == SWITCH_ABC_TYPE_CLOSE {
+        // SAFETY: CLOSE is the last callback: reclaim the box leaked in start_stream, once.
+        let tap = unsafe { Box::from_raw(tap) };
+        guarded("the media bug's close", (), || close(bug, &tap));
+        return SWITCH_TRUE;
+    }
+    guarded("the media bug", SWITCH_TRUE, || {
+        // SAFETY: between INIT and CLOSE the tap is live and only this bug's thread uses it.
+        let tap = unsafe { &mut *tap };
+        // SAFETY: inside the bug's own callback.
+        unsafe {
+            match kind {
+                SWITCH_ABC_TYPE_TAP_NATIVE_READ => {
+                    tap.native_frame(bug, rst_proto::Direction::Read)
+                }
+                SWITCH_ABC_TYPE_TAP_NATIVE_WRITE => {
+                    tap.native_frame(bug, rst_proto::Direction::Write)
+                }
+                SWITCH_ABC_TYPE_READ_PING => tap.linear_frames(bug),
+                _ => {}
+            }
+        }
+        SWITCH_TRUE
+    })
+}
+
+fn close(bug: *mut switch_media_bug_t, tap: &Tap) {
+    tap.sender.control(Command::Stop { stream: tap.stream });
+    // SAFETY: inside the bug's CLOSE its session is still live.
+    if let Some(session) = unsafe { SessionRef::new(switch_core_media_bug_get_session(bug)) } {
+        if session.private(PRIVATE_KEY) == bug as *mut c_void {
+            session.set_private(PRIVATE_KEY, std::ptr::null());
+        }
+    }
+    if let Some(module) = module().as_mut() {
+        if module.active.get(&tap.uuid) == Some(&tap.stream) {
+            module.active.remove(&tap.uuid);
+        }
+    }
+    fs::fire_event(EVENT_STOP, &[("Unique-ID", &tap.uuid)]);
+    fs::log(SWITCH_LOG_INFO, Some(&tap.uuid), "rst: stream stopped");
+}
+
+/// A different seed per stream, for SSRCs and initial sequence numbers.
+fn seed(uuid: &str, stream: StreamId) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    uuid.hash(&mut hasher);
+    stream.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The sender thread's troubles become log lines and `rst::error` events.
+struct EventReport;
+
+impl sender::Report for EventReport {
+    fn trouble(&self, uuid: &str, trouble: &Trouble) {
+        let message = match trouble {
+            Trouble::NoAckForInv { tries } => {
+                format!("the receiver did not acknowledge INV after {tries} tries; is it running?")
+            }
+            Trouble::NoAckForBye { tries } => {
+                format!("the receiver did not acknowledge BYE after {tries} tries")
+            }
+        };
+        fs::log(SWITCH_LOG_WARNING, Some(uuid), &format!("rst: {message}"));
+        fs::fire_event(EVENT_ERROR, &[("Unique-ID", uuid), ("rst-error", &message)]);
+    }
+
+    fn socket_error(&self, uuid: &str, error: &std::io::Error) {
+        let message = format!("cannot open the stream: {error}");
+        fs::log(SWITCH_LOG_ERROR, Some(uuid), &format!("rst: {message}"));
+        fs::fire_event(EVENT_ERROR, &[("Unique-ID", uuid), ("rst-error", &message)]);
+    }
+}

@@ -32,20 +32,32 @@ const CEILING_DATAGRAM: usize = 180;
 const CEILING_SECS: f64 = 3.0;
 /// Calls per rate step, and how long each step sends.
 const STEP_CALLS: usize = 50;
-const STEP_SECS: f64 = 2.5;
+const STEP_SECS: f64 = 3.0;
 const FIRST_RATE: u64 = 20_000;
 const MAX_STEPS: usize = 10;
 /// Bisection stops when the lossy rate is within this factor of the lossless one.
-const PRECISION: f64 = 1.08;
+const PRECISION: f64 = 1.05;
 const MEMORY_CALLS: usize = 1000;
+/// Keep-alive frames per direction per call, one a second.
+const MEMORY_FRAMES: u64 = 6;
 const DATA_SERIES: &str = "rst_messages_total{command=\"data\"}";
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; a filter argument naming something else skips us.
-    if std::env::args()
+    // `cargo bench` passes `--bench`. Other arguments pick parts: `ceiling`,
+    // `lossless`, `memory` (default: all); one naming none of them (a filter meant
+    // for another bench) skips this one.
+    const PARTS: [&str; 3] = ["ceiling", "lossless", "memory"];
+    let filters: Vec<String> = std::env::args()
         .skip(1)
-        .any(|arg| !arg.starts_with('-') && !"throughput".contains(arg.as_str()))
-    {
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wanted = |part: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| part.contains(f.as_str()) || "throughput".contains(f.as_str()))
+    };
+    if !PARTS.iter().any(|part| wanted(part)) {
         return Ok(());
     }
     let started = Instant::now();
@@ -54,25 +66,43 @@ fn main() -> anyhow::Result<()> {
         "udp_server throughput bench ({cores} cores; sender, receiver and recorder share them)\n"
     );
 
-    println!("(a) loopback ceiling: bare recvmmsg receiver, {CEILING_DATAGRAM}-byte DATA blasted for {CEILING_SECS} s");
-    let ceiling = loopback_ceiling()?;
-
-    println!("\n(b) udp_server recording, {STEP_CALLS} calls per step, {STEP_SECS} s per step, PCMU (211-byte DATA)");
-    let lossless = lossless_rate(ceiling)?;
-
-    println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server");
-    let memory = memory_per_call()?;
+    let mut ceiling = None;
+    if wanted("ceiling") {
+        println!("(a) loopback ceiling: bare recvmmsg receiver, {CEILING_DATAGRAM}-byte DATA blasted for {CEILING_SECS} s");
+        ceiling = Some(loopback_ceiling()?);
+    }
+    let mut lossless = None;
+    if wanted("lossless") {
+        println!("\n(b) udp_server recording, {STEP_CALLS} calls per step, {STEP_SECS} s per step, PCMU (211-byte DATA)");
+        lossless = Some(lossless_rate(ceiling)?);
+    }
+    let mut memory = None;
+    if wanted("memory") {
+        println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server");
+        memory = Some(memory_per_call()?);
+    }
 
     println!("\nsummary ({:.0} s)", started.elapsed().as_secs_f64());
-    println!("loopback ceiling            : {ceiling:.0} datagrams/s");
-    println!(
-        "udp_server lossless (record): {}{:.0} datagrams/s = {:.2} x ceiling",
-        if lossless.sender_bound { ">= " } else { "" },
-        lossless.rate,
-        lossless.rate / ceiling
-    );
-    println!("memory per active call      : {memory:.1} KiB");
-    if lossless.sender_bound {
+    if let Some(ceiling) = ceiling {
+        println!("loopback ceiling            : {ceiling:.0} datagrams/s");
+    }
+    if let Some(lossless) = &lossless {
+        let ratio = ceiling.map_or(String::new(), |ceiling| {
+            format!(" = {:.2} x ceiling", lossless.rate / ceiling)
+        });
+        println!(
+            "udp_server lossless (record): {}{:.0} datagrams/s{ratio}",
+            if lossless.sender_bound { ">= " } else { "" },
+            lossless.rate,
+        );
+    }
+    if let Some(memory) = memory {
+        println!(
+            "memory per active call      : {:.1} KiB ({:.1} KiB just after opening)",
+            memory.peak_kib, memory.opened_kib
+        );
+    }
+    if lossless.is_some_and(|lossless| lossless.sender_bound) {
         println!("(the lossless figure is a lower bound: rst-load could not send faster)");
     }
     Ok(())
@@ -118,7 +148,8 @@ fn loopback_ceiling() -> anyhow::Result<f64> {
 struct Lossless {
     /// The highest achieved DATA rate of a lossless step.
     rate: f64,
-    /// That step could not reach its offered rate: the sender, not the server, was the limit.
+    /// No step lost anything, and rst-load could not offer more: the sender, not
+    /// the server, was the limit.
     sender_bound: bool,
 }
 
@@ -127,6 +158,8 @@ struct Step {
     achieved: f64,
     sent: u64,
     counted: u64,
+    /// Datagrams the kernel dropped on the server's socket (receive queue full).
+    kernel_drops: u64,
     lost_control: u64,
 }
 
@@ -134,71 +167,98 @@ impl Step {
     fn lossless(&self) -> bool {
         self.counted == self.sent
     }
+
+    /// rst-load fell short of the offered rate.
+    fn sender_bound(&self) -> bool {
+        self.achieved < 0.95 * self.offered as f64
+    }
 }
 
-/// (b): steps the offered rate up (doubling) until DATA is lost, then bisects.
-fn lossless_rate(ceiling: f64) -> anyhow::Result<Lossless> {
+/// (b): steps the offered rate up (doubling) until DATA is lost, then bisects
+/// between the best lossless and the lowest lossy rate actually sent.
+fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     let server = Server::start("recording")?;
-    let mut best: Option<(u64, f64, bool)> = None; // offered, achieved, sender-bound
-    let mut lossy: Option<u64> = None;
+    let mut best: Option<Step> = None;
+    let mut lossy: Option<f64> = None;
     let mut rate = FIRST_RATE;
     for _ in 0..MAX_STEPS {
         let step = server.step(rate)?;
-        let lossless = step.lossless();
-        let sender_bound = step.achieved < 0.95 * step.offered as f64;
         println!(
             "    offered {:>7}/s  sent {:>7.0}/s  DATA {:>8} sent {:>8} counted  {}{}{}",
             step.offered,
             step.achieved,
             step.sent,
             step.counted,
-            if lossless {
+            if step.lossless() {
                 "lossless".to_owned()
             } else {
-                format!("LOST {}", step.sent.saturating_sub(step.counted))
+                format!(
+                    "LOST {} (kernel drops {})",
+                    step.sent.saturating_sub(step.counted),
+                    step.kernel_drops
+                )
             },
-            if sender_bound { " (sender-bound)" } else { "" },
+            if step.sender_bound() {
+                " (sender-bound)"
+            } else {
+                ""
+            },
             if step.lost_control > 0 {
                 format!(" ({} INV/BYE unacknowledged)", step.lost_control)
             } else {
                 String::new()
             }
         );
-        if lossless {
-            if best.map_or(true, |(_, achieved, _)| step.achieved > achieved) {
-                best = Some((rate, step.achieved, sender_bound));
+        if step.lossless() {
+            let (sender_bound, achieved) = (step.sender_bound(), step.achieved);
+            if best.as_ref().map_or(true, |best| achieved > best.achieved) {
+                best = Some(step);
             }
             if sender_bound && lossy.is_none() {
                 break; // rst-load cannot offer more: no point going higher.
             }
         } else {
-            lossy = Some(lossy.map_or(rate, |hi| hi.min(rate)));
+            lossy = Some(lossy.map_or(step.achieved, |high| high.min(step.achieved)));
         }
-        let low = best.map_or(0, |(offered, ..)| offered);
+        let low = best.as_ref().map_or(0.0, |best| best.achieved);
         rate = match lossy {
-            None => (rate * 2).min((ceiling * 2.0) as u64),
-            Some(high) => {
-                if low > 0 && high as f64 / low as f64 <= PRECISION {
-                    break;
-                }
-                (low + high) / 2
-            }
+            None => (rate * 2).min(ceiling.map_or(u64::MAX, |c| (c * 2.0) as u64)),
+            Some(high) if low > 0.0 && high / low <= PRECISION => break,
+            Some(high) => ((low + high) / 2.0) as u64,
         };
         if rate < 1000 {
             break;
         }
     }
-    let log = server.stop();
-    let (_, achieved, sender_bound) =
-        best.with_context(|| format!("udp_server lost DATA at every rate tried; its log:\n{log}"))?;
+    let Some(best) = best else {
+        let log = server.stop();
+        anyhow::bail!("udp_server lost DATA at every rate tried; its log:\n{log}");
+    };
+    match lossy {
+        Some(high) => println!(
+            "    highest lossless {:.0}/s; lost DATA at {high:.0}/s",
+            best.achieved
+        ),
+        None => println!("    highest lossless {:.0}/s; no loss seen", best.achieved),
+    }
     Ok(Lossless {
-        rate: achieved,
-        sender_bound,
+        rate: best.achieved,
+        sender_bound: best.sender_bound() && lossy.is_none(),
     })
 }
 
-/// (c): (VmRSS with the calls up - VmRSS before) / active calls.
-fn memory_per_call() -> anyhow::Result<f64> {
+/// Per-call memory: (VmRSS with the calls up - VmRSS before) / active calls.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    /// Right after every call has sent its INV and two frames per direction.
+    opened_kib: f64,
+    /// The most seen while every call was still up (before the first BYE).
+    peak_kib: f64,
+}
+
+/// (c): memory per active call, with the calls kept alive by one frame per direction
+/// per second.
+fn memory_per_call() -> anyhow::Result<Memory> {
     let server = Server::start("memory")?;
     // One short call first, so what the first call initialises once is not counted.
     let warm_up = rst_load::run(&Config {
@@ -214,47 +274,51 @@ fn memory_per_call() -> anyhow::Result<f64> {
     std::thread::sleep(Duration::from_millis(200));
     let before = server.rss_kib()?;
 
+    let calls = MEMORY_CALLS as u64;
     let config = Config {
         target: server.listen,
         calls: MEMORY_CALLS,
         // One frame per direction per call every second, calls spread over the second.
         interval: Duration::from_secs(1),
-        frames: Some(5),
+        frames: Some(MEMORY_FRAMES),
         ..Config::default()
     };
     let live = Live::default();
-    let (report, after, active) = std::thread::scope(|scope| {
+    // (VmRSS KiB, rst_calls_active) samples while every call is up.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let report = std::thread::scope(|scope| -> anyhow::Result<_> {
         let load = scope.spawn(|| rst_load::run_with(&config, &live));
-        // Every call started and has sent two frames per direction (about 2 s in).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut measured = None;
-        while Instant::now() < deadline {
+        while !load.is_finished() {
             let now = live.snapshot();
-            if now.inv_acked == MEMORY_CALLS as u64 && now.data_sent >= 2 * 2 * MEMORY_CALLS as u64
-            {
-                std::thread::sleep(Duration::from_millis(200));
-                let active = server.value("rst_calls_active");
-                measured = Some((server.rss_kib(), active));
-                break;
+            if now.bye_sent > 0 {
+                break; // calls are ending
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if now.inv_acked == calls && now.data_sent >= 2 * 2 * calls {
+                samples.push((server.rss_kib()?, server.value("rst_calls_active")?));
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        let report = load.join().expect("load generator panicked");
-        let (after, active) = measured.unzip();
-        (report, after, active)
-    });
-    let report = report?;
+        load.join().expect("load generator panicked")
+    })?;
     let log = server.stop();
-    let after = after.with_context(|| {
-        format!("the {MEMORY_CALLS} calls never all came up:\n{report}\n{log}")
-    })??;
-    let active = active.unwrap_or(Ok(0))?;
+    let (Some(&opened), Some(&peak)) = (samples.first(), samples.iter().max()) else {
+        anyhow::bail!("the {MEMORY_CALLS} calls never all came up:\n{report}\n{log}");
+    };
+    let per_call =
+        |(rss, active): (u64, u64)| rss.saturating_sub(before) as f64 / active.max(1) as f64;
     println!(
-        "    VmRSS {before} KiB before, {after} KiB with {active} calls active (rst_calls_active); INV acked {}/{}",
-        report.inv_acked, report.calls
+        "    VmRSS {before} KiB before; with the calls up: {} KiB ({} active) first, {} KiB ({} active) at most",
+        opened.0, opened.1, peak.0, peak.1
     );
-    anyhow::ensure!(active > 0, "udp_server reports no active call");
-    Ok(after.saturating_sub(before) as f64 / active as f64)
+    println!(
+        "    INV acked {}/{}, BYE acked {}/{}, DATA sent {}",
+        report.inv_acked, report.calls, report.bye_acked, report.calls, report.data_sent
+    );
+    anyhow::ensure!(opened.1 > 0, "udp_server reports no active call");
+    Ok(Memory {
+        opened_kib: per_call(opened),
+        peak_kib: per_call(peak),
+    })
 }
 
 /// The real udp_server binary, recording into a temporary folder.
@@ -340,6 +404,7 @@ impl Server {
     /// One rate step: STEP_CALLS calls in fast mode capped at `rate` datagrams/s.
     fn step(&self, rate: u64) -> anyhow::Result<Step> {
         let before = self.value(DATA_SERIES)?;
+        let drops_before = prom::udp_drops(self.listen.port()).unwrap_or(0);
         let report = rst_load::run(&Config {
             target: self.listen,
             calls: STEP_CALLS,
@@ -366,6 +431,9 @@ impl Server {
             achieved: report.data_rate(),
             sent: report.data_sent,
             counted: counted - before,
+            kernel_drops: prom::udp_drops(self.listen.port())
+                .unwrap_or(0)
+                .saturating_sub(drops_before),
             lost_control: report.lost(),
         })
     }

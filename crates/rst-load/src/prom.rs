@@ -81,6 +81,34 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Datagrams the kernel dropped for UDP sockets bound to `port` on IPv4 and IPv6
+/// (receive queue full): the `drops` column of /proc/net/udp and /proc/net/udp6.
+pub fn udp_drops(port: u16) -> anyhow::Result<u64> {
+    let mut drops = 0;
+    let mut found = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if local_port == Some(port) {
+                found = true;
+                drops += fields
+                    .last()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    anyhow::ensure!(found, "no UDP socket on port {port} in /proc/net/udp");
+    Ok(drops)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +132,13 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
+    }
+
+    #[test]
+    fn counts_drops_of_a_bound_port() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert_eq!(udp_drops(port).unwrap(), 0);
     }
 
     #[test]

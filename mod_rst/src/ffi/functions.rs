@@ -23,10 +23,16 @@ extern "C" {
         line: c_int,
     ) -> *mut switch_core_session_t;
     pub fn switch_core_session_rwunlock(session: *mut switch_core_session_t);
-    pub fn switch_core_session_get_channel(session: *mut switch_core_session_t) -> *mut switch_channel_t;
+    pub fn switch_core_session_get_channel(
+        session: *mut switch_core_session_t,
+    ) -> *mut switch_channel_t;
     pub fn switch_core_session_get_uuid(session: *mut switch_core_session_t) -> *mut c_char;
-    pub fn switch_core_session_get_read_codec(session: *mut switch_core_session_t) -> *mut switch_codec_t;
-    pub fn switch_core_session_get_write_codec(session: *mut switch_core_session_t) -> *mut switch_codec_t;
+    pub fn switch_core_session_get_read_codec(
+        session: *mut switch_core_session_t,
+    ) -> *mut switch_codec_t;
+    pub fn switch_core_session_get_write_codec(
+        session: *mut switch_core_session_t,
+    ) -> *mut switch_codec_t;
 
     pub fn switch_channel_get_variable_dup(
         channel: *mut switch_channel_t,
@@ -34,7 +40,10 @@ extern "C" {
         dup: switch_bool_t,
         idx: c_int,
     ) -> *const c_char;
-    pub fn switch_channel_get_private(channel: *mut switch_channel_t, key: *const c_char) -> *mut c_void;
+    pub fn switch_channel_get_private(
+        channel: *mut switch_channel_t,
+        key: *const c_char,
+    ) -> *mut c_void;
     pub fn switch_channel_set_private(
         channel: *mut switch_channel_t,
         key: *const c_char,
@@ -55,9 +64,15 @@ extern "C" {
         session: *mut switch_core_session_t,
         bug: *mut *mut switch_media_bug_t,
     ) -> switch_status_t;
-    pub fn switch_core_media_bug_get_session(bug: *mut switch_media_bug_t) -> *mut switch_core_session_t;
-    pub fn switch_core_media_bug_get_native_read_frame(bug: *mut switch_media_bug_t) -> *mut switch_frame_t;
-    pub fn switch_core_media_bug_get_native_write_frame(bug: *mut switch_media_bug_t) -> *mut switch_frame_t;
+    pub fn switch_core_media_bug_get_session(
+        bug: *mut switch_media_bug_t,
+    ) -> *mut switch_core_session_t;
+    pub fn switch_core_media_bug_get_native_read_frame(
+        bug: *mut switch_media_bug_t,
+    ) -> *mut switch_frame_t;
+    pub fn switch_core_media_bug_get_native_write_frame(
+        bug: *mut switch_media_bug_t,
+    ) -> *mut switch_frame_t;
     pub fn switch_core_media_bug_read(
         bug: *mut switch_media_bug_t,
         frame: *mut switch_frame_t,
@@ -84,8 +99,14 @@ extern "C" {
     pub fn switch_xml_attr_soft(xml: switch_xml_t, attr: *const c_char) -> *const c_char;
     pub fn switch_xml_free(xml: switch_xml_t);
 
-    pub fn switch_event_reserve_subclass_detailed(owner: *const c_char, subclass: *const c_char) -> switch_status_t;
-    pub fn switch_event_free_subclass_detailed(owner: *const c_char, subclass: *const c_char) -> switch_status_t;
+    pub fn switch_event_reserve_subclass_detailed(
+        owner: *const c_char,
+        subclass: *const c_char,
+    ) -> switch_status_t;
+    pub fn switch_event_free_subclass_detailed(
+        owner: *const c_char,
+        subclass: *const c_char,
+    ) -> switch_status_t;
     pub fn switch_event_create_subclass_detailed(
         file: *const c_char,
         func: *const c_char,

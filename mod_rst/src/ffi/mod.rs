@@ -6,3 +6,6 @@ pub mod types;
 
 pub use functions::*;
 pub use types::*;
+
+#[cfg(test)]
+mod layout_tests;

@@ -94,19 +94,29 @@ pub struct switch_thread_rwlock_t {
     _private: [u8; 0],
 }
 
-pub type switch_media_bug_callback_t =
-    Option<unsafe extern "C" fn(*mut switch_media_bug_t, *mut c_void, switch_abc_type_t) -> switch_bool_t>;
+pub type switch_media_bug_callback_t = Option<
+    unsafe extern "C" fn(*mut switch_media_bug_t, *mut c_void, switch_abc_type_t) -> switch_bool_t,
+>;
 pub type switch_application_function_t =
     Option<unsafe extern "C" fn(*mut switch_core_session_t, *const c_char)>;
 pub type switch_api_function_t = Option<
-    unsafe extern "C" fn(*const c_char, *mut switch_core_session_t, *mut switch_stream_handle_t) -> switch_status_t,
+    unsafe extern "C" fn(
+        *const c_char,
+        *mut switch_core_session_t,
+        *mut switch_stream_handle_t,
+    ) -> switch_status_t,
 >;
-pub type switch_module_load_t =
-    Option<unsafe extern "C" fn(*mut *mut switch_loadable_module_interface_t, *mut switch_memory_pool_t) -> switch_status_t>;
+pub type switch_module_load_t = Option<
+    unsafe extern "C" fn(
+        *mut *mut switch_loadable_module_interface_t,
+        *mut switch_memory_pool_t,
+    ) -> switch_status_t,
+>;
 pub type switch_module_shutdown_t = Option<unsafe extern "C" fn() -> switch_status_t>;
 pub type switch_module_runtime_t = Option<unsafe extern "C" fn() -> switch_status_t>;
-pub type switch_stream_handle_write_function_t =
-    Option<unsafe extern "C" fn(*mut switch_stream_handle_t, *const c_char, ...) -> switch_status_t>;
+pub type switch_stream_handle_write_function_t = Option<
+    unsafe extern "C" fn(*mut switch_stream_handle_t, *const c_char, ...) -> switch_status_t,
+>;
 
 #[repr(C)]
 pub struct switch_loadable_module_function_table_t {

@@ -1,0 +1,183 @@
+//! The module's settings, from `rst.conf.xml`'s `<param name=... value=...>`
+//! pairs. Sans-IO: [`Settings::from_params`] takes the pairs, the FFI shell
+//! walks the XML.
+
+use std::time::Duration;
+
+/// How audio goes to the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `DATA` datagrams (the original protocol).
+    Data,
+    /// RTP per direction, to the two ports the receiver's ACK names.
+    Rtp,
+}
+
+/// Which audio is tapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audio {
+    /// The channel's own codec frames, as they cross the wire (the original's way).
+    Native,
+    /// 16-bit linear frames at the channel's rate, whatever the codec.
+    L16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub mode: Mode,
+    pub audio: Audio,
+    /// First INV/BYE retransmission delay; doubles each time.
+    pub retransmit: Duration,
+    /// Sends of an INV or BYE before giving up (the first included).
+    pub retransmit_tries: u32,
+    /// RTP mode: frames kept while waiting for the ACK's ports; more are dropped and counted.
+    pub rtp_buffer_frames: usize,
+    /// Frames queued between the media threads and the sender thread.
+    pub queue_frames: usize,
+    /// The original's debug dump: every datagram sent, in hex, one file per call.
+    pub write_hex: bool,
+    pub hex_dir: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".to_owned(),
+            port: rst_proto::DEFAULT_PORT,
+            mode: Mode::Data,
+            audio: Audio::Native,
+            retransmit: Duration::from_millis(200),
+            retransmit_tries: 6,
+            rtp_buffer_frames: 50,
+            queue_frames: 4096,
+            write_hex: false,
+            hex_dir: "/opt/nway/records".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `<param>` pairs over the defaults. Unknown names and bad values are
+    /// reported in the second return value (to be logged) and otherwise ignored,
+    /// so a typo never keeps the module from loading.
+    pub fn from_params<'a>(
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (Settings, Vec<String>) {
+        let mut settings = Settings::default();
+        let mut problems = Vec::new();
+        for (name, value) in params {
+            let value = value.trim();
+            let mut bad = || {
+                problems.push(format!(
+                    "rst.conf: {name}={value:?} is not valid; the default is kept"
+                ))
+            };
+            match name {
+                "udp-server-ip" | "host" => {
+                    if value.is_empty() {
+                        bad();
+                    } else {
+                        settings.host = value.to_owned();
+                    }
+                }
+                "udp-server-port" | "port" => match value.parse() {
+                    Ok(port) if port != 0 => settings.port = port,
+                    _ => bad(),
+                },
+                "mode" => match value.to_ascii_lowercase().as_str() {
+                    "data" => settings.mode = Mode::Data,
+                    "rtp" => settings.mode = Mode::Rtp,
+                    _ => bad(),
+                },
+                "audio" => match value.to_ascii_lowercase().as_str() {
+                    "native" => settings.audio = Audio::Native,
+                    "l16" => settings.audio = Audio::L16,
+                    _ => bad(),
+                },
+                "retransmit-ms" => match value.parse() {
+                    Ok(ms) if (10..=10_000).contains(&ms) => {
+                        settings.retransmit = Duration::from_millis(ms)
+                    }
+                    _ => bad(),
+                },
+                "retransmit-tries" => match value.parse() {
+                    Ok(tries) if (1..=20).contains(&tries) => settings.retransmit_tries = tries,
+                    _ => bad(),
+                },
+                "rtp-buffer-frames" => match value.parse() {
+                    Ok(frames) if frames <= 1000 => settings.rtp_buffer_frames = frames,
+                    _ => bad(),
+                },
+                "queue-frames" => match value.parse() {
+                    Ok(frames) if (16..=65536).contains(&frames) => settings.queue_frames = frames,
+                    _ => bad(),
+                },
+                "write-hex" => match parse_bool(value) {
+                    Some(on) => settings.write_hex = on,
+                    None => bad(),
+                },
+                "hex-dir" => {
+                    if value.is_empty() {
+                        bad();
+                    } else {
+                        settings.hex_dir = value.to_owned();
+                    }
+                }
+                _ => problems.push(format!("rst.conf: unknown parameter {name:?} ignored")),
+            }
+        }
+        (settings, problems)
+    }
+}
+
+/// FreeSWITCH's notion of true (`switch_true`).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" | "enabled" | "active" | "allow" => Some(true),
+        "false" | "no" | "off" | "0" | "disabled" | "inactive" | "deny" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_params_gives_the_original_defaults() {
+        let (settings, problems) = Settings::from_params([]);
+        assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 9527));
+        assert_eq!((settings.mode, settings.audio), (Mode::Data, Audio::Native));
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn the_original_names_keep_working() {
+        let (settings, problems) = Settings::from_params([
+            ("udp-server-ip", "10.0.0.7"),
+            ("udp-server-port", "9600"),
+            ("write-hex", "true"),
+        ]);
+        assert_eq!(
+            (settings.host.as_str(), settings.port, settings.write_hex),
+            ("10.0.0.7", 9600, true)
+        );
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn bad_values_and_unknown_names_are_reported_not_fatal() {
+        let (settings, problems) = Settings::from_params([
+            ("udp-server-port", "99999"),
+            ("mode", "carrier-pigeon"),
+            ("colour", "blue"),
+            ("audio", "L16"),
+            ("mode", "rtp"),
+        ]);
+        assert_eq!(settings.port, 9527);
+        assert_eq!((settings.mode, settings.audio), (Mode::Rtp, Audio::L16));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

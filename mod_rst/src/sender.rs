@@ -1,0 +1,467 @@
+//! The sender thread: every socket, every timer and every wait of the module
+//! lives here, so the media threads only copy a frame into a queue. One thread
+//! serves all calls; [`Stream`] holds each call's protocol state.
+
+use std::collections::HashMap;
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rst_proto::{Direction, Message, RtpPorts};
+
+use crate::config::Mode;
+use crate::stream::{Stream, StreamStart, Trouble, Via};
+
+/// Largest frame a media thread hands over: 20 ms of 48 kHz L16.
+pub const MAX_FRAME_BYTES: usize = 1920;
+
+/// The module's own number for a stream (a channel can be started, stopped and
+/// started again under one UUID).
+pub type StreamId = u64;
+
+/// A frame copied off the media thread, inline so that queueing allocates nothing.
+pub struct Frame {
+    pub stream: StreamId,
+    pub direction: Direction,
+    pub payload_type: u8,
+    pub rtp_clock_samples: u32,
+    pub len: u16,
+    pub data: [u8; MAX_FRAME_BYTES],
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("stream", &self.stream)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Start {
+        stream: StreamId,
+        start: Box<StreamStart>,
+    },
+    /// Inline, so that queueing a frame allocates nothing: see [`Sender::try_frame`].
+    Frame(Frame),
+    Stop {
+        stream: StreamId,
+    },
+    /// Stop every stream, wait (bounded) for their BYEs to be acknowledged, exit.
+    Shutdown,
+}
+
+/// Counters of the whole module, for `rst_status` and the log.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub streams_started: AtomicU64,
+    pub streams_active: AtomicU64,
+    pub frames_queued: AtomicU64,
+    /// The queue to the sender thread was full: the media thread dropped the frame.
+    pub frames_dropped_queue_full: AtomicU64,
+    pub frames_too_big: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_dropped_waiting: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub invs_unacknowledged: AtomicU64,
+    pub byes_unacknowledged: AtomicU64,
+    pub acks_received: AtomicU64,
+}
+
+impl Counters {
+    pub fn to_json(&self) -> String {
+        let c = |counter: &AtomicU64| counter.load(Relaxed);
+        format!(
+            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}}}",
+            c(&self.streams_started),
+            c(&self.streams_active),
+            c(&self.frames_queued),
+            c(&self.frames_dropped_queue_full),
+            c(&self.frames_too_big),
+            c(&self.frames_sent),
+            c(&self.frames_dropped_waiting),
+            c(&self.send_errors),
+            c(&self.invs_unacknowledged),
+            c(&self.byes_unacknowledged),
+            c(&self.acks_received),
+        )
+    }
+}
+
+/// What the sender thread reports to the module (for logs and events).
+pub trait Report: Send + 'static {
+    fn trouble(&self, uuid: &str, trouble: &Trouble);
+    fn socket_error(&self, uuid: &str, error: &io::Error);
+}
+
+/// The media threads' side: cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    queue: SyncSender<Command>,
+    pub counters: Arc<Counters>,
+}
+
+impl Sender {
+    /// Copies `payload` and queues it; a full queue or an oversize frame drops it
+    /// and counts. Never blocks, never allocates.
+    pub fn try_frame(
+        &self,
+        stream: StreamId,
+        direction: Direction,
+        payload_type: u8,
+        rtp_clock_samples: u32,
+        payload: &[u8],
+    ) {
+        if payload.len() > MAX_FRAME_BYTES {
+            self.counters.frames_too_big.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut frame = Frame {
+            stream,
+            direction,
+            payload_type,
+            rtp_clock_samples,
+            len: payload.len() as u16,
+            data: [0; MAX_FRAME_BYTES],
+        };
+        frame.data[..payload.len()].copy_from_slice(payload);
+        match self.queue.try_send(Command::Frame(frame)) {
+            Ok(()) => {
+                self.counters.frames_queued.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters
+                    .frames_dropped_queue_full
+                    .fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Queues a control command (start, stop, shutdown): not on a media thread,
+    /// so it may wait briefly for room.
+    pub fn control(&self, command: Command) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut command = command;
+        loop {
+            match self.queue.try_send(command) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    command = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+    }
+}
+
+/// Creates the queue and its sending side; [`run`] drains the other side.
+pub fn channel(queue_frames: usize) -> (Sender, Receiver<Command>) {
+    let (queue, commands) = std::sync::mpsc::sync_channel(queue_frames);
+    (
+        Sender {
+            queue,
+            counters: Arc::new(Counters::default()),
+        },
+        commands,
+    )
+}
+
+/// Binds the two RTP sockets of a stream (sender thread only) and gives their ports.
+pub fn bind_rtp_pair(target: SocketAddr) -> io::Result<([UdpSocket; 2], RtpPorts)> {
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let read = UdpSocket::bind(any)?;
+    let write = UdpSocket::bind(any)?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    let ports = RtpPorts {
+        read: read.local_addr()?.port(),
+        write: write.local_addr()?.port(),
+    };
+    Ok(([read, write], ports))
+}
+
+struct Live {
+    stream: Stream,
+    rtp: Option<[UdpSocket; 2]>,
+    hex: Option<io::BufWriter<std::fs::File>>,
+}
+
+/// How long shutdown waits for BYEs to be acknowledged.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// The thread body: runs until [`Command::Shutdown`] (or every sender is gone).
+pub fn run(
+    commands: Receiver<Command>,
+    counters: Arc<Counters>,
+    hex_dir: Option<String>,
+    report: impl Report,
+) {
+    let mut control = Control::default();
+    let mut live: HashMap<StreamId, Live> = HashMap::new();
+    let mut by_uuid: HashMap<String, StreamId> = HashMap::new();
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut ack_buffer = [0u8; 2048];
+    let mut acks: Vec<(StreamId, Option<RtpPorts>)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let next_timer = live.values().filter_map(|l| l.stream.next_timeout()).min();
+        let wait = next_timer
+            .map_or(Duration::from_millis(20), |t| {
+                t.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(20));
+        let first = match commands.recv_timeout(wait) {
+            Ok(command) => Some(command),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
+        };
+        // Bounded work per wake-up, so timers and ACKs are never starved.
+        for command in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| commands.try_recv().ok()).take(255))
+        {
+            let now = Instant::now();
+            match command {
+                Command::Start { stream: id, start } => {
+                    let uuid = start.uuid.clone();
+                    let mut start = *start;
+                    let rtp = if start.mode == Mode::Rtp {
+                        match bind_rtp_pair(start.target) {
+                            Ok((sockets, ports)) => {
+                                start.local_ports = Some(ports);
+                                Some(sockets)
+                            }
+                            Err(error) => {
+                                report.socket_error(&uuid, &error);
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let mut hex = hex_dir.as_deref().and_then(|dir| open_hex(dir, &uuid));
+                    let started = Stream::start(start, now, &mut |via, to, bytes| {
+                        send(&mut control, None, &mut hex, &counters, via, to, bytes)
+                    });
+                    match started {
+                        Ok(stream) => {
+                            counters.streams_started.fetch_add(1, Relaxed);
+                            counters.streams_active.fetch_add(1, Relaxed);
+                            by_uuid.insert(uuid, id);
+                            live.insert(id, Live { stream, rtp, hex });
+                        }
+                        Err(error) => report.socket_error(&uuid, &io::Error::other(error)),
+                    }
+                }
+                Command::Frame(frame) => deliver(&mut live, &mut control, &counters, &frame),
+                Command::Stop { stream } => {
+                    if let Some(entry) = live.get_mut(&stream) {
+                        drive(entry, &mut control, &counters, |stream, emit| {
+                            stream.stop(now, emit)
+                        });
+                    }
+                }
+                Command::Shutdown => {
+                    for entry in live.values_mut() {
+                        drive(entry, &mut control, &counters, |stream, emit| {
+                            stream.stop(now, emit)
+                        });
+                    }
+                    shutdown_deadline.get_or_insert(now + SHUTDOWN_GRACE);
+                }
+            }
+        }
+
+        // ACKs from the receiver(s).
+        acks.clear();
+        for socket in control.sockets() {
+            while let Ok((len, _)) = socket.recv_from(&mut ack_buffer) {
+                if let Ok(Message::Ack(ack)) = Message::parse(&ack_buffer[..len]) {
+                    counters.acks_received.fetch_add(1, Relaxed);
+                    if let Some(&id) = by_uuid.get(ack.uuid.as_str()) {
+                        acks.push((id, ack.rtp_ports));
+                    }
+                }
+            }
+        }
+        for &(id, ports) in &acks {
+            if let Some(entry) = live.get_mut(&id) {
+                drive(entry, &mut control, &counters, |stream, emit| {
+                    stream.ack(ports, emit)
+                });
+            }
+        }
+
+        let now = Instant::now();
+        for entry in live.values_mut() {
+            let trouble = drive(entry, &mut control, &counters, |stream, emit| {
+                stream.poll(now, emit)
+            });
+            if let Some(trouble) = trouble {
+                let uuid = entry.stream.uuid();
+                match trouble {
+                    Trouble::NoAckForInv { .. } => {
+                        counters.invs_unacknowledged.fetch_add(1, Relaxed)
+                    }
+                    Trouble::NoAckForBye { .. } => {
+                        counters.byes_unacknowledged.fetch_add(1, Relaxed)
+                    }
+                };
+                report.trouble(uuid, &trouble);
+            }
+        }
+        live.retain(|_, entry| {
+            if entry.stream.is_closed() {
+                counters
+                    .frames_dropped_waiting
+                    .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
+                counters.streams_active.fetch_sub(1, Relaxed);
+                by_uuid.remove(entry.stream.uuid());
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(deadline) = shutdown_deadline {
+            if live.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+}
+
+fn deliver(
+    live: &mut HashMap<StreamId, Live>,
+    control: &mut Control,
+    counters: &Counters,
+    frame: &Frame,
+) {
+    let Some(entry) = live.get_mut(&frame.stream) else {
+        return;
+    };
+    let before = entry.stream.stats.frames_sent;
+    let payload = &frame.data[..usize::from(frame.len)];
+    drive(entry, control, counters, |stream, emit| {
+        stream.frame(
+            frame.direction,
+            frame.payload_type,
+            frame.rtp_clock_samples,
+            payload,
+            emit,
+        )
+    });
+    counters
+        .frames_sent
+        .fetch_add(entry.stream.stats.frames_sent - before, Relaxed);
+}
+
+/// Runs `action` on a stream with an `emit` that sends through the right socket.
+fn drive<R>(
+    entry: &mut Live,
+    control: &mut Control,
+    counters: &Counters,
+    action: impl FnOnce(&mut Stream, &mut dyn FnMut(Via, SocketAddr, &[u8])) -> R,
+) -> R {
+    let Live { stream, rtp, hex } = entry;
+    let mut emit =
+        |via, to, bytes: &[u8]| send(control, rtp.as_ref(), hex, counters, via, to, bytes);
+    action(stream, &mut emit)
+}
+
+/// The module's control sockets, one per address family, made on first use.
+#[derive(Default)]
+struct Control {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl Control {
+    fn socket_for(&mut self, to: SocketAddr) -> io::Result<&UdpSocket> {
+        let (slot, any) = if to.is_ipv4() {
+            (&mut self.v4, "0.0.0.0:0")
+        } else {
+            (&mut self.v6, "[::]:0")
+        };
+        if slot.is_none() {
+            let socket = UdpSocket::bind(any)?;
+            socket.set_nonblocking(true)?;
+            *slot = Some(socket);
+        }
+        Ok(slot.as_ref().expect("set above"))
+    }
+
+    fn sockets(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+}
+
+fn send(
+    control: &mut Control,
+    rtp: Option<&[UdpSocket; 2]>,
+    hex: &mut Option<io::BufWriter<std::fs::File>>,
+    counters: &Counters,
+    via: Via,
+    to: SocketAddr,
+    bytes: &[u8],
+) {
+    match control.socket_for(to) {
+        Ok(socket) => send_on(socket, rtp, hex, counters, via, to, bytes),
+        Err(_) => {
+            counters.send_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn send_on(
+    control: &UdpSocket,
+    rtp: Option<&[UdpSocket; 2]>,
+    hex: &mut Option<io::BufWriter<std::fs::File>>,
+    counters: &Counters,
+    via: Via,
+    to: SocketAddr,
+    bytes: &[u8],
+) {
+    let socket = match (via, rtp) {
+        (Via::Rtp(Direction::Read), Some([read, _])) => read,
+        (Via::Rtp(Direction::Write), Some([_, write])) => write,
+        _ => control,
+    };
+    // Non-blocking: a receiver that is down or slow costs a counter, never a wait.
+    if socket.send_to(bytes, to).is_err() {
+        counters.send_errors.fetch_add(1, Relaxed);
+    }
+    if let Some(file) = hex {
+        let mut line = String::with_capacity(bytes.len() * 2 + 1);
+        for byte in bytes {
+            line.push_str(&format!("{byte:02x}"));
+        }
+        line.push('\n');
+        if file.write_all(line.as_bytes()).is_err() {
+            *hex = None;
+        }
+    }
+}
+
+fn open_hex(dir: &str, uuid: &str) -> Option<io::BufWriter<std::fs::File>> {
+    // The UUID was validated as a file-name-safe token by Stream::start's checks
+    // (rst_proto::Uuid); refuse anything else here too.
+    rst_proto::Uuid::new(uuid).ok()?;
+    let path = std::path::Path::new(dir).join(format!("{uuid}.hex"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
+        .map(io::BufWriter::new)
+}

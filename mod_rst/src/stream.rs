@@ -1,0 +1,485 @@
+//! One call's stream to the receiver, as a state machine (sans-IO): INV until
+//! ACKed, then audio (DATA datagrams, or RTP once the ACK names the ports), BYE
+//! until ACKed. Time comes in as an argument; datagrams go out through `emit`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rst_proto::{
+    Bye, Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket, RtpPorts, Uuid,
+};
+
+use crate::config::Mode;
+
+/// The rst protocol's PT for 16-bit linear audio in the sender's byte order.
+pub const L16_PAYLOAD_TYPE: u8 = 10;
+/// The dynamic RTP payload type L16 (big-endian) goes out on in RTP mode.
+pub const RTP_L16_PAYLOAD_TYPE: u8 = 96;
+
+/// Which socket a datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The module's control socket (INV, DATA, BYE).
+    Control,
+    /// The stream's RTP socket of that direction.
+    Rtp(Direction),
+}
+
+/// What a stream reports once, for the log and an `rst::error` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// The INV was never acknowledged: in DATA mode audio still goes (the receiver
+    /// records DATA without INV), in RTP mode it cannot.
+    NoAckForInv {
+        tries: u32,
+    },
+    NoAckForBye {
+        tries: u32,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub frames_sent: u64,
+    /// RTP mode: frames that arrived while no ports were known and did not fit the buffer.
+    pub frames_dropped_waiting: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Inviting {
+        sent: u32,
+        next: Instant,
+    },
+    /// The INV was acknowledged, or its retransmissions gave up.
+    Open,
+    Closing {
+        sent: u32,
+        next: Instant,
+    },
+    Closed,
+}
+
+#[derive(Debug)]
+struct Leg {
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+}
+
+/// A frame held in RTP mode until the ports are known.
+#[derive(Debug)]
+struct Pending {
+    direction: Direction,
+    payload_type: u8,
+    rtp_clock_samples: u32,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    uuid: String,
+    target: SocketAddr,
+    mode: Mode,
+    inv: Vec<u8>,
+    state: State,
+    retransmit: Duration,
+    tries: u32,
+    server_ports: Option<RtpPorts>,
+    pending: VecDeque<Pending>,
+    max_pending: usize,
+    legs: [Leg; 2],
+    pub stats: StreamStats,
+    buffer: Vec<u8>,
+}
+
+/// Everything a stream needs to begin.
+#[derive(Debug, Clone)]
+pub struct StreamStart {
+    pub uuid: String,
+    pub caller: String,
+    pub callee: String,
+    pub target: SocketAddr,
+    pub mode: Mode,
+    /// RTP mode: the local ports of the R and W sockets.
+    pub local_ports: Option<RtpPorts>,
+    /// INV extensions (`rate=16000`, `pt96=L16/16000`), possibly empty.
+    pub extensions: String,
+    pub retransmit: Duration,
+    pub tries: u32,
+    pub max_pending: usize,
+    /// Seeds the SSRCs, sequence numbers and timestamps.
+    pub seed: u64,
+}
+
+impl Stream {
+    /// Validates the start and sends the first INV.
+    pub fn start(
+        start: StreamStart,
+        now: Instant,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) -> Result<Stream, String> {
+        let uuid = Uuid::new(&start.uuid).map_err(|e| e.to_string())?;
+        // `:` would shift the INV's fields; a caller id never needs one.
+        let clean = |text: &str| text.replace(':', "");
+        let extensions = Extensions::parse(&start.extensions).map_err(|e| e.to_string())?;
+        let inv = Message::Inv(Inv {
+            uuid,
+            caller: &clean(&start.caller),
+            callee: &clean(&start.callee),
+            rtp_ports: start.local_ports,
+            extensions,
+        })
+        .to_vec()
+        .map_err(|e| e.to_string())?;
+        let leg = |n: u64| {
+            let bits =
+                start.seed.rotate_left(n as u32 * 21) ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            Leg {
+                ssrc: bits as u32,
+                sequence: (bits >> 32) as u16,
+                timestamp: (bits >> 16) as u32,
+            }
+        };
+        let stream = Stream {
+            uuid: start.uuid,
+            target: start.target,
+            mode: start.mode,
+            inv,
+            state: State::Inviting {
+                sent: 1,
+                next: now + start.retransmit,
+            },
+            retransmit: start.retransmit,
+            tries: start.tries.max(1),
+            server_ports: None,
+            pending: VecDeque::new(),
+            max_pending: start.max_pending,
+            legs: [leg(1), leg(2)],
+            stats: StreamStats::default(),
+            buffer: Vec::with_capacity(2048),
+        };
+        emit(Via::Control, stream.target, &stream.inv);
+        Ok(stream)
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. } | State::Closed)
+    }
+
+    /// One frame of audio. `rtp_clock_samples` advances the RTP timestamp.
+    pub fn frame(
+        &mut self,
+        direction: Direction,
+        payload_type: u8,
+        rtp_clock_samples: u32,
+        payload: &[u8],
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        if self.is_closing() {
+            return;
+        }
+        match self.mode {
+            Mode::Data => {
+                let (Ok(uuid), Some(pt)) = (Uuid::new(&self.uuid), PayloadType::new(payload_type))
+                else {
+                    return;
+                };
+                self.buffer.clear();
+                Data::encode_header(uuid, direction, pt, payload.len(), &mut self.buffer);
+                self.buffer.extend_from_slice(payload);
+                emit(Via::Control, self.target, &self.buffer);
+                self.stats.frames_sent += 1;
+            }
+            Mode::Rtp => match self.server_ports {
+                Some(ports) => self.send_rtp(
+                    ports,
+                    direction,
+                    payload_type,
+                    rtp_clock_samples,
+                    payload,
+                    emit,
+                ),
+                None if self.pending.len() < self.max_pending => self.pending.push_back(Pending {
+                    direction,
+                    payload_type,
+                    rtp_clock_samples,
+                    payload: payload.to_vec(),
+                }),
+                None => self.stats.frames_dropped_waiting += 1,
+            },
+        }
+    }
+
+    /// An ACK for this stream's UUID arrived.
+    pub fn ack(&mut self, ports: Option<RtpPorts>, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        match self.state {
+            State::Inviting { .. } => {
+                self.state = State::Open;
+                if self.mode == Mode::Rtp {
+                    self.server_ports = ports;
+                    if let Some(ports) = ports {
+                        while let Some(frame) = self.pending.pop_front() {
+                            self.send_rtp(
+                                ports,
+                                frame.direction,
+                                frame.payload_type,
+                                frame.rtp_clock_samples,
+                                &frame.payload,
+                                emit,
+                            );
+                        }
+                    }
+                }
+            }
+            State::Closing { .. } => self.state = State::Closed,
+            State::Open | State::Closed => {}
+        }
+    }
+
+    /// The call is over: BYE until ACKed.
+    pub fn stop(&mut self, now: Instant, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        if self.is_closing() {
+            return;
+        }
+        self.pending.clear();
+        self.state = State::Closing {
+            sent: 1,
+            next: now + self.retransmit,
+        };
+        self.send_bye(emit);
+    }
+
+    /// Retransmits what is due; returns trouble to report, once.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) -> Option<Trouble> {
+        match self.state {
+            State::Inviting { sent, next } if now >= next => {
+                if sent >= self.tries {
+                    self.state = State::Open;
+                    self.stats.frames_dropped_waiting += self.pending.len() as u64;
+                    self.pending.clear();
+                    return Some(Trouble::NoAckForInv { tries: sent });
+                }
+                emit(Via::Control, self.target, &self.inv);
+                self.state = State::Inviting {
+                    sent: sent + 1,
+                    next: now + self.backoff(sent),
+                };
+            }
+            State::Closing { sent, next } if now >= next => {
+                if sent >= self.tries {
+                    self.state = State::Closed;
+                    return Some(Trouble::NoAckForBye { tries: sent });
+                }
+                self.send_bye(emit);
+                self.state = State::Closing {
+                    sent: sent + 1,
+                    next: now + self.backoff(sent),
+                };
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// When [`Stream::poll`] next has something to do.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Inviting { next, .. } | State::Closing { next, .. } => Some(next),
+            State::Open | State::Closed => None,
+        }
+    }
+
+    fn backoff(&self, sent: u32) -> Duration {
+        self.retransmit.saturating_mul(1 << sent.min(6))
+    }
+
+    fn send_bye(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        let Ok(uuid) = Uuid::new(&self.uuid) else {
+            return;
+        };
+        self.buffer.clear();
+        if Message::Bye(Bye { uuid }).encode(&mut self.buffer).is_ok() {
+            emit(Via::Control, self.target, &self.buffer);
+        }
+    }
+
+    fn send_rtp(
+        &mut self,
+        ports: RtpPorts,
+        direction: Direction,
+        payload_type: u8,
+        rtp_clock_samples: u32,
+        payload: &[u8],
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        let (leg, port) = match direction {
+            Direction::Read => (&mut self.legs[0], ports.read),
+            Direction::Write => (&mut self.legs[1], ports.write),
+        };
+        self.buffer.clear();
+        if payload_type == L16_PAYLOAD_TYPE {
+            // FreeSWITCH's linear frames are little-endian; RTP's L16 is
+            // big-endian on a dynamic payload type (the INV declares it).
+            RtpPacket {
+                marker: false,
+                payload_type: RTP_L16_PAYLOAD_TYPE,
+                sequence: leg.sequence,
+                timestamp: leg.timestamp,
+                ssrc: leg.ssrc,
+                payload: &[],
+            }
+            .encode(&mut self.buffer);
+            self.buffer
+                .extend(payload.chunks_exact(2).flat_map(|s| [s[1], s[0]]));
+        } else {
+            RtpPacket {
+                marker: false,
+                payload_type: payload_type & 0x7F,
+                sequence: leg.sequence,
+                timestamp: leg.timestamp,
+                ssrc: leg.ssrc,
+                payload,
+            }
+            .encode(&mut self.buffer);
+        }
+        leg.sequence = leg.sequence.wrapping_add(1);
+        leg.timestamp = leg.timestamp.wrapping_add(rtp_clock_samples);
+        emit(
+            Via::Rtp(direction),
+            SocketAddr::new(self.target.ip(), port),
+            &self.buffer,
+        );
+        self.stats.frames_sent += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Sent = Vec<(Via, SocketAddr, Vec<u8>)>;
+
+    fn start(mode: Mode, now: Instant) -> (Stream, Sent) {
+        let mut sent = Sent::new();
+        let stream = Stream::start(
+            StreamStart {
+                uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+                caller: "1001".into(),
+                callee: "sip:1002".into(),
+                target: "127.0.0.1:9527".parse().unwrap(),
+                mode,
+                local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
+                    read: 5004,
+                    write: 5005,
+                }),
+                extensions: String::new(),
+                retransmit: Duration::from_millis(100),
+                tries: 3,
+                max_pending: 2,
+                seed: 42,
+            },
+            now,
+            &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
+        )
+        .unwrap();
+        (stream, sent)
+    }
+
+    #[test]
+    fn inv_is_retransmitted_with_backoff_until_acked() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Data, t0);
+        assert_eq!(
+            sent[0].2,
+            b"INV :478525a8-8263-4550-b18c-d027d11c9865:1001:sip1002"
+        );
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        assert_eq!(stream.poll(t0 + Duration::from_millis(50), &mut emit), None);
+        stream.poll(t0 + Duration::from_millis(100), &mut emit);
+        // The second retransmission waits twice as long.
+        stream.poll(t0 + Duration::from_millis(250), &mut emit);
+        stream.poll(t0 + Duration::from_millis(300), &mut emit);
+        stream.ack(None, &mut emit);
+        stream.poll(t0 + Duration::from_secs(10), &mut emit);
+        assert_eq!(sent.len(), 3);
+    }
+
+    #[test]
+    fn an_unanswered_inv_is_reported_once_and_audio_still_goes_in_data_mode() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Data, t0);
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        let mut troubles = Vec::new();
+        for ms in (0..5000).step_by(10) {
+            troubles.extend(stream.poll(t0 + Duration::from_millis(ms), &mut emit));
+        }
+        assert_eq!(troubles, [Trouble::NoAckForInv { tries: 3 }]);
+        stream.frame(Direction::Read, 0, 160, &[0xFF; 160], &mut emit);
+        let last = &sent.last().unwrap().2;
+        assert!(last.starts_with(b"DATA:478525a8-8263-4550-b18c-d027d11c9865:R:00:160:"));
+    }
+
+    #[test]
+    fn rtp_mode_holds_frames_until_the_ports_are_known() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Rtp, t0);
+        assert!(sent[0].2.ends_with(b":5004:5005"));
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        for _ in 0..3 {
+            stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        }
+        assert_eq!(stream.stats.frames_dropped_waiting, 1);
+        stream.ack(
+            Some(RtpPorts {
+                read: 6004,
+                write: 6005,
+            }),
+            &mut emit,
+        );
+        stream.frame(Direction::Write, 8, 160, &[2; 160], &mut emit);
+        let rtp: Vec<_> = sent
+            .iter()
+            .filter(|(via, ..)| *via != Via::Control)
+            .collect();
+        assert_eq!(rtp.len(), 3);
+        let first = RtpPacket::parse(&rtp[0].2).unwrap();
+        let second = RtpPacket::parse(&rtp[1].2).unwrap();
+        assert_eq!(rtp[0].1.port(), 6004);
+        assert_eq!(second.sequence, first.sequence.wrapping_add(1));
+        assert_eq!(second.timestamp, first.timestamp.wrapping_add(160));
+        assert_eq!(first.ssrc, second.ssrc);
+        let write = RtpPacket::parse(&rtp[2].2).unwrap();
+        assert_eq!((rtp[2].1.port(), write.payload_type), (6005, 8));
+        assert_ne!(write.ssrc, first.ssrc);
+    }
+
+    #[test]
+    fn bye_is_retransmitted_until_acked_and_ends_the_stream() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Data, t0);
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        stream.ack(None, &mut emit);
+        stream.stop(t0, &mut emit);
+        stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
+        stream.poll(t0 + Duration::from_millis(100), &mut emit);
+        assert!(!stream.is_closed());
+        stream.ack(None, &mut emit);
+        assert!(stream.is_closed());
+        let byes = sent.iter().filter(|s| s.2.starts_with(b"BYE :")).count();
+        assert_eq!((byes, sent.len()), (2, 3));
+    }
+}
