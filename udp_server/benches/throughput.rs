@@ -1,7 +1,8 @@
 //! Throughput and memory of udp_server on loopback, in one run:
 //!
 //! ```text
-//! cargo bench -p udp_server --bench throughput
+//! cargo bench -p udp_server --bench throughput              # all three parts
+//! cargo bench -p udp_server --bench throughput -- memory    # or: ceiling, lossless
 //! ```
 //!
 //! (a) the loopback ceiling: datagrams/s a bare `recvmmsg` receiver counts while a
@@ -9,9 +10,12 @@
 //! (b) udp_server's highest lossless rate while recording: the real binary, 50 calls
 //!     sent by rst-load in fast mode at a capped total rate, stepped up (doubling, then
 //!     bisecting); a step is lossless when the server's `rst_messages_total{command="data"}`
-//!     grew by exactly the DATA rst-load sent;
+//!     grew by exactly the DATA rst-load sent (a lossy step is run once more, and
+//!     counts as lossy only if it loses again);
 //! (c) memory per active call: VmRSS of a fresh udp_server before and while 1000
-//!     calls are up (INV, then one frame per direction per call every second).
+//!     calls are up (INV, then one frame per direction per call every second),
+//!     divided by `rst_calls_active`: the most seen while all are up, and the first
+//!     sample (right after every call sent two frames).
 //!
 //! Sender, receiver and recorder share the machine's cores: the figures are for
 //! this machine as loaded, not absolute.
@@ -34,7 +38,7 @@ const CEILING_SECS: f64 = 3.0;
 const STEP_CALLS: usize = 50;
 const STEP_SECS: f64 = 3.0;
 const FIRST_RATE: u64 = 20_000;
-const MAX_STEPS: usize = 10;
+const MAX_STEPS: usize = 14;
 /// Bisection stops when the lossy rate is within this factor of the lossless one.
 const PRECISION: f64 = 1.05;
 const MEMORY_CALLS: usize = 1000;
@@ -181,34 +185,18 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     let mut best: Option<Step> = None;
     let mut lossy: Option<f64> = None;
     let mut rate = FIRST_RATE;
-    for _ in 0..MAX_STEPS {
-        let step = server.step(rate)?;
-        println!(
-            "    offered {:>7}/s  sent {:>7.0}/s  DATA {:>8} sent {:>8} counted  {}{}{}",
-            step.offered,
-            step.achieved,
-            step.sent,
-            step.counted,
-            if step.lossless() {
-                "lossless".to_owned()
-            } else {
-                format!(
-                    "LOST {} (kernel drops {})",
-                    step.sent.saturating_sub(step.counted),
-                    step.kernel_drops
-                )
-            },
-            if step.sender_bound() {
-                " (sender-bound)"
-            } else {
-                ""
-            },
-            if step.lost_control > 0 {
-                format!(" ({} INV/BYE unacknowledged)", step.lost_control)
-            } else {
-                String::new()
-            }
-        );
+    let mut steps = 0;
+    while steps < MAX_STEPS {
+        // A loss counts only if it happens again at the same rate: one stall of a
+        // shared machine (another process, disk writeback) should not decide.
+        let mut step = server.step(rate)?;
+        steps += 1;
+        print_step(&step, !step.lossless());
+        if !step.lossless() && steps < MAX_STEPS {
+            step = server.step(rate)?;
+            steps += 1;
+            print_step(&step, false);
+        }
         if step.lossless() {
             let (sender_bound, achieved) = (step.sender_bound(), step.achieved);
             if best.as_ref().map_or(true, |best| achieved > best.achieved) {
@@ -254,6 +242,36 @@ struct Memory {
     opened_kib: f64,
     /// The most seen while every call was still up (before the first BYE).
     peak_kib: f64,
+}
+
+fn print_step(step: &Step, retrying: bool) {
+    println!(
+        "    offered {:>7}/s  sent {:>7.0}/s  DATA {:>8} sent {:>8} counted  {}{}{}{}",
+        step.offered,
+        step.achieved,
+        step.sent,
+        step.counted,
+        if step.lossless() {
+            "lossless".to_owned()
+        } else {
+            format!(
+                "LOST {} (kernel drops {})",
+                step.sent.saturating_sub(step.counted),
+                step.kernel_drops
+            )
+        },
+        if step.sender_bound() {
+            " (sender-bound)"
+        } else {
+            ""
+        },
+        if step.lost_control > 0 {
+            format!(" ({} INV/BYE unacknowledged)", step.lost_control)
+        } else {
+            String::new()
+        },
+        if retrying { "; once more" } else { "" }
+    );
 }
 
 /// (c): memory per active call, with the calls kept alive by one frame per direction
