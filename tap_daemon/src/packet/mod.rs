@@ -1,0 +1,1 @@
+//! Packet decoding (being written).

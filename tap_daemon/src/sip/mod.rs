@@ -1,0 +1,1 @@
+//! SIP, SDP and call tracking (being written).
