@@ -183,6 +183,10 @@ impl Step {
 fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     let server = Server::start("recording")?;
     let mut best: Option<Step> = None;
+    // Offered rates: the highest that passed, the lowest that failed twice.
+    let mut passed = 0u64;
+    let mut failed: Option<u64> = None;
+    // The lowest rate actually sent at which DATA was lost.
     let mut lossy: Option<f64> = None;
     let mut rate = FIRST_RATE;
     let mut steps = 0;
@@ -197,22 +201,27 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
             steps += 1;
             print_step(&step, false);
         }
+        // The search moves on offered rates; the result is the rate actually sent.
         if step.lossless() {
-            let (sender_bound, achieved) = (step.sender_bound(), step.achieved);
-            if best.as_ref().map_or(true, |best| achieved > best.achieved) {
+            passed = passed.max(rate);
+            let previous = best.as_ref().map_or(0.0, |best| best.achieved);
+            // rst-load fell short and sent no more than at the previous step: it
+            // cannot offer more, so going higher is pointless.
+            let saturated = step.sender_bound() && step.achieved < 1.05 * previous;
+            if step.achieved > previous {
                 best = Some(step);
             }
-            if sender_bound && lossy.is_none() {
-                break; // rst-load cannot offer more: no point going higher.
+            if saturated && failed.is_none() {
+                break;
             }
         } else {
-            lossy = Some(lossy.map_or(step.achieved, |high| high.min(step.achieved)));
+            failed = Some(failed.map_or(rate, |failed: u64| failed.min(rate)));
+            lossy = Some(lossy.map_or(step.achieved, |high: f64| high.min(step.achieved)));
         }
-        let low = best.as_ref().map_or(0.0, |best| best.achieved);
-        rate = match lossy {
+        rate = match failed {
             None => (rate * 2).min(ceiling.map_or(u64::MAX, |c| (c * 2.0) as u64)),
-            Some(high) if low > 0.0 && high / low <= PRECISION => break,
-            Some(high) => ((low + high) / 2.0) as u64,
+            Some(high) if passed > 0 && high as f64 / passed as f64 <= PRECISION => break,
+            Some(high) => (passed + high) / 2,
         };
         if rate < 1000 {
             break;

@@ -39,9 +39,6 @@ pub enum Output<'a> {
         payload_type: PayloadType,
         payload: &'a [u8],
     },
-    /// RTP mode: open the call's two receive ports. If that fails, call
-    /// [`CallTable::abort`] and do not send the ACK that follows.
-    OpenRtp { call: CallId, ports: RtpPorts },
     /// An RTP packet for a call, from its sender.
     Rtp {
         call: CallId,
@@ -87,6 +84,16 @@ struct RtpBinding {
     server: RtpPorts,
     sender: RtpPorts,
 }
+
+/// Opens a call's two RTP receive ports: the shell binds sockets (a port can be
+/// taken by another program), tests can pretend.
+pub trait RtpBinder {
+    /// `false` when the ports cannot be used; the table then tries others.
+    fn open(&mut self, call: CallId, ports: RtpPorts) -> bool;
+}
+
+/// Port pairs tried for one INV before it is left unanswered.
+const BIND_ATTEMPTS: usize = 8;
 
 /// The limits the table enforces.
 #[derive(Debug, Clone)]
@@ -140,6 +147,7 @@ impl CallTable {
         now: Instant,
         from: SocketAddr,
         datagram: &'a [u8],
+        binder: &mut impl RtpBinder,
         emit: &mut impl FnMut(Output<'a>),
     ) {
         self.metrics.datagrams.fetch_add(1, Relaxed);
@@ -192,7 +200,7 @@ impl CallTable {
                 };
                 let rtp_ports = match inv.rtp_ports {
                     Some(sender_ports) => {
-                        match self.bind_rtp(uuid.as_str(), id, sender_ports, emit) {
+                        match self.bind_rtp(uuid.as_str(), id, sender_ports, binder) {
                             Some(server) => Some(server),
                             None => return,
                         }
@@ -326,35 +334,37 @@ impl CallTable {
 
     /// The call's server ports, allocated on its first RTP-mode INV. `None` when
     /// the port range is exhausted: the INV goes unanswered rather than half-answered.
-    fn bind_rtp<'a>(
+    fn bind_rtp(
         &mut self,
         uuid: &str,
         id: CallId,
         sender_ports: RtpPorts,
-        emit: &mut impl FnMut(Output<'a>),
+        binder: &mut impl RtpBinder,
     ) -> Option<RtpPorts> {
-        let call = self.calls.get_mut(uuid)?;
-        if let Some(binding) = call.rtp {
+        if let Some(binding) = self.calls.get(uuid)?.rtp {
             return Some(binding.server);
         }
-        let Some(server) = self.ports.take_pair() else {
-            self.metrics.refused(Refusal::NoPorts);
-            tracing::warn!(
-                %uuid,
-                range = ?self.limits.rtp_ports,
-                "no free RTP port pair: the INV is not answered; widen rtp-ports or lower max-calls"
-            );
-            return None;
-        };
-        call.rtp = Some(RtpBinding {
-            server,
-            sender: sender_ports,
-        });
-        emit(Output::OpenRtp {
-            call: id,
-            ports: server,
-        });
-        Some(server)
+        for _ in 0..BIND_ATTEMPTS {
+            let Some(server) = self.ports.take_pair() else {
+                self.metrics.refused(Refusal::NoPorts);
+                tracing::warn!(
+                    %uuid,
+                    range = ?self.limits.rtp_ports,
+                    "no free RTP port pair: the INV is not answered; widen rtp-ports or lower max-calls"
+                );
+                return None;
+            };
+            if binder.open(id, server) {
+                let call = self.calls.get_mut(uuid)?;
+                call.rtp = Some(RtpBinding { server, sender: sender_ports });
+                return Some(server);
+            }
+            // Taken by another program: back to the pool, which moves on round robin.
+            self.metrics.rtp_open_failures.fetch_add(1, Relaxed);
+            self.ports.give_back(server);
+        }
+        tracing::warn!(%uuid, "cannot bind any RTP port pair: the INV is not answered; is rtp-ports used by another program?");
+        None
     }
 
     /// Handles an RTP packet that arrived on `call`'s port for `direction`.
@@ -404,14 +414,6 @@ impl CallTable {
         }
     }
 
-    /// Ends a call whose RTP ports could not be opened.
-    pub fn abort<'a>(&mut self, now: Instant, call: CallId, emit: &mut impl FnMut(Output<'a>)) {
-        if let Some(uuid) = self.uuids.get(&call).cloned() {
-            if let Some((uuid, call)) = self.calls.remove_entry(&uuid) {
-                self.end(now, uuid, call, EndReason::Error, emit);
-            }
-        }
-    }
 
     fn end<'a>(
         &mut self,

@@ -80,7 +80,7 @@ impl Default for Config {
             raw: false,
             allow: Vec::new(),
             l16_rate: 8000,
-            rtp_ports: PortRange(40000..=59999),
+            rtp_ports: PortRange(10000..=19999),
             jitter_packets: 5,
             feed: None,
         }
@@ -120,7 +120,7 @@ pub struct Settings {
     /// Sample rate of PT 10 linear audio when the INV does not say [default: 8000]
     #[arg(long, value_name = "HZ")]
     pub l16_rate: Option<u32>,
-    /// UDP ports for RTP-mode calls, two per call [default: 40000-59999]
+    /// UDP ports for RTP-mode calls, two per call [default: 10000-19999]
     #[arg(long, value_name = "LOW-HIGH")]
     pub rtp_ports: Option<PortRange>,
     /// RTP packets held behind a missing one before it counts as lost [default: 5]

@@ -182,8 +182,8 @@ pub struct CallRecording {
     started: Instant,
     started_wall: OffsetDateTime,
     l16_rate: u32,
-    /// The INV's extensions: payload types the sender declared.
-    extensions: String,
+    /// Payload types the sender declared in its INV: number, encoding name, clock.
+    declared: Vec<(u8, String, u32)>,
     lanes: [Lane; 2],
     /// DTMF records completed since the last [`CallRecording::take_new_dtmf`].
     new_dtmf: Vec<usize>,
@@ -254,7 +254,7 @@ impl CallRecording {
             started: now,
             started_wall: wall,
             l16_rate: start.l16_rate,
-            extensions: start.extensions.clone(),
+            declared: declared_payload_types(&start.extensions),
             lanes: [lane(Direction::Read), lane(Direction::Write)],
             new_dtmf: Vec::new(),
             stereo: None,
@@ -387,13 +387,10 @@ impl CallRecording {
         if self.failed {
             return;
         }
-        let result = self.write_audio(
-            index,
-            PayloadType::new(held.payload_type).expect("7-bit"),
-            &held.payload,
-            Timing::Media(at),
-            metrics,
-        );
+        let Some(payload_type) = PayloadType::new(held.payload_type) else {
+            return;
+        };
+        let result = self.write_audio(index, payload_type, &held.payload, Timing::Media(at), metrics);
         self.check(result, "write audio", Some(metrics));
     }
 
@@ -437,7 +434,10 @@ impl CallRecording {
 
     /// What the sender declared `pt` to be, in its INV.
     fn declared(&self, pt: u8) -> Option<(&str, u32)> {
-        Extensions::parse(&self.extensions).ok()?.payload_type(pt)
+        self.declared
+            .iter()
+            .find(|(number, ..)| *number == pt)
+            .map(|(_, name, rate)| (name.as_str(), *rate))
     }
 
     fn codec_for(&self, pt: u8) -> Codec {
@@ -689,6 +689,15 @@ impl CallRecording {
     }
 }
 
+fn declared_payload_types(extensions: &str) -> Vec<(u8, String, u32)> {
+    let Ok(extensions) = Extensions::parse(extensions) else {
+        return Vec::new();
+    };
+    (0..=127u8)
+        .filter_map(|pt| extensions.payload_type(pt).map(|(name, rate)| (pt, name.to_owned(), rate)))
+        .collect()
+}
+
 fn write_silence(wav: &mut WavFile, mut samples: u64) -> io::Result<()> {
     const ZEROS: [i16; 1024] = [0; 1024];
     while samples > 0 {
@@ -747,8 +756,12 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Writes the record whole or not at all (a temporary file renamed over the
+/// old one), so whoever watches the folder never reads half a record.
 fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     text.push(b'\n');
-    std::fs::write(path, text)
+    let temporary = with_suffix(path, "tmp");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
 }

@@ -308,5 +308,7 @@ fn complete_record(part: &Path) -> std::io::Result<()> {
     );
     let mut text = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    std::fs::write(part, text)
+    let temporary = part.with_extension("tmp");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, part)
 }

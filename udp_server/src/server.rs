@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use rst_proto::{Direction, RtpPorts};
 use tokio::task::AbortHandle;
 
-use crate::calls::{CallId, CallTable, Limits, Output};
+use crate::calls::{CallId, CallTable, Limits, Output, RtpBinder};
 use crate::config::Config;
 use crate::feed::{Feed, FeedStats};
 use crate::metrics::Metrics;
@@ -150,6 +150,7 @@ pub async fn run(
             open: HashMap::new(),
         },
         rtp_queue,
+        ended: Vec::new(),
     };
     let result = receiver.receive(&batches, &shutdown).await;
 
@@ -224,8 +225,20 @@ struct RtpSockets {
     open: HashMap<CallId, [AbortHandle; 2]>,
 }
 
+impl RtpBinder for RtpSockets {
+    fn open(&mut self, call: CallId, ports: RtpPorts) -> bool {
+        match self.bind(call, ports) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(read = ports.read, write = ports.write, %error, "cannot bind an RTP port pair; trying another");
+                false
+            }
+        }
+    }
+}
+
 impl RtpSockets {
-    fn open(&mut self, call: CallId, ports: RtpPorts) -> std::io::Result<()> {
+    fn bind(&mut self, call: CallId, ports: RtpPorts) -> std::io::Result<()> {
         let read = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.read))?)?;
         let write = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.write))?)?;
         let spawn = |socket, direction| {
@@ -282,6 +295,8 @@ struct Receiver {
     ack: Vec<u8>,
     rtp: RtpSockets,
     rtp_queue: mpsc::Receiver<RtpArrival>,
+    /// Calls a datagram ended, whose RTP sockets close once it is handled.
+    ended: Vec<CallId>,
 }
 
 impl Receiver {
@@ -350,15 +365,11 @@ impl Receiver {
             metrics,
             ack,
             rtp,
+            ended,
             ..
         } = self;
-        let mut failed: Option<CallId> = None;
-        table.handle(now, from, datagram, &mut |output| match output {
+        table.handle(now, from, datagram, rtp, &mut |output| match output {
             Output::Reply(reply) => {
-                if failed.is_some() {
-                    // Its ports could not be opened: no ACK, the sender retries later.
-                    return;
-                }
                 ack.clear();
                 if rst_proto::Message::Ack(reply).encode(ack).is_ok() {
                     // Never wait for the socket: a lost ACK is retransmitted by the sender.
@@ -368,27 +379,14 @@ impl Receiver {
                     };
                 }
             }
-            Output::OpenRtp { call, ports } => {
-                if let Err(error) = rtp.open(call, ports) {
-                    tracing::warn!(read = ports.read, write = ports.write, %error, "cannot open RTP ports; the call is ended, its INV not answered");
-                    metrics.write_errors.fetch_add(1, Relaxed);
-                    failed = Some(call);
-                }
-            }
             Output::End { call, reason } => {
-                rtp.close(call);
+                ended.push(call);
                 push_output(batch, Output::End { call, reason }, now);
             }
             other => push_output(batch, other, now),
         });
-        if let Some(call) = failed {
-            let Receiver { table, rtp, .. } = self;
-            table.abort(now, call, &mut |output| {
-                if let Output::End { call, .. } = output {
-                    rtp.close(call);
-                }
-                push_output(batch, output, now);
-            });
+        for call in ended.drain(..) {
+            rtp.close(call);
         }
     }
 
@@ -409,7 +407,7 @@ impl Receiver {
 
 fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
     let command = match output {
-        Output::Reply(_) | Output::OpenRtp { .. } => return,
+        Output::Reply(_) => return,
         Output::Start(start) => Command::Start {
             start,
             at: now,

@@ -22,7 +22,15 @@ struct Console(BufReader<TcpStream>);
 
 impl Console {
     fn connect(addr: SocketAddr) -> Console {
-        let stream = TcpStream::connect(addr).unwrap();
+        // The receiver opens its feed port just after its UDP port.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(stream) => break stream,
+                Err(error) if std::time::Instant::now() > deadline => panic!("feed at {addr}: {error}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -30,11 +38,13 @@ impl Console {
     }
 
     fn next(&mut self) -> serde_json::Value {
+        self.try_next().expect("a feed line within 10 s")
+    }
+
+    fn try_next(&mut self) -> Option<serde_json::Value> {
         let mut line = String::new();
-        self.0
-            .read_line(&mut line)
-            .expect("a feed line within 10 s");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+        self.0.read_line(&mut line).ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
     }
 }
 
@@ -43,12 +53,12 @@ fn consoles_follow_real_calls() {
     let feed = free_tcp_port();
     let mut receiver = Receiver::with(Settings {
         feed: Some(feed),
-        rtp_ports: Some("41700-41799".parse().unwrap()),
+        rtp_ports: Some("21700-21799".parse().unwrap()),
         ..Settings::default()
     });
     let mut console = Console::connect(feed);
     // A console that connects and never reads.
-    let stalled = TcpStream::connect(feed).unwrap();
+    let stalled = Console::connect(feed);
     std::thread::sleep(Duration::from_millis(100));
 
     let mut sender = Sender::new(receiver.addr);
@@ -115,9 +125,12 @@ fn consoles_follow_real_calls() {
     sender.bye(&rtp_call);
 
     for console in [&mut console, &mut late] {
-        let mut events = Vec::new();
+        let mut events: Vec<serde_json::Value> = Vec::new();
         while events.len() < 4 {
-            events.push(console.next());
+            match console.try_next() {
+                Some(event) => events.push(event),
+                None => panic!("only {} of 4 events within 10 s: {events:?}", events.len()),
+            }
         }
         let kinds: Vec<&str> = events
             .iter()

@@ -76,7 +76,7 @@ fn settings(ports: &str) -> Settings {
 
 #[test]
 fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
-    let mut receiver = Receiver::with(settings("41000-41003"));
+    let mut receiver = Receiver::with(settings("21000-21003"));
     let mut first = RtpSender::new(receiver.addr);
     let mut second = RtpSender::new(receiver.addr);
     let a = first.inv(&uuid(1), "").unwrap();
@@ -88,7 +88,7 @@ fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
     let b = second.inv(&uuid(2), "").unwrap();
     let mut all = [a.0, a.1, b.0, b.1];
     all.sort();
-    assert_eq!(all, [41000, 41001, 41002, 41003]);
+    assert_eq!(all, [21000, 21001, 21002, 21003]);
 
     // The range is exhausted: the third call gets no answer at all, never a broken one.
     let mut third = RtpSender::new(receiver.addr);
@@ -113,7 +113,7 @@ fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
 fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_exactly() {
     let mut receiver = Receiver::with(Settings {
         jitter_packets: Some(5),
-        ..settings("41100-41199")
+        ..settings("21100-21199")
     });
     let mut sender = RtpSender::new(receiver.addr);
     let id = uuid(10);
@@ -230,7 +230,7 @@ fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_e
 
 #[test]
 fn rtp_from_anyone_but_the_calls_sender_is_ignored_and_counted() {
-    let mut receiver = Receiver::with(settings("41200-41209"));
+    let mut receiver = Receiver::with(settings("21200-21209"));
     let mut sender = RtpSender::new(receiver.addr);
     let id = uuid(20);
     let (server_read, server_write) = sender.inv(&id, "").unwrap();
@@ -270,7 +270,7 @@ fn rtp_from_anyone_but_the_calls_sender_is_ignored_and_counted() {
 fn an_idle_rtp_call_times_out_and_frees_its_ports() {
     let mut receiver = Receiver::with(Settings {
         idle_timeout: Some(1),
-        ..settings("41300-41301")
+        ..settings("21300-21301")
     });
     let mut sender = RtpSender::new(receiver.addr);
     let (read, _) = sender.inv(&uuid(30), "").unwrap();
@@ -284,5 +284,17 @@ fn an_idle_rtp_call_times_out_and_frees_its_ports() {
     // The only port pair is free again.
     let mut next = RtpSender::new(receiver.addr);
     assert!(next.inv(&uuid(31), "").is_some());
+    receiver.stop();
+}
+
+#[test]
+fn a_port_taken_by_another_program_is_skipped() {
+    let squatter = UdpSocket::bind("127.0.0.1:21400").expect("port 21400 is free for the test");
+    let mut receiver = Receiver::with(settings("21400-21405"));
+    let mut sender = RtpSender::new(receiver.addr);
+    let (read, write) = sender.inv(&uuid(40), "").expect("another pair is tried");
+    assert!(read != 21400 && write != 21400, "{read} {write}");
+    assert_eq!(receiver.counter("rst_rtp_open_failures_total"), 1);
+    drop(squatter);
     receiver.stop();
 }

@@ -71,7 +71,7 @@ fn sipp_uac_pcap_rtp_is_recorded_sample_for_sample() {
         ..Settings::default()
     });
 
-    // The UAC's media port: the source of its RTP, so the INV's local read port.
+    // The UAC's media port is the source of its RTP, so the INV's local read port.
     let [uac_media, uas_media, uas_sip] = free_port_pairs();
     let write = UdpSocket::bind("127.0.0.1:0").unwrap(); // local write port: nothing sends W
     let write_port = write.local_addr().unwrap().port();
@@ -100,6 +100,10 @@ fn sipp_uac_pcap_rtp_is_recorded_sample_for_sample() {
         unanswered += 1;
         assert!(unanswered < 5, "no ACK for the RTP-mode INV");
     };
+    if unanswered > 0 {
+        // A slow receiver answers each copy: leave no stale ACK for the BYE's.
+        while control.receive().is_some() {}
+    }
     let Ok(Message::Ack(ack)) = Message::parse(&reply) else {
         panic!("not an ACK: {reply:?}")
     };
@@ -267,17 +271,26 @@ fn sipp_uac_pcap_rtp_is_recorded_sample_for_sample() {
 
 /// The record of the call the ACK answered. An INV the receiver could not answer
 /// (a port pair of its range held by another program) leaves a record of its own:
-/// an empty call that ended in `error`; there must be exactly `unanswered` of those.
+/// an empty call that ended in `error`; there can be one per unanswered INV.
 fn answered_call_record(receiver: &Receiver, unanswered: usize) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let records = records_in(receiver.dir.path());
+        // Read here rather than with records_in: the receiver writes the final
+        // `<uuid>.json` in place, so it can be caught half-written; that is a retry.
+        let Some(records) = files_in(receiver.dir.path(), ".json")
+            .iter()
+            .map(|path| serde_json::from_slice(&std::fs::read(path).ok()?).ok())
+            .collect::<Option<Vec<serde_json::Value>>>()
+        else {
+            assert!(Instant::now() < deadline, "a record stays unreadable");
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
         let (answered, others): (Vec<_>, Vec<_>) =
             records.into_iter().partition(|r| r["end_reason"] == "bye");
         if let [record] = answered.as_slice() {
-            assert_eq!(
-                others.len(),
-                unanswered,
+            assert!(
+                others.len() <= unanswered,
                 "records besides the call: {others:?}"
             );
             assert!(

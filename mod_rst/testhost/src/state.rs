@@ -697,7 +697,8 @@ impl Bug {
         let mut do_read = if has_read { audio.read.len() } else { 0 };
         let mut do_write = if has_write { audio.write.len() } else { 0 };
         if do_write > do_read && do_write > bytes * 2 {
-            audio.write.drain(..bytes.min(audio.write.len()));
+            let n = bytes.min(audio.write.len());
+            audio.write.drain(..n);
             do_write = audio.write.len();
         }
         let fill_read = has_read && do_read == 0;

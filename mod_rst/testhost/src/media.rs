@@ -1,0 +1,243 @@
+//! The simulated media thread of a session: every 20 ms it makes one read and
+//! one write frame of a deterministic tone in the session's current codec and
+//! runs the media bugs the way FreeSWITCH's switch_core_io.c does.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::g711;
+use crate::state::*;
+use crate::types::*;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MediaSpec {
+    pub(crate) seconds: f64,
+    pub(crate) read_hz: f64,
+    pub(crate) write_hz: f64,
+    pub(crate) read_amp: f64,
+    pub(crate) write_amp: f64,
+}
+
+/// One direction's frame: encoded (native) bytes and the linear audio a bug reads.
+struct Frame {
+    encoded: Vec<u8>,
+    linear: Vec<u8>,
+    frame: Box<switch_frame_t>,
+}
+
+impl Frame {
+    fn new() -> Frame {
+        Frame {
+            encoded: Vec::with_capacity(2048),
+            linear: Vec::with_capacity(2048),
+            // SAFETY: an all-zero frame is valid (NULL pointers, zero numbers).
+            frame: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+
+    /// Fills the frame with `samples` of the tone from sample index `first`.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        kind: CodecKind,
+        rate: u32,
+        hz: f64,
+        amp: f64,
+        first: u64,
+        codec: *mut switch_codec_t,
+        seq: u16,
+    ) {
+        let samples = rate / 50;
+        self.encoded.clear();
+        self.linear.clear();
+        for i in 0..u64::from(samples) {
+            let sample = g711::tone_sample(hz, amp, rate, first + i);
+            let heard = match kind {
+                CodecKind::Pcmu => {
+                    let byte = g711::ulaw_encode(sample);
+                    self.encoded.push(byte);
+                    g711::ulaw_decode(byte)
+                }
+                CodecKind::Pcma => {
+                    let byte = g711::alaw_encode(sample);
+                    self.encoded.push(byte);
+                    g711::alaw_decode(byte)
+                }
+                CodecKind::L16 => {
+                    self.encoded.extend_from_slice(&sample.to_le_bytes());
+                    sample
+                }
+            };
+            self.linear.extend_from_slice(&heard.to_le_bytes());
+        }
+        let frame = &mut *self.frame;
+        frame.codec = codec;
+        frame.data = self.encoded.as_mut_ptr().cast();
+        frame.datalen = self.encoded.len() as u32;
+        frame.buflen = self.encoded.capacity() as u32;
+        frame.samples = samples;
+        frame.rate = rate;
+        frame.channels = 1;
+        frame.payload = kind.ianacode();
+        frame.timestamp = first as u32;
+        frame.seq = seq;
+        frame.ssrc = 0x7465_7374;
+        frame.m = SWITCH_FALSE;
+        frame.flags = 0;
+    }
+}
+
+/// Starts the media thread (refused while one is running for the session).
+pub(crate) fn start(session: Arc<Session>, spec: MediaSpec) -> Result<u64, String> {
+    if session.hung_up.load(Ordering::SeqCst) {
+        return Err(format!("session {} is hung up", session.uuid));
+    }
+    let mut media = lock(&session.media);
+    if media.running {
+        return Err(format!("media already running on {}", session.uuid));
+    }
+    if let Some(old) = media.thread.take() {
+        let _ = old.join();
+    }
+    let frames = (spec.seconds * 50.0).round().max(0.0) as u64;
+    media.running = true;
+    session.stop_media.store(false, Ordering::SeqCst);
+    let thread_session = session.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("media-{}", session.id))
+        .spawn(move || {
+            crate::module::register_host_thread();
+            run(&thread_session, spec, frames);
+            lock(&thread_session.media).running = false;
+        })
+        .map_err(|e| e.to_string())?;
+    media.thread = Some(handle);
+    Ok(frames)
+}
+
+/// Waits for the session's media thread, if any.
+pub(crate) fn join(session: &Session) {
+    let handle = lock(&session.media).thread.take();
+    if let Some(handle) = handle {
+        let _ = handle.join();
+    }
+}
+
+fn run(session: &Arc<Session>, spec: MediaSpec, frames: u64) {
+    let mut read = Frame::new();
+    let mut write = Frame::new();
+    let started = Instant::now();
+    for k in 0..frames {
+        let deadline = started + Duration::from_millis(20 * k);
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        } else if now - deadline > Duration::from_millis(20) {
+            lock(&session.media).late_ticks += 1;
+        }
+        if session.hung_up.load(Ordering::SeqCst) || session.stop_media.load(Ordering::SeqCst) {
+            break;
+        }
+        tick(session, &spec, &mut read, &mut write, k);
+    }
+}
+
+fn note(sent: &mut Sent, kind: CodecKind, rate: u32, hz: f64, amp: f64) -> u64 {
+    let first = sent.next_sample;
+    let same = sent.segments.last().is_some_and(|s| {
+        s["codec"] == kind.name() && s["rate"] == rate && s["hz"] == hz && s["amp"] == amp
+    });
+    if same {
+        if let Some(last) = sent.segments.last_mut() {
+            let n = last["frames"].as_u64().unwrap_or(0);
+            last["frames"] = json!(n + 1);
+        }
+    } else {
+        sent.segments.push(json!({
+            "codec": kind.name(), "rate": rate, "hz": hz, "amp": amp,
+            "first_sample": first, "first_frame": sent.frames, "frames": 1,
+        }));
+    }
+    sent.next_sample += u64::from(rate / 50);
+    sent.frames += 1;
+    first
+}
+
+fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut Frame, k: u64) {
+    let (kind, rate) = *lock(&session.codec);
+    let (first_read, first_write) = {
+        let mut media = lock(&session.media);
+        let r = note(&mut media.read, kind, rate, spec.read_hz, spec.read_amp);
+        let w = note(&mut media.write, kind, rate, spec.write_hz, spec.write_amp);
+        (r, w)
+    };
+    read.fill(kind, rate, spec.read_hz, spec.read_amp, first_read, session.read_codec.pointer(), k as u16);
+    write.fill(kind, rate, spec.write_hz, spec.write_amp, first_write, session.write_codec.pointer(), k as u16);
+    let now_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut prune = false;
+    {
+        let list = session.bug_list.read().unwrap_or_else(|e| e.into_inner());
+        let ready = |b: &Bug| b.state.load(Ordering::SeqCst) == BUG_READY && !b.prune.load(Ordering::SeqCst);
+        let native = |b: &Bug| b.has(SMBF_TAP_NATIVE_READ) || b.has(SMBF_TAP_NATIVE_WRITE);
+        let mut run = |bug: &Arc<Bug>, abc: u32| {
+            if !bug.invoke(abc) {
+                bug.prune.store(true, Ordering::SeqCst);
+                prune = true;
+            }
+        };
+        // The read path: native tap, then the decoded stream, then the ping.
+        for bug in list.iter().filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_READ)) {
+            bug.native_read.store(&mut *read.frame, Ordering::SeqCst);
+            run(bug, SWITCH_ABC_TYPE_TAP_NATIVE_READ);
+            bug.native_read.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
+        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_STREAM)) {
+            bug.push_read(&read.linear);
+            run(bug, SWITCH_ABC_TYPE_READ);
+        }
+        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_PING)) {
+            run(bug, SWITCH_ABC_TYPE_READ_PING);
+        }
+        // The write path.
+        for bug in list.iter().filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_WRITE)) {
+            bug.native_write.store(&mut *write.frame, Ordering::SeqCst);
+            run(bug, SWITCH_ABC_TYPE_TAP_NATIVE_WRITE);
+            bug.native_write.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
+        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_WRITE_STREAM)) {
+            bug.push_write(&write.linear);
+            run(bug, SWITCH_ABC_TYPE_WRITE);
+        }
+        for bug in list.iter() {
+            if bug.stop_time != 0 && bug.stop_time <= now_epoch {
+                bug.prune.store(true, Ordering::SeqCst);
+                prune = true;
+            }
+            if bug.prune.load(Ordering::SeqCst) {
+                prune = true;
+            }
+        }
+    }
+    if prune {
+        prune_bugs(session);
+    }
+}
+
+/// Hangs a session up: no more locates, media stops, every bug gets CLOSE in
+/// this thread.
+pub(crate) fn hangup(session: &Arc<Session>) -> usize {
+    session
+        .locks_at_hangup
+        .store(session.locks.load(Ordering::SeqCst), Ordering::SeqCst);
+    session.hung_up.store(true, Ordering::SeqCst);
+    session.stop_media.store(true, Ordering::SeqCst);
+    join(session);
+    let closed = remove_all_bugs(session);
+    session.maybe_destroy();
+    closed
+}

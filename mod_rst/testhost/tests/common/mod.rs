@@ -1,0 +1,377 @@
+//! The pieces every mod_rst test needs: the module built, a real receiver
+//! (udp_server) on 127.0.0.1, an rst.conf.xml pointing at it, and fs-testhost
+//! driven one command at a time.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver as Channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use udp_server::{Metrics, Settings};
+
+/// Builds mod_rst once per test binary and returns the path of the cdylib.
+pub fn module_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "mod_rst"])
+            .current_dir(&workspace)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build -p mod_rst failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|dir| if dir.is_relative() { workspace.join(dir) } else { dir })
+            .unwrap_or_else(|| workspace.join("target"));
+        let path = target.join("debug").join("libmod_rst.so");
+        assert!(path.exists(), "{} was not built", path.display());
+        path.canonicalize().unwrap()
+    })
+    .clone()
+}
+
+/// A real receiver on 127.0.0.1 in a background runtime (udp_server's own test harness).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Receiver::with(Settings::default())
+    }
+
+    pub fn with(settings: Settings) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Settings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            record_dir: Some(dir.path().to_owned()),
+            ..Settings::default()
+        };
+        let config = settings.over(base).resolve().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = udp_server::bind(config.listen)?;
+                    addr_tx.send(socket.local_addr()?).unwrap();
+                    udp_server::run(socket, config, metrics, shutdown).await
+                })
+            })
+        };
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver did not start");
+        Receiver {
+            addr,
+            dir,
+            metrics,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `count` records exist, then returns them, sorted by path.
+    pub fn wait_records(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = records_in(self.dir.path());
+            if records.len() >= count || Instant::now() > deadline {
+                assert_eq!(records.len(), count, "records in {}", self.dir.path().display());
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The record of `uuid` (waits for it).
+    pub fn record(&self, uuid: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(record) = records_in(self.dir.path())
+                .into_iter()
+                .find(|r| r["uuid"] == uuid)
+            {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "no record for {uuid}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Every finished JSON record under `dir`, sorted by path.
+pub fn records_in(dir: &Path) -> Vec<Value> {
+    let mut paths = files_in(dir, ".json");
+    paths.sort();
+    paths
+        .iter()
+        .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+        .collect()
+}
+
+pub fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_in(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A CONF_DIR with `autoload_configs/rst.conf.xml` holding `params`.
+pub fn conf_dir(params: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("autoload_configs")).unwrap();
+    let mut xml = String::from(
+        "<configuration name=\"rst.conf\" description=\"rst test\">\n  <settings>\n",
+    );
+    for (name, value) in params {
+        xml.push_str(&format!("    <param name=\"{name}\" value=\"{value}\"/>\n"));
+    }
+    xml.push_str("  </settings>\n</configuration>\n");
+    std::fs::write(dir.path().join("autoload_configs/rst.conf.xml"), xml).unwrap();
+    dir
+}
+
+/// The configuration for `receiver`, with `extra` params.
+pub fn conf_for(receiver: &Receiver, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let ip = receiver.addr.ip().to_string();
+    let port = receiver.addr.port().to_string();
+    let mut params = vec![("udp-server-ip", ip.as_str()), ("udp-server-port", port.as_str())];
+    params.extend_from_slice(extra);
+    conf_dir(&params)
+}
+
+/// fs-testhost, driven a command at a time.
+pub struct Host {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Channel<String>,
+    /// Every answer so far (printed if a test fails).
+    pub transcript: Vec<String>,
+}
+
+impl Host {
+    pub fn start() -> Host {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fs-testhost"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("fs-testhost starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Host {
+            child,
+            stdin,
+            lines,
+            transcript: Vec::new(),
+        }
+    }
+
+    /// Sends one command and returns its answer (waits up to 120 s: a hung
+    /// module fails the test instead of hanging it).
+    pub fn cmd(&mut self, command: &str) -> Value {
+        let stdin = self.stdin.as_mut().expect("host running");
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        let line = match self.lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!(
+                    "fs-testhost gave no answer to {command:?} (hung or crashed: {:?})\ntranscript:\n{}",
+                    self.child.try_wait(),
+                    self.transcript.join("\n")
+                );
+            }
+        };
+        self.transcript.push(format!("> {command}\n{line}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// Sends a command that must succeed and must not add violations.
+    pub fn ok(&mut self, command: &str) -> Value {
+        let answer = self.cmd(command);
+        assert_eq!(answer["ok"], true, "{command}: {answer}");
+        assert!(
+            answer.get("violations").is_none(),
+            "{command}: the module misbehaved: {}",
+            answer["violations"]
+        );
+        answer
+    }
+
+    pub fn load(&mut self, conf: &Path) -> Value {
+        let command = format!("load {} {}", module_path().display(), conf.display());
+        self.ok(&command)
+    }
+
+    /// Ends the host; returns its last line (`quit`).
+    pub fn quit(mut self) -> Value {
+        let answer = self.cmd("quit");
+        self.stdin.take();
+        let _ = self.child.wait();
+        answer
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The host's test tone (src/g711.rs): sample `n` of a `hz` sine at `rate`.
+pub fn tone_sample(hz: f64, amplitude: f64, rate: u32, n: u64) -> i16 {
+    let phase = 2.0 * std::f64::consts::PI * hz * (n as f64) / f64::from(rate);
+    (amplitude * phase.sin()).round() as i16
+}
+
+pub fn tone(hz: f64, amplitude: f64, rate: u32, first: u64, count: usize) -> Vec<i16> {
+    (0..count as u64)
+        .map(|i| tone_sample(hz, amplitude, rate, first + i))
+        .collect()
+}
+
+/// G.711 µ-law encoding (the classic Sun reference).
+pub fn ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut pcm = i32::from(sample);
+    let mask = if pcm < 0 {
+        pcm = -pcm;
+        0x7F
+    } else {
+        0xFF
+    };
+    pcm = (pcm + BIAS).min(32635 + BIAS);
+    let segment = (0..8).find(|&s| pcm <= (0xFF << s)).unwrap_or(7);
+    let byte = ((segment << 4) | ((pcm >> (segment + 3)) & 0xF)) as u8;
+    byte ^ mask
+}
+
+/// G.711 A-law encoding (the classic Sun reference).
+pub fn alaw(sample: i16) -> u8 {
+    let mut pcm = i32::from(sample) >> 3;
+    let mask = if pcm >= 0 {
+        0xD5
+    } else {
+        pcm = -pcm - 1;
+        0x55
+    };
+    let segment = (0..8)
+        .find(|&s| pcm <= (0x1F << s) | ((1 << s) - 1))
+        .unwrap_or(8);
+    let byte = if segment >= 8 {
+        0x7F
+    } else if segment < 2 {
+        ((segment << 4) | ((pcm >> 1) & 0xF)) as u8
+    } else {
+        ((segment << 4) | ((pcm >> segment) & 0xF)) as u8
+    };
+    byte ^ mask
+}
+
+/// What a receiver decodes from the host's tone sent in `codec`.
+pub fn heard(codec: &str, samples: &[i16]) -> Vec<i16> {
+    match codec {
+        "PCMU" => samples
+            .iter()
+            .map(|&s| rst_codec::g711::ulaw_to_linear(ulaw(s)))
+            .collect(),
+        "PCMA" => samples
+            .iter()
+            .map(|&s| rst_codec::g711::alaw_to_linear(alaw(s)))
+            .collect(),
+        _ => samples.to_vec(),
+    }
+}
+
+/// The samples of a WAV, with its spec.
+pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
+    let reader =
+        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = reader.spec();
+    (spec, reader.into_samples().map(Result::unwrap).collect())
+}
+
+/// The first WAV of direction `dir` ("R" or "W") of a record.
+pub fn direction_wav(record: &Value, dir: &str) -> (hound::WavSpec, Vec<i16>) {
+    let path = record["directions"][dir]["wav"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {dir} wav in {record}"));
+    read_wav(Path::new(path))
+}
+
+pub fn uuid(n: u32) -> String {
+    format!("6f1c2a3b-8263-4550-b18c-{n:012x}")
+}
+
+/// Asserts `got` equals `expected` sample for sample, saying where it first differs.
+pub fn assert_samples(what: &str, got: &[i16], expected: &[i16]) {
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        let from = i.saturating_sub(3);
+        panic!(
+            "{what}: first difference at sample {i}: got {:?}, expected {:?}",
+            &got[from..(i + 5).min(got.len())],
+            &expected[from..(i + 5).min(expected.len())]
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+}
