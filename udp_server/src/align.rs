@@ -285,7 +285,7 @@ mod tests {
     fn placed_audio_lands_at_its_media_time() {
         let mut aligner = StereoAligner::new(8000);
         let mut out = Vec::new();
-        aligner.place(Direction::Read, &frame(1), 8000, MS * 0, &mut out);
+        aligner.place(Direction::Read, &frame(1), 8000, Duration::ZERO, &mut out);
         aligner.place(Direction::Write, &frame(2), 8000, MS * 10, &mut out);
         // R loses a packet: 20 ms of silence before the next.
         aligner.place(Direction::Read, &frame(3), 8000, MS * 40, &mut out);

@@ -76,7 +76,13 @@ struct Call {
     has_inv: bool,
     sender: SocketAddr,
     rtp: Option<RtpBinding>,
+    /// RTP mode: when the BYE came. The call ends [`BYE_LINGER`] later, so RTP
+    /// sent just before the BYE, which travels another way, is still recorded.
+    bye_at: Option<Instant>,
 }
+
+/// How long an RTP-mode call keeps recording after its BYE.
+pub const BYE_LINGER: Duration = Duration::from_millis(250);
 
 /// Where a call's RTP comes from and goes to.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +184,19 @@ impl CallTable {
                         call.id
                     }
                     None => {
+                        // Ports first, so an INV that cannot get any leaves nothing behind.
+                        let server_ports = match inv.rtp_ports {
+                            Some(_) if self.calls.len() >= self.limits.max_calls => {
+                                self.metrics.refused(Refusal::MaxCalls);
+                                return;
+                            }
+                            Some(_) => match self.allocate_rtp(uuid.as_str(), self.next_id, binder)
+                            {
+                                Some(ports) => Some(ports),
+                                None => return,
+                            },
+                            None => None,
+                        };
                         let l16_rate = inv
                             .extensions
                             .l16_rate()
@@ -195,6 +214,11 @@ impl CallTable {
                         let Some(id) = self.start(now, uuid, from, true, start, emit) else {
                             return;
                         };
+                        if let (Some(server), Some(sender)) = (server_ports, inv.rtp_ports) {
+                            if let Some(call) = self.calls.get_mut(uuid.as_str()) {
+                                call.rtp = Some(RtpBinding { server, sender });
+                            }
+                        }
                         id
                     }
                 };
@@ -251,8 +275,16 @@ impl CallTable {
             Message::Bye(bye) => {
                 // A BYE for a call already ended (by timeout, or a retransmission)
                 // is still answered, or the sender would retransmit it in vain.
-                if let Some((uuid, call)) = self.calls.remove_entry(bye.uuid.as_str()) {
-                    self.end(now, uuid, call, EndReason::Bye, emit);
+                match self.calls.get_mut(bye.uuid.as_str()) {
+                    Some(call) if call.rtp.is_some() => {
+                        call.bye_at.get_or_insert(now);
+                    }
+                    Some(_) => {
+                        if let Some((uuid, call)) = self.calls.remove_entry(bye.uuid.as_str()) {
+                            self.end(now, uuid, call, EndReason::Bye, emit);
+                        }
+                    }
+                    None => {}
                 }
                 emit(Output::Reply(Ack {
                     uuid: bye.uuid,
@@ -264,17 +296,26 @@ impl CallTable {
     }
 
     /// Ends the calls not heard from for the idle timeout, and forgets old ended UUIDs.
+    /// Also ends RTP-mode calls whose BYE has lingered long enough.
     pub fn expire<'a>(&mut self, now: Instant, emit: &mut impl FnMut(Output<'a>)) {
         let timeout = self.limits.idle_timeout;
-        let idle: Vec<Box<str>> = self
+        let over: Vec<(Box<str>, EndReason)> = self
             .calls
             .iter()
-            .filter(|(_, call)| now.saturating_duration_since(call.last_heard) >= timeout)
-            .map(|(uuid, _)| uuid.clone())
+            .filter_map(|(uuid, call)| {
+                let reason = match call.bye_at {
+                    Some(bye) if now.saturating_duration_since(bye) >= BYE_LINGER => EndReason::Bye,
+                    _ if now.saturating_duration_since(call.last_heard) >= timeout => {
+                        EndReason::Timeout
+                    }
+                    _ => return None,
+                };
+                Some((uuid.clone(), reason))
+            })
             .collect();
-        for uuid in idle {
+        for (uuid, reason) in over {
             if let Some((uuid, call)) = self.calls.remove_entry(&uuid) {
-                self.end(now, uuid, call, EndReason::Timeout, emit);
+                self.end(now, uuid, call, reason, emit);
             }
         }
         self.recently_ended
@@ -323,6 +364,7 @@ impl CallTable {
                 has_inv,
                 sender,
                 rtp: None,
+                bye_at: None,
             },
         );
         self.uuids.insert(id, uuid.as_str().into());
@@ -334,6 +376,8 @@ impl CallTable {
 
     /// The call's server ports, allocated on its first RTP-mode INV. `None` when
     /// the port range is exhausted: the INV goes unanswered rather than half-answered.
+    /// The call's server ports: those it has, or new ones (an RTP-mode INV for
+    /// a call that DATA started).
     fn bind_rtp(
         &mut self,
         uuid: &str,
@@ -344,6 +388,22 @@ impl CallTable {
         if let Some(binding) = self.calls.get(uuid)?.rtp {
             return Some(binding.server);
         }
+        let server = self.allocate_rtp(uuid, id, binder)?;
+        self.calls.get_mut(uuid)?.rtp = Some(RtpBinding {
+            server,
+            sender: sender_ports,
+        });
+        Some(server)
+    }
+
+    /// Takes a port pair from the pool and has the shell open it. `None` when the
+    /// range is exhausted or nothing could be opened: the INV is then not answered.
+    fn allocate_rtp(
+        &mut self,
+        uuid: &str,
+        id: CallId,
+        binder: &mut impl RtpBinder,
+    ) -> Option<RtpPorts> {
         for _ in 0..BIND_ATTEMPTS {
             let Some(server) = self.ports.take_pair() else {
                 self.metrics.refused(Refusal::NoPorts);
@@ -355,8 +415,6 @@ impl CallTable {
                 return None;
             };
             if binder.open(id, server) {
-                let call = self.calls.get_mut(uuid)?;
-                call.rtp = Some(RtpBinding { server, sender: sender_ports });
                 return Some(server);
             }
             // Taken by another program: back to the pool, which moves on round robin.
@@ -413,7 +471,6 @@ impl CallTable {
             }
         }
     }
-
 
     fn end<'a>(
         &mut self,

@@ -58,6 +58,7 @@ pub struct JitterBuffer {
     recently_released: VecDeque<u64>,
     /// Previous packet's arrival and timestamp, for the jitter estimate.
     last_transit: Option<f64>,
+    last_timestamp: Option<u32>,
     jitter: f64,
     jitter_clock: u32,
     pub stats: RtpStats,
@@ -80,6 +81,7 @@ impl JitterBuffer {
             expected_before: 0,
             recently_released: VecDeque::with_capacity(RECENT),
             last_transit: None,
+            last_timestamp: None,
             jitter: 0.0,
             jitter_clock: 8000,
             stats: RtpStats::default(),
@@ -187,6 +189,12 @@ impl JitterBuffer {
 
     /// RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units.
     fn update_jitter(&mut self, timestamp: u32, arrival: Duration, clock: u32) {
+        // Packets that share a timestamp (an RFC 4733 event's updates, a frame
+        // split in two) say nothing about network jitter.
+        if self.last_timestamp == Some(timestamp) {
+            return;
+        }
+        self.last_timestamp = Some(timestamp);
         self.jitter_clock = clock.max(1);
         let transit = arrival.as_secs_f64() * f64::from(self.jitter_clock) - f64::from(timestamp);
         if let Some(last) = self.last_transit {

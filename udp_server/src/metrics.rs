@@ -138,7 +138,8 @@ impl Metrics {
         };
         let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.name()).collect();
         let reasons: Vec<&str> = EndReason::ALL.iter().map(|r| r.name()).collect();
-        let labelled_families: [(&str, &str, Vec<(String, u64)>); 4] = [
+        type Family<'a> = (&'a str, &'a str, Vec<(String, u64)>);
+        let labelled_families: [Family; 4] = [
             (
                 "rst_messages_total",
                 "Well-formed messages received, by command.",

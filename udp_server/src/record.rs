@@ -390,7 +390,13 @@ impl CallRecording {
         let Some(payload_type) = PayloadType::new(held.payload_type) else {
             return;
         };
-        let result = self.write_audio(index, payload_type, &held.payload, Timing::Media(at), metrics);
+        let result = self.write_audio(
+            index,
+            payload_type,
+            &held.payload,
+            Timing::Media(at),
+            metrics,
+        );
         self.check(result, "write audio", Some(metrics));
     }
 
@@ -694,7 +700,11 @@ fn declared_payload_types(extensions: &str) -> Vec<(u8, String, u32)> {
         return Vec::new();
     };
     (0..=127u8)
-        .filter_map(|pt| extensions.payload_type(pt).map(|(name, rate)| (pt, name.to_owned(), rate)))
+        .filter_map(|pt| {
+            extensions
+                .payload_type(pt)
+                .map(|(name, rate)| (pt, name.to_owned(), rate))
+        })
         .collect()
 }
 

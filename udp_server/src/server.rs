@@ -32,6 +32,10 @@ const BATCH_DATAGRAMS: usize = 64;
 const RECORDER_QUEUE: usize = 1024;
 /// Receive buffer asked of the kernel, so bursts are not dropped while the loop is busy.
 const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
+/// How often idle calls and lingering BYEs are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// Headers and buffers go to disk once a second: what a `kill -9` can lose.
+const FLUSH_EVERY_TICKS: u32 = 10;
 /// RTP packets in flight from the per-call sockets to the receive loop.
 const RTP_QUEUE: usize = 8192;
 
@@ -306,8 +310,9 @@ impl Receiver {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut buffer = vec![0u8; 65536];
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
         loop {
             let mut batch = Batch::default();
             tokio::select! {
@@ -322,7 +327,10 @@ impl Receiver {
                         }
                         push_output(&mut batch, output, now);
                     });
-                    batch.commands.push(Command::Flush);
+                    ticks = ticks.wrapping_add(1);
+                    if ticks % FLUSH_EVERY_TICKS == 0 {
+                        batch.commands.push(Command::Flush);
+                    }
                 }
                 Some(arrival) = self.rtp_queue.recv() => {
                     self.handle_rtp(arrival, &mut batch);

@@ -27,7 +27,9 @@ impl Console {
         let stream = loop {
             match TcpStream::connect(addr) {
                 Ok(stream) => break stream,
-                Err(error) if std::time::Instant::now() > deadline => panic!("feed at {addr}: {error}"),
+                Err(error) if std::time::Instant::now() > deadline => {
+                    panic!("feed at {addr}: {error}")
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };

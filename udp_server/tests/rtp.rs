@@ -98,8 +98,9 @@ fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
         1
     );
 
-    // Ports come back when a call ends.
+    // Ports come back when a call ends (its BYE lingers a moment for RTP in flight).
     first.control.bye(&uuid(1));
+    std::thread::sleep(udp_server::calls::BYE_LINGER + Duration::from_millis(300));
     let c = third.inv(&uuid(3), "").unwrap();
     let mut freed = [c.0, c.1];
     freed.sort();
@@ -296,5 +297,34 @@ fn a_port_taken_by_another_program_is_skipped() {
     assert!(read != 21400 && write != 21400, "{read} {write}");
     assert_eq!(receiver.counter("rst_rtp_open_failures_total"), 1);
     drop(squatter);
+    receiver.stop();
+}
+
+/// RTP travels apart from the BYE: packets sent just before it (or overtaken by
+/// it) are still recorded.
+#[test]
+fn rtp_sent_around_the_bye_is_still_recorded() {
+    let mut receiver = Receiver::with(settings("21500-21509"));
+    let mut sender = RtpSender::new(receiver.addr);
+    let id = uuid(50);
+    let (read, _) = sender.inv(&id, "").unwrap();
+    for sequence in 0..5u16 {
+        sender
+            .read
+            .send_to(
+                &rtp(sequence, u32::from(sequence) * 160, 7, 0, &[0xFF; 160]),
+                ("127.0.0.1", read),
+            )
+            .unwrap();
+    }
+    sender.control.bye(&id);
+    sender
+        .read
+        .send_to(&rtp(5, 800, 7, 0, &[0xFF; 160]), ("127.0.0.1", read))
+        .unwrap();
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "bye");
+    assert_eq!(record["directions"]["R"]["rtp"]["received"], 6);
+    assert_eq!(record["directions"]["R"]["samples"], 6 * 160);
     receiver.stop();
 }

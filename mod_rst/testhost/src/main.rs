@@ -317,7 +317,7 @@ fn summary() -> Value {
         "bugs_attached": attached,
         "callbacks_after_close": callbacks_after_close,
         "callbacks": total.to_json(),
-        "violations": lock(&host.violations).all.len(),
+        "violation_count": lock(&host.violations).all.len(),
         "logs_by_level": logs.by_level,
         "events_fired": events.fired.len(),
         "events_unfired": events.live.len(),

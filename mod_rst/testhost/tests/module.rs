@@ -1,0 +1,410 @@
+//! mod_rst loaded into fs-testhost, streaming simulated calls to a real
+//! udp_server; what the receiver recorded is checked sample by sample.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn loads_lists_its_interfaces_and_unloads() {
+    let conf = conf_dir(&[]);
+    let mut host = Host::start();
+    assert_eq!(host.ok("selftest")["missing"], serde_json::json!([]));
+    let loaded = host.load(conf.path());
+    let apps: Vec<&str> = loaded["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    let apis: Vec<&str> = loaded["apis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(apps.contains(&"rst"), "{loaded}");
+    assert!(apis.contains(&"uuid_rst") && apis.contains(&"rst_stop"), "{loaded}");
+    let events = host.ok("events");
+    for subclass in ["rst::start", "rst::stop", "rst::error"] {
+        assert!(events["reserved"].get(subclass).is_some(), "{events}");
+    }
+    let unloaded = host.ok("unload");
+    assert_eq!(unloaded["status"], 0);
+    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(unloaded["dlclosed"], true);
+    let summary = host.ok("summary");
+    assert_eq!(summary["xml_opened"], summary["xml_freed"], "{summary}");
+    assert_eq!(host.ok("events")["reserved"], serde_json::json!({}));
+    // Loaded again after an unload, as `reload mod_rst` does.
+    host.load(conf.path());
+    host.ok("unload");
+    assert_eq!(host.quit()["violations"], serde_json::json!([]));
+}
+
+/// Codec name, payload type.
+fn payload_type(codec: &str) -> u64 {
+    match codec {
+        "PCMU" => 0,
+        "PCMA" => 8,
+        _ => 10,
+    }
+}
+
+/// Ends a test: unload must be clean, no lock left, no callback after CLOSE,
+/// no violation recorded at any point.
+fn finish(mut host: Host) {
+    let unloaded = host.ok("unload");
+    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    let summary = host.ok("summary");
+    assert_eq!(summary["locks_held"], 0, "{summary}");
+    assert_eq!(summary["bad_unlocks"], 0, "{summary}");
+    assert_eq!(summary["callbacks_after_close"], 0, "{summary}");
+    assert_eq!(summary["events_unfired"], 0, "{summary}");
+    assert_eq!(summary["xml_opened"], summary["xml_freed"], "{summary}");
+    assert_eq!(summary["violation_count"], 0, "{summary}");
+    assert_eq!(host.quit()["violations"], serde_json::json!([]));
+}
+
+/// One call in `codec`, one second of 1000 Hz read and 500 Hz write, streamed
+/// with the configured `audio`; returns the receiver (it owns the files), the
+/// record and the host's stats.
+fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value, serde_json::Value) {
+    let receiver = Receiver::start();
+    let conf = conf_for(&receiver, &[("audio", audio)]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(1);
+    host.ok(&format!(
+        "session {u} caller_id_number=1001 destination_number=1002 codec={codec} rate={rate}"
+    ));
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 1 read_hz=1000 write_hz=500"));
+    host.ok("wait");
+    let hangup = host.ok(&format!("hangup {u}"));
+    assert_eq!(hangup["bugs_closed"], 1, "{hangup}");
+    let record = receiver.record(&u);
+    let stats = host.ok(&format!("stats {u}"));
+    let events = host.ok("events");
+    let names: Vec<(&str, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["subclass"].as_str().unwrap_or(""),
+                e["headers"]["Unique-ID"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("rst::start", u.as_str()), ("rst::stop", u.as_str())], "{events}");
+    finish(host);
+    assert_eq!(record["caller"], "1001", "{record}");
+    assert_eq!(record["callee"], "1002", "{record}");
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    (receiver, record, stats)
+}
+
+fn native_tone_recorded_exactly(codec: &str) {
+    let (_receiver, record, stats) = one_call("native", codec, 8000);
+    for (dir, hz, key) in [("R", 1000.0, "TAP_NATIVE_READ"), ("W", 500.0, "TAP_NATIVE_WRITE")] {
+        let direction = &record["directions"][dir];
+        assert_eq!(direction["codecs"], serde_json::json!([codec]), "{record}");
+        assert_eq!(direction["payload_types"], serde_json::json!([payload_type(codec)]));
+        assert_eq!(direction["packets"], 50, "{record}");
+        let (spec, samples) = direction_wav(&record, dir);
+        assert_eq!(spec.sample_rate, 8000);
+        let expected = heard(codec, &tone(hz, 8000.0, 8000, 0, 8000));
+        assert_samples(&format!("{codec} {dir}"), &samples, &expected);
+        assert_eq!(stats["callbacks"][key]["count"], 50, "{stats}");
+    }
+    assert_eq!(stats["callbacks"]["INIT"]["count"], 1, "{stats}");
+    assert_eq!(stats["callbacks"]["CLOSE"]["count"], 1, "{stats}");
+}
+
+#[test]
+fn native_pcmu_tone_is_recorded_exactly() {
+    native_tone_recorded_exactly("PCMU");
+}
+
+#[test]
+fn native_pcma_tone_is_recorded_exactly() {
+    native_tone_recorded_exactly("PCMA");
+}
+
+/// Strips leading frames of FreeSWITCH's fill (0xFFFF samples: a side with no
+/// frame yet when switch_core_media_bug_read is called without `fill`).
+fn without_fill(samples: &[i16], frame: usize) -> (usize, &[i16]) {
+    let mut start = 0;
+    while start + frame <= samples.len() && samples[start..start + frame].iter().all(|&s| s == -1) {
+        start += frame;
+    }
+    (start / frame, &samples[start..])
+}
+
+fn l16_recorded_exactly(codec: &str, rate: u32) {
+    let (_receiver, record, stats) = one_call("l16", codec, rate);
+    let frame = (rate / 50) as usize;
+    for (dir, hz) in [("R", 1000.0), ("W", 500.0)] {
+        let direction = &record["directions"][dir];
+        assert_eq!(direction["payload_types"], serde_json::json!([10]), "{record}");
+        let (spec, samples) = direction_wav(&record, dir);
+        assert_eq!(spec.sample_rate, rate, "{dir}: {record}");
+        let (fill_frames, audio) = without_fill(&samples, frame);
+        assert!(fill_frames <= 1, "{dir}: {fill_frames} frames of fill");
+        assert!(
+            audio.len() >= (rate as usize) - 2 * frame,
+            "{dir}: only {} samples: {record}",
+            audio.len()
+        );
+        let expected = heard(codec, &tone(hz, 8000.0, rate, 0, audio.len()));
+        assert_samples(&format!("L16 from {codec}/{rate} {dir}"), audio, &expected);
+    }
+    for key in ["READ", "WRITE", "READ_PING"] {
+        assert_eq!(stats["callbacks"][key]["count"], 50, "{key}: {stats}");
+    }
+}
+
+#[test]
+fn l16_mode_records_pcmu_channel_as_linear() {
+    l16_recorded_exactly("PCMU", 8000);
+}
+
+#[test]
+fn l16_mode_records_16khz_channel_at_16khz() {
+    l16_recorded_exactly("L16", 16000);
+}
+
+#[test]
+fn native_l16_16khz_channel_is_recorded_at_16khz() {
+    let (_receiver, record, _) = one_call("native", "L16", 16000);
+    for (dir, hz) in [("R", 1000.0), ("W", 500.0)] {
+        let (spec, samples) = direction_wav(&record, dir);
+        assert_eq!(spec.sample_rate, 16000, "{dir}: {record}");
+        assert_samples(dir, &samples, &tone(hz, 8000.0, 16000, 0, 16000));
+    }
+}
+
+/// A loaded host streaming to a fresh receiver.
+fn setup(extra: &[(&str, &str)]) -> (Receiver, tempfile::TempDir, Host) {
+    let receiver = Receiver::start();
+    let conf = conf_for(&receiver, extra);
+    let mut host = Host::start();
+    host.load(conf.path());
+    (receiver, conf, host)
+}
+
+fn session(host: &mut Host, u: &str) {
+    host.ok(&format!(
+        "session {u} caller_id_number=1001 destination_number=1002 codec=PCMU"
+    ));
+}
+
+#[test]
+fn uuid_rst_with_an_unknown_uuid_is_a_clear_error() {
+    let (_receiver, _conf, mut host) = setup(&[]);
+    let answer = host.ok("api uuid_rst 00000000-0000-0000-0000-00000000dead");
+    let output = answer["output"].as_str().unwrap();
+    assert!(output.starts_with("-ERR"), "{answer}");
+    assert!(output.contains("00000000-0000-0000-0000-00000000dead"), "{answer}");
+    for command in ["api uuid_rst", "api_null uuid_rst", "api rst_stop", "api rst_stop nope", "api uuid_rst a b c d"] {
+        let answer = host.ok(command);
+        assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{command}: {answer}");
+    }
+    // A hung-up channel cannot be found any more.
+    let u = uuid(7);
+    session(&mut host, &u);
+    host.ok(&format!("hangup {u}"));
+    let answer = host.ok(&format!("api uuid_rst {u}"));
+    assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{answer}");
+    finish(host);
+}
+
+#[test]
+fn bad_application_arguments_attach_nothing() {
+    let (receiver, _conf, mut host) = setup(&[]);
+    let u = uuid(8);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst 127.0.0.1 notaport"));
+    host.ok(&format!("app {u} rst a b c"));
+    assert_eq!(host.ok(&format!("stats {u}"))["bugs_added"], 0);
+    let logs = host.ok("logs");
+    let errors = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["level"] == 3 && l["uuid"] == u.as_str())
+        .count();
+    assert_eq!(errors, 2, "{logs}");
+    host.ok(&format!("hangup {u}"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(records_in(receiver.dir.path()).is_empty());
+    finish(host);
+}
+
+#[test]
+fn the_application_run_twice_gives_one_stream() {
+    let (receiver, _conf, mut host) = setup(&[]);
+    let u = uuid(2);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("app {u} rst"));
+    let answer = host.ok(&format!("api uuid_rst {u}"));
+    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    host.ok(&format!("media {u} 0.5"));
+    host.ok("wait");
+    let stats = host.ok(&format!("stats {u}"));
+    assert_eq!(stats["bugs_added"], 1, "{stats}");
+    assert_eq!(stats["callbacks"]["TAP_NATIVE_READ"]["count"], 25, "{stats}");
+    host.ok(&format!("hangup {u}"));
+    let records = receiver.wait_records(1);
+    assert_eq!(records[0]["directions"]["R"]["packets"], 25, "{}", records[0]);
+    finish(host);
+}
+
+#[test]
+fn uuid_rst_stop_and_rst_stop_end_the_stream_while_the_call_goes_on() {
+    let (receiver, _conf, mut host) = setup(&[]);
+    let (u1, u2) = (uuid(3), uuid(4));
+    for u in [&u1, &u2] {
+        session(&mut host, u);
+        let answer = host.ok(&format!("api uuid_rst {u}"));
+        assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+        host.ok(&format!("media {u} 2"));
+    }
+    host.ok("sleep 600");
+    let answer = host.ok(&format!("api uuid_rst {u1} stop"));
+    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    let answer = host.ok(&format!("api rst_stop {u2}"));
+    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    // Both records end with BYE while the calls are still up.
+    for u in [&u1, &u2] {
+        let record = receiver.record(u);
+        assert_eq!(record["end_reason"], "bye", "{record}");
+        let stats = host.ok(&format!("stats {u}"));
+        assert_eq!(stats["hung_up"], false);
+        assert_eq!(stats["callbacks"]["CLOSE"]["count"], 1, "{stats}");
+        assert_eq!(stats["bugs"], serde_json::json!([]), "{stats}");
+    }
+    // Stopping again is an error, not a crash; starting again is a new stream.
+    let answer = host.ok(&format!("api rst_stop {u1}"));
+    assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{answer}");
+    let answer = host.ok(&format!("api uuid_rst {u1}"));
+    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    host.ok("wait");
+    host.ok(&format!("hangup {u1}"));
+    host.ok(&format!("hangup {u2}"));
+    let records = receiver.wait_records(3);
+    assert!(records.iter().all(|r| r["end_reason"] == "bye"), "{records:?}");
+    let events = host.ok("events");
+    let stops = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["subclass"] == "rst::stop")
+        .count();
+    assert_eq!(stops, 3, "{events}");
+    finish(host);
+}
+
+#[test]
+fn unload_with_calls_in_progress_ends_them_with_bye() {
+    let (receiver, _conf, mut host) = setup(&[]);
+    let calls: Vec<String> = (10..13).map(uuid).collect();
+    for u in &calls {
+        session(&mut host, u);
+        host.ok(&format!("app {u} rst"));
+        host.ok(&format!("media {u} 2"));
+    }
+    host.ok("sleep 500");
+    let unloaded = host.ok("unload");
+    assert_eq!(unloaded["status"], 0, "{unloaded}");
+    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(unloaded["dlclosed"], true, "{unloaded}");
+    for u in &calls {
+        let record = receiver.record(u);
+        assert_eq!(record["end_reason"], "bye", "{record}");
+        let packets = record["directions"]["R"]["packets"].as_u64().unwrap();
+        assert!((15..=40).contains(&packets), "{record}");
+    }
+    // The host (FreeSWITCH) carries on: media without the module, then hangup.
+    host.ok("wait");
+    for u in &calls {
+        let hangup = host.ok(&format!("hangup {u}"));
+        assert_eq!(hangup["bugs_closed"], 0, "{hangup}");
+    }
+    let summary = host.ok("summary");
+    assert_eq!(summary["locks_held"], 0, "{summary}");
+    assert_eq!(summary["callbacks_after_close"], 0, "{summary}");
+    assert_eq!(summary["violation_count"], 0, "{summary}");
+    assert_eq!(host.quit()["violations"], serde_json::json!([]));
+}
+
+#[test]
+fn a_codec_change_mid_call_is_followed() {
+    let (receiver, _conf, mut host) = setup(&[]);
+    let u = uuid(20);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 1"));
+    host.ok("sleep 500");
+    host.ok(&format!("codec {u} PCMA"));
+    host.ok("wait");
+    let stats = host.ok(&format!("stats {u}"));
+    host.ok(&format!("hangup {u}"));
+    let record = receiver.record(&u);
+    assert_eq!(record["directions"]["R"]["codecs"], serde_json::json!(["PCMU", "PCMA"]), "{record}");
+    assert_eq!(record["directions"]["W"]["payload_types"], serde_json::json!([0, 8]), "{record}");
+    // Sample for sample, segment by segment, as the host sent them.
+    for (dir, key, hz) in [("R", "read", 1000.0), ("W", "write", 500.0)] {
+        let mut expected = Vec::new();
+        for segment in stats["media"][key]["segments"].as_array().unwrap() {
+            let first = segment["first_sample"].as_u64().unwrap();
+            let count = segment["frames"].as_u64().unwrap() as usize * 160;
+            let codec = segment["codec"].as_str().unwrap();
+            expected.extend(heard(codec, &tone(hz, 8000.0, 8000, first, count)));
+        }
+        let (_, samples) = direction_wav(&record, dir);
+        assert_samples(dir, &samples, &expected);
+    }
+    finish(host);
+}
+
+#[test]
+fn two_hundred_concurrent_calls() {
+    const CALLS: u32 = 200;
+    let (receiver, _conf, mut host) = setup(&[]);
+    let calls: Vec<String> = (1000..1000 + CALLS).map(uuid).collect();
+    for u in &calls {
+        session(&mut host, u);
+        host.ok(&format!("app {u} rst"));
+    }
+    for u in &calls {
+        host.ok(&format!("media {u} 3"));
+    }
+    host.ok("wait");
+    for u in &calls {
+        host.ok(&format!("hangup {u}"));
+    }
+    let summary = host.ok("summary");
+    eprintln!("200 calls, callbacks: {}", summary["callbacks"]);
+    let status = host.ok("api rst_status");
+    eprintln!("rst_status: {}", status["output"]);
+    let records = receiver.wait_records(CALLS as usize);
+    let expected_r = heard("PCMU", &tone(1000.0, 8000.0, 8000, 0, 24000));
+    let expected_w = heard("PCMU", &tone(500.0, 8000.0, 8000, 0, 24000));
+    for record in &records {
+        assert_eq!(record["end_reason"], "bye", "{record}");
+        for (dir, expected) in [("R", &expected_r), ("W", &expected_w)] {
+            assert_eq!(record["directions"][dir]["packets"], 150, "{record}");
+            let (_, samples) = direction_wav(record, dir);
+            assert_samples(&format!("{} {dir}", record["uuid"]), &samples, expected);
+        }
+    }
+    // No callback may hold up a media thread: FreeSWITCH's frame is 20 ms.
+    let max_ns = summary["callbacks"]["max_ns"].as_u64().unwrap();
+    assert!(max_ns < 20_000_000, "a callback took {max_ns} ns: {summary}");
+    finish(host);
+}

