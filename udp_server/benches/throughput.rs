@@ -183,12 +183,11 @@ impl Step {
 fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     let server = Server::start("recording")?;
     let mut best: Option<Step> = None;
-    // Offered rates: the highest that passed, the lowest that failed twice.
-    let mut passed = 0u64;
-    let mut failed: Option<u64> = None;
-    // The lowest rate actually sent at which DATA was lost.
+    // The lowest rate actually sent at which DATA was lost (twice in a row).
     let mut lossy: Option<f64> = None;
     let mut rate = FIRST_RATE;
+    // Offered rates tried, in thousands.
+    let mut tried = std::collections::HashSet::from([rate / 1000]);
     let mut steps = 0;
     while steps < MAX_STEPS {
         // A loss counts only if it happens again at the same rate: one stall of a
@@ -201,9 +200,9 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
             steps += 1;
             print_step(&step, false);
         }
-        // The search moves on offered rates; the result is the rate actually sent.
+        // The search moves on the rates actually sent (rst-load may fall short of
+        // the offer when it shares the cores with the server).
         if step.lossless() {
-            passed = passed.max(rate);
             let previous = best.as_ref().map_or(0.0, |best| best.achieved);
             // rst-load fell short and sent no more than at the previous step: it
             // cannot offer more, so going higher is pointless.
@@ -211,27 +210,32 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
             if step.achieved > previous {
                 best = Some(step);
             }
-            if saturated && failed.is_none() {
+            if saturated && lossy.is_none() {
                 break;
             }
         } else {
-            failed = Some(failed.map_or(rate, |failed: u64| failed.min(rate)));
             lossy = Some(lossy.map_or(step.achieved, |high: f64| high.min(step.achieved)));
         }
-        rate = match failed {
+        let low = best.as_ref().map_or(0.0, |best| best.achieved);
+        let next = match lossy {
             None => (rate * 2).min(ceiling.map_or(u64::MAX, |c| (c * 2.0) as u64)),
-            Some(high) if passed > 0 && high as f64 / passed as f64 <= PRECISION => break,
-            Some(high) => (passed + high) / 2,
+            Some(high) if low > 0.0 && high / low <= PRECISION => break,
+            Some(high) => ((low + high) / 2.0) as u64,
         };
-        if rate < 1000 {
-            break;
+        if next < 1000 || !tried.insert(next / 1000) {
+            break; // nothing new to learn
         }
+        rate = next;
     }
     let Some(best) = best else {
         let log = server.stop();
         anyhow::bail!("udp_server lost DATA at every rate tried; its log:\n{log}");
     };
     match lossy {
+        Some(high) if high <= best.achieved => println!(
+            "    highest lossless {:.0}/s; but DATA was lost at {high:.0}/s: the machine is noisy, rerun when it is idle",
+            best.achieved
+        ),
         Some(high) => println!(
             "    highest lossless {:.0}/s; lost DATA at {high:.0}/s",
             best.achieved

@@ -93,9 +93,59 @@ pub fn decode_alaw(payload: &[u8], out: &mut Vec<i16>) {
     out.extend(payload.iter().map(|&b| alaw_to_linear(b)));
 }
 
+/// G.711 µ-law encoding of one 16-bit linear sample: the 16-bit value rounded
+/// to the 14 bits µ-law quantises (as sox does), then the classic Sun/CCITT
+/// `linear2ulaw`. For senders and test payloads; the receiver only decodes.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    const SEGMENT_ENDS: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
+    const CLIP: i32 = 8159;
+    let mut value = (i32::from(sample) + 2) >> 2;
+    let mask = if value < 0 {
+        value = -value;
+        0x7F
+    } else {
+        0xFF
+    };
+    value = value.min(CLIP) + (ULAW_BIAS >> 2);
+    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
+        return (0x7F ^ mask) as u8;
+    };
+    let segment = segment as i32;
+    (((segment << 4) | ((value >> (segment + 1)) & 0x0F)) ^ mask) as u8
+}
+
+/// G.711 A-law encoding of one 16-bit linear sample: rounded to the 13 bits
+/// A-law quantises (as sox does), then the classic Sun/CCITT `linear2alaw`.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    const SEGMENT_ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
+    let mut value = (i32::from(sample) + 4) >> 3;
+    let mask = if value >= 0 {
+        0xD5
+    } else {
+        value = -value - 1;
+        0x55
+    };
+    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
+        return (0x7F ^ mask) as u8;
+    };
+    let segment = segment as i32;
+    let mantissa = if segment < 2 { (value >> 1) & 0x0F } else { (value >> segment) & 0x0F };
+    ((segment << 4 | mantissa) ^ mask) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_inverts_decoding_for_every_code() {
+        for code in 0..=255u8 {
+            // µ-law has two zeros (0x7F, 0xFF); the encoder picks 0xFF.
+            let expected = if code == 0x7F { 0xFF } else { code };
+            assert_eq!(linear_to_ulaw(ulaw_to_linear(code)), expected, "µ-law {code:#04x}");
+            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "A-law {code:#04x}");
+        }
+    }
 
     #[test]
     fn known_ulaw_values() {

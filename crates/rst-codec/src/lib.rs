@@ -39,7 +39,7 @@ pub mod g722;
 #[cfg(feature = "g729")]
 pub mod g729;
 
-pub use g711::{alaw_to_linear, ulaw_to_linear};
+pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
 pub use g722::G722Decoder;
 #[cfg(feature = "g729")]
 pub use g729::G729Decoder;

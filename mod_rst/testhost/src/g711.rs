@@ -64,11 +64,30 @@ pub(crate) fn alaw_decode(byte: u8) -> i16 {
 }
 
 /// Sample `n` (counted from the direction's first sample) of the test tone:
-/// `round(amplitude * sin(2π·hz·n/rate))`. A pure function, so a test can
-/// compute every sample the host sent.
+/// `round(amplitude * sin(2π·hz·(n mod P)/rate))`, where P is the tone's exact
+/// period in samples, `rate / gcd(rate, hz)`, for a whole `hz` (P = ∞ otherwise).
+/// A pure function, so a test can compute every sample the host sent. Pick a
+/// frequency whose period is not a divisor of the 20 ms frame (1013 Hz: one
+/// second) so that a lost, repeated or reordered frame shows.
 pub(crate) fn tone_sample(hz: f64, amplitude: f64, rate: u32, n: u64) -> i16 {
+    let n = match tone_period(hz, rate) {
+        Some(period) => n % period,
+        None => n,
+    };
     let phase = 2.0 * std::f64::consts::PI * hz * (n as f64) / f64::from(rate);
     (amplitude * phase.sin()).round() as i16
+}
+
+/// The exact period in samples of a whole-Hz tone at `rate`.
+pub(crate) fn tone_period(hz: f64, rate: u32) -> Option<u64> {
+    if hz <= 0.0 || hz.fract() != 0.0 || hz > 1e9 {
+        return None;
+    }
+    let (mut a, mut b) = (u64::from(rate), hz as u64);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    Some(u64::from(rate) / a)
 }
 
 #[cfg(test)]
@@ -78,10 +97,22 @@ mod tests {
     #[test]
     fn round_trips_are_stable() {
         for byte in 0..=255u8 {
-            assert_eq!(ulaw_encode(ulaw_decode(byte)), byte, "ulaw {byte:#x}");
-            // 0x7F... A-law has no negative zero problem; every code is canonical.
+            // µ-law 0x7F is "negative zero", which encodes back as 0xFF.
+            if byte != 0x7F {
+                assert_eq!(ulaw_encode(ulaw_decode(byte)), byte, "ulaw {byte:#x}");
+            }
             assert_eq!(alaw_encode(alaw_decode(byte)), byte, "alaw {byte:#x}");
         }
+    }
+
+    #[test]
+    fn tone_periods() {
+        assert_eq!(tone_period(1000.0, 8000), Some(8));
+        assert_eq!(tone_period(1013.0, 8000), Some(8000));
+        assert_eq!(tone_period(0.0, 8000), None);
+        assert_eq!(tone_period(440.5, 8000), None);
+        assert_eq!(tone_sample(1000.0, 8000.0, 8000, 2), 8000);
+        assert_eq!(tone_sample(1013.0, 8000.0, 8000, 8001), tone_sample(1013.0, 8000.0, 8000, 1));
     }
 
     #[test]

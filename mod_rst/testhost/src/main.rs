@@ -195,13 +195,13 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
         "media" => {
             let (uuid, rest) = split_word(rest);
             let (seconds, rest) = split_word(rest);
-            let seconds: f64 = seconds.parse().map_err(|_| "usage: media UUID SECONDS [read_hz=1000] [write_hz=500] [amp=8000]")?;
+            let seconds: f64 = seconds.parse().map_err(|_| "usage: media UUID SECONDS [read_hz=1013] [write_hz=487] [amp=8000]")?;
             let opts = options(rest);
             let amp: f64 = option(&opts, "amp", 8000.0)?;
             let spec = media::MediaSpec {
                 seconds,
-                read_hz: option(&opts, "read_hz", 1000.0)?,
-                write_hz: option(&opts, "write_hz", 500.0)?,
+                read_hz: option(&opts, "read_hz", 1013.0)?,
+                write_hz: option(&opts, "write_hz", 487.0)?,
                 read_amp: option(&opts, "read_amp", amp)?,
                 write_amp: option(&opts, "write_amp", amp)?,
             };

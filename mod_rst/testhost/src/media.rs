@@ -2,11 +2,10 @@
 //! one write frame of a deterministic tone in the session's current codec and
 //! runs the media bugs the way FreeSWITCH's switch_core_io.c does.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-
-use serde_json::json;
 
 use crate::g711;
 use crate::state::*;
@@ -21,10 +20,66 @@ pub(crate) struct MediaSpec {
     pub(crate) write_amp: f64,
 }
 
-/// One direction's frame: encoded (native) bytes and the linear audio a bug reads.
-struct Frame {
+/// One frame of the tone: the encoded (native) bytes and the linear audio a
+/// bug reads (what FreeSWITCH's decoder makes of them).
+struct Tone {
     encoded: Vec<u8>,
     linear: Vec<u8>,
+}
+
+type ToneKey = (CodecKind, u32, u64, u64, u64);
+
+/// Frames of whole-Hz tones repeat with the tone's period: each distinct one
+/// is computed once for all sessions (keeps the host light with 200 calls).
+fn tone_frame(kind: CodecKind, rate: u32, hz: f64, amp: f64, first: u64) -> Arc<Tone> {
+    static CACHE: OnceLock<RwLock<HashMap<ToneKey, Arc<Tone>>>> = OnceLock::new();
+    let key = g711::tone_period(hz, rate)
+        .map(|period| (kind, rate, hz.to_bits(), amp.to_bits(), first % period));
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(key) = key {
+        if let Some(tone) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return tone.clone();
+        }
+    }
+    let samples = u64::from(rate / 50);
+    let mut tone = Tone {
+        encoded: Vec::with_capacity(samples as usize * 2),
+        linear: Vec::with_capacity(samples as usize * 2),
+    };
+    for i in 0..samples {
+        let sample = g711::tone_sample(hz, amp, rate, first + i);
+        let heard = match kind {
+            CodecKind::Pcmu => {
+                let byte = g711::ulaw_encode(sample);
+                tone.encoded.push(byte);
+                g711::ulaw_decode(byte)
+            }
+            CodecKind::Pcma => {
+                let byte = g711::alaw_encode(sample);
+                tone.encoded.push(byte);
+                g711::alaw_decode(byte)
+            }
+            CodecKind::L16 => {
+                tone.encoded.extend_from_slice(&sample.to_le_bytes());
+                sample
+            }
+        };
+        tone.linear.extend_from_slice(&heard.to_le_bytes());
+    }
+    let tone = Arc::new(tone);
+    if let Some(key) = key {
+        let mut cache = cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < 100_000 {
+            cache.insert(key, tone.clone());
+        }
+    }
+    tone
+}
+
+/// One direction's frame as the media thread hands it to bugs.
+struct Frame {
+    encoded: Vec<u8>,
+    tone: Option<Arc<Tone>>,
     frame: Box<switch_frame_t>,
 }
 
@@ -32,13 +87,17 @@ impl Frame {
     fn new() -> Frame {
         Frame {
             encoded: Vec::with_capacity(2048),
-            linear: Vec::with_capacity(2048),
+            tone: None,
             // SAFETY: an all-zero frame is valid (NULL pointers, zero numbers).
             frame: Box::new(unsafe { std::mem::zeroed() }),
         }
     }
 
-    /// Fills the frame with `samples` of the tone from sample index `first`.
+    fn linear(&self) -> &[u8] {
+        self.tone.as_ref().map_or(&[], |t| &t.linear)
+    }
+
+    /// Fills the frame with the tone from sample index `first`.
     #[allow(clippy::too_many_arguments)]
     fn fill(
         &mut self,
@@ -50,35 +109,17 @@ impl Frame {
         codec: *mut switch_codec_t,
         seq: u16,
     ) {
-        let samples = rate / 50;
+        let tone = tone_frame(kind, rate, hz, amp, first);
+        // The module gets a private copy, as a real frame buffer would be.
         self.encoded.clear();
-        self.linear.clear();
-        for i in 0..u64::from(samples) {
-            let sample = g711::tone_sample(hz, amp, rate, first + i);
-            let heard = match kind {
-                CodecKind::Pcmu => {
-                    let byte = g711::ulaw_encode(sample);
-                    self.encoded.push(byte);
-                    g711::ulaw_decode(byte)
-                }
-                CodecKind::Pcma => {
-                    let byte = g711::alaw_encode(sample);
-                    self.encoded.push(byte);
-                    g711::alaw_decode(byte)
-                }
-                CodecKind::L16 => {
-                    self.encoded.extend_from_slice(&sample.to_le_bytes());
-                    sample
-                }
-            };
-            self.linear.extend_from_slice(&heard.to_le_bytes());
-        }
+        self.encoded.extend_from_slice(&tone.encoded);
+        self.tone = Some(tone);
         let frame = &mut *self.frame;
         frame.codec = codec;
         frame.data = self.encoded.as_mut_ptr().cast();
         frame.datalen = self.encoded.len() as u32;
         frame.buflen = self.encoded.capacity() as u32;
-        frame.samples = samples;
+        frame.samples = rate / 50;
         frame.rate = rate;
         frame.channels = 1;
         frame.payload = kind.ianacode();
@@ -147,19 +188,19 @@ fn run(session: &Arc<Session>, spec: MediaSpec, frames: u64) {
 
 fn note(sent: &mut Sent, kind: CodecKind, rate: u32, hz: f64, amp: f64) -> u64 {
     let first = sent.next_sample;
-    let same = sent.segments.last().is_some_and(|s| {
-        s["codec"] == kind.name() && s["rate"] == rate && s["hz"] == hz && s["amp"] == amp
-    });
-    if same {
-        if let Some(last) = sent.segments.last_mut() {
-            let n = last["frames"].as_u64().unwrap_or(0);
-            last["frames"] = json!(n + 1);
+    match sent.segments.last_mut() {
+        Some(last) if last.codec == kind && last.rate == rate && last.hz == hz && last.amp == amp => {
+            last.frames += 1;
         }
-    } else {
-        sent.segments.push(json!({
-            "codec": kind.name(), "rate": rate, "hz": hz, "amp": amp,
-            "first_sample": first, "first_frame": sent.frames, "frames": 1,
-        }));
+        _ => sent.segments.push(Segment {
+            codec: kind,
+            rate,
+            hz,
+            amp,
+            first_sample: first,
+            first_frame: sent.frames,
+            frames: 1,
+        }),
     }
     sent.next_sample += u64::from(rate / 50);
     sent.frames += 1;
@@ -197,7 +238,7 @@ fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut 
             bug.native_read.store(std::ptr::null_mut(), Ordering::SeqCst);
         }
         for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_STREAM)) {
-            bug.push_read(&read.linear);
+            bug.push_read(read.linear());
             run(bug, SWITCH_ABC_TYPE_READ);
         }
         for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_PING)) {
@@ -210,7 +251,7 @@ fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut 
             bug.native_write.store(std::ptr::null_mut(), Ordering::SeqCst);
         }
         for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_WRITE_STREAM)) {
-            bug.push_write(&write.linear);
+            bug.push_write(write.linear());
             run(bug, SWITCH_ABC_TYPE_WRITE);
         }
         for bug in list.iter() {

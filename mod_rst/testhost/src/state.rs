@@ -294,13 +294,41 @@ impl Timing {
     }
 }
 
+/// A run of frames sent with the same codec and tone.
+#[derive(Clone, Debug)]
+pub(crate) struct Segment {
+    pub(crate) codec: CodecKind,
+    pub(crate) rate: u32,
+    pub(crate) hz: f64,
+    pub(crate) amp: f64,
+    pub(crate) first_sample: u64,
+    pub(crate) first_frame: u64,
+    pub(crate) frames: u64,
+}
+
+impl Segment {
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "codec": self.codec.name(), "rate": self.rate, "hz": self.hz, "amp": self.amp,
+            "first_sample": self.first_sample, "first_frame": self.first_frame, "frames": self.frames,
+        })
+    }
+}
+
 /// One direction's sent audio, as segments of constant codec.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sent {
     /// Samples sent so far (the tone's sample index of the next frame).
     pub(crate) next_sample: u64,
     pub(crate) frames: u64,
-    pub(crate) segments: Vec<Value>,
+    pub(crate) segments: Vec<Segment>,
+}
+
+impl Sent {
+    fn to_json(&self) -> Value {
+        let segments: Vec<Value> = self.segments.iter().map(Segment::to_json).collect();
+        json!({"frames": self.frames, "samples": self.next_sample, "segments": segments})
+    }
 }
 
 #[derive(Debug, Default)]
@@ -413,8 +441,8 @@ impl Session {
             "media": {
                 "running": media.running,
                 "late_ticks": media.late_ticks,
-                "read": {"frames": media.read.frames, "samples": media.read.next_sample, "segments": media.read.segments},
-                "write": {"frames": media.write.frames, "samples": media.write.next_sample, "segments": media.write.segments},
+                "read": media.read.to_json(),
+                "write": media.write.to_json(),
             },
         })
     }

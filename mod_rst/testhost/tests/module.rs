@@ -51,23 +51,7 @@ fn payload_type(codec: &str) -> u64 {
     }
 }
 
-/// Ends a test: unload must be clean, no lock left, no callback after CLOSE,
-/// no violation recorded at any point.
-fn finish(mut host: Host) {
-    let unloaded = host.ok("unload");
-    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
-    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
-    let summary = host.ok("summary");
-    assert_eq!(summary["locks_held"], 0, "{summary}");
-    assert_eq!(summary["bad_unlocks"], 0, "{summary}");
-    assert_eq!(summary["callbacks_after_close"], 0, "{summary}");
-    assert_eq!(summary["events_unfired"], 0, "{summary}");
-    assert_eq!(summary["xml_opened"], summary["xml_freed"], "{summary}");
-    assert_eq!(summary["violation_count"], 0, "{summary}");
-    assert_eq!(host.quit()["violations"], serde_json::json!([]));
-}
-
-/// One call in `codec`, one second of 1000 Hz read and 500 Hz write, streamed
+/// One call in `codec`, one second of READ_HZ read and WRITE_HZ write, streamed
 /// with the configured `audio`; returns the receiver (it owns the files), the
 /// record and the host's stats.
 fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value, serde_json::Value) {
@@ -80,7 +64,7 @@ fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value
         "session {u} caller_id_number=1001 destination_number=1002 codec={codec} rate={rate}"
     ));
     host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 1 read_hz=1000 write_hz=500"));
+    host.ok(&format!("media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
     host.ok("wait");
     let hangup = host.ok(&format!("hangup {u}"));
     assert_eq!(hangup["bugs_closed"], 1, "{hangup}");
@@ -108,7 +92,7 @@ fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value
 
 fn native_tone_recorded_exactly(codec: &str) {
     let (_receiver, record, stats) = one_call("native", codec, 8000);
-    for (dir, hz, key) in [("R", 1000.0, "TAP_NATIVE_READ"), ("W", 500.0, "TAP_NATIVE_WRITE")] {
+    for (dir, hz, key) in [("R", READ_HZ, "TAP_NATIVE_READ"), ("W", WRITE_HZ, "TAP_NATIVE_WRITE")] {
         let direction = &record["directions"][dir];
         assert_eq!(direction["codecs"], serde_json::json!([codec]), "{record}");
         assert_eq!(direction["payload_types"], serde_json::json!([payload_type(codec)]));
@@ -146,7 +130,7 @@ fn without_fill(samples: &[i16], frame: usize) -> (usize, &[i16]) {
 fn l16_recorded_exactly(codec: &str, rate: u32) {
     let (_receiver, record, stats) = one_call("l16", codec, rate);
     let frame = (rate / 50) as usize;
-    for (dir, hz) in [("R", 1000.0), ("W", 500.0)] {
+    for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let direction = &record["directions"][dir];
         assert_eq!(direction["payload_types"], serde_json::json!([10]), "{record}");
         let (spec, samples) = direction_wav(&record, dir);
@@ -179,26 +163,11 @@ fn l16_mode_records_16khz_channel_at_16khz() {
 #[test]
 fn native_l16_16khz_channel_is_recorded_at_16khz() {
     let (_receiver, record, _) = one_call("native", "L16", 16000);
-    for (dir, hz) in [("R", 1000.0), ("W", 500.0)] {
+    for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let (spec, samples) = direction_wav(&record, dir);
         assert_eq!(spec.sample_rate, 16000, "{dir}: {record}");
         assert_samples(dir, &samples, &tone(hz, 8000.0, 16000, 0, 16000));
     }
-}
-
-/// A loaded host streaming to a fresh receiver.
-fn setup(extra: &[(&str, &str)]) -> (Receiver, tempfile::TempDir, Host) {
-    let receiver = Receiver::start();
-    let conf = conf_for(&receiver, extra);
-    let mut host = Host::start();
-    host.load(conf.path());
-    (receiver, conf, host)
-}
-
-fn session(host: &mut Host, u: &str) {
-    host.ok(&format!(
-        "session {u} caller_id_number=1001 destination_number=1002 codec=PCMU"
-    ));
 }
 
 #[test]
@@ -348,7 +317,7 @@ fn a_codec_change_mid_call_is_followed() {
     let u = uuid(20);
     session(&mut host, &u);
     host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 1"));
+    host.ok(&format!("media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
     host.ok("sleep 500");
     host.ok(&format!("codec {u} PCMA"));
     host.ok("wait");
@@ -358,7 +327,7 @@ fn a_codec_change_mid_call_is_followed() {
     assert_eq!(record["directions"]["R"]["codecs"], serde_json::json!(["PCMU", "PCMA"]), "{record}");
     assert_eq!(record["directions"]["W"]["payload_types"], serde_json::json!([0, 8]), "{record}");
     // Sample for sample, segment by segment, as the host sent them.
-    for (dir, key, hz) in [("R", "read", 1000.0), ("W", "write", 500.0)] {
+    for (dir, key, hz) in [("R", "read", READ_HZ), ("W", "write", WRITE_HZ)] {
         let mut expected = Vec::new();
         for segment in stats["media"][key]["segments"].as_array().unwrap() {
             let first = segment["first_sample"].as_u64().unwrap();
@@ -369,42 +338,5 @@ fn a_codec_change_mid_call_is_followed() {
         let (_, samples) = direction_wav(&record, dir);
         assert_samples(dir, &samples, &expected);
     }
-    finish(host);
-}
-
-#[test]
-fn two_hundred_concurrent_calls() {
-    const CALLS: u32 = 200;
-    let (receiver, _conf, mut host) = setup(&[]);
-    let calls: Vec<String> = (1000..1000 + CALLS).map(uuid).collect();
-    for u in &calls {
-        session(&mut host, u);
-        host.ok(&format!("app {u} rst"));
-    }
-    for u in &calls {
-        host.ok(&format!("media {u} 3"));
-    }
-    host.ok("wait");
-    for u in &calls {
-        host.ok(&format!("hangup {u}"));
-    }
-    let summary = host.ok("summary");
-    eprintln!("200 calls, callbacks: {}", summary["callbacks"]);
-    let status = host.ok("api rst_status");
-    eprintln!("rst_status: {}", status["output"]);
-    let records = receiver.wait_records(CALLS as usize);
-    let expected_r = heard("PCMU", &tone(1000.0, 8000.0, 8000, 0, 24000));
-    let expected_w = heard("PCMU", &tone(500.0, 8000.0, 8000, 0, 24000));
-    for record in &records {
-        assert_eq!(record["end_reason"], "bye", "{record}");
-        for (dir, expected) in [("R", &expected_r), ("W", &expected_w)] {
-            assert_eq!(record["directions"][dir]["packets"], 150, "{record}");
-            let (_, samples) = direction_wav(record, dir);
-            assert_samples(&format!("{} {dir}", record["uuid"]), &samples, expected);
-        }
-    }
-    // No callback may hold up a media thread: FreeSWITCH's frame is 20 ms.
-    let max_ns = summary["callbacks"]["max_ns"].as_u64().unwrap();
-    assert!(max_ns < 20_000_000, "a callback took {max_ns} ns: {summary}");
     finish(host);
 }

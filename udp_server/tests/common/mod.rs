@@ -235,43 +235,7 @@ pub fn tone(frequency: f64, amplitude: f64, rate: u32, seconds: f64) -> Vec<i16>
         .collect()
 }
 
-/// G.711 µ-law encoding (the classic Sun reference), to make test payloads.
-pub fn ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    let mut pcm = i32::from(sample);
-    let mask = if pcm < 0 {
-        pcm = -pcm;
-        0x7F
-    } else {
-        0xFF
-    };
-    pcm = (pcm + BIAS).min(0x7FFF + BIAS).min(32635 + BIAS);
-    let segment = (0..8).find(|&s| pcm <= (0xFF << s)).unwrap_or(7);
-    let byte = ((segment << 4) | ((pcm >> (segment + 3)) & 0xF)) as u8;
-    byte ^ mask
-}
-
-/// G.711 A-law encoding (the classic Sun reference), to make test payloads.
-pub fn alaw(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 3;
-    let mask = if pcm >= 0 {
-        0xD5
-    } else {
-        pcm = -pcm - 1;
-        0x55
-    };
-    let segment = (0..8)
-        .find(|&s| pcm <= (0x1F << s) | ((1 << s) - 1))
-        .unwrap_or(8);
-    let byte = if segment >= 8 {
-        0x7F
-    } else if segment < 2 {
-        ((segment << 4) | ((pcm >> 1) & 0xF)) as u8
-    } else {
-        ((segment << 4) | ((pcm >> segment) & 0xF)) as u8
-    };
-    byte ^ mask
-}
+pub use rst_codec::{linear_to_alaw as alaw, linear_to_ulaw as ulaw};
 
 /// The samples of a mono or stereo WAV, with its spec.
 pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {

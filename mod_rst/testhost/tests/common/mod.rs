@@ -130,6 +130,86 @@ impl Drop for Receiver {
     }
 }
 
+/// The release build of udp_server as its own process: what a load test sends
+/// to (the receiver built for tests, in this process, is the bottleneck there).
+pub struct ExternalReceiver {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl ExternalReceiver {
+    pub fn start() -> ExternalReceiver {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "-p", "udp_server"])
+            .current_dir(&workspace)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build --release -p udp_server failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|dir| if dir.is_relative() { workspace.join(dir) } else { dir })
+            .unwrap_or_else(|| workspace.join("target"));
+        let dir = tempfile::tempdir().unwrap();
+        // A free port: bound and released (a tiny race, fine on a test machine).
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new(target.join("release/udp_server"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--record-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("udp_server starts");
+        // Ready when it answers an INV... of a call that must not be recorded:
+        // so probe with a BYE, which is ACKed without creating anything.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            probe.send_to(b"BYE :probe", addr).unwrap();
+            let mut reply = [0u8; 64];
+            if probe.recv_from(&mut reply).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "udp_server did not start");
+        }
+        ExternalReceiver { addr, dir, child }
+    }
+
+    pub fn wait_records(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let records = records_in(self.dir.path());
+            if records.len() >= count || Instant::now() > deadline {
+                assert_eq!(records.len(), count, "records in {}", self.dir.path().display());
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ExternalReceiver {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
 /// Every finished JSON record under `dir`, sorted by path.
 pub fn records_in(dir: &Path) -> Vec<Value> {
     let mut paths = files_in(dir, ".json");
@@ -173,8 +253,12 @@ pub fn conf_dir(params: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// The configuration for `receiver`, with `extra` params.
 pub fn conf_for(receiver: &Receiver, extra: &[(&str, &str)]) -> tempfile::TempDir {
-    let ip = receiver.addr.ip().to_string();
-    let port = receiver.addr.port().to_string();
+    conf_for_addr(receiver.addr, extra)
+}
+
+pub fn conf_for_addr(addr: SocketAddr, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let ip = addr.ip().to_string();
+    let port = addr.port().to_string();
     let mut params = vec![("udp-server-ip", ip.as_str()), ("udp-server-port", port.as_str())];
     params.extend_from_slice(extra);
     conf_dir(&params)
@@ -278,11 +362,57 @@ impl Drop for Host {
     }
 }
 
-/// The host's test tone (src/g711.rs): sample `n` of a `hz` sine at `rate`.
+/// Ends a test: unload must be clean, no lock left, no callback after CLOSE,
+/// no violation recorded at any point.
+pub fn finish(mut host: Host) {
+    let unloaded = host.ok("unload");
+    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    let summary = host.ok("summary");
+    assert_eq!(summary["locks_held"], 0, "{summary}");
+    assert_eq!(summary["bad_unlocks"], 0, "{summary}");
+    assert_eq!(summary["callbacks_after_close"], 0, "{summary}");
+    assert_eq!(summary["events_unfired"], 0, "{summary}");
+    assert_eq!(summary["xml_opened"], summary["xml_freed"], "{summary}");
+    assert_eq!(summary["violation_count"], 0, "{summary}");
+    assert_eq!(host.quit()["violations"], serde_json::json!([]));
+}
+
+/// A loaded host streaming to a fresh receiver.
+pub fn setup(extra: &[(&str, &str)]) -> (Receiver, tempfile::TempDir, Host) {
+    let receiver = Receiver::start();
+    let conf = conf_for(&receiver, extra);
+    let mut host = Host::start();
+    host.load(conf.path());
+    (receiver, conf, host)
+}
+
+pub fn session(host: &mut Host, u: &str) {
+    host.ok(&format!(
+        "session {u} caller_id_number=1001 destination_number=1002 codec=PCMU"
+    ));
+}
+
+/// The host's test tone (src/g711.rs): sample `n` of a `hz` sine at `rate`,
+/// computed over the tone's exact period for a whole `hz`.
 pub fn tone_sample(hz: f64, amplitude: f64, rate: u32, n: u64) -> i16 {
+    let n = if hz > 0.0 && hz.fract() == 0.0 {
+        let (mut a, mut b) = (u64::from(rate), hz as u64);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        n % (u64::from(rate) / a)
+    } else {
+        n
+    };
     let phase = 2.0 * std::f64::consts::PI * hz * (n as f64) / f64::from(rate);
     (amplitude * phase.sin()).round() as i16
 }
+
+/// The tones the tests send: whole periods of one second, so that every frame
+/// of a second differs and a lost, repeated or reordered frame shows.
+pub const READ_HZ: f64 = 1013.0;
+pub const WRITE_HZ: f64 = 487.0;
 
 pub fn tone(hz: f64, amplitude: f64, rate: u32, first: u64, count: usize) -> Vec<i16> {
     (0..count as u64)

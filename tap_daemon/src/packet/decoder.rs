@@ -1,0 +1,355 @@
+//! The top of the packet layer: a captured frame in, UDP datagrams and ordered
+//! TCP bytes out, with a counter for every reason a frame gave nothing.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::error::{DecodeError, ErrorKind, Layer};
+use super::frag::{FragmentLimits, Reassembler};
+use super::ip::{parse_ipv4, parse_ipv6, proto, skip_extensions};
+use super::link::{self, LinkType, Network};
+use super::stream::{Chunk, FlowKey, StreamEnd, StreamLimits, StreamReassembler};
+use super::transport::{parse_tcp, parse_udp};
+use super::tunnel::{parse_gre, GreInner};
+
+/// All the bounds of a [`Decoder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub fragments: FragmentLimits,
+    pub streams: StreamLimits,
+    /// IP-in-IP / GRE / ERSPAN layers unwrapped in one frame. Real mirrors use
+    /// one; the bound stops a packet that nests itself until the stack runs out.
+    pub max_tunnel_depth: usize,
+    /// How often (in capture time) idle fragments and streams are swept.
+    pub sweep_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fragments: FragmentLimits::default(),
+            streams: StreamLimits::default(),
+            max_tunnel_depth: 4,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The transport a [`Datagram`] came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What the packet layer hands up: a UDP datagram's payload, or the next
+/// ordered bytes of one direction of a TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Capture time of the frame that made this available.
+    pub time: Duration,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    /// Borrowed from the frame when possible; owned after IP reassembly or
+    /// when TCP bytes waited for an earlier segment.
+    pub payload: Cow<'a, [u8]>,
+    /// TCP only: bytes of this direction were skipped before `payload`.
+    pub gap: bool,
+    /// TCP only: this direction ended after `payload` (which may be empty).
+    pub end: Option<StreamEnd>,
+}
+
+impl Datagram<'_> {
+    /// Detach from the frame.
+    pub fn into_owned(self) -> Datagram<'static> {
+        Datagram {
+            time: self.time,
+            src: self.src,
+            dst: self.dst,
+            transport: self.transport,
+            payload: Cow::Owned(self.payload.into_owned()),
+            gap: self.gap,
+            end: self.end,
+        }
+    }
+}
+
+/// What the decoder saw, for metrics. Errors are per [`ErrorKind`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames handed to [`Decoder::decode`].
+    pub frames: u64,
+    /// UDP datagrams delivered (a reassembled one counts once).
+    pub udp_datagrams: u64,
+    /// TCP segments decoded (with or without payload).
+    pub tcp_segments: u64,
+    /// Ordered TCP payload bytes delivered.
+    pub tcp_bytes: u64,
+    /// TCP segments that only repeated bytes already delivered.
+    pub tcp_retransmitted: u64,
+    /// Holes in TCP streams given up on.
+    pub tcp_gaps: u64,
+    /// IP fragments received.
+    pub fragments: u64,
+    /// Datagrams reassembled from fragments.
+    pub reassembled: u64,
+    /// Datagrams whose fragments never all arrived.
+    pub fragments_expired: u64,
+    /// Fragments that repeated bytes already held.
+    pub fragment_duplicates: u64,
+    /// Tunnel layers (IP-in-IP, GRE, ERSPAN) unwrapped.
+    pub tunnels: u64,
+    errors: [u64; ErrorKind::ALL.len()],
+}
+
+impl Counters {
+    /// Frames (or fragments, segments) dropped for `kind`.
+    pub fn error(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize]
+    }
+
+    /// Every error kind with its count, zeros included, in a fixed order.
+    pub fn errors(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL.iter().map(|k| (*k, self.errors[*k as usize]))
+    }
+
+    fn count(&mut self, e: &DecodeError) {
+        self.errors[e.kind() as usize] += 1;
+    }
+}
+
+/// Decodes captured frames into [`Datagram`]s. Sans-IO: no sockets, threads or
+/// clocks; the capture time of each frame is an argument, and all state
+/// (fragments, TCP streams) is bounded by [`Limits`]. Feeding it arbitrary
+/// bytes never panics: it is the fuzzing entry point of the packet layer.
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    frags: Reassembler,
+    streams: StreamReassembler,
+    counters: Counters,
+    last_sweep: Option<Duration>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Limits::default())
+    }
+}
+
+impl Decoder {
+    pub fn new(limits: Limits) -> Self {
+        Decoder {
+            limits,
+            frags: Reassembler::new(limits.fragments),
+            streams: StreamReassembler::new(limits.streams),
+            counters: Counters::default(),
+            last_sweep: None,
+        }
+    }
+
+    /// Decode one frame of link type `link` captured at `now`, appending what
+    /// it yields to `out` (nothing, a UDP datagram, TCP bytes — possibly
+    /// several chunks, when a segment fills a hole — and the ends of streams
+    /// that went idle). A frame that yields nothing because of `DecodeError`
+    /// has it counted and returned, for logging; `out` may still have gained
+    /// idle-stream ends.
+    pub fn decode<'a>(
+        &mut self,
+        link: LinkType,
+        now: Duration,
+        frame: &'a [u8],
+        out: &mut Vec<Datagram<'a>>,
+    ) -> Result<(), DecodeError> {
+        self.counters.frames += 1;
+        self.sweep(now, out);
+        let result = self.frame(link, now, frame, out);
+        if let Err(e) = &result {
+            self.counters.count(e);
+        }
+        self.sync_counters();
+        result
+    }
+
+    /// Sweep timed-out fragments and idle TCP streams at `now` (also done by
+    /// [`Decoder::decode`] every `sweep_interval`; call this when no frames
+    /// arrive, so that stream ends are still reported).
+    pub fn expire(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+        self.frags.expire(now);
+        let mut chunks = Vec::new();
+        self.streams.expire(now, &mut chunks);
+        push_chunks(&mut self.counters, now, chunks, out);
+        self.last_sweep = Some(now);
+        self.sync_counters();
+    }
+
+    /// The capture ended at `now`: deliver every byte still held behind a TCP
+    /// hole and end every stream.
+    pub fn finish(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+        let mut chunks = Vec::new();
+        self.streams.finish(&mut chunks);
+        push_chunks(&mut self.counters, now, chunks, out);
+        self.sync_counters();
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn sweep(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+        let due = match self.last_sweep {
+            None => {
+                self.last_sweep = Some(now);
+                false
+            }
+            // Capture time can jump backwards (merged files, broken clocks):
+            // restart the interval rather than never sweep again.
+            Some(last) if now < last => {
+                self.last_sweep = Some(now);
+                false
+            }
+            Some(last) => now - last >= self.limits.sweep_interval,
+        };
+        if due {
+            self.expire(now, out);
+        }
+    }
+
+    fn sync_counters(&mut self) {
+        self.counters.fragments_expired = self.frags.expired();
+        self.counters.fragment_duplicates = self.frags.duplicates();
+        self.counters.tcp_gaps = self.streams.gaps();
+        self.counters.tcp_retransmitted = self.streams.retransmitted();
+    }
+
+    fn frame<'a>(
+        &mut self,
+        link: LinkType,
+        now: Duration,
+        frame: &'a [u8],
+        out: &mut Vec<Datagram<'a>>,
+    ) -> Result<(), DecodeError> {
+        let (net, range) = link::network(link, frame)?;
+        let ip = frame.get(range).unwrap_or_default();
+        self.network(now, net, ip, 0, out)
+    }
+
+    fn network<'b>(
+        &mut self,
+        now: Duration,
+        net: Network,
+        data: &'b [u8],
+        depth: usize,
+        out: &mut Vec<Datagram<'b>>,
+    ) -> Result<(), DecodeError> {
+        let ip = match net {
+            Network::Ipv4 => parse_ipv4(data)?,
+            Network::Ipv6 => parse_ipv6(data)?,
+        };
+        let Some(fragment) = ip.fragment else {
+            return self.upper(now, ip.src, ip.dst, ip.protocol, ip.payload, depth, out);
+        };
+        self.counters.fragments += 1;
+        let Some(whole) = self
+            .frags
+            .insert(now, ip.src, ip.dst, ip.protocol, fragment, ip.payload)?
+        else {
+            return Ok(());
+        };
+        self.counters.reassembled += 1;
+        // The reassembled bytes live only in this frame: what they yield is
+        // copied out of them.
+        let mut local = Vec::new();
+        let result = match net {
+            Network::Ipv4 => self.upper(now, ip.src, ip.dst, whole.protocol, &whole.payload, depth, &mut local),
+            Network::Ipv6 => match skip_extensions(whole.protocol, &whole.payload) {
+                Ok((protocol, payload)) => self.upper(now, ip.src, ip.dst, protocol, payload, depth, &mut local),
+                Err(e) => Err(e),
+            },
+        };
+        out.extend(local.into_iter().map(Datagram::into_owned));
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upper<'b>(
+        &mut self,
+        now: Duration,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        data: &'b [u8],
+        depth: usize,
+        out: &mut Vec<Datagram<'b>>,
+    ) -> Result<(), DecodeError> {
+        match protocol {
+            proto::UDP => {
+                let udp = parse_udp(data)?;
+                self.counters.udp_datagrams += 1;
+                out.push(Datagram {
+                    time: now,
+                    src: SocketAddr::new(src, udp.src_port),
+                    dst: SocketAddr::new(dst, udp.dst_port),
+                    transport: Transport::Udp,
+                    payload: Cow::Borrowed(udp.payload),
+                    gap: false,
+                    end: None,
+                });
+                Ok(())
+            }
+            proto::TCP => {
+                let seg = parse_tcp(data)?;
+                self.counters.tcp_segments += 1;
+                let key = FlowKey {
+                    src: SocketAddr::new(src, seg.src_port),
+                    dst: SocketAddr::new(dst, seg.dst_port),
+                };
+                let mut chunks = Vec::new();
+                let result = self.streams.segment(now, key, &seg, &mut chunks);
+                push_chunks(&mut self.counters, now, chunks, out);
+                result
+            }
+            proto::IPV4 | proto::IPV6 | proto::GRE => {
+                if depth >= self.limits.max_tunnel_depth {
+                    return Err(DecodeError::TooDeep {
+                        layer: Layer::Tunnel,
+                        max: self.limits.max_tunnel_depth,
+                    });
+                }
+                self.counters.tunnels += 1;
+                let (net, inner) = match protocol {
+                    proto::IPV4 => (Network::Ipv4, data),
+                    proto::IPV6 => (Network::Ipv6, data),
+                    _ => match parse_gre(data)? {
+                        GreInner::Ipv4(d) => (Network::Ipv4, d),
+                        GreInner::Ipv6(d) => (Network::Ipv6, d),
+                        GreInner::Ethernet(f) => {
+                            let (net, range) = link::ethernet(f, 0)?;
+                            (net, f.get(range).unwrap_or_default())
+                        }
+                    },
+                };
+                self.network(now, net, inner, depth + 1, out)
+            }
+            other => Err(DecodeError::OtherProtocol(other)),
+        }
+    }
+}
+
+fn push_chunks<'b>(counters: &mut Counters, now: Duration, chunks: Vec<Chunk<'b>>, out: &mut Vec<Datagram<'b>>) {
+    for c in chunks {
+        counters.tcp_bytes += c.data.len() as u64;
+        out.push(Datagram {
+            time: now,
+            src: c.key.src,
+            dst: c.key.dst,
+            transport: Transport::Tcp,
+            payload: c.data,
+            gap: c.gap,
+            end: c.end,
+        });
+    }
+}
