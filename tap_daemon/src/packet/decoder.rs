@@ -270,7 +270,7 @@ impl Decoder {
                 Err(e) => Err(e),
             },
         };
-        out.extend(local.into_iter().map(Datagram::into_owned));
+        out.extend(local.into_iter().map(|d: Datagram<'_>| d.into_owned()));
         result
     }
 
