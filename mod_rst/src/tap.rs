@@ -39,17 +39,23 @@ impl Tap {
         })
     }
 
-    /// The media bug flags for this tap's audio.
+    /// The media bug flags for this tap's audio. ONE_ONLY: FreeSWITCH itself
+    /// refuses a second `rst` bug on a channel, whatever races above it.
     pub fn flags(audio: Audio) -> switch_media_bug_flag_t {
-        match audio {
-            // Native frames as they cross the wire; combining these with the
-            // stream flags silences the stream callbacks (freeswitch-abi.md).
-            Audio::Native => SMBF_TAP_NATIVE_READ | SMBF_TAP_NATIVE_WRITE | SMBF_NO_PAUSE,
-            // Both directions, linear, interleaved: left is read, right is write.
-            Audio::L16 => {
-                SMBF_READ_STREAM | SMBF_WRITE_STREAM | SMBF_READ_PING | SMBF_STEREO | SMBF_NO_PAUSE
+        SMBF_ONE_ONLY
+            | match audio {
+                // Native frames as they cross the wire; combining these with the
+                // stream flags silences the stream callbacks (freeswitch-abi.md).
+                Audio::Native => SMBF_TAP_NATIVE_READ | SMBF_TAP_NATIVE_WRITE | SMBF_NO_PAUSE,
+                // Both directions, linear, interleaved: left is read, right is write.
+                Audio::L16 => {
+                    SMBF_READ_STREAM
+                        | SMBF_WRITE_STREAM
+                        | SMBF_READ_PING
+                        | SMBF_STEREO
+                        | SMBF_NO_PAUSE
+                }
             }
-        }
     }
 
     /// A native frame of `direction` is available from `bug`.

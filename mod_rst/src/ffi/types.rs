@@ -46,6 +46,7 @@ pub const SMBF_STEREO: switch_media_bug_flag_t = 0x20;
 pub const SMBF_NO_PAUSE: switch_media_bug_flag_t = 0x400;
 pub const SMBF_TAP_NATIVE_READ: switch_media_bug_flag_t = 0x2000;
 pub const SMBF_TAP_NATIVE_WRITE: switch_media_bug_flag_t = 0x4000;
+pub const SMBF_ONE_ONLY: switch_media_bug_flag_t = 0x8000;
 
 pub const SWITCH_LOG_DEBUG: switch_log_level_t = 7;
 pub const SWITCH_LOG_INFO: switch_log_level_t = 6;
