@@ -127,6 +127,8 @@ impl SessionRef {
         unsafe { switch_channel_get_private(self.channel(), key.as_ptr()) }
     }
 
+    // The pointer is stored by FreeSWITCH, never dereferenced.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn set_private(&self, key: &CStr, value: *const c_void) {
         // SAFETY: a live channel and a valid key; FreeSWITCH stores the pointer only.
         unsafe { switch_channel_set_private(self.channel(), key.as_ptr(), value) };
@@ -134,14 +136,14 @@ impl SessionRef {
 
     /// The read codec's payload type and rate, without allocating (media thread).
     pub fn read_codec_payload_type(&self) -> Option<(u8, u32)> {
-        // SAFETY: a live session; the codec, if any, is owned by it.
-        payload_type_of(unsafe { switch_core_session_get_read_codec(self.0) })
+        // SAFETY: a live session's codec, if any, is live.
+        unsafe { payload_type_of(switch_core_session_get_read_codec(self.0)) }
     }
 
     /// As [`SessionRef::read_codec_payload_type`] for the write codec.
     pub fn write_codec_payload_type(&self) -> Option<(u8, u32)> {
         // SAFETY: as above.
-        payload_type_of(unsafe { switch_core_session_get_write_codec(self.0) })
+        unsafe { payload_type_of(switch_core_session_get_write_codec(self.0)) }
     }
 
     pub fn read_codec(&self) -> Option<CodecInfo> {
@@ -197,7 +199,11 @@ impl SessionRef {
     }
 }
 
-fn payload_type_of(codec: *mut switch_codec_t) -> Option<(u8, u32)> {
+/// The payload type and rate of `codec` (NULL allowed), without allocating.
+///
+/// # Safety
+/// `codec` is NULL or a live codec whose implementation is NULL or live.
+pub unsafe fn payload_type_of(codec: *mut switch_codec_t) -> Option<(u8, u32)> {
     if codec.is_null() {
         return None;
     }

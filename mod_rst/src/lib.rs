@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use args::{ApiCommand, Target};
-use config::{Audio, Mode, Settings};
+use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
 use sender::{Command, Sender, StreamId};
@@ -407,7 +407,8 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         .map_or(8000, |(_, rate)| rate);
     let extensions = match (settings.mode, settings.audio) {
         (Mode::Rtp, _) => format!("pt{RTP_L16_PAYLOAD_TYPE}=L16/{rate}"),
-        (Mode::Data, Audio::L16) if rate != 8000 => format!("rate={rate}"),
+        // PT 10 frames (L16 mode, or a channel whose codec is L16) are at this rate.
+        (Mode::Data, _) if rate != 8000 => format!("rate={rate}"),
         (Mode::Data, _) => String::new(),
     };
     let start = StreamStart {

@@ -41,6 +41,9 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+// Frames travel inline, on purpose: the queue is preallocated, so a media
+// thread queueing one allocates nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
     Start {
@@ -197,6 +200,16 @@ struct Live {
     hex: Option<io::BufWriter<std::fs::File>>,
 }
 
+/// Longest sleep of the sender thread: how late an ACK can be noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// How long shutdown waits for BYEs to be acknowledged.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -213,14 +226,14 @@ pub fn run(
     let mut shutdown_deadline: Option<Instant> = None;
     let mut ack_buffer = [0u8; 2048];
     let mut acks: Vec<(StreamId, Option<RtpPorts>)> = Vec::new();
+    // The earliest retransmission due, so the streams are walked only when one
+    // is (a walk per wake-up costs too much with hundreds of calls).
+    let mut next_due: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let next_timer = live.values().filter_map(|l| l.stream.next_timeout()).min();
-        let wait = next_timer
-            .map_or(Duration::from_millis(20), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(20));
+        let wait = next_due
+            .map_or(IDLE_WAIT, |t| t.saturating_duration_since(now))
+            .min(IDLE_WAIT);
         let first = match commands.recv_timeout(wait) {
             Ok(command) => Some(command),
             Err(RecvTimeoutError::Timeout) => None,
@@ -256,6 +269,7 @@ pub fn run(
                     });
                     match started {
                         Ok(stream) => {
+                            next_due = earliest(next_due, stream.next_timeout());
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
                             by_uuid.insert(uuid, id);
@@ -270,6 +284,7 @@ pub fn run(
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
+                        next_due = earliest(next_due, entry.stream.next_timeout());
                     }
                 }
                 Command::Shutdown => {
@@ -277,6 +292,7 @@ pub fn run(
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
+                        next_due = earliest(next_due, entry.stream.next_timeout());
                     }
                     shutdown_deadline.get_or_insert(now + SHUTDOWN_GRACE);
                 }
@@ -295,44 +311,51 @@ pub fn run(
                 }
             }
         }
+        let mut closed = Vec::new();
         for &(id, ports) in &acks {
             if let Some(entry) = live.get_mut(&id) {
                 drive(entry, &mut control, &counters, |stream, emit| {
                     stream.ack(ports, emit)
                 });
+                if entry.stream.is_closed() {
+                    closed.push(id);
+                }
             }
         }
 
         let now = Instant::now();
-        for entry in live.values_mut() {
-            let trouble = drive(entry, &mut control, &counters, |stream, emit| {
-                stream.poll(now, emit)
-            });
-            if let Some(trouble) = trouble {
-                let uuid = entry.stream.uuid();
-                match trouble {
-                    Trouble::NoAckForInv { .. } => {
-                        counters.invs_unacknowledged.fetch_add(1, Relaxed)
-                    }
-                    Trouble::NoAckForBye { .. } => {
-                        counters.byes_unacknowledged.fetch_add(1, Relaxed)
-                    }
-                };
-                report.trouble(uuid, &trouble);
+        if next_due.is_some_and(|due| now >= due) {
+            next_due = None;
+            for (&id, entry) in live.iter_mut() {
+                let trouble = drive(entry, &mut control, &counters, |stream, emit| {
+                    stream.poll(now, emit)
+                });
+                if let Some(trouble) = trouble {
+                    match trouble {
+                        Trouble::NoAckForInv { .. } => {
+                            counters.invs_unacknowledged.fetch_add(1, Relaxed)
+                        }
+                        Trouble::NoAckForBye { .. } => {
+                            counters.byes_unacknowledged.fetch_add(1, Relaxed)
+                        }
+                    };
+                    report.trouble(entry.stream.uuid(), &trouble);
+                }
+                if entry.stream.is_closed() {
+                    closed.push(id);
+                }
+                next_due = earliest(next_due, entry.stream.next_timeout());
             }
         }
-        live.retain(|_, entry| {
-            if entry.stream.is_closed() {
+        for id in closed {
+            if let Some(entry) = live.remove(&id) {
                 counters
                     .frames_dropped_waiting
                     .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
                 counters.streams_active.fetch_sub(1, Relaxed);
                 by_uuid.remove(entry.stream.uuid());
-                false
-            } else {
-                true
             }
-        });
+        }
         if let Some(deadline) = shutdown_deadline {
             if live.is_empty() || Instant::now() >= deadline {
                 return;

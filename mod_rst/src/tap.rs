@@ -82,11 +82,14 @@ impl Tap {
         if frame.data.is_null() || frame.datalen == 0 {
             return;
         }
-        // The payload type is the codec's of this direction (the original sent
-        // the read codec's for W too).
-        let codec = session.and_then(|s| match direction {
-            Direction::Read => s.read_codec_payload_type(),
-            Direction::Write => s.write_codec_payload_type(),
+        // The payload type is the frame's own codec's, else this direction's
+        // session codec (the original sent the read codec's for W too).
+        // SAFETY: a live frame's codec is NULL or live for the callback.
+        let codec = unsafe { crate::fs::payload_type_of(frame.codec) }.or_else(|| {
+            session.and_then(|s| match direction {
+                Direction::Read => s.read_codec_payload_type(),
+                Direction::Write => s.write_codec_payload_type(),
+            })
         });
         let payload_type = codec.map_or(frame.payload, |(pt, _)| pt);
         // SAFETY: `data` holds `datalen` bytes (bytes, not samples: the original's bug).
@@ -114,7 +117,9 @@ impl Tap {
             frame.data = self.read_buffer.as_mut_ptr() as *mut c_void;
             frame.buflen = READ_BUFFER_BYTES as u32;
             // SAFETY: a live bug; the frame points at our buffer of `buflen` bytes.
-            if unsafe { switch_core_media_bug_read(bug, &mut frame, SWITCH_FALSE) }
+            // fill=TRUE: FreeSWITCH waits until both sides have a frame instead of
+            // padding the missing one, so R and W stay aligned.
+            if unsafe { switch_core_media_bug_read(bug, &mut frame, SWITCH_TRUE) }
                 != SWITCH_STATUS_SUCCESS
             {
                 return;

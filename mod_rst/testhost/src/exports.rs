@@ -117,7 +117,9 @@ pub unsafe extern "C" fn switch_core_session_get_channel(
 /// # Safety
 /// `session` must be a session pointer.
 #[no_mangle]
-pub unsafe extern "C" fn switch_core_session_get_uuid(session: *mut switch_core_session_t) -> *mut c_char {
+pub unsafe extern "C" fn switch_core_session_get_uuid(
+    session: *mut switch_core_session_t,
+) -> *mut c_char {
     match session_of(session, "switch_core_session_get_uuid") {
         Some(session) => session.uuid_c.as_ptr() as *mut c_char,
         None => ptr::null_mut(),
@@ -166,7 +168,10 @@ pub unsafe extern "C" fn switch_channel_get_variable_dup(
     };
     // SAFETY: C string from the module (or NULL).
     let Some(name) = (unsafe { c_text(name) }) else {
-        violation(Some(&session.uuid), "switch_channel_get_variable_dup: NULL name");
+        violation(
+            Some(&session.uuid),
+            "switch_channel_get_variable_dup: NULL name",
+        );
         return ptr::null();
     };
     let vars = lock(&session.vars);
@@ -192,7 +197,9 @@ pub unsafe extern "C" fn switch_channel_get_private(
         return ptr::null_mut();
     };
     let privates = lock(&session.privates);
-    privates.get(&key).map_or(ptr::null_mut(), |&p| p as *mut c_void)
+    privates
+        .get(&key)
+        .map_or(ptr::null_mut(), |&p| p as *mut c_void)
 }
 
 /// # Safety
@@ -241,7 +248,10 @@ pub unsafe extern "C" fn switch_core_media_bug_add(
         return SWITCH_STATUS_FALSE;
     };
     if new_bug.is_null() {
-        violation(Some(&session.uuid), "switch_core_media_bug_add: new_bug is NULL");
+        violation(
+            Some(&session.uuid),
+            "switch_core_media_bug_add: new_bug is NULL",
+        );
         return SWITCH_STATUS_FALSE;
     }
     if let Some((sid, _, abc)) = IN_CALLBACK.with(|c| c.get()) {
@@ -332,7 +342,10 @@ pub unsafe extern "C" fn switch_core_media_bug_remove(
         return SWITCH_STATUS_FALSE;
     };
     if bug.is_null() {
-        violation(Some(&session.uuid), "switch_core_media_bug_remove: bug is NULL");
+        violation(
+            Some(&session.uuid),
+            "switch_core_media_bug_remove: bug is NULL",
+        );
         return SWITCH_STATUS_FALSE;
     }
     // SAFETY: checked non-NULL; the module's pointer to its bug pointer.
@@ -419,7 +432,10 @@ fn native_frame(bug: *mut switch_media_bug_t, write: bool) -> *mut switch_frame_
         return ptr::null_mut();
     };
     if bug.state.load(Ordering::SeqCst) >= BUG_CLOSED {
-        violation(Some(&bug.session.uuid), format!("{function} on a closed bug"));
+        violation(
+            Some(&bug.session.uuid),
+            format!("{function} on a closed bug"),
+        );
         return ptr::null_mut();
     }
     let frame = if write {
@@ -466,11 +482,17 @@ pub unsafe extern "C" fn switch_core_media_bug_read(
         return SWITCH_STATUS_FALSE;
     };
     if bug.state.load(Ordering::SeqCst) >= BUG_CLOSED {
-        violation(Some(&bug.session.uuid), "switch_core_media_bug_read on a closed bug");
+        violation(
+            Some(&bug.session.uuid),
+            "switch_core_media_bug_read on a closed bug",
+        );
         return SWITCH_STATUS_FALSE;
     }
     if frame.is_null() {
-        violation(Some(&bug.session.uuid), "switch_core_media_bug_read: NULL frame");
+        violation(
+            Some(&bug.session.uuid),
+            "switch_core_media_bug_read: NULL frame",
+        );
         return SWITCH_STATUS_FALSE;
     }
     // SAFETY: non-NULL frame from the module, used as FreeSWITCH uses it.
@@ -496,19 +518,27 @@ pub unsafe extern "C" fn fs_host_log(
     fmt_null: c_int,
 ) {
     // SAFETY: C strings from the module / shim (or NULL).
-    let (file, func, text) = unsafe { (c_text(file), c_text(func), c_text(text).unwrap_or_default()) };
+    let (file, func, text) =
+        unsafe { (c_text(file), c_text(func), c_text(text).unwrap_or_default()) };
     if fmt_null != 0 {
         violation(None, "switch_log_printf with a NULL format");
     }
     let uuid = if channel == SWITCH_CHANNEL_ID_SESSION as c_int {
-        session_of(userdata as *mut switch_core_session_t, "switch_log_printf(SWITCH_CHANNEL_SESSION_LOG)")
-            .map(|s| s.uuid.clone())
+        session_of(
+            userdata as *mut switch_core_session_t,
+            "switch_log_printf(SWITCH_CHANNEL_SESSION_LOG)",
+        )
+        .map(|s| s.uuid.clone())
     } else {
         // SAFETY: SWITCH_CHANNEL_UUID_LOG passes a C string (or NULL).
         unsafe { c_text(userdata) }
     };
     if host().verbose.load(Ordering::Relaxed) {
-        eprintln!("fs-testhost LOG [{}] {}", level_name(level), text.trim_end());
+        eprintln!(
+            "fs-testhost LOG [{}] {}",
+            level_name(level),
+            text.trim_end()
+        );
     }
     let mut logs = lock(&host().logs);
     *logs.by_level.entry(level).or_default() += 1;
@@ -569,7 +599,9 @@ pub unsafe extern "C" fn switch_xml_open_cfg(
     if name.contains('/') || name.contains("..") {
         violation(None, format!("switch_xml_open_cfg: odd file_path {name:?}"));
     }
-    let path = conf_dir.join("autoload_configs").join(format!("{name}.xml"));
+    let path = conf_dir
+        .join("autoload_configs")
+        .join(format!("{name}.xml"));
     let Ok(text) = std::fs::read_to_string(&path) else {
         log_error(format!("open of {name} failed"));
         return ptr::null_mut();
@@ -633,7 +665,10 @@ fn live_node(xml: switch_xml_t, function: &str) -> bool {
         return true;
     }
     if registry.dead_nodes.contains(&(xml as usize)) {
-        violation(None, format!("{function}: node of a freed XML document (use after switch_xml_free)"));
+        violation(
+            None,
+            format!("{function}: node of a freed XML document (use after switch_xml_free)"),
+        );
     } else {
         violation(None, format!("{function}: {xml:p} is not an XML node"));
     }
@@ -667,7 +702,10 @@ pub unsafe extern "C" fn switch_xml_child(xml: switch_xml_t, name: *const c_char
 /// # Safety
 /// `xml` a node or NULL, `attr` a C string.
 #[no_mangle]
-pub unsafe extern "C" fn switch_xml_attr_soft(xml: switch_xml_t, attr: *const c_char) -> *const c_char {
+pub unsafe extern "C" fn switch_xml_attr_soft(
+    xml: switch_xml_t,
+    attr: *const c_char,
+) -> *const c_char {
     static EMPTY: &[u8; 1] = b"\0";
     if !live_node(xml, "switch_xml_attr_soft") {
         return EMPTY.as_ptr().cast();
@@ -682,7 +720,11 @@ pub unsafe extern "C" fn switch_xml_attr_soft(xml: switch_xml_t, attr: *const c_
         while !list.is_null() && !(*list).is_null() {
             if std::ffi::CStr::from_ptr(*list).to_bytes() == attr.as_bytes() {
                 let value = *list.add(1);
-                return if value.is_null() { EMPTY.as_ptr().cast() } else { value };
+                return if value.is_null() {
+                    EMPTY.as_ptr().cast()
+                } else {
+                    value
+                };
             }
             list = list.add(2);
         }
@@ -716,9 +758,15 @@ pub unsafe extern "C" fn switch_xml_free(xml: switch_xml_t) {
             "switch_xml_free of a node inside a document, not its root (free what switch_xml_open_cfg returned)",
         );
     } else if dead {
-        violation(None, "switch_xml_free of an already freed document (double free)");
+        violation(
+            None,
+            "switch_xml_free of an already freed document (double free)",
+        );
     } else {
-        violation(None, format!("switch_xml_free: {xml:p} is not an XML document"));
+        violation(
+            None,
+            format!("switch_xml_free: {xml:p} is not an XML document"),
+        );
     }
 }
 
@@ -735,7 +783,10 @@ pub unsafe extern "C" fn switch_event_reserve_subclass_detailed(
     // SAFETY: C strings from the module (or NULL).
     let (owner, subclass) = unsafe { (c_text(owner), c_text(subclass)) };
     let Some(subclass) = subclass else {
-        violation(None, "switch_event_reserve_subclass_detailed: NULL subclass");
+        violation(
+            None,
+            "switch_event_reserve_subclass_detailed: NULL subclass",
+        );
         return SWITCH_STATUS_FALSE;
     };
     let mut events = lock(&host().events);
@@ -766,7 +817,10 @@ pub unsafe extern "C" fn switch_event_free_subclass_detailed(
         }
         Some(_) => {
             drop(events);
-            violation(None, format!("switch_event_free_subclass_detailed({subclass}): wrong owner"));
+            violation(
+                None,
+                format!("switch_event_free_subclass_detailed({subclass}): wrong owner"),
+            );
             SWITCH_STATUS_FALSE
         }
         None => SWITCH_STATUS_FALSE,
@@ -801,7 +855,10 @@ pub unsafe extern "C" fn switch_event_create_subclass_detailed(
     if let Some(name) = &subclass {
         if !events.reserved.contains_key(name) {
             drop(events);
-            violation(None, format!("event subclass {name} created without being reserved"));
+            violation(
+                None,
+                format!("event subclass {name} created without being reserved"),
+            );
             events = lock(&host().events);
         }
     }
@@ -812,7 +869,11 @@ pub unsafe extern "C" fn switch_event_create_subclass_detailed(
             event_id,
             subclass,
             headers: Vec::new(),
-            created_at: format!("{}:{}:{line}", file.unwrap_or_default(), func.unwrap_or_default()),
+            created_at: format!(
+                "{}:{}:{line}",
+                file.unwrap_or_default(),
+                func.unwrap_or_default()
+            ),
         },
     );
     // SAFETY: checked non-NULL.
@@ -834,7 +895,10 @@ pub unsafe extern "C" fn switch_event_add_header_string(
     let mut events = lock(&host().events);
     let Some(live) = events.live.get_mut(&(event as usize)) else {
         drop(events);
-        violation(None, format!("switch_event_add_header_string: {event:p} is not a live event"));
+        violation(
+            None,
+            format!("switch_event_add_header_string: {event:p} is not a live event"),
+        );
         return SWITCH_STATUS_FALSE;
     };
     let (Some(name), Some(value)) = (name, value) else {
@@ -867,7 +931,10 @@ pub unsafe extern "C" fn switch_event_fire_detailed(
     let mut events = lock(&host().events);
     let Some(live) = events.live.remove(&(handle as usize)) else {
         drop(events);
-        violation(None, format!("switch_event_fire_detailed: {handle:p} is not a live event (fired twice?)"));
+        violation(
+            None,
+            format!("switch_event_fire_detailed: {handle:p} is not a live event (fired twice?)"),
+        );
         return SWITCH_STATUS_FALSE;
     };
     // SAFETY: C strings from the module (or NULL).

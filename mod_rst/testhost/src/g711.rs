@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(tone_period(0.0, 8000), None);
         assert_eq!(tone_period(440.5, 8000), None);
         assert_eq!(tone_sample(1000.0, 8000.0, 8000, 2), 8000);
-        assert_eq!(tone_sample(1013.0, 8000.0, 8000, 8001), tone_sample(1013.0, 8000.0, 8000, 1));
+        assert_eq!(
+            tone_sample(1013.0, 8000.0, 8000, 8001),
+            tone_sample(1013.0, 8000.0, 8000, 1)
+        );
     }
 
     #[test]

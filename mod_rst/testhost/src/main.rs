@@ -77,6 +77,7 @@ fn quit(stdout: &mut std::io::Stdout) -> ! {
     for session in &sessions {
         media::join(session);
     }
+    module::remove_copy();
     let fresh = state::new_violations();
     let _ = writeln!(
         stdout,
@@ -106,7 +107,11 @@ fn options(words: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn option<T: std::str::FromStr>(opts: &[(String, String)], key: &str, default: T) -> Result<T, String> {
+fn option<T: std::str::FromStr>(
+    opts: &[(String, String)],
+    key: &str,
+    default: T,
+) -> Result<T, String> {
     match opts.iter().find(|(k, _)| k == key) {
         Some((_, v)) => v.parse().map_err(|_| format!("bad {key}={v}")),
         None => Ok(default),
@@ -160,7 +165,10 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
                 ("destination_number".into(), String::new()),
                 ("channel_name".into(), format!("loopback/{uuid}-a")),
             ];
-            for (k, v) in opts.into_iter().filter(|(k, _)| k != "codec" && k != "rate") {
+            for (k, v) in opts
+                .into_iter()
+                .filter(|(k, _)| k != "codec" && k != "rate")
+            {
                 vars.retain(|(old, _)| *old != k);
                 vars.push((k, v));
             }
@@ -195,7 +203,9 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
         "media" => {
             let (uuid, rest) = split_word(rest);
             let (seconds, rest) = split_word(rest);
-            let seconds: f64 = seconds.parse().map_err(|_| "usage: media UUID SECONDS [read_hz=1013] [write_hz=487] [amp=8000]")?;
+            let seconds: f64 = seconds.parse().map_err(|_| {
+                "usage: media UUID SECONDS [read_hz=1013] [write_hz=487] [amp=8000]"
+            })?;
             let opts = options(rest);
             let amp: f64 = option(&opts, "amp", 8000.0)?;
             let spec = media::MediaSpec {
@@ -237,7 +247,9 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             let s = session(uuid)?;
             lock(&host().by_uuid).remove(uuid);
             let closed = media::hangup(&s);
-            Ok(json!({"bugs_closed": closed, "locks_at_hangup": s.locks_at_hangup.load(Ordering::SeqCst)}))
+            Ok(
+                json!({"bugs_closed": closed, "locks_at_hangup": s.locks_at_hangup.load(Ordering::SeqCst)}),
+            )
         }
         "sleep" => {
             let ms: u64 = split_word(rest).0.parse().map_err(|_| "usage: sleep MS")?;
@@ -254,7 +266,8 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
         }
         "logs" => {
             let mut logs = lock(&host().logs);
-            let result = json!({"logs": logs.entries, "dropped": logs.dropped, "by_level": logs.by_level});
+            let result =
+                json!({"logs": logs.entries, "dropped": logs.dropped, "by_level": logs.by_level});
             if split_word(rest).0 == "clear" {
                 logs.entries.clear();
             }
@@ -271,7 +284,7 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
         }
         "summary" => Ok(summary()),
         "violations" => Ok(json!({"all": lock(&host().violations).all})),
-        "selftest" => Ok(selftest()),
+        "selftest" => Ok(selftest(rest)),
         _ => Err(format!("unknown command {cmd}")),
     }
 }
@@ -293,10 +306,7 @@ fn summary() -> Value {
     let mut attached = 0;
     for s in &sessions {
         if let Some(all) = lock(&s.timings).get("ALL") {
-            total.count += all.count;
-            total.total_ns += all.total_ns;
-            total.max_ns = total.max_ns.max(all.max_ns);
-            total.over_1ms += all.over_1ms;
+            total.merge(all);
         }
         locks_held += s.locks.load(Ordering::SeqCst);
         bad_unlocks += s.bad_unlocks.load(Ordering::SeqCst);
@@ -305,7 +315,11 @@ fn summary() -> Value {
     let callbacks_after_close: u64 = host
         .bugs
         .read()
-        .map(|b| b.values().map(|b| b.callbacks_after_close.load(Ordering::SeqCst)).sum())
+        .map(|b| {
+            b.values()
+                .map(|b| b.callbacks_after_close.load(Ordering::SeqCst))
+                .sum()
+        })
         .unwrap_or(0);
     let logs = lock(&host.logs);
     let events = lock(&host.events);
@@ -327,11 +341,17 @@ fn summary() -> Value {
     })
 }
 
-/// Checks that every `switch_*` function resolves from the executable, as the
-/// dlopen'ed module will need.
-fn selftest() -> Value {
+/// Checks that every `switch_*` function (or each name given) resolves from
+/// the executable, as the dlopen'ed module will need.
+fn selftest(names: &str) -> Value {
     let mut missing = Vec::new();
-    for name in exports::NAMES {
+    let given: Vec<&str> = names.split_whitespace().collect();
+    let names: &[&str] = if given.is_empty() {
+        exports::NAMES
+    } else {
+        &given
+    };
+    for name in names {
         let c_name = std::ffi::CString::new(*name).unwrap_or_default();
         // SAFETY: dlsym in the global scope for a plain symbol name.
         let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c_name.as_ptr()) };
@@ -339,5 +359,5 @@ fn selftest() -> Value {
             missing.push(*name);
         }
     }
-    json!({"exported": exports::NAMES.len(), "missing": missing})
+    json!({"checked": names.len(), "missing": missing})
 }

@@ -189,7 +189,9 @@ fn run(session: &Arc<Session>, spec: MediaSpec, frames: u64) {
 fn note(sent: &mut Sent, kind: CodecKind, rate: u32, hz: f64, amp: f64) -> u64 {
     let first = sent.next_sample;
     match sent.segments.last_mut() {
-        Some(last) if last.codec == kind && last.rate == rate && last.hz == hz && last.amp == amp => {
+        Some(last)
+            if last.codec == kind && last.rate == rate && last.hz == hz && last.amp == amp =>
+        {
             last.frames += 1;
         }
         _ => sent.segments.push(Segment {
@@ -208,6 +210,7 @@ fn note(sent: &mut Sent, kind: CodecKind, rate: u32, hz: f64, amp: f64) -> u64 {
 }
 
 fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut Frame, k: u64) {
+    let io = lock(&session.codec_io);
     let (kind, rate) = *lock(&session.codec);
     let (first_read, first_write) = {
         let mut media = lock(&session.media);
@@ -215,15 +218,33 @@ fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut 
         let w = note(&mut media.write, kind, rate, spec.write_hz, spec.write_amp);
         (r, w)
     };
-    read.fill(kind, rate, spec.read_hz, spec.read_amp, first_read, session.read_codec.pointer(), k as u16);
-    write.fill(kind, rate, spec.write_hz, spec.write_amp, first_write, session.write_codec.pointer(), k as u16);
+    read.fill(
+        kind,
+        rate,
+        spec.read_hz,
+        spec.read_amp,
+        first_read,
+        session.read_codec.pointer(),
+        k as u16,
+    );
+    write.fill(
+        kind,
+        rate,
+        spec.write_hz,
+        spec.write_amp,
+        first_write,
+        session.write_codec.pointer(),
+        k as u16,
+    );
     let now_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let mut prune = false;
     {
         let list = session.bug_list.read().unwrap_or_else(|e| e.into_inner());
-        let ready = |b: &Bug| b.state.load(Ordering::SeqCst) == BUG_READY && !b.prune.load(Ordering::SeqCst);
+        let ready = |b: &Bug| {
+            b.state.load(Ordering::SeqCst) == BUG_READY && !b.prune.load(Ordering::SeqCst)
+        };
         let native = |b: &Bug| b.has(SMBF_TAP_NATIVE_READ) || b.has(SMBF_TAP_NATIVE_WRITE);
         let mut run = |bug: &Arc<Bug>, abc: u32| {
             if !bug.invoke(abc) {
@@ -232,25 +253,42 @@ fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut 
             }
         };
         // The read path: native tap, then the decoded stream, then the ping.
-        for bug in list.iter().filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_READ)) {
+        for bug in list
+            .iter()
+            .filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_READ))
+        {
             bug.native_read.store(&mut *read.frame, Ordering::SeqCst);
             run(bug, SWITCH_ABC_TYPE_TAP_NATIVE_READ);
-            bug.native_read.store(std::ptr::null_mut(), Ordering::SeqCst);
+            bug.native_read
+                .store(std::ptr::null_mut(), Ordering::SeqCst);
         }
-        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_STREAM)) {
+        for bug in list
+            .iter()
+            .filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_STREAM))
+        {
             bug.push_read(read.linear());
             run(bug, SWITCH_ABC_TYPE_READ);
         }
-        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_PING)) {
+        for bug in list
+            .iter()
+            .filter(|b| ready(b) && !native(b) && b.has(SMBF_READ_PING))
+        {
             run(bug, SWITCH_ABC_TYPE_READ_PING);
         }
         // The write path.
-        for bug in list.iter().filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_WRITE)) {
+        for bug in list
+            .iter()
+            .filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_WRITE))
+        {
             bug.native_write.store(&mut *write.frame, Ordering::SeqCst);
             run(bug, SWITCH_ABC_TYPE_TAP_NATIVE_WRITE);
-            bug.native_write.store(std::ptr::null_mut(), Ordering::SeqCst);
+            bug.native_write
+                .store(std::ptr::null_mut(), Ordering::SeqCst);
         }
-        for bug in list.iter().filter(|b| ready(b) && !native(b) && b.has(SMBF_WRITE_STREAM)) {
+        for bug in list
+            .iter()
+            .filter(|b| ready(b) && !native(b) && b.has(SMBF_WRITE_STREAM))
+        {
             bug.push_write(write.linear());
             run(bug, SWITCH_ABC_TYPE_WRITE);
         }
@@ -264,6 +302,7 @@ fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut 
             }
         }
     }
+    drop(io);
     if prune {
         prune_bugs(session);
     }

@@ -72,7 +72,10 @@ pub(crate) fn create_module_interface(
         );
     }
     let Some(name) = name else {
-        violation(None, "switch_loadable_module_create_module_interface: NULL name");
+        violation(
+            None,
+            "switch_loadable_module_create_module_interface: NULL name",
+        );
         return ptr::null_mut();
     };
     // SAFETY: an all-zero interface is valid (NULL pointers, zero refs).
@@ -91,7 +94,9 @@ pub(crate) fn create_interface(
     if !lock(&INTERFACES).contains(&(module as usize)) {
         violation(
             None,
-            format!("switch_loadable_module_create_interface: {module:p} is not a module interface"),
+            format!(
+                "switch_loadable_module_create_interface: {module:p} is not a module interface"
+            ),
         );
         return ptr::null_mut();
     }
@@ -206,7 +211,10 @@ pub(crate) fn load(so_path: &Path, conf_dir: &Path) -> Result<Value, String> {
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.so"));
-    std::fs::copy(so_path, &path).map_err(|e| format!("copy {}: {e}", so_path.display()))?;
+    if let Err(e) = std::fs::copy(so_path, &path) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!("copy {}: {e}", so_path.display()));
+    }
     let tids_before: HashSet<i64> = threads().into_iter().map(|(t, _)| t).collect();
     let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: dlopen of a file we just copied; the module's initialisers run.
@@ -259,7 +267,10 @@ pub(crate) fn load(so_path: &Path, conf_dir: &Path) -> Result<Value, String> {
         return fail("load returned SUCCESS but no module interface".into());
     }
     if !lock(&INTERFACES).contains(&(iface as usize)) {
-        return fail("load returned an interface not made by switch_loadable_module_create_module_interface".into());
+        return fail(
+            "load returned an interface not made by switch_loadable_module_create_module_interface"
+                .into(),
+        );
     }
     let mut apps = Vec::new();
     let mut apis = Vec::new();
@@ -267,7 +278,10 @@ pub(crate) fn load(so_path: &Path, conf_dir: &Path) -> Result<Value, String> {
     unsafe {
         let module_name = c_text((*iface).module_name);
         if module_name.as_deref() != Some(name.as_str()) {
-            violation(None, format!("module interface named {module_name:?}, file is {name}.so"));
+            violation(
+                None,
+                format!("module interface named {module_name:?}, file is {name}.so"),
+            );
         }
         let mut app = (*iface).application_interface;
         while !app.is_null() {
@@ -279,7 +293,10 @@ pub(crate) fn load(so_path: &Path, conf_dir: &Path) -> Result<Value, String> {
                     short_desc: c_text((*app).short_desc),
                     flags: (*app).flags,
                 }),
-                other => violation(None, format!("application interface {other:?} without a name or function")),
+                other => violation(
+                    None,
+                    format!("application interface {other:?} without a name or function"),
+                ),
             }
             app = (*app).next;
         }
@@ -292,7 +309,10 @@ pub(crate) fn load(so_path: &Path, conf_dir: &Path) -> Result<Value, String> {
                     syntax: c_text((*api).syntax),
                     desc: c_text((*api).desc),
                 }),
-                other => violation(None, format!("API interface {other:?} without a name or function")),
+                other => violation(
+                    None,
+                    format!("API interface {other:?} without a name or function"),
+                ),
             }
             api = (*api).next;
         }
@@ -370,24 +390,40 @@ pub(crate) fn unload() -> Result<Value, String> {
         .map(|s| json!({"uuid": s.uuid, "locks": s.locks.load(Ordering::SeqCst)}))
         .collect();
     if !locks.is_empty() {
-        violation(None, format!("session read locks still held after shutdown: {locks:?}"));
+        violation(
+            None,
+            format!("session read locks still held after shutdown: {locks:?}"),
+        );
     }
     let open_xml = lock(&host.xml).open.len();
     if open_xml > 0 {
-        violation(None, format!("{open_xml} XML document(s) not freed with switch_xml_free"));
+        violation(
+            None,
+            format!("{open_xml} XML document(s) not freed with switch_xml_free"),
+        );
     }
     let (reserved, live_events) = {
         let events = lock(&host.events);
         (
             events.reserved.keys().cloned().collect::<Vec<_>>(),
-            events.live.values().map(|e| e.created_at.clone()).collect::<Vec<_>>(),
+            events
+                .live
+                .values()
+                .map(|e| e.created_at.clone())
+                .collect::<Vec<_>>(),
         )
     };
     if !reserved.is_empty() {
-        violation(None, format!("event subclasses still reserved after shutdown: {reserved:?}"));
+        violation(
+            None,
+            format!("event subclasses still reserved after shutdown: {reserved:?}"),
+        );
     }
     if !live_events.is_empty() {
-        violation(None, format!("events created but never fired: {live_events:?}"));
+        violation(
+            None,
+            format!("events created but never fired: {live_events:?}"),
+        );
     }
     // Threads the module started and did not join.
     let deadline = Instant::now() + Duration::from_millis(1000);
@@ -406,7 +442,10 @@ pub(crate) fn unload() -> Result<Value, String> {
         if runtime.is_finished() {
             let _ = runtime.join();
         } else {
-            violation(None, "the module's runtime function is still running after shutdown");
+            violation(
+                None,
+                "the module's runtime function is still running after shutdown",
+            );
         }
     }
     let mut dlclosed = false;
@@ -441,6 +480,13 @@ pub(crate) fn unload() -> Result<Value, String> {
     }))
 }
 
+/// Removes the temp copy of a module still loaded at exit (a mapped file may be unlinked).
+pub(crate) fn remove_copy() {
+    if let Some(loaded) = lock(&LOADED).as_ref() {
+        let _ = std::fs::remove_dir_all(&loaded.dir);
+    }
+}
+
 pub(crate) fn is_loaded() -> bool {
     lock(&LOADED).is_some()
 }
@@ -470,7 +516,9 @@ pub(crate) fn run_app(uuid: &str, name: &str, data: Option<&str>) -> Result<Valu
     let function = app.function.ok_or("application without a function")?;
     let started = Instant::now();
     // SAFETY: called as FreeSWITCH calls an application: the session and its data.
-    entry("application", || unsafe { function(session.pointer(), data_ptr) });
+    entry("application", || unsafe {
+        function(session.pointer(), data_ptr)
+    });
     Ok(json!({"duration_ms": started.elapsed().as_secs_f64() * 1000.0}))
 }
 
@@ -499,7 +547,11 @@ pub(crate) fn run_api(name: &str, cmd: Option<&str>) -> Result<Value, String> {
     let started = Instant::now();
     // SAFETY: called as switch_api_execute calls it.
     let status = entry("api", || unsafe {
-        function(cmd_ptr, ptr::null_mut(), stream.cast::<switch_stream_handle_t>())
+        function(
+            cmd_ptr,
+            ptr::null_mut(),
+            stream.cast::<switch_stream_handle_t>(),
+        )
     });
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status != SWITCH_STATUS_SUCCESS {

@@ -86,7 +86,9 @@ pub(crate) struct Violations {
 /// log as an error). Never panics.
 pub(crate) fn violation(uuid: Option<&str>, what: impl Into<String>) {
     let what = what.into();
-    let context = IN_CALLBACK.with(|c| c.get()).map(|(_, _, abc)| abc_name(abc));
+    let context = IN_CALLBACK
+        .with(|c| c.get())
+        .map(|(_, _, abc)| abc_name(abc));
     let entry = json!({"uuid": uuid, "what": what, "in_callback": context});
     if host().verbose.load(Ordering::Relaxed) {
         eprintln!("fs-testhost VIOLATION: {entry}");
@@ -272,25 +274,57 @@ pub(crate) struct Timing {
     pub(crate) total_ns: u128,
     pub(crate) max_ns: u64,
     pub(crate) over_1ms: u64,
+    /// CPU time of the calling thread: unlike wall time, not inflated when the
+    /// machine is overloaded and the thread is preempted.
+    pub(crate) cpu_total_ns: u128,
+    pub(crate) cpu_max_ns: u64,
+}
+
+/// This thread's CPU time, in ns.
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 impl Timing {
-    pub(crate) fn add(&mut self, ns: u64) {
+    pub(crate) fn add(&mut self, ns: u64, cpu_ns: u64) {
         self.count += 1;
         self.total_ns += u128::from(ns);
         self.max_ns = self.max_ns.max(ns);
         if ns > 1_000_000 {
             self.over_1ms += 1;
         }
+        self.cpu_total_ns += u128::from(cpu_ns);
+        self.cpu_max_ns = self.cpu_max_ns.max(cpu_ns);
+    }
+
+    pub(crate) fn merge(&mut self, other: &Timing) {
+        self.count += other.count;
+        self.total_ns += other.total_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.over_1ms += other.over_1ms;
+        self.cpu_total_ns += other.cpu_total_ns;
+        self.cpu_max_ns = self.cpu_max_ns.max(other.cpu_max_ns);
     }
 
     pub(crate) fn to_json(self) -> Value {
-        let mean = if self.count == 0 {
-            0
-        } else {
-            (self.total_ns / u128::from(self.count)) as u64
+        let mean = |total: u128| {
+            if self.count == 0 {
+                0
+            } else {
+                (total / u128::from(self.count)) as u64
+            }
         };
-        json!({"count": self.count, "mean_ns": mean, "max_ns": self.max_ns, "over_1ms": self.over_1ms})
+        json!({
+            "count": self.count, "mean_ns": mean(self.total_ns), "max_ns": self.max_ns,
+            "over_1ms": self.over_1ms,
+            "cpu_mean_ns": mean(self.cpu_total_ns), "cpu_max_ns": self.cpu_max_ns,
+        })
     }
 }
 
@@ -351,6 +385,9 @@ pub(crate) struct Session {
     pub(crate) read_codec: Box<CodecCell>,
     pub(crate) write_codec: Box<CodecCell>,
     pub(crate) codec: Mutex<(CodecKind, u32)>,
+    /// Held by the media thread for a whole tick and by a codec change, as
+    /// FreeSWITCH's codec_read/write mutexes: a re-INVITE never lands mid-frame.
+    pub(crate) codec_io: Mutex<()>,
     /// Read locks the module holds now.
     pub(crate) locks: AtomicI64,
     pub(crate) locates: AtomicU64,
@@ -393,16 +430,17 @@ impl Session {
     }
 
     pub(crate) fn set_codec(&self, kind: CodecKind, rate: u32) {
+        let _io = lock(&self.codec_io);
         let mut codec = lock(&self.codec);
         self.read_codec.set(kind, rate);
         self.write_codec.set(kind, rate);
         *codec = (kind, rate);
     }
 
-    pub(crate) fn time(&self, abc: u32, ns: u64) {
+    pub(crate) fn time(&self, abc: u32, ns: u64, cpu_ns: u64) {
         let mut timings = lock(&self.timings);
-        timings.entry(abc_name(abc)).or_default().add(ns);
-        timings.entry("ALL").or_default().add(ns);
+        timings.entry(abc_name(abc)).or_default().add(ns, cpu_ns);
+        timings.entry("ALL").or_default().add(ns, cpu_ns);
     }
 
     /// Marks the session destroyed once it is hung up and unlocked.
@@ -449,7 +487,12 @@ impl Session {
 }
 
 /// Creates a session (a new answered channel) and registers it.
-pub(crate) fn create_session(uuid: &str, vars: &[(String, String)], kind: CodecKind, rate: u32) -> Arc<Session> {
+pub(crate) fn create_session(
+    uuid: &str,
+    vars: &[(String, String)],
+    kind: CodecKind,
+    rate: u32,
+) -> Arc<Session> {
     let host = host();
     let session = Arc::new(Session {
         id: host.next_id.fetch_add(1, Ordering::SeqCst) + 1,
@@ -461,6 +504,7 @@ pub(crate) fn create_session(uuid: &str, vars: &[(String, String)], kind: CodecK
         read_codec: CodecCell::new(kind, rate),
         write_codec: CodecCell::new(kind, rate),
         codec: Mutex::new((kind, rate)),
+        codec_io: Mutex::new(()),
         locks: AtomicI64::new(0),
         locates: AtomicU64::new(0),
         failed_locates: AtomicU64::new(0),
@@ -498,7 +542,10 @@ pub(crate) fn create_session(uuid: &str, vars: &[(String, String)], kind: CodecK
 }
 
 /// The session behind a pointer the module passed, or a violation.
-pub(crate) fn session_of(pointer: *mut switch_core_session_t, function: &str) -> Option<Arc<Session>> {
+pub(crate) fn session_of(
+    pointer: *mut switch_core_session_t,
+    function: &str,
+) -> Option<Arc<Session>> {
     if pointer.is_null() {
         violation(None, format!("{function}: NULL session"));
         return None;
@@ -518,7 +565,9 @@ pub(crate) fn session_of(pointer: *mut switch_core_session_t, function: &str) ->
             if session.destroyed.load(Ordering::SeqCst) {
                 violation(
                     Some(&session.uuid),
-                    format!("{function}: session used after it was destroyed (hung up and unlocked)"),
+                    format!(
+                        "{function}: session used after it was destroyed (hung up and unlocked)"
+                    ),
                 );
             }
             Some(session)
@@ -526,7 +575,10 @@ pub(crate) fn session_of(pointer: *mut switch_core_session_t, function: &str) ->
     }
 }
 
-pub(crate) fn session_of_channel(pointer: *mut switch_channel_t, function: &str) -> Option<Arc<Session>> {
+pub(crate) fn session_of_channel(
+    pointer: *mut switch_channel_t,
+    function: &str,
+) -> Option<Arc<Session>> {
     if pointer.is_null() {
         violation(None, format!("{function}: NULL channel"));
         return None;
@@ -643,13 +695,15 @@ impl Bug {
             return true;
         };
         let previous = IN_CALLBACK.with(|c| c.replace(Some((self.session.id, self.id, abc))));
+        let cpu_started = thread_cpu_ns();
         let started = Instant::now();
         // SAFETY: the module gave us this callback and user_data for this bug;
         // it is called exactly as FreeSWITCH calls it.
         let result = unsafe { callback(self.pointer(), self.user_data as *mut c_void, abc) };
         let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
         IN_CALLBACK.with(|c| c.set(previous));
-        self.session.time(abc, ns);
+        self.session.time(abc, ns, cpu_ns);
         result != SWITCH_FALSE
     }
 
@@ -688,13 +742,19 @@ impl Bug {
         let stereo = self.has(SMBF_STEREO);
         let out_bytes = if stereo { bytes * 2 } else { bytes };
         if frame.data.is_null() {
-            violation(Some(&self.session.uuid), "switch_core_media_bug_read: frame->data is NULL");
+            violation(
+                Some(&self.session.uuid),
+                "switch_core_media_bug_read: frame->data is NULL",
+            );
             return SWITCH_STATUS_FALSE;
         }
         if (frame.buflen as usize) < bytes {
             violation(
                 Some(&self.session.uuid),
-                format!("switch_core_media_bug_read: frame buffer too small ({} < {bytes})", frame.buflen),
+                format!(
+                    "switch_core_media_bug_read: frame buffer too small ({} < {bytes})",
+                    frame.buflen
+                ),
             );
             return SWITCH_STATUS_FALSE;
         }
@@ -787,7 +847,11 @@ impl Bug {
         }
         // SAFETY: `data` holds at least `buflen >= out_bytes` bytes (checked above).
         unsafe {
-            ptr::copy_nonoverlapping(out.as_ptr().cast::<u8>(), frame.data.cast::<u8>(), out_bytes);
+            ptr::copy_nonoverlapping(
+                out.as_ptr().cast::<u8>(),
+                frame.data.cast::<u8>(),
+                out_bytes,
+            );
         }
         frame.datalen = out_bytes as u32;
         frame.samples = samples as u32;
@@ -841,9 +905,8 @@ pub(crate) fn remove_all_bugs(session: &Arc<Session>) -> usize {
 pub(crate) fn prune_bugs(session: &Arc<Session>) {
     let pruned: Vec<Arc<Bug>> = {
         let mut list = session.bug_list.write().unwrap_or_else(|e| e.into_inner());
-        let (gone, kept): (Vec<_>, Vec<_>) = list
-            .drain(..)
-            .partition(|b| b.prune.load(Ordering::SeqCst));
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            list.drain(..).partition(|b| b.prune.load(Ordering::SeqCst));
         *list = kept;
         gone
     };

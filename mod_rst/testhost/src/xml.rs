@@ -16,6 +16,8 @@ use crate::types::{switch_bool_t, switch_xml, switch_xml_t, SWITCH_FALSE, SWITCH
 /// (the host keeps them), so a module that uses a freed tree is reported, not
 /// crashed.
 pub(crate) struct XmlDoc {
+    // Boxed: the module holds pointers to nodes, which must not move as the Vec grows.
+    #[allow(clippy::vec_box)]
     nodes: Vec<Box<switch_xml>>,
     strings: Vec<CString>,
     attrs: Vec<Box<[*mut c_char]>>,
@@ -56,10 +58,18 @@ impl XmlDoc {
             root: ptr::null_mut(),
             config: ptr::null_mut(),
         };
-        let root = doc.node("document", &[("type", "freeswitch/xml")], "", ptr::null_mut());
+        let root = doc.node(
+            "document",
+            &[("type", "freeswitch/xml")],
+            "",
+            ptr::null_mut(),
+        );
         let section = doc.node(
             "section",
-            &[("name", "configuration"), ("description", "Various Configuration")],
+            &[
+                ("name", "configuration"),
+                ("description", "Various Configuration"),
+            ],
             "",
             root,
         );

@@ -24,14 +24,21 @@ fn loads_lists_its_interfaces_and_unloads() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     assert!(apps.contains(&"rst"), "{loaded}");
-    assert!(apis.contains(&"uuid_rst") && apis.contains(&"rst_stop"), "{loaded}");
+    assert!(
+        apis.contains(&"uuid_rst") && apis.contains(&"rst_stop"),
+        "{loaded}"
+    );
     let events = host.ok("events");
     for subclass in ["rst::start", "rst::stop", "rst::error"] {
         assert!(events["reserved"].get(subclass).is_some(), "{events}");
     }
     let unloaded = host.ok("unload");
     assert_eq!(unloaded["status"], 0);
-    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(
+        unloaded["threads_left"],
+        serde_json::json!([]),
+        "{unloaded}"
+    );
     assert_eq!(unloaded["dlclosed"], true);
     let summary = host.ok("summary");
     assert_eq!(summary["xml_opened"], summary["xml_freed"], "{summary}");
@@ -54,7 +61,11 @@ fn payload_type(codec: &str) -> u64 {
 /// One call in `codec`, one second of READ_HZ read and WRITE_HZ write, streamed
 /// with the configured `audio`; returns the receiver (it owns the files), the
 /// record and the host's stats.
-fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value, serde_json::Value) {
+fn one_call(
+    audio: &str,
+    codec: &str,
+    rate: u32,
+) -> (Receiver, serde_json::Value, serde_json::Value) {
     let receiver = Receiver::start();
     let conf = conf_for(&receiver, &[("audio", audio)]);
     let mut host = Host::start();
@@ -64,7 +75,9 @@ fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value
         "session {u} caller_id_number=1001 destination_number=1002 codec={codec} rate={rate}"
     ));
     host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
+    host.ok(&format!(
+        "media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
     host.ok("wait");
     let hangup = host.ok(&format!("hangup {u}"));
     assert_eq!(hangup["bugs_closed"], 1, "{hangup}");
@@ -82,7 +95,11 @@ fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value
             )
         })
         .collect();
-    assert_eq!(names, [("rst::start", u.as_str()), ("rst::stop", u.as_str())], "{events}");
+    assert_eq!(
+        names,
+        [("rst::start", u.as_str()), ("rst::stop", u.as_str())],
+        "{events}"
+    );
     finish(host);
     assert_eq!(record["caller"], "1001", "{record}");
     assert_eq!(record["callee"], "1002", "{record}");
@@ -92,10 +109,16 @@ fn one_call(audio: &str, codec: &str, rate: u32) -> (Receiver, serde_json::Value
 
 fn native_tone_recorded_exactly(codec: &str) {
     let (_receiver, record, stats) = one_call("native", codec, 8000);
-    for (dir, hz, key) in [("R", READ_HZ, "TAP_NATIVE_READ"), ("W", WRITE_HZ, "TAP_NATIVE_WRITE")] {
+    for (dir, hz, key) in [
+        ("R", READ_HZ, "TAP_NATIVE_READ"),
+        ("W", WRITE_HZ, "TAP_NATIVE_WRITE"),
+    ] {
         let direction = &record["directions"][dir];
         assert_eq!(direction["codecs"], serde_json::json!([codec]), "{record}");
-        assert_eq!(direction["payload_types"], serde_json::json!([payload_type(codec)]));
+        assert_eq!(
+            direction["payload_types"],
+            serde_json::json!([payload_type(codec)])
+        );
         assert_eq!(direction["packets"], 50, "{record}");
         let (spec, samples) = direction_wav(&record, dir);
         assert_eq!(spec.sample_rate, 8000);
@@ -132,7 +155,11 @@ fn l16_recorded_exactly(codec: &str, rate: u32) {
     let frame = (rate / 50) as usize;
     for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let direction = &record["directions"][dir];
-        assert_eq!(direction["payload_types"], serde_json::json!([10]), "{record}");
+        assert_eq!(
+            direction["payload_types"],
+            serde_json::json!([10]),
+            "{record}"
+        );
         let (spec, samples) = direction_wav(&record, dir);
         assert_eq!(spec.sample_rate, rate, "{dir}: {record}");
         let (fill_frames, audio) = without_fill(&samples, frame);
@@ -176,17 +203,32 @@ fn uuid_rst_with_an_unknown_uuid_is_a_clear_error() {
     let answer = host.ok("api uuid_rst 00000000-0000-0000-0000-00000000dead");
     let output = answer["output"].as_str().unwrap();
     assert!(output.starts_with("-ERR"), "{answer}");
-    assert!(output.contains("00000000-0000-0000-0000-00000000dead"), "{answer}");
-    for command in ["api uuid_rst", "api_null uuid_rst", "api rst_stop", "api rst_stop nope", "api uuid_rst a b c d"] {
+    assert!(
+        output.contains("00000000-0000-0000-0000-00000000dead"),
+        "{answer}"
+    );
+    for command in [
+        "api uuid_rst",
+        "api_null uuid_rst",
+        "api rst_stop",
+        "api rst_stop nope",
+        "api uuid_rst a b c d",
+    ] {
         let answer = host.ok(command);
-        assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{command}: {answer}");
+        assert!(
+            answer["output"].as_str().unwrap().starts_with("-ERR"),
+            "{command}: {answer}"
+        );
     }
     // A hung-up channel cannot be found any more.
     let u = uuid(7);
     session(&mut host, &u);
     host.ok(&format!("hangup {u}"));
     let answer = host.ok(&format!("api uuid_rst {u}"));
-    assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("-ERR"),
+        "{answer}"
+    );
     finish(host);
 }
 
@@ -220,15 +262,25 @@ fn the_application_run_twice_gives_one_stream() {
     host.ok(&format!("app {u} rst"));
     host.ok(&format!("app {u} rst"));
     let answer = host.ok(&format!("api uuid_rst {u}"));
-    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("+OK"),
+        "{answer}"
+    );
     host.ok(&format!("media {u} 0.5"));
     host.ok("wait");
     let stats = host.ok(&format!("stats {u}"));
     assert_eq!(stats["bugs_added"], 1, "{stats}");
-    assert_eq!(stats["callbacks"]["TAP_NATIVE_READ"]["count"], 25, "{stats}");
+    assert_eq!(
+        stats["callbacks"]["TAP_NATIVE_READ"]["count"], 25,
+        "{stats}"
+    );
     host.ok(&format!("hangup {u}"));
     let records = receiver.wait_records(1);
-    assert_eq!(records[0]["directions"]["R"]["packets"], 25, "{}", records[0]);
+    assert_eq!(
+        records[0]["directions"]["R"]["packets"], 25,
+        "{}",
+        records[0]
+    );
     finish(host);
 }
 
@@ -239,14 +291,23 @@ fn uuid_rst_stop_and_rst_stop_end_the_stream_while_the_call_goes_on() {
     for u in [&u1, &u2] {
         session(&mut host, u);
         let answer = host.ok(&format!("api uuid_rst {u}"));
-        assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+        assert!(
+            answer["output"].as_str().unwrap().starts_with("+OK"),
+            "{answer}"
+        );
         host.ok(&format!("media {u} 2"));
     }
     host.ok("sleep 600");
     let answer = host.ok(&format!("api uuid_rst {u1} stop"));
-    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("+OK"),
+        "{answer}"
+    );
     let answer = host.ok(&format!("api rst_stop {u2}"));
-    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("+OK"),
+        "{answer}"
+    );
     // Both records end with BYE while the calls are still up.
     for u in [&u1, &u2] {
         let record = receiver.record(u);
@@ -258,14 +319,23 @@ fn uuid_rst_stop_and_rst_stop_end_the_stream_while_the_call_goes_on() {
     }
     // Stopping again is an error, not a crash; starting again is a new stream.
     let answer = host.ok(&format!("api rst_stop {u1}"));
-    assert!(answer["output"].as_str().unwrap().starts_with("-ERR"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("-ERR"),
+        "{answer}"
+    );
     let answer = host.ok(&format!("api uuid_rst {u1}"));
-    assert!(answer["output"].as_str().unwrap().starts_with("+OK"), "{answer}");
+    assert!(
+        answer["output"].as_str().unwrap().starts_with("+OK"),
+        "{answer}"
+    );
     host.ok("wait");
     host.ok(&format!("hangup {u1}"));
     host.ok(&format!("hangup {u2}"));
     let records = receiver.wait_records(3);
-    assert!(records.iter().all(|r| r["end_reason"] == "bye"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r["end_reason"] == "bye"),
+        "{records:?}"
+    );
     let events = host.ok("events");
     let stops = events["events"]
         .as_array()
@@ -289,8 +359,16 @@ fn unload_with_calls_in_progress_ends_them_with_bye() {
     host.ok("sleep 500");
     let unloaded = host.ok("unload");
     assert_eq!(unloaded["status"], 0, "{unloaded}");
-    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
-    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(
+        unloaded["orphaned_bugs"],
+        serde_json::json!([]),
+        "{unloaded}"
+    );
+    assert_eq!(
+        unloaded["threads_left"],
+        serde_json::json!([]),
+        "{unloaded}"
+    );
     assert_eq!(unloaded["dlclosed"], true, "{unloaded}");
     for u in &calls {
         let record = receiver.record(u);
@@ -317,15 +395,25 @@ fn a_codec_change_mid_call_is_followed() {
     let u = uuid(20);
     session(&mut host, &u);
     host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
+    host.ok(&format!(
+        "media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
     host.ok("sleep 500");
     host.ok(&format!("codec {u} PCMA"));
     host.ok("wait");
     let stats = host.ok(&format!("stats {u}"));
     host.ok(&format!("hangup {u}"));
     let record = receiver.record(&u);
-    assert_eq!(record["directions"]["R"]["codecs"], serde_json::json!(["PCMU", "PCMA"]), "{record}");
-    assert_eq!(record["directions"]["W"]["payload_types"], serde_json::json!([0, 8]), "{record}");
+    assert_eq!(
+        record["directions"]["R"]["codecs"],
+        serde_json::json!(["PCMU", "PCMA"]),
+        "{record}"
+    );
+    assert_eq!(
+        record["directions"]["W"]["payload_types"],
+        serde_json::json!([0, 8]),
+        "{record}"
+    );
     // Sample for sample, segment by segment, as the host sent them.
     for (dir, key, hz) in [("R", "read", READ_HZ), ("W", "write", WRITE_HZ)] {
         let mut expected = Vec::new();

@@ -32,7 +32,13 @@ pub fn module_path() -> PathBuf {
         );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|dir| if dir.is_relative() { workspace.join(dir) } else { dir })
+            .map(|dir| {
+                if dir.is_relative() {
+                    workspace.join(dir)
+                } else {
+                    dir
+                }
+            })
             .unwrap_or_else(|| workspace.join("target"));
         let path = target.join("debug").join("libmod_rst.so");
         assert!(path.exists(), "{} was not built", path.display());
@@ -98,7 +104,12 @@ impl Receiver {
         loop {
             let records = records_in(self.dir.path());
             if records.len() >= count || Instant::now() > deadline {
-                assert_eq!(records.len(), count, "records in {}", self.dir.path().display());
+                assert_eq!(
+                    records.len(),
+                    count,
+                    "records in {}",
+                    self.dir.path().display()
+                );
                 return records;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -153,7 +164,13 @@ impl ExternalReceiver {
         );
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|dir| if dir.is_relative() { workspace.join(dir) } else { dir })
+            .map(|dir| {
+                if dir.is_relative() {
+                    workspace.join(dir)
+                } else {
+                    dir
+                }
+            })
             .unwrap_or_else(|| workspace.join("target"));
         let dir = tempfile::tempdir().unwrap();
         // A free port: bound and released (a tiny race, fine on a test machine).
@@ -166,6 +183,7 @@ impl ExternalReceiver {
             .arg(addr.to_string())
             .arg("--record-dir")
             .arg(dir.path())
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -194,7 +212,12 @@ impl ExternalReceiver {
         loop {
             let records = records_in(self.dir.path());
             if records.len() >= count || Instant::now() > deadline {
-                assert_eq!(records.len(), count, "records in {}", self.dir.path().display());
+                assert_eq!(
+                    records.len(),
+                    count,
+                    "records in {}",
+                    self.dir.path().display()
+                );
                 return records;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -240,9 +263,8 @@ pub fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 pub fn conf_dir(params: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("autoload_configs")).unwrap();
-    let mut xml = String::from(
-        "<configuration name=\"rst.conf\" description=\"rst test\">\n  <settings>\n",
-    );
+    let mut xml =
+        String::from("<configuration name=\"rst.conf\" description=\"rst test\">\n  <settings>\n");
     for (name, value) in params {
         xml.push_str(&format!("    <param name=\"{name}\" value=\"{value}\"/>\n"));
     }
@@ -259,7 +281,10 @@ pub fn conf_for(receiver: &Receiver, extra: &[(&str, &str)]) -> tempfile::TempDi
 pub fn conf_for_addr(addr: SocketAddr, extra: &[(&str, &str)]) -> tempfile::TempDir {
     let ip = addr.ip().to_string();
     let port = addr.port().to_string();
-    let mut params = vec![("udp-server-ip", ip.as_str()), ("udp-server-port", port.as_str())];
+    let mut params = vec![
+        ("udp-server-ip", ip.as_str()),
+        ("udp-server-port", port.as_str()),
+    ];
     params.extend_from_slice(extra);
     conf_dir(&params)
 }
@@ -366,8 +391,16 @@ impl Drop for Host {
 /// no violation recorded at any point.
 pub fn finish(mut host: Host) {
     let unloaded = host.ok("unload");
-    assert_eq!(unloaded["orphaned_bugs"], serde_json::json!([]), "{unloaded}");
-    assert_eq!(unloaded["threads_left"], serde_json::json!([]), "{unloaded}");
+    assert_eq!(
+        unloaded["orphaned_bugs"],
+        serde_json::json!([]),
+        "{unloaded}"
+    );
+    assert_eq!(
+        unloaded["threads_left"],
+        serde_json::json!([]),
+        "{unloaded}"
+    );
     let summary = host.ok("summary");
     assert_eq!(summary["locks_held"], 0, "{summary}");
     assert_eq!(summary["bad_unlocks"], 0, "{summary}");
@@ -475,8 +508,7 @@ pub fn heard(codec: &str, samples: &[i16]) -> Vec<i16> {
 
 /// The samples of a WAV, with its spec.
 pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
-    let reader =
-        hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let spec = reader.spec();
     (spec, reader.into_samples().map(Result::unwrap).collect())
 }
