@@ -112,7 +112,9 @@ impl Counters {
 
     /// Every error kind with its count, zeros included, in a fixed order.
     pub fn errors(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
-        ErrorKind::ALL.iter().map(|k| (*k, self.errors[*k as usize]))
+        ErrorKind::ALL
+            .iter()
+            .map(|k| (*k, self.errors[*k as usize]))
     }
 
     fn count(&mut self, e: &DecodeError) {
@@ -253,9 +255,9 @@ impl Decoder {
             return self.upper(now, ip.src, ip.dst, ip.protocol, ip.payload, depth, out);
         };
         self.counters.fragments += 1;
-        let Some(whole) = self
-            .frags
-            .insert(now, ip.src, ip.dst, ip.protocol, fragment, ip.payload)?
+        let Some(whole) =
+            self.frags
+                .insert(now, ip.src, ip.dst, ip.protocol, fragment, ip.payload)?
         else {
             return Ok(());
         };
@@ -264,9 +266,19 @@ impl Decoder {
         // copied out of them.
         let mut local = Vec::new();
         let result = match net {
-            Network::Ipv4 => self.upper(now, ip.src, ip.dst, whole.protocol, &whole.payload, depth, &mut local),
+            Network::Ipv4 => self.upper(
+                now,
+                ip.src,
+                ip.dst,
+                whole.protocol,
+                &whole.payload,
+                depth,
+                &mut local,
+            ),
             Network::Ipv6 => match skip_extensions(whole.protocol, &whole.payload) {
-                Ok((protocol, payload)) => self.upper(now, ip.src, ip.dst, protocol, payload, depth, &mut local),
+                Ok((protocol, payload)) => {
+                    self.upper(now, ip.src, ip.dst, protocol, payload, depth, &mut local)
+                }
                 Err(e) => Err(e),
             },
         };
@@ -339,7 +351,12 @@ impl Decoder {
     }
 }
 
-fn push_chunks<'b>(counters: &mut Counters, now: Duration, chunks: Vec<Chunk<'b>>, out: &mut Vec<Datagram<'b>>) {
+fn push_chunks<'b>(
+    counters: &mut Counters,
+    now: Duration,
+    chunks: Vec<Chunk<'b>>,
+    out: &mut Vec<Datagram<'b>>,
+) {
     for c in chunks {
         counters.tcp_bytes += c.data.len() as u64;
         out.push(Datagram {
@@ -352,4 +369,57 @@ fn push_chunks<'b>(counters: &mut Counters, now: Duration, chunks: Vec<Chunk<'b>
             end: c.end,
         });
     }
+}
+
+/// A fuzzing entry point: decode arbitrary bytes as a sequence of frames, so
+/// that a fuzzer reaches the stateful parts (fragments, TCP streams) too.
+/// Layout: a link-type selector byte, then repeated records of a one-byte time
+/// step (milliseconds), a two-byte big-endian length and that many frame bytes.
+/// Returns how many datagrams came out. Never panics, whatever the input.
+pub fn fuzz_frames(data: &[u8]) -> usize {
+    const LINKS: [LinkType; 8] = [
+        LinkType::ETHERNET,
+        LinkType::RAW,
+        LinkType::LINUX_SLL,
+        LinkType::LINUX_SLL2,
+        LinkType::NULL,
+        LinkType::LOOP,
+        LinkType::IPV4,
+        LinkType::IPV6,
+    ];
+    let Some((&selector, mut rest)) = data.split_first() else {
+        return 0;
+    };
+    let link = LINKS[usize::from(selector) % LINKS.len()];
+    // Small tables, so that a fuzzer reaches the limits quickly.
+    let limits = Limits {
+        fragments: FragmentLimits {
+            max_datagrams: 8,
+            max_bytes: 4096,
+            timeout: Duration::from_millis(500),
+        },
+        streams: StreamLimits {
+            max_flows: 8,
+            max_buffered: 4096,
+            max_total_buffered: 16384,
+            hole_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(2),
+        },
+        ..Limits::default()
+    };
+    let mut decoder = Decoder::new(limits);
+    let mut now = Duration::ZERO;
+    let mut count = 0;
+    while let [step, hi, lo, tail @ ..] = rest {
+        now += Duration::from_millis(u64::from(*step));
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        let (frame, next) = tail.split_at(len);
+        let mut out = Vec::new();
+        let _ = decoder.decode(link, now, frame, &mut out);
+        count += out.len();
+        rest = next;
+    }
+    let mut out = Vec::new();
+    decoder.finish(now, &mut out);
+    count + out.len()
 }

@@ -248,6 +248,11 @@ mod tests {
                 have: 3
             }
         );
-        assert_eq!(take(&[1, 2, 3], usize::MAX, 4, Layer::Udp).unwrap_err().kind(), ErrorKind::Truncated);
+        assert_eq!(
+            take(&[1, 2, 3], usize::MAX, 4, Layer::Udp)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Truncated
+        );
     }
 }

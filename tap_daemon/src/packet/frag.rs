@@ -126,7 +126,9 @@ impl Reassembler {
         let start = fragment.offset;
         let end = start.saturating_add(data.len());
         if fragment.more && (data.is_empty() || data.len() % 8 != 0) {
-            return Err(DecodeError::BadFragment("non-final fragment length not a multiple of 8"));
+            return Err(DecodeError::BadFragment(
+                "non-final fragment length not a multiple of 8",
+            ));
         }
         let key = Key {
             src,
@@ -181,7 +183,8 @@ impl Reassembler {
                 Ok(None)
             }
             Ok(false) => {
-                let complete = matches!((p.total, p.have.as_slice()), (Some(t), [(0, e)]) if *e == t);
+                let complete =
+                    matches!((p.total, p.have.as_slice()), (Some(t), [(0, e)]) if *e == t);
                 if !complete {
                     return Ok(None);
                 }
@@ -228,7 +231,9 @@ impl Reassembler {
         data: &[u8],
     ) -> Result<bool, DecodeError> {
         if end > limits.max_bytes {
-            return Err(DecodeError::FragmentTooBig { max: limits.max_bytes });
+            return Err(DecodeError::FragmentTooBig {
+                max: limits.max_bytes,
+            });
         }
         if !more {
             match p.total {
@@ -299,7 +304,7 @@ mod tests {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
-    fn r() -> Reassembler {
+    fn fresh() -> Reassembler {
         Reassembler::new(FragmentLimits::default())
     }
 
@@ -307,12 +312,19 @@ mod tests {
     fn in_order_and_out_of_order() {
         let d = pieces(40);
         for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
-            let mut r = r();
+            let mut r = fresh();
             let mut out = None;
             for (n, i) in order.iter().enumerate() {
                 let (s, e) = (i * 16, (i * 16 + 16).min(40));
                 let got = r
-                    .insert(t(0), ip("1.1.1.1"), ip("2.2.2.2"), 17, frag(5, s, *i != 2), &d[s..e])
+                    .insert(
+                        t(0),
+                        ip("1.1.1.1"),
+                        ip("2.2.2.2"),
+                        17,
+                        frag(5, s, *i != 2),
+                        &d[s..e],
+                    )
                     .unwrap();
                 if n < 2 {
                     assert!(got.is_none());
@@ -328,30 +340,47 @@ mod tests {
     #[test]
     fn duplicates_are_ignored() {
         let d = pieces(24);
-        let mut r = r();
+        let mut r = fresh();
         let a = ip("1.1.1.1");
         let b = ip("2.2.2.2");
-        assert!(r.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16]).unwrap().is_none());
-        assert!(r.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16]).unwrap().is_none());
-        assert!(r.insert(t(0), a, b, 17, frag(1, 8, true), &d[8..16]).unwrap().is_none());
+        assert!(r
+            .insert(t(0), a, b, 17, frag(1, 0, true), &d[..16])
+            .unwrap()
+            .is_none());
+        assert!(r
+            .insert(t(0), a, b, 17, frag(1, 0, true), &d[..16])
+            .unwrap()
+            .is_none());
+        assert!(r
+            .insert(t(0), a, b, 17, frag(1, 8, true), &d[8..16])
+            .unwrap()
+            .is_none());
         assert_eq!(r.duplicates(), 2);
-        let got = r.insert(t(0), a, b, 17, frag(1, 16, false), &d[16..]).unwrap().unwrap();
+        let got = r
+            .insert(t(0), a, b, 17, frag(1, 16, false), &d[16..])
+            .unwrap()
+            .unwrap();
         assert_eq!(got.payload, d);
     }
 
     #[test]
     fn overlap_with_different_bytes_poisons_the_datagram() {
         let d = pieces(24);
-        let mut r = r();
+        let mut r = fresh();
         let a = ip("1.1.1.1");
         let b = ip("2.2.2.2");
-        r.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16]).unwrap();
+        r.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16])
+            .unwrap();
         let mut evil = d[8..24].to_vec();
         evil[0] ^= 0xff;
-        let e = r.insert(t(0), a, b, 17, frag(1, 8, false), &evil).unwrap_err();
+        let e = r
+            .insert(t(0), a, b, 17, frag(1, 8, false), &evil)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentOverlap);
         // The honest last piece does not complete it any more.
-        let e = r.insert(t(0), a, b, 17, frag(1, 16, false), &d[16..]).unwrap_err();
+        let e = r
+            .insert(t(0), a, b, 17, frag(1, 16, false), &d[16..])
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentOverlap);
         // Until the timeout clears it; a poisoned datagram is not counted as expired.
         assert_eq!(r.expire(t(31)), 1);
@@ -363,19 +392,30 @@ mod tests {
         let d = pieces(48);
         let a = ip("1.1.1.1");
         let b = ip("2.2.2.2");
-        let mut r = r();
-        r.insert(t(0), a, b, 17, frag(1, 16, false), &d[16..24]).unwrap();
-        let e = r.insert(t(0), a, b, 17, frag(1, 32, false), &d[32..40]).unwrap_err();
+        let mut r = fresh();
+        r.insert(t(0), a, b, 17, frag(1, 16, false), &d[16..24])
+            .unwrap();
+        let e = r
+            .insert(t(0), a, b, 17, frag(1, 32, false), &d[32..40])
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentOverlap);
-        let mut r = r();
-        r.insert(t(0), a, b, 17, frag(2, 16, false), &d[16..24]).unwrap();
-        let e = r.insert(t(0), a, b, 17, frag(2, 24, true), &d[24..32]).unwrap_err();
+        let mut r = fresh();
+        r.insert(t(0), a, b, 17, frag(2, 16, false), &d[16..24])
+            .unwrap();
+        let e = r
+            .insert(t(0), a, b, 17, frag(2, 24, true), &d[24..32])
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentOverlap);
-        let mut r = r();
-        r.insert(t(0), a, b, 17, frag(3, 32, true), &d[32..40]).unwrap();
-        let e = r.insert(t(0), a, b, 17, frag(3, 0, false), &d[0..8]).unwrap_err();
+        let mut r = fresh();
+        r.insert(t(0), a, b, 17, frag(3, 32, true), &d[32..40])
+            .unwrap();
+        let e = r
+            .insert(t(0), a, b, 17, frag(3, 0, false), &d[0..8])
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentOverlap);
-        let e = r().insert(t(0), a, b, 17, frag(4, 0, true), &d[0..7]).unwrap_err();
+        let e = fresh()
+            .insert(t(0), a, b, 17, frag(4, 0, true), &d[0..7])
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BadFragment);
     }
 
@@ -384,18 +424,26 @@ mod tests {
         let d = pieces(24);
         let a = ip("1.1.1.1");
         let b = ip("2.2.2.2");
-        let mut r = r();
-        r.insert(t(100), a, b, 17, frag(1, 0, true), &d[..16]).unwrap();
+        let mut r = fresh();
+        r.insert(t(100), a, b, 17, frag(1, 0, true), &d[..16])
+            .unwrap();
         assert_eq!(r.expire(t(129)), 0);
         assert_eq!(r.len(), 1);
         assert_eq!(r.expire(t(131)), 1);
         assert_eq!(r.expired(), 1);
         // A late last piece alone does not make a datagram.
-        assert!(r.insert(t(131), a, b, 17, frag(1, 16, false), &d[16..]).unwrap().is_none());
+        assert!(r
+            .insert(t(131), a, b, 17, frag(1, 16, false), &d[16..])
+            .unwrap()
+            .is_none());
         // Nor does one arriving after the timeout without an expire() sweep.
         let mut r2 = Reassembler::new(FragmentLimits::default());
-        r2.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16]).unwrap();
-        assert!(r2.insert(t(60), a, b, 17, frag(1, 16, false), &d[16..]).unwrap().is_none());
+        r2.insert(t(0), a, b, 17, frag(1, 0, true), &d[..16])
+            .unwrap();
+        assert!(r2
+            .insert(t(60), a, b, 17, frag(1, 16, false), &d[16..])
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -415,7 +463,9 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::FragmentTableFull);
         // Once the old ones time out there is room again.
         r.insert(t(6), a, b, 17, frag(3, 0, true), &d).unwrap();
-        let e = r.insert(t(6), a, b, 17, frag(3, 64, false), &d).unwrap_err();
+        let e = r
+            .insert(t(6), a, b, 17, frag(3, 64, false), &d)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FragmentTooBig);
         // The same id from another protocol (IPv4) or source is another datagram.
         assert_eq!(r.len(), 1);

@@ -166,10 +166,15 @@ pub fn skip_extensions(mut next: u8, data: &[u8]) -> Result<(u8, &[u8]), DecodeE
     let mut at = 0;
     for _ in 0..MAX_EXTENSION_HEADERS {
         if next == proto::FRAGMENT {
-            return Err(DecodeError::BadFragment("fragment header inside a fragment"));
+            return Err(DecodeError::BadFragment(
+                "fragment header inside a fragment",
+            ));
         }
         if !is_extension(next) {
-            return Ok((next, take(data, at, data.len().saturating_sub(at), Layer::Ipv6)?));
+            return Ok((
+                next,
+                take(data, at, data.len().saturating_sub(at), Layer::Ipv6)?,
+            ));
         }
         let (n2, len) = extension(next, data, at)?;
         next = n2;
@@ -233,7 +238,9 @@ mod tests {
         assert_eq!(ip.fragment, None);
         assert_eq!(ip.src, "10.0.0.1".parse::<IpAddr>().unwrap());
 
-        let mut o = vec![0x46, 0, 0, 27, 0, 0, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+        let mut o = vec![
+            0x46, 0, 0, 27, 0, 0, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2,
+        ];
         o.extend_from_slice(&[1, 1, 1, 0, 9, 9, 9]);
         assert_eq!(parse_ipv4(&o).unwrap().payload, &[9, 9, 9]);
     }
@@ -296,8 +303,9 @@ mod tests {
 
     #[test]
     fn ipv6_fragment_and_atomic_fragment() {
-        let frag = [proto::UDP, 0, 0x01, 0x01, 0, 0, 0, 9, 5, 5];
-        let ip = parse_ipv6(&ipv6(proto::FRAGMENT, &frag)).unwrap();
+        let frag = [proto::UDP, 0, 0x00, 0x21, 0, 0, 0, 9, 5, 5];
+        let p = ipv6(proto::FRAGMENT, &frag);
+        let ip = parse_ipv6(&p).unwrap();
         assert_eq!(
             ip.fragment,
             Some(Fragment {
@@ -308,7 +316,8 @@ mod tests {
         );
         assert_eq!(ip.payload, &[5, 5]);
         let atomic = [proto::UDP, 0, 0, 0, 0, 0, 0, 9, 5, 5];
-        let ip = parse_ipv6(&ipv6(proto::FRAGMENT, &atomic)).unwrap();
+        let p = ipv6(proto::FRAGMENT, &atomic);
+        let ip = parse_ipv6(&p).unwrap();
         assert_eq!(ip.fragment, None);
         assert_eq!(ip.protocol, proto::UDP);
     }
@@ -321,6 +330,9 @@ mod tests {
         }
         let p = ipv6(proto::DEST_OPTS, &ext);
         assert_eq!(parse_ipv6(&p).unwrap_err().kind(), ErrorKind::TooDeep);
-        assert_eq!(skip_extensions(proto::DEST_OPTS, &ext).unwrap_err().kind(), ErrorKind::TooDeep);
+        assert_eq!(
+            skip_extensions(proto::DEST_OPTS, &ext).unwrap_err().kind(),
+            ErrorKind::TooDeep
+        );
     }
 }

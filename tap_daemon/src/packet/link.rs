@@ -63,7 +63,10 @@ const ETHERNET_HEADER: usize = 14;
 
 /// Find the IP packet inside a frame of link type `link`: which protocol it is
 /// and the byte range it spans within `frame`.
-pub(crate) fn network(link: LinkType, frame: &[u8]) -> Result<(Network, Range<usize>), DecodeError> {
+pub(crate) fn network(
+    link: LinkType,
+    frame: &[u8],
+) -> Result<(Network, Range<usize>), DecodeError> {
     match link {
         LinkType::ETHERNET => ethernet(frame, 0),
         LinkType::RAW | LinkType::RAW_12 | LinkType::RAW_14 => by_version(frame, 0),
@@ -196,7 +199,11 @@ pub(crate) fn by_version(frame: &[u8], at: usize) -> Result<(Network, Range<usiz
 }
 
 /// BSD `AF_*` values: IPv4 is 2 everywhere, IPv6 differs per BSD (24, 28, 30).
-fn address_family(family: u32, frame: &[u8], at: usize) -> Result<(Network, Range<usize>), DecodeError> {
+fn address_family(
+    family: u32,
+    frame: &[u8],
+    at: usize,
+) -> Result<(Network, Range<usize>), DecodeError> {
     match family {
         2 => Ok((Network::Ipv4, at..frame.len())),
         24 | 28 | 30 => Ok((Network::Ipv6, at..frame.len())),
@@ -219,7 +226,10 @@ mod tests {
     #[test]
     fn plain_ethernet() {
         let f = eth(0x0800, &[0x45, 0]);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap(), (Network::Ipv4, 14..16));
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap(),
+            (Network::Ipv4, 14..16)
+        );
     }
 
     #[test]
@@ -230,51 +240,96 @@ mod tests {
         }
         rest.extend_from_slice(&[0x00, 0x0a, 0x86, 0xdd, 0x60]);
         let f = eth(0x88a8, &rest);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap(), (Network::Ipv6, 30..31));
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap(),
+            (Network::Ipv6, 30..31)
+        );
 
         let mut deep = Vec::new();
         for _ in 0..20 {
             deep.extend_from_slice(&[0x00, 0x0a, 0x81, 0x00]);
         }
         let f = eth(0x8100, &deep);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap_err().kind(), ErrorKind::TooDeep);
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap_err().kind(),
+            ErrorKind::TooDeep
+        );
     }
 
     #[test]
     fn pppoe_session_trims_padding() {
-        let f = eth(0x8864, &[0x11, 0, 0x12, 0x34, 0, 4, 0x00, 0x21, 0x45, 0, 0xee, 0xee]);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap(), (Network::Ipv4, 22..24));
+        let f = eth(
+            0x8864,
+            &[0x11, 0, 0x12, 0x34, 0, 4, 0x00, 0x21, 0x45, 0, 0xee, 0xee],
+        );
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap(),
+            (Network::Ipv4, 22..24)
+        );
         let f = eth(0x8864, &[0x11, 0, 0x12, 0x34, 0, 40, 0x00, 0x21]);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap_err().kind(), ErrorKind::Truncated);
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap_err().kind(),
+            ErrorKind::Truncated
+        );
         let f = eth(0x8864, &[0x11, 0, 0x12, 0x34, 0, 2, 0xc0, 0x21]);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap_err(), DecodeError::NotIp(0xc021));
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap_err(),
+            DecodeError::NotIp(0xc021)
+        );
     }
 
     #[test]
     fn cooked_and_raw_and_null() {
         let mut sll = vec![0u8; 14];
         sll.extend_from_slice(&[0x08, 0x00, 0x45]);
-        assert_eq!(network(LinkType::LINUX_SLL, &sll).unwrap(), (Network::Ipv4, 16..17));
+        assert_eq!(
+            network(LinkType::LINUX_SLL, &sll).unwrap(),
+            (Network::Ipv4, 16..17)
+        );
         let mut sll2 = vec![0x86, 0xdd];
         sll2.extend_from_slice(&[0u8; 18]);
         sll2.push(0x60);
-        assert_eq!(network(LinkType::LINUX_SLL2, &sll2).unwrap(), (Network::Ipv6, 20..21));
-        assert_eq!(network(LinkType::RAW, &[0x60]).unwrap(), (Network::Ipv6, 0..1));
-        assert_eq!(network(LinkType::RAW_12, &[0x45]).unwrap(), (Network::Ipv4, 0..1));
-        assert_eq!(network(LinkType::NULL, &[2, 0, 0, 0, 0x45]).unwrap(), (Network::Ipv4, 4..5));
-        assert_eq!(network(LinkType::NULL, &[0, 0, 0, 30, 0x60]).unwrap(), (Network::Ipv6, 4..5));
-        assert_eq!(network(LinkType(9999), &[]).unwrap_err().kind(), ErrorKind::UnsupportedLink);
+        assert_eq!(
+            network(LinkType::LINUX_SLL2, &sll2).unwrap(),
+            (Network::Ipv6, 20..21)
+        );
+        assert_eq!(
+            network(LinkType::RAW, &[0x60]).unwrap(),
+            (Network::Ipv6, 0..1)
+        );
+        assert_eq!(
+            network(LinkType::RAW_12, &[0x45]).unwrap(),
+            (Network::Ipv4, 0..1)
+        );
+        assert_eq!(
+            network(LinkType::NULL, &[2, 0, 0, 0, 0x45]).unwrap(),
+            (Network::Ipv4, 4..5)
+        );
+        assert_eq!(
+            network(LinkType::NULL, &[0, 0, 0, 30, 0x60]).unwrap(),
+            (Network::Ipv6, 4..5)
+        );
+        assert_eq!(
+            network(LinkType(9999), &[]).unwrap_err().kind(),
+            ErrorKind::UnsupportedLink
+        );
     }
 
     #[test]
     fn mpls_bottom_of_stack() {
         let f = eth(0x8847, &[0, 0, 0x10, 0x40, 0, 0, 0x21, 0x40, 0x45]);
-        assert_eq!(network(LinkType::ETHERNET, &f).unwrap(), (Network::Ipv4, 22..23));
+        assert_eq!(
+            network(LinkType::ETHERNET, &f).unwrap(),
+            (Network::Ipv4, 22..23)
+        );
     }
 
     #[test]
     fn every_cut_is_an_error_not_a_panic() {
-        let f = eth(0x8100, &[0, 1, 0x88, 0x64, 0x11, 0, 0, 1, 0, 3, 0, 0x57, 0x60]);
+        let f = eth(
+            0x8100,
+            &[0, 1, 0x88, 0x64, 0x11, 0, 0, 1, 0, 3, 0, 0x57, 0x60],
+        );
         for len in 0..f.len() {
             let _ = network(LinkType::ETHERNET, &f[..len]);
         }

@@ -46,10 +46,12 @@ mod stream;
 mod transport;
 mod tunnel;
 
-pub use decoder::{Counters, Datagram, Decoder, Limits, Transport};
+pub use decoder::{fuzz_frames, Counters, Datagram, Decoder, Limits, Transport};
 pub use error::{DecodeError, ErrorKind, Layer};
 pub use frag::{FragmentLimits, Reassembled, Reassembler};
-pub use ip::{parse_ipv4, parse_ipv6, proto, skip_extensions, Fragment, IpPacket, MAX_EXTENSION_HEADERS};
+pub use ip::{
+    parse_ipv4, parse_ipv6, proto, skip_extensions, Fragment, IpPacket, MAX_EXTENSION_HEADERS,
+};
 pub use link::{LinkType, MAX_VLAN_DEPTH};
 pub use stream::{Chunk, FlowKey, StreamEnd, StreamLimits, StreamReassembler};
 pub use transport::{parse_tcp, parse_udp, TcpFlags, TcpSegment, UdpPacket};

@@ -22,9 +22,15 @@ pub struct StreamLimits {
     /// Directions of TCP connections followed at once (each direction of a
     /// connection counts once). A segment that would start another is dropped.
     pub max_flows: usize,
-    /// Bytes held behind a hole in one direction. Past this the hole is
-    /// given up on: a tap that missed a segment will never see it.
+    /// Bytes held behind a hole in one direction (each held segment also
+    /// costs [`SEGMENT_COST`], so a flood of 1-byte segments is bounded too).
+    /// Past this the hole is given up on: a tap that missed a segment will
+    /// never see it.
     pub max_buffered: usize,
+    /// Bytes held behind holes in all flows together. Past this, a flow that
+    /// gets another out-of-order segment gives up its hole at once, so a
+    /// flood of half-open streams degrades reassembly instead of memory.
+    pub max_total_buffered: usize,
     /// How long bytes wait behind a hole before it is skipped. Longer than a
     /// few retransmission timeouts: a retransmission the tap does see fills it.
     pub hole_timeout: Duration,
@@ -40,11 +46,15 @@ impl Default for StreamLimits {
         StreamLimits {
             max_flows: 16384,
             max_buffered: 256 * 1024,
+            max_total_buffered: 64 * 1024 * 1024,
             hole_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
         }
     }
 }
+
+/// Bookkeeping cost charged per held out-of-order segment, on top of its bytes.
+pub const SEGMENT_COST: usize = 64;
 
 /// One direction of a TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,6 +116,8 @@ struct Flow {
 pub struct StreamReassembler {
     limits: StreamLimits,
     flows: HashMap<FlowKey, Flow>,
+    /// Sum of `buffered` over all flows.
+    total_buffered: usize,
     gaps: u64,
     retransmitted: u64,
 }
@@ -115,6 +127,7 @@ impl StreamReassembler {
         StreamReassembler {
             limits,
             flows: HashMap::new(),
+            total_buffered: 0,
             gaps: 0,
             retransmitted: 0,
         }
@@ -153,11 +166,13 @@ impl StreamReassembler {
         if let Some(flow) = self.flows.get(&key) {
             // A SYN that does not repeat the one we know starts a new
             // connection on the same port pair.
-            let fresh = flow.closed || flow.delivered != 0 || seg.seq.wrapping_add(1) != flow.next_seq;
+            let fresh =
+                flow.closed || flow.delivered != 0 || seg.seq.wrapping_add(1) != flow.next_seq;
             if flags.syn() && fresh {
                 if !flow.closed {
                     out.push(end_chunk(key, StreamEnd::Replaced));
                 }
+                self.total_buffered -= flow.buffered;
                 self.flows.remove(&key);
             }
         }
@@ -178,7 +193,11 @@ impl StreamReassembler {
                     max: self.limits.max_flows,
                 });
             }
-            let next_seq = if flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+            let next_seq = if flags.syn() {
+                seg.seq.wrapping_add(1)
+            } else {
+                seg.seq
+            };
             self.flows.insert(
                 key,
                 Flow {
@@ -197,15 +216,22 @@ impl StreamReassembler {
             return Ok(());
         };
         flow.last_seen = now;
+        let held_before = flow.buffered;
         if flow.closed {
             self.retransmitted += 1;
             return Ok(());
         }
         // Where this segment's data starts, as a stream offset. The signed
         // distance from the next expected sequence number handles wrap-around.
-        let data_seq = if flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+        let data_seq = if flags.syn() {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         let distance = i64::from(data_seq.wrapping_sub(flow.next_seq) as i32);
-        let start = i64::try_from(flow.delivered).unwrap_or(i64::MAX).saturating_add(distance);
+        let start = i64::try_from(flow.delivered)
+            .unwrap_or(i64::MAX)
+            .saturating_add(distance);
         let len = seg.payload.len() as i64;
         let end = start.saturating_add(len);
         if flags.fin() && end >= 0 {
@@ -234,7 +260,8 @@ impl StreamReassembler {
                 let offset = start as u64;
                 let held = flow.pending.get(&offset).map_or(0, Vec::len);
                 if seg.payload.len() > held {
-                    flow.buffered = flow.buffered - held + seg.payload.len();
+                    let held_cost = if held > 0 { held + SEGMENT_COST } else { 0 };
+                    flow.buffered = flow.buffered - held_cost + seg.payload.len() + SEGMENT_COST;
                     flow.pending.insert(offset, seg.payload.to_vec());
                     flow.hole_since.get_or_insert(now);
                 } else {
@@ -253,7 +280,9 @@ impl StreamReassembler {
             self.gaps += 1;
             Self::drain(now, key, flow, out, true);
         }
-        while flow.buffered > self.limits.max_buffered {
+        let over_total =
+            self.total_buffered - held_before + flow.buffered > self.limits.max_total_buffered;
+        while flow.buffered > self.limits.max_buffered || over_total && !flow.pending.is_empty() {
             self.gaps += 1;
             Self::drain(now, key, flow, out, true);
         }
@@ -264,9 +293,10 @@ impl StreamReassembler {
             }
             flow.closed = true;
             out.push(end_chunk(key, StreamEnd::Reset));
-            return Ok(());
+        } else {
+            Self::check_fin(key, flow, out);
         }
-        Self::check_fin(key, flow, out);
+        self.total_buffered = self.total_buffered - held_before + flow.buffered;
         Ok(())
     }
 
@@ -275,6 +305,7 @@ impl StreamReassembler {
     pub fn expire<'a>(&mut self, now: Duration, out: &mut Vec<Chunk<'a>>) {
         let limits = self.limits;
         let mut gaps = 0;
+        let mut total = 0;
         self.flows.retain(|key, flow| {
             let idle = now.saturating_sub(flow.last_seen) > limits.idle_timeout;
             let stale = flow
@@ -288,14 +319,19 @@ impl StreamReassembler {
             if idle && !flow.closed {
                 out.push(end_chunk(*key, StreamEnd::Expired));
             }
+            if !idle {
+                total += flow.buffered;
+            }
             !idle
         });
         self.gaps += gaps;
+        self.total_buffered = total;
     }
 
     /// The capture ended: deliver everything still held, past any hole, and
     /// end every open direction.
     pub fn finish<'a>(&mut self, out: &mut Vec<Chunk<'a>>) {
+        self.total_buffered = 0;
         let mut flows: Vec<_> = self.flows.drain().collect();
         flows.sort_by_key(|(k, _)| *k);
         for (key, mut flow) in flows {
@@ -311,7 +347,13 @@ impl StreamReassembler {
 
     /// Deliver pending bytes that are now in order. With `skip`, first jump
     /// over the hole to the earliest pending byte (marking the chunk `gap`).
-    fn drain<'a>(now: Duration, key: FlowKey, flow: &mut Flow, out: &mut Vec<Chunk<'a>>, skip: bool) {
+    fn drain<'a>(
+        now: Duration,
+        key: FlowKey,
+        flow: &mut Flow,
+        out: &mut Vec<Chunk<'a>>,
+        skip: bool,
+    ) {
         let mut gap = false;
         let before = flow.delivered;
         if skip {
@@ -330,7 +372,7 @@ impl StreamReassembler {
                 break;
             }
             let data = entry.remove();
-            flow.buffered -= data.len();
+            flow.buffered -= data.len() + SEGMENT_COST;
             let end = offset + data.len() as u64;
             if end <= flow.delivered {
                 continue;
@@ -401,9 +443,14 @@ mod tests {
 
     const A: u8 = TcpFlags::ACK;
 
-    fn feed(r: &mut StreamReassembler, now: u64, s: TcpSegment<'_>) -> (Vec<u8>, bool, Option<StreamEnd>) {
+    fn feed(
+        r: &mut StreamReassembler,
+        now: u64,
+        s: TcpSegment<'_>,
+    ) -> (Vec<u8>, bool, Option<StreamEnd>) {
         let mut out = Vec::new();
-        r.segment(Duration::from_secs(now), key(), &s, &mut out).unwrap();
+        r.segment(Duration::from_secs(now), key(), &s, &mut out)
+            .unwrap();
         collect(out)
     }
 
@@ -437,8 +484,8 @@ mod tests {
         assert_eq!(feed(&mut r, 0, seg(1000, A, b"hello ")).0, b"hello ");
         assert_eq!(feed(&mut r, 0, seg(1000, A, b"hello ")).0, b"");
         assert_eq!(feed(&mut r, 0, seg(1003, A, b"lo wor")).0, b"wor");
-        assert_eq!(feed(&mut r, 0, seg(1012, A, b"!!")).0, b"");
-        assert_eq!(feed(&mut r, 0, seg(1012, A, b"!!")).0, b"");
+        assert_eq!(feed(&mut r, 0, seg(1011, A, b"!!")).0, b"");
+        assert_eq!(feed(&mut r, 0, seg(1011, A, b"!!")).0, b"");
         assert_eq!(feed(&mut r, 0, seg(1008, A, b"rld")).0, b"ld!!");
         assert_eq!(r.retransmitted(), 2);
     }
@@ -476,7 +523,7 @@ mod tests {
     #[test]
     fn hole_skipped_after_timeout_or_buffer_limit() {
         let limits = StreamLimits {
-            max_buffered: 8,
+            max_buffered: 3 * SEGMENT_COST,
             hole_timeout: Duration::from_secs(2),
             ..StreamLimits::default()
         };
@@ -487,10 +534,47 @@ mod tests {
         // Three seconds on, the next segment finds the hole stale.
         let (b, gap, _) = feed(&mut r, 3, seg(12, A, b"mn"));
         assert_eq!((b.as_slice(), gap), (&b"ef"[..], true));
-        // Buffer limit: 10 bytes behind a hole.
+        // Buffer limit: a third segment behind holes is one too many; the
+        // oldest hole goes.
         let (b, gap, _) = feed(&mut r, 3, seg(30, A, b"0123456789"));
-        assert_eq!((b.as_slice(), gap), (&b"ijmn0123456789"[..], true));
-        assert_eq!(r.gaps(), 4);
+        assert_eq!((b.as_slice(), gap), (&b"ij"[..], true));
+        assert_eq!(r.gaps(), 2);
+    }
+
+    #[test]
+    fn one_byte_segment_flood_is_bounded() {
+        let mut r = StreamReassembler::new(StreamLimits::default());
+        feed(&mut r, 0, seg(0, A, b"a"));
+        let mut delivered = 0;
+        for i in 0..100_000u32 {
+            delivered += feed(&mut r, 0, seg(2 + 2 * i, A, b"x")).0.len();
+        }
+        let max_held = StreamLimits::default().max_buffered / (1 + SEGMENT_COST);
+        assert!(delivered >= 100_000 - max_held, "{delivered}");
+    }
+
+    #[test]
+    fn total_buffer_bound_across_flows() {
+        let limits = StreamLimits {
+            max_total_buffered: 4 * SEGMENT_COST,
+            ..StreamLimits::default()
+        };
+        let mut r = StreamReassembler::new(limits);
+        let mut out = Vec::new();
+        let mut delivered = 0;
+        for port in 1..20u16 {
+            let k = FlowKey {
+                src: SocketAddr::from(([10, 0, 0, 1], port)),
+                dst: SocketAddr::from(([10, 0, 0, 2], 5060)),
+            };
+            r.segment(Duration::ZERO, k, &seg(0, A, b"a"), &mut out)
+                .unwrap();
+            r.segment(Duration::ZERO, k, &seg(5, A, b"hole"), &mut out)
+                .unwrap();
+            delivered = out.iter().filter(|c| c.gap).count();
+        }
+        assert!(r.total_buffered <= 5 * SEGMENT_COST, "{}", r.total_buffered);
+        assert!(delivered >= 14, "{delivered}");
     }
 
     #[test]
@@ -500,7 +584,10 @@ mod tests {
         feed(&mut r, 0, seg(4, A, b"ef"));
         let mut out = Vec::new();
         r.expire(Duration::from_secs(301), &mut out);
-        assert_eq!(collect(out), (b"ef".to_vec(), true, Some(StreamEnd::Expired)));
+        assert_eq!(
+            collect(out),
+            (b"ef".to_vec(), true, Some(StreamEnd::Expired))
+        );
         assert!(r.is_empty());
         feed(&mut r, 400, seg(0, A, b"ab"));
         let mut out = Vec::new();
@@ -520,10 +607,14 @@ mod tests {
             src: "10.0.0.3:1".parse().unwrap(),
             dst: "10.0.0.2:2".parse().unwrap(),
         };
-        r.segment(Duration::ZERO, other, &seg(0, A, b""), &mut out).unwrap();
+        r.segment(Duration::ZERO, other, &seg(0, A, b""), &mut out)
+            .unwrap();
         assert!(r.is_empty());
-        r.segment(Duration::ZERO, key(), &seg(0, A, b"x"), &mut out).unwrap();
-        let e = r.segment(Duration::ZERO, other, &seg(0, A, b"x"), &mut out).unwrap_err();
+        r.segment(Duration::ZERO, key(), &seg(0, A, b"x"), &mut out)
+            .unwrap();
+        let e = r
+            .segment(Duration::ZERO, other, &seg(0, A, b"x"), &mut out)
+            .unwrap_err();
         assert_eq!(e.kind(), crate::packet::ErrorKind::TcpFlowTableFull);
     }
 }

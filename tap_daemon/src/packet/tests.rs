@@ -65,7 +65,8 @@ fn udp_payload_is_borrowed_from_the_frame() {
     let f = eth(0x0800, &ipv4(17, 1, 0, &udp(b"INVITE")));
     let mut d = Decoder::default();
     let mut out = Vec::new();
-    d.decode(LinkType::ETHERNET, Duration::ZERO, &f, &mut out).unwrap();
+    d.decode(LinkType::ETHERNET, Duration::ZERO, &f, &mut out)
+        .unwrap();
     assert!(matches!(out[0].payload, Cow::Borrowed(b"INVITE")));
     assert_eq!(out[0].dst.to_string(), "192.0.2.2:5061");
     assert_eq!(d.counters().udp_datagrams, 1);
@@ -96,7 +97,9 @@ fn every_encapsulation_reaches_the_same_datagram() {
         eth(0x0800, &ipv4(47, 3, 0, &g))
     };
     let erspan2 = {
-        let mut g = vec![0x10, 0, 0x88, 0xbe, 0, 0, 0, 7, 0x10, 0x01, 0, 1, 0, 0, 0, 0];
+        let mut g = vec![
+            0x10, 0, 0x88, 0xbe, 0, 0, 0, 7, 0x10, 0x01, 0, 1, 0, 0, 0, 0,
+        ];
         g.extend_from_slice(&eth(0x86dd, &inner6));
         eth(0x0800, &ipv4(47, 3, 0, &g))
     };
@@ -110,8 +113,14 @@ fn every_encapsulation_reaches_the_same_datagram() {
         (LinkType::RAW, inner4.clone()),
         (LinkType::RAW_12, inner6.clone()),
         (LinkType::NULL, [vec![2, 0, 0, 0], inner4.clone()].concat()),
-        (LinkType::LINUX_SLL, [vec![0; 14], vec![0x08, 0x00], inner4.clone()].concat()),
-        (LinkType::LINUX_SLL2, [vec![0x86, 0xdd], vec![0; 18], inner6.clone()].concat()),
+        (
+            LinkType::LINUX_SLL,
+            [vec![0; 14], vec![0x08, 0x00], inner4.clone()].concat(),
+        ),
+        (
+            LinkType::LINUX_SLL2,
+            [vec![0x86, 0xdd], vec![0; 18], inner6.clone()].concat(),
+        ),
     ];
     for (i, (link, frame)) in cases.iter().enumerate() {
         let mut d = Decoder::default();
@@ -132,7 +141,9 @@ fn nested_tunnels_are_bounded() {
     }
     let mut d = Decoder::default();
     let mut out = Vec::new();
-    let e = d.decode(LinkType::RAW, Duration::ZERO, &p, &mut out).unwrap_err();
+    let e = d
+        .decode(LinkType::RAW, Duration::ZERO, &p, &mut out)
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooDeep);
     assert_eq!(d.counters().error(ErrorKind::TooDeep), 1);
 }
@@ -177,9 +188,15 @@ fn missing_fragment_expires_by_capture_time() {
     let f = eth(0x0800, &ipv4(17, 5, 0x2000, &whole[..24]));
     let mut d = Decoder::default();
     let mut out = Vec::new();
-    d.decode(LinkType::ETHERNET, Duration::from_secs(10), &f, &mut out).unwrap();
+    d.decode(LinkType::ETHERNET, Duration::from_secs(10), &f, &mut out)
+        .unwrap();
     let other = eth(0x0806, &[0; 28]);
-    let _ = d.decode(LinkType::ETHERNET, Duration::from_secs(45), &other, &mut out);
+    let _ = d.decode(
+        LinkType::ETHERNET,
+        Duration::from_secs(45),
+        &other,
+        &mut out,
+    );
     assert!(out.is_empty());
     assert_eq!(d.counters().fragments_expired, 1);
     assert_eq!(d.counters().error(ErrorKind::NotIp), 1);
@@ -209,7 +226,8 @@ fn idle_tcp_stream_ends_on_expire() {
     let f = eth(0x0800, &ipv4(6, 1, 0, &tcp(1, 0x18, b"REGISTER")));
     let mut d = Decoder::default();
     let mut out = Vec::new();
-    d.decode(LinkType::ETHERNET, Duration::ZERO, &f, &mut out).unwrap();
+    d.decode(LinkType::ETHERNET, Duration::ZERO, &f, &mut out)
+        .unwrap();
     let mut later = Vec::new();
     d.expire(Duration::from_secs(1000), &mut later);
     assert_eq!(later.len(), 1);
@@ -220,16 +238,33 @@ fn idle_tcp_stream_ends_on_expire() {
 fn cuts_and_flips_never_panic() {
     let frames = vec![
         eth(0x0800, &ipv4(17, 1, 0, &udp(b"INVITE sip:a@b SIP/2.0\r\n"))),
-        eth(0x86dd, &ipv6(0, &[17, 0, 1, 4, 0, 0, 0, 0, 0x13, 0xc4, 0x13, 0xc4, 0, 9, 0, 0, 1])),
-        eth(0x0800, &ipv4(47, 3, 0, &[0x10, 0, 0x22, 0xeb, 0, 0, 0, 1, 0x20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1])),
+        eth(
+            0x86dd,
+            &ipv6(
+                0,
+                &[
+                    17, 0, 1, 4, 0, 0, 0, 0, 0x13, 0xc4, 0x13, 0xc4, 0, 9, 0, 0, 1,
+                ],
+            ),
+        ),
+        eth(
+            0x0800,
+            &ipv4(
+                47,
+                3,
+                0,
+                &[
+                    0x10, 0, 0x22, 0xeb, 0, 0, 0, 1, 0x20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1,
+                ],
+            ),
+        ),
         eth(0x0800, &ipv4(6, 1, 0x2001, &tcp(5, 0x18, b"abcdefgh"))),
     ];
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut d = Decoder::default();
-    let mut out = Vec::new();
     for f in &frames {
         for len in 0..=f.len() {
-            out.clear();
+            let mut out = Vec::new();
             for link in [0, 1, 12, 101, 113, 276] {
                 let _ = d.decode(LinkType(link), Duration::ZERO, &f[..len], &mut out);
             }
@@ -241,8 +276,34 @@ fn cuts_and_flips_never_panic() {
             let mut g = f.clone();
             let i = (seed as usize) % g.len();
             g[i] ^= (seed >> 32) as u8 | 1;
-            out.clear();
-            let _ = d.decode(LinkType::ETHERNET, Duration::from_millis(seed % 100_000), &g, &mut out);
+            let mut out = Vec::new();
+            let _ = d.decode(
+                LinkType::ETHERNET,
+                Duration::from_millis(seed % 100_000),
+                &g,
+                &mut out,
+            );
         }
+    }
+}
+
+#[test]
+fn fuzz_entry_point_handles_anything() {
+    assert_eq!(fuzz_frames(&[]), 0);
+    let frame = eth(0x0800, &ipv4(17, 1, 0, &udp(b"x")));
+    let mut input = vec![0u8, 1];
+    input.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+    input.extend_from_slice(&frame);
+    assert_eq!(fuzz_frames(&input), 1);
+    let mut seed = 7u64;
+    for _ in 0..2000 {
+        let mut g = input.clone();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (seed >> 33) as usize % g.len();
+        g[at] = (seed >> 17) as u8;
+        g.truncate((seed >> 40) as usize % (g.len() + 1));
+        fuzz_frames(&g);
     }
 }

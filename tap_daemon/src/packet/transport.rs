@@ -93,7 +93,10 @@ mod tests {
     fn udp_length_checks() {
         let d = [0x13, 0xc4, 0x13, 0xc4, 0, 10, 0, 0, b'h', b'i', 0, 0];
         let u = parse_udp(&d).unwrap();
-        assert_eq!((u.src_port, u.dst_port, u.payload), (5060, 5060, &b"hi"[..]));
+        assert_eq!(
+            (u.src_port, u.dst_port, u.payload),
+            (5060, 5060, &b"hi"[..])
+        );
         let mut bad = d;
         bad[5] = 20;
         assert_eq!(parse_udp(&bad).unwrap_err().kind(), ErrorKind::BadUdp);
@@ -104,7 +107,9 @@ mod tests {
 
     #[test]
     fn tcp_options_skipped() {
-        let mut d = vec![0x13, 0xc4, 0x17, 0x70, 0, 0, 0, 7, 0, 0, 0, 9, 0x60, 0x18, 0, 0, 0, 0, 0, 0];
+        let mut d = vec![
+            0x13, 0xc4, 0x17, 0x70, 0, 0, 0, 7, 0, 0, 0, 9, 0x60, 0x18, 0, 0, 0, 0, 0, 0,
+        ];
         d.extend_from_slice(&[1, 1, 1, 0]);
         d.extend_from_slice(b"SIP");
         let t = parse_tcp(&d).unwrap();

@@ -78,12 +78,18 @@ mod tests {
 
     #[test]
     fn gre_plain_and_keyed() {
-        assert_eq!(parse_gre(&[0, 0, 0x08, 0x00, 0x45]).unwrap(), GreInner::Ipv4(&[0x45]));
+        assert_eq!(
+            parse_gre(&[0, 0, 0x08, 0x00, 0x45]).unwrap(),
+            GreInner::Ipv4(&[0x45])
+        );
         assert_eq!(
             parse_gre(&[0x20, 0, 0x65, 0x58, 1, 2, 3, 4, 0xaa]).unwrap(),
             GreInner::Ethernet(&[0xaa])
         );
-        assert_eq!(parse_gre(&[0, 1, 0x88, 0x0b]).unwrap_err().kind(), ErrorKind::UnsupportedTunnel);
+        assert_eq!(
+            parse_gre(&[0, 1, 0x88, 0x0b]).unwrap_err().kind(),
+            ErrorKind::UnsupportedTunnel
+        );
     }
 
     #[test]
@@ -93,7 +99,10 @@ mod tests {
         f.extend_from_slice(&[0x10, 0x64, 0, 1, 0, 0, 0, 0, 0xee]);
         assert_eq!(parse_gre(&f).unwrap(), GreInner::Ethernet(&[0xee]));
         // type I: no S, no header.
-        assert_eq!(parse_gre(&[0, 0, 0x88, 0xbe, 0xee]).unwrap(), GreInner::Ethernet(&[0xee]));
+        assert_eq!(
+            parse_gre(&[0, 0, 0x88, 0xbe, 0xee]).unwrap(),
+            GreInner::Ethernet(&[0xee])
+        );
         // type III with the optional sub-header.
         let mut f = vec![0x10, 0, 0x22, 0xeb, 0, 0, 0, 1];
         f.extend_from_slice(&[0x20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
