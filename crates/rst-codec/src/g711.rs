@@ -129,7 +129,11 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
         return (0x7F ^ mask) as u8;
     };
     let segment = segment as i32;
-    let mantissa = if segment < 2 { (value >> 1) & 0x0F } else { (value >> segment) & 0x0F };
+    let mantissa = if segment < 2 {
+        (value >> 1) & 0x0F
+    } else {
+        (value >> segment) & 0x0F
+    };
     ((segment << 4 | mantissa) ^ mask) as u8
 }
 
@@ -142,8 +146,16 @@ mod tests {
         for code in 0..=255u8 {
             // µ-law has two zeros (0x7F, 0xFF); the encoder picks 0xFF.
             let expected = if code == 0x7F { 0xFF } else { code };
-            assert_eq!(linear_to_ulaw(ulaw_to_linear(code)), expected, "µ-law {code:#04x}");
-            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "A-law {code:#04x}");
+            assert_eq!(
+                linear_to_ulaw(ulaw_to_linear(code)),
+                expected,
+                "µ-law {code:#04x}"
+            );
+            assert_eq!(
+                linear_to_alaw(alaw_to_linear(code)),
+                code,
+                "A-law {code:#04x}"
+            );
         }
     }
 

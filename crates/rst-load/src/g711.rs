@@ -31,32 +31,34 @@ pub fn tone_frame(hz: u32) -> [i16; FRAME_SAMPLES] {
     frame
 }
 
-/// ITU-T G.711 µ-law encoding of one 16-bit linear sample.
+/// G.711 µ-law encoding of one 16-bit linear sample: rounded to the 14 bits µ-law
+/// quantises (as sox does), then the classic Sun/CCITT `linear2ulaw`. The same
+/// codes as `rst_codec::g711::linear_to_ulaw` (a test checks every sample).
 pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32635;
-    let mut magnitude = i32::from(sample);
-    let sign = if magnitude < 0 {
-        magnitude = -magnitude;
-        0x80
+    const SEGMENT_ENDS: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
+    const CLIP: i32 = 8159;
+    const BIAS: i32 = 0x84 >> 2;
+    let mut value = (i32::from(sample) + 2) >> 2;
+    let mask = if value < 0 {
+        value = -value;
+        0x7F
     } else {
-        0
+        0xFF
     };
-    magnitude = magnitude.min(CLIP) + BIAS;
-    let mut exponent = 7;
-    let mut mask = 0x4000;
-    while exponent > 0 && magnitude & mask == 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = (magnitude >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) | mantissa) as u8
+    value = value.min(CLIP) + BIAS;
+    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
+        return (0x7F ^ mask) as u8;
+    };
+    let segment = segment as i32;
+    (((segment << 4) | ((value >> (segment + 1)) & 0x0F)) ^ mask) as u8
 }
 
-/// ITU-T G.711 A-law encoding of one 16-bit linear sample.
+/// G.711 A-law encoding of one 16-bit linear sample: rounded to the 13 bits A-law
+/// quantises (as sox does), then the classic Sun/CCITT `linear2alaw`. The same
+/// codes as `rst_codec::g711::linear_to_alaw`.
 pub fn linear_to_alaw(sample: i16) -> u8 {
     const SEGMENT_ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
-    let mut value = i32::from(sample) >> 3;
+    let mut value = (i32::from(sample) + 4) >> 3;
     let mask = if value >= 0 {
         0xD5
     } else {
@@ -67,13 +69,12 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
         return (0x7F ^ mask) as u8;
     };
     let segment = segment as i32;
-    let mut code = segment << 4;
-    code |= if segment < 2 {
+    let mantissa = if segment < 2 {
         (value >> 1) & 0x0F
     } else {
         (value >> segment) & 0x0F
     };
-    (code ^ mask) as u8
+    ((segment << 4 | mantissa) ^ mask) as u8
 }
 
 #[cfg(test)]
@@ -86,7 +87,9 @@ mod tests {
             let decoded = rst_codec::g711::ulaw_to_linear(linear_to_ulaw(sample));
             let error = (i32::from(decoded) - i32::from(sample)).abs();
             // The largest µ-law step is 1024 (clipped near full scale at 32124).
-            let allowed = (i32::from(sample).abs() / 16).max(8)
+            // Half a quantisation step (at most 1/32 of the value, and 1024 near
+            // full scale, where µ-law clips at 32124), plus rounding.
+            let allowed = (i32::from(sample).abs() / 16).max(16)
                 + 1024 * i32::from(sample.unsigned_abs() > 32000);
             assert!(error <= allowed, "{sample} -> {decoded}");
         }
@@ -102,6 +105,22 @@ mod tests {
             assert!(error <= allowed, "{sample} -> {decoded}");
         }
         assert_eq!(linear_to_alaw(0), 0xD5);
+    }
+
+    #[test]
+    fn encoders_match_rst_codec() {
+        for sample in i16::MIN..=i16::MAX {
+            assert_eq!(
+                linear_to_ulaw(sample),
+                rst_codec::g711::linear_to_ulaw(sample),
+                "µ-law {sample}"
+            );
+            assert_eq!(
+                linear_to_alaw(sample),
+                rst_codec::g711::linear_to_alaw(sample),
+                "A-law {sample}"
+            );
+        }
     }
 
     #[test]

@@ -149,14 +149,12 @@ fn inv_spec() -> impl Strategy<Value = Spec> {
         ports(),
         extensions_text(),
     )
-        .prop_map(|(uuid, caller, callee, rtp_ports, extensions)| {
-            Spec::Inv {
-                uuid,
-                caller,
-                callee,
-                rtp_ports,
-                extensions,
-            }
+        .prop_map(|(uuid, caller, callee, rtp_ports, extensions)| Spec::Inv {
+            uuid,
+            caller,
+            callee,
+            rtp_ports,
+            extensions,
         })
 }
 
