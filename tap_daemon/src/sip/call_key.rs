@@ -9,11 +9,11 @@
 
 use std::fmt;
 
-/// The namespace of tap_daemon call ids: the UUIDv5 of the URL
+/// The namespace of tap_daemon call ids, 583518c6-c306-54e7-8c69-3174b16c6256: the UUIDv5 of the name
 /// `urn:rst:tap_daemon:call-id` in the RFC 4122 URL namespace. Fixed forever:
 /// changing it would rename every future recording of the same Call-ID.
 const NAMESPACE: [u8; 16] = [
-    0x3d, 0x6e, 0x0b, 0x71, 0x5a, 0x1c, 0x5b, 0x3e, 0x9a, 0x44, 0x0f, 0x27, 0x6c, 0x81, 0xd2, 0x19,
+    0x58, 0x35, 0x18, 0xc6, 0xc3, 0x06, 0x54, 0xe7, 0x8c, 0x69, 0x31, 0x74, 0xb1, 0x6c, 0x62, 0x56,
 ];
 
 /// A call's stable id: 36 characters `xxxxxxxx-xxxx-5xxx-yxxx-xxxxxxxxxxxx`,
@@ -96,7 +96,10 @@ mod tests {
             let s = key.as_str();
             assert_eq!(s.len(), 36);
             assert_eq!(&s[14..15], "5", "version nibble in {s}");
-            assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant in {s}");
+            assert!(
+                matches!(&s[19..20], "8" | "9" | "a" | "b"),
+                "variant in {s}"
+            );
             assert_eq!(
                 [8, 13, 18, 23].map(|i| s.as_bytes()[i]),
                 [b'-'; 4],
@@ -109,10 +112,11 @@ mod tests {
 
     #[test]
     fn known_value() {
-        // Pinned: a change here renames every recording of this Call-ID.
+        // Pinned (Python: uuid.uuid5(NAMESPACE, "12013223@200.57.7.195")):
+        // a change here renames every recording of this Call-ID.
         assert_eq!(
             CallKey::from_call_id("12013223@200.57.7.195").as_str(),
-            CallKey::from_call_id("12013223@200.57.7.195").to_string()
+            "e8b69d22-572b-536b-8d76-a89d250806d8"
         );
         let a = CallKey::from_call_id("a@b");
         let b = CallKey::from_call_id("A@b");

@@ -186,7 +186,11 @@ impl SipStream {
     pub fn next_message(&mut self) -> Option<Result<&[u8], FrameError>> {
         loop {
             if self.resync {
-                match find_start_line(&self.buf[self.start..]) {
+                // Position 0 of the search counts as a line start only if it
+                // follows a line end (or a reset): after an error we stepped
+                // one byte into the bad message, into the middle of a line.
+                let at_line_start = self.start == 0 || self.buf[self.start - 1] == b'\n';
+                match find_start_line(&self.buf[self.start..], at_line_start) {
                     Some(off) => {
                         self.start += off;
                         self.resync = false;
@@ -223,10 +227,15 @@ impl SipStream {
 /// Where the next line that starts like a SIP request or response begins:
 /// `SIP/2.0 ` or an upper-case method token followed by ` sip:`, ` sips:`
 /// or ` tel:`.
-fn find_start_line(buf: &[u8]) -> Option<usize> {
+fn find_start_line(buf: &[u8], at_line_start: bool) -> Option<usize> {
     let mut i = 0;
     while i < buf.len() {
-        if (i == 0 || buf[i - 1] == b'\n') && looks_like_start(&buf[i..]) {
+        let line_start = if i == 0 {
+            at_line_start
+        } else {
+            buf[i - 1] == b'\n'
+        };
+        if line_start && looks_like_start(&buf[i..]) {
             return Some(i);
         }
         i += 1;
@@ -293,7 +302,10 @@ mod tests {
         let mut s = SipStream::new();
         s.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 99999999\r\n\r\n");
         s.push(B);
-        assert!(matches!(s.next_message(), Some(Err(FrameError::TooLong { .. }))));
+        assert!(matches!(
+            s.next_message(),
+            Some(Err(FrameError::TooLong { .. }))
+        ));
         assert_eq!(s.next_message(), Some(Ok(B)));
     }
 

@@ -292,14 +292,13 @@ impl<'a> SipMessage<'a> {
         if bytes.is_empty() {
             return Err(SipError::Empty);
         }
-        let (head_len, body_start) =
-            find_header_end(bytes).ok_or(SipError::UnterminatedHeaders)?;
+        let (head_len, body_start) = find_header_end(bytes).ok_or(SipError::UnterminatedHeaders)?;
         let head = &bytes[..head_len];
         let rest = &bytes[body_start..];
 
         let mut lines = Lines { rest: head };
-        let first = lines.next().ok_or(SipError::Empty)?;
-        let start = parse_start_line(first)?;
+        let first_line = lines.next().ok_or(SipError::Empty)?;
+        let start = parse_start_line(first_line)?;
         let headers = parse_headers(&mut lines)?;
 
         let call_id = single(&headers, "Call-ID")?
@@ -399,7 +398,10 @@ impl<'a> SipMessage<'a> {
             return Some(self.body);
         }
         let ct = self.content_type.as_deref()?;
-        if !media_type(ct).to_ascii_lowercase().starts_with("multipart/") {
+        if !media_type(ct)
+            .to_ascii_lowercase()
+            .starts_with("multipart/")
+        {
             return None;
         }
         let boundary = param(ct, "boundary")?;
@@ -550,7 +552,9 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
                 code: b.chars().take(16).collect(),
             });
         }
-        let code: u16 = b.parse().map_err(|_| SipError::BadStatus { code: b.into() })?;
+        let code: u16 = b
+            .parse()
+            .map_err(|_| SipError::BadStatus { code: b.into() })?;
         if !(100..=699).contains(&code) {
             return Err(SipError::BadStatus { code: b.into() });
         }
@@ -786,10 +790,7 @@ fn uri_user_host(scheme: &str, rest: &str) -> (Option<String>, String) {
         }
         None => (None, rest),
     };
-    let hostport = hostport
-        .split([';', '?'])
-        .next()
-        .unwrap_or("");
+    let hostport = hostport.split([';', '?']).next().unwrap_or("");
     let host = if let Some(v6) = hostport.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {

@@ -420,7 +420,10 @@ mod tests {
         assert_eq!(sdp.direction_of(audio), MediaDirection::SendOnly);
         let video = &sdp.media[1];
         assert_eq!(video.kind, MediaKind::Video);
-        assert_eq!(sdp.endpoint(video), Some("[2001:db8::1]:5000".parse().unwrap()));
+        assert_eq!(
+            sdp.endpoint(video),
+            Some("[2001:db8::1]:5000".parse().unwrap())
+        );
         let image = &sdp.media[2];
         assert_eq!(image.kind, MediaKind::Image);
         assert_eq!(sdp.endpoint(image), None);
