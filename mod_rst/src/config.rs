@@ -4,14 +4,7 @@
 
 use std::time::Duration;
 
-/// How audio goes to the receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `DATA` datagrams (the original protocol).
-    Data,
-    /// RTP per direction, to the two ports the receiver's ACK names.
-    Rtp,
-}
+pub use rst_proto::stream::Mode;
 
 /// Which audio is tapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! Layers, one direction: [`ffi`] (raw declarations) → [`fs`] (safe layer) →
 //! this file (the module: load, shutdown, application, APIs) with [`tap`] (the
 //! media bug, on FreeSWITCH's media threads) feeding [`sender`] (one thread that
-//! owns every socket and timer) and its per-call state machine [`stream`].
+//! owns every socket and timer) and its per-call state machine
+//! [`rst_proto::stream`], shared with tap_daemon.
 //! Every `extern "C"` entry is a trampoline that catches panics.
 
 pub mod args;
@@ -12,7 +13,6 @@ pub mod config;
 pub mod ffi;
 pub mod fs;
 pub mod sender;
-pub mod stream;
 pub mod tap;
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
 use sender::{Command, Sender, StreamId};
-use stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
+use rst_proto::stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
 use tap::Tap;
 
 /// What FreeSWITCH looks up after `dlopen("mod_rst.so")`: `<file name>_module_interface`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rst_proto::{Direction, Message, RtpPorts};
 
 use crate::config::Mode;
-use crate::stream::{Stream, StreamStart, Trouble, Via};
+use rst_proto::stream::{Stream, StreamStart, Trouble, Via};
 
 /// Largest frame a media thread hands over: 20 ms of 48 kHz L16.
 pub const MAX_FRAME_BYTES: usize = 1920;

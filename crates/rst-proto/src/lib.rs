@@ -17,6 +17,7 @@
 mod error;
 mod message;
 pub mod rtp;
+pub mod stream;
 mod types;
 
 pub use error::{EncodeError, ParseError};

@@ -1,16 +1,25 @@
-//! One call's stream to the receiver, as a state machine (sans-IO): INV until
-//! ACKed, then audio (DATA datagrams, or RTP once the ACK names the ports), BYE
-//! until ACKed. Time comes in as an argument; datagrams go out through `emit`.
+//! The sending side of one call, as a state machine (sans-IO): INV until ACKed,
+//! then audio (DATA datagrams, or RTP once the ACK names the ports), BYE until
+//! ACKed. Time comes in as an argument; datagrams go out through `emit`. Shared
+//! by mod_rst (which makes RTP from frames) and tap_daemon (which forwards the
+//! RTP it captured, so the wire's loss and jitter reach the recording).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rst_proto::{
+use crate::{
     Bye, Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket, RtpPorts, Uuid,
 };
 
-use crate::config::Mode;
+/// How audio goes to the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `DATA` datagrams (the original protocol).
+    Data,
+    /// RTP per direction, to the two ports the receiver's ACK names.
+    Rtp,
+}
 
 /// The rst protocol's PT for 16-bit linear audio in the sender's byte order.
 pub const L16_PAYLOAD_TYPE: u8 = 10;
@@ -72,8 +81,8 @@ struct Leg {
 #[derive(Debug)]
 struct Pending {
     direction: Direction,
-    payload_type: u8,
-    rtp_clock_samples: u32,
+    /// `None`: `payload` is a whole RTP packet to forward as it is.
+    frame: Option<(u8, u32)>,
     payload: Vec<u8>,
 }
 
@@ -209,14 +218,31 @@ impl Stream {
                     payload,
                     emit,
                 ),
-                None if self.pending.len() < self.max_pending => self.pending.push_back(Pending {
-                    direction,
-                    payload_type,
-                    rtp_clock_samples,
-                    payload: payload.to_vec(),
-                }),
-                None => self.stats.frames_dropped_waiting += 1,
+                None => self.hold(direction, Some((payload_type, rtp_clock_samples)), payload),
             },
+        }
+    }
+
+    /// RTP mode: forwards a captured RTP packet unchanged (its sequence numbers,
+    /// timestamps and SSRC carry the wire's loss and jitter to the recording).
+    pub fn forward_rtp(&mut self, direction: Direction, packet: &[u8], emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        if self.is_closing() || self.mode != Mode::Rtp {
+            return;
+        }
+        match self.server_ports {
+            Some(ports) => {
+                emit(Via::Rtp(direction), SocketAddr::new(self.target.ip(), port_of(ports, direction)), packet);
+                self.stats.frames_sent += 1;
+            }
+            None => self.hold(direction, None, packet),
+        }
+    }
+
+    fn hold(&mut self, direction: Direction, frame: Option<(u8, u32)>, payload: &[u8]) {
+        if self.pending.len() < self.max_pending {
+            self.pending.push_back(Pending { direction, frame, payload: payload.to_vec() });
+        } else {
+            self.stats.frames_dropped_waiting += 1;
         }
     }
 
@@ -228,15 +254,17 @@ impl Stream {
                 if self.mode == Mode::Rtp {
                     self.server_ports = ports;
                     if let Some(ports) = ports {
-                        while let Some(frame) = self.pending.pop_front() {
-                            self.send_rtp(
-                                ports,
-                                frame.direction,
-                                frame.payload_type,
-                                frame.rtp_clock_samples,
-                                &frame.payload,
-                                emit,
-                            );
+                        while let Some(held) = self.pending.pop_front() {
+                            match held.frame {
+                                Some((payload_type, samples)) => {
+                                    self.send_rtp(ports, held.direction, payload_type, samples, &held.payload, emit)
+                                }
+                                None => {
+                                    let to = SocketAddr::new(self.target.ip(), port_of(ports, held.direction));
+                                    emit(Via::Rtp(held.direction), to, &held.payload);
+                                    self.stats.frames_sent += 1;
+                                }
+                            }
                         }
                     }
                 }
@@ -326,10 +354,8 @@ impl Stream {
         payload: &[u8],
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
-        let (leg, port) = match direction {
-            Direction::Read => (&mut self.legs[0], ports.read),
-            Direction::Write => (&mut self.legs[1], ports.write),
-        };
+        let port = port_of(ports, direction);
+        let leg = &mut self.legs[direction as usize];
         self.buffer.clear();
         if payload_type == L16_PAYLOAD_TYPE {
             // FreeSWITCH's linear frames are little-endian; RTP's L16 is
@@ -364,6 +390,13 @@ impl Stream {
             &self.buffer,
         );
         self.stats.frames_sent += 1;
+    }
+}
+
+fn port_of(ports: RtpPorts, direction: Direction) -> u16 {
+    match direction {
+        Direction::Read => ports.read,
+        Direction::Write => ports.write,
     }
 }
 
@@ -465,6 +498,22 @@ mod tests {
         let write = RtpPacket::parse(&rtp[2].2).unwrap();
         assert_eq!((rtp[2].1.port(), write.payload_type), (6005, 8));
         assert_ne!(write.ssrc, first.ssrc);
+    }
+
+    #[test]
+    fn captured_rtp_is_forwarded_unchanged_once_the_ports_are_known() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Rtp, t0);
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        let mut packet = Vec::new();
+        RtpPacket { marker: true, payload_type: 8, sequence: 7, timestamp: 99, ssrc: 5, payload: &[1, 2] }.encode(&mut packet);
+        stream.forward_rtp(Direction::Write, &packet, &mut emit);
+        stream.ack(Some(RtpPorts { read: 6004, write: 6005 }), &mut emit);
+        stream.forward_rtp(Direction::Read, &packet, &mut emit);
+        let rtp: Vec<_> = sent.iter().filter(|(via, ..)| *via != Via::Control).collect();
+        assert_eq!(rtp.len(), 2);
+        assert_eq!((rtp[0].1.port(), &rtp[0].2), (6005, &packet));
+        assert_eq!((rtp[1].1.port(), &rtp[1].2), (6004, &packet));
     }
 
     #[test]
