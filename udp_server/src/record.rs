@@ -56,6 +56,8 @@ pub struct CallRecord {
     pub uuid: String,
     pub caller: Option<String>,
     pub callee: Option<String>,
+    /// The SIP Call-ID, when the sender gave it (tap_daemon does, `call-id=` in the INV).
+    pub call_id: Option<String>,
     pub sender: String,
     /// `data` (DATA datagrams) or `rtp` (RTP per direction).
     pub mode: &'static str,
@@ -232,6 +234,9 @@ impl CallRecording {
                 uuid: start.uuid.clone(),
                 caller: start.caller.clone(),
                 callee: start.callee.clone(),
+                call_id: Extensions::parse(&start.extensions)
+                    .ok()
+                    .and_then(|e| e.get("call-id").map(Extensions::unescape)),
                 sender: start.sender.to_string(),
                 mode: if rtp_mode { "rtp" } else { "data" },
                 sender_rtp_ports: start

@@ -193,6 +193,7 @@ fn publish(feed: &Feed, event: Event<'_>) {
                 "uuid": record.uuid,
                 "caller": record.caller,
                 "callee": record.callee,
+                "call_id": record.call_id,
                 "sender": record.sender,
                 "time": record.start.format(&time::format_description::well_known::Rfc3339).ok(),
                 "mode": record.mode,

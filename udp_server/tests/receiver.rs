@@ -534,3 +534,22 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     assert_eq!(metric(&response, "rst_calls_active"), 1);
     receiver.stop();
 }
+
+#[test]
+fn a_call_id_given_in_the_inv_reaches_the_record() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(60);
+    let call_id = "a84b4c76e66710@pc33.atlanta.com:5060";
+    let extensions = format!("call-id={}", rst_proto::Extensions::escape(call_id));
+    sender.inv_with(
+        &id,
+        "alice",
+        "bob",
+        rst_proto::Extensions::parse(&extensions).unwrap(),
+    );
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["call_id"], call_id);
+    receiver.stop();
+}

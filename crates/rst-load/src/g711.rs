@@ -86,7 +86,6 @@ mod tests {
         for sample in (i16::MIN..=i16::MAX).step_by(7) {
             let decoded = rst_codec::g711::ulaw_to_linear(linear_to_ulaw(sample));
             let error = (i32::from(decoded) - i32::from(sample)).abs();
-            // The largest µ-law step is 1024 (clipped near full scale at 32124).
             // Half a quantisation step (at most 1/32 of the value, and 1024 near
             // full scale, where µ-law clips at 32124), plus rounding.
             let allowed = (i32::from(sample).abs() / 16).max(16)

@@ -119,6 +119,20 @@ impl<'a> Extensions<'a> {
         })
     }
 
+    /// A value that may contain `:` (a SIP Call-ID, say) made safe for an
+    /// extension field: `%` and `:` percent-encoded, as `%25` and `%3A`.
+    pub fn escape(value: &str) -> String {
+        value.replace('%', "%25").replace(':', "%3A")
+    }
+
+    /// The inverse of [`Extensions::escape`].
+    pub fn unescape(value: &str) -> String {
+        value
+            .replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%25", "%")
+    }
+
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
     pub fn l16_rate(&self) -> Option<u32> {
         self.get("rate")?
@@ -416,5 +430,16 @@ mod tests {
         assert_eq!(extensions.payload_type(96), Some(("PCMA", 8000)));
         assert_eq!(extensions.payload_type(97), None);
         assert_eq!(extensions.l16_rate(), Some(16000));
+    }
+
+    #[test]
+    fn escaped_values_survive_the_field_separator() {
+        let call_id = "a84b4c76e66710@pc33.atlanta.com:5060%x";
+        let text = format!("call-id={}", Extensions::escape(call_id));
+        let extensions = Extensions::parse(&text).unwrap();
+        assert_eq!(
+            Extensions::unescape(extensions.get("call-id").unwrap()),
+            call_id
+        );
     }
 }

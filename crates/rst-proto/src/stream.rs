@@ -225,13 +225,22 @@ impl Stream {
 
     /// RTP mode: forwards a captured RTP packet unchanged (its sequence numbers,
     /// timestamps and SSRC carry the wire's loss and jitter to the recording).
-    pub fn forward_rtp(&mut self, direction: Direction, packet: &[u8], emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+    pub fn forward_rtp(
+        &mut self,
+        direction: Direction,
+        packet: &[u8],
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
         if self.is_closing() || self.mode != Mode::Rtp {
             return;
         }
         match self.server_ports {
             Some(ports) => {
-                emit(Via::Rtp(direction), SocketAddr::new(self.target.ip(), port_of(ports, direction)), packet);
+                emit(
+                    Via::Rtp(direction),
+                    SocketAddr::new(self.target.ip(), port_of(ports, direction)),
+                    packet,
+                );
                 self.stats.frames_sent += 1;
             }
             None => self.hold(direction, None, packet),
@@ -240,7 +249,11 @@ impl Stream {
 
     fn hold(&mut self, direction: Direction, frame: Option<(u8, u32)>, payload: &[u8]) {
         if self.pending.len() < self.max_pending {
-            self.pending.push_back(Pending { direction, frame, payload: payload.to_vec() });
+            self.pending.push_back(Pending {
+                direction,
+                frame,
+                payload: payload.to_vec(),
+            });
         } else {
             self.stats.frames_dropped_waiting += 1;
         }
@@ -256,11 +269,19 @@ impl Stream {
                     if let Some(ports) = ports {
                         while let Some(held) = self.pending.pop_front() {
                             match held.frame {
-                                Some((payload_type, samples)) => {
-                                    self.send_rtp(ports, held.direction, payload_type, samples, &held.payload, emit)
-                                }
+                                Some((payload_type, samples)) => self.send_rtp(
+                                    ports,
+                                    held.direction,
+                                    payload_type,
+                                    samples,
+                                    &held.payload,
+                                    emit,
+                                ),
                                 None => {
-                                    let to = SocketAddr::new(self.target.ip(), port_of(ports, held.direction));
+                                    let to = SocketAddr::new(
+                                        self.target.ip(),
+                                        port_of(ports, held.direction),
+                                    );
                                     emit(Via::Rtp(held.direction), to, &held.payload);
                                     self.stats.frames_sent += 1;
                                 }
@@ -506,11 +527,28 @@ mod tests {
         let (mut stream, mut sent) = start(Mode::Rtp, t0);
         let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
         let mut packet = Vec::new();
-        RtpPacket { marker: true, payload_type: 8, sequence: 7, timestamp: 99, ssrc: 5, payload: &[1, 2] }.encode(&mut packet);
+        RtpPacket {
+            marker: true,
+            payload_type: 8,
+            sequence: 7,
+            timestamp: 99,
+            ssrc: 5,
+            payload: &[1, 2],
+        }
+        .encode(&mut packet);
         stream.forward_rtp(Direction::Write, &packet, &mut emit);
-        stream.ack(Some(RtpPorts { read: 6004, write: 6005 }), &mut emit);
+        stream.ack(
+            Some(RtpPorts {
+                read: 6004,
+                write: 6005,
+            }),
+            &mut emit,
+        );
         stream.forward_rtp(Direction::Read, &packet, &mut emit);
-        let rtp: Vec<_> = sent.iter().filter(|(via, ..)| *via != Via::Control).collect();
+        let rtp: Vec<_> = sent
+            .iter()
+            .filter(|(via, ..)| *via != Via::Control)
+            .collect();
         assert_eq!(rtp.len(), 2);
         assert_eq!((rtp[0].1.port(), &rtp[0].2), (6005, &packet));
         assert_eq!((rtp[1].1.port(), &rtp[1].2), (6004, &packet));
