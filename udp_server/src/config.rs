@@ -36,6 +36,8 @@ pub struct Config {
     pub jitter_packets: usize,
     /// Optional TCP address of the metadata feed for recording consoles.
     pub feed: Option<SocketAddr>,
+    /// Threads writing recordings; calls are spread over them.
+    pub recorder_threads: usize,
 }
 
 /// An inclusive range of UDP ports, written `40000-59999`.
@@ -83,6 +85,7 @@ impl Default for Config {
             rtp_ports: PortRange(10000..=19999),
             jitter_packets: 5,
             feed: None,
+            recorder_threads: 2,
         }
     }
 }
@@ -129,6 +132,9 @@ pub struct Settings {
     /// Serve the metadata feed (JSON lines) to TCP clients on this address [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub feed: Option<SocketAddr>,
+    /// Threads writing recordings (calls are spread over them) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub recorder_threads: Option<usize>,
 }
 
 impl Settings {
@@ -163,6 +169,7 @@ impl Settings {
             rtp_ports: self.rtp_ports.or(base.rtp_ports),
             jitter_packets: self.jitter_packets.or(base.jitter_packets),
             feed: self.feed.or(base.feed),
+            recorder_threads: self.recorder_threads.or(base.recorder_threads),
         }
     }
 
@@ -186,7 +193,12 @@ impl Settings {
             rtp_ports: self.rtp_ports.unwrap_or(default.rtp_ports),
             jitter_packets: self.jitter_packets.unwrap_or(default.jitter_packets),
             feed: self.feed.or(default.feed),
+            recorder_threads: self.recorder_threads.unwrap_or(default.recorder_threads),
         };
+        anyhow::ensure!(
+            (1..=64).contains(&config.recorder_threads),
+            "recorder-threads must be from 1 to 64"
+        );
         anyhow::ensure!(
             !config.idle_timeout.is_zero(),
             "idle-timeout must be at least 1 second"

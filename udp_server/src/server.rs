@@ -122,18 +122,28 @@ pub async fn run(
         None => None,
     };
 
-    let (batches, queue) = mpsc::channel(RECORDER_QUEUE);
     let options = RecordOptions {
         record_dir,
         bare_payload: config.raw,
         jitter_packets: config.jitter_packets,
     };
-    let recorder = {
-        let metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("rst-recorder".into())
-            .spawn(move || recorder::run(queue, options, metrics, |event| publish(&feed, event)))?
-    };
+    // Several recorder threads, each owning the calls whose id maps to it: a slow
+    // disk operation (creating a file can take milliseconds) stalls only its share.
+    let mut batches = Vec::new();
+    let mut recorders = Vec::new();
+    for shard in 0..config.recorder_threads {
+        let (sender, queue) = mpsc::channel(RECORDER_QUEUE);
+        let (options, metrics, feed) = (options.clone(), metrics.clone(), feed.clone());
+        batches.push(sender);
+        recorders.push(
+            std::thread::Builder::new()
+                .name(format!("rst-recorder-{shard}"))
+                .spawn(move || {
+                    recorder::run(queue, options, metrics, |event| publish(&feed, event))
+                })?,
+        );
+    }
+    drop(feed);
 
     let limits = Limits {
         idle_timeout: config.idle_timeout,
@@ -158,19 +168,21 @@ pub async fn run(
     };
     let result = receiver.receive(&batches, &shutdown).await;
 
-    let mut batch = Batch::default();
+    let mut outbox = Outbox::new(batches.len());
     let now = Instant::now();
     receiver
         .table
         .end_all(now, EndReason::Shutdown, &mut |output| {
-            push_output(&mut batch, output, now)
+            outbox.push(output, now)
         });
     receiver.rtp.close_all();
-    let _ = batches.send(batch).await;
+    let _ = outbox.send(&batches).await;
     drop(batches);
-    tokio::task::spawn_blocking(move || recorder.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?;
+    for recorder in recorders {
+        tokio::task::spawn_blocking(move || recorder.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("a recorder thread panicked"))?;
+    }
     shutdown.cancel();
     stats_task.await?;
     if let Some(task) = metrics_task {
@@ -307,7 +319,7 @@ struct Receiver {
 impl Receiver {
     async fn receive(
         &mut self,
-        batches: &mpsc::Sender<Batch>,
+        batches: &[mpsc::Sender<Batch>],
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut buffer = vec![0u8; 65536];
@@ -315,7 +327,7 @@ impl Receiver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
         loop {
-            let mut batch = Batch::default();
+            let mut batch = Outbox::new(batches.len());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -326,11 +338,11 @@ impl Receiver {
                         if let Output::End { call, .. } = output {
                             rtp.close(call);
                         }
-                        push_output(&mut batch, output, now);
+                        batch.push(output, now);
                     });
                     ticks = ticks.wrapping_add(1);
                     if ticks % FLUSH_EVERY_TICKS == 0 {
-                        batch.commands.push(Command::Flush);
+                        batch.flush_all();
                     }
                 }
                 Some(arrival) = self.rtp_queue.recv() => {
@@ -360,13 +372,11 @@ impl Receiver {
                     }
                 }
             }
-            if !batch.is_empty() && batches.send(batch).await.is_err() {
-                anyhow::bail!("the recorder thread stopped");
-            }
+            batch.send(batches).await?;
         }
     }
 
-    fn handle(&mut self, from: SocketAddr, datagram: &[u8], batch: &mut Batch) {
+    fn handle(&mut self, from: SocketAddr, datagram: &[u8], batch: &mut Outbox) {
         let now = Instant::now();
         let Receiver {
             socket,
@@ -390,16 +400,16 @@ impl Receiver {
             }
             Output::End { call, reason } => {
                 ended.push(call);
-                push_output(batch, Output::End { call, reason }, now);
+                batch.push(Output::End { call, reason }, now);
             }
-            other => push_output(batch, other, now),
+            other => batch.push(other, now),
         });
         for call in ended.drain(..) {
             rtp.close(call);
         }
     }
 
-    fn handle_rtp(&mut self, arrival: RtpArrival, batch: &mut Batch) {
+    fn handle_rtp(&mut self, arrival: RtpArrival, batch: &mut Outbox) {
         let RtpArrival {
             call,
             direction,
@@ -409,8 +419,51 @@ impl Receiver {
         } = arrival;
         self.table
             .handle_rtp(at, call, direction, from, &bytes, &mut |output| {
-                push_output(batch, output, at)
+                batch.push(output, at)
             });
+    }
+}
+
+/// The commands of one wake-up, one batch per recorder thread.
+struct Outbox {
+    batches: Vec<Batch>,
+}
+
+impl Outbox {
+    fn new(shards: usize) -> Self {
+        Outbox {
+            batches: (0..shards).map(|_| Batch::default()).collect(),
+        }
+    }
+
+    /// Routes `output` to the recorder thread that owns its call.
+    fn push(&mut self, output: Output<'_>, now: Instant) {
+        let call = match &output {
+            Output::Reply(_) => return,
+            Output::Start(start) => start.call,
+            Output::Identify { call, .. }
+            | Output::Audio { call, .. }
+            | Output::Rtp { call, .. }
+            | Output::Malformed { call }
+            | Output::End { call, .. } => *call,
+        };
+        let shard = (call % self.batches.len() as u64) as usize;
+        push_output(&mut self.batches[shard], output, now);
+    }
+
+    fn flush_all(&mut self) {
+        for batch in &mut self.batches {
+            batch.commands.push(Command::Flush);
+        }
+    }
+
+    async fn send(self, senders: &[mpsc::Sender<Batch>]) -> anyhow::Result<()> {
+        for (batch, sender) in self.batches.into_iter().zip(senders) {
+            if !batch.is_empty() && sender.send(batch).await.is_err() {
+                anyhow::bail!("a recorder thread stopped");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -505,10 +558,16 @@ async fn serve_metrics(
         };
         let (metrics, feed) = (metrics.clone(), feed.clone());
         tokio::spawn(async move {
+            // The request line may come in pieces: read until the headers end.
             let mut request = [0u8; 2048];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-            let Ok(Ok(len)) = read else { return };
+            let mut len = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while len < request.len() && !request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout_at(deadline, stream.read(&mut request[len..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => len += n,
+                }
+            }
             let (status, body) = if request[..len].starts_with(b"GET /metrics") {
                 let mut text = metrics.render();
                 feed.render_prometheus(&mut text);

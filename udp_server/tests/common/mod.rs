@@ -235,6 +235,7 @@ pub fn tone(frequency: f64, amplitude: f64, rate: u32, seconds: f64) -> Vec<i16>
         .collect()
 }
 
+#[allow(unused_imports)] // not every test binary encodes
 pub use rst_codec::{linear_to_alaw as alaw, linear_to_ulaw as ulaw};
 
 /// The samples of a mono or stereo WAV, with its spec.
