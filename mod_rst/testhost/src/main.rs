@@ -6,6 +6,7 @@
 #[path = "../../src/ffi/types.rs"]
 mod types;
 
+mod bench;
 mod exports;
 mod g711;
 mod media;
@@ -282,10 +283,53 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
                 Ok(any_session(uuid)?.stats())
             }
         }
+        "bench" => {
+            let (uuid, rest) = split_word(rest);
+            let (frames, rest) = split_word(rest);
+            let frames: usize = frames
+                .parse()
+                .map_err(|_| "usage: bench UUID FRAMES [burst=FRAMES] [settle_ms=5000]")?;
+            let opts = options(rest);
+            let burst: usize = option(&opts, "burst", frames)?;
+            let settle_ms: u64 = option(&opts, "settle_ms", 5000)?;
+            let s = session(uuid)?;
+            bench::run(&s, frames, burst, || {
+                sender_caught_up(Duration::from_millis(settle_ms))
+            })
+        }
         "summary" => Ok(summary()),
         "violations" => Ok(json!({"all": lock(&host().violations).all})),
         "selftest" => Ok(selftest(rest)),
         _ => Err(format!("unknown command {cmd}")),
+    }
+}
+
+/// Waits (at most `limit`) until the module's sender thread has sent every
+/// frame queued to it, by its own `rst_status` counters; false on timeout or
+/// when the module has no `rst_status`.
+fn sender_caught_up(limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let Ok(answer) = module::run_api("rst_status", Some("")) else {
+            return false;
+        };
+        let counters: Value = answer["output"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text.trim()).ok())
+            .unwrap_or(Value::Null);
+        let (Some(queued), Some(sent)) = (
+            counters["frames_queued"].as_u64(),
+            counters["frames_sent"].as_u64(),
+        ) else {
+            return false;
+        };
+        if sent >= queued {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

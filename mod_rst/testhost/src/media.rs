@@ -77,20 +77,25 @@ fn tone_frame(kind: CodecKind, rate: u32, hz: f64, amp: f64, first: u64) -> Arc<
 }
 
 /// One direction's frame as the media thread hands it to bugs.
-struct Frame {
+pub(crate) struct Frame {
     encoded: Vec<u8>,
     tone: Option<Arc<Tone>>,
     frame: Box<switch_frame_t>,
 }
 
 impl Frame {
-    fn new() -> Frame {
+    pub(crate) fn new() -> Frame {
         Frame {
             encoded: Vec::with_capacity(2048),
             tone: None,
             // SAFETY: an all-zero frame is valid (NULL pointers, zero numbers).
             frame: Box::new(unsafe { std::mem::zeroed() }),
         }
+    }
+
+    /// The `switch_frame_t` handed to the bugs.
+    pub(crate) fn raw(&mut self) -> *mut switch_frame_t {
+        &mut *self.frame
     }
 
     fn linear(&self) -> &[u8] {
@@ -209,7 +214,14 @@ fn note(sent: &mut Sent, kind: CodecKind, rate: u32, hz: f64, amp: f64) -> u64 {
     first
 }
 
-fn tick(session: &Arc<Session>, spec: &MediaSpec, read: &mut Frame, write: &mut Frame, k: u64) {
+/// One 20 ms tick: makes the frames and runs the bugs (also `bench`'s loop).
+pub(crate) fn tick(
+    session: &Arc<Session>,
+    spec: &MediaSpec,
+    read: &mut Frame,
+    write: &mut Frame,
+    k: u64,
+) {
     let io = lock(&session.codec_io);
     let (kind, rate) = *lock(&session.codec);
     let (first_read, first_write) = {

@@ -7,7 +7,7 @@
 //! (sessions, bugs, XML nodes, streams stay allocated, marked dead), so a
 //! module that uses a stale pointer is reported instead of crashing the host.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{c_char, c_void, CString};
 use std::ptr;
@@ -71,6 +71,9 @@ thread_local! {
     pub(crate) static IN_CALLBACK: Cell<Option<(u64, u64, u32)>> = const { Cell::new(None) };
     /// Set while this thread runs a module entry point (load, shutdown, app, api).
     pub(crate) static IN_MODULE: Cell<Option<&'static str>> = const { Cell::new(None) };
+    /// `bench`: while set, every callback this thread runs adds its wall
+    /// nanoseconds here (the same figure `stats` accumulates).
+    pub(crate) static BENCH_SAMPLES: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
 }
 
 // ---------------------------------------------------------------------------
@@ -703,6 +706,11 @@ impl Bug {
         let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
         let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
         IN_CALLBACK.with(|c| c.set(previous));
+        BENCH_SAMPLES.with(|samples| {
+            if let Some(samples) = samples.borrow_mut().as_mut() {
+                samples.push(ns);
+            }
+        });
         self.session.time(abc, ns, cpu_ns);
         result != SWITCH_FALSE
     }
