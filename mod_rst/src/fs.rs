@@ -207,16 +207,30 @@ pub unsafe fn payload_type_of(codec: *mut switch_codec_t) -> Option<(u8, u32)> {
     if codec.is_null() {
         return None;
     }
-    // SAFETY: a non-NULL codec of a live session.
+    // SAFETY: a non-NULL codec of a live session (the caller's contract).
     let implementation = unsafe { (*codec).implementation };
-    // SAFETY: NULL-checked.
-    (!implementation.is_null()).then(|| unsafe {
-        (
-            (*implementation).ianacode,
-            (*implementation).actual_samples_per_second,
-        )
-    })
+    if implementation.is_null() {
+        return None;
+    }
+    // SAFETY: NULL-checked; the implementation outlives the codec.
+    let implementation = unsafe { &*implementation };
+    // FreeSWITCH gives linear audio a dynamic IANA code (100 on a 1.10.12
+    // loopback channel); the rst protocol's linear payload type is 10.
+    // SAFETY: iananame is NULL or a C string owned by the codec module.
+    let is_linear = !implementation.iananame.is_null()
+        && unsafe { CStr::from_ptr(implementation.iananame) }
+            .to_bytes()
+            .eq_ignore_ascii_case(b"L16");
+    let payload_type = if is_linear {
+        LINEAR_PAYLOAD_TYPE
+    } else {
+        implementation.ianacode
+    };
+    Some((payload_type, implementation.actual_samples_per_second))
 }
+
+/// The rst protocol's payload type for 16-bit linear audio.
+pub const LINEAR_PAYLOAD_TYPE: u8 = 10;
 
 fn codec_info(codec: *mut switch_codec_t) -> Option<CodecInfo> {
     if codec.is_null() {

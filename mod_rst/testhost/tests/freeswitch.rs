@@ -1,0 +1,322 @@
+//! mod_rst in a real FreeSWITCH. Runs only when `FREESWITCH_PREFIX` names an
+//! installed FreeSWITCH 1.10 (with bin/freeswitch, bin/fs_cli and mod/ with
+//! mod_loopback, mod_tone_stream, mod_event_socket, mod_dptools, mod_commands,
+//! mod_dialplan_xml); otherwise it says SKIPPED and passes. See the README for
+//! building one from the public source.
+//!
+//! It starts that FreeSWITCH on loopback with a configuration of its own, loads
+//! the built module, originates loopback calls that play tones, starts `rst`
+//! from the dialplan (with and without the original README's quotes) and with
+//! `uuid_rst` over the event socket, and checks that a real receiver recorded
+//! each tone in the right direction.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct FreeSwitch {
+    prefix: PathBuf,
+    esl_port: u16,
+    child: Child,
+    _dirs: tempfile::TempDir,
+}
+
+impl FreeSwitch {
+    fn cli(&self, command: &str) -> String {
+        let output = Command::new(self.prefix.join("bin/fs_cli"))
+            .args([
+                "-H",
+                "127.0.0.1",
+                "-P",
+                &self.esl_port.to_string(),
+                "-p",
+                "ClueCon",
+                "-T",
+                "5000",
+                "-t",
+                "5000",
+                "-x",
+                command,
+            ])
+            .output()
+            .expect("fs_cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for FreeSwitch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(receiver_port: u16, esl_port: u16) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<document type="freeswitch/xml">
+  <section name="configuration">
+    <configuration name="switch.conf">
+      <settings>
+        <param name="max-sessions" value="100"/>
+        <param name="loglevel" value="debug"/>
+        <param name="rtp-start-port" value="23000"/>
+        <param name="rtp-end-port" value="23999"/>
+      </settings>
+    </configuration>
+    <configuration name="modules.conf">
+      <modules>
+        <load module="mod_logfile"/>
+        <load module="mod_event_socket"/>
+        <load module="mod_commands"/>
+        <load module="mod_dptools"/>
+        <load module="mod_dialplan_xml"/>
+        <load module="mod_loopback"/>
+        <load module="mod_tone_stream"/>
+        <load module="mod_rst"/>
+      </modules>
+    </configuration>
+    <configuration name="logfile.conf">
+      <settings><param name="rotate-on-hup" value="true"/></settings>
+      <profiles><profile name="default"><settings>
+        <param name="logfile" value="freeswitch.log"/>
+      </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
+    </configuration>
+    <configuration name="event_socket.conf">
+      <settings>
+        <param name="listen-ip" value="127.0.0.1"/>
+        <param name="listen-port" value="{esl_port}"/>
+        <param name="password" value="ClueCon"/>
+      </settings>
+    </configuration>
+    <configuration name="rst.conf">
+      <settings>
+        <param name="udp-server-ip" value="127.0.0.1"/>
+        <param name="udp-server-port" value="{receiver_port}"/>
+      </settings>
+    </configuration>
+  </section>
+  <section name="dialplan">
+    <context name="default">
+      <extension name="rst_on_answer">
+        <condition field="destination_number" expression="^1000$">
+          <action application="set" data="execute_on_answer=rst 127.0.0.1 {receiver_port}"/>
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(3000,0,800)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+      <extension name="tone_only">
+        <condition field="destination_number" expression="^1001$">
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(4000,0,1200)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+      <extension name="rst_on_answer_quoted">
+        <condition field="destination_number" expression="^1002$">
+          <action application="set" data="execute_on_answer='rst 127.0.0.1 {receiver_port}'"/>
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(3000,0,600)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+    </context>
+  </section>
+</document>
+"#
+    )
+}
+
+fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16) -> FreeSwitch {
+    let dirs = tempfile::tempdir().unwrap();
+    let sub = |name: &str| {
+        let dir = dirs.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let (conf, modules) = (sub("conf"), sub("mod"));
+    let esl_port = free_port();
+    std::fs::write(conf.join("freeswitch.xml"), config(receiver_port, esl_port)).unwrap();
+    // The installed modules plus ours, under the file name FreeSWITCH requires.
+    for entry in std::fs::read_dir(prefix.join("mod")).unwrap().flatten() {
+        let _ = std::os::unix::fs::symlink(entry.path(), modules.join(entry.file_name()));
+    }
+    std::fs::copy(module, modules.join("mod_rst.so")).unwrap();
+    let child = Command::new(prefix.join("bin/freeswitch"))
+        .args(["-nf", "-nc", "-nonat", "-nocal", "-nort"])
+        .arg("-conf")
+        .arg(&conf)
+        .arg("-mod")
+        .arg(&modules)
+        .arg("-log")
+        .arg(sub("log"))
+        .arg("-db")
+        .arg(sub("db"))
+        .arg("-run")
+        .arg(sub("run"))
+        .arg("-temp")
+        .arg(sub("temp"))
+        .arg("-storage")
+        .arg(sub("storage"))
+        .arg("-cache")
+        .arg(sub("cache"))
+        .arg("-recordings")
+        .arg(sub("recordings"))
+        .arg("-sounds")
+        .arg(sub("sounds"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("freeswitch starts");
+    let fs = FreeSwitch {
+        prefix: prefix.to_owned(),
+        esl_port,
+        child,
+        _dirs: dirs,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs.cli("status").contains("is ready") {
+        assert!(
+            Instant::now() < deadline,
+            "FreeSWITCH did not get ready; log in {}",
+            fs._dirs.path().display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    fs
+}
+
+/// Power of `hz` in `samples` (Goertzel), normalised by the signal's energy.
+fn tone_share(samples: &[i16], rate: f64, hz: f64) -> f64 {
+    let coefficient = 2.0 * (2.0 * std::f64::consts::PI * hz / rate).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut energy = 0.0;
+    for &sample in samples {
+        let x = f64::from(sample);
+        let s0 = x + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+        energy += x * x;
+    }
+    let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
+    if energy == 0.0 {
+        0.0
+    } else {
+        power / (energy * samples.len() as f64 / 2.0)
+    }
+}
+
+/// Asserts the direction carries mostly `hz` and the other does not.
+fn assert_tone(record: &serde_json::Value, direction: &str, hz: f64) {
+    let other = if direction == "R" { "W" } else { "R" };
+    let (spec, samples) = direction_wav(record, direction);
+    let rate = f64::from(spec.sample_rate);
+    let share = tone_share(&samples, rate, hz);
+    assert!(
+        samples.len() as f64 > rate,
+        "{direction}: only {} samples",
+        samples.len()
+    );
+    assert!(
+        share > 0.5,
+        "{direction} of {}: {hz} Hz is only {share:.3} of the signal",
+        record["uuid"]
+    );
+    if let Some(other_samples) = record["directions"][other]["wav"]
+        .get(0)
+        .map(|_| direction_wav(record, other).1)
+    {
+        let leak = tone_share(&other_samples, rate, hz);
+        assert!(
+            leak < 0.1,
+            "{other} of {} also carries {hz} Hz ({leak:.3})",
+            record["uuid"]
+        );
+    }
+}
+
+#[test]
+fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
+    let Some(prefix) = std::env::var_os("FREESWITCH_PREFIX").map(PathBuf::from) else {
+        eprintln!("SKIPPED a_real_freeswitch_streams_its_calls_to_the_receiver: set FREESWITCH_PREFIX to an installed FreeSWITCH 1.10 (see README)");
+        return;
+    };
+    assert!(
+        prefix.join("bin/freeswitch").exists(),
+        "no bin/freeswitch under FREESWITCH_PREFIX={}",
+        prefix.display()
+    );
+    let receiver = Receiver::start();
+    let fs = start_freeswitch(&prefix, &module_path(), receiver.addr.port());
+    assert_eq!(
+        fs.cli("module_exists mod_rst"),
+        "true",
+        "mod_rst did not load"
+    );
+    assert!(fs.cli("show application rst").contains("rst"));
+
+    // 1. The dialplan starts rst on answer; the called leg plays 800 Hz: what it
+    //    writes to the channel is W.
+    assert!(fs
+        .cli("originate loopback/1000/default &park")
+        .starts_with("+OK"));
+    // 2. uuid_rst over the event socket on a parked leg that hears 1200 Hz: R.
+    let parked = "4f8e0b8a-8d1c-4c57-9a6b-3a2f7f0e1d20";
+    assert!(fs
+        .cli(&format!(
+            "originate {{origination_uuid={parked}}}loopback/1001/default &park"
+        ))
+        .starts_with("+OK"));
+    std::thread::sleep(Duration::from_millis(500));
+    let reply = fs.cli(&format!(
+        "uuid_rst {parked} 127.0.0.1 {}",
+        receiver.addr.port()
+    ));
+    assert!(reply.starts_with("+OK"), "uuid_rst: {reply}");
+    assert!(fs
+        .cli("uuid_rst 00000000-0000-0000-0000-000000000000")
+        .starts_with("-ERR no such channel"));
+    // 3. The original README's quoted form: 600 Hz on W.
+    assert!(fs
+        .cli("originate loopback/1002/default &park")
+        .starts_with("+OK"));
+
+    let records = receiver.wait_records(3);
+    let by_tone = |direction: &str, hz: f64| {
+        records
+            .iter()
+            .find(|r| {
+                r["directions"][direction]["wav"].get(0).is_some() && {
+                    let (spec, samples) = direction_wav(r, direction);
+                    tone_share(&samples, f64::from(spec.sample_rate), hz) > 0.5
+                }
+            })
+            .unwrap_or_else(|| panic!("no record with {hz} Hz on {direction}: {records:#?}"))
+    };
+    assert_tone(by_tone("W", 800.0), "W", 800.0);
+    let heard = by_tone("R", 1200.0);
+    assert_eq!(heard["uuid"], parked);
+    assert_tone(heard, "R", 1200.0);
+    assert_tone(by_tone("W", 600.0), "W", 600.0);
+    for record in &records {
+        assert_eq!(record["end_reason"], "bye", "{record:#}");
+        assert!(record["caller"].is_string() && record["callee"].is_string());
+    }
+    let status = fs.cli("rst_status");
+    assert!(status.contains("\"streams_started\":3"), "{status}");
+    fs.cli("shutdown");
+}
