@@ -1,5 +1,6 @@
 //! The receiver's tokio shell: the UDP receive loop around the [`CallTable`],
-//! the recorder thread, the metrics endpoint and the periodic summary.
+//! the RTP sockets of RTP-mode calls, the recorder threads, the metrics
+//! endpoint, the metadata feed and the periodic summary.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,14 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rst_proto::{Direction, RtpPorts};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use rst_proto::{Direction, RtpPorts};
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::calls::{CallId, CallTable, Limits, Output, RtpBinder};
 use crate::config::Config;
@@ -27,8 +27,8 @@ use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 /// Datagrams handled per wake-up before the batch goes to the recorder; bounds
 /// the work per wake-up and the batch size.
 const BATCH_DATAGRAMS: usize = 64;
-/// Batches queued for the recorder; when the disk is slower than the network the
-/// receive loop waits here and the socket buffer absorbs the burst.
+/// Batches queued for each recorder thread; when the disk is slower than the
+/// network the receive loop waits here and the socket buffer absorbs the burst.
 const RECORDER_QUEUE: usize = 1024;
 /// Receive buffer asked of the kernel, so bursts are not dropped while the loop is busy.
 const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
