@@ -26,8 +26,8 @@ use args::{ApiCommand, Target};
 use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
-use sender::{Command, Sender, StreamId};
 use rst_proto::stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
+use sender::{Command, Sender, StreamId};
 use tap::Tap;
 
 /// What FreeSWITCH looks up after `dlopen("mod_rst.so")`: `<file name>_module_interface`.
