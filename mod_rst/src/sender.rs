@@ -373,7 +373,6 @@ fn deliver(
     let Some(entry) = live.get_mut(&frame.stream) else {
         return;
     };
-    let before = entry.stream.stats.frames_sent;
     let payload = &frame.data[..usize::from(frame.len)];
     drive(entry, control, counters, |stream, emit| {
         stream.frame(
@@ -384,9 +383,6 @@ fn deliver(
             emit,
         )
     });
-    counters
-        .frames_sent
-        .fetch_add(entry.stream.stats.frames_sent - before, Relaxed);
 }
 
 /// Runs `action` on a stream with an `emit` that sends through the right socket.
@@ -397,9 +393,15 @@ fn drive<R>(
     action: impl FnOnce(&mut Stream, &mut dyn FnMut(Via, SocketAddr, &[u8])) -> R,
 ) -> R {
     let Live { stream, rtp, hex } = entry;
+    // Frames go out from `frame` and, in RTP mode, from `ack` (those held until then).
+    let before = stream.stats.frames_sent;
     let mut emit =
         |via, to, bytes: &[u8]| send(control, rtp.as_ref(), hex, counters, via, to, bytes);
-    action(stream, &mut emit)
+    let result = action(stream, &mut emit);
+    counters
+        .frames_sent
+        .fetch_add(stream.stats.frames_sent - before, Relaxed);
+    result
 }
 
 /// The module's control sockets, one per address family, made on first use.

@@ -266,6 +266,10 @@ pub unsafe extern "C" fn switch_core_media_bug_add(
             return SWITCH_STATUS_FALSE;
         }
     }
+    // Held from the hangup check to the insertion (and so across INIT): a hangup
+    // on another thread either came first (refused here) or closes this bug,
+    // never misses it.
+    let mut list = session.bug_list.write().unwrap_or_else(|e| e.into_inner());
     if session.hung_up.load(Ordering::SeqCst) {
         // FreeSWITCH: the channel has no media any more, pre_answer fails.
         lock(&host().logs).entries.push(json!({
@@ -322,10 +326,8 @@ pub unsafe extern "C" fn switch_core_media_bug_add(
     }
     bug.state.store(BUG_READY, Ordering::SeqCst);
     session.bugs_added.fetch_add(1, Ordering::SeqCst);
-    {
-        let mut list = session.bug_list.write().unwrap_or_else(|e| e.into_inner());
-        list.push(bug.clone());
-    }
+    list.push(bug.clone());
+    drop(list);
     // SAFETY: checked non-NULL above.
     unsafe { *new_bug = bug.pointer() };
     SWITCH_STATUS_SUCCESS

@@ -160,6 +160,14 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             let kind = CodecKind::parse(&kind_name).ok_or(format!("unknown codec {kind_name}"))?;
             let rate: u32 = option(&opts, "rate", 8000)?;
             check_codec(kind, rate)?;
+            let write_kind = match opts.iter().find(|(k, _)| k == "write_codec") {
+                Some((_, name)) => {
+                    let write = CodecKind::parse(name).ok_or(format!("unknown codec {name}"))?;
+                    check_codec(write, rate)?;
+                    Some(write)
+                }
+                None => None,
+            };
             let mut vars: Vec<(String, String)> = vec![
                 ("caller_id_number".into(), "0000000000".into()),
                 ("caller_id_name".into(), "FreeSWITCH".into()),
@@ -168,13 +176,19 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             ];
             for (k, v) in opts
                 .into_iter()
-                .filter(|(k, _)| k != "codec" && k != "rate")
+                .filter(|(k, _)| k != "codec" && k != "rate" && k != "write_codec")
             {
                 vars.retain(|(old, _)| *old != k);
                 vars.push((k, v));
             }
             let s = state::create_session(uuid, &vars, kind, rate);
-            Ok(json!({"uuid": s.uuid, "codec": kind.name(), "rate": rate}))
+            if let Some(write) = write_kind {
+                s.set_write_codec(write);
+            }
+            let write = write_kind.unwrap_or(kind);
+            Ok(
+                json!({"uuid": s.uuid, "codec": kind.name(), "write_codec": write.name(), "rate": rate}),
+            )
         }
         "var" => {
             let (uuid, rest) = split_word(rest);
@@ -252,6 +266,28 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
                 json!({"bugs_closed": closed, "locks_at_hangup": s.locks_at_hangup.load(Ordering::SeqCst)}),
             )
         }
+        "hangup_async" => {
+            // A hangup on another thread after DELAY_US, to race the next command.
+            let (uuid, rest) = split_word(rest);
+            let delay_us: u64 = option(&options(rest), "delay_us", 0)?;
+            let s = session(uuid)?;
+            let handle = std::thread::Builder::new()
+                .name(format!("hangup-{}", s.id))
+                .spawn(move || {
+                    module::register_host_thread();
+                    std::thread::sleep(Duration::from_micros(delay_us));
+                    lock(&host().by_uuid).remove(&s.uuid);
+                    media::hangup(&s)
+                })
+                .map_err(|e| e.to_string())?;
+            lock(&ASYNC_HANGUPS).push(handle);
+            Ok(json!({}))
+        }
+        "wait_hangups" => {
+            let handles: Vec<_> = lock(&ASYNC_HANGUPS).drain(..).collect();
+            let closed: usize = handles.into_iter().filter_map(|h| h.join().ok()).sum();
+            Ok(json!({"bugs_closed": closed}))
+        }
         "sleep" => {
             let ms: u64 = split_word(rest).0.parse().map_err(|_| "usage: sleep MS")?;
             std::thread::sleep(Duration::from_millis(ms));
@@ -303,6 +339,10 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
         _ => Err(format!("unknown command {cmd}")),
     }
 }
+
+/// `hangup_async` threads not yet joined by `wait_hangups`.
+static ASYNC_HANGUPS: std::sync::Mutex<Vec<std::thread::JoinHandle<usize>>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Waits (at most `limit`) until the module's sender thread has sent every
 /// frame queued to it, by its own `rst_status` counters; false on timeout or

@@ -224,10 +224,17 @@ pub(crate) fn tick(
 ) {
     let io = lock(&session.codec_io);
     let (kind, rate) = *lock(&session.codec);
+    let write_kind = lock(&session.write_kind).unwrap_or(kind);
     let (first_read, first_write) = {
         let mut media = lock(&session.media);
         let r = note(&mut media.read, kind, rate, spec.read_hz, spec.read_amp);
-        let w = note(&mut media.write, kind, rate, spec.write_hz, spec.write_amp);
+        let w = note(
+            &mut media.write,
+            write_kind,
+            rate,
+            spec.write_hz,
+            spec.write_amp,
+        );
         (r, w)
     };
     read.fill(
@@ -240,7 +247,7 @@ pub(crate) fn tick(
         k as u16,
     );
     write.fill(
-        kind,
+        write_kind,
         rate,
         spec.write_hz,
         spec.write_amp,
@@ -326,10 +333,12 @@ pub(crate) fn hangup(session: &Arc<Session>) -> usize {
     session
         .locks_at_hangup
         .store(session.locks.load(Ordering::SeqCst), Ordering::SeqCst);
+    session.hanging_up.store(true, Ordering::SeqCst);
     session.hung_up.store(true, Ordering::SeqCst);
     session.stop_media.store(true, Ordering::SeqCst);
     join(session);
     let closed = remove_all_bugs(session);
+    session.hanging_up.store(false, Ordering::SeqCst);
     session.maybe_destroy();
     closed
 }

@@ -388,6 +388,9 @@ pub(crate) struct Session {
     pub(crate) read_codec: Box<CodecCell>,
     pub(crate) write_codec: Box<CodecCell>,
     pub(crate) codec: Mutex<(CodecKind, u32)>,
+    /// The write codec when it differs from the read codec (same rate): set by
+    /// `session ... write_codec=`, cleared by a re-INVITE (`codec`).
+    pub(crate) write_kind: Mutex<Option<CodecKind>>,
     /// Held by the media thread for a whole tick and by a codec change, as
     /// FreeSWITCH's codec_read/write mutexes: a re-INVITE never lands mid-frame.
     pub(crate) codec_io: Mutex<()>,
@@ -399,6 +402,9 @@ pub(crate) struct Session {
     pub(crate) bad_unlocks: AtomicU64,
     pub(crate) locks_at_hangup: AtomicI64,
     pub(crate) hung_up: AtomicBool,
+    /// Hangup is still closing the bugs (FreeSWITCH's session thread still owns
+    /// the session then, whatever the read locks).
+    pub(crate) hanging_up: AtomicBool,
     /// Hung up and every read lock released: any use now is a use after free.
     pub(crate) destroyed: AtomicBool,
     pub(crate) stop_media: AtomicBool,
@@ -438,6 +444,15 @@ impl Session {
         self.read_codec.set(kind, rate);
         self.write_codec.set(kind, rate);
         *codec = (kind, rate);
+        *lock(&self.write_kind) = None;
+    }
+
+    /// Gives the write direction its own codec, at the read codec's rate.
+    pub(crate) fn set_write_codec(&self, kind: CodecKind) {
+        let _io = lock(&self.codec_io);
+        let (_, rate) = *lock(&self.codec);
+        self.write_codec.set(kind, rate);
+        *lock(&self.write_kind) = Some(kind);
     }
 
     pub(crate) fn time(&self, abc: u32, ns: u64, cpu_ns: u64) {
@@ -448,7 +463,10 @@ impl Session {
 
     /// Marks the session destroyed once it is hung up and unlocked.
     pub(crate) fn maybe_destroy(&self) {
-        if self.hung_up.load(Ordering::SeqCst) && self.locks.load(Ordering::SeqCst) <= 0 {
+        if self.hung_up.load(Ordering::SeqCst)
+            && !self.hanging_up.load(Ordering::SeqCst)
+            && self.locks.load(Ordering::SeqCst) <= 0
+        {
             self.destroyed.store(true, Ordering::SeqCst);
         }
     }
@@ -465,9 +483,10 @@ impl Session {
             .map(|list| list.iter().map(|b| b.describe()).collect())
             .unwrap_or_default();
         let (kind, rate) = *lock(&self.codec);
+        let write_kind = lock(&self.write_kind).unwrap_or(kind);
         json!({
             "uuid": self.uuid,
-            "codec": kind.name(), "rate": rate,
+            "codec": kind.name(), "rate": rate, "write_codec": write_kind.name(),
             "hung_up": self.hung_up.load(Ordering::SeqCst),
             "destroyed": self.destroyed.load(Ordering::SeqCst),
             "locks_held": self.locks.load(Ordering::SeqCst),
@@ -507,6 +526,7 @@ pub(crate) fn create_session(
         read_codec: CodecCell::new(kind, rate),
         write_codec: CodecCell::new(kind, rate),
         codec: Mutex::new((kind, rate)),
+        write_kind: Mutex::new(None),
         codec_io: Mutex::new(()),
         locks: AtomicI64::new(0),
         locates: AtomicU64::new(0),
@@ -515,6 +535,7 @@ pub(crate) fn create_session(
         bad_unlocks: AtomicU64::new(0),
         locks_at_hangup: AtomicI64::new(0),
         hung_up: AtomicBool::new(false),
+        hanging_up: AtomicBool::new(false),
         destroyed: AtomicBool::new(false),
         stop_media: AtomicBool::new(false),
         bug_list: RwLock::new(Vec::new()),
