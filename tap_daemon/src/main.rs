@@ -1,0 +1,68 @@
+//! The `tap_daemon` binary: flags and config file in, a capture run out.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tap_daemon::capture;
+use tap_daemon::config::{self, Settings};
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Settings::parse();
+    let file = match &flags.config {
+        Some(path) => config::load(path).context("configuration file")?,
+        None => Settings::default(),
+    };
+    let run = flags.over(file).resolve()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    watch_signals(shutdown.clone())?;
+    let summary = capture::run(&run, &shutdown).context("capture")?;
+    tracing::info!(
+        frames = summary.frames,
+        calls = summary.pipeline.calls_started,
+        rtp_sent = summary.output.rtp_sent,
+        "done"
+    );
+    Ok(())
+}
+
+/// Ctrl-C (and SIGTERM on Unix) set `shutdown`; the capture then ends every
+/// call with a BYE before the process exits.
+fn watch_signals(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("signal runtime")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut term) = signal(SignalKind::terminate()) else {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            tracing::info!("signal received: ending every call");
+            shutdown.store(true, Ordering::Relaxed);
+        })
+        .context("signal thread")?;
+    Ok(())
+}

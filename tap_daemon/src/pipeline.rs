@@ -1,0 +1,1340 @@
+//! The whole capture path, sans-IO: captured frames in, calls out.
+//!
+//! [`Pipeline::frame`] runs the packet decoder on one frame, hands SIP (over
+//! UDP, or framed out of TCP streams) to the call [`Tracker`], maps RTP to its
+//! call and direction, and tells an [`Output`] what to do: start a call,
+//! forward an RTP packet unchanged, end a call. The capture time is an
+//! argument, so a capture file replays exactly as the wire was seen live.
+//!
+//! What is forwarded, and what is refused (each refusal has a counter in
+//! [`PipelineStats`]):
+//!
+//! * A SIP call is recorded from its answer (`200 OK`) or its first audio
+//!   packet, whichever comes first, so early media (a `183` with SDP) is kept
+//!   and a call rejected without media (`403`, `603`) is not a recording.
+//! * Only RTP whose payload type the call's SDP lists as audio is forwarded:
+//!   comfort noise (PT 13, `CN`), RTCP, and whatever reaches an audio port with
+//!   a payload type the SDP does not offer (a T.38 switch, video) is dropped.
+//!   RFC 4733 telephone-events are forwarded (the receiver turns them into
+//!   DTMF entries).
+//! * A packet seen twice (a tap at two points of the path, a SPAN of both
+//!   ports) is forwarded once: per call direction, the same SSRC, sequence
+//!   number, timestamp and payload within [`PipelineConfig::dedup_window`].
+//! * With [`PipelineConfig::rtp_without_sip`], an RTP flow no SIP call claims
+//!   (SIP over TLS, a capture started mid-call) becomes a call of its own,
+//!   keyed by its two endpoints; both directions are one call, `R` being the
+//!   direction seen first. A flow must show two packets of one SSRC with close
+//!   sequence numbers before it counts as RTP, so that DNS and the like,
+//!   whose first byte sometimes looks like RTP version 2, do not become calls.
+//! * [`Filter`]: which networks and which numbers to record or skip.
+//!
+//! All state is bounded: the decoder's and tracker's own limits, at most
+//! [`PipelineConfig::max_tcp_flows`] SIP-over-TCP buffers, at most
+//! [`PipelineConfig::max_sipless_calls`] calls without SIP and twice as many
+//! candidate flows.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rst_proto::{Direction, Extensions, RtpPacket};
+
+use crate::packet::{Datagram, Decoder, Limits, LinkType, Transport};
+use crate::sip::sdp::static_payload_type;
+use crate::sip::{
+    CallEvent, CallInfo, CallKey, MediaDesc, SipMessage, SipStream, Tracker, TrackerConfig,
+};
+
+/// Where a pipeline's decisions go: the real one sends them to a receiver
+/// ([`crate::output::UdpOutput`]); tests collect them.
+pub trait Output {
+    /// A call is to be recorded from now on.
+    fn call_started(&mut self, call: &CallStart);
+    /// One captured RTP packet of a started call, unchanged.
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]);
+    /// A started call is over.
+    fn call_ended(&mut self, key: CallKey);
+}
+
+/// What a receiver needs to open a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStart {
+    pub key: CallKey,
+    /// The SIP Call-ID; `None` for a call made of RTP alone.
+    pub call_id: Option<String>,
+    /// The From user part (or the first RTP source), without `:`.
+    pub caller: String,
+    /// The To user part (or the first RTP destination), without `:`.
+    pub callee: String,
+    /// Payload types the receiver cannot know by number (dynamic ones), with
+    /// the encoding name and clock rate the SDP gave them.
+    pub payload_types: Vec<(u8, String, u32)>,
+    /// Capture time of the start.
+    pub at: Duration,
+}
+
+/// Longest Call-ID passed on to the receiver; a longer one is cut (the
+/// UUID is still derived from the whole Call-ID).
+const MAX_CALL_ID: usize = 512;
+
+impl CallStart {
+    /// The INV's extension fields: `ptN=NAME/CLOCK` for each declared payload
+    /// type and `call-id=` (escaped) when there is one.
+    pub fn extensions(&self) -> String {
+        let mut fields: Vec<String> = self
+            .payload_types
+            .iter()
+            .map(|(pt, name, clock)| format!("pt{pt}={}/{clock}", clean_token(name)))
+            .collect();
+        if let Some(call_id) = &self.call_id {
+            let mut cut = call_id.as_str();
+            if cut.len() > MAX_CALL_ID {
+                let mut end = MAX_CALL_ID;
+                while !cut.is_char_boundary(end) {
+                    end -= 1;
+                }
+                cut = &cut[..end];
+            }
+            // Control characters would not survive the INV's text form.
+            let printable: String = cut.chars().filter(|c| !c.is_control()).collect();
+            if !printable.is_empty() {
+                fields.push(format!("call-id={}", Extensions::escape(&printable)));
+            }
+        }
+        fields.join(":")
+    }
+}
+
+/// An encoding name safe for `ptN=NAME/CLOCK`.
+fn clean_token(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect()
+}
+
+/// A caller or callee label safe for the INV: no `:`, no control characters,
+/// at most 64 characters; never empty.
+fn clean_party(label: &str) -> String {
+    let text: String = label
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if c == ':' { '.' } else { c })
+        .take(64)
+        .collect();
+    if text.is_empty() {
+        "unknown".to_owned()
+    } else {
+        text
+    }
+}
+
+/// A number pattern: a glob (`*` any run, `?` one character; anchored at
+/// both ends) or, prefixed with `re:`, a regular expression.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    text: String,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, regex::Error> {
+        let source = match text.strip_prefix("re:") {
+            Some(re) => re.to_owned(),
+            None => {
+                let mut re = String::from("^");
+                for c in text.chars() {
+                    match c {
+                        '*' => re.push_str(".*"),
+                        '?' => re.push('.'),
+                        c => re.push_str(&regex::escape(&c.to_string())),
+                    }
+                }
+                re.push('$');
+                re
+            }
+        };
+        Ok(Pattern {
+            text: text.to_owned(),
+            regex: regex::Regex::new(&source)?,
+        })
+    }
+
+    pub fn matches(&self, number: &str) -> bool {
+        self.regex.is_match(number)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Which calls to record. An empty list does not restrict.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Record a call only if one of its addresses (signalling or media, either
+    /// party) is in one of these networks.
+    pub networks: Vec<ipnet::IpNet>,
+    /// Record a call only if its caller or callee matches one of these.
+    pub numbers: Vec<Pattern>,
+    /// Never record a call whose caller or callee matches one of these.
+    pub skip_numbers: Vec<Pattern>,
+}
+
+impl Filter {
+    /// Whether a call with these parties and addresses is recorded.
+    pub fn allows(&self, caller: &str, callee: &str, addresses: &[IpAddr]) -> bool {
+        if !self.networks.is_empty()
+            && !addresses
+                .iter()
+                .any(|ip| self.networks.iter().any(|net| net.contains(ip)))
+        {
+            return false;
+        }
+        let either = |p: &Pattern| p.matches(caller) || p.matches(callee);
+        if !self.numbers.is_empty() && !self.numbers.iter().any(either) {
+            return false;
+        }
+        !self.skip_numbers.iter().any(either)
+    }
+}
+
+/// Settings of a [`Pipeline`].
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub filter: Filter,
+    /// Record RTP flows that no SIP call claims, as calls of their own.
+    pub rtp_without_sip: bool,
+    /// UDP and TCP ports always treated as SIP.
+    pub sip_ports: Vec<u16>,
+    pub tracker: TrackerConfig,
+    pub decoder: Limits,
+    /// SIP-over-TCP directions buffered at once.
+    pub max_tcp_flows: usize,
+    /// Calls made of RTP alone held at once.
+    pub max_sipless_calls: usize,
+    /// A call made of RTP alone ends after this long without a packet.
+    pub sipless_idle: Duration,
+    /// How close in capture time a repeat of a packet must be to count as the
+    /// same packet seen twice.
+    pub dedup_window: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            filter: Filter::default(),
+            rtp_without_sip: false,
+            sip_ports: vec![5060, 5061],
+            tracker: TrackerConfig::default(),
+            decoder: Limits::default(),
+            max_tcp_flows: 4096,
+            max_sipless_calls: 1000,
+            sipless_idle: Duration::from_secs(15),
+            dedup_window: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the pipeline did and refused, beyond the decoder's and tracker's own
+/// counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// SIP messages handed to the tracker.
+    pub sip_messages: u64,
+    /// UDP payloads or framed TCP messages that looked like SIP but did not parse.
+    pub sip_malformed: u64,
+    /// TCP stream messages the framer refused (lying lengths, endless headers).
+    pub sip_stream_errors: u64,
+    /// SIP-over-TCP flows not buffered because `max_tcp_flows` were.
+    pub tcp_flows_refused: u64,
+    /// UDP datagrams that were neither SIP nor RTP.
+    pub udp_other: u64,
+    /// RTP packets that belong to no call (and were not made one).
+    pub rtp_unmatched: u64,
+    /// RTP packets forwarded.
+    pub rtp_forwarded: u64,
+    /// RTP packets dropped as repeats of one already forwarded.
+    pub rtp_duplicates: u64,
+    /// RTP packets of a call with a payload type its SDP does not list as audio.
+    pub rtp_not_audio: u64,
+    /// Of those, comfort noise (PT 13 or `CN`).
+    pub rtp_comfort_noise: u64,
+    /// RTP packets whose direction was swapped because another stream of
+    /// the call already held the one the SDP suggested.
+    pub rtp_direction_swapped: u64,
+    /// RTCP (payload types 72 to 76 with the marker bit).
+    pub rtcp: u64,
+    /// RTP packets of calls the filter refused.
+    pub rtp_filtered: u64,
+    /// Calls started (SIP or RTP alone).
+    pub calls_started: u64,
+    /// Of those, calls made of RTP alone.
+    pub sipless_calls: u64,
+    /// Calls the filter refused.
+    pub calls_filtered: u64,
+    /// Calls without SIP not made because `max_sipless_calls` were held.
+    pub sipless_refused: u64,
+    /// Calls ended.
+    pub calls_ended: u64,
+}
+
+/// One direction's recently forwarded packets, for spotting repeats.
+#[derive(Debug, Default)]
+struct Dedup {
+    recent: [(u32, u16, u32, u64, Duration); DEDUP_SLOTS],
+    next: usize,
+    filled: usize,
+}
+
+const DEDUP_SLOTS: usize = 32;
+
+impl Dedup {
+    /// True if this packet was already seen within `window`; remembers it otherwise.
+    fn seen(&mut self, packet: &RtpPacket<'_>, now: Duration, window: Duration) -> bool {
+        let hash = fnv1a(packet.payload);
+        let key = (packet.ssrc, packet.sequence, packet.timestamp, hash);
+        let repeat = self.recent[..self.filled].iter().any(|&(s, q, t, h, at)| {
+            (s, q, t, h) == key
+                && now.saturating_sub(at) <= window
+                && at.saturating_sub(now) <= window
+        });
+        if !repeat {
+            self.recent[self.next] = (key.0, key.1, key.2, key.3, now);
+            self.next = (self.next + 1) % DEDUP_SLOTS;
+            self.filled = (self.filled + 1).min(DEDUP_SLOTS);
+        }
+        repeat
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Known, not yet started (unanswered, no audio yet).
+    Pending,
+    Started,
+    /// The filter said no.
+    Refused,
+}
+
+/// A pair of endpoints in a fixed order, so both directions find one entry.
+type FlowPair = (SocketAddr, SocketAddr);
+
+fn pair(a: SocketAddr, b: SocketAddr) -> FlowPair {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+#[derive(Debug)]
+struct Call {
+    recording: Recording,
+    /// SIP calls: what the tracker said at the start.
+    info: Option<CallInfo>,
+    /// Payload types forwarded (audio per the SDP, and telephone-event).
+    audio: [bool; 128],
+    /// Payload types to declare in the INV.
+    declared: Vec<(u8, String, u32)>,
+    /// Addresses for the network filter.
+    addresses: Vec<IpAddr>,
+    dedup: [Dedup; 2],
+    /// The flow each direction's audio comes from, see [`Call::direction`].
+    owners: [Option<Owner>; 2],
+    last_packet: Duration,
+    /// Calls made of RTP alone: their flow pair and the first packet's source.
+    sipless: Option<(FlowPair, SocketAddr)>,
+}
+
+/// The flow (and SSRC) a call direction's audio currently comes from.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    flow: (SocketAddr, SocketAddr),
+    ssrc: u32,
+    last: Duration,
+}
+
+/// How long a direction's flow stays its owner without a packet.
+const OWNER_IDLE: Duration = Duration::from_secs(1);
+
+impl Call {
+    /// The direction a packet of `flow` goes in, given the tracker's answer.
+    ///
+    /// SDP alone cannot always tell: behind some proxies both streams of a
+    /// call match the same party's endpoint (one by destination, the other
+    /// by source), and the tracker says R for both. Two streams with
+    /// different SSRCs from different flows, both alive, are never one
+    /// direction, so the newcomer takes the other direction if that one is
+    /// free. The same SSRC on another flow is the same audio seen at a
+    /// second point (deduplicated later), and a flow that takes over after
+    /// the owner went quiet is media moved by a re-INVITE: both keep the
+    /// tracker's direction.
+    fn direction(
+        &mut self,
+        classified: Direction,
+        flow: (SocketAddr, SocketAddr),
+        ssrc: u32,
+        now: Duration,
+        swapped: &mut u64,
+    ) -> Direction {
+        let active = |o: &Option<Owner>| {
+            o.filter(|o| {
+                now.saturating_sub(o.last) < OWNER_IDLE && o.last.saturating_sub(now) < OWNER_IDLE
+            })
+        };
+        let other = match classified {
+            Direction::Read => Direction::Write,
+            Direction::Write => Direction::Read,
+        };
+        let direction = match active(&self.owners[classified as usize]) {
+            Some(owner)
+                if owner.flow != flow
+                    && owner.ssrc != ssrc
+                    && active(&self.owners[other as usize]).map_or(true, |o| o.flow == flow) =>
+            {
+                *swapped += 1;
+                other
+            }
+            _ => classified,
+        };
+        let copy = active(&self.owners[direction as usize])
+            .is_some_and(|o| o.flow != flow && o.ssrc == ssrc);
+        // A copy from a second tap point leaves the first flow the owner.
+        if !copy {
+            self.owners[direction as usize] = Some(Owner {
+                flow,
+                ssrc,
+                last: now,
+            });
+        }
+        direction
+    }
+
+    fn new(info: Option<CallInfo>, now: Duration) -> Call {
+        Call {
+            recording: Recording::Pending,
+            info,
+            audio: [false; 128],
+            declared: Vec::new(),
+            addresses: Vec::new(),
+            dedup: Default::default(),
+            owners: [None, None],
+            last_packet: now,
+            sipless: None,
+        }
+    }
+
+    /// Applies both parties' current media: which payload types are audio,
+    /// and what the dynamic ones are.
+    fn media(&mut self, caller: Option<&MediaDesc>, callee: Option<&MediaDesc>) {
+        // The answer (callee) first: its mapping is the one agreed on.
+        for desc in [callee, caller].into_iter().flatten() {
+            if let Some(addr) = desc.audio {
+                if !self.addresses.contains(&addr.ip()) {
+                    self.addresses.push(addr.ip());
+                }
+            }
+            for mapping in &desc.payload_types {
+                let pt = mapping.payload_type;
+                if pt > 127 {
+                    continue;
+                }
+                let encoding = mapping
+                    .encoding
+                    .clone()
+                    .or_else(|| static_payload_type(pt).map(|(name, _)| name.to_owned()));
+                let comfort_noise = pt == 13
+                    || pt == 19
+                    || encoding
+                        .as_deref()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("CN"));
+                if comfort_noise || is_rtcp_range(pt) {
+                    continue;
+                }
+                self.audio[usize::from(pt)] = true;
+                if pt >= 35 && !self.declared.iter().any(|(p, ..)| *p == pt) {
+                    if let (Some(name), Some(clock)) = (encoding, mapping.clock_rate) {
+                        if self.recording != Recording::Started {
+                            self.declared.push((pt, name, clock));
+                        }
+                    }
+                }
+            }
+            if let Some(pt) = desc.telephone_event.filter(|pt| *pt < 128) {
+                self.audio[usize::from(pt)] = true;
+            }
+        }
+    }
+}
+
+/// Payload type numbers that, with the marker bit, are RTCP packet types
+/// 200 to 204 (RFC 5761).
+fn is_rtcp_range(pt: u8) -> bool {
+    (72..=76).contains(&pt)
+}
+
+/// RFC 3551's static audio payload types, comfort noise excluded: what a flow
+/// without SDP may carry.
+fn static_audio(pt: u8) -> bool {
+    pt != 13 && pt != 19 && static_payload_type(pt).is_some()
+}
+
+/// A UDP flow that looked like RTP once, waiting for a second packet.
+#[derive(Debug)]
+struct Candidate {
+    ssrc: u32,
+    sequence: u16,
+    seen: Duration,
+    packet: Vec<u8>,
+}
+
+/// The capture pipeline. See the module documentation.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: PipelineConfig,
+    decoder: Decoder,
+    tracker: Tracker,
+    calls: HashMap<CallKey, Call>,
+    sipless: HashMap<FlowPair, CallKey>,
+    candidates: HashMap<(SocketAddr, SocketAddr), Candidate>,
+    tcp: HashMap<(SocketAddr, SocketAddr), SipStream>,
+    last_tick: Option<Duration>,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig) -> Pipeline {
+        Pipeline {
+            decoder: Decoder::new(config.decoder),
+            tracker: Tracker::new(config.tracker.clone()),
+            config,
+            calls: HashMap::new(),
+            sipless: HashMap::new(),
+            candidates: HashMap::new(),
+            tcp: HashMap::new(),
+            last_tick: None,
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Calls being recorded now.
+    pub fn recording(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.recording == Recording::Started)
+            .count()
+    }
+
+    /// One captured frame of link type `link`, captured at `now`.
+    pub fn frame(&mut self, link: LinkType, now: Duration, bytes: &[u8], out: &mut impl Output) {
+        let mut datagrams = Vec::new();
+        // A frame that does not decode is counted by the decoder; what it
+        // yielded before the error (idle stream ends) is still handled.
+        let _ = self.decoder.decode(link, now, bytes, &mut datagrams);
+        for datagram in &datagrams {
+            self.datagram(datagram, out);
+        }
+        self.tick(now, out);
+    }
+
+    /// Timers: call it when no frame came for a while (live capture), with the
+    /// current time. Does its work at most once a second of `now`.
+    pub fn tick(&mut self, now: Duration, out: &mut impl Output) {
+        let due = match self.last_tick {
+            None => {
+                self.last_tick = Some(now);
+                false
+            }
+            Some(last) if now < last => {
+                self.last_tick = Some(now);
+                false
+            }
+            Some(last) => now - last >= Duration::from_secs(1),
+        };
+        if !due {
+            return;
+        }
+        self.last_tick = Some(now);
+        let mut datagrams = Vec::new();
+        self.decoder.expire(now, &mut datagrams);
+        for datagram in &datagrams {
+            self.datagram(datagram, out);
+        }
+        let events = self.tracker.handle_timeout(now);
+        self.events(now, events, out);
+        let idle: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.sipless.is_some() && now.saturating_sub(c.last_packet) >= self.config.sipless_idle
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.end(key, out);
+        }
+        let window = self.config.sipless_idle;
+        self.candidates
+            .retain(|_, c| now.saturating_sub(c.seen) < window);
+    }
+
+    /// The capture is over at `now`: TCP bytes still held are delivered and
+    /// every call still recording ends.
+    pub fn finish(&mut self, now: Duration, out: &mut impl Output) {
+        let mut datagrams = Vec::new();
+        self.decoder.finish(now, &mut datagrams);
+        for datagram in &datagrams {
+            self.datagram(datagram, out);
+        }
+        let keys: Vec<CallKey> = self.calls.keys().copied().collect();
+        for key in keys {
+            self.end(key, out);
+        }
+        self.candidates.clear();
+        self.tcp.clear();
+    }
+
+    fn datagram(&mut self, d: &Datagram<'_>, out: &mut impl Output) {
+        match d.transport {
+            Transport::Udp => self.udp(d, out),
+            Transport::Tcp => self.tcp(d, out),
+        }
+    }
+
+    fn is_sip_port(&self, d: &Datagram<'_>) -> bool {
+        self.config.sip_ports.contains(&d.src.port())
+            || self.config.sip_ports.contains(&d.dst.port())
+    }
+
+    fn udp(&mut self, d: &Datagram<'_>, out: &mut impl Output) {
+        let payload: &[u8] = &d.payload;
+        if looks_like_sip(payload) || (self.is_sip_port(d) && !looks_like_rtp(payload)) {
+            if payload.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
+                return; // keep-alive
+            }
+            self.sip(d.time, d.src, d.dst, payload, out);
+            return;
+        }
+        match RtpPacket::parse(payload) {
+            Ok(packet) => self.rtp(d.time, d.src, d.dst, payload, &packet, out),
+            Err(_) => self.stats.udp_other += 1,
+        }
+    }
+
+    fn tcp(&mut self, d: &Datagram<'_>, out: &mut impl Output) {
+        let key = (d.src, d.dst);
+        if !self.tcp.contains_key(&key) {
+            let sip = self.is_sip_port(d) || find(&d.payload, b"SIP/2.0").is_some();
+            if sip && !d.payload.is_empty() && d.end.is_none() {
+                if self.tcp.len() >= self.config.max_tcp_flows {
+                    self.stats.tcp_flows_refused += 1;
+                    return;
+                }
+                let mut stream = SipStream::new();
+                if !looks_like_sip(&d.payload) {
+                    // Joined mid-message: skip to the next start line.
+                    stream.reset();
+                }
+                self.tcp.insert(key, stream);
+            }
+        }
+        let Some(stream) = self.tcp.get_mut(&key) else {
+            return;
+        };
+        if d.gap {
+            stream.reset();
+        }
+        stream.push(&d.payload);
+        let mut messages = Vec::new();
+        while let Some(next) = stream.next_message() {
+            match next {
+                Ok(message) => messages.push(message.to_vec()),
+                Err(_) => self.stats.sip_stream_errors += 1,
+            }
+        }
+        if d.end.is_some() {
+            self.tcp.remove(&key);
+        }
+        for message in messages {
+            self.sip(d.time, d.src, d.dst, &message, out);
+        }
+    }
+
+    fn sip(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        dst: SocketAddr,
+        bytes: &[u8],
+        out: &mut impl Output,
+    ) {
+        let message = match SipMessage::parse(bytes) {
+            Ok(message) => message,
+            Err(_) => {
+                self.stats.sip_malformed += 1;
+                return;
+            }
+        };
+        self.stats.sip_messages += 1;
+        let events = self.tracker.handle(now, src, dst, &message);
+        self.events(now, events, out);
+    }
+
+    fn events(&mut self, now: Duration, events: Vec<CallEvent>, out: &mut impl Output) {
+        let mut answered = Vec::new();
+        for event in events {
+            match event {
+                CallEvent::CallStarted(info) => {
+                    let key = info.key;
+                    let mut call = Call::new(Some(info.clone()), now);
+                    for ip in [info.caller_signalling.ip(), info.callee_signalling.ip()] {
+                        if !call.addresses.contains(&ip) {
+                            call.addresses.push(ip);
+                        }
+                    }
+                    self.calls.insert(key, call);
+                }
+                CallEvent::MediaUpdated {
+                    key,
+                    caller,
+                    callee,
+                } => {
+                    if let Some(call) = self.calls.get_mut(&key) {
+                        call.media(caller.as_ref(), callee.as_ref());
+                    }
+                }
+                CallEvent::CallAnswered { key, .. } => answered.push(key),
+                CallEvent::CallEnded { key, .. } => self.end(key, out),
+            }
+        }
+        // After the batch: the 200's own SDP is applied before the start, so
+        // the INV declares the payload types it agreed on.
+        for key in answered {
+            self.start(key, now, out);
+        }
+    }
+
+    /// Starts recording a known call, unless it already is or was refused.
+    fn start(&mut self, key: CallKey, now: Duration, out: &mut impl Output) -> bool {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        match call.recording {
+            Recording::Started => return true,
+            Recording::Refused => return false,
+            Recording::Pending => {}
+        }
+        let (caller, callee, call_id) = match (&call.info, &call.sipless) {
+            (Some(info), _) => (
+                clean_party(info.caller.label()),
+                clean_party(info.callee.label()),
+                Some(info.call_id.clone()),
+            ),
+            (None, Some(((a, b), first_src))) => {
+                let other = if a == first_src { b } else { a };
+                (
+                    clean_party(&endpoint_label(*first_src)),
+                    clean_party(&endpoint_label(*other)),
+                    None,
+                )
+            }
+            (None, None) => return false,
+        };
+        if !self.config.filter.allows(&caller, &callee, &call.addresses) {
+            call.recording = Recording::Refused;
+            self.stats.calls_filtered += 1;
+            return false;
+        }
+        call.recording = Recording::Started;
+        self.stats.calls_started += 1;
+        if call.sipless.is_some() {
+            self.stats.sipless_calls += 1;
+        }
+        out.call_started(&CallStart {
+            key,
+            call_id,
+            caller,
+            callee,
+            payload_types: call.declared.clone(),
+            at: now,
+        });
+        true
+    }
+
+    fn end(&mut self, key: CallKey, out: &mut impl Output) {
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        if let Some((flow, _)) = call.sipless {
+            self.sipless.remove(&flow);
+        }
+        if call.recording == Recording::Started {
+            self.stats.calls_ended += 1;
+            out.call_ended(key);
+        }
+    }
+
+    fn rtp(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        dst: SocketAddr,
+        bytes: &[u8],
+        packet: &RtpPacket<'_>,
+        out: &mut impl Output,
+    ) {
+        if is_rtcp_range(packet.payload_type) && bytes.get(1).is_some_and(|b| b & 0x80 != 0) {
+            self.stats.rtcp += 1;
+            return;
+        }
+        let (key, direction) = match self.tracker.classify(src, dst) {
+            Some((key, classified)) => {
+                let Some(call) = self.calls.get_mut(&key) else {
+                    self.stats.rtp_unmatched += 1;
+                    return;
+                };
+                let direction = call.direction(
+                    classified,
+                    (src, dst),
+                    packet.ssrc,
+                    now,
+                    &mut self.stats.rtp_direction_swapped,
+                );
+                (key, direction)
+            }
+            None => match self.sipless_call(now, src, dst, bytes, packet, out) {
+                Some(found) => found,
+                None => return,
+            },
+        };
+        self.forward(now, key, direction, bytes, packet, out);
+    }
+
+    fn forward(
+        &mut self,
+        now: Duration,
+        key: CallKey,
+        direction: Direction,
+        bytes: &[u8],
+        packet: &RtpPacket<'_>,
+        out: &mut impl Output,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            self.stats.rtp_unmatched += 1;
+            return;
+        };
+        if call.recording == Recording::Refused {
+            self.stats.rtp_filtered += 1;
+            return;
+        }
+        let pt = packet.payload_type;
+        let audio = if call.sipless.is_some() {
+            static_audio(pt)
+        } else {
+            call.audio[usize::from(pt & 0x7f)]
+        };
+        if !audio {
+            self.stats.rtp_not_audio += 1;
+            if pt == 13 || pt == 19 {
+                self.stats.rtp_comfort_noise += 1;
+            }
+            return;
+        }
+        if call.dedup[direction as usize].seen(packet, now, self.config.dedup_window) {
+            self.stats.rtp_duplicates += 1;
+            return;
+        }
+        call.last_packet = now;
+        if call.info.is_some() {
+            self.tracker.touch(key, now);
+        }
+        // Early media: the first audio packet starts a call not yet answered.
+        if !self.start(key, now, out) {
+            self.stats.rtp_filtered += 1;
+            return;
+        }
+        self.stats.rtp_forwarded += 1;
+        out.rtp(key, direction, bytes);
+    }
+
+    /// The call of an RTP packet no SIP call claims, when such calls are
+    /// recorded: an existing one of its flow pair, or a new one once the flow
+    /// has shown itself to be RTP.
+    fn sipless_call(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        dst: SocketAddr,
+        bytes: &[u8],
+        packet: &RtpPacket<'_>,
+        out: &mut impl Output,
+    ) -> Option<(CallKey, Direction)> {
+        if !self.config.rtp_without_sip {
+            self.stats.rtp_unmatched += 1;
+            return None;
+        }
+        let flow = pair(src, dst);
+        if let Some(&key) = self.sipless.get(&flow) {
+            let first_src = self.calls.get(&key)?.sipless?.1;
+            let direction = if src == first_src {
+                Direction::Read
+            } else {
+                Direction::Write
+            };
+            return Some((key, direction));
+        }
+        if !static_audio(packet.payload_type) {
+            self.stats.rtp_unmatched += 1;
+            return None;
+        }
+        let confirmed = self.candidates.get(&(src, dst)).is_some_and(|c| {
+            c.ssrc == packet.ssrc && {
+                let step = packet.sequence.wrapping_sub(c.sequence);
+                (1..=16).contains(&step)
+            }
+        });
+        if !confirmed {
+            if self.candidates.len() >= 2 * self.config.max_sipless_calls {
+                // Full of flows that never confirmed: start over rather than grow.
+                self.candidates.clear();
+            }
+            self.candidates.insert(
+                (src, dst),
+                Candidate {
+                    ssrc: packet.ssrc,
+                    sequence: packet.sequence,
+                    seen: now,
+                    packet: bytes.to_vec(),
+                },
+            );
+            self.stats.rtp_unmatched += 1;
+            return None;
+        }
+        let first = self.candidates.remove(&(src, dst))?;
+        if self.sipless.len() >= self.config.max_sipless_calls {
+            self.stats.sipless_refused += 1;
+            self.stats.rtp_unmatched += 1;
+            return None;
+        }
+        let key = CallKey::from_call_id(&format!("rtp {} {}", flow.0, flow.1));
+        if self.calls.contains_key(&key) {
+            return None;
+        }
+        let mut call = Call::new(None, now);
+        call.sipless = Some((flow, src));
+        call.addresses = vec![src.ip(), dst.ip()];
+        self.calls.insert(key, call);
+        self.sipless.insert(flow, key);
+        // The packet that made the flow a candidate goes first.
+        if let Ok(held) = RtpPacket::parse(&first.packet) {
+            self.forward(first.seen, key, Direction::Read, &first.packet, &held, out);
+        }
+        Some((key, Direction::Read))
+    }
+}
+
+/// `10.0.0.1-6000`, `fe80..1-6000`: an endpoint as a party label.
+fn endpoint_label(addr: SocketAddr) -> String {
+    format!("{}-{}", addr.ip(), addr.port())
+}
+
+/// Whether bytes start like a SIP request or response line: `SIP/2.0 ` or an
+/// upper-case method token followed by ` sip:`, ` sips:` or ` tel:`. RTP
+/// starts with a byte of 0x80 or more, so it never passes.
+pub fn looks_like_sip(bytes: &[u8]) -> bool {
+    if bytes.starts_with(b"SIP/2.0 ") {
+        return true;
+    }
+    let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if method == 0 || method > 16 {
+        return false;
+    }
+    let after = &bytes[method..];
+    [&b" sip:"[..], b" sips:", b" tel:"]
+        .iter()
+        .any(|p| after.len() >= p.len() && after[..p.len()].eq_ignore_ascii_case(p))
+}
+
+/// Version 2 in the first byte and at least a fixed header.
+fn looks_like_rtp(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && bytes[0] >> 6 == 2
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Collect {
+        started: Vec<CallStart>,
+        rtp: Vec<(CallKey, Direction, Vec<u8>)>,
+        ended: Vec<CallKey>,
+    }
+
+    impl Output for Collect {
+        fn call_started(&mut self, call: &CallStart) {
+            self.started.push(call.clone());
+        }
+        fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
+            self.rtp.push((key, direction, packet.to_vec()));
+        }
+        fn call_ended(&mut self, key: CallKey) {
+            self.ended.push(key);
+        }
+    }
+
+    /// Raw IPv4 / UDP frame.
+    fn udp(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = dst.parse().unwrap();
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+            panic!("v4 only")
+        };
+        let total = 20 + 8 + payload.len();
+        let mut f = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        f.extend_from_slice(&s.octets());
+        f.extend_from_slice(&d.octets());
+        f.extend_from_slice(&src.port().to_be_bytes());
+        f.extend_from_slice(&dst.port().to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        RtpPacket {
+            marker: false,
+            payload_type: pt,
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+            payload,
+        }
+        .encode(&mut v);
+        v
+    }
+
+    fn sip(first: &str, from: &str, to: &str, cseq: &str, sdp: Option<&str>) -> Vec<u8> {
+        let body = sdp.unwrap_or("");
+        let ctype = if sdp.is_some() {
+            "Content-Type: application/sdp\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: abc:1@10.0.0.1\r\nCSeq: {cseq}\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn sdp(ip: &str, port: u16, pts: &str, maps: &str) -> String {
+        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}\r\n{maps}")
+    }
+
+    const A: &str = "<sip:1001@10.0.0.1>;tag=a";
+    const B: &str = "<sip:1002@10.0.0.2>";
+    const B_TAG: &str = "<sip:1002@10.0.0.2>;tag=b";
+
+    fn call_setup(p: &mut Pipeline, out: &mut Collect, answer: bool) {
+        let offer = sdp(
+            "10.0.0.1",
+            4000,
+            "8 13 101",
+            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+        );
+        let answer_sdp = sdp(
+            "10.0.0.2",
+            6000,
+            "8 13 101",
+            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+        );
+        let t = Duration::from_secs(1);
+        let inv = sip(
+            "INVITE sip:1002@10.0.0.2 SIP/2.0",
+            A,
+            B,
+            "1 INVITE",
+            Some(&offer),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &inv),
+            out,
+        );
+        let status = if answer {
+            "SIP/2.0 200 OK"
+        } else {
+            "SIP/2.0 183 Session Progress"
+        };
+        let resp = sip(status, A, B_TAG, "1 INVITE", Some(&answer_sdp));
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:5060", "10.0.0.1:5060", &resp),
+            out,
+        );
+    }
+
+    #[test]
+    fn answered_call_forwards_audio_and_dtmf_not_comfort_noise_or_repeats() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        assert_eq!(out.started.len(), 1);
+        let start = &out.started[0];
+        assert_eq!(start.caller, "1001");
+        assert_eq!(start.callee, "1002");
+        assert_eq!(
+            start.extensions(),
+            "pt101=telephone-event/8000:call-id=abc%3A1@10.0.0.1"
+        );
+        let key = start.key;
+        let t = Duration::from_secs(2);
+        let a = rtp(8, 1, 160, 7, &[0xd5; 160]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &a),
+            &mut out,
+        );
+        // Seen again at a second tap point.
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &a),
+            &mut out,
+        );
+        let cn = rtp(13, 2, 320, 7, &[0x40]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &cn),
+            &mut out,
+        );
+        let ev = rtp(101, 1, 900, 9, &[1, 0x80, 0, 160]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:6000", "10.0.0.1:4000", &ev),
+            &mut out,
+        );
+        let video = rtp(97, 3, 480, 7, &[1, 2, 3]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &video),
+            &mut out,
+        );
+        assert_eq!(
+            out.rtp,
+            vec![
+                (key, Direction::Read, a.clone()),
+                (key, Direction::Write, ev)
+            ]
+        );
+        assert_eq!(p.stats().rtp_duplicates, 1);
+        assert_eq!(p.stats().rtp_comfort_noise, 1);
+        assert_eq!(p.stats().rtp_not_audio, 2);
+
+        let bye = sip("BYE sip:1002@10.0.0.2 SIP/2.0", A, B_TAG, "2 BYE", None);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &bye),
+            &mut out,
+        );
+        assert_eq!(out.ended, vec![key]);
+    }
+
+    #[test]
+    fn early_media_starts_the_call() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, false);
+        assert!(out.started.is_empty());
+        let a = rtp(8, 1, 160, 7, &[0xd5; 160]);
+        p.frame(
+            LinkType::RAW,
+            Duration::from_secs(2),
+            &udp("10.0.0.2:6000", "10.0.0.1:4000", &a),
+            &mut out,
+        );
+        assert_eq!(out.started.len(), 1);
+        assert_eq!(out.rtp.len(), 1);
+        assert_eq!(out.rtp[0].1, Direction::Write);
+        p.finish(Duration::from_secs(3), &mut out);
+        assert_eq!(out.ended.len(), 1);
+    }
+
+    #[test]
+    fn filters_refuse_numbers_and_networks() {
+        for (filter, recorded) in [
+            (
+                Filter {
+                    skip_numbers: vec![Pattern::parse("10*").unwrap()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    numbers: vec![Pattern::parse("re:^100[12]$").unwrap()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    numbers: vec![Pattern::parse("2?0?").unwrap()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    networks: vec!["10.0.0.0/30".parse().unwrap()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    networks: vec!["192.168.0.0/16".parse().unwrap()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+        ] {
+            let mut p = Pipeline::new(PipelineConfig {
+                filter,
+                ..PipelineConfig::default()
+            });
+            let mut out = Collect::default();
+            call_setup(&mut p, &mut out, true);
+            let a = rtp(8, 1, 160, 7, &[0xd5; 160]);
+            p.frame(
+                LinkType::RAW,
+                Duration::from_secs(2),
+                &udp("10.0.0.1:4000", "10.0.0.2:6000", &a),
+                &mut out,
+            );
+            assert_eq!(out.started.len(), usize::from(recorded));
+            assert_eq!(out.rtp.len(), usize::from(recorded));
+            assert_eq!(p.stats().rtp_filtered, u64::from(!recorded));
+        }
+    }
+
+    #[test]
+    fn rtp_without_sip_needs_two_packets_and_pairs_directions() {
+        let config = PipelineConfig {
+            rtp_without_sip: true,
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(config);
+        let mut out = Collect::default();
+        let t = Duration::from_secs(1);
+        // One RTP-looking datagram alone is not a call.
+        let dns_like = rtp(0, 9, 0, 1, &[0; 20]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.9:40000", "10.0.0.8:53", &dns_like),
+            &mut out,
+        );
+        assert!(out.started.is_empty());
+        let a1 = rtp(0, 100, 0, 5, &[0xff; 160]);
+        let a2 = rtp(0, 101, 160, 5, &[0xff; 160]);
+        let b1 = rtp(0, 7, 0, 6, &[0x7f; 160]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:7000", "10.0.0.2:8000", &a1),
+            &mut out,
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:7000", "10.0.0.2:8000", &a2),
+            &mut out,
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:8000", "10.0.0.1:7000", &b1),
+            &mut out,
+        );
+        assert_eq!(out.started.len(), 1);
+        assert_eq!(out.started[0].caller, "10.0.0.1-7000");
+        let key = out.started[0].key;
+        assert_eq!(
+            out.rtp,
+            vec![
+                (key, Direction::Read, a1),
+                (key, Direction::Read, a2),
+                (key, Direction::Write, b1)
+            ]
+        );
+        // Quiet for longer than sipless_idle: the call ends.
+        p.tick(Duration::from_secs(2), &mut out);
+        p.tick(Duration::from_secs(30), &mut out);
+        assert_eq!(out.ended, vec![key]);
+    }
+
+    #[test]
+    fn rtp_is_never_parsed_as_sip() {
+        // An RTP payload full of "INVITE sip:" text is still RTP.
+        let mut payload = b"INVITE sip:x SIP/2.0\r\n".to_vec();
+        payload.resize(160, b' ');
+        let packet = rtp(8, 1, 0, 1, &payload);
+        assert!(!looks_like_sip(&packet));
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        p.frame(
+            LinkType::RAW,
+            Duration::ZERO,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &packet),
+            &mut out,
+        );
+        assert_eq!(p.stats().sip_malformed, 0);
+        assert_eq!(p.stats().rtp_unmatched, 1);
+    }
+}
