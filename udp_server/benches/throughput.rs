@@ -1,8 +1,8 @@
 //! Throughput and memory of udp_server on loopback, in one run:
 //!
 //! ```text
-//! cargo bench -p udp_server --bench throughput              # all three parts
-//! cargo bench -p udp_server --bench throughput -- memory    # or: ceiling, lossless
+//! cargo bench -p udp_server --bench throughput              # all four parts
+//! cargo bench -p udp_server --bench throughput -- memory    # or: ceiling, lossless, rtp
 //! ```
 //!
 //! (a) the loopback ceiling: datagrams/s a bare `recvmmsg` receiver counts while a
@@ -15,7 +15,11 @@
 //! (c) memory per active call: VmRSS of a fresh udp_server before and while 1000
 //!     calls are up (INV, then one frame per direction per call every second),
 //!     divided by `rst_calls_active`: the most seen while all are up, and the first
-//!     sample (right after every call sent two frames).
+//!     sample (right after every call sent two frames);
+//! (d) RTP mode's highest lossless rate while recording: as (b), but the 50 calls
+//!     are RTP-mode calls (`--mode rtp`: each INV names two local ports, the ACK the
+//!     receiver's, then RFC 3550 PCMU RTP from two sockets per call), and a step is
+//!     lossless when `rst_rtp_packets_total` grew by exactly the RTP packets sent.
 //!
 //! Sender, receiver and recorder share the machine's cores: the figures are for
 //! this machine as loaded, not absolute.
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rst_load::ceiling::{self, Options, Receiver};
-use rst_load::{prom, Codec, Config, Live};
+use rst_load::{prom, Codec, Config, Live, Mode};
 
 /// Size of the blaster's datagrams for the ceiling.
 const CEILING_DATAGRAM: usize = 180;
@@ -45,12 +49,13 @@ const MEMORY_CALLS: usize = 1000;
 /// Keep-alive frames per direction per call, one a second.
 const MEMORY_FRAMES: u64 = 6;
 const DATA_SERIES: &str = "rst_messages_total{command=\"data\"}";
+const RTP_SERIES: &str = "rst_rtp_packets_total";
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`. Other arguments pick parts: `ceiling`,
     // `lossless`, `memory` (default: all); one naming none of them (a filter meant
     // for another bench) skips this one.
-    const PARTS: [&str; 3] = ["ceiling", "lossless", "memory"];
+    const PARTS: [&str; 4] = ["ceiling", "lossless", "memory", "rtp"];
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
@@ -65,6 +70,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let started = Instant::now();
+    // RTP mode takes two sockets per call, in rst-load and in the server it starts.
+    rst_load::raise_fd_limit()?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "udp_server throughput bench ({cores} cores; sender, receiver and recorder share them)\n"
@@ -78,36 +85,57 @@ fn main() -> anyhow::Result<()> {
     let mut lossless = None;
     if wanted("lossless") {
         println!("\n(b) udp_server recording, {STEP_CALLS} calls per step, {STEP_SECS} s per step, PCMU (211-byte DATA)");
-        lossless = Some(lossless_rate(ceiling)?);
+        lossless = Some(lossless_rate(ceiling, Mode::Data)?);
     }
     let mut memory = None;
     if wanted("memory") {
         println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server");
         memory = Some(memory_per_call()?);
     }
+    let mut rtp = None;
+    if wanted("rtp") {
+        println!("\n(d) udp_server recording RTP mode, {STEP_CALLS} calls per step, {STEP_SECS} s per step, PCMU (172-byte RTP)");
+        rtp = Some(lossless_rate(ceiling, Mode::Rtp)?);
+    }
 
     println!("\nsummary ({:.0} s)", started.elapsed().as_secs_f64());
     if let Some(ceiling) = ceiling {
-        println!("loopback ceiling            : {ceiling:.0} datagrams/s");
+        println!("loopback ceiling                : {ceiling:.0} datagrams/s");
     }
+    let ratio = |rate: f64| {
+        ceiling.map_or(String::new(), |ceiling| {
+            format!(" = {:.2} x ceiling", rate / ceiling)
+        })
+    };
+    let bound = |lossless: &Lossless| if lossless.sender_bound { ">= " } else { "" };
     if let Some(lossless) = &lossless {
-        let ratio = ceiling.map_or(String::new(), |ceiling| {
-            format!(" = {:.2} x ceiling", lossless.rate / ceiling)
-        });
         println!(
-            "udp_server lossless (record): {}{:.0} datagrams/s{ratio}",
-            if lossless.sender_bound { ">= " } else { "" },
+            "udp_server lossless (record)    : {}{:.0} datagrams/s{}",
+            bound(lossless),
             lossless.rate,
+            ratio(lossless.rate)
         );
     }
     if let Some(memory) = memory {
         println!(
-            "memory per active call      : {:.1} KiB ({:.1} KiB just after opening)",
+            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)",
             memory.peak_kib, memory.opened_kib
         );
     }
-    if lossless.is_some_and(|lossless| lossless.sender_bound) {
-        println!("(the lossless figure is a lower bound: rst-load could not send faster)");
+    if let Some(rtp) = &rtp {
+        println!(
+            "udp_server lossless RTP (record): {}{:.0} packets/s{}",
+            bound(rtp),
+            rtp.rate,
+            ratio(rtp.rate)
+        );
+    }
+    if [&lossless, &rtp]
+        .into_iter()
+        .flatten()
+        .any(|lossless| lossless.sender_bound)
+    {
+        println!("(a figure with >= is a lower bound: rst-load could not send faster)");
     }
     Ok(())
 }
@@ -150,7 +178,7 @@ fn loopback_ceiling() -> anyhow::Result<f64> {
 }
 
 struct Lossless {
-    /// The highest achieved DATA rate of a lossless step.
+    /// The highest achieved DATA (or RTP) rate of a lossless step.
     rate: f64,
     /// No step lost anything, and rst-load could not offer more: the sender, not
     /// the server, was the limit.
@@ -158,12 +186,14 @@ struct Lossless {
 }
 
 struct Step {
+    mode: Mode,
     offered: u64,
     achieved: f64,
     sent: u64,
     counted: u64,
-    /// Datagrams the kernel dropped on the server's socket (receive queue full).
-    kernel_drops: u64,
+    /// Datagrams the kernel dropped on the server's socket (receive queue full);
+    /// DATA mode only (RTP arrives on per-call sockets that close with the call).
+    kernel_drops: Option<u64>,
     lost_control: u64,
 }
 
@@ -178,10 +208,15 @@ impl Step {
     }
 }
 
-/// (b): steps the offered rate up (doubling) until DATA is lost, then bisects
-/// between the best lossless and the lowest lossy rate actually sent.
-fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
-    let server = Server::start("recording")?;
+/// (b) and (d): steps the offered rate up (doubling) until audio (DATA or RTP) is
+/// lost, then bisects between the best lossless and the lowest lossy rate actually
+/// sent.
+fn lossless_rate(ceiling: Option<f64>, mode: Mode) -> anyhow::Result<Lossless> {
+    let what = match mode {
+        Mode::Data => "DATA",
+        Mode::Rtp => "RTP",
+    };
+    let server = Server::start(&format!("recording-{mode}"))?;
     let mut best: Option<Step> = None;
     // The lowest rate actually sent at which DATA was lost (twice in a row).
     let mut lossy: Option<f64> = None;
@@ -192,11 +227,11 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     while steps < MAX_STEPS {
         // A loss counts only if it happens again at the same rate: one stall of a
         // shared machine (another process, disk writeback) should not decide.
-        let mut step = server.step(rate)?;
+        let mut step = server.step(rate, mode)?;
         steps += 1;
         print_step(&step, !step.lossless());
         if !step.lossless() && steps < MAX_STEPS {
-            step = server.step(rate)?;
+            step = server.step(rate, mode)?;
             steps += 1;
             print_step(&step, false);
         }
@@ -229,15 +264,15 @@ fn lossless_rate(ceiling: Option<f64>) -> anyhow::Result<Lossless> {
     }
     let Some(best) = best else {
         let log = server.stop();
-        anyhow::bail!("udp_server lost DATA at every rate tried; its log:\n{log}");
+        anyhow::bail!("udp_server lost {what} at every rate tried; its log:\n{log}");
     };
     match lossy {
         Some(high) if high <= best.achieved => println!(
-            "    highest lossless {:.0}/s; but DATA was lost at {high:.0}/s: the machine is noisy, rerun when it is idle",
+            "    highest lossless {:.0}/s; but {what} was lost at {high:.0}/s: the machine is noisy, rerun when it is idle",
             best.achieved
         ),
         Some(high) => println!(
-            "    highest lossless {:.0}/s; lost DATA at {high:.0}/s",
+            "    highest lossless {:.0}/s; lost {what} at {high:.0}/s",
             best.achieved
         ),
         None => println!("    highest lossless {:.0}/s; no loss seen", best.achieved),
@@ -259,18 +294,23 @@ struct Memory {
 
 fn print_step(step: &Step, retrying: bool) {
     println!(
-        "    offered {:>7}/s  sent {:>7.0}/s  DATA {:>8} sent {:>8} counted  {}{}{}{}",
+        "    offered {:>7}/s  sent {:>7.0}/s  {} {:>8} sent {:>8} counted  {}{}{}{}",
         step.offered,
         step.achieved,
+        match step.mode {
+            Mode::Data => "DATA",
+            Mode::Rtp => "RTP ",
+        },
         step.sent,
         step.counted,
         if step.lossless() {
             "lossless".to_owned()
         } else {
             format!(
-                "LOST {} (kernel drops {})",
+                "LOST {}{}",
                 step.sent.saturating_sub(step.counted),
                 step.kernel_drops
+                    .map_or(String::new(), |drops| format!(" (kernel drops {drops})"))
             )
         },
         if step.sender_bound() {
@@ -432,9 +472,14 @@ impl Server {
         prom::vm_rss_kib(self.child.id())
     }
 
-    /// One rate step: STEP_CALLS calls in fast mode capped at `rate` datagrams/s.
-    fn step(&self, rate: u64) -> anyhow::Result<Step> {
-        let before = self.value(DATA_SERIES)?;
+    /// One rate step: STEP_CALLS calls in fast mode capped at `rate` audio
+    /// datagrams/s (DATA, or RTP packets in RTP mode).
+    fn step(&self, rate: u64, mode: Mode) -> anyhow::Result<Step> {
+        let series = match mode {
+            Mode::Data => DATA_SERIES,
+            Mode::Rtp => RTP_SERIES,
+        };
+        let before = self.value(series)?;
         let drops_before = prom::udp_drops(self.listen.port()).unwrap_or(0);
         let report = rst_load::run(&Config {
             target: self.listen,
@@ -443,28 +488,42 @@ impl Server {
             fast: true,
             rate: Some(rate),
             codec: Codec::Pcmu,
+            mode,
             ..Config::default()
         })?;
+        anyhow::ensure!(
+            report.rtp_no_ports == 0,
+            "udp_server answered RTP-mode INVs without ports:\n{report}"
+        );
         // Settle: wait until the count reaches what was sent or stops moving.
-        let expected = before + report.data_sent;
-        let mut counted = self.value(DATA_SERIES)?;
+        let sent = report.audio_sent();
+        let expected = before + sent;
+        let mut counted = self.value(series)?;
         let mut still = 0;
         let deadline = Instant::now() + Duration::from_secs(3);
         while counted < expected && still < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-            let now = self.value(DATA_SERIES)?;
+            let now = self.value(series)?;
             still = if now == counted { still + 1 } else { 0 };
             counted = now;
         }
+        let kernel_drops = (mode == Mode::Data).then(|| {
+            prom::udp_drops(self.listen.port())
+                .unwrap_or(0)
+                .saturating_sub(drops_before)
+        });
+        if mode == Mode::Rtp {
+            // The calls end (and free their ports) a moment after their BYE.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         self.clear_recordings();
         Ok(Step {
+            mode,
             offered: rate,
             achieved: report.data_rate(),
-            sent: report.data_sent,
+            sent,
             counted: counted - before,
-            kernel_drops: prom::udp_drops(self.listen.port())
-                .unwrap_or(0)
-                .saturating_sub(drops_before),
+            kernel_drops,
             lost_control: report.lost(),
         })
     }

@@ -16,6 +16,17 @@
 //! ACK is credited to the INV until the call's BYE has been sent, and to the BYE
 //! after; a call's BYE is only sent once its INV was ACKed or given up on.
 //!
+//! In RTP mode ([`Mode::Rtp`]) each call also has two UDP sockets of its own, R
+//! and W; its INV names their ports (`INV :UUID:CALLER:CALLEE:READ_PORT:WRITE_PORT`)
+//! and the receiver's `ACK :UUID:SERVER_READ_PORT:SERVER_WRITE_PORT` says where the
+//! audio goes. Every INV is sent (and retransmitted) first; once each is answered
+//! or given up on, the audio starts: RFC 3550 RTP, one SSRC per direction (random,
+//! as are the first sequence number and timestamp), the sequence number +1 and the
+//! timestamp +160 per 20 ms frame, from the R socket to SERVER_READ_PORT and from
+//! the W socket to SERVER_WRITE_PORT (in fast mode a few frames per socket go in
+//! one `sendmmsg`). BYE as in DATA mode. Two sockets per call need file
+//! descriptors: [`run`] raises the soft `RLIMIT_NOFILE` to the hard limit first.
+//!
 //! [`ceiling`] holds a bare counting receiver (`recvmmsg`, batches of 64) and a
 //! blaster, for the loopback ceiling; [`prom`] reads a receiver's Prometheus
 //! metrics and memory use.
@@ -28,7 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use rst_proto::{Bye, Data, Direction, Extensions, Inv, Message, PayloadType, Uuid};
+use rst_proto::{
+    rtp::RTP_HEADER_LEN, Bye, Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket,
+    RtpPorts, Uuid,
+};
 
 pub mod ceiling;
 pub mod g711;
@@ -73,7 +87,59 @@ impl Codec {
             Codec::L16 => tone.iter().flat_map(|s| s.to_le_bytes()).collect(),
         }
     }
+
+    /// The RTP payload type: PCMU 0 and PCMA 8 (static), L16 the dynamic 96,
+    /// declared in the INV by [`Codec::rtp_extensions`].
+    pub fn rtp_payload_type(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+            Codec::L16 => rst_proto::stream::RTP_L16_PAYLOAD_TYPE,
+        }
+    }
+
+    /// The INV extension an RTP-mode call needs for this codec (empty for static types).
+    pub fn rtp_extensions(self) -> &'static str {
+        match self {
+            Codec::Pcmu | Codec::Pcma => "",
+            Codec::L16 => "pt96=L16/8000",
+        }
+    }
+
+    /// One 20 ms RTP payload of a `hz` tone: as [`Codec::frame`], but L16 is
+    /// big-endian in RTP (RFC 3551).
+    pub fn rtp_frame(self, hz: u32) -> Vec<u8> {
+        match self {
+            Codec::L16 => g711::tone_frame(hz)
+                .iter()
+                .flat_map(|s| s.to_be_bytes())
+                .collect(),
+            _ => self.frame(hz),
+        }
+    }
 }
+
+/// How the audio travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// `DATA` datagrams on the control socket.
+    #[default]
+    Data,
+    /// RFC 3550 RTP from two sockets per call to the ports the receiver's ACK names.
+    Rtp,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Data => "data",
+            Mode::Rtp => "rtp",
+        })
+    }
+}
+
+/// RTP frames per socket in one `sendmmsg` in fast mode.
+const RTP_BURST: usize = 8;
 
 /// What to play.
 #[derive(Debug, Clone)]
@@ -94,6 +160,8 @@ pub struct Config {
     /// With `fast`: at most this many datagrams per second in total.
     pub rate: Option<u64>,
     pub codec: Codec,
+    /// DATA datagrams or RTP.
+    pub mode: Mode,
     /// First INV/BYE retransmission timeout; it doubles on each retransmission.
     pub rto: Duration,
     /// Retransmissions of an INV or BYE before it counts as lost.
@@ -113,6 +181,7 @@ impl Default for Config {
             fast: false,
             rate: None,
             codec: Codec::Pcmu,
+            mode: Mode::Data,
             rto: Duration::from_millis(200),
             retries: 4,
             progress: false,
@@ -123,10 +192,16 @@ impl Default for Config {
 /// What a run sent and what came back.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Report {
+    pub mode: Mode,
     pub calls: u64,
     /// INV datagrams sent, retransmissions included.
     pub inv_sent: u64,
     pub data_sent: u64,
+    /// RTP packets sent (RTP mode), both directions.
+    pub rtp_sent: u64,
+    /// RTP mode: calls whose INV was answered by an ACK without ports (a receiver
+    /// that does not do RTP mode); they send no audio.
+    pub rtp_no_ports: u64,
     /// BYE datagrams sent, retransmissions included.
     pub bye_sent: u64,
     pub inv_retransmits: u64,
@@ -154,8 +229,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every datagram: INV, DATA, RTP and BYE.
     pub fn datagrams_sent(&self) -> u64 {
-        self.inv_sent + self.data_sent + self.bye_sent
+        self.inv_sent + self.data_sent + self.rtp_sent + self.bye_sent
+    }
+
+    /// Audio datagrams: DATA or RTP packets.
+    pub fn audio_sent(&self) -> u64 {
+        self.data_sent + self.rtp_sent
     }
 
     /// Unacknowledged INVs and BYEs.
@@ -163,21 +244,24 @@ impl Report {
         self.inv_lost + self.bye_lost
     }
 
-    /// DATA datagrams per second while the audio was flowing.
+    /// Audio datagrams (DATA or RTP) per second while the audio was flowing.
     pub fn data_rate(&self) -> f64 {
-        self.data_sent as f64 / self.data_elapsed.as_secs_f64().max(1e-9)
+        self.audio_sent() as f64 / self.data_elapsed.as_secs_f64().max(1e-9)
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "calls             : {}", self.calls)?;
+        writeln!(f, "calls             : {} ({} mode)", self.calls, self.mode)?;
+        let audio = match self.mode {
+            Mode::Data => format!("DATA {}", self.data_sent),
+            Mode::Rtp => format!("RTP {}", self.rtp_sent),
+        };
         writeln!(
             f,
-            "datagrams sent    : {} (INV {}, DATA {}, BYE {})",
+            "datagrams sent    : {} (INV {}, {audio}, BYE {})",
             self.datagrams_sent(),
             self.inv_sent,
-            self.data_sent,
             self.bye_sent
         )?;
         writeln!(
@@ -202,10 +286,13 @@ impl fmt::Display for Report {
             "datagrams back    : {} ({} duplicate ACKs, {} unexpected)",
             self.acks_received, self.acks_duplicate, self.acks_unexpected
         )?;
+        if self.mode == Mode::Rtp {
+            writeln!(f, "ACKs without ports: {}", self.rtp_no_ports)?;
+        }
         writeln!(f, "send errors       : {}", self.send_errors)?;
         writeln!(
             f,
-            "data rate         : {:.0} datagrams/s over {:.3} s",
+            "audio rate        : {:.0} datagrams/s over {:.3} s",
             self.data_rate(),
             self.data_elapsed.as_secs_f64()
         )?;
@@ -219,6 +306,9 @@ impl fmt::Display for Report {
 pub struct Live {
     inv_sent: AtomicU64,
     data_sent: AtomicU64,
+    rtp_sent: AtomicU64,
+    rtp_no_ports: AtomicU64,
+    rtp_mode: AtomicBool,
     bye_sent: AtomicU64,
     inv_retransmits: AtomicU64,
     bye_retransmits: AtomicU64,
@@ -237,9 +327,16 @@ impl Live {
     /// The counters now (`elapsed` and `data_elapsed` left at zero).
     pub fn snapshot(&self) -> Report {
         Report {
+            mode: if self.rtp_mode.load(Relaxed) {
+                Mode::Rtp
+            } else {
+                Mode::Data
+            },
             calls: self.calls.load(Relaxed),
             inv_sent: self.inv_sent.load(Relaxed),
             data_sent: self.data_sent.load(Relaxed),
+            rtp_sent: self.rtp_sent.load(Relaxed),
+            rtp_no_ports: self.rtp_no_ports.load(Relaxed),
             bye_sent: self.bye_sent.load(Relaxed),
             inv_retransmits: self.inv_retransmits.load(Relaxed),
             bye_retransmits: self.bye_retransmits.load(Relaxed),
@@ -308,8 +405,20 @@ pub fn run_with(config: &Config, live: &Live) -> anyhow::Result<Report> {
         anyhow::ensure!(config.fast, "a rate cap only applies to fast mode");
     }
 
+    live.rtp_mode.store(config.mode == Mode::Rtp, Relaxed);
+    if config.mode == Mode::Rtp {
+        // Two sockets per call, plus the control socket and a few spare.
+        let needed = 2 * config.calls as u64 + 64;
+        let limit = raise_fd_limit().context("cannot read RLIMIT_NOFILE")?;
+        anyhow::ensure!(
+            limit >= needed,
+            "{} RTP-mode calls need about {needed} file descriptors, but the limit is {limit} \
+             (raise the hard limit, e.g. `ulimit -Hn`, or play fewer calls)",
+            config.calls
+        );
+    }
     let calls: Vec<Call> = (0..config.calls)
-        .map(|i| Call::new(i, config.codec))
+        .map(|i| Call::new(i, config))
         .collect::<anyhow::Result<_>>()?;
     let index: HashMap<&str, usize> = calls
         .iter()
@@ -342,27 +451,173 @@ pub fn run_with(config: &Config, live: &Live) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, and
+/// returns the soft limit now in force.
+#[cfg(unix)]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    // SAFETY: rlimit is a plain C struct; all-zero is a valid value.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; setrlimit only reads it. A refusal
+        // (an unlimited hard limit above the kernel's nr_open) leaves the old limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
+/// Raises the soft limit on open files: nothing to do off Unix.
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
 /// One call's datagrams, built once: the audio repeats every frame.
 struct Call {
     uuid: String,
     inv: Vec<u8>,
     bye: Vec<u8>,
-    /// DATA for R and W.
+    /// DATA for R and W (DATA mode only).
     frames: [Vec<u8>; 2],
+    /// RTP mode: the R and W sockets and their packets.
+    legs: Option<[Leg; 2]>,
+}
+
+/// One direction of an RTP-mode call.
+#[derive(Debug)]
+struct Leg {
+    socket: UdpSocket,
+    /// The first packet (marker unset); later ones differ only in their sequence
+    /// number and timestamp.
+    packet: Vec<u8>,
+    sequence: u16,
+    timestamp: u32,
+}
+
+impl Leg {
+    fn new(target: SocketAddr, codec: Codec, hz: u32, seed: &mut u64) -> anyhow::Result<Leg> {
+        let local: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).context("cannot open an RTP socket")?;
+        let random = splitmix64(seed);
+        let sequence = random as u16;
+        let timestamp = (random >> 16) as u32;
+        let ssrc = splitmix64(seed) as u32;
+        let payload = codec.rtp_frame(hz);
+        let mut packet = Vec::with_capacity(RTP_HEADER_LEN + payload.len());
+        RtpPacket {
+            marker: false,
+            payload_type: codec.rtp_payload_type(),
+            sequence,
+            timestamp,
+            ssrc,
+            payload: &payload,
+        }
+        .encode(&mut packet);
+        Ok(Leg {
+            socket,
+            packet,
+            sequence,
+            timestamp,
+        })
+    }
+
+    fn port(&self) -> anyhow::Result<u16> {
+        Ok(self.socket.local_addr()?.port())
+    }
+
+    /// Frame `k` (from 0) into `out`: sequence + k, timestamp + 160 k, the marker
+    /// on the first (the start of a talkspurt, RFC 3551).
+    fn frame(&self, k: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.packet);
+        if k == 0 {
+            out[1] |= 0x80;
+        }
+        let sequence = self.sequence.wrapping_add(k as u16);
+        let timestamp = self
+            .timestamp
+            .wrapping_add((k as u32).wrapping_mul(g711::FRAME_SAMPLES as u32));
+        out[2..4].copy_from_slice(&sequence.to_be_bytes());
+        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    }
+
+    /// Sends frames `k .. k + count` (at most [`RTP_BURST`]); returns how many the
+    /// kernel took and how many failed.
+    fn send(&self, k: u64, count: usize, scratch: &mut [Vec<u8>; RTP_BURST]) -> net::Sent {
+        let count = count.min(RTP_BURST);
+        if count == 1 {
+            self.frame(k, &mut scratch[0]);
+            return match self.socket.send(&scratch[0]) {
+                Ok(_) => net::Sent { sent: 1, errors: 0 },
+                // A connected UDP socket reports an earlier ICMP error on the next
+                // send: once more, as `send_batch` does.
+                Err(_) => match self.socket.send(&scratch[0]) {
+                    Ok(_) => net::Sent { sent: 1, errors: 1 },
+                    Err(_) => net::Sent { sent: 0, errors: 2 },
+                },
+            };
+        }
+        for (j, buffer) in scratch.iter_mut().enumerate().take(count) {
+            self.frame(k + j as u64, buffer);
+        }
+        let mut batch: [&[u8]; RTP_BURST] = [&[]; RTP_BURST];
+        for (slot, buffer) in batch.iter_mut().zip(scratch.iter()) {
+            *slot = buffer;
+        }
+        net::send_batch(&self.socket, &batch[..count], |_| {})
+    }
 }
 
 impl Call {
-    fn new(i: usize, codec: Codec) -> anyhow::Result<Call> {
+    fn new(i: usize, config: &Config) -> anyhow::Result<Call> {
+        let codec = config.codec;
         let uuid = random_uuid();
         let id = Uuid::new(&uuid)?;
         let caller = format!("{}", 1000 + i);
         let callee = format!("{}", 500_000 + i);
+        let legs = match config.mode {
+            Mode::Data => None,
+            Mode::Rtp => {
+                // SSRCs, first sequence numbers and timestamps from the (random) UUID.
+                let mut seed = uuid.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01B3)
+                });
+                Some([
+                    Leg::new(config.target, codec, g711::TONE_HZ_READ, &mut seed)?,
+                    Leg::new(config.target, codec, g711::TONE_HZ_WRITE, &mut seed)?,
+                ])
+            }
+        };
+        let rtp_ports = match &legs {
+            Some([read, write]) => Some(RtpPorts {
+                read: read.port()?,
+                write: write.port()?,
+            }),
+            None => None,
+        };
+        let extensions = match legs {
+            Some(_) => Extensions::parse(codec.rtp_extensions())?,
+            None => Extensions::NONE,
+        };
         let inv = Message::Inv(Inv {
             uuid: id,
             caller: &caller,
             callee: &callee,
-            rtp_ports: None,
-            extensions: Extensions::NONE,
+            rtp_ports,
+            extensions,
         })
         .to_vec()?;
         let bye = Message::Bye(Bye { uuid: id }).to_vec()?;
@@ -379,21 +634,28 @@ impl Call {
             datagram.extend_from_slice(&payload);
             datagram
         };
-        let frames = [
-            frame(Direction::Read, g711::TONE_HZ_READ),
-            frame(Direction::Write, g711::TONE_HZ_WRITE),
-        ];
+        let frames = match legs {
+            Some(_) => [Vec::new(), Vec::new()],
+            None => [
+                frame(Direction::Read, g711::TONE_HZ_READ),
+                frame(Direction::Write, g711::TONE_HZ_WRITE),
+            ],
+        };
         Ok(Call {
             uuid,
             inv,
             bye,
             frames,
+            legs,
         })
     }
 }
 
 #[derive(Debug, Default)]
 struct CallState {
+    /// RTP mode: the receiver's ports from the INV's ACK (read << 16 | write), set
+    /// before `inv_acked`; 0 if the ACK named none.
+    rtp_ports: std::sync::atomic::AtomicU32,
     inv_acked: AtomicBool,
     /// Set just before the first BYE goes out: from then on an ACK is the BYE's.
     bye_sent: AtomicBool,
@@ -415,16 +677,24 @@ fn receive_acks(
         };
         live.acks_received.fetch_add(1, Relaxed);
         let call = match Message::parse(&buffer[..len]) {
-            Ok(Message::Ack(ack)) => index.get(ack.uuid.as_str()).map(|&i| &state[i]),
+            Ok(Message::Ack(ack)) => index
+                .get(ack.uuid.as_str())
+                .map(|&i| (&state[i], ack.rtp_ports)),
             _ => None,
         };
-        let Some(call) = call else {
+        let Some((call, ports)) = call else {
             live.acks_unexpected.fetch_add(1, Relaxed);
             continue;
         };
         let (flag, counter) = if call.bye_sent.load(SeqCst) {
             (&call.bye_acked, &live.bye_acked)
         } else {
+            if let Some(ports) = ports {
+                if !call.inv_acked.load(SeqCst) {
+                    let packed = u32::from(ports.read) << 16 | u32::from(ports.write);
+                    call.rtp_ports.store(packed, SeqCst);
+                }
+            }
             (&call.inv_acked, &live.inv_acked)
         };
         if flag.swap(true, SeqCst) {
@@ -447,18 +717,22 @@ fn progress(start: Instant, live: &Live, finished: &AtomicBool) {
         next += Duration::from_secs(1);
         let r = live.snapshot();
         eprintln!(
-            "rst-load {:>4.0}s: INV acked {}/{}  DATA {} (+{}/s)  BYE acked {}/{}  lost {}  send errors {}",
+            "rst-load {:>4.0}s: INV acked {}/{}  {} {} (+{}/s)  BYE acked {}/{}  lost {}  send errors {}",
             start.elapsed().as_secs_f64(),
             r.inv_acked,
             r.calls,
-            r.data_sent,
-            r.data_sent - last_data,
+            match r.mode {
+                Mode::Data => "DATA",
+                Mode::Rtp => "RTP",
+            },
+            r.audio_sent(),
+            r.audio_sent() - last_data,
             r.bye_acked,
             r.calls,
             r.lost(),
             r.send_errors
         );
-        last_data = r.data_sent;
+        last_data = r.audio_sent();
     }
 }
 
@@ -643,7 +917,57 @@ struct Timing {
     data_elapsed: Duration,
 }
 
-/// The sender: INVs, paced DATA, BYEs, retransmissions.
+/// RTP mode, before the audio: every INV, retransmitted until each is ACKed or
+/// given up on; then each answered call's sockets are connected to the ports its
+/// ACK names. Returns which calls send audio.
+fn set_up_rtp<'a>(
+    target: SocketAddr,
+    calls: &'a [Call],
+    state: &[CallState],
+    out: &mut Out<'a>,
+    control: &mut Control,
+) -> Vec<bool> {
+    let pacer = out.pacer.take();
+    let now = Instant::now();
+    for (i, call) in calls.iter().enumerate() {
+        out.push(&call.inv, Kind::Inv);
+        control.sent(now, i, Kind::Inv);
+    }
+    out.flush();
+    let settled =
+        |control: &Control, i: usize| state[i].inv_acked.load(SeqCst) || control.inv_lost[i];
+    while !(0..calls.len()).all(|i| settled(control, i)) {
+        control.service(Instant::now(), out, calls, state);
+        out.flush();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.pacer = pacer;
+    let live = out.live;
+    calls
+        .iter()
+        .zip(state)
+        .map(|(call, state)| {
+            let Some(legs) = &call.legs else { return false };
+            if !state.inv_acked.load(SeqCst) {
+                return false;
+            }
+            let ports = state.rtp_ports.load(SeqCst);
+            let (read, write) = ((ports >> 16) as u16, ports as u16);
+            if read == 0 || write == 0 {
+                live.rtp_no_ports.fetch_add(1, Relaxed);
+                return false;
+            }
+            let connected = legs[0].socket.connect((target.ip(), read)).is_ok()
+                && legs[1].socket.connect((target.ip(), write)).is_ok();
+            if !connected {
+                live.send_errors.fetch_add(1, Relaxed);
+            }
+            connected
+        })
+        .collect()
+}
+
+/// The sender: INVs, paced DATA (or RTP), BYEs, retransmissions.
 fn play(
     config: &Config,
     calls: &[Call],
@@ -669,6 +993,17 @@ fn play(
         inv_lost: vec![false; n],
         waiting_for_bye: Vec::new(),
     };
+    let rtp = config.mode == Mode::Rtp;
+    let audio = if rtp {
+        set_up_rtp(config.target, calls, state, &mut out, &mut control)
+    } else {
+        vec![true; n]
+    };
+    // In RTP mode the audio starts once every INV is settled.
+    let start = if rtp { Instant::now() } else { start };
+    // Frames per visit to a call: RTP in fast mode goes in bursts per socket.
+    let step = if rtp && config.fast { RTP_BURST } else { 1 };
+    let mut scratch: [Vec<u8>; RTP_BURST] = std::array::from_fn(|_| Vec::new());
     let frames = config.frames.or_else(|| {
         (!config.fast).then(|| {
             let frames = config
@@ -683,7 +1018,8 @@ fn play(
     let mut next_service = start + service_every;
     let slack = Duration::from_millis(1);
 
-    'frames: for k in 0u64.. {
+    let mut k = 0u64;
+    'frames: loop {
         if frames.is_some_and(|frames| k >= frames) {
             break;
         }
@@ -705,13 +1041,34 @@ fn play(
                     now = Instant::now();
                 }
             }
-            if k == 0 {
-                out.push(&call.inv, Kind::Inv);
-                control.sent(now, i, Kind::Inv);
+            match &call.legs {
+                None => {
+                    if k == 0 {
+                        out.push(&call.inv, Kind::Inv);
+                        control.sent(now, i, Kind::Inv);
+                    }
+                    out.push(&call.frames[0], Kind::Data);
+                    out.push(&call.frames[1], Kind::Data);
+                }
+                Some(legs) if audio[i] => {
+                    let count = frames.map_or(step, |frames| step.min((frames - k) as usize));
+                    if let Some(pacer) = &mut out.pacer {
+                        pacer.wait(2 * count as u64);
+                    }
+                    for leg in legs {
+                        let result = leg.send(k, count, &mut scratch);
+                        live.rtp_sent.fetch_add(result.sent as u64, Relaxed);
+                        if result.errors > 0 {
+                            live.send_errors.fetch_add(result.errors as u64, Relaxed);
+                        }
+                    }
+                    let sent_at = Instant::now();
+                    out.first_data.get_or_insert(sent_at);
+                    out.last_data = Some(sent_at);
+                }
+                Some(_) => {} // no ports: no audio
             }
-            out.push(&call.frames[0], Kind::Data);
-            out.push(&call.frames[1], Kind::Data);
-            if frames == Some(k + 1) {
+            if frames.is_some_and(|frames| k + step as u64 >= frames) {
                 control.waiting_for_bye.push(i);
             }
             if now >= next_service {
@@ -719,6 +1076,7 @@ fn play(
                 control.service(now, &mut out, calls, state);
             }
         }
+        k += step as u64;
     }
     out.flush();
 
@@ -787,7 +1145,11 @@ mod tests {
             (Codec::Pcma, 160, "08"),
             (Codec::L16, 320, "10"),
         ] {
-            let call = Call::new(0, codec).unwrap();
+            let config = Config {
+                codec,
+                ..Config::default()
+            };
+            let call = Call::new(0, &config).unwrap();
             for (datagram, flag) in call.frames.iter().zip([Direction::Read, Direction::Write]) {
                 let Ok(Message::Data(data)) = Message::parse(datagram) else {
                     panic!("not DATA");
@@ -800,6 +1162,60 @@ mod tests {
             assert!(matches!(Message::parse(&call.inv), Ok(Message::Inv(_))));
             assert!(matches!(Message::parse(&call.bye), Ok(Message::Bye(_))));
         }
+    }
+
+    #[test]
+    fn rtp_calls_name_their_ports_and_number_their_packets() {
+        for codec in [Codec::Pcmu, Codec::Pcma, Codec::L16] {
+            let config = Config {
+                codec,
+                mode: Mode::Rtp,
+                ..Config::default()
+            };
+            let call = Call::new(0, &config).unwrap();
+            let legs = call.legs.as_ref().unwrap();
+            let Ok(Message::Inv(inv)) = Message::parse(&call.inv) else {
+                panic!("not an INV");
+            };
+            let ports = inv.rtp_ports.unwrap();
+            assert_eq!(ports.read, legs[0].port().unwrap());
+            assert_eq!(ports.write, legs[1].port().unwrap());
+            assert_eq!(
+                inv.extensions.payload_type(96).is_some(),
+                codec == Codec::L16
+            );
+            assert!(call.frames.iter().all(Vec::is_empty));
+
+            let mut bytes = Vec::new();
+            let packet = |leg: &Leg, k: u64, bytes: &mut Vec<u8>| {
+                leg.frame(k, bytes);
+                let p = RtpPacket::parse(bytes).unwrap();
+                (p.marker, p.payload_type, p.sequence, p.timestamp, p.ssrc)
+            };
+            let first = packet(&legs[0], 0, &mut bytes);
+            assert!(first.0, "the first packet has the marker");
+            assert_eq!(first.1, codec.rtp_payload_type());
+            assert_eq!(bytes.len(), 12 + codec.frame_bytes());
+            assert_eq!(&bytes[12..], codec.rtp_frame(g711::TONE_HZ_READ));
+            for k in [1u64, 2, 70_000] {
+                let next = packet(&legs[0], k, &mut bytes);
+                assert!(!next.0);
+                assert_eq!(next.2, first.2.wrapping_add(k as u16));
+                assert_eq!(next.3, first.3.wrapping_add(160 * k as u32));
+                assert_eq!(next.4, first.4, "one SSRC per leg");
+            }
+            let other = packet(&legs[1], 0, &mut bytes);
+            assert_ne!(other.4, first.4, "the legs have their own SSRCs");
+            assert_eq!(&bytes[12..], codec.rtp_frame(g711::TONE_HZ_WRITE));
+        }
+        let frame = Codec::L16.rtp_frame(g711::TONE_HZ_READ);
+        let tone = g711::tone_frame(g711::TONE_HZ_READ);
+        assert_eq!(i16::from_be_bytes([frame[2], frame[3]]), tone[1]);
+    }
+
+    #[test]
+    fn the_file_limit_can_be_raised() {
+        assert!(raise_fd_limit().unwrap() >= 64);
     }
 
     #[test]

@@ -3,10 +3,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use rst_load::{ceiling, Codec, Config};
+use rst_load::{ceiling, Codec, Config, Mode};
 
 /// Plays N concurrent calls to an rst receiver as FreeSWITCH's mod_rst would:
 /// INV (retransmitted until ACKed), 20 ms DATA frames for R and W, BYE (likewise).
+/// With `--mode rtp`, each call sends RTP from two sockets of its own to the ports
+/// the receiver's ACK names.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -42,6 +44,10 @@ struct Load {
     /// Payload codec: pcmu (PT 00), pcma (PT 08) or l16 (PT 10, 8 kHz little-endian)
     #[arg(long, value_enum, default_value_t = Codec::Pcmu)]
     codec: Codec,
+    /// data: DATA datagrams on the control socket; rtp: RFC 3550 RTP from two
+    /// sockets per call to the ports the ACK names (`INV` carries the local ports)
+    #[arg(long, value_enum, default_value_t = Mode::Data)]
+    mode: Mode,
     /// First INV/BYE retransmission timeout in milliseconds (doubles each time)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     rto_ms: u64,
@@ -123,6 +129,7 @@ fn load(args: Load) -> anyhow::Result<()> {
         fast: args.fast,
         rate: args.rate,
         codec: args.codec,
+        mode: args.mode,
         rto: Duration::from_millis(args.rto_ms),
         retries: args.retries,
         progress: !args.quiet,

@@ -1,0 +1,241 @@
+//! RTP mode against the real receiver (udp_server, in-process on 127.0.0.1, as its
+//! own tests start it): every RTP packet rst-load reports sending is counted in
+//! `rst_rtp_packets_total`, none comes from a wrong source, and each call's record
+//! has every packet of each direction.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rst_load::{Codec, Config, Mode, Report};
+use tokio_util::sync::CancellationToken;
+use udp_server::config::PortRange;
+use udp_server::{Metrics, Settings};
+
+struct Receiver {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Receiver {
+    fn start(rtp_ports: &str) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Settings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            record_dir: Some(dir.path().to_owned()),
+            rtp_ports: Some(rtp_ports.parse::<PortRange>().unwrap()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = udp_server::bind(config.listen)?;
+                    addr_tx.send(socket.local_addr()?).unwrap();
+                    udp_server::run(socket, config, metrics, shutdown).await
+                })
+            })
+        };
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver did not start");
+        Receiver {
+            addr,
+            dir,
+            metrics,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    fn counter(&self, series: &str) -> u64 {
+        rst_load::prom::value(&self.metrics.render(), series)
+            .unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
+    }
+
+    /// Waits until `count` records exist (the calls end a moment after their BYE).
+    fn wait_records(&self, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let records = records_in(self.dir.path());
+            if records.len() >= count || Instant::now() > deadline {
+                assert_eq!(records.len(), count, "records in {:?}", self.dir.path());
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn records_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    for day in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = file.path();
+            if path.to_string_lossy().ends_with(".json") {
+                records.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap());
+            }
+        }
+    }
+    records
+}
+
+/// Plays `config` to a fresh receiver and checks what it counted and recorded;
+/// returns the report and the records.
+fn play_and_check(receiver: &mut Receiver, config: &Config) -> (Report, Vec<serde_json::Value>) {
+    let report = rst_load::run(config).unwrap();
+    let calls = config.calls as u64;
+    assert_eq!(report.mode, Mode::Rtp);
+    assert_eq!(
+        (report.inv_acked, report.bye_acked, report.lost()),
+        (calls, calls, 0),
+        "{report}"
+    );
+    assert_eq!(
+        (report.send_errors, report.rtp_no_ports),
+        (0, 0),
+        "{report}"
+    );
+    assert_eq!(report.data_sent, 0, "{report}");
+    assert!(report.rtp_sent > 0, "{report}");
+
+    let records = receiver.wait_records(config.calls);
+    receiver.stop();
+    assert_eq!(
+        receiver.counter("rst_rtp_packets_total"),
+        report.rtp_sent,
+        "{report}"
+    );
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"wrong_source\"}"),
+        0
+    );
+    assert_eq!(receiver.counter("rst_rtp_malformed_total"), 0);
+    assert_eq!(receiver.counter("rst_messages_total{command=\"data\"}"), 0);
+    for record in &records {
+        assert_eq!(record["mode"], "rtp", "{record}");
+        assert_eq!(record["end_reason"], "bye", "{record}");
+    }
+    (report, records)
+}
+
+#[test]
+fn real_time_rtp_calls_are_counted_and_recorded_per_direction() {
+    let mut receiver = Receiver::start("24000-24099");
+    let frames = 25; // 0.5 s of audio
+    let config = Config {
+        target: receiver.addr,
+        calls: 10,
+        frames: Some(frames),
+        mode: Mode::Rtp,
+        ..Config::default()
+    };
+    let (report, records) = play_and_check(&mut receiver, &config);
+    assert_eq!(report.rtp_sent, 10 * 2 * frames, "{report}");
+    // Real time: 25 frames 20 ms apart take about half a second.
+    assert!(
+        report.data_elapsed >= Duration::from_millis(460),
+        "{report}"
+    );
+    for record in &records {
+        for direction in ["R", "W"] {
+            let d = &record["directions"][direction];
+            assert_eq!(d["rtp"]["received"], frames, "{direction}: {record}");
+            assert_eq!(d["rtp"]["expected"], frames, "{direction}: {record}");
+            assert_eq!(d["rtp"]["lost"], 0, "{direction}: {record}");
+            assert_eq!(d["rtp"]["duplicates"], 0, "{direction}: {record}");
+            assert_eq!(d["rtp"]["ssrc_changes"], 0, "{direction}: {record}");
+            assert_eq!(d["rtp"]["timestamp_jumps"], 0, "{direction}: {record}");
+            assert_eq!(d["codecs"][0], "PCMU", "{direction}: {record}");
+            assert_eq!(d["samples"], frames * 160, "{direction}: {record}");
+        }
+    }
+}
+
+#[test]
+fn fast_rtp_with_a_rate_cap_loses_nothing() {
+    let mut receiver = Receiver::start("24100-24199");
+    let config = Config {
+        target: receiver.addr,
+        calls: 20,
+        duration: Duration::from_millis(500),
+        fast: true,
+        rate: Some(20_000),
+        codec: Codec::Pcma,
+        mode: Mode::Rtp,
+        ..Config::default()
+    };
+    let (report, records) = play_and_check(&mut receiver, &config);
+    // About 0.5 s at 20 000/s, never much faster than the cap.
+    assert!(report.rtp_sent > 5_000, "{report}");
+    assert!(report.data_rate() < 22_000.0, "{report}");
+    let received: u64 = records
+        .iter()
+        .flat_map(|record| {
+            ["R", "W"].map(|d| record["directions"][d]["rtp"]["received"].as_u64().unwrap())
+        })
+        .sum();
+    assert_eq!(received, report.rtp_sent, "{report}");
+    for record in &records {
+        let [r, w] = ["R", "W"].map(|d| &record["directions"][d]);
+        // Each call's two directions get the same number of frames (bursts per socket).
+        assert_eq!(r["rtp"]["received"], w["rtp"]["received"], "{record}");
+        assert_eq!(r["rtp"]["lost"], 0, "{record}");
+        assert_eq!(r["codecs"][0], "PCMA", "{record}");
+    }
+}
+
+#[test]
+fn an_exhausted_port_range_leaves_the_call_unanswered_and_silent() {
+    // Two ports: one RTP-mode call. The second INV is never answered.
+    let mut receiver = Receiver::start("24200-24201");
+    let config = Config {
+        target: receiver.addr,
+        calls: 2,
+        frames: Some(5),
+        mode: Mode::Rtp,
+        rto: Duration::from_millis(20),
+        retries: 2,
+        ..Config::default()
+    };
+    let report = rst_load::run(&config).unwrap();
+    assert_eq!((report.inv_acked, report.inv_lost), (1, 1), "{report}");
+    assert_eq!(report.rtp_sent, 2 * 5, "{report}");
+    std::thread::sleep(Duration::from_millis(500));
+    receiver.stop();
+    assert_eq!(receiver.counter("rst_rtp_packets_total"), 2 * 5);
+    assert!(receiver.counter("rst_refused_total{reason=\"no_ports\"}") >= 1);
+}
