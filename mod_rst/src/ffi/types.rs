@@ -11,7 +11,7 @@ pub type switch_status_t = u32;
 pub type switch_bool_t = u32;
 pub type switch_abc_type_t = u32;
 pub type switch_media_bug_flag_t = u32;
-pub type switch_log_level_t = u32;
+pub type switch_log_level_t = i32;
 pub type switch_text_channel_t = u32;
 pub type switch_module_interface_name_t = u32;
 pub type switch_event_types_t = u32;
@@ -197,13 +197,13 @@ pub struct switch_stream_handle_t {
 
 #[repr(C)]
 pub struct switch_frame_geometry_t {
-    pub w: u32,
-    pub h: u32,
-    pub x: u32,
-    pub y: u32,
-    pub z: c_int,
-    pub m: u32,
-    pub big_x: u32,
+    pub w: i32,
+    pub h: i32,
+    pub x: i32,
+    pub y: i32,
+    pub z: i32,
+    pub m: i32,
+    pub big_x: i32,
 }
 
 #[repr(C)]
@@ -291,7 +291,7 @@ pub struct switch_xml {
     pub flags: u32,
     pub is_switch_xml_root_t: switch_bool_t,
     pub refs: u32,
-    pub open: switch_time_t,
-    pub close: switch_time_t,
+    pub open: *const c_char,
+    pub close: *const c_char,
 }
 pub type switch_xml_t = *mut switch_xml;

@@ -155,8 +155,8 @@ impl XmlDoc {
             flags: 0,
             is_switch_xml_root_t: SWITCH_FALSE as switch_bool_t,
             refs: 0,
-            open: 0,
-            close: 0,
+            open: std::ptr::null(),
+            close: std::ptr::null(),
         });
         node.name = self.cstring(name);
         node.txt = self.cstring(text);
