@@ -8,6 +8,7 @@
 pub mod align;
 pub mod calls;
 pub mod config;
+pub mod embed;
 pub mod feed;
 pub mod files;
 pub mod jitter;
@@ -17,5 +18,6 @@ pub mod recorder;
 pub mod server;
 
 pub use config::{Config, Settings};
+pub use embed::Running;
 pub use metrics::Metrics;
 pub use server::{bind, run};

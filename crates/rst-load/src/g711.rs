@@ -1,5 +1,5 @@
-//! G.711 encoders (the receiver side only needs decoders, so rst-codec has none) and
-//! the test tones the load generator sends.
+//! The test tones the load generator sends, and the G.711 encoders (rst-codec's)
+//! that make them payloads.
 
 use std::f64::consts::PI;
 
@@ -31,51 +31,7 @@ pub fn tone_frame(hz: u32) -> [i16; FRAME_SAMPLES] {
     frame
 }
 
-/// G.711 µ-law encoding of one 16-bit linear sample: rounded to the 14 bits µ-law
-/// quantises (as sox does), then the classic Sun/CCITT `linear2ulaw`. The same
-/// codes as `rst_codec::g711::linear_to_ulaw` (a test checks every sample).
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const SEGMENT_ENDS: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
-    const CLIP: i32 = 8159;
-    const BIAS: i32 = 0x84 >> 2;
-    let mut value = (i32::from(sample) + 2) >> 2;
-    let mask = if value < 0 {
-        value = -value;
-        0x7F
-    } else {
-        0xFF
-    };
-    value = value.min(CLIP) + BIAS;
-    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
-        return (0x7F ^ mask) as u8;
-    };
-    let segment = segment as i32;
-    (((segment << 4) | ((value >> (segment + 1)) & 0x0F)) ^ mask) as u8
-}
-
-/// G.711 A-law encoding of one 16-bit linear sample: rounded to the 13 bits A-law
-/// quantises (as sox does), then the classic Sun/CCITT `linear2alaw`. The same
-/// codes as `rst_codec::g711::linear_to_alaw`.
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    const SEGMENT_ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
-    let mut value = (i32::from(sample) + 4) >> 3;
-    let mask = if value >= 0 {
-        0xD5
-    } else {
-        value = -value - 1;
-        0x55
-    };
-    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
-        return (0x7F ^ mask) as u8;
-    };
-    let segment = segment as i32;
-    let mantissa = if segment < 2 {
-        (value >> 1) & 0x0F
-    } else {
-        (value >> segment) & 0x0F
-    };
-    ((segment << 4 | mantissa) ^ mask) as u8
-}
+pub use rst_codec::{linear_to_alaw, linear_to_ulaw};
 
 #[cfg(test)]
 mod tests {
@@ -106,21 +62,6 @@ mod tests {
         assert_eq!(linear_to_alaw(0), 0xD5);
     }
 
-    #[test]
-    fn encoders_match_rst_codec() {
-        for sample in i16::MIN..=i16::MAX {
-            assert_eq!(
-                linear_to_ulaw(sample),
-                rst_codec::g711::linear_to_ulaw(sample),
-                "µ-law {sample}"
-            );
-            assert_eq!(
-                linear_to_alaw(sample),
-                rst_codec::g711::linear_to_alaw(sample),
-                "A-law {sample}"
-            );
-        }
-    }
 
     #[test]
     fn tones_repeat_per_frame() {
