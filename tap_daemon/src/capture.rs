@@ -158,6 +158,25 @@ pub fn replay(
 /// One batch of packets from the capture thread: (capture time, frame).
 type Batch = Vec<(Duration, Vec<u8>)>;
 
+/// Waits until the capture has packets, at most `timeout`.
+#[cfg(unix)]
+fn wait_readable(cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: cap.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
+}
+
+/// Npcap has no pollable descriptor: wait the timeout out.
+#[cfg(not(unix))]
+fn wait_readable(_cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
+    std::thread::sleep(timeout.min(Duration::from_millis(10)));
+}
+
 /// Captures live on `interface` until `shutdown` is set.
 pub fn live(
     interface: &str,
@@ -174,6 +193,10 @@ pub fn live(
         .timeout(100)
         .immediate_mode(true)
         .open()
+        .map_err(pcap_error(format!("cannot capture on {interface}")))?
+        // libpcap's read timeout does not fire on an idle interface on Linux:
+        // non-blocking reads and a poll of our own let shutdown be seen.
+        .setnonblock()
         .map_err(pcap_error(format!("cannot capture on {interface}")))?;
     if let Some(filter) = &config.filter {
         cap.filter(filter, true)
@@ -197,7 +220,9 @@ pub fn live(
                         let at = timestamp(packet.header);
                         batch.push((at, packet.data.to_vec()));
                     }
-                    Err(pcap::Error::TimeoutExpired) => {}
+                    Err(pcap::Error::TimeoutExpired) => {
+                        wait_readable(&cap, Duration::from_millis(100))
+                    }
                     Err(error) => {
                         tracing::error!(%error, "capture failed");
                         break;

@@ -56,7 +56,7 @@ pub struct Settings {
     /// BPF capture filter, e.g. "udp or tcp port 5060"
     #[arg(long, value_name = "BPF")]
     pub filter: Option<String>,
-    /// Bytes kept of each packet [default: 65535]
+    /// Bytes kept of each packet (a jumbo frame fits; smaller slots fit more packets in the kernel ring) [default: 9216]
     #[arg(long, value_name = "BYTES")]
     pub snaplen: Option<i32>,
     /// Kernel capture buffer [default: 33554432]
@@ -91,6 +91,22 @@ pub struct Settings {
     /// Calls sent to the receiver at once [default: 4000]
     #[arg(long, value_name = "N")]
     pub max_calls: Option<usize>,
+    /// Shared secret of the control plane (file only, never a flag: flags
+    /// show in `ps`). Without one, discovery and control are off.
+    #[arg(skip)]
+    pub secret: Option<String>,
+    /// The tap's name in discovery replies [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// TCP address of the control server [default: 0.0.0.0:9531]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub control_listen: Option<SocketAddr>,
+    /// UDP address of the discovery responder [default: 0.0.0.0:9530]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub discovery_listen: Option<SocketAddr>,
+    /// Seconds a control connection may stay silent [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub control_idle_timeout: Option<u64>,
 }
 
 /// A list given as flags replaces the file's.
@@ -119,6 +135,11 @@ impl Settings {
             skip_numbers: list(self.skip_numbers, base.skip_numbers),
             stats_interval: self.stats_interval.or(base.stats_interval),
             max_calls: self.max_calls.or(base.max_calls),
+            secret: self.secret.or(base.secret),
+            name: self.name.or(base.name),
+            control_listen: self.control_listen.or(base.control_listen),
+            discovery_listen: self.discovery_listen.or(base.discovery_listen),
+            control_idle_timeout: self.control_idle_timeout.or(base.control_idle_timeout),
         }
     }
 
@@ -128,7 +149,7 @@ impl Settings {
             (Some(path), None) => Source::File(path),
             (None, Some(interface)) => Source::Live {
                 interface,
-                snaplen: self.snaplen.unwrap_or(65535),
+                snaplen: self.snaplen.unwrap_or(9216),
                 buffer_size: self.buffer_size.unwrap_or(32 << 20),
             },
             _ => return Err(ConfigError::Source),

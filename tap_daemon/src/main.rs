@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tap_daemon::capture;
 use tap_daemon::config::{self, Settings};
+use tap_daemon::control::ControlConfig;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -21,8 +22,18 @@ fn main() -> anyhow::Result<()> {
         Some(path) => config::load(path).context("configuration file")?,
         None => Settings::default(),
     };
-    let run = flags.over(file).resolve()?;
+    let settings = flags.over(file);
     let shutdown = Arc::new(AtomicBool::new(false));
+    if let Some(control) = ControlConfig::from_settings(&settings) {
+        // Controlled: nothing is captured until a client says start.
+        let bound = tap_daemon::control::bind(&control).context("control plane sockets")?;
+        watch_signals(shutdown.clone())?;
+        return tap_daemon::control::serve(bound, control, &shutdown).context("control plane");
+    }
+    tracing::info!(
+        "control disabled (no `secret` in the configuration file): capturing as configured"
+    );
+    let run = settings.resolve()?;
     watch_signals(shutdown.clone())?;
     let summary = capture::run(&run, &shutdown).context("capture")?;
     tracing::info!(

@@ -368,9 +368,7 @@ impl Output for UdpOutput {
         drive(live, &self.control, &mut self.stats, |s, emit| {
             s.forward_rtp(direction, packet, emit)
         });
-        let sent = live.stream.stats.frames_sent - before;
-        self.stats.rtp_sent += sent;
-        if sent > 0 {
+        if live.stream.stats.frames_sent > before {
             self.pace();
         }
     }
@@ -399,8 +397,14 @@ fn drive<R>(
     action: impl FnOnce(&mut Stream, &mut dyn FnMut(Via, SocketAddr, &[u8])) -> R,
 ) -> R {
     let Live { stream, rtp, .. } = live;
-    let mut emit = |via, to, bytes: &[u8]| send(control, rtp, stats, via, to, bytes);
-    action(stream, &mut emit)
+    // RTP leaves from `forward_rtp` and, for packets held until then, from `ack`.
+    let before = stream.stats.frames_sent;
+    let result = {
+        let mut emit = |via, to, bytes: &[u8]| send(control, rtp, stats, via, to, bytes);
+        action(stream, &mut emit)
+    };
+    stats.rtp_sent += stream.stats.frames_sent - before;
+    result
 }
 
 fn send(

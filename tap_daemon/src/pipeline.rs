@@ -535,6 +535,12 @@ impl Pipeline {
         &self.tracker
     }
 
+    /// Replaces the filter (a control client's new config): calls already
+    /// being recorded go on; calls not started yet are judged by the new one.
+    pub fn set_filter(&mut self, filter: Filter) {
+        self.config.filter = filter;
+    }
+
     /// Calls being recorded now.
     pub fn recording(&self) -> usize {
         self.calls

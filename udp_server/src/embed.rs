@@ -28,23 +28,37 @@ impl Running {
         let (bound, address) = std::sync::mpsc::channel();
         let thread = {
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            std::thread::Builder::new().name("rst-receiver".into()).spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-                runtime.block_on(async move {
-                    let socket = crate::bind(config.listen)?;
-                    let _ = bound.send(socket.local_addr()?);
-                    crate::run(socket, config, metrics, shutdown).await
-                })
-            })?
+            std::thread::Builder::new()
+                .name("rst-receiver".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let socket = crate::bind(config.listen)?;
+                        let _ = bound.send(socket.local_addr()?);
+                        crate::run(socket, config, metrics, shutdown).await
+                    })
+                })?
         };
         let addr = match address.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => addr,
             Err(_) => {
-                let error = thread.join().map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
-                return Err(error.err().unwrap_or_else(|| anyhow::anyhow!("the receiver did not start")));
+                let error = thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
+                return Err(error
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("the receiver did not start")));
             }
         };
-        Ok(Running { addr, metrics, shutdown, thread: Some(thread) })
+        Ok(Running {
+            addr,
+            metrics,
+            shutdown,
+            thread: Some(thread),
+        })
     }
 
     /// The UDP address the receiver listens on.
@@ -60,7 +74,10 @@ impl Running {
     pub fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the receiver panicked"))?.context("the receiver failed"),
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the receiver panicked"))?
+                .context("the receiver failed"),
             None => Ok(()),
         }
     }

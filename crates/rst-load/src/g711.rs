@@ -62,7 +62,6 @@ mod tests {
         assert_eq!(linear_to_alaw(0), 0xD5);
     }
 
-
     #[test]
     fn tones_repeat_per_frame() {
         for hz in [TONE_HZ_READ, TONE_HZ_WRITE] {

@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rst_proto::{Data, Direction, Extensions, Inv, Message, PayloadType, Uuid};
-use tokio_util::sync::CancellationToken;
 use udp_server::{Metrics, Settings};
 
 pub struct Receiver {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    running: udp_server::Running,
 }
 
 impl Receiver {
@@ -37,42 +35,19 @@ impl Receiver {
             record_dir: Some(dir.path().to_owned()),
             ..Settings::default()
         };
-        let config = settings.over(base).resolve().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = udp_server::bind(config.listen)?;
-                    addr_tx.send(socket.local_addr()?).unwrap();
-                    udp_server::run(socket, config, metrics, shutdown).await
-                })
-            })
-        };
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver did not start");
+        let running = udp_server::Running::start(settings.over(base).resolve().unwrap())
+            .expect("the receiver starts");
         Receiver {
-            addr,
+            addr: running.addr(),
+            metrics: running.metrics().clone(),
             dir,
-            metrics,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
     /// Stops the receiver the way SIGTERM does and waits until its files are complete.
     pub fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
+        self.running.stop().unwrap();
     }
 
     /// Waits until `count` records exist, then returns them, sorted by path.
@@ -95,15 +70,6 @@ impl Receiver {
 
     pub fn counter(&self, line_start: &str) -> u64 {
         metric(&self.metrics.render(), line_start)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

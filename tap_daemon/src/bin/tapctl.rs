@@ -1,0 +1,308 @@
+//! `tapctl`: find taps and drive them by hand, the operator's side of the
+//! tap control plane (the messages are `rst-control`'s).
+//!
+//! ```sh
+//! tapctl discover                                  # who is there (broadcast)
+//! export TAPCTL_SECRET=…                            # or --secret-file FILE
+//! tapctl config --tap 10.0.0.7 --receiver 10.0.0.20:9527 --network 10.1.0.0/16
+//! tapctl start  --tap 10.0.0.7
+//! tapctl status --tap 10.0.0.7
+//! tapctl stop   --tap 10.0.0.7
+//! ```
+//!
+//! Each command connects, says hello with the secret, sends its request,
+//! prints the tap's answer (JSON) and closes. Exit status 1 when the tap
+//! refused, with its error on stderr.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use rst_control::control::{ConfigChange, Mode, Reply, Request, Response, Secret};
+use rst_control::discovery::{Nonce, Reply as Here, Request as Who};
+use rst_control::line::MAX_LINE;
+
+#[derive(Debug, Parser)]
+#[command(name = "tapctl", version, about = "Find rst taps and control them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Broadcast "who is there" and list the taps that answer
+    Discover {
+        /// Where to send the request
+        #[arg(long, default_value = "255.255.255.255")]
+        broadcast: IpAddr,
+        /// The taps' discovery port
+        #[arg(long, default_value_t = rst_control::DISCOVERY_PORT)]
+        port: u16,
+        /// Seconds to wait for answers
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+        /// One JSON object per tap instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// State, configuration and counters
+    Status(Target),
+    /// Change the configuration (only the options given)
+    Config {
+        #[command(flatten)]
+        target: Target,
+        /// The rst receiver calls go to
+        #[arg(long, value_name = "ADDR:PORT")]
+        receiver: Option<SocketAddr>,
+        /// BPF capture filter ("" removes it)
+        #[arg(long, value_name = "BPF")]
+        filter: Option<String>,
+        /// Record only calls in these networks (repeatable)
+        #[arg(long, value_name = "CIDR")]
+        network: Vec<ipnet::IpNet>,
+        /// Record calls in any network
+        #[arg(long, conflicts_with = "network")]
+        any_network: bool,
+        /// Record only calls whose caller or callee matches (glob or re:REGEX; repeatable)
+        #[arg(long, value_name = "PATTERN")]
+        number: Vec<String>,
+        /// Record calls with any number
+        #[arg(long, conflicts_with = "number")]
+        any_number: bool,
+        /// Never record calls whose caller or callee matches (repeatable)
+        #[arg(long, value_name = "PATTERN")]
+        skip_number: Vec<String>,
+        /// Skip no numbers
+        #[arg(long, conflicts_with = "skip_number")]
+        no_skip_number: bool,
+        /// The interface to capture on
+        #[arg(long, value_name = "IF")]
+        interface: Option<String>,
+        /// How calls go to the receiver: rtp
+        #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+        mode: Option<Mode>,
+    },
+    /// Start capturing and sending
+    Start(Target),
+    /// Stop: every call ends, nothing more is sent
+    Stop(Target),
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// The tap: HOST or HOST:PORT (control port, default 9531)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    tap: String,
+    /// The shared secret (visible in `ps`: prefer TAPCTL_SECRET or --secret-file)
+    #[arg(long)]
+    secret: Option<String>,
+    /// A file holding the shared secret
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Seconds to wait for the tap
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("unknown mode {text:?} (rtp or data)"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("tapctl: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (target, request) = match cli.command {
+        Command::Discover {
+            broadcast,
+            port,
+            wait,
+            json,
+        } => return discover(SocketAddr::new(broadcast, port), seconds(wait), json),
+        Command::Status(target) => (target, Request::Status),
+        Command::Start(target) => (target, Request::Start),
+        Command::Stop(target) => (target, Request::Stop),
+        Command::Config {
+            target,
+            receiver,
+            filter,
+            network,
+            any_network,
+            number,
+            any_number,
+            skip_number,
+            no_skip_number,
+            interface,
+            mode,
+        } => {
+            let list =
+                |given: Vec<String>, clear: bool| (clear || !given.is_empty()).then_some(given);
+            let change = ConfigChange {
+                interface,
+                filter,
+                networks: (any_network || !network.is_empty()).then_some(network),
+                numbers: list(number, any_number),
+                skip_numbers: list(skip_number, no_skip_number),
+                receiver,
+                mode,
+            };
+            (target, Request::Config(change))
+        }
+    };
+    let reply = session(&target, request)?;
+    let line = Response::Ok(reply).encode();
+    let value: serde_json::Value = serde_json::from_str(&line)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.01, 3600.0))
+}
+
+/// Broadcasts one request and prints each distinct answer.
+fn discover(to: SocketAddr, wait: Duration, json: bool) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("discovery socket")?;
+    socket.set_broadcast(true)?;
+    let nonce = Nonce::from_u64(random());
+    socket
+        .send_to(&Who::new(nonce.clone()).encode(), to)
+        .with_context(|| format!("cannot send to {to}"))?;
+    let deadline = Instant::now() + wait;
+    let mut seen = HashSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        socket.set_read_timeout(Some(left))?;
+        let (len, from) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(here) = Here::decode(&buf[..len]) else {
+            continue;
+        };
+        if here.nonce != nonce || !seen.insert((here.id.clone(), from.ip())) {
+            continue;
+        }
+        let control = SocketAddr::new(from.ip(), here.control_port);
+        if json {
+            let mut value = serde_json::to_value(&here)?;
+            value["control"] = control.to_string().into();
+            println!("{value}");
+        } else {
+            println!(
+                "{}\tid {}\tcontrol {}\tversion {}\tsoftware {}\tinterfaces {}",
+                here.name,
+                here.id,
+                control,
+                here.version,
+                here.software,
+                here.interfaces.join(",")
+            );
+        }
+    }
+    if seen.is_empty() && !json {
+        eprintln!("tapctl: no tap answered within {:.1} s", wait.as_secs_f64());
+    }
+    Ok(())
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+fn address(tap: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = tap.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = tap.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, rst_control::CONTROL_PORT));
+    }
+    let with_port = if tap.contains(':') {
+        tap.to_owned()
+    } else {
+        format!("{tap}:{}", rst_control::CONTROL_PORT)
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {tap}"))?
+        .next()
+        .with_context(|| format!("no address for {tap}"))
+}
+
+fn secret(target: &Target) -> anyhow::Result<String> {
+    if let Some(path) = &target.secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    target
+        .secret
+        .clone()
+        .or_else(|| std::env::var("TAPCTL_SECRET").ok())
+        .context("no secret: give --secret-file FILE or set TAPCTL_SECRET")
+}
+
+/// Connects, says hello, sends `request`, closes; the tap's reply.
+fn session(target: &Target, request: Request) -> anyhow::Result<Reply> {
+    let addr = address(&target.tap)?;
+    let timeout = seconds(target.timeout);
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut ask = |request: &Request| -> anyhow::Result<Reply> {
+        writeln!(writer, "{}", request.encode())?;
+        let mut line = String::new();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)
+            .context("no answer")?;
+        if n == 0 {
+            bail!("the tap closed the connection");
+        }
+        let response = Response::decode(line.trim_end()).context("not an answer")?;
+        Ok(response.into_result()?)
+    };
+    ask(&Request::Hello {
+        version: rst_control::VERSION,
+        secret: Secret(secret(target)?),
+        client: Some(format!("tapctl {}", env!("CARGO_PKG_VERSION"))),
+    })
+    .context("hello")?;
+    let reply = ask(&request)?;
+    let _ = ask(&Request::Close);
+    Ok(reply)
+}

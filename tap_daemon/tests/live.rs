@@ -1,0 +1,1336 @@
+//! The daemon live, on a real interface: two network namespaces made for the
+//! test, joined by a veth pair (`veth-a` in A, `veth-b` in B, link-local
+//! addresses; nothing leaves the host). The `tap_daemon` binary captures on
+//! `veth-a` inside A (`ip netns exec`) and sends every call to a real
+//! receiver (udp_server, in this process) whose thread has entered A, on
+//! 127.0.0.1 there. `dumpcap` records `veth-a` beside it: what was on the
+//! wire, read back with tshark, is what the recordings are checked against.
+//!
+//! * `live_sipp_calls_are_recorded`: a sipp UAS in A (tests/live/uas.xml), the
+//!   built-in `uac_pcap` UAC in B places 3 calls that play sipp's g711a.pcap
+//!   and a DTMF '1' (RFC 4733) from B to A.
+//! * `live_tcpreplay_of_a_capture_is_recorded`: tcpreplay sends a capture
+//!   out of `veth-b`; the daemon captures it promiscuously on `veth-a` (the
+//!   frames' MACs and addresses are not A's).
+//!
+//! They need root (namespaces, raw sockets) and print SKIPPED without it, or
+//! without sipp, tshark/dumpcap, tcpreplay or the captures. The namespaces
+//! are named after the test and this process's id and are deleted at the
+//! end, also on failure (a Drop guard), as is every child process.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use udp_server::Metrics;
+
+/// The two ends of the veth pair (the namespaces are the test's own, so the
+/// addresses cannot clash with anything).
+const A_ADDR: &str = "169.254.77.1";
+const B_ADDR: &str = "169.254.77.2";
+
+/// The tests each run calls in real time: one at a time, on two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------- namespaces
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace, deleted when dropped.
+#[derive(Debug)]
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn add(name: String) -> Result<Netns, String> {
+        ip(&["netns", "add", &name])?;
+        Ok(Netns { name })
+    }
+
+    /// Runs `ip -n NS args`.
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cannot delete namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// Namespaces A and B joined by veth-a (A_ADDR) and veth-b (B_ADDR).
+#[derive(Debug)]
+struct Pair {
+    a: Netns,
+    b: Netns,
+}
+
+/// The pair, named after `tag` and this process, or None (after a loud
+/// SKIPPED for `test`) without the right to make it.
+fn pair(test: &str, tag: &str) -> Option<Pair> {
+    let tag = format!("rst-live-{}-{tag}", std::process::id());
+    let a = match Netns::add(format!("{tag}-a")) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: needs root (CI runs as root): {e}");
+            return None;
+        }
+    };
+    let b = Netns::add(format!("{tag}-b")).unwrap();
+    let pair = Pair { a, b };
+    // No IPv6: no router solicitations or MLD reports on the veth at random
+    // moments; the wire carries only the test's traffic.
+    for ns in [&pair.a, &pair.b] {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
+            .args([
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "sysctl disable_ipv6 in {}", ns.name);
+    }
+    ip(&[
+        "link",
+        "add",
+        "veth-a",
+        "netns",
+        &pair.a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-b",
+        "netns",
+        &pair.b.name,
+    ])
+    .unwrap();
+    for (ns, dev, addr) in [(&pair.a, "veth-a", A_ADDR), (&pair.b, "veth-b", B_ADDR)] {
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    Some(pair)
+}
+
+/// The first tool of `tools` that cannot be started.
+fn missing(tools: &[&str]) -> Option<String> {
+    tools
+        .iter()
+        .find(|tool| {
+            Command::new(tool)
+                .arg(if **tool == "tcpreplay" { "-V" } else { "-v" })
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        })
+        .map(|tool| tool.to_string())
+}
+
+/// The test's folder (logs, the wire capture): removed at the end, unless
+/// RST_LIVE_KEEP is set (its path is printed then).
+#[derive(Debug)]
+struct Work {
+    _temp: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Work {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn workdir() -> Work {
+    let dir = tempfile::Builder::new()
+        .prefix("rst-live-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().to_owned();
+    if std::env::var_os("RST_LIVE_KEEP").is_some() {
+        eprintln!("keeping {}", path.display());
+        let _ = dir.keep();
+        return Work { _temp: None, path };
+    }
+    Work {
+        _temp: Some(dir),
+        path,
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process run inside a namespace (`ip netns exec` execs it, so the
+/// child's id is the program's), killed if still running when dropped.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(ns: &Netns, name: &str, program: &str, args: &[String], dir: &Path) -> Proc {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, program])
+            .args(args)
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout and stderr so far, ANSI colours removed.
+    fn log(&self) -> String {
+        let mut text = String::new();
+        for path in [&self.stdout, &self.stderr] {
+            text += &String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default());
+        }
+        strip_ansi(&text)
+    }
+
+    /// The end of the log, for a failure message.
+    fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} (last lines)\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+
+    /// Waits until the log contains `text`; the process ending first, or
+    /// `timeout`, is a failure.
+    fn wait_for_log(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before {text:?}\n{}",
+                    self.name,
+                    self.tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {text:?} after {timeout:?}\n{}",
+                self.name,
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to end by itself; `timeout` is a failure.
+    fn finish(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait(timeout) {
+            Some(status) => status,
+            None => panic!(
+                "{} still running after {timeout:?}\n{}",
+                self.name,
+                self.tail()
+            ),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to end.
+    fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            return status;
+        }
+        self.signal("TERM");
+        self.finish(timeout)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether the process `pid` sees UDP `port` bound (in its own namespace).
+fn udp_port_bound(pid: u32, port: u16) -> bool {
+    let needle = format!(":{port:04X}");
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| local.ends_with(&needle))
+        })
+}
+
+/// dumpcap on an interface of a namespace, into `dir/wire.pcapng`.
+fn dumpcap(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
+    let file = dir.join("wire.pcapng");
+    let mut proc = Proc::spawn(
+        ns,
+        "dumpcap",
+        "dumpcap",
+        &[
+            "-i".into(),
+            interface.into(),
+            "-w".into(),
+            file.display().to_string(),
+        ],
+        dir,
+    );
+    proc.wait_for_log("Capturing on", Duration::from_secs(15));
+    (proc, file)
+}
+
+/// The tap_daemon binary capturing on veth-a inside A.
+fn tap_daemon(ns: &Netns, receiver: SocketAddr, dir: &Path) -> Proc {
+    let mut proc = Proc::spawn(
+        ns,
+        "tap_daemon",
+        env!("CARGO_BIN_EXE_tap_daemon"),
+        &[
+            "--interface".into(),
+            "veth-a".into(),
+            "--receiver".into(),
+            receiver.to_string(),
+            "--stats-interval".into(),
+            "1".into(),
+        ],
+        dir,
+    );
+    proc.wait_for_log("capturing", Duration::from_secs(15));
+    proc
+}
+
+/// How long the daemon may take to end after SIGTERM (it sends a BYE for
+/// every call still open and waits for the ACKs).
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Stops the daemon with SIGTERM (it ends every call) and returns its log.
+/// The wire is quiet by then; a daemon still running after [`STOP_WITHIN`]
+/// is a defect (noted in `defects`), and it is then woken by datagrams sent
+/// across the veth from B, so that the rest of the test still runs.
+fn stop_daemon(daemon: &mut Proc, b: &Netns, defects: &mut Vec<String>) -> String {
+    daemon.signal("TERM");
+    let asked = Instant::now();
+    let mut status = daemon.wait(STOP_WITHIN);
+    if status.is_none() {
+        defects.push(format!(
+            "tap_daemon did not exit within {STOP_WITHIN:?} of SIGTERM on a quiet interface \
+             (it went on only once a packet arrived: its capture thread stays blocked in \
+             pcap's next_packet, whose 100 ms read timeout never fires)"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status.is_none() && Instant::now() < deadline {
+            poke(b);
+            status = daemon.wait(Duration::from_millis(200));
+        }
+    }
+    let Some(status) = status else {
+        panic!(
+            "tap_daemon still running 15 s after SIGTERM\n{}",
+            daemon.tail()
+        );
+    };
+    eprintln!("tap_daemon exited {:.1?} after SIGTERM", asked.elapsed());
+    let log = daemon.log();
+    assert!(status.success(), "tap_daemon: {status}\n{}", daemon.tail());
+    for line in log.lines() {
+        if line.contains("pcap at the end") || line.contains(" done") {
+            eprintln!("tap_daemon: {}", line.trim());
+        }
+    }
+    if let Some(last) = log.lines().rev().find(|l| l.contains("counters")) {
+        eprintln!("tap_daemon: {}", last.trim());
+    }
+    assert!(
+        !log.contains("ERROR") && !log.contains("panicked"),
+        "tap_daemon logged an error\n{}",
+        daemon.tail()
+    );
+    // What the daemon forwarded it sent: its own counters must agree.
+    let forwarded = logged(&log, "counters", "rtp_forwarded");
+    let sent = logged(&log, "counters", "rtp_sent");
+    if forwarded != sent {
+        defects.push(format!(
+            "tap_daemon's final rtp_sent ({sent:?}) is not its rtp_forwarded ({forwarded:?}), \
+             though the receiver got every forwarded packet (RTP held until the INV's ACK \
+             is sent uncounted)"
+        ));
+    }
+    log
+}
+
+/// One datagram from B to A across the veth (wakes a blocked capture).
+fn poke(b: &Netns) {
+    let name = b.name.clone();
+    let _ = std::thread::spawn(move || -> std::io::Result<()> {
+        netns_enter::enter(&name)?;
+        let socket = std::net::UdpSocket::bind((B_ADDR, 0))?;
+        socket.send_to(b"poke", (A_ADDR, 9))?;
+        Ok(())
+    })
+    .join();
+}
+
+/// Fails with every defect found, once everything else has been checked.
+fn assert_no_defects(name: &str, defects: &[String]) {
+    assert!(
+        defects.is_empty(),
+        "{name}: everything else passed, but:\n- {}",
+        defects.join("\n- ")
+    );
+}
+
+/// `key=N` in the last log line that has `marker`.
+fn logged(log: &str, marker: &str, key: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(marker))?;
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// `setns(2)`: the calling thread joins a namespace.
+mod netns_enter {
+    use std::os::raw::c_int;
+    use std::os::unix::io::AsRawFd;
+
+    extern "C" {
+        fn setns(fd: c_int, nstype: c_int) -> c_int;
+    }
+
+    const CLONE_NEWNET: c_int = 0x4000_0000;
+
+    /// Moves the calling thread (and the threads it starts later) into the
+    /// network namespace `name` made by `ip netns add`.
+    pub fn enter(name: &str) -> std::io::Result<()> {
+        let file = std::fs::File::open(std::path::Path::new("/var/run/netns").join(name))?;
+        // SAFETY: setns reads a descriptor that `file` keeps open across the
+        // call and changes only this thread's network namespace.
+        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// A real receiver, on 127.0.0.1 inside a namespace, in a background
+/// runtime whose threads all live in that namespace.
+struct Receiver {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Receiver {
+    fn start_in(ns: &Netns, rtp_ports: &str) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = udp_server::Settings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            record_dir: Some(dir.path().to_owned()),
+            rtp_ports: Some(rtp_ports.parse().unwrap()),
+            ..udp_server::Settings::default()
+        };
+        let config = settings.resolve().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let name = ns.name.clone();
+        let thread = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || {
+                netns_enter::enter(&name)?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = udp_server::bind(config.listen)?;
+                    addr_tx.send(socket.local_addr()?).unwrap();
+                    udp_server::run(socket, config, metrics, shutdown).await
+                })
+            })
+        };
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => addr,
+            Err(_) => panic!("receiver did not start: {:?}", thread.join()),
+        };
+        Receiver {
+            addr,
+            dir,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every record that reads as JSON (one being written is skipped).
+    fn records(&self) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        for day in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for file in std::fs::read_dir(day.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = file.path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    if let Ok(value) = serde_json::from_slice(&std::fs::read(&path).unwrap()) {
+                        found.push(value);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Waits (bounded) until `count` records exist.
+    fn wait_records(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.records().len() < count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the receiver and returns its records keyed by Call-ID.
+    fn finish(&mut self) -> HashMap<String, serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+        self.records()
+            .into_iter()
+            .map(|r| {
+                let key = r["call_id"]
+                    .as_str()
+                    .or(r["uuid"].as_str())
+                    .unwrap()
+                    .to_owned();
+                (key, r)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tshark
+
+fn tshark(args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "tshark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `tshark -z rtp,streams`: packets per (source, destination).
+fn stream_packets(file: &Path) -> HashMap<(String, String), u64> {
+    let text = tshark(&[
+        "-n",
+        "-r",
+        file.to_str().unwrap(),
+        "-q",
+        "-z",
+        "rtp,streams",
+    ]);
+    let mut streams = HashMap::new();
+    for line in text.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let Some(pct) = t
+            .iter()
+            .position(|w| w.starts_with('(') && w.ends_with("%)"))
+        else {
+            continue;
+        };
+        let packets: u64 = t[pct - 2].parse().unwrap();
+        let key = (format!("{}:{}", t[2], t[3]), format!("{}:{}", t[4], t[5]));
+        *streams.entry(key).or_default() += packets;
+    }
+    streams
+}
+
+/// One RTP packet as tshark dissects it.
+#[derive(Debug, Clone)]
+struct RtpRow {
+    src: String,
+    dst: String,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    pt: u8,
+    payload: Vec<u8>,
+    /// RFC 4733: event id and end bit.
+    event: Option<(u8, bool)>,
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The RTP packets of `file` in capture order (not the copies quoted in
+/// ICMP errors). `heuristic`: also RTP that no SDP announced.
+fn rtp_rows(file: &Path, heuristic: bool) -> Vec<RtpRow> {
+    let mut args = vec!["-n", "-r", file.to_str().unwrap()];
+    if heuristic {
+        args.extend(["-o", "rtp.heuristic_rtp:TRUE"]);
+    }
+    args.extend(["-Y", "rtp && !icmp", "-T", "fields"]);
+    for field in [
+        "ip.src",
+        "udp.srcport",
+        "ip.dst",
+        "udp.dstport",
+        "rtp.ssrc",
+        "rtp.seq",
+        "rtp.timestamp",
+        "rtp.p_type",
+        "rtp.payload",
+        "rtpevent.event_id",
+        "rtpevent.end_of_event",
+    ] {
+        args.extend(["-e", field]);
+    }
+    tshark(&args)
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() < 11 || f[5].is_empty() {
+                return None; // marked as RTP but too short to decode
+            }
+            Some(RtpRow {
+                src: format!("{}:{}", f[0], f[1]),
+                dst: format!("{}:{}", f[2], f[3]),
+                ssrc: u32::from_str_radix(f[4].trim_start_matches("0x"), 16).unwrap(),
+                seq: f[5].parse().unwrap(),
+                ts: f[6].parse().unwrap(),
+                pt: f[7].parse().unwrap(),
+                payload: hex_bytes(f[8]),
+                event: (!f[9].is_empty()).then(|| {
+                    (
+                        f[9].parse().unwrap(),
+                        f[10] == "1" || f[10].eq_ignore_ascii_case("true"),
+                    )
+                }),
+            })
+        })
+        .collect()
+}
+
+/// A SIP dialog with SDP on both sides, as tshark reads it.
+#[derive(Debug, Clone, Default)]
+struct Dialog {
+    caller: String,
+    callee: String,
+    /// The offer's media address (the INVITE's SDP), `ip:port`.
+    offer: String,
+    /// The answer's (the 200 OK's).
+    answer: String,
+}
+
+fn dialogs(file: &Path) -> HashMap<String, Dialog> {
+    let text = tshark(&[
+        "-n",
+        "-r",
+        file.to_str().unwrap(),
+        "-Y",
+        "sdp",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=f",
+        "-e",
+        "sip.Call-ID",
+        "-e",
+        "sip.Method",
+        "-e",
+        "sip.Status-Code",
+        "-e",
+        "sip.from.user",
+        "-e",
+        "sip.to.user",
+        "-e",
+        "sdp.connection_info.address",
+        "-e",
+        "sdp.media.port",
+    ]);
+    let mut dialogs: HashMap<String, Dialog> = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let d = dialogs.entry(f[0].to_owned()).or_default();
+        let media = format!("{}:{}", f[5], f[6]);
+        if f[1] == "INVITE" && d.offer.is_empty() {
+            d.caller = f[3].to_owned();
+            d.callee = f[4].to_owned();
+            d.offer = media;
+        } else if f[2] == "200" && d.answer.is_empty() {
+            d.answer = media;
+        }
+    }
+    dialogs
+}
+
+// ---------------------------------------------------------------- expected audio
+
+/// What the receiver must have written for one direction (tap_daemon's
+/// tests/pipeline.rs): packets in sequence order (repeats dropped), each
+/// placed by its timestamp so that a lost packet is silence of its length; a
+/// timestamp that goes backwards or jumps by more than a second per packet
+/// continues where the audio ended. `events` are payload types that are
+/// DTMF, not audio.
+fn expected_samples(rows: &[RtpRow], events: &[u8]) -> (u32, Vec<i16>) {
+    let mut sorted: Vec<(u64, &RtpRow)> = Vec::new();
+    let mut highest: Option<u64> = None;
+    for row in rows {
+        let ext = match highest {
+            None => u64::from(row.seq) + (1 << 16),
+            Some(h) => {
+                let c = (h & !0xFFFF) | u64::from(row.seq);
+                [c.wrapping_sub(1 << 16), c, c + (1 << 16)]
+                    .into_iter()
+                    .min_by_key(|&x| x.abs_diff(h))
+                    .unwrap()
+            }
+        };
+        highest = Some(highest.map_or(ext, |h| h.max(ext)));
+        sorted.push((ext, row));
+    }
+    sorted.sort_by_key(|(ext, _)| *ext);
+    sorted.dedup_by_key(|(ext, _)| *ext);
+
+    let audio_pt = rows
+        .iter()
+        .find(|r| !events.contains(&r.pt))
+        .map(|r| r.pt)
+        .unwrap();
+    let codec = rst_codec::Codec::for_payload_type(audio_pt, 8000);
+    let rate = codec.sample_rate().unwrap();
+    let clock = codec.rtp_clock_rate().unwrap();
+    let mut decoder = rst_codec::Decoder::new(codec);
+    let mut out: Vec<i16> = Vec::new();
+    let (mut anchor_at, mut anchor_ts, mut last_ts, mut last_seq) = (0.0f64, 0i64, 0i64, 0u64);
+    let mut started = false;
+    let mut segment_start: Option<f64> = None;
+    let mut media_end = 0.0f64;
+    for (ext, row) in sorted {
+        let ts = i64::from(row.ts);
+        let at = if !started {
+            started = true;
+            (anchor_at, anchor_ts, last_ts, last_seq) = (0.0, ts, ts, ext);
+            0.0
+        } else {
+            let c = (last_ts & !0xFFFF_FFFF) | ts;
+            let ts = [c - (1 << 32), c, c + (1 << 32)]
+                .into_iter()
+                .min_by_key(|x| x.abs_diff(last_ts))
+                .unwrap();
+            let packets = ext.saturating_sub(last_seq).max(1);
+            let step = ts - last_ts;
+            if step < 0 || step as f64 > f64::from(clock) * packets as f64 {
+                (anchor_at, anchor_ts, last_ts, last_seq) = (media_end, ts, ts, ext);
+                media_end
+            } else {
+                last_ts = ts;
+                last_seq = ext;
+                anchor_at + (ts - anchor_ts) as f64 / f64::from(clock)
+            }
+        };
+        if events.contains(&row.pt) {
+            continue;
+        }
+        let mut samples = Vec::new();
+        decoder.decode(&row.payload, &mut samples).unwrap();
+        let start = *segment_start.get_or_insert(at);
+        let position = ((at - start) * f64::from(rate)).round() as usize;
+        if position > out.len() {
+            out.resize(position, 0);
+        }
+        out.extend_from_slice(&samples);
+        media_end = at + samples.len() as f64 / f64::from(rate);
+    }
+    (rate, out)
+}
+
+fn read_wav(path: &str) -> (u32, Vec<i16>) {
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let rate = reader.spec().sample_rate;
+    (rate, reader.into_samples().map(Result::unwrap).collect())
+}
+
+/// Distinct (SSRC, sequence number) pairs: the packets a receiver counts.
+fn distinct(rows: &[&RtpRow]) -> usize {
+    let mut keys: Vec<(u32, u16)> = rows.iter().map(|r| (r.ssrc, r.seq)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len()
+}
+
+fn dtmf_digits(record: &serde_json::Value, direction: &str) -> String {
+    record["dtmf"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| d["direction"] == direction)
+                .map(|d| d["digit"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- sipp
+
+/// Where Debian's sip-tester keeps the captures `uac_pcap` plays as `pcap/*`.
+const SIPP_PCAPS: &str = "/usr/share/sip-tester";
+/// Calls the UAC places (one a second).
+const CALLS: usize = 3;
+
+fn sipp(ns: &Netns, name: &str, dir: &Path, args: &[String]) -> Proc {
+    let mut all: Vec<String> = args.to_vec();
+    all.extend(
+        ["-nostdin", "-timeout", "40s", "-trace_err", "-trace_screen"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    Proc::spawn(ns, name, "sipp", &all, dir)
+}
+
+#[test]
+fn live_sipp_calls_are_recorded() {
+    const NAME: &str = "live_sipp_calls_are_recorded";
+    if let Some(tool) = missing(&["sipp", "tshark", "dumpcap"]) {
+        eprintln!("SKIPPED {NAME}: {tool} not found (apt-get install sip-tester tshark)");
+        return;
+    }
+    let audio_pcap = Path::new(SIPP_PCAPS).join("g711a.pcap");
+    if !audio_pcap.exists() {
+        eprintln!(
+            "SKIPPED {NAME}: no {} (apt-get install sip-tester)",
+            audio_pcap.display()
+        );
+        return;
+    }
+    let _serial = serial();
+    let began = Instant::now();
+    let Some(net) = pair(NAME, "sipp") else {
+        return;
+    };
+    let work = workdir();
+    std::os::unix::fs::symlink(SIPP_PCAPS, work.path().join("pcap")).unwrap();
+
+    // What sipp plays, read independently: g711a.pcap's RTP.
+    let played = rtp_rows(&audio_pcap, true);
+    assert_eq!(played.len(), 236, "RTP packets in {}", audio_pcap.display());
+
+    let mut receiver = Receiver::start_in(&net.a, "20000-20099");
+    let (mut wire, wire_file) = dumpcap(&net.a, "veth-a", work.path());
+    let mut daemon = tap_daemon(&net.a, receiver.addr, work.path());
+
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/uas.xml");
+    let mut uas = sipp(
+        &net.a,
+        "uas",
+        work.path(),
+        &[
+            "-sf".into(),
+            scenario.display().to_string(),
+            "-i".into(),
+            A_ADDR.into(),
+            "-mi".into(),
+            A_ADDR.into(),
+            "-p".into(),
+            "5060".into(),
+            "-m".into(),
+            CALLS.to_string(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !udp_port_bound(uas.pid(), 5060) {
+        if let Some(status) = uas.child.try_wait().unwrap() {
+            panic!("sipp uas exited: {status}\n{}", uas.tail());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sipp uas: 5060 not bound\n{}",
+            uas.tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sipp_start = Instant::now();
+    let mut uac = sipp(
+        &net.b,
+        "uac",
+        work.path(),
+        &[
+            "-sn".into(),
+            "uac_pcap".into(),
+            format!("{A_ADDR}:5060"),
+            "-i".into(),
+            B_ADDR.into(),
+            "-mi".into(),
+            B_ADDR.into(),
+            "-m".into(),
+            CALLS.to_string(),
+            "-r".into(),
+            "1".into(),
+        ],
+    );
+    let status = uac.finish(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "sipp uac: {status}\n{}\n{}",
+        uac.tail(),
+        uas.tail()
+    );
+    let status = uas.finish(Duration::from_secs(15));
+    assert!(status.success(), "sipp uas: {status}\n{}", uas.tail());
+    eprintln!("sipp: {CALLS} calls took {:.1?}", sipp_start.elapsed());
+
+    // Every call ended by its SIP BYE: the records appear without stopping
+    // the daemon.
+    receiver.wait_records(CALLS, Duration::from_secs(10));
+    let mut defects = Vec::new();
+    let before_stop = receiver.records().len();
+    if before_stop != CALLS {
+        defects.push(format!(
+            "{before_stop} of {CALLS} calls recorded before the daemon stopped: \
+             a SIP BYE did not end its call"
+        ));
+    }
+    let log = stop_daemon(&mut daemon, &net.b, &mut defects);
+    wire.stop(Duration::from_secs(10));
+    let records = receiver.finish();
+
+    // The wire, as tshark reads it.
+    let dialogs = dialogs(&wire_file);
+    let rows = rtp_rows(&wire_file, false);
+    assert_eq!(dialogs.len(), CALLS, "dialogs on the wire: {dialogs:?}");
+    assert_eq!(
+        records.len(),
+        CALLS,
+        "records: {:?}\n{}",
+        records.keys(),
+        daemon.tail()
+    );
+    let mut flows = std::collections::HashSet::new();
+    for (call_id, dialog) in &dialogs {
+        let record = records
+            .get(call_id)
+            .unwrap_or_else(|| panic!("no record of {call_id} in {:?}", records.keys()));
+        assert_eq!(record["caller"], dialog.caller.as_str(), "{call_id}");
+        assert_eq!(record["callee"], dialog.callee.as_str(), "{call_id}");
+        assert_eq!(
+            (dialog.caller.as_str(), dialog.callee.as_str()),
+            ("sipp", "service")
+        );
+        assert_eq!(record["mode"], "rtp", "{call_id}");
+        assert_eq!(record["end_reason"], "bye", "{call_id}");
+        assert!(
+            flows.insert((dialog.offer.clone(), dialog.answer.clone())),
+            "two calls with the same media endpoints: {dialogs:?}"
+        );
+
+        // R: the caller's (UAC's) RTP to the callee: the audio, then the DTMF.
+        let flow: Vec<&RtpRow> = rows
+            .iter()
+            .filter(|r| r.src == dialog.offer && r.dst == dialog.answer)
+            .collect();
+        let audio: Vec<&RtpRow> = flow.iter().copied().filter(|r| r.pt == 8).collect();
+        let events: Vec<&RtpRow> = flow.iter().copied().filter(|r| r.pt == 101).collect();
+        assert_eq!(
+            audio.len(),
+            played.len(),
+            "{call_id}: audio packets on the wire ({} -> {})",
+            dialog.offer,
+            dialog.answer
+        );
+        assert!(
+            audio
+                .iter()
+                .zip(&played)
+                .all(|(a, p)| a.payload == p.payload),
+            "{call_id}: the wire's payloads are not g711a.pcap's"
+        );
+        assert!(
+            events.iter().any(|r| r.event == Some((1, true))),
+            "{call_id}: no end of DTMF '1' on the wire"
+        );
+        let r = &record["directions"]["R"];
+        eprintln!(
+            "{call_id}: wire {} -> {}: {} packets ({} audio, {} DTMF), {} distinct; record R rtp {}",
+            dialog.offer,
+            dialog.answer,
+            flow.len(),
+            audio.len(),
+            events.len(),
+            distinct(&flow),
+            r["rtp"]
+        );
+        assert_eq!(
+            r["rtp"]["received"].as_u64().unwrap() as usize,
+            distinct(&flow),
+            "{call_id}: R RTP received vs the wire"
+        );
+        assert_eq!(r["rtp"]["lost"], 0, "{call_id}");
+        assert_eq!(r["rtp"]["late"], 0, "{call_id}");
+
+        // The audio: the wire's payloads placed by timestamp, and the same
+        // as g711a.pcap's payloads decoded one after the other (it has no gaps).
+        let audio_rows: Vec<RtpRow> = audio.iter().map(|r| (*r).clone()).collect();
+        let (rate, expected) = expected_samples(&audio_rows, &[101]);
+        let mut decoder = rst_codec::Decoder::new(rst_codec::Codec::for_payload_type(8, 8000));
+        let mut from_pcap = Vec::new();
+        for p in &played {
+            let mut samples = Vec::new();
+            decoder.decode(&p.payload, &mut samples).unwrap();
+            from_pcap.extend(samples);
+        }
+        assert_eq!(expected, from_pcap, "g711a.pcap has timestamp gaps?");
+        assert!(expected.iter().any(|s| s.unsigned_abs() > 10_000), "speech");
+        let wav = r["wav"][0].as_str().unwrap();
+        let (wav_rate, samples) = read_wav(wav);
+        assert_eq!(wav_rate, rate, "{call_id}");
+        assert_eq!(samples.len(), expected.len(), "{call_id}: samples in {wav}");
+        if let Some(i) = samples.iter().zip(&expected).position(|(a, b)| a != b) {
+            panic!(
+                "{call_id}: R differs from g711a.pcap first at sample {i}: {} != {}",
+                samples[i], expected[i]
+            );
+        }
+        assert_eq!(
+            dtmf_digits(record, "R"),
+            "1",
+            "{call_id}: {}",
+            record["dtmf"]
+        );
+        assert_eq!(dtmf_digits(record, "W"), "", "{call_id}");
+
+        // W: the UAS sends no RTP.
+        let back = rows
+            .iter()
+            .filter(|r| r.src == dialog.answer && r.dst == dialog.offer)
+            .count();
+        assert_eq!(back, 0);
+        assert_eq!(record["directions"]["W"]["packets"], 0, "{call_id}");
+    }
+    assert_eq!(
+        logged(&log, "pcap at the end", "dropped"),
+        Some(0),
+        "pcap drops"
+    );
+    eprintln!("{NAME}: {:.1?} in all", began.elapsed());
+    assert_no_defects(NAME, &defects);
+}
+
+// ---------------------------------------------------------------- tcpreplay
+
+/// One recorded direction's source: the tshark stream (source, destination).
+#[derive(Debug)]
+struct Expect {
+    call_id: &'static str,
+    caller: &'static str,
+    callee: &'static str,
+    r: Option<(&'static str, &'static str)>,
+    w: Option<(&'static str, &'static str)>,
+}
+
+fn capture(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/captures")
+        .join(name);
+    path.is_file().then_some(path)
+}
+
+#[test]
+fn live_tcpreplay_of_a_capture_is_recorded() {
+    const NAME: &str = "live_tcpreplay_of_a_capture_is_recorded";
+    // sip-rtp-g711.pcap: SIPp calling FreeSWITCH twice (PCMU, then PCMA);
+    // the audio flows from FreeSWITCH (the callee) to SIPp: W.
+    const FILE: &str = "sip-rtp-g711.pcap";
+    const EXPECT: [Expect; 2] = [
+        Expect {
+            call_id: "1-1966@10.0.2.20",
+            caller: "sipp",
+            callee: "test",
+            r: None,
+            w: Some(("10.0.2.15:27942", "10.0.2.20:6000")),
+        },
+        Expect {
+            call_id: "1-1968@10.0.2.20",
+            caller: "sipp",
+            callee: "test",
+            r: None,
+            w: Some(("10.0.2.15:28102", "10.0.2.20:6000")),
+        },
+    ];
+    /// tcpreplay's speed: a 17 s capture in about 4 s, its packets still
+    /// 5 ms apart.
+    const MULTIPLIER: &str = "4";
+    if let Some(tool) = missing(&["tcpreplay", "tshark", "dumpcap"]) {
+        eprintln!("SKIPPED {NAME}: {tool} not found (apt-get install tcpreplay tshark)");
+        return;
+    }
+    let Some(file) = capture(FILE) else {
+        eprintln!("SKIPPED {NAME}: shared/captures/{FILE} not found");
+        return;
+    };
+    let _serial = serial();
+    let began = Instant::now();
+    let Some(net) = pair(NAME, "replay") else {
+        return;
+    };
+    let work = workdir();
+    let mut receiver = Receiver::start_in(&net.a, "20000-20099");
+    let (mut wire, wire_file) = dumpcap(&net.a, "veth-a", work.path());
+    let mut daemon = tap_daemon(&net.a, receiver.addr, work.path());
+
+    let replay_start = Instant::now();
+    let mut replay = Proc::spawn(
+        &net.b,
+        "tcpreplay",
+        "tcpreplay",
+        &[
+            "-i".into(),
+            "veth-b".into(),
+            "-x".into(),
+            MULTIPLIER.into(),
+            file.display().to_string(),
+        ],
+        work.path(),
+    );
+    let status = replay.finish(Duration::from_secs(60));
+    assert!(status.success(), "tcpreplay: {status}\n{}", replay.tail());
+    eprintln!("tcpreplay -x {MULTIPLIER}: {:.1?}", replay_start.elapsed());
+    for line in replay
+        .log()
+        .lines()
+        .filter(|l| l.contains("Actual") || l.contains("Failed"))
+    {
+        eprintln!("tcpreplay: {}", line.trim());
+    }
+
+    // The first call's BYE is in the capture, and ends it; the second's is
+    // not (the capture stops mid-call): it ends when the daemon stops.
+    receiver.wait_records(1, Duration::from_secs(10));
+    let mut defects = Vec::new();
+    let before_stop = receiver.records();
+    if before_stop.len() != 1 || before_stop[0]["call_id"] != EXPECT[0].call_id {
+        defects.push(format!(
+            "before the daemon stopped, the records were of {:?}, not of the one call \
+             whose BYE is in the capture",
+            before_stop
+                .iter()
+                .map(|r| r["call_id"].clone())
+                .collect::<Vec<_>>()
+        ));
+    }
+    let log = stop_daemon(&mut daemon, &net.b, &mut defects);
+    wire.stop(Duration::from_secs(10));
+    let records = receiver.finish();
+
+    // The wire carried the file, all of it.
+    let streams = stream_packets(&file);
+    let on_wire = stream_packets(&wire_file);
+    assert_eq!(on_wire, streams, "rtp,streams of the wire vs the file");
+    let packets = rtp_rows(&file, false);
+
+    assert_eq!(
+        records.len(),
+        EXPECT.len(),
+        "records: {:?}\n{}",
+        records.keys(),
+        daemon.tail()
+    );
+    let mut recorded = 0;
+    for e in &EXPECT {
+        let record = records
+            .get(e.call_id)
+            .unwrap_or_else(|| panic!("no record for {} in {:?}", e.call_id, records.keys()));
+        assert_eq!(record["caller"], e.caller, "{}", e.call_id);
+        assert_eq!(record["callee"], e.callee, "{}", e.call_id);
+        assert_eq!(record["mode"], "rtp");
+        assert_eq!(record["end_reason"], "bye", "{}", e.call_id);
+        for (dir, source) in [("R", e.r), ("W", e.w)] {
+            let d = &record["directions"][dir];
+            let Some((src, dst)) = source else {
+                assert_eq!(d["packets"], 0, "{} {dir}", e.call_id);
+                continue;
+            };
+            let key = (src.to_owned(), dst.to_owned());
+            let tshark_count = streams[&key];
+            eprintln!(
+                "{} {dir}: tshark {tshark_count} packets; record rtp {}",
+                e.call_id, d["rtp"]
+            );
+            assert_eq!(
+                d["rtp"]["received"].as_u64().unwrap(),
+                tshark_count,
+                "{} {dir}: RTP received vs tshark rtp,streams",
+                e.call_id
+            );
+            recorded += tshark_count;
+            assert_eq!(d["rtp"]["duplicates"], 0);
+            assert_eq!(d["rtp"]["late"], 0);
+            assert_eq!(d["rtp"]["lost"], 0);
+            let rows: Vec<RtpRow> = packets
+                .iter()
+                .filter(|r| r.src == src && r.dst == dst)
+                .cloned()
+                .collect();
+            let (rate, expected) = expected_samples(&rows, &[101]);
+            let wav = d["wav"][0].as_str().unwrap();
+            let (wav_rate, samples) = read_wav(wav);
+            assert_eq!(wav_rate, rate, "{} {dir}", e.call_id);
+            assert_eq!(
+                samples.len(),
+                expected.len(),
+                "{} {dir}: sample count",
+                e.call_id
+            );
+            if let Some(i) = samples.iter().zip(&expected).position(|(a, b)| a != b) {
+                panic!(
+                    "{} {dir}: differs from tshark's payloads first at sample {i}: {} != {}",
+                    e.call_id, samples[i], expected[i]
+                );
+            }
+        }
+    }
+    // Every stream tshark finds belongs to a recorded call.
+    assert_eq!(recorded, streams.values().sum::<u64>());
+    assert_eq!(
+        logged(&log, "pcap at the end", "dropped"),
+        Some(0),
+        "pcap drops"
+    );
+    eprintln!("{NAME}: {:.1?} in all", began.elapsed());
+    assert_no_defects(NAME, &defects);
+}
