@@ -210,7 +210,7 @@ impl CallRecording {
             wall.day()
         ));
         std::fs::create_dir_all(&day)?;
-        let base = unique_base(&day, &start.uuid);
+        let base = unique_base(&day, &start.uuid)?;
         let rtp_mode = start.sender_rtp_ports.is_some();
         let lane = |direction| Lane {
             direction,
@@ -750,18 +750,32 @@ fn write_raw(
 
 /// `<uuid>`, or `<uuid>.2`, `<uuid>.3`... when a call with that UUID was already
 /// recorded that day (a stream stopped and started again on one channel).
-fn unique_base(day: &Path, uuid: &str) -> PathBuf {
-    let taken = |base: &Path| {
-        let record = with_suffix(base, "json");
-        record.exists() || part_path(&record).exists()
-    };
-    let mut base = day.join(uuid);
-    let mut n = 2;
-    while taken(&base) {
-        base = day.join(format!("{uuid}.{n}"));
-        n += 1;
+fn unique_base(day: &Path, uuid: &str) -> io::Result<PathBuf> {
+    // The provisional record is created exclusively: that is the reservation, so
+    // two recorder threads starting calls of one UUID never pick the same name.
+    for n in 1..=10_000u32 {
+        let base = match n {
+            1 => day.join(uuid),
+            n => day.join(format!("{uuid}.{n}")),
+        };
+        let record = with_suffix(&base, "json");
+        if record.exists() {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(part_path(&record))
+        {
+            Ok(_) => return Ok(base),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
     }
-    base
+    Err(io::Error::other(format!(
+        "10000 recordings of {uuid} in {}",
+        day.display()
+    )))
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
