@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing, then formatting, lints,
-# every crate's tests (real sockets, real files, sox) and the fuzz target's build.
+# Runs the whole test suite: installs what is missing, then formatting, lints
+# (clippy --all-targets also type-checks the benchmarks), every crate's tests
+# (real sockets, real files, sox, sipp, tshark, tcpreplay, network namespaces
+# when run as root) and the fuzz targets' build. Tests that need a real
+# FreeSWITCH run when FREESWITCH_PREFIX is set, and say SKIPPED otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -13,7 +16,5 @@ echo "== cargo test"
 cargo test --workspace --no-fail-fast
 if [ -f fuzz/Cargo.toml ]; then
   echo "== fuzz targets build"
-  cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+  cargo check --quiet --manifest-path fuzz/Cargo.toml --locked --bins
 fi
-echo "== benchmarks build"
-cargo bench --workspace --no-run --quiet
