@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rst_load::{Codec, Config, Mode, Report};
-use tokio_util::sync::CancellationToken;
 use udp_server::config::PortRange;
 use udp_server::{Metrics, Settings};
 
@@ -17,8 +16,7 @@ struct Receiver {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    running: udp_server::Running,
 }
 
 impl Receiver {
@@ -32,32 +30,12 @@ impl Receiver {
         }
         .resolve()
         .unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = udp_server::bind(config.listen)?;
-                    addr_tx.send(socket.local_addr()?).unwrap();
-                    udp_server::run(socket, config, metrics, shutdown).await
-                })
-            })
-        };
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver did not start");
+        let running = udp_server::Running::start(config).expect("the receiver starts");
         Receiver {
-            addr,
+            addr: running.addr(),
+            metrics: running.metrics().clone(),
             dir,
-            metrics,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
@@ -80,19 +58,7 @@ impl Receiver {
     }
 
     fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.running.stop().unwrap();
     }
 }
 

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use udp_server::{Metrics, Settings};
 
 /// Builds mod_rst once per test binary and returns the path of the cdylib.
@@ -47,13 +46,12 @@ pub fn module_path() -> PathBuf {
     .clone()
 }
 
-/// A real receiver on 127.0.0.1 in a background runtime (udp_server's own test harness).
+/// A real receiver on 127.0.0.1 on a thread of its own (`udp_server::Running`).
 pub struct Receiver {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    running: udp_server::Running,
 }
 
 impl Receiver {
@@ -68,33 +66,13 @@ impl Receiver {
             record_dir: Some(dir.path().to_owned()),
             ..Settings::default()
         };
-        let config = settings.over(base).resolve().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = udp_server::bind(config.listen)?;
-                    addr_tx.send(socket.local_addr()?).unwrap();
-                    udp_server::run(socket, config, metrics, shutdown).await
-                })
-            })
-        };
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver did not start");
+        let running = udp_server::Running::start(settings.over(base).resolve().unwrap())
+            .expect("the receiver starts");
         Receiver {
-            addr,
+            addr: running.addr(),
+            metrics: running.metrics().clone(),
             dir,
-            metrics,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
@@ -132,12 +110,10 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl Receiver {
+    /// Stops the receiver (every open call ends as `shutdown`) and waits.
+    pub fn stop(&mut self) {
+        self.running.stop().unwrap();
     }
 }
 
