@@ -31,6 +31,9 @@
 //! Needs root (namespaces, raw sockets) and tcpreplay; prints SKIPPED and
 //! does nothing without them.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -38,6 +41,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use support::{build, load, Frame};
 
 use tokio_util::sync::CancellationToken;
 
@@ -56,12 +61,6 @@ const SOURCES: &[&str] = &[
     "Asterisk_ZFONE_XLITE.pcap",
 ];
 
-/// Between rounds in capture time (kept as in `benches/pipeline.rs`;
-/// tcpreplay's fixed rate ignores it).
-const ROUND_GAP: Duration = Duration::from_secs(120);
-/// Between the starts of the captures of one round.
-const STAGGER: Duration = Duration::from_millis(250);
-
 const A_ADDR: &str = "169.254.78.1";
 const B_ADDR: &str = "169.254.78.2";
 
@@ -77,71 +76,6 @@ fn interrupted() -> bool {
 }
 
 // ---------------------------------------------------------------- the capture
-
-/// A pcap timestamp as time since the epoch.
-#[allow(clippy::unnecessary_cast)]
-fn timestamp(header: &pcap::PacketHeader) -> Duration {
-    let (sec, usec) = (header.ts.tv_sec as i64, header.ts.tv_usec as i64);
-    Duration::from_secs(sec.max(0) as u64) + Duration::from_micros(usec.clamp(0, 999_999) as u64)
-}
-
-/// One frame: time from the capture's first packet, its header, its bytes.
-type Frame = (Duration, pcap::PacketHeader, Vec<u8>);
-
-/// The frames of one Ethernet capture.
-fn load(path: &Path) -> Option<Vec<Frame>> {
-    let mut cap = pcap::Capture::from_file(path).ok()?;
-    if cap.get_datalink() != pcap::Linktype::ETHERNET {
-        return None;
-    }
-    let mut frames = Vec::new();
-    let mut first = None;
-    while let Ok(packet) = cap.next_packet() {
-        let at = timestamp(packet.header);
-        let first = *first.get_or_insert(at);
-        frames.push((
-            at.saturating_sub(first),
-            *packet.header,
-            packet.data.to_vec(),
-        ));
-    }
-    Some(frames)
-}
-
-/// Writes rounds of `sources` to `out` until `target` packets; returns how
-/// many were written.
-#[allow(clippy::unnecessary_cast)]
-fn build(sources: &[Vec<Frame>], target: u64, out: &Path) -> u64 {
-    let mut round: Vec<(Duration, &pcap::PacketHeader, &[u8])> = sources
-        .iter()
-        .enumerate()
-        .flat_map(|(i, frames)| {
-            let start = STAGGER * i as u32;
-            frames
-                .iter()
-                .map(move |(t, h, f)| (start + *t, h, f.as_slice()))
-        })
-        .collect();
-    round.sort_by_key(|(t, _, _)| *t);
-    let span = round.last().map_or(Duration::ZERO, |(t, _, _)| *t) + ROUND_GAP;
-    let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).expect("a pcap handle");
-    let mut file = dead.savefile(out).expect("create the capture file");
-    let mut start = Duration::from_secs(1_700_000_000);
-    let mut written = 0u64;
-    while written < target {
-        for (t, header, data) in &round {
-            let at = start + *t;
-            let mut header = **header;
-            header.ts.tv_sec = at.as_secs() as _;
-            header.ts.tv_usec = at.subsec_micros() as _;
-            file.write(&pcap::Packet::new(&header, data));
-            written += 1;
-        }
-        start += span;
-    }
-    file.flush().expect("write the capture file");
-    written
-}
 
 // ---------------------------------------------------------------- namespaces
 
