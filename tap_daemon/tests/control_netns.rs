@@ -10,10 +10,13 @@
 mod control_support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use control_support::{captures, Receiver, SECRET};
+use control_support::{captures, wait_records_in, Receiver, SECRET};
+use rst_control::control::Secret;
 use rst_control::discovery::{Nonce, Reply, Request};
 use serde_json::Value;
 
@@ -27,13 +30,14 @@ struct Net {
 }
 
 impl Net {
-    fn create() -> Option<Net> {
+    /// `tag` (one letter) keeps the names of tests running at once apart.
+    fn create(tag: char) -> Option<Net> {
         let id = std::process::id() % 100_000;
         let net = Net {
-            tap_ns: format!("rstctl-tap-{id}"),
-            client_ns: format!("rstctl-cli-{id}"),
-            tap_if: format!("rcta{id}"),
-            client_if: format!("rctb{id}"),
+            tap_ns: format!("rstctl-tap-{tag}{id}"),
+            client_ns: format!("rstctl-cli-{tag}{id}"),
+            tap_if: format!("rcta{tag}{id}"),
+            client_if: format!("rctb{tag}{id}"),
         };
         if !ip(&["netns", "add", &net.tap_ns]) {
             return None;
@@ -127,11 +131,50 @@ fn enter(ns: &str) {
 /// The tap daemon, killed on drop.
 struct Daemon(Child);
 
+impl Daemon {
+    /// The `tap_daemon` binary in the tap's namespace, capturing on its end of
+    /// the veth once a client says start.
+    fn start(net: &Net, dir: &Path, name: &str) -> Daemon {
+        let config = dir.join("tap.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "secret = \"{SECRET}\"\nname = \"{name}\"\ninterface = \"{}\"\n",
+                net.tap_if
+            ),
+        )
+        .unwrap();
+        Daemon(
+            net.command(&net.tap_ns, env!("CARGO_BIN_EXE_tap_daemon"))
+                .arg("--config")
+                .arg(&config)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Puts `capture` on the wire from the client's end of the veth (4x speed).
+fn replay(net: &Net, capture: &Path) {
+    let replay = net
+        .command(&net.client_ns, "tcpreplay")
+        .args(["-q", "-x", "4", "-i", &net.client_if])
+        .arg(capture)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
 }
 
 fn tapctl(net: &Net, args: &[&str]) -> (bool, String, String) {
@@ -155,28 +198,12 @@ fn seed_sequence_between_namespaces_by_broadcast_and_live_capture() {
         println!("SKIPPED: needs tcpreplay and {}", capture.display());
         return;
     }
-    let Some(net) = Net::create() else {
+    let Some(net) = Net::create('t') else {
         println!("SKIPPED: needs root (ip netns add failed)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tap.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "secret = \"{SECRET}\"\nname = \"veth-tap\"\ninterface = \"{}\"\n",
-            net.tap_if
-        ),
-    )
-    .unwrap();
-    let _daemon = Daemon(
-        net.command(&net.tap_ns, env!("CARGO_BIN_EXE_tap_daemon"))
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = Daemon::start(&net, dir.path(), "veth-tap");
 
     // 1. Who is there: a real broadcast from the client's namespace, by the
     // library (with the default port) ...
@@ -250,17 +277,7 @@ fn seed_sequence_between_namespaces_by_broadcast_and_live_capture() {
     assert!(ok && out.contains("running"), "{out}{err}");
 
     // 5. Network data: a real call onto the wire, captured live by the tap.
-    let replay = net
-        .command(&net.client_ns, "tcpreplay")
-        .args(["-q", "-x", "4", "-i", &net.client_if])
-        .arg(&capture)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    replay(&net, &capture);
     let records = receiver.wait_records(1, Duration::from_secs(20));
     assert_eq!(records.len(), 1, "the call was recorded");
     let record = &records[0];
@@ -282,4 +299,82 @@ fn seed_sequence_between_namespaces_by_broadcast_and_live_capture() {
     // 6–7. Stop (the close is each tapctl command's last line).
     let (ok, out, err) = tapctl(&net, &["stop", "--tap", tap]);
     assert!(ok && out.contains("stopped"), "{out}{err}");
+}
+
+/// The same sequence with the receiver as the client: it finds the tap by its
+/// name through a real broadcast, tells it to send to the address it has
+/// towards the tap (it listens on 0.0.0.0), starts it, records the call put
+/// on the wire, and stops the tap when it stops.
+#[test]
+fn the_receiver_finds_the_tap_by_broadcast_and_drives_it() {
+    let capture = captures().join("sip-rtp-g722.pcap");
+    if !capture.exists() || Command::new("tcpreplay").arg("--version").output().is_err() {
+        println!("SKIPPED: needs tcpreplay and {}", capture.display());
+        return;
+    }
+    let Some(net) = Net::create('r') else {
+        println!("SKIPPED: needs root (ip netns add failed)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::start(&net, dir.path(), "veth-tap-r");
+    let settings = udp_server::Settings {
+        listen: Some("0.0.0.0:0".parse().unwrap()),
+        record_dir: Some(dir.path().join("recordings")),
+        rtp_ports: Some("43500-43599".parse().unwrap()),
+        tap: vec![udp_server::taps::TapSpec {
+            secret: Some(Secret(SECRET.into())),
+            ..("name=veth-tap-r".parse().unwrap())
+        }],
+        tap_discovery: Some(SocketAddr::from((
+            [10, 231, 0, 255],
+            rst_control::DISCOVERY_PORT,
+        ))),
+        tap_poll_interval: Some(1),
+        ..udp_server::Settings::default()
+    };
+    let config = settings.resolve().unwrap();
+    // Threads started from inside the namespace (the receiver's, its tap
+    // link's) stay in it.
+    let client_ns = net.client_ns.clone();
+    let running = std::thread::spawn(move || {
+        enter(&client_ns);
+        udp_server::Running::start(config)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    // The daemon may still be starting: the link tries again (1 s, 2 s, 4 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running.metrics().taps_running.load(Ordering::Relaxed) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver never started the tap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, err) = tapctl(&net, &["status", "--tap", "10.231.0.1"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(
+        status["config"]["receiver"],
+        format!("10.231.0.2:{}", running.addr().port()),
+        "the receiver's address on the tap's network: {status}"
+    );
+
+    replay(&net, &capture);
+    let records = wait_records_in(&dir.path().join("recordings"), 1, Duration::from_secs(20));
+    assert_eq!(records.len(), 1, "the call was recorded");
+    assert_eq!(records[0]["end_reason"], "bye", "{}", records[0]);
+    assert_eq!(records[0]["call_id"], "1-2161@10.0.2.20");
+
+    drop(running);
+    let (ok, out, err) = tapctl(&net, &["status", "--tap", "10.231.0.1"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["state"], "stopped",
+        "the receiver stopped the tap: {status}"
+    );
 }

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::taps::{TapLink, TapSpec, TapsConfig};
+
 /// The receiver's settings, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -38,6 +40,8 @@ pub struct Config {
     pub feed: Option<SocketAddr>,
     /// Threads writing recordings; calls are spread over them.
     pub recorder_threads: usize,
+    /// Taps this receiver configures, starts and keeps running.
+    pub taps: TapsConfig,
 }
 
 /// An inclusive range of UDP ports, written `40000-59999`.
@@ -86,6 +90,7 @@ impl Default for Config {
             jitter_packets: 5,
             feed: None,
             recorder_threads: 2,
+            taps: TapsConfig::default(),
         }
     }
 }
@@ -135,6 +140,20 @@ pub struct Settings {
     /// Threads writing recordings (calls are spread over them) [default: 2]
     #[arg(long, value_name = "N")]
     pub recorder_threads: Option<usize>,
+    /// A tap to drive: HOST[:PORT] or name=NAME, repeatable; in the file also a
+    /// [[tap]] table with its capture settings [default: none]
+    #[arg(long, value_name = "TAP")]
+    #[serde(default)]
+    pub tap: Vec<TapSpec>,
+    /// File holding the taps' shared secret
+    #[arg(long, value_name = "FILE")]
+    pub tap_secret_file: Option<PathBuf>,
+    /// Where requests to find taps go [default: 255.255.255.255:9530]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tap_discovery: Option<SocketAddr>,
+    /// Seconds between status requests (the heartbeat) to each tap [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub tap_poll_interval: Option<u64>,
 }
 
 impl Settings {
@@ -170,6 +189,14 @@ impl Settings {
             jitter_packets: self.jitter_packets.or(base.jitter_packets),
             feed: self.feed.or(base.feed),
             recorder_threads: self.recorder_threads.or(base.recorder_threads),
+            tap: if self.tap.is_empty() {
+                base.tap
+            } else {
+                self.tap
+            },
+            tap_secret_file: self.tap_secret_file.or(base.tap_secret_file),
+            tap_discovery: self.tap_discovery.or(base.tap_discovery),
+            tap_poll_interval: self.tap_poll_interval.or(base.tap_poll_interval),
         }
     }
 
@@ -194,7 +221,22 @@ impl Settings {
             jitter_packets: self.jitter_packets.unwrap_or(default.jitter_packets),
             feed: self.feed.or(default.feed),
             recorder_threads: self.recorder_threads.unwrap_or(default.recorder_threads),
+            taps: TapsConfig {
+                links: self
+                    .tap
+                    .into_iter()
+                    .map(|spec| TapLink::resolve(spec, self.tap_secret_file.as_ref()))
+                    .collect::<anyhow::Result<_>>()?,
+                discovery: self.tap_discovery.unwrap_or(default.taps.discovery),
+                poll_interval: self
+                    .tap_poll_interval
+                    .map_or(default.taps.poll_interval, Duration::from_secs),
+            },
         };
+        anyhow::ensure!(
+            !config.taps.poll_interval.is_zero(),
+            "tap-poll-interval must be at least 1 second"
+        );
         anyhow::ensure!(
             (1..=64).contains(&config.recorder_threads),
             "recorder-threads must be from 1 to 64"
@@ -219,6 +261,8 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::taps::TapTarget;
+    use rst_control::control::Secret;
 
     #[test]
     fn empty_file_gives_the_defaults() {
@@ -262,6 +306,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/udp_server.toml");
+        let config = Settings::load(&path).unwrap().resolve().unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = Settings::parse("idle-timeout = 5\nmax-calls = 7").unwrap();
         let flags = Settings {
@@ -285,5 +336,68 @@ mod tests {
         }
         .resolve()
         .is_err());
+    }
+
+    #[test]
+    fn taps_are_strings_or_tables_and_flags_replace_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("tap.secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        let file = Settings::parse(&format!(
+            r#"
+            tap-secret-file = "{}"
+            tap-discovery = "10.0.0.255:9530"
+            tap-poll-interval = 2
+            tap = [
+                "10.0.0.7",
+                "name=iptap-giga-1",
+                {{ address = "[fd00::7]:9999", secret = "own", networks = ["10.1.0.0/16"], numbers = ["1001*"] }},
+            ]
+            "#,
+            secret_file.display()
+        ))
+        .unwrap();
+        let config = file.clone().resolve().unwrap();
+        let links = &config.taps.links;
+        assert_eq!(links.len(), 3);
+        assert_eq!(links[0].target, TapTarget::Address("10.0.0.7".into()));
+        assert_eq!(
+            links[0].secret,
+            Secret("s3cret".into()),
+            "the shared file, newline cut"
+        );
+        assert_eq!(links[1].target, TapTarget::Name("iptap-giga-1".into()));
+        assert_eq!(links[2].secret, Secret("own".into()));
+        assert_eq!(links[2].capture.numbers, Some(vec!["1001*".to_owned()]));
+        assert_eq!(links[2].capture.networks.as_ref().map(Vec::len), Some(1));
+        assert_eq!(links[0].capture.networks, None, "left as the tap has it");
+        assert_eq!(config.taps.discovery, "10.0.0.255:9530".parse().unwrap());
+        assert_eq!(config.taps.poll_interval, Duration::from_secs(2));
+
+        let flags = Settings {
+            tap: vec!["10.0.0.8:9531".parse().unwrap()],
+            ..Settings::default()
+        };
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.taps.links.len(), 1);
+        assert_eq!(config.taps.links[0].secret, Secret("s3cret".into()));
+    }
+
+    #[test]
+    fn a_tap_without_a_secret_or_with_unknown_keys_is_refused() {
+        let error = Settings::parse(r#"tap = ["10.0.0.7"]"#)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("no secret"), "{error:#}");
+        let error = Settings::parse("tap-secret-file = \"/nonexistent/x\"\ntap = [\"h\"]")
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("/nonexistent/x"), "{error:#}");
+        assert!(Settings::parse(r#"tap = [{ address = "h", secrte = "x" }]"#).is_err());
+        assert!(Settings::parse(r#"tap = [{ address = "h", name = "n" }]"#).is_err());
+        assert!(Settings::parse(r#"tap = [""]"#).is_err());
+        assert!("name=".parse::<TapSpec>().is_err());
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod record;
 pub mod recorder;
 pub mod server;
+pub mod taps;
 
 pub use config::{Config, Settings};
 pub use embed::Running;

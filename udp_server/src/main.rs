@@ -1,24 +1,51 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use udp_server::{Metrics, Settings};
+use udp_server::{Config, Metrics, Settings};
 
 /// The rst receiver: records the calls that mod_rst and tap_daemon send.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file; its keys are the flags' names (record-dir = "...")
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Taps (tap_daemon) on the network: find them, see the configured ones
+    Taps {
+        #[command(subcommand)]
+        command: TapsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TapsCommand {
+    /// Ask "who is there" (to tap-discovery) and list the taps that answer
+    Discover {
+        /// Where to ask [default: tap-discovery, 255.255.255.255:9530]
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: Option<SocketAddr>,
+        /// Seconds to wait for answers
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+    },
+    /// Connect to each configured tap and show its state and counters
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,14 +63,28 @@ async fn main() -> anyhow::Result<()> {
         .over(file)
         .resolve()
         .context("invalid configuration")?;
+    match cli.command {
+        None => receive(config),
+        Some(Command::Taps {
+            command: TapsCommand::Discover { to, wait },
+        }) => discover(
+            to.unwrap_or(config.taps.discovery),
+            Duration::from_secs_f64(wait.clamp(0.01, 600.0)),
+        ),
+        Some(Command::Taps {
+            command: TapsCommand::Status,
+        }) => status(&config),
+    }
+}
 
+#[tokio::main]
+async fn receive(config: Config) -> anyhow::Result<()> {
     let socket = udp_server::bind(config.listen)?;
     tracing::info!(
         "listening on {} and recording into {}",
         socket.local_addr()?,
         config.record_dir.display()
     );
-
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     udp_server::run(socket, config, Arc::new(Metrics::default()), shutdown).await
@@ -59,4 +100,40 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("stopping: finishing every call");
     shutdown.cancel();
+}
+
+fn discover(to: SocketAddr, wait: Duration) -> anyhow::Result<()> {
+    let found = rst_tap_client::discover(to, wait)
+        .with_context(|| format!("cannot send a discovery request to {to}"))?;
+    for tap in &found {
+        println!("{tap}");
+    }
+    if found.is_empty() {
+        eprintln!(
+            "no tap answered {to} within {:.1} s: check that the taps run with a secret \
+             (control on) and that UDP port {} reaches them",
+            wait.as_secs_f64(),
+            to.port()
+        );
+    }
+    Ok(())
+}
+
+fn status(config: &Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.taps.links.is_empty(),
+        "no tap configured: add `tap = [\"HOST\"]` to the config file or give --tap"
+    );
+    let mut failed = 0;
+    for link in &config.taps.links {
+        match udp_server::taps::status(link, config.taps.discovery) {
+            Ok(line) => println!("{}\t{line}", link.target),
+            Err(error) => {
+                failed += 1;
+                println!("{}\tunreachable: {error:#}", link.target);
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} tap(s) did not answer");
+    Ok(())
 }

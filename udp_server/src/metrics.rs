@@ -75,6 +75,10 @@ pub struct Metrics {
     /// RTP port pairs that could not be bound (taken by another program).
     pub rtp_open_failures: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Taps configured, started and watched by this receiver right now.
+    pub taps_running: AtomicI64,
+    /// Tap link sessions that ended in an error (a tap restarted, say).
+    pub tap_link_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -164,14 +168,28 @@ impl Metrics {
         for (name, help, rows) in labelled_families {
             family(name, "counter", help, &mut rows.into_iter());
         }
-        let active = self.calls_active.load(Relaxed).max(0) as u64;
-        family(
-            "rst_calls_active",
-            "gauge",
-            "Calls being recorded.",
-            &mut std::iter::once((String::new(), active)),
-        );
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let gauges: [(&str, &str, &AtomicI64); 2] = [
+            (
+                "rst_calls_active",
+                "Calls being recorded.",
+                &self.calls_active,
+            ),
+            (
+                "rst_taps_running",
+                "Taps capturing for this receiver.",
+                &self.taps_running,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            let value = gauge.load(Relaxed).max(0) as u64;
+            family(
+                name,
+                "gauge",
+                help,
+                &mut std::iter::once((String::new(), value)),
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "rst_datagrams_total",
                 "Datagrams received on the rst port.",
@@ -227,6 +245,11 @@ impl Metrics {
                 "rst_rtp_open_failures_total",
                 "RTP port pairs that could not be bound.",
                 &self.rtp_open_failures,
+            ),
+            (
+                "rst_tap_link_failures_total",
+                "Tap control connections that broke or could not be opened.",
+                &self.tap_link_failures,
             ),
         ];
         for (name, help, counter) in counters {

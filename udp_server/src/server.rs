@@ -23,6 +23,7 @@ use crate::feed::{Feed, FeedStats};
 use crate::metrics::Metrics;
 use crate::record::{EndReason, RecordOptions};
 use crate::recorder::{self, Batch, Command, Event, RtpHeader};
+use crate::taps::TapLinks;
 
 /// Datagrams handled per wake-up before the batch goes to the recorder; bounds
 /// the work per wake-up and the batch size.
@@ -166,7 +167,30 @@ pub async fn run(
         rtp_queue,
         ended: Vec::new(),
     };
-    let result = receiver.receive(&batches, &shutdown).await;
+    // Taps are stopped before the receive loop ends, so that the BYEs of the
+    // calls they end still arrive.
+    let receive_stop = CancellationToken::new();
+    let taps = (!config.taps.links.is_empty()).then(|| {
+        TapLinks::start(
+            &config.taps,
+            receiver.socket.local_addr().unwrap_or(config.listen),
+            receiver.metrics.clone(),
+        )
+    });
+    let taps_task = tokio::spawn({
+        let (shutdown, receive_stop) = (shutdown.clone(), receive_stop.clone());
+        async move {
+            shutdown.cancelled().await;
+            if let Some(taps) = taps {
+                tracing::info!("stopping the taps");
+                let _ = tokio::task::spawn_blocking(move || taps.stop()).await;
+            }
+            receive_stop.cancel();
+        }
+    });
+    let result = receiver.receive(&batches, &receive_stop).await;
+    shutdown.cancel();
+    taps_task.await?;
 
     let mut outbox = Outbox::new(batches.len());
     let now = Instant::now();

@@ -14,17 +14,14 @@
 //! prints the tap's answer (JSON) and closes. Exit status 1 when the tap
 //! refused, with its error on stderr.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use rst_control::control::{ConfigChange, Mode, Reply, Request, Response, Secret};
-use rst_control::discovery::{Nonce, Reply as Here, Request as Who};
-use rst_control::line::MAX_LINE;
+use rst_control::control::{ConfigChange, Mode, Reply, Request, Response};
+use rst_tap_client::Connection;
 
 #[derive(Debug, Parser)]
 #[command(name = "tapctl", version, about = "Find rst taps and control them")]
@@ -173,91 +170,20 @@ fn seconds(s: f64) -> Duration {
 
 /// Broadcasts one request and prints each distinct answer.
 fn discover(to: SocketAddr, wait: Duration, json: bool) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("discovery socket")?;
-    socket.set_broadcast(true)?;
-    let nonce = Nonce::from_u64(random());
-    socket
-        .send_to(&Who::new(nonce.clone()).encode(), to)
-        .with_context(|| format!("cannot send to {to}"))?;
-    let deadline = Instant::now() + wait;
-    let mut seen = HashSet::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        socket.set_read_timeout(Some(left))?;
-        let (len, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(here) = Here::decode(&buf[..len]) else {
-            continue;
-        };
-        if here.nonce != nonce || !seen.insert((here.id.clone(), from.ip())) {
-            continue;
-        }
-        let control = SocketAddr::new(from.ip(), here.control_port);
+    let found = rst_tap_client::discover(to, wait).with_context(|| format!("cannot ask {to}"))?;
+    for tap in &found {
         if json {
-            let mut value = serde_json::to_value(&here)?;
-            value["control"] = control.to_string().into();
+            let mut value = serde_json::to_value(&tap.here)?;
+            value["control"] = tap.control.to_string().into();
             println!("{value}");
         } else {
-            println!(
-                "{}\tid {}\tcontrol {}\tversion {}\tsoftware {}\tinterfaces {}",
-                here.name,
-                here.id,
-                control,
-                here.version,
-                here.software,
-                here.interfaces.join(",")
-            );
+            println!("{tap}");
         }
     }
-    if seen.is_empty() && !json {
+    if found.is_empty() && !json {
         eprintln!("tapctl: no tap answered within {:.1} s", wait.as_secs_f64());
     }
     Ok(())
-}
-
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
-fn address(tap: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = tap.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if let Ok(ip) = tap.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, rst_control::CONTROL_PORT));
-    }
-    let with_port = if tap.contains(':') {
-        tap.to_owned()
-    } else {
-        format!("{tap}:{}", rst_control::CONTROL_PORT)
-    };
-    with_port
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {tap}"))?
-        .next()
-        .with_context(|| format!("no address for {tap}"))
 }
 
 fn secret(target: &Target) -> anyhow::Result<String> {
@@ -275,34 +201,11 @@ fn secret(target: &Target) -> anyhow::Result<String> {
 
 /// Connects, says hello, sends `request`, closes; the tap's reply.
 fn session(target: &Target, request: Request) -> anyhow::Result<Reply> {
-    let addr = address(&target.tap)?;
-    let timeout = seconds(target.timeout);
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let mut ask = |request: &Request| -> anyhow::Result<Reply> {
-        writeln!(writer, "{}", request.encode())?;
-        let mut line = String::new();
-        let n = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_line(&mut line)
-            .context("no answer")?;
-        if n == 0 {
-            bail!("the tap closed the connection");
-        }
-        let response = Response::decode(line.trim_end()).context("not an answer")?;
-        Ok(response.into_result()?)
-    };
-    ask(&Request::Hello {
-        version: rst_control::VERSION,
-        secret: Secret(secret(target)?),
-        client: Some(format!("tapctl {}", env!("CARGO_PKG_VERSION"))),
-    })
-    .context("hello")?;
-    let reply = ask(&request)?;
-    let _ = ask(&Request::Close);
+    let addr = rst_tap_client::resolve(&target.tap)?;
+    let client = format!("tapctl {}", env!("CARGO_PKG_VERSION"));
+    let mut connection = Connection::open(addr, &secret(target)?, &client, seconds(target.timeout))
+        .context("hello")?;
+    let reply = connection.ask(&request)?;
+    connection.close();
     Ok(reply)
 }

@@ -69,40 +69,12 @@ impl Receiver {
 
     /// The call records written so far.
     pub fn records(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for day in std::fs::read_dir(self.dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for file in std::fs::read_dir(day.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let path = file.path();
-                if path.extension().is_some_and(|e| e == "json") {
-                    if let Ok(text) = std::fs::read_to_string(&path) {
-                        if let Ok(value) = serde_json::from_str(&text) {
-                            out.push(value);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        records_in(self.dir.path())
     }
 
     /// Waits (bounded) until `count` records exist.
     pub fn wait_records(&self, count: usize, within: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let records = self.records();
-            if records.len() >= count || Instant::now() > deadline {
-                return records;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_records_in(self.dir.path(), count, within)
     }
 }
 
@@ -112,6 +84,41 @@ impl Drop for Receiver {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The call records (`*.json`) written so far under a record folder.
+pub fn records_in(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for day in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                // A record being renamed into place is read next time.
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if let Ok(value) = serde_json::from_str(&text) {
+                        out.push(value);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until `count` records exist under `dir`.
+pub fn wait_records_in(dir: &Path, count: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = records_in(dir);
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
