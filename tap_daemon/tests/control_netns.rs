@@ -3,6 +3,8 @@
 //! captures live on its end; on the other end `tapctl` discovers it by real
 //! broadcast, configures it to send to a real receiver there, starts it,
 //! tcpreplay puts a real call on the wire, and the receiver records it.
+//! Then the receiver itself as the client (finding the tap by name), and a
+//! config change in the middle of a call.
 //!
 //! Needs root (`ip netns`) and tcpreplay; without them it prints SKIPPED.
 //! Run alone: `cargo test -p tap_daemon --test control_netns`.
@@ -377,4 +379,117 @@ fn the_receiver_finds_the_tap_by_broadcast_and_drives_it() {
         status["state"], "stopped",
         "the receiver stopped the tap: {status}"
     );
+}
+
+/// A config change while a call is in progress keeps that call: a new
+/// receiver and a number filter that would refuse it arrive mid-call; the
+/// call goes on to its first receiver whole and ends with its BYE, and only
+/// calls that start afterwards are judged by the new config.
+#[test]
+fn a_config_change_mid_call_keeps_the_call_in_progress() {
+    let capture = captures().join("sip-rtp-g722.pcap");
+    if !capture.exists() || Command::new("tcpreplay").arg("--version").output().is_err() {
+        println!("SKIPPED: needs tcpreplay and {}", capture.display());
+        return;
+    }
+    let Some(net) = Net::create('c') else {
+        println!("SKIPPED: needs root (ip netns add failed)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::start(&net, dir.path(), "veth-tap-c");
+    let enter_client = |ns: String| move || enter(&ns);
+    let first = Receiver::start(
+        "10.231.0.2:0".parse().unwrap(),
+        enter_client(net.client_ns.clone()),
+    );
+    let second = Receiver::start(
+        "10.231.0.2:0".parse().unwrap(),
+        enter_client(net.client_ns.clone()),
+    );
+    let tap = "10.231.0.1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The daemon may still be starting.
+    while !tapctl(&net, &["status", "--tap", tap]).0 {
+        assert!(Instant::now() < deadline, "the tap never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_addr = first.addr.to_string();
+    let (ok, _, err) = tapctl(
+        &net,
+        &[
+            "config",
+            "--tap",
+            tap,
+            "--receiver",
+            &first_addr,
+            "--filter",
+            "udp",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = tapctl(&net, &["start", "--tap", tap]);
+    assert!(ok, "{err}");
+
+    // The call (8.5 s on the wire) at twice its speed, in the background.
+    let mut replaying = net
+        .command(&net.client_ns, "tcpreplay")
+        .args(["-q", "-x", "2", "-i", &net.client_if])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out, err) = tapctl(&net, &["status", "--tap", tap]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["counters"]["calls_active"], 1, "mid-call: {status}");
+    let second_addr = second.addr.to_string();
+    let (ok, out, err) = tapctl(
+        &net,
+        &[
+            "config",
+            "--tap",
+            tap,
+            "--receiver",
+            &second_addr,
+            "--number",
+            "nobody-here",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains(&second_addr), "{out}");
+    assert!(replaying.wait().unwrap().success());
+
+    let records = first.wait_records(1, Duration::from_secs(20));
+    assert_eq!(records.len(), 1, "the call in progress was recorded");
+    let record = &records[0];
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    let packets = |d: &str| record["directions"][d]["packets"].as_u64().unwrap_or(0);
+    assert_eq!(packets("R") + packets("W"), 425, "every packet: {record}");
+
+    // Calls that start now are judged by the new config: refused by number.
+    // (Another capture: the same Call-ID again would be taken for a
+    // retransmission of the call that just ended.)
+    let later = captures().join("sip-rtp-g711.pcap");
+    replay(&net, &later);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (ok, out, err) = tapctl(&net, &["status", "--tap", tap]);
+        assert!(ok, "{err}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        if status["counters"]["calls_filtered"] == 2 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["counters"]["calls_filtered"], 2, "{status}");
+    assert_eq!(status["counters"]["calls_started"], 1, "{status}");
+    assert!(
+        second.records().is_empty(),
+        "nothing went to the new receiver"
+    );
+    assert_eq!(first.records().len(), 1);
+    let (ok, _, err) = tapctl(&net, &["stop", "--tap", tap]);
+    assert!(ok, "{err}");
 }
