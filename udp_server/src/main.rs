@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use udp_server::taps::TapsConfig;
 use udp_server::{Config, Metrics, Settings};
 
 /// The rst receiver: records the calls that mod_rst and tap_daemon send.
@@ -58,22 +59,23 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),
     };
-    let config = cli
-        .settings
-        .over(file)
-        .resolve()
-        .context("invalid configuration")?;
+    let settings = cli.settings.over(file);
+    // Finding taps needs no secrets: the rest of the configuration may be unfinished.
+    if let Some(Command::Taps {
+        command: TapsCommand::Discover { to, wait },
+    }) = cli.command
+    {
+        let to = to
+            .or(settings.tap_discovery)
+            .unwrap_or(TapsConfig::default().discovery);
+        return discover(to, Duration::from_secs_f64(wait.clamp(0.01, 600.0)));
+    }
+    let config = settings.resolve().context("invalid configuration")?;
     match cli.command {
-        None => receive(config),
-        Some(Command::Taps {
-            command: TapsCommand::Discover { to, wait },
-        }) => discover(
-            to.unwrap_or(config.taps.discovery),
-            Duration::from_secs_f64(wait.clamp(0.01, 600.0)),
-        ),
         Some(Command::Taps {
             command: TapsCommand::Status,
         }) => status(&config),
+        _ => receive(config),
     }
 }
 
