@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ipnet::IpNet;
-use rst_control::control::{ConfigChange, Mode, Reply, Request, Role, Secret, State};
+use rst_control::control::{ConfigChange, ErrorCode, Mode, Reply, Request, Role, Secret, State};
 use rst_tap_client::{ClientError, Connection};
 use serde::Deserialize;
 use thiserror::Error;
@@ -270,6 +270,26 @@ enum LinkError {
     Discovery(std::io::Error),
 }
 
+impl LinkError {
+    /// What the operator can do about it.
+    fn hint(&self) -> &'static str {
+        match self.refusal_code() {
+            Some(ErrorCode::Auth) => "check that the tap's secret is the one configured here",
+            Some(ErrorCode::InvalidConfig | ErrorCode::Capture) => {
+                "fix this tap's capture settings in the receiver's config"
+            }
+            _ => "check that the tap runs and is reachable",
+        }
+    }
+
+    fn refusal_code(&self) -> Option<ErrorCode> {
+        match self {
+            LinkError::Client(error) => error.refusal().map(|failure| failure.code),
+            _ => None,
+        }
+    }
+}
+
 /// Set once, when the receiver stops; links wait on it between steps.
 #[derive(Debug, Default)]
 struct StopSignal {
@@ -362,14 +382,16 @@ fn run_link(link: &TapLink, context: &LinkContext) {
                     .metrics
                     .tap_link_failures
                     .fetch_add(1, Ordering::Relaxed);
-                match &error {
-                    LinkError::Observer => tracing::info!(tap = %link.target, %error),
-                    _ => tracing::warn!(
+                if let LinkError::Observer = error {
+                    tracing::info!(tap = %link.target, %error);
+                } else {
+                    tracing::warn!(
                         tap = %link.target,
                         %error,
                         retry_in_secs = retry.as_secs(),
-                        "tap link down; check that the tap runs, is reachable and has the same secret"
-                    ),
+                        "tap link down; {}",
+                        error.hint()
+                    );
                 }
             }
         }
