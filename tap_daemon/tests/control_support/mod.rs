@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tap_daemon::config::Settings;
 use tap_daemon::control::{self, ControlConfig};
-use tokio_util::sync::CancellationToken;
 
 pub fn captures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/captures")
 }
 
-/// A real receiver (udp_server) in a background runtime, on `listen`.
-/// `before` runs first on the receiver's thread (to enter a namespace).
+/// A real receiver (udp_server) on `listen`. `before` runs first on a
+/// thread that then starts it, so that a namespace it enters is the
+/// receiver's too (threads inherit their creator's network namespace).
 pub struct Receiver {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    /// Stops (as SIGTERM would) when dropped.
+    pub running: udp_server::Running,
 }
 
 impl Receiver {
@@ -38,32 +38,17 @@ impl Receiver {
             ..udp_server::Settings::default()
         };
         let config = settings.resolve().unwrap();
-        let metrics = Arc::new(udp_server::Metrics::default());
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let shutdown = shutdown.clone();
-            std::thread::spawn(move || {
-                before();
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = udp_server::bind(config.listen)?;
-                    addr_tx.send(socket.local_addr()?).unwrap();
-                    udp_server::run(socket, config, metrics, shutdown).await
-                })
-            })
-        };
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver did not start");
+        let running = std::thread::spawn(move || {
+            before();
+            udp_server::Running::start(config)
+        })
+        .join()
+        .unwrap()
+        .expect("the receiver starts");
         Receiver {
-            addr,
+            addr: running.addr(),
             dir,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
@@ -75,15 +60,6 @@ impl Receiver {
     /// Waits (bounded) until `count` records exist.
     pub fn wait_records(&self, count: usize, within: Duration) -> Vec<Value> {
         wait_records_in(self.dir.path(), count, within)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
