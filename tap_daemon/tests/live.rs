@@ -23,11 +23,8 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
-use udp_server::Metrics;
 
 /// The two ends of the veth pair (the namespaces are the test's own, so the
 /// addresses cannot clash with anything).
@@ -512,21 +509,13 @@ mod netns_enter {
     }
 }
 
-/// A real receiver, on 127.0.0.1 inside a namespace, in a background
-/// runtime whose threads all live in that namespace.
+/// A real receiver, on 127.0.0.1 inside a namespace: started from a thread
+/// in that namespace, so every thread it makes lives there too.
+#[derive(Debug)]
 struct Receiver {
     addr: SocketAddr,
     dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl std::fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receiver")
-            .field("addr", &self.addr)
-            .finish()
-    }
+    running: udp_server::Running,
 }
 
 impl Receiver {
@@ -539,34 +528,18 @@ impl Receiver {
             ..udp_server::Settings::default()
         };
         let config = settings.resolve().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let name = ns.name.clone();
-        let thread = {
-            let shutdown = shutdown.clone();
-            std::thread::spawn(move || {
-                netns_enter::enter(&name)?;
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = udp_server::bind(config.listen)?;
-                    addr_tx.send(socket.local_addr()?).unwrap();
-                    udp_server::run(socket, config, metrics, shutdown).await
-                })
-            })
-        };
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => addr,
-            Err(_) => panic!("receiver did not start: {:?}", thread.join()),
-        };
+        let running = std::thread::spawn(move || {
+            netns_enter::enter(&name)?;
+            udp_server::Running::start(config)
+        })
+        .join()
+        .unwrap()
+        .expect("the receiver starts in the namespace");
         Receiver {
-            addr,
+            addr: running.addr(),
             dir,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
@@ -605,10 +578,7 @@ impl Receiver {
     /// Stops the receiver and returns its records keyed by Call-ID.
     fn finish(&mut self) -> HashMap<String, serde_json::Value> {
         std::thread::sleep(Duration::from_millis(300));
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
+        self.running.stop().unwrap();
         self.records()
             .into_iter()
             .map(|r| {
@@ -620,15 +590,6 @@ impl Receiver {
                 (key, r)
             })
             .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
