@@ -8,12 +8,13 @@ have_command() { command -v "$1" >/dev/null 2>&1; }
 have_file() { [ -e "$1" ]; }
 
 have_file /usr/include/bcg729/decoder.h || missing+=(libbcg729-dev)   # G.729 decoding
+have_file /usr/include/opus/opus.h || missing+=(libopus-dev)          # opus decoding
 have_file /usr/include/pcap.h || missing+=(libpcap-dev)               # tap_daemon capture
 if [ "${1:-}" = "--test" ]; then
   have_command sox || missing+=(sox)                                  # checks WAV files and G.711
   have_command sipp || missing+=(sip-tester)                          # real SIP/RTP peer
   have_command tshark || missing+=(tshark)                            # cross-checks decoding
-  have_command ffmpeg || missing+=(ffmpeg)                            # independent G.722/G.729 decoders
+  have_command ffmpeg || missing+=(ffmpeg)                            # independent G.722/G.729/opus decoders
   have_command tcpreplay || missing+=(tcpreplay)                      # replays captures
   have_command ip || missing+=(iproute2)                              # namespaces for live tests
 fi

@@ -423,6 +423,8 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         tries: settings.retransmit_tries,
         max_pending: settings.rtp_buffer_frames,
         seed: seed(&uuid, stream_id),
+        // The media bug hands a frame every packetization interval.
+        keepalive: None,
     };
     if !sender.control(Command::Start {
         stream: stream_id,

@@ -10,7 +10,9 @@
 //! the file honest: it waits for each INV's ACK before the call's first
 //! packet (the receiver answers within a millisecond, and RTP sent before the
 //! ports are known would have to be held), paces the packets it sends so the
-//! receiver's socket buffers are never overrun, and delays each BYE a little
+//! receiver's socket buffers are never overrun, waits likewise for the ACK of
+//! an INV sent again mid-call to declare a re-INVITE's new codec (the new
+//! codec's packets follow at once), and delays each BYE a little
 //! so that the call's last packets, still in the receiver's queues, are
 //! recorded before the call ends. Live, nothing waits: RTP that arrives
 //! before the ACK is held by the stream (up to `max_pending` packets).
@@ -45,6 +47,10 @@ pub struct OutputConfig {
     pub pace: u32,
     /// How long after its end a call's BYE goes (offline).
     pub bye_delay: Duration,
+    /// A call that sent nothing for this long (on hold, silence suppression)
+    /// sends its INV again, so the receiver's idle timeout (30 s by default)
+    /// does not end it while SIP says it goes on.
+    pub keepalive: Duration,
 }
 
 impl OutputConfig {
@@ -62,6 +68,7 @@ impl OutputConfig {
             } else {
                 Duration::ZERO
             },
+            keepalive: Duration::from_secs(10),
         }
     }
 }
@@ -330,6 +337,7 @@ impl Output for UdpOutput {
             tries: self.config.tries,
             max_pending: self.config.max_pending,
             seed: self.seed,
+            keepalive: Some(self.config.keepalive),
         };
         let control = &self.control;
         let stats = &mut self.stats;
@@ -370,6 +378,28 @@ impl Output for UdpOutput {
         });
         if live.stream.stats.frames_sent > before {
             self.pace();
+        }
+    }
+
+    fn call_updated(&mut self, call: &CallStart) {
+        let uuid = call.key.as_str();
+        let Some(live) = self.streams.get_mut(uuid) else {
+            return;
+        };
+        let extensions = call.extensions();
+        let declared = drive(live, &self.control, &mut self.stats, |s, emit| {
+            s.declare(&extensions, Instant::now(), emit)
+        });
+        match declared {
+            Ok(()) => {
+                tracing::debug!(uuid, extensions, "payload types declared mid-call");
+                // Offline, the new codec's first packets come right after:
+                // they must reach the receiver after the declaration does.
+                if self.config.offline {
+                    self.wait_for_ack(uuid);
+                }
+            }
+            Err(error) => tracing::warn!(uuid, %error, "cannot declare payload types mid-call"),
         }
     }
 

@@ -17,6 +17,10 @@
 //!   a payload type the SDP does not offer (a T.38 switch, video) is dropped.
 //!   RFC 4733 telephone-events are forwarded (the receiver turns them into
 //!   DTMF entries).
+//! * SRTP is not audio this tap can decode: once a ZRTP handshake (RFC 6189)
+//!   on a media flow completes (its `Conf2ACK`), RTP on that flow pair is
+//!   encrypted and dropped (`rtp_encrypted`), not recorded as noise; what
+//!   went before the handshake, in the clear, is recorded.
 //! * A packet seen twice (a tap at two points of the path, a SPAN of both
 //!   ports) is forwarded once: per call direction, the same SSRC, sequence
 //!   number, timestamp and payload within [`PipelineConfig::dedup_window`].
@@ -25,7 +29,9 @@
 //!   keyed by its two endpoints; both directions are one call, `R` being the
 //!   direction seen first. A flow must show two packets of one SSRC with close
 //!   sequence numbers before it counts as RTP, so that DNS and the like,
-//!   whose first byte sometimes looks like RTP version 2, do not become calls.
+//!   whose first byte sometimes looks like RTP version 2, do not become calls;
+//!   the few packets of that SSRC seen before (loss can part them by more
+//!   than that) are forwarded too once it does.
 //! * [`Filter`]: which networks and which numbers to record or skip.
 //!
 //! All state is bounded: the decoder's and tracker's own limits, at most
@@ -52,6 +58,14 @@ pub trait Output {
     fn call_started(&mut self, call: &CallStart);
     /// One captured RTP packet of a started call, unchanged.
     fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]);
+    /// A started call's SDP declared dynamic payload types it had not (a
+    /// re-INVITE switching to another codec): `call` is the call as it now
+    /// stands, every declaration included. The real output sends the INV
+    /// again so the receiver can decode the new codec; outputs that do not
+    /// care need not implement it.
+    fn call_updated(&mut self, call: &CallStart) {
+        let _ = call;
+    }
     /// A started call is over.
     fn call_ended(&mut self, key: CallKey);
 }
@@ -69,7 +83,7 @@ pub struct CallStart {
     /// Payload types the receiver cannot know by number (dynamic ones), with
     /// the encoding name and clock rate the SDP gave them.
     pub payload_types: Vec<(u8, String, u32)>,
-    /// Capture time of the start.
+    /// Capture time of the start (of the update, for [`Output::call_updated`]).
     pub at: Duration,
 }
 
@@ -266,6 +280,10 @@ pub struct PipelineStats {
     pub rtcp: u64,
     /// RTP packets of calls the filter refused.
     pub rtp_filtered: u64,
+    /// ZRTP packets (RFC 6189), on media flows of calls or not.
+    pub zrtp: u64,
+    /// RTP packets dropped as SRTP: on a flow pair whose ZRTP handshake completed.
+    pub rtp_encrypted: u64,
     /// Calls started (SIP or RTP alone).
     pub calls_started: u64,
     /// Of those, calls made of RTP alone.
@@ -350,7 +368,13 @@ struct Call {
     last_packet: Duration,
     /// Calls made of RTP alone: their flow pair and the first packet's source.
     sipless: Option<(FlowPair, SocketAddr)>,
+    /// Media flow pairs whose ZRTP handshake completed: SRTP from then on.
+    encrypted: Vec<FlowPair>,
 }
+
+/// Most flow pairs a call remembers as encrypted; a call has one or two
+/// media flows, a few more after re-INVITEs.
+const MAX_ENCRYPTED_FLOWS: usize = 16;
 
 /// The flow (and SSRC) a call direction's audio currently comes from.
 #[derive(Debug, Clone, Copy)]
@@ -427,12 +451,15 @@ impl Call {
             owners: [None, None],
             last_packet: now,
             sipless: None,
+            encrypted: Vec::new(),
         }
     }
 
     /// Applies both parties' current media: which payload types are audio,
-    /// and what the dynamic ones are.
-    fn media(&mut self, caller: Option<&MediaDesc>, callee: Option<&MediaDesc>) {
+    /// and what the dynamic ones are. Returns whether a dynamic payload type
+    /// was declared that had not been.
+    fn media(&mut self, caller: Option<&MediaDesc>, callee: Option<&MediaDesc>) -> bool {
+        let declared_before = self.declared.len();
         // The answer (callee) first: its mapping is the one agreed on.
         for desc in [callee, caller].into_iter().flatten() {
             if let Some(addr) = desc.audio {
@@ -458,11 +485,12 @@ impl Call {
                     continue;
                 }
                 self.audio[usize::from(pt)] = true;
+                // A number keeps its first mapping (RFC 3264 8.3.2: a session
+                // never remaps a dynamic payload type), so the receiver, which
+                // adds declarations and never replaces them, agrees.
                 if pt >= 35 && !self.declared.iter().any(|(p, ..)| *p == pt) {
                     if let (Some(name), Some(clock)) = (encoding, mapping.clock_rate) {
-                        if self.recording != Recording::Started {
-                            self.declared.push((pt, name, clock));
-                        }
+                        self.declared.push((pt, name, clock));
                     }
                 }
             }
@@ -470,6 +498,7 @@ impl Call {
                 self.audio[usize::from(pt)] = true;
             }
         }
+        self.declared.len() > declared_before
     }
 }
 
@@ -485,14 +514,23 @@ fn static_audio(pt: u8) -> bool {
     pt != 13 && pt != 19 && static_payload_type(pt).is_some()
 }
 
-/// A UDP flow that looked like RTP once, waiting for a second packet.
+/// A UDP flow that looked like RTP, waiting for a packet close enough in
+/// sequence to the last one to confirm it.
 #[derive(Debug)]
 struct Candidate {
     ssrc: u32,
+    /// Sequence number of the last packet.
     sequence: u16,
+    /// Capture time of the last packet.
     seen: Duration,
-    packet: Vec<u8>,
+    /// The packets of this SSRC so far, with their capture times, oldest
+    /// first; at most [`MAX_CANDIDATE_PACKETS`].
+    packets: std::collections::VecDeque<(Duration, Vec<u8>)>,
 }
+
+/// Packets a candidate flow keeps while unconfirmed: enough for a stream
+/// whose first packets are parted by loss, little for a flood of flows.
+const MAX_CANDIDATE_PACKETS: usize = 4;
 
 /// The capture pipeline. See the module documentation.
 #[derive(Debug)]
@@ -639,9 +677,35 @@ impl Pipeline {
             self.sip(d.time, d.src, d.dst, payload, out);
             return;
         }
+        if let Some(message) = zrtp_message(payload) {
+            self.stats.zrtp += 1;
+            // The handshake's last message: SRTP from here on (tshark, too,
+            // sets its SRTP stream up at the Conf2ACK).
+            if message == b"Conf2ACK" {
+                self.encrypted(d.src, d.dst);
+            }
+            return;
+        }
         match RtpPacket::parse(payload) {
             Ok(packet) => self.rtp(d.time, d.src, d.dst, payload, &packet, out),
             Err(_) => self.stats.udp_other += 1,
+        }
+    }
+
+    /// Marks the flow pair of `src` and `dst` encrypted in the call it belongs to.
+    fn encrypted(&mut self, src: SocketAddr, dst: SocketAddr) {
+        let flow = pair(src, dst);
+        let key = match self.tracker.classify(src, dst) {
+            Some((key, _)) => key,
+            None => match self.sipless.get(&flow) {
+                Some(&key) => key,
+                None => return,
+            },
+        };
+        if let Some(call) = self.calls.get_mut(&key) {
+            if !call.encrypted.contains(&flow) && call.encrypted.len() < MAX_ENCRYPTED_FLOWS {
+                call.encrypted.push(flow);
+            }
         }
     }
 
@@ -723,8 +787,15 @@ impl Pipeline {
                     caller,
                     callee,
                 } => {
-                    if let Some(call) = self.calls.get_mut(&key) {
-                        call.media(caller.as_ref(), callee.as_ref());
+                    let declared = self
+                        .calls
+                        .get_mut(&key)
+                        .is_some_and(|call| call.media(caller.as_ref(), callee.as_ref()));
+                    // Started already: the INV went out without these.
+                    if declared {
+                        if let Some(update) = self.call_start(key, now) {
+                            out.call_updated(&update);
+                        }
                     }
                 }
                 CallEvent::CallAnswered { key, .. } => answered.push(key),
@@ -748,21 +819,8 @@ impl Pipeline {
             Recording::Refused => return false,
             Recording::Pending => {}
         }
-        let (caller, callee, call_id) = match (&call.info, &call.sipless) {
-            (Some(info), _) => (
-                clean_party(info.caller.label()),
-                clean_party(info.callee.label()),
-                Some(info.call_id.clone()),
-            ),
-            (None, Some(((a, b), first_src))) => {
-                let other = if a == first_src { b } else { a };
-                (
-                    clean_party(&endpoint_label(*first_src)),
-                    clean_party(&endpoint_label(*other)),
-                    None,
-                )
-            }
-            (None, None) => return false,
+        let Some((caller, callee, call_id)) = parties(call) else {
+            return false;
         };
         if !self.config.filter.allows(&caller, &callee, &call.addresses) {
             call.recording = Recording::Refused;
@@ -783,6 +841,23 @@ impl Pipeline {
             at: now,
         });
         true
+    }
+
+    /// A started call as it stands, for [`Output::call_updated`].
+    fn call_start(&self, key: CallKey, now: Duration) -> Option<CallStart> {
+        let call = self.calls.get(&key)?;
+        if call.recording != Recording::Started {
+            return None;
+        }
+        let (caller, callee, call_id) = parties(call)?;
+        Some(CallStart {
+            key,
+            call_id,
+            caller,
+            callee,
+            payload_types: call.declared.clone(),
+            at: now,
+        })
     }
 
     fn end(&mut self, key: CallKey, out: &mut impl Output) {
@@ -831,14 +906,16 @@ impl Pipeline {
                 None => return,
             },
         };
-        self.forward(now, key, direction, bytes, packet, out);
+        self.forward(now, key, direction, (src, dst), bytes, packet, out);
     }
 
+    #[allow(clippy::too_many_arguments)] // the packet and everything known of it
     fn forward(
         &mut self,
         now: Duration,
         key: CallKey,
         direction: Direction,
+        (src, dst): (SocketAddr, SocketAddr),
         bytes: &[u8],
         packet: &RtpPacket<'_>,
         out: &mut impl Output,
@@ -871,6 +948,11 @@ impl Pipeline {
         call.last_packet = now;
         if call.info.is_some() {
             self.tracker.touch(key, now);
+        }
+        // Still the call's media (it keeps the call alive), but ciphertext.
+        if call.encrypted.contains(&pair(src, dst)) {
+            self.stats.rtp_encrypted += 1;
+            return;
         }
         // Early media: the first audio packet starts a call not yet answered.
         if !self.start(key, now, out) {
@@ -918,19 +1000,34 @@ impl Pipeline {
             }
         });
         if !confirmed {
-            if self.candidates.len() >= 2 * self.config.max_sipless_calls {
-                // Full of flows that never confirmed: start over rather than grow.
-                self.candidates.clear();
+            match self.candidates.get_mut(&(src, dst)) {
+                // The same SSRC further on than the window: RTP with loss as
+                // likely as not. Its packets wait too, so that none is lost
+                // once the flow confirms.
+                Some(c) if c.ssrc == packet.ssrc => {
+                    if c.packets.len() >= MAX_CANDIDATE_PACKETS {
+                        c.packets.pop_front();
+                    }
+                    c.packets.push_back((now, bytes.to_vec()));
+                    c.sequence = packet.sequence;
+                    c.seen = now;
+                }
+                _ => {
+                    if self.candidates.len() >= 2 * self.config.max_sipless_calls {
+                        // Full of flows that never confirmed: start over rather than grow.
+                        self.candidates.clear();
+                    }
+                    self.candidates.insert(
+                        (src, dst),
+                        Candidate {
+                            ssrc: packet.ssrc,
+                            sequence: packet.sequence,
+                            seen: now,
+                            packets: [(now, bytes.to_vec())].into(),
+                        },
+                    );
+                }
             }
-            self.candidates.insert(
-                (src, dst),
-                Candidate {
-                    ssrc: packet.ssrc,
-                    sequence: packet.sequence,
-                    seen: now,
-                    packet: bytes.to_vec(),
-                },
-            );
             self.stats.rtp_unmatched += 1;
             return None;
         }
@@ -940,6 +1037,11 @@ impl Pipeline {
             self.stats.rtp_unmatched += 1;
             return None;
         }
+        // Counted unmatched while they waited; forwarded below.
+        self.stats.rtp_unmatched = self
+            .stats
+            .rtp_unmatched
+            .saturating_sub(first.packets.len() as u64);
         let key = CallKey::from_call_id(&format!("rtp {} {}", flow.0, flow.1));
         if self.calls.contains_key(&key) {
             return None;
@@ -949,11 +1051,34 @@ impl Pipeline {
         call.addresses = vec![src.ip(), dst.ip()];
         self.calls.insert(key, call);
         self.sipless.insert(flow, key);
-        // The packet that made the flow a candidate goes first.
-        if let Ok(held) = RtpPacket::parse(&first.packet) {
-            self.forward(first.seen, key, Direction::Read, &first.packet, &held, out);
+        // The packets that made the flow a candidate go first.
+        for (seen, bytes) in &first.packets {
+            if let Ok(held) = RtpPacket::parse(bytes) {
+                self.forward(*seen, key, Direction::Read, (src, dst), bytes, &held, out);
+            }
         }
         Some((key, Direction::Read))
+    }
+}
+
+/// A call's caller, callee and Call-ID for the INV: from SIP, or for a call
+/// of RTP alone its first packet's source and the other endpoint.
+fn parties(call: &Call) -> Option<(String, String, Option<String>)> {
+    match (&call.info, &call.sipless) {
+        (Some(info), _) => Some((
+            clean_party(info.caller.label()),
+            clean_party(info.callee.label()),
+            Some(info.call_id.clone()),
+        )),
+        (None, Some(((a, b), first_src))) => {
+            let other = if a == first_src { b } else { a };
+            Some((
+                clean_party(&endpoint_label(*first_src)),
+                clean_party(&endpoint_label(*other)),
+                None,
+            ))
+        }
+        (None, None) => None,
     }
 }
 
@@ -979,6 +1104,16 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
         .any(|p| after.len() >= p.len() && after[..p.len()].eq_ignore_ascii_case(p))
 }
 
+/// The message type of a ZRTP packet (RFC 6189 section 5): first nibble
+/// 0001 (an RTP version of 0, so never taken for RTP), the magic cookie
+/// `ZRTP` at bytes 4..8, then the message: preamble 0x505a, length, and the
+/// 8-byte type block (`Hello   `, `Commit  `, ..., `Conf2ACK`).
+fn zrtp_message(bytes: &[u8]) -> Option<&[u8]> {
+    let fixed = bytes.get(..24)?;
+    (fixed[0] >> 4 == 1 && &fixed[4..8] == b"ZRTP" && fixed[12..14] == [0x50, 0x5a])
+        .then(|| &fixed[16..24])
+}
+
 /// Version 2 in the first byte and at least a fixed header.
 fn looks_like_rtp(bytes: &[u8]) -> bool {
     bytes.len() >= 12 && bytes[0] >> 6 == 2
@@ -995,6 +1130,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct Collect {
         started: Vec<CallStart>,
+        updated: Vec<CallStart>,
         rtp: Vec<(CallKey, Direction, Vec<u8>)>,
         ended: Vec<CallKey>,
     }
@@ -1005,6 +1141,9 @@ mod tests {
         }
         fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
             self.rtp.push((key, direction, packet.to_vec()));
+        }
+        fn call_updated(&mut self, call: &CallStart) {
+            self.updated.push(call.clone());
         }
         fn call_ended(&mut self, key: CallKey) {
             self.ended.push(key);
@@ -1323,6 +1462,209 @@ mod tests {
         p.tick(Duration::from_secs(2), &mut out);
         p.tick(Duration::from_secs(30), &mut out);
         assert_eq!(out.ended, vec![key]);
+    }
+
+    #[test]
+    fn a_reinvite_to_a_new_dynamic_codec_declares_it_to_the_output() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        assert_eq!(out.started.len(), 1);
+        assert!(out.updated.is_empty());
+        let key = out.started[0].key;
+        // The caller moves the call to opus (as register-invite-reinvite-bye.pcap does).
+        let t = Duration::from_secs(2);
+        let offer = sdp("10.0.0.1", 4000, "96", "a=rtpmap:96 opus/48000/2\r\n");
+        let reinvite = sip(
+            "INVITE sip:1002@10.0.0.2 SIP/2.0",
+            A,
+            B_TAG,
+            "2 INVITE",
+            Some(&offer),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &reinvite),
+            &mut out,
+        );
+        assert_eq!(out.updated.len(), 1);
+        let update = &out.updated[0];
+        assert_eq!(update.key, key);
+        assert_eq!(
+            update.extensions(),
+            "pt101=telephone-event/8000:pt96=opus/48000:call-id=abc%3A1@10.0.0.1"
+        );
+        // Its answer declares nothing new: no second update.
+        let answer = sdp("10.0.0.2", 6000, "96", "a=rtpmap:96 opus/48000/2\r\n");
+        let ok = sip("SIP/2.0 200 OK", A, B_TAG, "2 INVITE", Some(&answer));
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:5060", "10.0.0.1:5060", &ok),
+            &mut out,
+        );
+        assert_eq!(out.updated.len(), 1);
+        let opus = rtp(96, 10, 960, 7, &[0xfc, 0xff, 0xfe]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &opus),
+            &mut out,
+        );
+        assert_eq!(out.rtp, vec![(key, Direction::Read, opus)]);
+    }
+
+    /// A ZRTP packet of `message` type (RFC 6189 section 5; CRC not checked).
+    fn zrtp(message: &[u8; 8]) -> Vec<u8> {
+        let mut packet = vec![0x10, 0, 0, 1];
+        packet.extend_from_slice(b"ZRTP");
+        packet.extend_from_slice(&7u32.to_be_bytes());
+        packet.extend_from_slice(&[0x50, 0x5a, 0, 3]);
+        packet.extend_from_slice(message);
+        packet.extend_from_slice(&[0; 4]);
+        packet
+    }
+
+    #[test]
+    fn rtp_after_a_completed_zrtp_handshake_is_dropped_as_srtp() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        let key = out.started[0].key;
+        let t = Duration::from_secs(2);
+        let send = |p: &mut Pipeline, out: &mut Collect, src: &str, dst: &str, bytes: &[u8]| {
+            p.frame(LinkType::RAW, t, &udp(src, dst, bytes), out);
+        };
+        let (a, b) = ("10.0.0.1:4000", "10.0.0.2:6000");
+        let clear = rtp(8, 1, 160, 7, &[0xd5; 160]);
+        send(&mut p, &mut out, a, b, &clear);
+        // The handshake: nothing is recorded of it, and until its last
+        // message the media is still in the clear.
+        for message in [b"Hello   ", b"HelloACK", b"Commit  ", b"Confirm2"] {
+            send(&mut p, &mut out, b, a, &zrtp(message));
+        }
+        let still_clear = rtp(8, 2, 320, 7, &[0xd5; 160]);
+        send(&mut p, &mut out, a, b, &still_clear);
+        send(&mut p, &mut out, a, b, &zrtp(b"Conf2ACK"));
+        // SRTP: an RTP header with 160 bytes of ciphertext and a 4-byte tag.
+        let srtp_a = rtp(8, 3, 480, 7, &[0x5a; 164]);
+        let srtp_b = rtp(8, 70, 480, 9, &[0xa5; 164]);
+        send(&mut p, &mut out, a, b, &srtp_a);
+        send(&mut p, &mut out, b, a, &srtp_b);
+        assert_eq!(
+            out.rtp,
+            vec![
+                (key, Direction::Read, clear),
+                (key, Direction::Read, still_clear)
+            ]
+        );
+        assert_eq!(p.stats().zrtp, 5);
+        assert_eq!(p.stats().rtp_encrypted, 2);
+        assert_eq!(p.stats().udp_other, 0);
+        // Media moved elsewhere by a re-INVITE, without ZRTP: in the clear.
+        let moved = sdp("10.0.0.2", 6002, "8", "a=rtpmap:8 PCMA/8000\r\n");
+        let reinvite = sip(
+            "INVITE sip:1001@10.0.0.1 SIP/2.0",
+            B_TAG,
+            A,
+            "1 INVITE",
+            Some(&moved),
+        );
+        send(
+            &mut p,
+            &mut out,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &reinvite,
+        );
+        let elsewhere = rtp(8, 4, 640, 7, &[0xd5; 160]);
+        send(&mut p, &mut out, a, "10.0.0.2:6002", &elsewhere);
+        assert_eq!(out.rtp.len(), 3, "{:?}", p.stats());
+        assert_eq!(p.stats().rtp_encrypted, 2);
+    }
+
+    #[test]
+    fn zrtp_is_never_rtp() {
+        assert_eq!(zrtp_message(&zrtp(b"Conf2ACK")), Some(&b"Conf2ACK"[..]));
+        assert!(RtpPacket::parse(&zrtp(b"Hello   ")).is_err());
+        // An RTP packet that happens to carry "ZRTP" is not ZRTP.
+        let mut fake = rtp(0, 1, 2, 3, &[0; 20]);
+        fake[4..8].copy_from_slice(b"ZRTP");
+        assert_eq!(zrtp_message(&fake), None);
+        assert_eq!(zrtp_message(&zrtp(b"Conf2ACK")[..23]), None);
+    }
+
+    #[test]
+    fn rtp_without_sip_keeps_the_packets_loss_parted_from_the_confirming_one() {
+        let config = PipelineConfig {
+            rtp_without_sip: true,
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(config);
+        let mut out = Collect::default();
+        let t = Duration::from_secs(1);
+        // As in rtpproxy_lost.a.rtp.pcap: 400, then 22 lost, then 423, 424.
+        let packets: Vec<Vec<u8>> = [400u16, 423, 424]
+            .iter()
+            .map(|&seq| rtp(18, seq, u32::from(seq) * 80, 5, &[0x11; 10]))
+            .collect();
+        for packet in &packets {
+            p.frame(
+                LinkType::RAW,
+                t,
+                &udp("10.0.0.1:7000", "10.0.0.2:8000", packet),
+                &mut out,
+            );
+        }
+        assert_eq!(out.started.len(), 1);
+        let key = out.started[0].key;
+        let forwarded: Vec<_> = packets
+            .into_iter()
+            .map(|packet| (key, Direction::Read, packet))
+            .collect();
+        assert_eq!(out.rtp, forwarded);
+        assert_eq!(p.stats().rtp_forwarded, 3);
+        assert_eq!(p.stats().rtp_unmatched, 0);
+        // Another SSRC on the flow starts over: one packet waits, no call.
+        let mut p = Pipeline::new(PipelineConfig {
+            rtp_without_sip: true,
+            ..PipelineConfig::default()
+        });
+        let mut out = Collect::default();
+        for (seq, ssrc) in [
+            (1u16, 1u32),
+            (2, 2),
+            (40, 2),
+            (80, 2),
+            (120, 2),
+            (160, 2),
+            (200, 2),
+        ] {
+            let packet = rtp(0, seq, 0, ssrc, &[0; 160]);
+            p.frame(
+                LinkType::RAW,
+                t,
+                &udp("10.0.0.1:7000", "10.0.0.2:8000", &packet),
+                &mut out,
+            );
+        }
+        assert!(out.started.is_empty());
+        // ...at most MAX_CANDIDATE_PACKETS of them: 160 and 200 and two before.
+        let confirm = rtp(0, 201, 0, 2, &[0; 160]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:7000", "10.0.0.2:8000", &confirm),
+            &mut out,
+        );
+        let sequences: Vec<u16> = out
+            .rtp
+            .iter()
+            .map(|(_, _, bytes)| RtpPacket::parse(bytes).unwrap().sequence)
+            .collect();
+        assert_eq!(sequences, [80, 120, 160, 200, 201]);
+        assert_eq!(p.stats().rtp_unmatched, 3);
     }
 
     #[test]

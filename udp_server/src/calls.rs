@@ -32,6 +32,10 @@ pub enum Output<'a> {
         caller: &'a str,
         callee: &'a str,
     },
+    /// An INV arrived again for a call, with extensions: payload types it
+    /// declares that the call did not know are added (a re-INVITE brought a
+    /// new codec in mid-call).
+    Declare { call: CallId, extensions: &'a str },
     /// Audio for a call.
     Audio {
         call: CallId,
@@ -179,6 +183,12 @@ impl CallTable {
                                 call: call.id,
                                 caller: inv.caller,
                                 callee: inv.callee,
+                            });
+                        }
+                        if !inv.extensions.is_empty() {
+                            emit(Output::Declare {
+                                call: call.id,
+                                extensions: inv.extensions.as_str(),
                             });
                         }
                         call.id
@@ -330,6 +340,13 @@ impl CallTable {
         emit: &mut impl FnMut(Output<'a>),
     ) {
         for (uuid, call) in std::mem::take(&mut self.calls) {
+            // A call whose BYE came (its late RTP was still being waited
+            // for) ended by that BYE, whatever ends the rest.
+            let reason = if call.bye_at.is_some() {
+                EndReason::Bye
+            } else {
+                reason
+            };
             self.end(now, uuid, call, reason, emit);
         }
     }
@@ -576,5 +593,45 @@ mod tests {
         assert_eq!(pool.take_pair(), None);
         pool.give_back(second);
         assert_eq!(pool.take_pair(), Some(second));
+    }
+
+    struct AnyPort;
+
+    impl RtpBinder for AnyPort {
+        fn open(&mut self, _: CallId, _: RtpPorts) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_call_whose_bye_came_ends_as_bye_even_when_shutdown_cuts_its_linger() {
+        let mut table = CallTable::new(
+            Limits {
+                idle_timeout: Duration::from_secs(30),
+                max_calls: 10,
+                allow: Vec::new(),
+                default_l16_rate: 8000,
+                rtp_ports: 40000..=40009,
+            },
+            Arc::new(Metrics::default()),
+        );
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        let mut ends = Vec::new();
+        let mut emit = |output: Output<'_>| {
+            if let Output::End { reason, .. } = output {
+                ends.push(reason);
+            }
+        };
+        for datagram in [
+            &b"INV :11111111-1111-1111-1111-111111111111:1001:1002:6000:6001"[..],
+            b"INV :22222222-2222-2222-2222-222222222222:1001:1003:6002:6003",
+            b"BYE :11111111-1111-1111-1111-111111111111",
+        ] {
+            table.handle(now, from, datagram, &mut AnyPort, &mut emit);
+        }
+        table.end_all(now, EndReason::Shutdown, &mut emit);
+        ends.sort_by_key(|reason| reason.name());
+        assert_eq!(ends, [EndReason::Bye, EndReason::Shutdown]);
     }
 }

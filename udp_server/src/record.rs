@@ -287,6 +287,27 @@ impl CallRecording {
         &self.record
     }
 
+    /// Payload types a repeated INV declares (a re-INVITE's new codec, sent
+    /// mid-call): those the call did not know are added. A known number keeps
+    /// its first meaning, as RFC 3264 section 8.3.2 has a session keep its
+    /// payload type mappings, so a stale or forged repeat changes nothing.
+    pub fn declare(&mut self, extensions: &str) {
+        for (pt, name, rate) in declared_payload_types(extensions) {
+            if self.declared.iter().any(|(known, ..)| *known == pt) {
+                continue;
+            }
+            tracing::debug!(uuid = %self.record.uuid, pt, name, rate, "payload type declared mid-call");
+            self.declared.push((pt, name, rate));
+            // A lane that already met this payload type, undeclared then,
+            // picks the declared codec for its next packet.
+            for lane in &mut self.lanes {
+                if lane.payload_type.map(PayloadType::number) == Some(pt) {
+                    lane.payload_type = None;
+                }
+            }
+        }
+    }
+
     /// Caller and callee learnt from an INV that came after the call's first DATA.
     pub fn identify(&mut self, caller: &str, callee: &str) {
         self.record.caller = Some(caller.to_owned());
@@ -460,7 +481,11 @@ impl CallRecording {
 
     fn clock_rate(&self, pt: u8) -> u32 {
         match self.declared(pt) {
-            Some((_, rate)) => rate,
+            // A codec whose RTP clock is fixed (opus: 48000, RFC 7587) keeps
+            // it whatever the declaration says; others take the declared one.
+            Some((name, rate)) => Codec::from_encoding_name(name, rate)
+                .rtp_clock_rate()
+                .unwrap_or(rate),
             None => self.codec_for(pt).rtp_clock_rate().unwrap_or(8000),
         }
     }
@@ -573,9 +598,17 @@ impl CallRecording {
                 .expect("both directions");
             lane.payload_type = Some(payload_type);
             lane.decoder = Some(Decoder::new(codec));
-            if !stats.payload_types.contains(&payload_type.number()) {
-                stats.payload_types.push(payload_type.number());
-                stats.codecs.push(codec.name().to_owned());
+            match stats
+                .payload_types
+                .iter()
+                .position(|&pt| pt == payload_type.number())
+            {
+                // Declared since it was last seen (raw then): its codec now.
+                Some(i) => codec.name().clone_into(&mut stats.codecs[i]),
+                None => {
+                    stats.payload_types.push(payload_type.number());
+                    stats.codecs.push(codec.name().to_owned());
+                }
             }
         }
         let lane = &mut self.lanes[index];

@@ -31,6 +31,11 @@ pub enum Command {
         caller: String,
         callee: String,
     },
+    /// A repeated INV's extensions: payload types declared mid-call.
+    Declare {
+        call: CallId,
+        extensions: String,
+    },
     /// `payload` is a range of the batch's `bytes`.
     Audio {
         call: CallId,
@@ -147,6 +152,11 @@ pub fn run(
                         recording.identify(&caller, &callee);
                         // Consoles (and the snapshot) get the call with its parties named.
                         on_event(Event::Started(recording.record()));
+                    }
+                }
+                Command::Declare { call, extensions } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.declare(&extensions);
                     }
                 }
                 Command::Audio {

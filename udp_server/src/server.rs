@@ -466,6 +466,7 @@ impl Outbox {
             Output::Reply(_) => return,
             Output::Start(start) => start.call,
             Output::Identify { call, .. }
+            | Output::Declare { call, .. }
             | Output::Audio { call, .. }
             | Output::Rtp { call, .. }
             | Output::Malformed { call }
@@ -507,6 +508,10 @@ fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
             call,
             caller: caller.to_owned(),
             callee: callee.to_owned(),
+        },
+        Output::Declare { call, extensions } => Command::Declare {
+            call,
+            extensions: extensions.to_owned(),
         },
         Output::Audio {
             call,

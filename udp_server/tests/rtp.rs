@@ -328,3 +328,85 @@ fn rtp_sent_around_the_bye_is_still_recorded() {
     assert_eq!(record["directions"]["R"]["samples"], 6 * 160);
     receiver.stop();
 }
+
+/// A re-INVITE moving a call to opus: the sender (tap_daemon) sends the INV
+/// again declaring the new payload type, and the receiver decodes what
+/// follows at 48 kHz into a second WAV segment, while a number it already
+/// knew keeps its first meaning.
+#[test]
+fn a_payload_type_declared_by_a_repeated_inv_is_decoded_from_then_on() {
+    let mut receiver = Receiver::with(settings("21600-21609"));
+    let mut sender = RtpSender::new(receiver.addr);
+    let id = uuid(60);
+    let ports = sender.inv(&id, "pt101=telephone-event/8000").unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], ports.0));
+    let socket = sender.read.try_clone().unwrap();
+    let send = |bytes: &[u8]| {
+        socket.send_to(bytes, to).unwrap();
+    };
+    for k in 0..5u16 {
+        send(&rtp(k, u32::from(k) * 160, 1, 0, &[0xFF; 160]));
+    }
+    // CELT fullband 20 ms (TOC 0xfc) with bits that are not its silence flag.
+    let opus: Vec<Vec<u8>> = (0..10u8)
+        .map(|k| {
+            let mut payload = vec![0xfc];
+            payload.extend((0..79u8).map(|i| i.wrapping_mul(37) ^ k.wrapping_mul(101)));
+            payload
+        })
+        .collect();
+    // Before the declaration, PT 96 is nothing the receiver can decode.
+    send(&rtp(100, 0, 2, 96, &opus[0]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        sender.inv(&id, "pt101=telephone-event/8000:pt96=opus/48000/2"),
+        Some(ports),
+        "a repeated INV keeps the call's ports"
+    );
+    // Remapping a known number is ignored (RFC 3264 8.3.2).
+    sender.inv(&id, "pt101=PCMA/8000").unwrap();
+    for (k, payload) in opus.iter().enumerate().skip(1) {
+        send(&rtp(100 + k as u16, 960 * k as u32, 2, 96, payload));
+    }
+    let event = TelephoneEvent {
+        event: 1,
+        end: true,
+        volume: 10,
+        duration: 800,
+    }
+    .encode();
+    send(&rtp(110, 960 * 10, 2, 101, &event));
+    std::thread::sleep(Duration::from_millis(200));
+    sender.control.bye(&id);
+
+    let record = receiver.wait_records(1).pop().unwrap();
+    let r = &record["directions"]["R"];
+    assert_eq!(r["codecs"], serde_json::json!(["PCMU", "opus"]), "{r}");
+    assert_eq!(r["payload_types"], serde_json::json!([0, 96]));
+    // The packet that came before the declaration was kept raw.
+    assert_eq!(r["raw"][0]["payload_type"], 96);
+    assert_eq!(
+        std::fs::read(path_of(&record, "/directions/R/raw/0/path")).unwrap(),
+        opus[0]
+    );
+    let (spec, pcmu) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert_eq!((spec.sample_rate, pcmu.len()), (8000, 5 * 160));
+    let (spec, decoded) = read_wav(&path_of(&record, "/directions/R/wav/1"));
+    assert_eq!(spec.sample_rate, 48000);
+    // The segment starts at its first packet (PT 96, timestamp 960): 9
+    // packets of 20 ms, each decoded in order by one decoder.
+    let mut decoder = rst_codec::Decoder::new(rst_codec::Codec::Opus);
+    let mut expected = Vec::new();
+    for payload in &opus[1..] {
+        decoder.decode(payload, &mut expected).unwrap();
+    }
+    assert_eq!(expected.len(), 9 * 960);
+    assert!(
+        expected.iter().any(|&s| s != 0),
+        "the payloads are not silence"
+    );
+    assert!(decoded == expected, "the opus segment differs");
+    // PT 101 stayed a telephone-event: a DTMF entry, no audio.
+    assert_eq!(record["dtmf"][0]["digit"], "1");
+    receiver.stop();
+}

@@ -10,6 +10,7 @@
 //! | PCMA (G.711 A-law) | 8 | 8000 | [`g711`] tables |
 //! | G.722 | 9 | 16000 | [`g722`], Rust port of the public-domain spandsp decoder |
 //! | G.729 / A / B | 18 | 8000 | [`g729`], bcg729 through FFI (feature `g729`) |
+//! | opus | dynamic (`opus/48000/2`) | 48000, mono | [`opus`], libopus through FFI (feature `opus`) |
 //! | L16 (rst protocol) | 10 | given by the caller | little-endian `i16`, passed through |
 //! | anything else (G.723 = 4 included) | | | [`Codec::Raw`]: kept as bytes, not decoded |
 //!
@@ -18,6 +19,9 @@
 //! * `g729` (default): G.729 decoding. Links the system library `libbcg729`
 //!   (Debian/Ubuntu: `apt-get install libbcg729-dev`). Without it, payload
 //!   type 18 maps to [`Codec::Raw`].
+//! * `opus` (default): opus decoding. Links the system library `libopus`
+//!   (Debian/Ubuntu: `apt-get install libopus-dev`). Without it, the encoding
+//!   name `opus` maps to [`Codec::Raw`].
 //!
 //! # Example
 //!
@@ -38,11 +42,15 @@ pub mod g711;
 pub mod g722;
 #[cfg(feature = "g729")]
 pub mod g729;
+#[cfg(feature = "opus")]
+pub mod opus;
 
 pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
 pub use g722::G722Decoder;
 #[cfg(feature = "g729")]
 pub use g729::G729Decoder;
+#[cfg(feature = "opus")]
+pub use opus::OpusDecoder;
 
 /// Why a payload could not be decoded, or not completely.
 ///
@@ -73,6 +81,15 @@ pub enum DecodeError {
         /// [`Codec::name`] of the codec.
         codec: &'static str,
     },
+    /// The codec library rejected the payload as a whole (an opus packet
+    /// whose framing is invalid, say); nothing was decoded.
+    #[error("{codec}: corrupt payload ({reason})")]
+    Corrupt {
+        /// [`Codec::name`] of the codec.
+        codec: &'static str,
+        /// What the library said.
+        reason: &'static str,
+    },
 }
 
 /// An audio payload format the receiver may see.
@@ -86,6 +103,8 @@ pub enum Codec {
     G722,
     /// G.729, G.729A or G.729B (with SID frames), 8 kHz.
     G729,
+    /// Opus (RFC 7587), decoded to mono at 48 kHz, its RTP clock.
+    Opus,
     /// Signed 16-bit little-endian linear PCM at `rate` Hz (rst protocol PT 10).
     L16 {
         /// Sample rate in Hz; 0 means unknown.
@@ -97,8 +116,8 @@ pub enum Codec {
         /// Sample rate in Hz; 0 means unknown.
         rate: u32,
     },
-    /// Not decoded: G.723, unknown payload types, or G.729 without the
-    /// `g729` feature. The bytes should be stored as received.
+    /// Not decoded: G.723, unknown payload types, or G.729 or opus without
+    /// their feature. The bytes should be stored as received.
     Raw,
 }
 
@@ -121,7 +140,9 @@ impl Codec {
     }
 
     /// Maps an SDP/`a=rtpmap` encoding name and clock rate (what a sender declares
-    /// for a dynamic payload type) to a codec; unknown names are Raw.
+    /// for a dynamic payload type) to a codec, ignoring case; unknown names are Raw.
+    ///
+    /// `opus` is opus whatever the clock says: RFC 7587 fixes it at 48000.
     pub fn from_encoding_name(name: &str, clock_rate: u32) -> Codec {
         match name.to_ascii_uppercase().as_str() {
             "PCMU" => Codec::Pcmu,
@@ -129,16 +150,20 @@ impl Codec {
             "G722" => Codec::G722,
             #[cfg(feature = "g729")]
             "G729" | "G729A" => Codec::G729,
+            #[cfg(feature = "opus")]
+            "OPUS" => Codec::Opus,
             "L16" => Codec::L16Network { rate: clock_rate },
             _ => Codec::Raw,
         }
     }
 
     /// The RTP timestamp clock of the codec: 8000 for G.722 too (RFC 3551's
-    /// historical quirk), the sample rate for L16; `None` for Raw.
+    /// historical quirk), 48000 for opus (RFC 7587), the sample rate for L16;
+    /// `None` for Raw.
     pub fn rtp_clock_rate(&self) -> Option<u32> {
         match *self {
             Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::G729 => Some(8000),
+            Codec::Opus => Some(48000),
             Codec::L16 { rate } | Codec::L16Network { rate } => Some(rate).filter(|&r| r > 0),
             Codec::Raw => None,
         }
@@ -150,18 +175,21 @@ impl Codec {
         match *self {
             Codec::Pcmu | Codec::Pcma | Codec::G729 => Some(8000),
             Codec::G722 => Some(16000),
+            Codec::Opus => Some(48000),
             Codec::L16 { rate: 0 } | Codec::L16Network { rate: 0 } | Codec::Raw => None,
             Codec::L16 { rate } | Codec::L16Network { rate } => Some(rate),
         }
     }
 
-    /// Short name: `"PCMU"`, `"PCMA"`, `"G722"`, `"G729"`, `"L16"` or `"raw"`.
+    /// Short name: `"PCMU"`, `"PCMA"`, `"G722"`, `"G729"`, `"opus"`, `"L16"`
+    /// or `"raw"` (the encoding names of RFC 3551 and RFC 7587).
     pub fn name(&self) -> &'static str {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
             Codec::G722 => "G722",
             Codec::G729 => "G729",
+            Codec::Opus => "opus",
             Codec::L16 { .. } | Codec::L16Network { .. } => "L16",
             Codec::Raw => "raw",
         }
@@ -184,13 +212,16 @@ enum State {
     /// `None` if bcg729 could not allocate its context.
     #[cfg(feature = "g729")]
     G729(Option<G729Decoder>),
+    /// `None` if libopus could not allocate its state.
+    #[cfg(feature = "opus")]
+    Opus(Option<OpusDecoder>),
 }
 
 /// Decodes the payloads of one audio stream (one call leg, one direction).
 ///
-/// G.722 and G.729 are adaptive: give each stream its own `Decoder` and feed
-/// it the payloads in order. Decoding allocates nothing beyond growing the
-/// output vector.
+/// G.722, G.729 and opus are adaptive: give each stream its own `Decoder` and
+/// feed it the payloads in order. Decoding allocates nothing beyond growing
+/// the output vector.
 #[derive(Debug)]
 pub struct Decoder {
     codec: Codec,
@@ -204,6 +235,8 @@ impl Decoder {
             Codec::G722 => State::G722(Box::default()),
             #[cfg(feature = "g729")]
             Codec::G729 => State::G729(G729Decoder::new().ok()),
+            #[cfg(feature = "opus")]
+            Codec::Opus => State::Opus(OpusDecoder::new().ok()),
             _ => State::Stateless,
         };
         Decoder { codec, state }
@@ -218,8 +251,9 @@ impl Decoder {
     ///
     /// Returns `Err` for a payload it could not fully decode (what could be
     /// decoded is still appended): trailing bytes that do not form a whole
-    /// G.729 frame or L16 sample, or a codec this build does not decode
-    /// ([`Codec::Raw`]), in which case nothing is appended.
+    /// G.729 frame or L16 sample, an opus packet libopus rejects, or a codec
+    /// this build does not decode ([`Codec::Raw`]); in the last two cases
+    /// nothing is appended.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), DecodeError> {
         match (&mut self.state, self.codec) {
             (State::G722(dec), _) => {
@@ -230,6 +264,12 @@ impl Decoder {
             (State::G729(Some(dec)), _) => dec.decode(payload, out),
             #[cfg(feature = "g729")]
             (State::G729(None), codec) => Err(DecodeError::CodecInit {
+                codec: codec.name(),
+            }),
+            #[cfg(feature = "opus")]
+            (State::Opus(Some(dec)), _) => dec.decode(payload, out),
+            #[cfg(feature = "opus")]
+            (State::Opus(None), codec) => Err(DecodeError::CodecInit {
                 codec: codec.name(),
             }),
             (State::Stateless, Codec::Pcmu) => {
@@ -307,6 +347,7 @@ mod tests {
             (Codec::Pcma, "PCMA", Some(8000)),
             (Codec::G722, "G722", Some(16000)),
             (Codec::G729, "G729", Some(8000)),
+            (Codec::Opus, "opus", Some(48000)),
             (Codec::L16 { rate: 48000 }, "L16", Some(48000)),
             (Codec::L16 { rate: 0 }, "L16", None),
             (Codec::Raw, "raw", None),
@@ -316,6 +357,34 @@ mod tests {
             assert_eq!(codec.to_string(), name);
             assert_eq!(codec.sample_rate(), rate);
         }
+    }
+
+    #[test]
+    fn encoding_names_ignore_case() {
+        let opus = if cfg!(feature = "opus") {
+            Codec::Opus
+        } else {
+            Codec::Raw
+        };
+        // RFC 7587 writes `opus/48000/2`; some SDPs say `OPUS`, and the clock
+        // is 48000 whatever a sender claims.
+        for name in ["opus", "OPUS", "Opus"] {
+            assert_eq!(Codec::from_encoding_name(name, 48000), opus, "{name}");
+        }
+        assert_eq!(Codec::from_encoding_name("opus", 16000), opus);
+        assert_eq!(Codec::Opus.rtp_clock_rate(), Some(48000));
+        assert_eq!(Codec::from_encoding_name("pcma", 8000), Codec::Pcma);
+        assert_eq!(Codec::from_encoding_name("g722", 8000), Codec::G722);
+        assert_eq!(
+            Codec::from_encoding_name("l16", 16000),
+            Codec::L16Network { rate: 16000 }
+        );
+        assert_eq!(
+            Codec::from_encoding_name("telephone-event", 8000),
+            Codec::Raw
+        );
+        // Opus has no static payload type: a bare 96 stays undecoded.
+        assert_eq!(Codec::for_payload_type(96, 8000), Codec::Raw);
     }
 
     #[test]
@@ -372,11 +441,14 @@ mod tests {
             Codec::Pcma,
             Codec::G722,
             Codec::G729,
+            Codec::Opus,
             Codec::L16 { rate: 8000 },
         ] {
             let mut out = Vec::new();
             let res = Decoder::new(codec).decode(&[], &mut out);
-            if codec == Codec::G729 && !cfg!(feature = "g729") {
+            if (codec == Codec::G729 && !cfg!(feature = "g729"))
+                || (codec == Codec::Opus && !cfg!(feature = "opus"))
+            {
                 assert!(res.is_err());
             } else {
                 assert_eq!(res, Ok(()), "{codec}");

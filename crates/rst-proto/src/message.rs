@@ -61,8 +61,9 @@ pub struct RtpPorts {
 /// validated wire text (`key=value:key=value`) so parsing allocates nothing.
 ///
 /// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000) and
-/// `ptNNN=NAME/RATE` (what a dynamic RTP payload type carries in RTP mode, as SDP's
-/// `a=rtpmap` says it: `pt101=telephone-event/8000`, `pt96=PCMU/8000`).
+/// `ptNNN=NAME/RATE[/CHANNELS]` (what a dynamic RTP payload type carries in RTP
+/// mode, as SDP's `a=rtpmap` says it: `pt101=telephone-event/8000`,
+/// `pt96=PCMU/8000`, `pt111=opus/48000/2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Extensions<'a>(&'a str);
 
@@ -110,11 +111,20 @@ impl<'a> Extensions<'a> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    /// What the sender declared payload type `pt` to be: its encoding name and clock rate.
+    /// What the sender declared payload type `pt` to be: its encoding name and
+    /// clock rate. A channel count after the rate (`opus/48000/2`, as RFC 7587
+    /// has every opus rtpmap say) is allowed and not returned.
     pub fn payload_type(&self, pt: u8) -> Option<(&'a str, u32)> {
         self.iter().find_map(|(key, value)| {
             let number: u8 = key.strip_prefix("pt")?.parse().ok()?;
-            let (name, rate) = value.split_once('/')?;
+            let (name, rest) = value.split_once('/')?;
+            let rate = match rest.split_once('/') {
+                Some((rate, channels)) => {
+                    channels.parse::<u8>().ok()?;
+                    rate
+                }
+                None => rest,
+            };
             (number == pt).then_some((name, rate.parse().ok()?))
         })
     }
@@ -430,6 +440,14 @@ mod tests {
         assert_eq!(extensions.payload_type(96), Some(("PCMA", 8000)));
         assert_eq!(extensions.payload_type(97), None);
         assert_eq!(extensions.l16_rate(), Some(16000));
+    }
+
+    #[test]
+    fn a_channel_count_after_the_rate_is_allowed() {
+        let extensions = Extensions::parse("pt111=opus/48000/2:pt97=L16/16000/x").unwrap();
+        assert_eq!(extensions.payload_type(111), Some(("opus", 48000)));
+        // Not a channel count: not a declaration this receiver can trust.
+        assert_eq!(extensions.payload_type(97), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The sending side of one call, as a state machine (sans-IO): INV until ACKed,
 //! then audio (DATA datagrams, or RTP once the ACK names the ports), BYE until
-//! ACKed. Time comes in as an argument; datagrams go out through `emit`. Shared
+//! ACKed. Mid-call, [`Stream::declare`] sends the INV again with payload types
+//! learnt since (a re-INVITE's new codec), until ACKed, while audio goes on.
+//! Time comes in as an argument; datagrams go out through `emit`. Shared
 //! by mod_rst (which makes RTP from frames) and tap_daemon (which forwards the
 //! RTP it captured, so the wire's loss and jitter reach the recording).
 
@@ -39,7 +41,9 @@ pub enum Via {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trouble {
     /// The INV was never acknowledged: in DATA mode audio still goes (the receiver
-    /// records DATA without INV), in RTP mode it cannot.
+    /// records DATA without INV), in RTP mode it cannot. Also reported when the
+    /// INV of a [`Stream::declare`] goes unanswered: audio goes on then, but
+    /// the receiver may not decode the newly declared payload types.
     NoAckForInv {
         tries: u32,
     },
@@ -63,6 +67,11 @@ enum State {
     },
     /// The INV was acknowledged, or its retransmissions gave up.
     Open,
+    /// Open, and the INV of [`Stream::declare`] is sent until ACKed.
+    Updating {
+        sent: u32,
+        next: Instant,
+    },
     Closing {
         sent: u32,
         next: Instant,
@@ -89,6 +98,10 @@ struct Pending {
 #[derive(Debug)]
 pub struct Stream {
     uuid: String,
+    /// The INV's fields, `:` removed, for [`Stream::declare`] to send it again.
+    caller: String,
+    callee: String,
+    local_ports: Option<RtpPorts>,
     target: SocketAddr,
     mode: Mode,
     inv: Vec<u8>,
@@ -101,6 +114,9 @@ pub struct Stream {
     legs: [Leg; 2],
     pub stats: StreamStats,
     buffer: Vec<u8>,
+    keepalive: Option<Duration>,
+    /// `frames_sent` when [`Stream::poll`] last saw it change, and when.
+    quiet_since: (u64, Instant),
 }
 
 /// Everything a stream needs to begin.
@@ -120,6 +136,11 @@ pub struct StreamStart {
     pub max_pending: usize,
     /// Seeds the SSRCs, sequence numbers and timestamps.
     pub seed: u64,
+    /// When nothing was sent for this long, [`Stream::poll`] sends the INV
+    /// again so that the receiver's idle timeout does not end a call that is
+    /// only quiet (on hold, or silence-suppressed). `None`: never (a sender
+    /// with a frame every 20 ms needs none).
+    pub keepalive: Option<Duration>,
 }
 
 impl Stream {
@@ -129,19 +150,16 @@ impl Stream {
         now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) -> Result<Stream, String> {
-        let uuid = Uuid::new(&start.uuid).map_err(|e| e.to_string())?;
         // `:` would shift the INV's fields; a caller id never needs one.
         let clean = |text: &str| text.replace(':', "");
-        let extensions = Extensions::parse(&start.extensions).map_err(|e| e.to_string())?;
-        let inv = Message::Inv(Inv {
-            uuid,
-            caller: &clean(&start.caller),
-            callee: &clean(&start.callee),
-            rtp_ports: start.local_ports,
-            extensions,
-        })
-        .to_vec()
-        .map_err(|e| e.to_string())?;
+        let (caller, callee) = (clean(&start.caller), clean(&start.callee));
+        let inv = encode_inv(
+            &start.uuid,
+            &caller,
+            &callee,
+            start.local_ports,
+            &start.extensions,
+        )?;
         let leg = |n: u64| {
             let bits =
                 start.seed.rotate_left(n as u32 * 21) ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -153,6 +171,9 @@ impl Stream {
         };
         let stream = Stream {
             uuid: start.uuid,
+            caller,
+            callee,
+            local_ports: start.local_ports,
             target: start.target,
             mode: start.mode,
             inv,
@@ -168,6 +189,8 @@ impl Stream {
             legs: [leg(1), leg(2)],
             stats: StreamStats::default(),
             buffer: Vec::with_capacity(2048),
+            keepalive: start.keepalive,
+            quiet_since: (0, now),
         };
         emit(Via::Control, stream.target, &stream.inv);
         Ok(stream)
@@ -259,9 +282,51 @@ impl Stream {
         }
     }
 
+    /// The call's INV again with `extensions` (all of them, not only the new
+    /// ones): the receiver adds the payload types it did not know, so audio
+    /// of a codec a re-INVITE brought in is decoded. Audio goes on meanwhile;
+    /// the INV is retransmitted until ACKed ([`Stream::next_timeout`] says
+    /// when). A closing stream ignores it.
+    pub fn declare(
+        &mut self,
+        extensions: &str,
+        now: Instant,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) -> Result<(), String> {
+        let inv = encode_inv(
+            &self.uuid,
+            &self.caller,
+            &self.callee,
+            self.local_ports,
+            extensions,
+        )?;
+        match self.state {
+            State::Closing { .. } | State::Closed => return Ok(()),
+            // The first INV's retransmissions carry the new one from now on.
+            State::Inviting { .. } => {}
+            State::Open | State::Updating { .. } => {
+                self.state = State::Updating {
+                    sent: 1,
+                    next: now + self.retransmit,
+                };
+            }
+        }
+        self.inv = inv;
+        emit(Via::Control, self.target, &self.inv);
+        Ok(())
+    }
+
     /// An ACK for this stream's UUID arrived.
     pub fn ack(&mut self, ports: Option<RtpPorts>, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
         match self.state {
+            State::Updating { .. } => {
+                self.state = State::Open;
+                // The ports came with the first ACK (a repeated INV gets the
+                // same ones), unless that INV was given up on.
+                if self.mode == Mode::Rtp && self.server_ports.is_none() {
+                    self.server_ports = ports;
+                }
+            }
             State::Inviting { .. } => {
                 self.state = State::Open;
                 if self.mode == Mode::Rtp {
@@ -308,13 +373,28 @@ impl Stream {
         self.send_bye(emit);
     }
 
-    /// Retransmits what is due; returns trouble to report, once.
+    /// Retransmits what is due, and sends the keepalive INV of a quiet call;
+    /// returns trouble to report, once. Call it regularly: the keepalive is
+    /// not in [`Stream::next_timeout`], which is about retransmissions.
     pub fn poll(
         &mut self,
         now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) -> Option<Trouble> {
+        if self.stats.frames_sent != self.quiet_since.0 {
+            self.quiet_since = (self.stats.frames_sent, now);
+        }
         match self.state {
+            // The receiver answers the repeated INV idempotently (same ports);
+            // its ACK finds the stream open and changes nothing.
+            State::Open
+                if self.keepalive.is_some_and(|every| {
+                    now.saturating_duration_since(self.quiet_since.1) >= every
+                }) =>
+            {
+                emit(Via::Control, self.target, &self.inv);
+                self.quiet_since.1 = now;
+            }
             State::Inviting { sent, next } if now >= next => {
                 if sent >= self.tries {
                     self.state = State::Open;
@@ -324,6 +404,17 @@ impl Stream {
                 }
                 emit(Via::Control, self.target, &self.inv);
                 self.state = State::Inviting {
+                    sent: sent + 1,
+                    next: now + self.backoff(sent),
+                };
+            }
+            State::Updating { sent, next } if now >= next => {
+                if sent >= self.tries {
+                    self.state = State::Open;
+                    return Some(Trouble::NoAckForInv { tries: sent });
+                }
+                emit(Via::Control, self.target, &self.inv);
+                self.state = State::Updating {
                     sent: sent + 1,
                     next: now + self.backoff(sent),
                 };
@@ -347,7 +438,9 @@ impl Stream {
     /// When [`Stream::poll`] next has something to do.
     pub fn next_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Inviting { next, .. } | State::Closing { next, .. } => Some(next),
+            State::Inviting { next, .. }
+            | State::Updating { next, .. }
+            | State::Closing { next, .. } => Some(next),
             State::Open | State::Closed => None,
         }
     }
@@ -414,6 +507,26 @@ impl Stream {
     }
 }
 
+fn encode_inv(
+    uuid: &str,
+    caller: &str,
+    callee: &str,
+    rtp_ports: Option<RtpPorts>,
+    extensions: &str,
+) -> Result<Vec<u8>, String> {
+    let uuid = Uuid::new(uuid).map_err(|e| e.to_string())?;
+    let extensions = Extensions::parse(extensions).map_err(|e| e.to_string())?;
+    Message::Inv(Inv {
+        uuid,
+        caller,
+        callee,
+        rtp_ports,
+        extensions,
+    })
+    .to_vec()
+    .map_err(|e| e.to_string())
+}
+
 fn port_of(ports: RtpPorts, direction: Direction) -> u16 {
     match direction {
         Direction::Read => ports.read,
@@ -445,6 +558,7 @@ mod tests {
                 tries: 3,
                 max_pending: 2,
                 seed: 42,
+                keepalive: None,
             },
             now,
             &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
@@ -552,6 +666,144 @@ mod tests {
         assert_eq!(rtp.len(), 2);
         assert_eq!((rtp[0].1.port(), &rtp[0].2), (6005, &packet));
         assert_eq!((rtp[1].1.port(), &rtp[1].2), (6004, &packet));
+    }
+
+    /// `start`, with what was sent in a cell that the emitter and the test share.
+    fn start_shared(mode: Mode, now: Instant) -> (Stream, std::rc::Rc<std::cell::RefCell<Sent>>) {
+        let (stream, sent) = start(mode, now);
+        (stream, std::rc::Rc::new(std::cell::RefCell::new(sent)))
+    }
+
+    fn emitter(
+        sent: &std::rc::Rc<std::cell::RefCell<Sent>>,
+    ) -> impl FnMut(Via, SocketAddr, &[u8]) + '_ {
+        move |via, to, bytes: &[u8]| sent.borrow_mut().push((via, to, bytes.to_vec()))
+    }
+
+    fn invs(sent: &std::cell::RefCell<Sent>) -> Vec<Vec<u8>> {
+        sent.borrow()
+            .iter()
+            .filter(|s| s.2.starts_with(b"INV "))
+            .map(|s| s.2.clone())
+            .collect()
+    }
+
+    const PORTS: RtpPorts = RtpPorts {
+        read: 6004,
+        write: 6005,
+    };
+
+    #[test]
+    fn a_quiet_stream_sends_its_inv_again_as_a_keepalive() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        stream.keepalive = Some(Duration::from_secs(10));
+        let mut emit = emitter(&sent);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // Unanswered: the INV's retransmissions, not keepalives.
+        stream.ack(Some(PORTS), &mut emit);
+        assert_eq!(invs(&sent).len(), 1);
+        // Packets keep it alive without a word.
+        for second in [5, 9, 14, 18] {
+            stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
+            stream.poll(at(second), &mut emit);
+        }
+        assert_eq!(invs(&sent).len(), 1, "packets flowed");
+        // Quiet (on hold): the INV again 10 s after the last packet was seen,
+        // then every 10 s, the same INV each time.
+        stream.poll(at(27), &mut emit);
+        assert_eq!(invs(&sent).len(), 1);
+        stream.poll(at(28), &mut emit);
+        assert_eq!(invs(&sent).len(), 2);
+        stream.poll(at(37), &mut emit);
+        assert_eq!(invs(&sent).len(), 2);
+        stream.poll(at(38), &mut emit);
+        assert_eq!(invs(&sent).len(), 3);
+        let all = invs(&sent);
+        assert!(all.iter().all(|inv| *inv == all[0]));
+        // Its ACK changes nothing; a closing stream sends BYEs, not INVs.
+        stream.ack(Some(PORTS), &mut emit);
+        assert_eq!(stream.next_timeout(), None);
+        stream.stop(at(39), &mut emit);
+        stream.poll(at(60), &mut emit);
+        assert_eq!(invs(&sent).len(), 3);
+    }
+
+    #[test]
+    fn without_keepalive_a_quiet_stream_sends_nothing() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.ack(Some(PORTS), &mut emit);
+        stream.poll(t0 + Duration::from_secs(3600), &mut emit);
+        assert_eq!(sent.borrow().len(), 1, "only the first INV");
+    }
+
+    #[test]
+    fn declare_resends_the_inv_until_acked_while_rtp_goes_on() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.ack(Some(PORTS), &mut emit);
+        assert_eq!(stream.next_timeout(), None);
+        stream
+            .declare("pt96=opus/48000:call-id=x", t0, &mut emit)
+            .unwrap();
+        assert_eq!(
+            invs(&sent).last().unwrap(),
+            b"INV :478525a8-8263-4550-b18c-d027d11c9865:1001:sip1002:5004:5005:pt96=opus/48000:call-id=x"
+        );
+        assert!(stream.next_timeout().is_some());
+        // RTP still flows while the INV is unanswered.
+        stream.frame(Direction::Read, 96, 960, &[1; 80], &mut emit);
+        assert_eq!(sent.borrow().last().unwrap().0, Via::Rtp(Direction::Read));
+        stream.poll(t0 + Duration::from_millis(100), &mut emit);
+        assert_eq!(invs(&sent).len(), 3);
+        stream.ack(Some(PORTS), &mut emit);
+        assert_eq!(stream.next_timeout(), None);
+        stream.poll(t0 + Duration::from_secs(10), &mut emit);
+        assert_eq!(invs(&sent).len(), 3);
+        // Extensions that would break the INV are refused, nothing is sent.
+        assert!(stream.declare("no-equals-sign", t0, &mut emit).is_err());
+        assert_eq!(invs(&sent).len(), 3);
+    }
+
+    #[test]
+    fn an_unanswered_declare_is_reported_once_and_the_stream_stays_open() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.ack(Some(PORTS), &mut emit);
+        stream.declare("pt96=opus/48000", t0, &mut emit).unwrap();
+        let mut troubles = Vec::new();
+        for ms in (0..5000).step_by(10) {
+            troubles.extend(stream.poll(t0 + Duration::from_millis(ms), &mut emit));
+        }
+        assert_eq!(troubles, [Trouble::NoAckForInv { tries: 3 }]);
+        assert!(!stream.is_closing());
+        stream.frame(Direction::Write, 96, 960, &[1; 80], &mut emit);
+        assert_eq!(sent.borrow().last().unwrap().0, Via::Rtp(Direction::Write));
+        // After a BYE, a declaration is ignored.
+        stream.stop(t0, &mut emit);
+        let before = sent.borrow().len();
+        stream.declare("pt97=PCMU/8000", t0, &mut emit).unwrap();
+        assert_eq!(sent.borrow().len(), before);
+    }
+
+    #[test]
+    fn declare_before_the_first_ack_replaces_the_inv_being_retransmitted() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.declare("pt96=opus/48000", t0, &mut emit).unwrap();
+        stream.poll(t0 + Duration::from_millis(100), &mut emit);
+        let invs = invs(&sent);
+        assert_eq!(invs.len(), 3);
+        assert!(invs[1].ends_with(b":5004:5005:pt96=opus/48000"));
+        assert_eq!(invs[1], invs[2]);
+        stream.ack(Some(PORTS), &mut emit);
+        stream.forward_rtp(Direction::Read, &[0x80; 12], &mut emit);
+        assert_eq!(sent.borrow().last().unwrap().1.port(), 6004);
     }
 
     #[test]

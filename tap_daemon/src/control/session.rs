@@ -408,11 +408,20 @@ impl Routed {
         }
     }
 
-    fn route(&mut self, key: CallKey) -> Option<&mut (UdpOutput, HashSet<CallKey>)> {
-        if self.current.1.contains(&key) {
-            return Some(&mut self.current);
+    /// The output a call goes to: the one it started on (the current one, or
+    /// one draining after a receiver change); the current one for a call it
+    /// does not know (its stream then counts the packet as without a call).
+    fn owner(&mut self, key: CallKey) -> &mut UdpOutput {
+        if !self.current.1.contains(&key) {
+            if let Some((output, _, _)) = self
+                .draining
+                .iter_mut()
+                .find(|(_, keys, _)| keys.contains(&key))
+            {
+                return output;
+            }
         }
-        None
+        &mut self.current.0
     }
 
     fn service(&mut self) {
@@ -469,18 +478,12 @@ impl Output for Routed {
     }
 
     fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
-        if let Some((output, _)) = self.route(key) {
-            output.rtp(key, direction, packet);
-            return;
-        }
-        match self
-            .draining
-            .iter_mut()
-            .find(|(_, keys, _)| keys.contains(&key))
-        {
-            Some((output, _, _)) => output.rtp(key, direction, packet),
-            None => self.current.0.rtp(key, direction, packet),
-        }
+        self.owner(key).rtp(key, direction, packet);
+    }
+
+    /// A re-INVITE's new codec is declared to the receiver the call goes to.
+    fn call_updated(&mut self, call: &CallStart) {
+        self.owner(call.key).call_updated(call);
     }
 
     fn call_ended(&mut self, key: CallKey) {
