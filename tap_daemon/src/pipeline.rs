@@ -17,10 +17,12 @@
 //!   a payload type the SDP does not offer (a T.38 switch, video) is dropped.
 //!   RFC 4733 telephone-events are forwarded (the receiver turns them into
 //!   DTMF entries).
-//! * SRTP is not audio this tap can decode: once a ZRTP handshake (RFC 6189)
-//!   on a media flow completes (its `Conf2ACK`), RTP on that flow pair is
-//!   encrypted and dropped (`rtp_encrypted`), not recorded as noise; what
-//!   went before the handshake, in the clear, is recorded.
+//! * SRTP is not audio this tap can decode, and is dropped (`rtp_encrypted`)
+//!   rather than recorded as noise: all of a call's RTP when its SDP answer
+//!   is SRTP (`RTP/SAVP`, `RTP/SAVPF`, DTLS, or SDES `a=crypto` keys), and,
+//!   once a ZRTP handshake (RFC 6189) on a media flow completes (its
+//!   `Conf2ACK`), RTP on that flow pair; what went before the handshake, in
+//!   the clear, is recorded. The call itself still reaches the receiver.
 //! * A packet seen twice (a tap at two points of the path, a SPAN of both
 //!   ports) is forwarded once: per call direction, the same SSRC, sequence
 //!   number, timestamp and payload within [`PipelineConfig::dedup_window`].
@@ -370,6 +372,8 @@ struct Call {
     sipless: Option<(FlowPair, SocketAddr)>,
     /// Media flow pairs whose ZRTP handshake completed: SRTP from then on.
     encrypted: Vec<FlowPair>,
+    /// The SDP made the audio SRTP (SDES or DTLS): all of it is ciphertext.
+    srtp: bool,
 }
 
 /// Most flow pairs a call remembers as encrypted; a call has one or two
@@ -452,6 +456,7 @@ impl Call {
             last_packet: now,
             sipless: None,
             encrypted: Vec::new(),
+            srtp: false,
         }
     }
 
@@ -460,6 +465,11 @@ impl Call {
     /// was declared that had not been.
     fn media(&mut self, caller: Option<&MediaDesc>, callee: Option<&MediaDesc>) -> bool {
         let declared_before = self.declared.len();
+        // The answer says whether the offer's SRTP was taken up (an offer may
+        // propose keys on RTP/AVP, "best effort", and be answered in clear).
+        if let Some(desc) = callee.or(caller) {
+            self.srtp = desc.encrypted;
+        }
         // The answer (callee) first: its mapping is the one agreed on.
         for desc in [callee, caller].into_iter().flatten() {
             if let Some(addr) = desc.audio {
@@ -950,7 +960,7 @@ impl Pipeline {
             self.tracker.touch(key, now);
         }
         // Still the call's media (it keeps the call alive), but ciphertext.
-        if call.encrypted.contains(&pair(src, dst)) {
+        if call.srtp || call.encrypted.contains(&pair(src, dst)) {
             self.stats.rtp_encrypted += 1;
             return;
         }
@@ -1257,6 +1267,74 @@ mod tests {
             &udp("10.0.0.2:5060", "10.0.0.1:5060", &resp),
             out,
         );
+    }
+
+    /// One call offered and answered with `offer` / `answer` as the audio
+    /// m= line's profile and attributes; then one RTP packet each way.
+    fn srtp_call(offer: (&str, &str), answer: (&str, &str)) -> (Collect, PipelineStats) {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        let sdp_with = |ip: &str, port: u16, (proto, attrs): (&str, &str)| {
+            sdp(ip, port, "0", attrs).replace("RTP/AVP", proto)
+        };
+        let t = Duration::from_secs(1);
+        let inv = sip(
+            "INVITE sip:1002@10.0.0.2 SIP/2.0",
+            A,
+            B,
+            "1 INVITE",
+            Some(&sdp_with("10.0.0.1", 4000, offer)),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &inv),
+            &mut out,
+        );
+        let ok = sip(
+            "SIP/2.0 200 OK",
+            A,
+            B_TAG,
+            "1 INVITE",
+            Some(&sdp_with("10.0.0.2", 6000, answer)),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:5060", "10.0.0.1:5060", &ok),
+            &mut out,
+        );
+        for (from, to, ssrc) in [
+            ("10.0.0.1:4000", "10.0.0.2:6000", 7),
+            ("10.0.0.2:6000", "10.0.0.1:4000", 9),
+        ] {
+            let packet = rtp(0, 1, 160, ssrc, &[0x5a; 170]);
+            p.frame(LinkType::RAW, t, &udp(from, to, &packet), &mut out);
+        }
+        let stats = p.stats().clone();
+        (out, stats)
+    }
+
+    const KEYS: &str =
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+
+    #[test]
+    fn srtp_negotiated_in_sdp_is_never_recorded_as_audio() {
+        for (offer, answer) in [
+            (("RTP/SAVP", KEYS), ("RTP/SAVP", KEYS)),
+            (("UDP/TLS/RTP/SAVPF", ""), ("UDP/TLS/RTP/SAVPF", "")),
+            // Best effort: keys on RTP/AVP, taken up by the answer.
+            (("RTP/AVP", KEYS), ("RTP/AVP", KEYS)),
+        ] {
+            let (out, stats) = srtp_call(offer, answer);
+            assert!(out.rtp.is_empty(), "{offer:?} {answer:?}: {:?}", out.rtp);
+            assert_eq!(stats.rtp_encrypted, 2, "{offer:?} {answer:?}");
+            assert_eq!(out.started.len(), 1, "the call itself is still recorded");
+        }
+        // Best effort declined: the answer has no keys, the audio is clear.
+        let (out, stats) = srtp_call(("RTP/AVP", KEYS), ("RTP/AVP", ""));
+        assert_eq!(out.rtp.len(), 2);
+        assert_eq!(stats.rtp_encrypted, 0);
     }
 
     #[test]

@@ -135,6 +135,17 @@ pub struct Media {
     pub fmtps: Vec<(u8, String)>,
     /// The media-level direction attribute, if any.
     pub direction: Option<MediaDirection>,
+    /// An `a=crypto:` line (SDES keys, RFC 4568): with it, even an `RTP/AVP`
+    /// section ("best-effort SRTP") carries SRTP once answered likewise.
+    pub crypto: bool,
+}
+
+impl Media {
+    /// Whether its RTP is SRTP: a secure profile (`RTP/SAVP`, `RTP/SAVPF`,
+    /// DTLS-SRTP's `UDP/TLS/RTP/SAVPF`) or SDES keys.
+    pub fn is_encrypted(&self) -> bool {
+        self.crypto || self.proto.to_ascii_uppercase().contains("SAVP")
+    }
 }
 
 /// A parsed session description.
@@ -210,6 +221,8 @@ impl Sdp {
             if let Some(map) = parse_rtpmap(arg) {
                 media.rtpmaps.push(map);
             }
+        } else if name.eq_ignore_ascii_case("crypto") {
+            media.crypto = true;
         } else if name.eq_ignore_ascii_case("fmtp") {
             if media.fmtps.len() >= MAX_FORMATS {
                 return Err(SdpError::TooMany { what: "fmtps" });
@@ -367,6 +380,7 @@ fn parse_media(value: &str) -> Result<Media, SdpError> {
         rtpmaps: Vec::new(),
         fmtps: Vec::new(),
         direction: None,
+        crypto: false,
     })
 }
 

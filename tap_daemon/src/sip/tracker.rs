@@ -126,6 +126,8 @@ pub struct MediaDesc {
     /// Non-audio streams (video, T.38 image) and where they go, so that a
     /// capture can recognise and skip them.
     pub non_audio: Vec<(MediaKind, SocketAddr)>,
+    /// Its audio is SRTP ([`crate::sip::sdp::Media::is_encrypted`]).
+    pub encrypted: bool,
 }
 
 /// Why a call ended.
@@ -736,6 +738,7 @@ fn media_desc(sdp: &Sdp, previous: Option<&MediaDesc>) -> MediaDesc {
             telephone_event: None,
             direction: MediaDirection::Inactive,
             non_audio,
+            encrypted: false,
         };
     };
     let mut endpoint = sdp.endpoint(audio);
@@ -760,5 +763,6 @@ fn media_desc(sdp: &Sdp, previous: Option<&MediaDesc>) -> MediaDesc {
         telephone_event: audio.telephone_event(),
         direction: sdp.direction_of(audio),
         non_audio,
+        encrypted: audio.is_encrypted(),
     }
 }
