@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::capture::{RunConfig, Source};
 use crate::output::OutputConfig;
 use crate::pipeline::{Filter, Pattern, PipelineConfig};
+use crate::sip::TrackerConfig;
 
 /// Why a configuration is refused.
 #[derive(Debug, Error)]
@@ -91,6 +92,10 @@ pub struct Settings {
     /// Calls sent to the receiver at once [default: 4000]
     #[arg(long, value_name = "N")]
     pub max_calls: Option<usize>,
+    /// Seconds an answered call may go without SIP or RTP before it ends (its
+    /// BYE was not seen, or a long hold) [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub call_idle_timeout: Option<u64>,
     /// Shared secret of the control plane (file only, never a flag: flags
     /// show in `ps`). Without one, discovery and control are off.
     #[arg(skip)]
@@ -135,6 +140,7 @@ impl Settings {
             skip_numbers: list(self.skip_numbers, base.skip_numbers),
             stats_interval: self.stats_interval.or(base.stats_interval),
             max_calls: self.max_calls.or(base.max_calls),
+            call_idle_timeout: self.call_idle_timeout.or(base.call_idle_timeout),
             secret: self.secret.or(base.secret),
             name: self.name.or(base.name),
             control_listen: self.control_listen.or(base.control_listen),
@@ -180,6 +186,10 @@ impl Settings {
             pipeline: PipelineConfig {
                 filter,
                 rtp_without_sip: self.rtp_without_sip,
+                tracker: TrackerConfig {
+                    idle_timeout: Duration::from_secs(self.call_idle_timeout.unwrap_or(60).max(1)),
+                    ..TrackerConfig::default()
+                },
                 ..PipelineConfig::default()
             },
             output,
@@ -208,6 +218,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_config_file_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/tap_daemon.toml");
+        let file = parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let flags = Settings::parse_from(["tap_daemon", "--pcap", "calls.pcap"]);
+        let run = flags.over(file).resolve().unwrap();
+        let default = PipelineConfig::default();
+        assert_eq!(
+            run.pipeline.tracker.idle_timeout,
+            default.tracker.idle_timeout
+        );
+        assert_eq!(run.pipeline.rtp_without_sip, default.rtp_without_sip);
+        assert_eq!(
+            run.output.max_streams,
+            OutputConfig::new(run.output.receiver, true).max_streams
+        );
+        assert_eq!(run.stats_interval, Duration::from_secs(60));
+    }
+
+    #[test]
     fn file_keys_are_flag_names_and_flags_win() {
         let file = parse(
             r#"
@@ -222,6 +251,7 @@ mod tests {
             skip-numbers = ["re:^9"]
             stats-interval = 10
             max-calls = 50
+            call-idle-timeout = 300
             "#,
         )
         .unwrap();
@@ -237,6 +267,7 @@ mod tests {
         );
         assert_eq!(run.output.receiver, "127.0.0.1:9000".parse().unwrap());
         assert!(run.pipeline.rtp_without_sip);
+        assert_eq!(run.pipeline.tracker.idle_timeout, Duration::from_secs(300));
         assert!(run
             .pipeline
             .filter

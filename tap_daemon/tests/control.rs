@@ -306,3 +306,37 @@ fn an_idle_connection_times_out() {
     let mut next = Client::connect(tap.control);
     assert_eq!(ok(next.hello(SECRET))["role"], "control");
 }
+
+/// `status` tells the operator how much RTP was SRTP (seen, not recorded):
+/// Asterisk_ZFONE_XLITE's media after its ZRTP handshake.
+#[test]
+fn status_counts_encrypted_rtp() {
+    let Some(tap) = file_tap("Asterisk_ZFONE_XLITE.pcap") else {
+        return;
+    };
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), || {});
+    let mut client = Client::connect(tap.control);
+    ok(client.hello(SECRET));
+    ok(client.ask(&format!(
+        r#"{{"cmd":"config","receiver":"{}"}}"#,
+        receiver.addr
+    )));
+    ok(client.ask(r#"{"cmd":"start"}"#));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = status_of(&mut client);
+        if status["state"] != "running" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["state"], "finished", "{status}");
+    let encrypted = status["counters"]["rtp_encrypted"].as_u64().unwrap();
+    // Of its 997 RTP packets, those after the Conf2ACK are ciphertext.
+    assert!((900..997).contains(&encrypted), "{status}");
+    assert_eq!(
+        status["counters"]["rtp_forwarded"].as_u64().unwrap() + encrypted,
+        997,
+        "every RTP packet either recorded or counted as SRTP: {status}"
+    );
+}

@@ -165,6 +165,8 @@ pub struct Counters {
     pub calls_filtered: u64,
     pub rtp_forwarded: u64,
     pub rtp_sent: u64,
+    /// RTP of calls whose media is SRTP (SDP or ZRTP): seen, not recorded.
+    pub rtp_encrypted: u64,
     pub drops: Drops,
     /// libpcap's counters (live captures only).
     pub pcap: Option<PcapCounters>,

@@ -28,7 +28,7 @@ use rst_proto::Direction;
 use crate::capture::{self, CaptureError, RunConfig, Source, Summary};
 use crate::output::{OutputConfig, OutputStats, UdpOutput};
 use crate::packet::LinkType;
-use crate::pipeline::{CallStart, Filter, Output, Pipeline};
+use crate::pipeline::{CallStart, Filter, Output, Pipeline, PipelineStats};
 use crate::sip::CallKey;
 
 /// A change to a running capture.
@@ -314,51 +314,55 @@ fn pcap_counters(s: pcap::Stat) -> PcapCounters {
 }
 
 fn publish(frames: u64, pipeline: &Pipeline, output: &Routed, pcap: PcapCounters) -> Counters {
-    let p = pipeline.stats();
-    let o = output.stats();
+    let decode_errors = pipeline.decoder().counters().errors().map(|(_, n)| n).sum();
+    let active = pipeline.recording() as u64;
+    counters(
+        frames,
+        pipeline.stats(),
+        &output.stats(),
+        decode_errors,
+        active,
+        Some(pcap),
+    )
+}
+
+/// The counters of a finished file replay.
+pub fn from_summary(s: &Summary) -> Counters {
+    let decode_errors = s.decoder.errors().map(|(_, n)| n).sum();
+    let pcap = s.pcap.map(|p| PcapCounters {
+        received: p.received.into(),
+        dropped: p.dropped.into(),
+        if_dropped: p.if_dropped.into(),
+    });
+    counters(s.frames, &s.pipeline, &s.output, decode_errors, 0, pcap)
+}
+
+fn counters(
+    frames: u64,
+    p: &PipelineStats,
+    o: &OutputStats,
+    decode_errors: u64,
+    calls_active: u64,
+    pcap: Option<PcapCounters>,
+) -> Counters {
     Counters {
         packets: frames,
         sip_messages: p.sip_messages,
         calls_started: p.calls_started,
         calls_ended: p.calls_ended,
-        calls_active: pipeline.recording() as u64,
+        calls_active,
         calls_filtered: p.calls_filtered,
         rtp_forwarded: p.rtp_forwarded,
         rtp_sent: o.rtp_sent,
+        rtp_encrypted: p.rtp_encrypted,
         drops: Drops {
-            decode_errors: pipeline.decoder().counters().errors().map(|(_, n)| n).sum(),
+            decode_errors,
             sip_malformed: p.sip_malformed,
             streams_refused: o.streams_refused,
             send_errors: o.send_errors,
             rtp_dropped_waiting: o.rtp_dropped_waiting,
         },
-        pcap: Some(pcap),
-    }
-}
-
-/// The counters of a finished file replay.
-pub fn from_summary(s: &Summary) -> Counters {
-    Counters {
-        packets: s.frames,
-        sip_messages: s.pipeline.sip_messages,
-        calls_started: s.pipeline.calls_started,
-        calls_ended: s.pipeline.calls_ended,
-        calls_active: 0,
-        calls_filtered: s.pipeline.calls_filtered,
-        rtp_forwarded: s.pipeline.rtp_forwarded,
-        rtp_sent: s.output.rtp_sent,
-        drops: Drops {
-            decode_errors: s.decoder.errors().map(|(_, n)| n).sum(),
-            sip_malformed: s.pipeline.sip_malformed,
-            streams_refused: s.output.streams_refused,
-            send_errors: s.output.send_errors,
-            rtp_dropped_waiting: s.output.rtp_dropped_waiting,
-        },
-        pcap: s.pcap.map(|p| PcapCounters {
-            received: p.received.into(),
-            dropped: p.dropped.into(),
-            if_dropped: p.if_dropped.into(),
-        }),
+        pcap,
     }
 }
 
