@@ -424,7 +424,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         max_pending: settings.rtp_buffer_frames,
         seed: seed(&uuid, stream_id),
         // The media bug hands a frame every packetization interval.
-        keepalive: None,
+        refresh: None,
     };
     if !sender.control(Command::Start {
         stream: stream_id,

@@ -47,10 +47,11 @@ pub struct OutputConfig {
     pub pace: u32,
     /// How long after its end a call's BYE goes (offline).
     pub bye_delay: Duration,
-    /// A call that sent nothing for this long (on hold, silence suppression)
-    /// sends its INV again, so the receiver's idle timeout (30 s by default)
-    /// does not end it while SIP says it goes on.
-    pub keepalive: Duration,
+    /// Each call sends its INV again this often: a call only quiet (on hold,
+    /// silence suppression) is not ended by the receiver's idle timeout (30 s
+    /// by default) while SIP says it goes on, and a receiver that restarted
+    /// takes the calls in progress up again.
+    pub refresh: Duration,
 }
 
 impl OutputConfig {
@@ -68,7 +69,7 @@ impl OutputConfig {
             } else {
                 Duration::ZERO
             },
-            keepalive: Duration::from_secs(10),
+            refresh: Duration::from_secs(10),
         }
     }
 }
@@ -337,7 +338,7 @@ impl Output for UdpOutput {
             tries: self.config.tries,
             max_pending: self.config.max_pending,
             seed: self.seed,
-            keepalive: Some(self.config.keepalive),
+            refresh: Some(self.config.refresh),
         };
         let control = &self.control;
         let stats = &mut self.stats;

@@ -114,9 +114,9 @@ pub struct Stream {
     legs: [Leg; 2],
     pub stats: StreamStats,
     buffer: Vec<u8>,
-    keepalive: Option<Duration>,
-    /// `frames_sent` when [`Stream::poll`] last saw it change, and when.
-    quiet_since: (u64, Instant),
+    refresh: Option<Duration>,
+    /// When the INV was last sent.
+    inv_sent_at: Instant,
 }
 
 /// Everything a stream needs to begin.
@@ -136,11 +136,12 @@ pub struct StreamStart {
     pub max_pending: usize,
     /// Seeds the SSRCs, sequence numbers and timestamps.
     pub seed: u64,
-    /// When nothing was sent for this long, [`Stream::poll`] sends the INV
-    /// again so that the receiver's idle timeout does not end a call that is
-    /// only quiet (on hold, or silence-suppressed). `None`: never (a sender
-    /// with a frame every 20 ms needs none).
-    pub keepalive: Option<Duration>,
+    /// [`Stream::poll`] sends the INV again this often once it was answered:
+    /// the receiver's idle timeout then never ends a call that is only quiet
+    /// (on hold, or silence-suppressed), and a receiver that restarted learns
+    /// the call again, its ACK bringing the new RTP ports. `None`: never (a
+    /// sender with a frame every 20 ms and DATA mode need none).
+    pub refresh: Option<Duration>,
 }
 
 impl Stream {
@@ -189,8 +190,8 @@ impl Stream {
             legs: [leg(1), leg(2)],
             stats: StreamStats::default(),
             buffer: Vec::with_capacity(2048),
-            keepalive: start.keepalive,
-            quiet_since: (0, now),
+            refresh: start.refresh,
+            inv_sent_at: now,
         };
         emit(Via::Control, stream.target, &stream.inv);
         Ok(stream)
@@ -313,50 +314,50 @@ impl Stream {
         }
         self.inv = inv;
         emit(Via::Control, self.target, &self.inv);
+        self.inv_sent_at = now;
         Ok(())
     }
 
     /// An ACK for this stream's UUID arrived.
     pub fn ack(&mut self, ports: Option<RtpPorts>, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
         match self.state {
-            State::Updating { .. } => {
+            State::Inviting { .. } | State::Updating { .. } | State::Open => {
                 self.state = State::Open;
-                // The ports came with the first ACK (a repeated INV gets the
-                // same ones), unless that INV was given up on.
-                if self.mode == Mode::Rtp && self.server_ports.is_none() {
+                // A repeated INV gets the ports of the first ACK. Others mean
+                // the receiver took the call up anew (it restarted, or first
+                // answered a refresh after the INV was given up on): the
+                // audio follows, with what was held meanwhile.
+                if self.mode == Mode::Rtp && ports.is_some() && ports != self.server_ports {
                     self.server_ports = ports;
-                }
-            }
-            State::Inviting { .. } => {
-                self.state = State::Open;
-                if self.mode == Mode::Rtp {
-                    self.server_ports = ports;
-                    if let Some(ports) = ports {
-                        while let Some(held) = self.pending.pop_front() {
-                            match held.frame {
-                                Some((payload_type, samples)) => self.send_rtp(
-                                    ports,
-                                    held.direction,
-                                    payload_type,
-                                    samples,
-                                    &held.payload,
-                                    emit,
-                                ),
-                                None => {
-                                    let to = SocketAddr::new(
-                                        self.target.ip(),
-                                        port_of(ports, held.direction),
-                                    );
-                                    emit(Via::Rtp(held.direction), to, &held.payload);
-                                    self.stats.frames_sent += 1;
-                                }
-                            }
-                        }
-                    }
+                    self.flush_pending(emit);
                 }
             }
             State::Closing { .. } => self.state = State::Closed,
-            State::Open | State::Closed => {}
+            State::Closed => {}
+        }
+    }
+
+    /// Sends what was held while no ports were known.
+    fn flush_pending(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        let Some(ports) = self.server_ports else {
+            return;
+        };
+        while let Some(held) = self.pending.pop_front() {
+            match held.frame {
+                Some((payload_type, samples)) => self.send_rtp(
+                    ports,
+                    held.direction,
+                    payload_type,
+                    samples,
+                    &held.payload,
+                    emit,
+                ),
+                None => {
+                    let to = SocketAddr::new(self.target.ip(), port_of(ports, held.direction));
+                    emit(Via::Rtp(held.direction), to, &held.payload);
+                    self.stats.frames_sent += 1;
+                }
+            }
         }
     }
 
@@ -373,27 +374,24 @@ impl Stream {
         self.send_bye(emit);
     }
 
-    /// Retransmits what is due, and sends the keepalive INV of a quiet call;
-    /// returns trouble to report, once. Call it regularly: the keepalive is
-    /// not in [`Stream::next_timeout`], which is about retransmissions.
+    /// Retransmits what is due, and refreshes the INV when it is time;
+    /// returns trouble to report, once. Call it regularly: the refresh is not
+    /// in [`Stream::next_timeout`], which is about retransmissions.
     pub fn poll(
         &mut self,
         now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) -> Option<Trouble> {
-        if self.stats.frames_sent != self.quiet_since.0 {
-            self.quiet_since = (self.stats.frames_sent, now);
-        }
         match self.state {
-            // The receiver answers the repeated INV idempotently (same ports);
-            // its ACK finds the stream open and changes nothing.
             State::Open
-                if self.keepalive.is_some_and(|every| {
-                    now.saturating_duration_since(self.quiet_since.1) >= every
+                if self.refresh.is_some_and(|every| {
+                    now.saturating_duration_since(self.inv_sent_at) >= every
                 }) =>
             {
+                // Answered idempotently (same ports) by the receiver that has
+                // the call; its ACK finds the stream open.
                 emit(Via::Control, self.target, &self.inv);
-                self.quiet_since.1 = now;
+                self.inv_sent_at = now;
             }
             State::Inviting { sent, next } if now >= next => {
                 if sent >= self.tries {
@@ -403,6 +401,7 @@ impl Stream {
                     return Some(Trouble::NoAckForInv { tries: sent });
                 }
                 emit(Via::Control, self.target, &self.inv);
+                self.inv_sent_at = now;
                 self.state = State::Inviting {
                     sent: sent + 1,
                     next: now + self.backoff(sent),
@@ -414,6 +413,7 @@ impl Stream {
                     return Some(Trouble::NoAckForInv { tries: sent });
                 }
                 emit(Via::Control, self.target, &self.inv);
+                self.inv_sent_at = now;
                 self.state = State::Updating {
                     sent: sent + 1,
                     next: now + self.backoff(sent),
@@ -558,7 +558,7 @@ mod tests {
                 tries: 3,
                 max_pending: 2,
                 seed: 42,
-                keepalive: None,
+                refresh: None,
             },
             now,
             &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
@@ -694,49 +694,96 @@ mod tests {
     };
 
     #[test]
-    fn a_quiet_stream_sends_its_inv_again_as_a_keepalive() {
+    fn an_answered_stream_refreshes_its_inv() {
         let t0 = Instant::now();
         let (mut stream, sent) = start_shared(Mode::Rtp, t0);
-        stream.keepalive = Some(Duration::from_secs(10));
+        stream.refresh = Some(Duration::from_secs(10));
         let mut emit = emitter(&sent);
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        // Unanswered: the INV's retransmissions, not keepalives.
         stream.ack(Some(PORTS), &mut emit);
-        assert_eq!(invs(&sent).len(), 1);
-        // Packets keep it alive without a word.
-        for second in [5, 9, 14, 18] {
+        // Every 10 s after the last INV, packets flowing or not.
+        for second in [5, 9] {
             stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
             stream.poll(at(second), &mut emit);
         }
-        assert_eq!(invs(&sent).len(), 1, "packets flowed");
-        // Quiet (on hold): the INV again 10 s after the last packet was seen,
-        // then every 10 s, the same INV each time.
-        stream.poll(at(27), &mut emit);
         assert_eq!(invs(&sent).len(), 1);
-        stream.poll(at(28), &mut emit);
+        stream.poll(at(10), &mut emit);
         assert_eq!(invs(&sent).len(), 2);
-        stream.poll(at(37), &mut emit);
+        stream.poll(at(19), &mut emit);
         assert_eq!(invs(&sent).len(), 2);
-        stream.poll(at(38), &mut emit);
+        stream.poll(at(20), &mut emit);
         assert_eq!(invs(&sent).len(), 3);
         let all = invs(&sent);
         assert!(all.iter().all(|inv| *inv == all[0]));
-        // Its ACK changes nothing; a closing stream sends BYEs, not INVs.
+        // The same ports back change nothing; a closing stream sends BYEs.
         stream.ack(Some(PORTS), &mut emit);
         assert_eq!(stream.next_timeout(), None);
-        stream.stop(at(39), &mut emit);
+        stream.stop(at(21), &mut emit);
         stream.poll(at(60), &mut emit);
         assert_eq!(invs(&sent).len(), 3);
     }
 
     #[test]
-    fn without_keepalive_a_quiet_stream_sends_nothing() {
+    fn without_refresh_an_answered_stream_sends_nothing_more() {
         let t0 = Instant::now();
         let (mut stream, sent) = start_shared(Mode::Rtp, t0);
         let mut emit = emitter(&sent);
         stream.ack(Some(PORTS), &mut emit);
         stream.poll(t0 + Duration::from_secs(3600), &mut emit);
         assert_eq!(sent.borrow().len(), 1, "only the first INV");
+    }
+
+    #[test]
+    fn the_audio_follows_a_receiver_that_took_the_call_up_on_new_ports() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        let rtp_ports = |sent: &std::cell::RefCell<Sent>| -> Vec<u16> {
+            sent.borrow()
+                .iter()
+                .filter(|s| s.0 != Via::Control)
+                .map(|s| s.1.port())
+                .collect()
+        };
+        stream.ack(Some(PORTS), &mut emit);
+        stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
+        let restarted = RtpPorts {
+            read: 7004,
+            write: 7005,
+        };
+        stream.ack(Some(restarted), &mut emit);
+        stream.frame(Direction::Write, 0, 160, &[0; 160], &mut emit);
+        assert_eq!(rtp_ports(&sent), [6004, 7005]);
+    }
+
+    #[test]
+    fn a_late_answer_after_the_inv_was_given_up_brings_the_held_audio() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_shared(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        // No answer: the INV is given up on, what was held is dropped.
+        stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
+        let mut at = t0;
+        while stream.next_timeout().is_some() {
+            at += Duration::from_secs(60);
+            stream.poll(at, &mut emit);
+        }
+        assert_eq!(stream.stats.frames_dropped_waiting, 1);
+        // Audio meanwhile is held; the receiver answers a refresh at last.
+        stream.frame(Direction::Read, 0, 160, &[0; 160], &mut emit);
+        stream.frame(Direction::Write, 0, 160, &[0; 160], &mut emit);
+        assert_eq!(
+            sent.borrow().iter().filter(|s| s.0 != Via::Control).count(),
+            0
+        );
+        stream.ack(Some(PORTS), &mut emit);
+        let rtp: Vec<u16> = sent
+            .borrow()
+            .iter()
+            .filter(|s| s.0 != Via::Control)
+            .map(|s| s.1.port())
+            .collect();
+        assert_eq!(rtp, [6004, 6005]);
     }
 
     #[test]
