@@ -25,6 +25,9 @@ pub struct Settings {
     pub retransmit: Duration,
     /// Sends of an INV or BYE before giving up (the first included).
     pub retransmit_tries: u32,
+    /// How often a call's INV is sent again once answered, so that a receiver
+    /// that restarted mid-call learns the call again; `None`: never.
+    pub refresh: Option<Duration>,
     /// RTP mode: frames kept while waiting for the ACK's ports; more are dropped and counted.
     pub rtp_buffer_frames: usize,
     /// Frames queued between the media threads and the sender thread.
@@ -43,6 +46,7 @@ impl Default for Settings {
             audio: Audio::Native,
             retransmit: Duration::from_millis(200),
             retransmit_tries: 6,
+            refresh: Some(Duration::from_secs(10)),
             rtp_buffer_frames: 50,
             queue_frames: 4096,
             write_hex: false,
@@ -97,6 +101,13 @@ impl Settings {
                 },
                 "retransmit-tries" => match value.parse() {
                     Ok(tries) if (1..=20).contains(&tries) => settings.retransmit_tries = tries,
+                    _ => bad(),
+                },
+                "refresh-ms" => match value.parse() {
+                    Ok(0) => settings.refresh = None,
+                    Ok(ms) if (100..=3_600_000).contains(&ms) => {
+                        settings.refresh = Some(Duration::from_millis(ms))
+                    }
                     _ => bad(),
                 },
                 "rtp-buffer-frames" => match value.parse() {
@@ -172,5 +183,18 @@ mod tests {
         assert_eq!(settings.port, 9527);
         assert_eq!((settings.mode, settings.audio), (Mode::Rtp, Audio::L16));
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn refresh_is_ten_seconds_zero_turns_it_off() {
+        assert_eq!(Settings::default().refresh, Some(Duration::from_secs(10)));
+        let (settings, problems) = Settings::from_params([("refresh-ms", "0")]);
+        assert_eq!((settings.refresh, problems.len()), (None, 0));
+        let (settings, problems) = Settings::from_params([("refresh-ms", "2500")]);
+        assert_eq!(settings.refresh, Some(Duration::from_millis(2500)));
+        assert!(problems.is_empty());
+        let (settings, problems) = Settings::from_params([("refresh-ms", "5")]);
+        assert_eq!(settings.refresh, Settings::default().refresh);
+        assert_eq!(problems.len(), 1);
     }
 }

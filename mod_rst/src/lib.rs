@@ -423,8 +423,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         tries: settings.retransmit_tries,
         max_pending: settings.rtp_buffer_frames,
         seed: seed(&uuid, stream_id),
-        // The media bug hands a frame every packetization interval.
-        refresh: None,
+        refresh: settings.refresh,
     };
     if !sender.control(Command::Start {
         stream: stream_id,

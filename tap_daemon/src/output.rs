@@ -269,7 +269,7 @@ impl UdpOutput {
             let waiting = self
                 .streams
                 .get(uuid)
-                .is_some_and(|l| !l.stream.is_closing() && l.stream.next_timeout().is_some());
+                .is_some_and(|l| l.stream.is_awaiting_ack());
             if !waiting {
                 return;
             }

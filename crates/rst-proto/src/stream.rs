@@ -375,8 +375,7 @@ impl Stream {
     }
 
     /// Retransmits what is due, and refreshes the INV when it is time;
-    /// returns trouble to report, once. Call it regularly: the refresh is not
-    /// in [`Stream::next_timeout`], which is about retransmissions.
+    /// returns trouble to report, once.
     pub fn poll(
         &mut self,
         now: Instant,
@@ -435,14 +434,21 @@ impl Stream {
         None
     }
 
-    /// When [`Stream::poll`] next has something to do.
+    /// When [`Stream::poll`] next has something to do: a retransmission,
+    /// or the INV's refresh.
     pub fn next_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Inviting { next, .. }
             | State::Updating { next, .. }
             | State::Closing { next, .. } => Some(next),
-            State::Open | State::Closed => None,
+            State::Open => self.refresh.map(|every| self.inv_sent_at + every),
+            State::Closed => None,
         }
+    }
+
+    /// Whether an INV (the first, or a declaration) waits for its ACK.
+    pub fn is_awaiting_ack(&self) -> bool {
+        matches!(self.state, State::Inviting { .. } | State::Updating { .. })
     }
 
     fn backoff(&self, sent: u32) -> Duration {
@@ -717,7 +723,8 @@ mod tests {
         assert!(all.iter().all(|inv| *inv == all[0]));
         // The same ports back change nothing; a closing stream sends BYEs.
         stream.ack(Some(PORTS), &mut emit);
-        assert_eq!(stream.next_timeout(), None);
+        assert!(!stream.is_awaiting_ack());
+        assert_eq!(stream.next_timeout(), Some(at(30)), "the next refresh");
         stream.stop(at(21), &mut emit);
         stream.poll(at(60), &mut emit);
         assert_eq!(invs(&sent).len(), 3);

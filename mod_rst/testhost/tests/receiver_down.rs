@@ -362,3 +362,49 @@ fn rtp_frames_held_until_the_ack_count_as_sent() {
     assert_eq!(received, 200, "{record}");
     assert_eq!(counters["frames_sent"], 200, "{counters}");
 }
+
+/// RTP mode, the receiver restarting mid-call on its address: the INV's
+/// refresh (`refresh-ms`) gives the new receiver the call, parties included;
+/// its ACK brings new RTP ports, and the audio follows them to the end of the
+/// call, which the BYE ends there.
+#[test]
+fn a_restarted_receiver_learns_the_rtp_call_from_the_refreshed_inv() {
+    let with_ports = |listen: Option<SocketAddr>, ports: &str| {
+        Receiver::with(Settings {
+            listen,
+            rtp_ports: Some(ports.parse().unwrap()),
+            ..Settings::default()
+        })
+    };
+    let first = with_ports(None, "44000-44049");
+    let addr = first.addr;
+    let conf = conf_for(&first, &[("mode", "rtp"), ("refresh-ms", "300")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x305);
+    start_call(&mut host, &u, 4);
+    host.ok("sleep 1500");
+    let first_dir = stop_keeping_files(first);
+    let second = with_ports(Some(addr), "44050-44099");
+    host.ok("wait");
+    host.ok(&format!("hangup {u}"));
+    let ended = second.record(&u);
+    let began = records_in(first_dir.path());
+    assert_eq!(began.len(), 1, "{began:?}");
+    assert_no_stall(&host.ok(&format!("stats {u}")));
+    assert_eq!(began[0]["mode"], "rtp", "{}", began[0]);
+    assert_eq!(ended["mode"], "rtp", "{ended}");
+    assert_eq!(ended["end_reason"], "bye", "{ended}");
+    // Learnt from the refreshed INV, not guessed.
+    assert_eq!(ended["caller"], "1001", "{ended}");
+    assert_eq!(ended["callee"], "1002", "{ended}");
+    for dir in ["R", "W"] {
+        let before = began[0]["directions"][dir]["packets"].as_u64().unwrap();
+        let after = ended["directions"][dir]["packets"].as_u64().unwrap();
+        // 200 frames a direction: 1.5 s before the restart, then at most a
+        // refresh interval (and a little) lost, the rest recorded anew.
+        assert!((60..=90).contains(&before), "{dir}: {before} before");
+        assert!((90..=125).contains(&after), "{dir}: {after} after: {ended}");
+    }
+    finish(host);
+}
