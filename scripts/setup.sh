@@ -17,6 +17,8 @@ if [ "${1:-}" = "--test" ]; then
   have_command ffmpeg || missing+=(ffmpeg)                            # independent G.722/G.729/opus decoders
   have_command tcpreplay || missing+=(tcpreplay)                      # replays captures
   have_command ip || missing+=(iproute2)                              # namespaces for live tests
+  have_command kill || missing+=(procps)                              # signals to the processes under test
+  have_command mount || missing+=(mount)                              # the full-disk test's tmpfs
 fi
 have_command cc || missing+=(gcc)
 have_command pkg-config || missing+=(pkg-config)
