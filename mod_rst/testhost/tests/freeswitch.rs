@@ -63,7 +63,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(receiver_port: u16, esl_port: u16) -> String {
+fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
+    let logfile = logfile.display();
     format!(
         r#"<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -91,7 +92,7 @@ fn config(receiver_port: u16, esl_port: u16) -> String {
     <configuration name="logfile.conf">
       <settings><param name="rotate-on-hup" value="true"/></settings>
       <profiles><profile name="default"><settings>
-        <param name="logfile" value="freeswitch.log"/>
+        <param name="logfile" value="{logfile}"/>
       </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
     </configuration>
     <configuration name="event_socket.conf">
@@ -149,7 +150,11 @@ fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16) -> FreeSwi
     };
     let (conf, modules) = (sub("conf"), sub("mod"));
     let esl_port = free_port();
-    std::fs::write(conf.join("freeswitch.xml"), config(receiver_port, esl_port)).unwrap();
+    std::fs::write(
+        conf.join("freeswitch.xml"),
+        config(receiver_port, esl_port, &sub("log").join("freeswitch.log")),
+    )
+    .unwrap();
     // The installed modules plus ours, under the file name FreeSWITCH requires.
     for entry in std::fs::read_dir(prefix.join("mod")).unwrap().flatten() {
         let _ = std::os::unix::fs::symlink(entry.path(), modules.join(entry.file_name()));
