@@ -143,7 +143,7 @@ pub struct Settings {
     /// A tap to drive: HOST[:PORT] or name=NAME, repeatable; in the file also a
     /// [[tap]] table with its capture settings [default: none]
     #[arg(long, value_name = "TAP")]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::taps::deserialize_taps")]
     pub tap: Vec<TapSpec>,
     /// File holding the taps' shared secret
     #[arg(long, value_name = "FILE")]

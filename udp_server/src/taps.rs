@@ -47,7 +47,7 @@ const DISCOVERY_WAIT: Duration = Duration::from_secs(1);
 /// networks = ["10.1.0.0/16"]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "TapEntry")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TapSpec {
     /// `HOST[:PORT]` of the tap's control server (port 9531 by default).
     pub address: Option<String>,
@@ -69,76 +69,47 @@ pub struct TapSpec {
     pub skip_numbers: Option<Vec<String>>,
 }
 
-/// The file forms of a [`TapSpec`]. Not `#[serde(untagged)]`: that would
-/// hide a misspelt key behind "did not match any variant".
-enum TapEntry {
-    Short(String),
-    Table(Box<TapTable>),
-}
+/// `tap = [...]` in the file: each entry a string (as on the command line)
+/// or a table. Written by hand, not `#[serde(untagged)]`: that would hide a
+/// misspelt key behind "did not match any variant".
+pub fn deserialize_taps<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<TapSpec>, D::Error> {
+    struct Entry(TapSpec);
 
-impl<'de> Deserialize<'de> for TapEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntryVisitor;
-        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
-            type Value = TapEntry;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"HOST[:PORT]\", \"name=NAME\" or a table with `address` or `name`")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<TapEntry, E> {
-                Ok(TapEntry::Short(text.to_owned()))
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TapEntry, A::Error> {
-                TapTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(|table| TapEntry::Table(Box::new(table)))
-            }
-        }
-        deserializer.deserialize_any(EntryVisitor)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct TapTable {
-    address: Option<String>,
-    name: Option<String>,
-    secret_file: Option<PathBuf>,
-    secret: Option<String>,
-    receiver: Option<SocketAddr>,
-    interface: Option<String>,
-    filter: Option<String>,
-    networks: Option<Vec<IpNet>>,
-    numbers: Option<Vec<String>>,
-    skip_numbers: Option<Vec<String>>,
-}
-
-impl TryFrom<TapEntry> for TapSpec {
-    type Error = String;
-
-    fn try_from(entry: TapEntry) -> Result<Self, Self::Error> {
-        let t = match entry {
-            TapEntry::Short(text) => return text.parse(),
-            TapEntry::Table(table) => *table,
-        };
-        let spec = TapSpec {
-            address: t.address,
-            name: t.name,
-            secret_file: t.secret_file,
-            secret: t.secret.map(Secret),
-            receiver: t.receiver,
-            interface: t.interface,
-            filter: t.filter,
-            networks: t.networks,
-            numbers: t.numbers,
-            skip_numbers: t.skip_numbers,
-        };
-        match (&spec.address, &spec.name) {
-            (Some(_), None) | (None, Some(_)) => Ok(spec),
-            _ => Err("a [[tap]] needs exactly one of `address` and `name`".to_owned()),
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(EntryVisitor)
         }
     }
+
+    struct EntryVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+        type Value = Entry;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("\"HOST[:PORT]\", \"name=NAME\" or a table with `address` or `name`")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Entry, E> {
+            text.parse().map(Entry).map_err(E::custom)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
+            use serde::de::Error as _;
+            let spec = TapSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            match (&spec.address, &spec.name) {
+                (Some(_), None) | (None, Some(_)) => Ok(Entry(spec)),
+                _ => Err(A::Error::custom(
+                    "a [[tap]] needs exactly one of `address` and `name`",
+                )),
+            }
+        }
+    }
+
+    let entries = Vec::<Entry>::deserialize(deserializer)?;
+    Ok(entries.into_iter().map(|entry| entry.0).collect())
 }
 
 /// `HOST[:PORT]`, or `name=NAME` for a tap found by discovery.
