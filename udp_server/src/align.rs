@@ -46,10 +46,6 @@ impl StereoAligner {
         }
     }
 
-    pub fn rate(&self) -> u32 {
-        self.rate
-    }
-
     /// Places `samples` (at `source_rate`) of `direction` that arrived `elapsed`
     /// after the call started, and appends to `out` the interleaved frames that
     /// are now complete.

@@ -143,14 +143,6 @@ impl CallTable {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.calls.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
-    }
-
     /// Handles one datagram received at `now` from `from`.
     pub fn handle<'a>(
         &mut self,

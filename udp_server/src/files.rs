@@ -50,10 +50,6 @@ impl WavFile {
         self.rate
     }
 
-    pub fn path(&self) -> &Path {
-        &self.final_path
-    }
-
     pub fn write(&mut self, samples: &[i16]) -> io::Result<()> {
         let mut writer = self.writer.get_i16_writer(samples.len() as u32);
         for &sample in samples {
@@ -91,10 +87,6 @@ impl RawFile {
             final_path,
             writer: BufWriter::new(file),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.final_path
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {

@@ -49,12 +49,13 @@ pub struct JitterBuffer {
     ssrc: Option<u32>,
     /// Next sequence number to release; `None` before the first packet.
     next: Option<u64>,
-    released_any: bool,
     /// First and highest extended sequence number of the current SSRC.
     first: u64,
     highest: u64,
     /// Expected packets of earlier SSRCs.
     expected_before: u64,
+    /// The last sequence numbers released (of this SSRC), to tell a repeat
+    /// from a late packet.
     recently_released: VecDeque<u64>,
     /// Previous packet's arrival and timestamp, for the jitter estimate.
     last_transit: Option<f64>,
@@ -75,7 +76,6 @@ impl JitterBuffer {
             ready: VecDeque::new(),
             ssrc: None,
             next: None,
-            released_any: false,
             first: 0,
             highest: 0,
             expected_before: 0,
@@ -96,7 +96,6 @@ impl JitterBuffer {
             self.expected_before += self.highest - self.first + 1;
             self.drain_into_ready();
             self.next = None;
-            self.released_any = false;
             self.last_transit = None;
             self.recently_released.clear();
         }
@@ -109,7 +108,7 @@ impl JitterBuffer {
             }
             _ => extend(self.highest, packet.sequence),
         };
-        if self.next.is_some_and(|next| sequence < next) && self.released_any {
+        if self.next.is_some_and(|next| sequence < next) && !self.recently_released.is_empty() {
             if self.recently_released.contains(&sequence) {
                 self.stats.duplicates += 1;
             } else {
@@ -165,7 +164,6 @@ impl JitterBuffer {
 
     fn release(&mut self, held: Held) -> Held {
         self.next = Some(held.sequence + 1);
-        self.released_any = true;
         if self.recently_released.len() == RECENT {
             self.recently_released.pop_front();
         }

@@ -157,6 +157,17 @@ struct RtpLane {
     event: Option<(u32, u32, usize)>,
 }
 
+impl RtpLane {
+    fn new(jitter_packets: usize) -> RtpLane {
+        RtpLane {
+            jitter: JitterBuffer::new(jitter_packets),
+            timeline: Timeline::default(),
+            media_end: Duration::ZERO,
+            event: None,
+        }
+    }
+}
+
 /// When audio belongs on the call's timeline.
 #[derive(Debug, Clone, Copy)]
 enum Timing {
@@ -184,6 +195,8 @@ pub struct CallRecording {
     started: Instant,
     started_wall: OffsetDateTime,
     l16_rate: u32,
+    /// Depth of the jitter buffer of an RTP lane.
+    jitter_packets: usize,
     /// Payload types the sender declared in its INV: number, encoding name, clock.
     declared: Vec<(u8, String, u32)>,
     lanes: [Lane; 2],
@@ -222,12 +235,7 @@ impl CallRecording {
             raw: Vec::new(),
             bare: None,
             samples: Vec::new(),
-            rtp: rtp_mode.then(|| RtpLane {
-                jitter: JitterBuffer::new(options.jitter_packets),
-                timeline: Timeline::default(),
-                media_end: Duration::ZERO,
-                event: None,
-            }),
+            rtp: rtp_mode.then(|| RtpLane::new(options.jitter_packets)),
         };
         let mut recording = CallRecording {
             record: CallRecord {
@@ -259,6 +267,7 @@ impl CallRecording {
             started: now,
             started_wall: wall,
             l16_rate: start.l16_rate,
+            jitter_packets: options.jitter_packets,
             declared: declared_payload_types(&start.extensions),
             lanes: [lane(Direction::Read), lane(Direction::Write)],
             new_dtmf: Vec::new(),
@@ -361,9 +370,12 @@ impl CallRecording {
         let index = direction as usize;
         let arrival = now.saturating_duration_since(self.started);
         let clock = self.clock_rate(packet.payload_type);
-        let Some(rtp) = &mut self.lanes[index].rtp else {
-            return;
-        };
+        // A call DATA started that an RTP-mode INV then gave ports to.
+        let jitter_packets = self.jitter_packets;
+        let rtp = self.lanes[index]
+            .rtp
+            .get_or_insert_with(|| RtpLane::new(jitter_packets));
+        self.record.mode = "rtp";
         rtp.jitter.push(packet, arrival, clock);
         while let Some(held) = self.lanes[index]
             .rtp
@@ -510,9 +522,8 @@ impl CallRecording {
         self.check(result, "flush", Some(metrics));
     }
 
-    /// Completes every file and writes the final record.
     /// RTP mode: plays what the jitter buffers still hold (the call is ending)
-    /// and puts the RTP figures in the record.
+    /// and puts the RTP figures in the record. Before [`CallRecording::finish`].
     pub fn drain_rtp(&mut self, metrics: &Metrics) {
         for index in 0..2 {
             let Some(rtp) = &mut self.lanes[index].rtp else {
@@ -535,13 +546,15 @@ impl CallRecording {
         }
     }
 
+    /// Completes every file and writes the final record. The caller has
+    /// drained the jitter buffers ([`CallRecording::drain_rtp`]) first, so
+    /// that the last DTMF events could be published.
     pub fn finish(
         mut self,
         reason: EndReason,
         wall: OffsetDateTime,
         metrics: &Metrics,
     ) -> CallRecord {
-        self.drain_rtp(metrics);
         if let Some((mut aligner, mut wav)) = self.stereo.take() {
             self.stereo_frames.clear();
             aligner.finish(&mut self.stereo_frames);

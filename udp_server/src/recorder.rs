@@ -296,7 +296,9 @@ fn collect_parts(dir: &Path, depth: u32, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Marks a provisional record as ended by the crash, at the time its files last changed.
+/// Marks a provisional record as ended by the crash, at the time the record
+/// was last written (its start, its parties, or a new WAV segment: the audio
+/// files' own times are gone once they are repaired).
 fn complete_record(part: &Path) -> std::io::Result<()> {
     let text = std::fs::read(part)?;
     let mut record: serde_json::Value = serde_json::from_slice(&text)

@@ -207,7 +207,6 @@ pub async fn run(
             .await?
             .map_err(|_| anyhow::anyhow!("a recorder thread panicked"))?;
     }
-    shutdown.cancel();
     stats_task.await?;
     if let Some(task) = metrics_task {
         task.await?;

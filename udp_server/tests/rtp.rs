@@ -410,3 +410,29 @@ fn a_payload_type_declared_by_a_repeated_inv_is_decoded_from_then_on() {
     assert_eq!(record["dtmf"][0]["digit"], "1");
     receiver.stop();
 }
+
+/// A call that DATA started and an RTP-mode INV then gave ports to: the RTP
+/// that follows is recorded (the call becomes an RTP-mode one), not counted
+/// and thrown away.
+#[test]
+fn rtp_for_a_call_that_data_started_is_recorded() {
+    let mut receiver = Receiver::with(settings("21700-21709"));
+    let mut sender = RtpSender::new(receiver.addr);
+    let u = uuid(70);
+    sender
+        .control
+        .data(&u, rst_proto::Direction::Read, 0, &[0xFF; 160]);
+    let (read_port, _) = sender.inv(&u, "").unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], read_port));
+    for i in 0..10u16 {
+        let packet = rtp(i + 1, u32::from(i) * 160, 0x77, 0, &[0xFF; 160]);
+        sender.read.send_to(&packet, to).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    sender.control.bye(&u);
+    let records = receiver.wait_records(1);
+    receiver.stop();
+    let record = &records[0];
+    assert_eq!(record["mode"], "rtp", "{record}");
+    assert_eq!(record["directions"]["R"]["rtp"]["received"], 10, "{record}");
+}

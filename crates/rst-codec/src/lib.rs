@@ -144,16 +144,23 @@ impl Codec {
     ///
     /// `opus` is opus whatever the clock says: RFC 7587 fixes it at 48000.
     pub fn from_encoding_name(name: &str, clock_rate: u32) -> Codec {
-        match name.to_ascii_uppercase().as_str() {
-            "PCMU" => Codec::Pcmu,
-            "PCMA" => Codec::Pcma,
-            "G722" => Codec::G722,
-            #[cfg(feature = "g729")]
-            "G729" | "G729A" => Codec::G729,
-            #[cfg(feature = "opus")]
-            "OPUS" => Codec::Opus,
-            "L16" => Codec::L16Network { rate: clock_rate },
-            _ => Codec::Raw,
+        // Per RTP packet of a declared payload type: compared in place, no
+        // uppercased copy.
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        if is("PCMU") {
+            Codec::Pcmu
+        } else if is("PCMA") {
+            Codec::Pcma
+        } else if is("G722") {
+            Codec::G722
+        } else if cfg!(feature = "g729") && (is("G729") || is("G729A")) {
+            Codec::G729
+        } else if cfg!(feature = "opus") && is("OPUS") {
+            Codec::Opus
+        } else if is("L16") {
+            Codec::L16Network { rate: clock_rate }
+        } else {
+            Codec::Raw
         }
     }
 
