@@ -215,7 +215,10 @@ fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_e
     assert_eq!(stats["duplicates"], 3, "{stats}");
     assert_eq!(stats["ssrc_changes"], 1, "{stats}");
     assert_eq!(stats["timestamp_jumps"], 1, "{stats}");
-    assert!(stats["jitter_ms"].as_f64().unwrap() >= 0.0);
+    // Sent back to back while the timestamps step 20 ms (and jump once): the
+    // RFC 3550 estimate is above zero. Its exact value is jitter.rs's tests'.
+    let jitter = stats["jitter_ms"].as_f64().unwrap();
+    assert!(jitter > 0.0 && jitter.is_finite(), "{stats}");
 
     let dtmf = &record["dtmf"];
     assert_eq!(dtmf.as_array().unwrap().len(), 1, "{dtmf}");
