@@ -76,8 +76,10 @@ pub struct Summary {
 }
 
 /// Packets per batch from the capture thread, and batches in flight.
-const BATCH: usize = 64;
-const CHANNEL_BATCHES: usize = 256;
+pub(crate) const BATCH: usize = 64;
+pub(crate) const CHANNEL_BATCHES: usize = 256;
+/// Longest a captured packet waits in a partial batch.
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
 /// Runs a capture until the file ends or `shutdown` is set, then ends every
 /// call and waits (bounded) for the receiver to acknowledge.
@@ -160,7 +162,7 @@ type Batch = Vec<(Duration, Vec<u8>)>;
 
 /// Waits until the capture has packets, at most `timeout`.
 #[cfg(unix)]
-fn wait_readable(cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
+pub(crate) fn wait_readable(cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
     use std::os::fd::AsRawFd as _;
     let mut poll = libc::pollfd {
         fd: cap.as_raw_fd(),
@@ -173,7 +175,7 @@ fn wait_readable(cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
 
 /// Npcap has no pollable descriptor: wait the timeout out.
 #[cfg(not(unix))]
-fn wait_readable(_cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
+pub(crate) fn wait_readable(_cap: &pcap::Capture<pcap::Active>, timeout: Duration) {
     std::thread::sleep(timeout.min(Duration::from_millis(10)));
 }
 
@@ -212,6 +214,7 @@ pub fn live(
     let pcap_stats = std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut last_send = Instant::now();
             let mut last_stats = Instant::now();
             let mut stats = PcapStats::default();
             while !shutdown.load(Ordering::Relaxed) {
@@ -228,12 +231,15 @@ pub fn live(
                         break;
                     }
                 }
-                if batch.len() >= BATCH
-                    || (!batch.is_empty() && last_stats.elapsed() > Duration::from_millis(50))
+                // A full batch, or what came within the last moments: packets
+                // travel in batches, never one by one, and never wait long.
+                if batch.len() >= BATCH || (!batch.is_empty() && last_send.elapsed() > FLUSH_AFTER)
                 {
+                    last_send = Instant::now();
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     // Blocking: when the pipeline falls behind, the kernel's
                     // buffer fills and libpcap counts the drops.
-                    if batches.send(std::mem::take(&mut batch)).is_err() {
+                    if batches.send(full).is_err() {
                         break;
                     }
                 }

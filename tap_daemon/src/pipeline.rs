@@ -273,7 +273,7 @@ pub struct PipelineStats {
     pub rtp_duplicates: u64,
     /// RTP packets of a call with a payload type its SDP does not list as audio.
     pub rtp_not_audio: u64,
-    /// Of those, comfort noise (PT 13 or `CN`).
+    /// Of those, comfort noise (PT 13, or 19 as older senders use it).
     pub rtp_comfort_noise: u64,
     /// RTP packets whose direction was swapped because another stream of
     /// the call already held the one the SDP suggested.
@@ -284,7 +284,8 @@ pub struct PipelineStats {
     pub rtp_filtered: u64,
     /// ZRTP packets (RFC 6189), on media flows of calls or not.
     pub zrtp: u64,
-    /// RTP packets dropped as SRTP: on a flow pair whose ZRTP handshake completed.
+    /// RTP packets dropped as SRTP: of a call whose SDP answer is SRTP, or on
+    /// a flow pair whose ZRTP handshake completed.
     pub rtp_encrypted: u64,
     /// Calls started (SIP or RTP alone).
     pub calls_started: u64,

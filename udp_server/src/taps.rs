@@ -27,8 +27,8 @@ use thiserror::Error;
 
 use crate::Metrics;
 
-/// How long one request may wait for its answer. `stop` waits longer: the
-/// tap answers once every call has ended.
+/// How long one request may wait for its answer (`stop` included: the tap
+/// gives its receiver a few seconds to acknowledge the BYEs, then answers).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(30);
@@ -169,10 +169,9 @@ impl TapLink {
         // The tap's own file, else its own secret, else the shared file.
         let secret = match (spec.secret_file.as_ref(), spec.secret, default_secret_file) {
             (Some(path), _, _) | (None, None, Some(path)) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
+                rst_tap_client::read_secret(path).with_context(|| {
                     format!("tap {label}: cannot read its secret file {}", path.display())
-                })?;
-                Secret(text.trim_end_matches(['\r', '\n']).to_owned())
+                })?
             }
             (None, Some(secret), _) => secret,
             (None, None, None) => anyhow::bail!(

@@ -66,6 +66,12 @@ pub fn resolve(tap: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| failed("no address".to_owned()))
 }
 
+/// A shared secret from its file: the whole content but a final line end.
+pub fn read_secret(path: &std::path::Path) -> io::Result<Secret> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
 /// A tap that answered a discovery request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {

@@ -188,9 +188,9 @@ fn discover(to: SocketAddr, wait: Duration, json: bool) -> anyhow::Result<()> {
 
 fn secret(target: &Target) -> anyhow::Result<String> {
     if let Some(path) = &target.secret_file {
-        let text = std::fs::read_to_string(path)
+        let secret = rst_tap_client::read_secret(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
+        return Ok(secret.0);
     }
     target
         .secret

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rst_control::control::{Counters, Drops, PcapCounters};
 use rst_proto::Direction;
 
-use crate::capture::{self, CaptureError, RunConfig, Source, Summary};
+use crate::capture::{self, CaptureError, RunConfig, Source, Summary, BATCH, CHANNEL_BATCHES};
 use crate::output::{OutputConfig, OutputStats, UdpOutput};
 use crate::packet::LinkType;
 use crate::pipeline::{CallStart, Filter, Output, Pipeline, PipelineStats};
@@ -60,10 +60,9 @@ pub struct Session {
     thread: Option<JoinHandle<Ended>>,
 }
 
-const BATCH: usize = 64;
-const CHANNEL_BATCHES: usize = 256;
-/// The wait between reads of a capture with nothing to read.
-const IDLE_POLL: Duration = Duration::from_millis(2);
+/// Longest wait for packets on a quiet interface: a stop or a filter change
+/// is looked at this often.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How often the counters are published and pcap's statistics read.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
@@ -226,7 +225,7 @@ fn live(
                 // forever (TPACKET_V3 ignores the timeout), and stop must not.
                 match cap.next_packet() {
                     Ok(packet) => batch.push((timestamp(packet.header), packet.data.to_vec())),
-                    Err(pcap::Error::TimeoutExpired) => std::thread::sleep(IDLE_POLL),
+                    Err(pcap::Error::TimeoutExpired) => capture::wait_readable(&cap, IDLE_WAIT),
                     Err(error) => {
                         tracing::error!(%error, "capture failed");
                         *lock(failure) = Some(format!("capture failed: {error}"));
@@ -234,10 +233,11 @@ fn live(
                     }
                 }
                 if batch.len() >= BATCH
-                    || (!batch.is_empty() && last_send.elapsed() > Duration::from_millis(20))
+                    || (!batch.is_empty() && last_send.elapsed() > capture::FLUSH_AFTER)
                 {
                     last_send = Instant::now();
-                    if batches.send(std::mem::take(&mut batch)).is_err() {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if batches.send(full).is_err() {
                         break;
                     }
                 }
@@ -416,7 +416,8 @@ impl Routed {
     /// one draining after a receiver change); the current one for a call it
     /// does not know (its stream then counts the packet as without a call).
     fn owner(&mut self, key: CallKey) -> &mut UdpOutput {
-        if !self.current.1.contains(&key) {
+        // Nothing drains but for a few seconds after a receiver change.
+        if !self.draining.is_empty() && !self.current.1.contains(&key) {
             if let Some((output, _, _)) = self
                 .draining
                 .iter_mut()
