@@ -513,9 +513,10 @@ async fn shutdown_sends_what_was_published_and_closes_every_client() {
         feed.publish(dtmf(n));
     }
     feed.call_ended("a", end("a"));
-    let started = Instant::now();
-    server.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Not forever: the stalled client is given up on, however busy the machine.
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
+        .await
+        .expect("shutdown waited for the stalled client");
     for client in &mut clients {
         for n in 0..10 {
             assert_eq!(client.next().await, dtmf(n));

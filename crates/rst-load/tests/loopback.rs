@@ -52,7 +52,6 @@ fn real_time_calls_are_counted_and_acknowledged() {
         report.data_elapsed >= Duration::from_millis(460),
         "{report}"
     );
-    assert!(report.elapsed < Duration::from_secs(5), "{report}");
 }
 
 #[test]

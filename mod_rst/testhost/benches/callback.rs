@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const UUID: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+const UUID_DOWN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4c";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -85,12 +86,29 @@ fn main() {
     let callback = bench(&mut host, frames);
     sends.run(&sender, &datagram, addr, frames - frames / 2);
 
+    // The same callbacks for a call whose receiver is down (nothing listens
+    // on its port; the INV goes unanswered): they must cost what they cost
+    // with the receiver up. Tests assert what happens then, this how fast.
+    let down_port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port();
+    host.ok(&format!(
+        "session {UUID_DOWN} codec=PCMU caller_id_number=1001 destination_number=1002"
+    ));
+    host.ok(&format!("app {UUID_DOWN} rst 127.0.0.1 {down_port}"));
+    let down = host.ok(&format!(
+        "bench {UUID_DOWN} {} burst={burst}",
+        (frames / 4).max(1000)
+    ));
+
     let status = host.ok("api rst_status");
     let counters: Value = status["output"]
         .as_str()
         .and_then(|t| serde_json::from_str(t.trim()).ok())
         .unwrap_or(Value::Null);
     host.ok(&format!("hangup {UUID}"));
+    host.ok(&format!("hangup {UUID_DOWN}"));
     host.ok("unload");
     host.quit();
     stop.store(true, Ordering::SeqCst);
@@ -138,6 +156,16 @@ fn main() {
         cb_p50 / send.p50 as f64,
         cb_mean / send_mean
     );
+    let down_cb = &down["callback_ns"];
+    let down_p50 = f(&down_cb["p50"]);
+    row(
+        "callback, receiver down",
+        down_p50,
+        down["callback_mean_ns"].as_f64().unwrap_or(f64::NAN),
+        f(&down_cb["p99"]),
+        f(&down_cb["max"]),
+    );
+    println!("  {:<23}: {:>6.3}", "ratio down/up", down_p50 / cb_p50);
     println!(
         "  {:<23}: {}",
         "frames dropped (queue)",

@@ -1,11 +1,19 @@
 //! The receiver down for part of a call: the module keeps the call going,
-//! never stalls a media thread, counts what happened, and whatever receiver is
+//! loses no frame of it, counts what happened, and whatever receiver is
 //! listening records what reached it (DATA without INV starts a call there).
+//!
+//! Every step waits for an event (a counter, audio arriving, an INV seen on a
+//! socket), never for time: calls are long and hung up once the receivers have
+//! seen what the test needs, so a busy machine changes how much is recorded,
+//! never whether the test passes. What a callback costs the media thread is
+//! measured by `cargo bench -p mod_rst_testhost --bench callback` (its
+//! "receiver down" row), not asserted here.
 
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -43,33 +51,78 @@ fn counters(host: &mut Host) -> Value {
 
 /// Waits until rst_status's `key` reaches `value` (the sender thread's timers).
 fn wait_counter(host: &mut Host, key: &str, value: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for(&format!("rst_status {key} = {value}"), || {
         let counters = counters(host);
-        if counters[key] == value || Instant::now() > deadline {
-            assert_eq!(counters[key], value, "{key}: {counters}");
-            return counters;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        (counters[key] == value).then_some(counters)
+    })
+}
+
+/// Frames the host's media thread produced for the call, each direction.
+fn frames_made(host: &mut Host, u: &str) -> usize {
+    let stats = host.ok(&format!("stats {u}"));
+    let frames = stats["media"]["read"]["frames"].as_u64().unwrap();
+    assert_eq!(stats["media"]["write"]["frames"], frames, "{stats}");
+    frames as usize
+}
+
+/// Waits until the media thread has made `more` frames beyond `from`: audio
+/// that went out while the receiver was (still) down.
+fn wait_frames(host: &mut Host, u: &str, from: usize, more: usize) -> usize {
+    wait_for(&format!("{more} more frames of {u}"), || {
+        let frames = frames_made(host, u);
+        (frames >= from + more).then_some(frames)
+    })
+}
+
+/// Waits until `receiver` has taken `frames` frames (both directions) of audio.
+fn wait_audio(receiver: &Receiver, frames: u64) {
+    wait_for(&format!("{frames} frames at {}", receiver.addr), || {
+        let bytes = receiver.metrics.audio_bytes.load(Relaxed);
+        let packets = receiver.metrics.rtp_packets.load(Relaxed);
+        (bytes >= frames * 160 || packets >= frames).then_some(())
+    });
+}
+
+/// The call lost nothing to the receiver's absence inside the module: every
+/// frame the media thread made went into the sender's queue, none was dropped
+/// there, and each went out (to whoever listened).
+fn assert_unhurt(counters: &Value, frames: usize) {
+    for (key, value) in [
+        ("frames_queued", 2 * frames),
+        ("frames_dropped_queue_full", 0),
+        ("frames_sent", 2 * frames),
+        ("send_errors", 0),
+    ] {
+        assert_eq!(counters[key], value, "{key}: {counters}");
     }
 }
 
-/// No callback held up the media thread: FreeSWITCH's frame is 20 ms, and a
-/// receiver that is down must cost the call nothing.
-fn assert_no_stall(stats: &Value) {
-    for (kind, timing) in stats["callbacks"].as_object().unwrap() {
-        let cpu_max = timing["cpu_max_ns"].as_u64().unwrap();
-        let mean = timing["mean_ns"].as_u64().unwrap();
-        let max = timing["max_ns"].as_u64().unwrap();
-        assert!(cpu_max < 2_000_000, "{kind}: {cpu_max} ns of CPU: {stats}");
-        assert!(mean < 1_000_000, "{kind}: mean {mean} ns: {stats}");
-        assert!(
-            max < 20_000_000,
-            "{kind}: a callback took {max} ns: {stats}"
-        );
-    }
-    assert_eq!(stats["media"]["late_ticks"], 0, "{stats}");
+/// Binds `addr` with a bare socket until the module's first INV reaches it,
+/// then frees the address: the module is now retransmitting its INV to a
+/// receiver that is down.
+fn catch_first_inv(addr: SocketAddr, u: &str) {
+    let socket = UdpSocket::bind(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let inv = format!("INV :{u}:");
+    wait_for("the first INV", || {
+        let mut buf = [0u8; 2048];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        buf[..n].starts_with(inv.as_bytes()).then_some(())
+    });
 }
+
+/// Stops the call's media and waits for its thread: the frames the host
+/// counts as sent are then exactly those the module was given.
+fn end_media(host: &mut Host, u: &str) {
+    host.ok(&format!("stop_media {u}"));
+    host.ok("wait");
+}
+
+/// A call long enough for any test here: each is hung up once the receivers
+/// have seen what the test needs.
+const LONG: u32 = 120;
 
 /// `samples` is the tone of `hz` (in PCMU) from frame `total - len` to frame `total`:
 /// the end of the call, whole frames, exact. Returns the first frame recorded.
@@ -94,23 +147,19 @@ fn assert_head(what: &str, samples: &[i16], hz: f64) -> usize {
     samples.len() / 160
 }
 
+/// Starts the stream and the call's media. That the application does not wait
+/// for a receiver is `regressions::original_defect_init_callback_waited_for_the_ack`'s.
 fn start_call(host: &mut Host, u: &str, seconds: u32) {
     session(host, u);
-    let started = Instant::now();
     host.ok(&format!("app {u} rst"));
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "the application took {:?} with no receiver",
-        started.elapsed()
-    );
     host.ok(&format!(
         "media {u} {seconds} read_hz={READ_HZ} write_hz={WRITE_HZ}"
     ));
 }
 
 /// DATA mode, no receiver at the start: the INV's retransmissions give up, the
-/// DATA keeps going (to nobody), and a receiver started two seconds in records
-/// the rest of the call, which its first DATA starts, and the BYE ends.
+/// DATA keeps going (to nobody), and a receiver started after that records the
+/// rest of the call, which its first DATA starts, and the BYE ends.
 #[test]
 fn receiver_started_mid_call_records_the_rest_from_data_without_inv() {
     let addr = free_addr();
@@ -118,38 +167,28 @@ fn receiver_started_mid_call_records_the_rest_from_data_without_inv() {
     let mut host = Host::start();
     host.load(conf.path());
     let u = uuid(0x301);
-    start_call(&mut host, &u, 5);
-    // INV at 0, 50 and 150 ms, given up at 350 ms.
+    start_call(&mut host, &u, LONG);
     wait_counter(&mut host, "invs_unacknowledged", 1);
-    host.ok("sleep 1500");
+    let nobody_heard = wait_frames(&mut host, &u, 0, 25);
     let receiver = receiver_on(addr);
-    host.ok("wait");
-    let hangup_started = Instant::now();
+    wait_audio(&receiver, 100);
+    end_media(&mut host, &u);
     host.ok(&format!("hangup {u}"));
-    assert!(hangup_started.elapsed() < Duration::from_millis(500));
     let record = receiver.record(&u);
-    let stats = host.ok(&format!("stats {u}"));
-    assert_no_stall(&stats);
     assert_eq!(record["end_reason"], "bye", "{record}");
     // Started by DATA: nobody told the receiver who was calling.
     assert!(record["caller"].is_null(), "{record}");
     assert!(record["callee"].is_null(), "{record}");
+    let total = frames_made(&mut host, &u);
     for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let (_, samples) = direction_wav(&record, dir);
-        let first = assert_tail(&format!("{u} {dir}"), &samples, hz, 250);
-        // Two seconds of the five were sent to nobody.
-        assert!(
-            (80..=125).contains(&first),
-            "{dir}: from frame {first}: {record}"
-        );
+        let first = assert_tail(&format!("{u} {dir}"), &samples, hz, total);
+        assert!(first >= nobody_heard, "{dir}: from frame {first}: {record}");
     }
     let counters = wait_counter(&mut host, "streams_active", 0);
+    assert_unhurt(&counters, total);
     for (key, value) in [
         ("streams_started", 1),
-        ("frames_queued", 500),
-        ("frames_sent", 500),
-        ("frames_dropped_queue_full", 0),
-        ("send_errors", 0),
         ("invs_unacknowledged", 1),
         ("byes_unacknowledged", 0),
         ("acks_received", 1),
@@ -173,44 +212,37 @@ fn receiver_started_mid_call_records_the_rest_from_data_without_inv() {
 #[test]
 fn receiver_started_during_inv_retransmission_gets_the_inv() {
     let addr = free_addr();
-    // Default backoff: INV at 0, 0.2, 0.6, 1.4, 3.0 s...
+    // Default backoff: INV at 0, 0.2, 0.6, 1.4, 3.0 s... for about 12 s.
     let conf = conf_for_addr(addr, &[]);
     let mut host = Host::start();
     host.load(conf.path());
     let u = uuid(0x302);
-    start_call(&mut host, &u, 3);
-    host.ok("sleep 800");
+    start_call(&mut host, &u, LONG);
+    catch_first_inv(addr, &u);
     let receiver = receiver_on(addr);
-    host.ok("wait");
+    wait_counter(&mut host, "acks_received", 1);
+    wait_audio(&receiver, 100);
+    end_media(&mut host, &u);
     host.ok(&format!("hangup {u}"));
     let record = receiver.record(&u);
-    assert_no_stall(&host.ok(&format!("stats {u}")));
     assert_eq!(record["end_reason"], "bye", "{record}");
     assert_eq!(record["caller"], "1001", "{record}");
     assert_eq!(record["callee"], "1002", "{record}");
+    let total = frames_made(&mut host, &u);
     for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let (_, samples) = direction_wav(&record, dir);
-        let first = assert_tail(&format!("{u} {dir}"), &samples, hz, 150);
-        assert!(
-            (30..=60).contains(&first),
-            "{dir}: from frame {first}: {record}"
-        );
+        assert_tail(&format!("{u} {dir}"), &samples, hz, total);
     }
     let counters = wait_counter(&mut host, "streams_active", 0);
-    for (key, value) in [
-        ("frames_sent", 300),
-        ("send_errors", 0),
-        ("invs_unacknowledged", 0),
-        ("byes_unacknowledged", 0),
-    ] {
-        assert_eq!(counters[key], value, "{key}: {counters}");
-    }
+    assert_unhurt(&counters, total);
+    assert_eq!(counters["invs_unacknowledged"], 0, "{counters}");
+    assert_eq!(counters["byes_unacknowledged"], 0, "{counters}");
     finish(host);
 }
 
-/// A receiver that stops 1.5 s into a call records the beginning (ended as
-/// `shutdown`); one started on the same port 1.5 s later records the end,
-/// started by DATA, ended by the BYE. The call never notices.
+/// A receiver that stops mid-call records the beginning (ended as
+/// `shutdown`); one started on the same port after some audio went to nobody
+/// records the end, started by DATA, ended by the BYE. The call never notices.
 #[test]
 fn receiver_stopping_mid_call_then_coming_back() {
     let first = Receiver::start();
@@ -219,75 +251,71 @@ fn receiver_stopping_mid_call_then_coming_back() {
     let mut host = Host::start();
     host.load(conf.path());
     let u = uuid(0x303);
-    start_call(&mut host, &u, 5);
-    host.ok("sleep 1500");
+    start_call(&mut host, &u, LONG);
+    wait_audio(&first, 200);
     let first_dir = stop_keeping_files(first);
-    host.ok("sleep 1500");
+    let stopped_at = frames_made(&mut host, &u);
+    wait_frames(&mut host, &u, stopped_at, 25);
     let second = receiver_on(addr);
-    host.ok("wait");
+    wait_audio(&second, 200);
+    end_media(&mut host, &u);
     host.ok(&format!("hangup {u}"));
     let ended = second.record(&u);
     let began = records_in(first_dir.path());
     assert_eq!(began.len(), 1, "{began:?}");
     let began = &began[0];
-    assert_no_stall(&host.ok(&format!("stats {u}")));
     assert_eq!(began["end_reason"], "shutdown", "{began}");
     assert_eq!(began["caller"], "1001", "{began}");
     assert_eq!(ended["end_reason"], "bye", "{ended}");
     assert!(ended["caller"].is_null(), "{ended}");
+    let total = frames_made(&mut host, &u);
     for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let (_, head) = direction_wav(began, dir);
         let head = assert_head(&format!("{u} {dir}, first receiver"), &head, hz);
         let (_, tail) = direction_wav(&ended, dir);
-        let tail_from = assert_tail(&format!("{u} {dir}, second receiver"), &tail, hz, 250);
+        let tail_from = assert_tail(&format!("{u} {dir}, second receiver"), &tail, hz, total);
         assert!(
-            (60..=90).contains(&head),
-            "{dir}: {head} frames before the stop"
+            (50..=stopped_at).contains(&head),
+            "{dir}: {head} frames before the stop at {stopped_at}"
         );
         assert!(
-            (140..=190).contains(&tail_from),
-            "{dir}: from frame {tail_from}"
+            tail_from >= stopped_at + 25,
+            "{dir}: from frame {tail_from}, nobody listened from {stopped_at}"
         );
     }
     let counters = wait_counter(&mut host, "streams_active", 0);
-    for (key, value) in [
-        ("frames_sent", 500),
-        ("send_errors", 0),
-        ("invs_unacknowledged", 0),
-        ("byes_unacknowledged", 0),
-    ] {
-        assert_eq!(counters[key], value, "{key}: {counters}");
-    }
+    assert_unhurt(&counters, total);
+    assert_eq!(counters["invs_unacknowledged"], 0, "{counters}");
+    assert_eq!(counters["byes_unacknowledged"], 0, "{counters}");
     finish(host);
 }
 
-/// A receiver that stops mid-call and never comes back: the hangup is as quick
-/// as ever, the BYE's retransmissions give up and are counted.
+/// A receiver that stops mid-call and never comes back: the hangup does not
+/// wait for the BYE's answer; its retransmissions give up later and are counted.
 #[test]
 fn receiver_stopping_mid_call_for_good_costs_the_hangup_nothing() {
     let receiver = Receiver::start();
+    // BYE at 0, 2 and 6 s, given up at 14 s: long after any hangup returns.
     let conf = conf_for(
         &receiver,
-        &[("retransmit-ms", "50"), ("retransmit-tries", "3")],
+        &[("retransmit-ms", "2000"), ("retransmit-tries", "3")],
     );
     let mut host = Host::start();
     host.load(conf.path());
     let u = uuid(0x304);
-    start_call(&mut host, &u, 2);
-    host.ok("sleep 1000");
+    start_call(&mut host, &u, LONG);
+    wait_audio(&receiver, 200);
     let dir = stop_keeping_files(receiver);
-    host.ok("wait");
-    let hangup_started = Instant::now();
+    let stopped_at = frames_made(&mut host, &u);
+    wait_frames(&mut host, &u, stopped_at, 10);
+    end_media(&mut host, &u);
     host.ok(&format!("hangup {u}"));
-    assert!(
-        hangup_started.elapsed() < Duration::from_millis(500),
-        "hangup took {:?}",
-        hangup_started.elapsed()
-    );
-    let stats = host.ok(&format!("stats {u}"));
-    assert_no_stall(&stats);
+    // The hangup is back while the BYE is still being retransmitted.
+    let counters = counters(&mut host);
+    assert_eq!(counters["byes_unacknowledged"], 0, "{counters}");
     let counters = wait_counter(&mut host, "byes_unacknowledged", 1);
-    assert_eq!(counters["frames_sent"], 200, "{counters}");
+    let total = frames_made(&mut host, &u);
+    assert_unhurt(&counters, total);
     assert_eq!(counters["invs_unacknowledged"], 0, "{counters}");
     wait_counter(&mut host, "streams_active", 0);
     let records = records_in(dir.path());
@@ -296,36 +324,38 @@ fn receiver_stopping_mid_call_for_good_costs_the_hangup_nothing() {
     for (d, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
         let (_, samples) = direction_wav(&records[0], d);
         let frames = assert_head(d, &samples, hz);
-        assert!((35..=60).contains(&frames), "{d}: {frames} frames");
+        assert!(
+            (50..=stopped_at).contains(&frames),
+            "{d}: {frames} frames, stopped at {stopped_at}"
+        );
     }
     finish(host);
 }
 
 /// RTP mode with the receiver coming up after the first INV: the frames held
-/// while waiting for the ACK's ports (rtp-buffer-frames) go out once it
-/// comes, in order, and the recording is the whole call.
-fn rtp_receiver_late(u: &str) -> (Receiver, Value, Value, Value) {
+/// while waiting for the ACK's ports (rtp-buffer-frames, here the whole
+/// 2 s call) go out once it comes, in order, and the recording is the whole call.
+fn rtp_receiver_late(u: &str) -> (Receiver, Value, Value) {
     let addr = free_addr();
     let conf = conf_for_addr(addr, &[("mode", "rtp"), ("rtp-buffer-frames", "200")]);
     let mut host = Host::start();
     host.load(conf.path());
     start_call(&mut host, u, 2);
-    // INV at 0 and 200 ms go to nobody; the one at 600 ms is answered.
-    host.ok("sleep 300");
+    catch_first_inv(addr, u);
     let receiver = receiver_on(addr);
+    wait_counter(&mut host, "acks_received", 1);
     host.ok("wait");
     host.ok(&format!("hangup {u}"));
     let record = receiver.record(u);
-    let stats = host.ok(&format!("stats {u}"));
     let counters = wait_counter(&mut host, "streams_active", 0);
     finish(host);
-    (receiver, record, stats, counters)
+    (receiver, record, counters)
 }
 
 #[test]
 fn rtp_mode_receiver_started_after_the_inv_gets_the_held_frames() {
-    let (_receiver, record, stats, counters) = rtp_receiver_late(&uuid(0x305));
-    assert_no_stall(&stats);
+    let (_receiver, record, counters) = rtp_receiver_late(&uuid(0x305));
+    assert_unhurt(&counters, 100);
     assert_eq!(record["mode"], "rtp", "{record}");
     assert_eq!(record["end_reason"], "bye", "{record}");
     assert_eq!(record["caller"], "1001", "{record}");
@@ -343,10 +373,8 @@ fn rtp_mode_receiver_started_after_the_inv_gets_the_held_frames() {
         let (_, samples) = direction_wav(&record, dir);
         assert_eq!(assert_head(dir, &samples, hz), 100);
     }
-    assert_eq!(counters["frames_queued"], 200, "{counters}");
     assert_eq!(counters["frames_dropped_waiting"], 0, "{counters}");
     assert_eq!(counters["invs_unacknowledged"], 0, "{counters}");
-    assert_eq!(counters["send_errors"], 0, "{counters}");
 }
 
 /// rst_status's frames_sent counts the frames held for the ACK and sent when it
@@ -354,7 +382,7 @@ fn rtp_mode_receiver_started_after_the_inv_gets_the_held_frames() {
 /// dropped, and the host's `bench` timed out in RTP mode).
 #[test]
 fn rtp_frames_held_until_the_ack_count_as_sent() {
-    let (_receiver, record, _, counters) = rtp_receiver_late(&uuid(0x306));
+    let (_receiver, record, counters) = rtp_receiver_late(&uuid(0x306));
     let received: u64 = ["R", "W"]
         .iter()
         .map(|d| record["directions"][d]["rtp"]["received"].as_u64().unwrap())
@@ -381,30 +409,36 @@ fn a_restarted_receiver_learns_the_rtp_call_from_the_refreshed_inv() {
     let conf = conf_for(&first, &[("mode", "rtp"), ("refresh-ms", "300")]);
     let mut host = Host::start();
     host.load(conf.path());
-    let u = uuid(0x305);
-    start_call(&mut host, &u, 4);
-    host.ok("sleep 1500");
+    let u = uuid(0x307);
+    start_call(&mut host, &u, LONG);
+    wait_audio(&first, 200);
     let first_dir = stop_keeping_files(first);
     let second = with_ports(Some(addr), "44050-44099");
-    host.ok("wait");
+    wait_audio(&second, 200);
+    end_media(&mut host, &u);
     host.ok(&format!("hangup {u}"));
     let ended = second.record(&u);
     let began = records_in(first_dir.path());
     assert_eq!(began.len(), 1, "{began:?}");
-    assert_no_stall(&host.ok(&format!("stats {u}")));
     assert_eq!(began[0]["mode"], "rtp", "{}", began[0]);
     assert_eq!(ended["mode"], "rtp", "{ended}");
     assert_eq!(ended["end_reason"], "bye", "{ended}");
     // Learnt from the refreshed INV, not guessed.
     assert_eq!(ended["caller"], "1001", "{ended}");
     assert_eq!(ended["callee"], "1002", "{ended}");
+    let total = frames_made(&mut host, &u) as u64;
     for dir in ["R", "W"] {
         let before = began[0]["directions"][dir]["packets"].as_u64().unwrap();
         let after = ended["directions"][dir]["packets"].as_u64().unwrap();
-        // 200 frames a direction: 1.5 s before the restart, then at most a
-        // refresh interval (and a little) lost, the rest recorded anew.
-        assert!((60..=90).contains(&before), "{dir}: {before} before");
-        assert!((90..=125).contains(&after), "{dir}: {after} after: {ended}");
+        // Each receiver has its part; what went out between the two is lost.
+        assert!(before >= 25, "{dir}: {before} before: {}", began[0]);
+        assert!(after >= 25, "{dir}: {after} after: {ended}");
+        assert!(
+            before + after <= total,
+            "{dir}: {before} + {after} of {total}"
+        );
     }
+    let counters = wait_counter(&mut host, "streams_active", 0);
+    assert_unhurt(&counters, total as usize);
     finish(host);
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -285,74 +285,66 @@ fn original_defect_caller_was_parsed_from_the_channel_name() {
 }
 
 /// The INIT callback opened files, sent and busy-waited up to 5 s for the ACK
-/// (then closed the socket DATA used). With no receiver at all the application
-/// returns at once, every callback (INIT included) stays far below a frame
-/// time, and DATA still goes out for the whole call.
+/// (then closed the socket DATA used). With no receiver at all (a socket that
+/// reads and never answers) the application returns before the INV's first
+/// retransmission, 3 s later; the hangup before the BYE's; DATA still goes
+/// out for the whole call. (What a callback costs is the callback bench's.)
 #[test]
 fn original_defect_init_callback_waited_for_the_ack() {
-    let nobody = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let nobody = UdpSocket::bind("127.0.0.1:0").unwrap();
+    nobody.set_nonblocking(true).unwrap();
+    // INV (and BYE) at 0 and 3 s, given up at 9 s.
     let conf = conf_for_addr(
-        nobody,
-        &[("retransmit-ms", "50"), ("retransmit-tries", "3")],
+        nobody.local_addr().unwrap(),
+        &[("retransmit-ms", "3000"), ("retransmit-tries", "2")],
     );
+    let mut heard: Vec<Vec<u8>> = Vec::new();
+    let mut count_heard = |command: &[u8]| {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = nobody.recv(&mut buf) {
+            heard.push(buf[..n].to_vec());
+        }
+        heard.iter().filter(|d| d.starts_with(command)).count()
+    };
     let mut host = Host::start();
     host.load(conf.path());
     let u = uuid(0x430);
     session(&mut host, &u);
-    let started = Instant::now();
     host.ok(&format!("app {u} rst"));
-    let app = started.elapsed();
-    assert!(
-        app < Duration::from_millis(200),
-        "the application took {app:?}"
-    );
     let stats = host.ok(&format!("stats {u}"));
     assert_eq!(stats["callbacks"]["INIT"]["count"], 1, "{stats}");
+    let invs = wait_for("the first INV", || {
+        let invs = count_heard(b"INV ");
+        (invs > 0).then_some(invs)
+    });
+    assert_eq!(
+        invs, 1,
+        "the application waited for the INV's retransmission"
+    );
     host.ok(&format!("media {u} 1"));
     host.ok("wait");
-    let started = Instant::now();
     host.ok(&format!("hangup {u}"));
-    let hangup = started.elapsed();
-    assert!(
-        hangup < Duration::from_millis(200),
-        "hangup took {hangup:?}"
-    );
+    let byes = wait_for("the first BYE", || {
+        let byes = count_heard(b"BYE ");
+        (byes > 0).then_some(byes)
+    });
+    assert_eq!(byes, 1, "the hangup waited for the BYE's retransmission");
+    assert_eq!(count_heard(b"DATA"), 100);
     let stats = host.ok(&format!("stats {u}"));
-    for (kind, timing) in stats["callbacks"].as_object().unwrap() {
-        let max = timing["max_ns"].as_u64().unwrap();
-        let cpu_max = timing["cpu_max_ns"].as_u64().unwrap();
-        assert!(max < 5_000_000, "{kind} took {max} ns: {stats}");
-        assert!(
-            cpu_max < 1_000_000,
-            "{kind} used {cpu_max} ns of CPU: {stats}"
-        );
-    }
-    assert!(
-        stats["callbacks"]["INIT"]["max_ns"].as_u64().unwrap() < 1_000_000,
-        "{stats}"
-    );
     assert_eq!(
         stats["callbacks"]["TAP_NATIVE_READ"]["count"], 50,
         "{stats}"
     );
-    assert_eq!(stats["media"]["late_ticks"], 0, "{stats}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let counters = loop {
+    let counters = wait_for("the stream's end", || {
         let status = host.ok("api rst_status");
         let counters: Value = serde_json::from_str(output(&status).trim()).unwrap();
-        if counters["streams_active"] == 0 || Instant::now() > deadline {
-            break counters;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (counters["streams_active"] == 0).then_some(counters)
+    });
     for (key, value) in [
-        ("streams_active", 0),
         ("frames_queued", 100),
         ("frames_sent", 100),
-        ("invs_unacknowledged", 1),
+        ("frames_dropped_queue_full", 0),
+        // The hangup came while the INV was still unanswered: its BYE took over.
         ("byes_unacknowledged", 1),
         ("acks_received", 0),
     ] {

@@ -78,35 +78,16 @@ impl Receiver {
 
     /// Waits until `count` records exist, then returns them, sorted by path.
     pub fn wait_records(&self, count: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let records = records_in(self.dir.path());
-            if records.len() >= count || Instant::now() > deadline {
-                assert_eq!(
-                    records.len(),
-                    count,
-                    "records in {}",
-                    self.dir.path().display()
-                );
-                return records;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_records(self.dir.path(), count)
     }
 
     /// The record of `uuid` (waits for it).
     pub fn record(&self, uuid: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(record) = records_in(self.dir.path())
+        wait_for(&format!("the record of {uuid}"), || {
+            records_in(self.dir.path())
                 .into_iter()
                 .find(|r| r["uuid"] == uuid)
-            {
-                return record;
-            }
-            assert!(Instant::now() < deadline, "no record for {uuid}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 
@@ -184,20 +165,7 @@ impl ExternalReceiver {
     }
 
     pub fn wait_records(&self, count: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let records = records_in(self.dir.path());
-            if records.len() >= count || Instant::now() > deadline {
-                assert_eq!(
-                    records.len(),
-                    count,
-                    "records in {}",
-                    self.dir.path().display()
-                );
-                return records;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_records(self.dir.path(), count)
     }
 }
 
@@ -207,6 +175,29 @@ impl Drop for ExternalReceiver {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// Polls `check` until it gives a value; panics naming `what` after a deadline
+/// generous enough for a machine whose cores are all busy.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `count` records exist under `dir`, then returns them, sorted by path.
+pub fn wait_records(dir: &Path, count: usize) -> Vec<Value> {
+    let records = wait_for(&format!("{count} records in {}", dir.display()), || {
+        let records = records_in(dir);
+        (records.len() >= count).then_some(records)
+    });
+    assert_eq!(records.len(), count, "records in {}", dir.display());
+    records
 }
 
 /// Every finished JSON record under `dir`, sorted by path.
