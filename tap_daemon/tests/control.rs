@@ -275,10 +275,22 @@ fn a_client_that_vanishes_mid_session_leaves_the_capture_running() {
     // Gone without a word (both directions shut, then dropped).
     client.stream.shutdown(std::net::Shutdown::Both).unwrap();
     drop(client);
-    std::thread::sleep(Duration::from_millis(200));
+    // The tap notices the vanished client when its connection reads the end;
+    // until then a newcomer only watches. Wait for that, not for time.
     let mut next = Client::connect(tap.control);
-    assert_eq!(ok(next.hello(SECRET))["role"], "control");
-    let status = status_of(&mut next);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ok(next.hello(SECRET))["role"] != "control" {
+        assert!(Instant::now() < deadline, "control still held by the vanished client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // libpcap's statistics are read and published every 200 ms of the capture.
+    let status = loop {
+        let status = status_of(&mut next);
+        if status["counters"]["pcap"].is_object() || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["config"]["filter"], "udp port 7");
     assert!(status["counters"]["pcap"].is_object(), "{status}");
