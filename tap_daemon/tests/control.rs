@@ -280,7 +280,10 @@ fn a_client_that_vanishes_mid_session_leaves_the_capture_running() {
     let mut next = Client::connect(tap.control);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ok(next.hello(SECRET))["role"] != "control" {
-        assert!(Instant::now() < deadline, "control still held by the vanished client");
+        assert!(
+            Instant::now() < deadline,
+            "control still held by the vanished client"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // libpcap's statistics are read and published every 200 ms of the capture.

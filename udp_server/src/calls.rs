@@ -85,6 +85,20 @@ struct Call {
     bye_at: Option<Instant>,
 }
 
+impl Call {
+    /// Whether a datagram from `from` may act on this call: from its sender
+    /// (the address of the INV or DATA that started it), unless `bind-sender`
+    /// is off, where a sender's address may change mid-call.
+    fn accepts(&self, from: SocketAddr, bind_sender: bool) -> bool {
+        !bind_sender || same_address(from, self.sender)
+    }
+}
+
+/// The same IP (an IPv4-mapped IPv6 address is its IPv4 one) and port.
+fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+}
+
 /// How long an RTP-mode call keeps recording after its BYE.
 pub const BYE_LINGER: Duration = Duration::from_millis(250);
 
@@ -113,6 +127,8 @@ pub struct Limits {
     pub allow: Vec<IpNet>,
     pub default_l16_rate: u32,
     pub rtp_ports: RangeInclusive<u16>,
+    /// A call's datagrams are taken only from the address that started it.
+    pub bind_sender: bool,
 }
 
 /// Every call in progress, by UUID.
@@ -166,7 +182,11 @@ impl CallTable {
         match message {
             Message::Inv(inv) => {
                 let uuid = inv.uuid;
+                let bind_sender = self.limits.bind_sender;
                 let id = match self.calls.get_mut(uuid.as_str()) {
+                    Some(call) if !call.accepts(from, bind_sender) => {
+                        return self.wrong_source(from, "INV");
+                    }
                     Some(call) => {
                         call.last_heard = now;
                         if !call.has_inv {
@@ -237,7 +257,11 @@ impl CallTable {
             }
             Message::Data(data) => {
                 let uuid = data.uuid;
+                let bind_sender = self.limits.bind_sender;
                 let id = match self.calls.get_mut(uuid.as_str()) {
+                    Some(call) if !call.accepts(from, bind_sender) => {
+                        return self.wrong_source(from, "DATA");
+                    }
                     Some(call) => {
                         call.last_heard = now;
                         call.id
@@ -278,6 +302,10 @@ impl CallTable {
                 // A BYE for a call already ended (by timeout, or a retransmission)
                 // is still answered, or the sender would retransmit it in vain.
                 match self.calls.get_mut(bye.uuid.as_str()) {
+                    // Not answered either: only the call's sender may end it.
+                    Some(call) if !call.accepts(from, self.limits.bind_sender) => {
+                        return self.wrong_source(from, "BYE");
+                    }
                     Some(call) if call.rtp.is_some() => {
                         call.bye_at.get_or_insert(now);
                     }
@@ -341,6 +369,12 @@ impl CallTable {
             };
             self.end(now, uuid, call, reason, emit);
         }
+    }
+
+    /// Refuses a datagram for a call from another address than its sender's.
+    fn wrong_source(&self, from: SocketAddr, command: &str) {
+        self.metrics.refused(Refusal::WrongSource);
+        tracing::debug!(%from, command, "datagram for a call from an address other than its sender's");
     }
 
     fn allowed(&self, from: SocketAddr) -> bool {
@@ -604,6 +638,7 @@ mod tests {
                 allow: Vec::new(),
                 default_l16_rate: 8000,
                 rtp_ports: 40000..=40009,
+                bind_sender: true,
             },
             Arc::new(Metrics::default()),
         );

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::record::DeclaredPayloadType;
 use crate::taps::{TapLink, TapSpec, TapsConfig};
 
 /// The receiver's settings, resolved.
@@ -42,6 +43,25 @@ pub struct Config {
     pub recorder_threads: usize,
     /// Taps this receiver configures, starts and keeps running.
     pub taps: TapsConfig,
+    /// What dynamic payload types mean when a call's INV does not declare them.
+    pub payload_types: Vec<DeclaredPayloadType>,
+    /// Datagrams for a call are taken only from the address that started it.
+    pub bind_sender: bool,
+}
+
+/// The default `payload-types`: RFC 4733 events on 101, as the original
+/// mod_rst and most SIP equipment send them without saying so.
+pub const DEFAULT_PAYLOAD_TYPES: &[&str] = &["101=telephone-event/8000"];
+
+fn payload_types(texts: &[String]) -> anyhow::Result<Vec<DeclaredPayloadType>> {
+    texts
+        .iter()
+        .map(|text| {
+            let (pt, name, rate) = rst_proto::parse_payload_type(text)
+                .map_err(|e| anyhow::anyhow!("payload-types: {e}"))?;
+            Ok((pt, name.to_owned(), rate))
+        })
+        .collect()
 }
 
 /// An inclusive range of UDP ports, written `40000-59999`.
@@ -91,6 +111,14 @@ impl Default for Config {
             feed: None,
             recorder_threads: 2,
             taps: TapsConfig::default(),
+            payload_types: payload_types(
+                &DEFAULT_PAYLOAD_TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .expect("the default payload types parse"),
+            bind_sender: true,
         }
     }
 }
@@ -154,6 +182,14 @@ pub struct Settings {
     /// Seconds between status requests (the heartbeat) to each tap [default: 5]
     #[arg(long, value_name = "SECS")]
     pub tap_poll_interval: Option<u64>,
+    /// What a dynamic payload type means when a call's INV does not declare it:
+    /// N=NAME/CLOCK, repeatable (in the file, [] for none) [default: 101=telephone-event/8000]
+    #[arg(long, value_name = "N=NAME/CLOCK")]
+    pub payload_types: Option<Vec<String>>,
+    /// Take a call's datagrams only from the address that started it; false
+    /// where a sender's address may change mid-call (NAT rebinding) [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub bind_sender: Option<bool>,
 }
 
 impl Settings {
@@ -197,6 +233,8 @@ impl Settings {
             tap_secret_file: self.tap_secret_file.or(base.tap_secret_file),
             tap_discovery: self.tap_discovery.or(base.tap_discovery),
             tap_poll_interval: self.tap_poll_interval.or(base.tap_poll_interval),
+            payload_types: self.payload_types.or(base.payload_types),
+            bind_sender: self.bind_sender.or(base.bind_sender),
         }
     }
 
@@ -232,6 +270,11 @@ impl Settings {
                     .tap_poll_interval
                     .map_or(default.taps.poll_interval, Duration::from_secs),
             },
+            payload_types: match &self.payload_types {
+                Some(texts) => payload_types(texts)?,
+                None => default.payload_types,
+            },
+            bind_sender: self.bind_sender.unwrap_or(default.bind_sender),
         };
         anyhow::ensure!(
             !config.taps.poll_interval.is_zero(),
@@ -288,6 +331,8 @@ mod tests {
             rtp-ports = "30000-30009"
             jitter-packets = 3
             feed = "127.0.0.1:9529"
+            payload-types = ["96=telephone-event/16000", "101=PCMU/8000"]
+            bind-sender = false
             "#,
         )
         .unwrap();
@@ -303,6 +348,19 @@ mod tests {
         assert_eq!(config.rtp_ports, PortRange(30000..=30009));
         assert_eq!(config.jitter_packets, 3);
         assert_eq!(config.feed, Some("127.0.0.1:9529".parse().unwrap()));
+        assert_eq!(
+            config.payload_types,
+            [
+                (96, "telephone-event".to_owned(), 16000),
+                (101, "PCMU".to_owned(), 8000)
+            ]
+        );
+        assert!(!config.bind_sender);
+        let none = Settings::parse("payload-types = []")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(none.payload_types.is_empty());
     }
 
     #[test]
@@ -330,6 +388,10 @@ mod tests {
         assert!(Settings::parse("allow = [\"10.0.0.0/33\"]").is_err());
         assert!(Settings::parse("rtp-ports = \"5000\"").is_err());
         assert!(Settings::parse("rtp-ports = \"5000-5000\"").is_err());
+        for bad in ["101", "101=telephone-event", "200=PCMU/8000", "x=PCMU/8000"] {
+            let settings = Settings::parse(&format!("payload-types = [{bad:?}]")).unwrap();
+            assert!(settings.resolve().is_err(), "{bad}");
+        }
         assert!(Settings {
             idle_timeout: Some(0),
             ..Settings::default()

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rst_codec::{Codec, Decoder};
@@ -184,7 +185,13 @@ pub struct RecordOptions {
     pub bare_payload: bool,
     /// RTP packets held behind a missing one before it counts as lost.
     pub jitter_packets: usize,
+    /// What dynamic payload types mean when a call's INV does not say
+    /// (`payload-types`): number, encoding name, clock. An INV's own wins.
+    pub default_payload_types: Arc<[DeclaredPayloadType]>,
 }
+
+/// A dynamic payload type's meaning: number, encoding name, clock rate.
+pub type DeclaredPayloadType = (u8, String, u32);
 
 /// The files of one call being recorded.
 #[derive(Debug)]
@@ -198,7 +205,9 @@ pub struct CallRecording {
     /// Depth of the jitter buffer of an RTP lane.
     jitter_packets: usize,
     /// Payload types the sender declared in its INV: number, encoding name, clock.
-    declared: Vec<(u8, String, u32)>,
+    declared: Vec<DeclaredPayloadType>,
+    /// The receiver's defaults, for numbers the INV does not declare.
+    default_payload_types: Arc<[DeclaredPayloadType]>,
     lanes: [Lane; 2],
     /// DTMF records completed since the last [`CallRecording::take_new_dtmf`].
     new_dtmf: Vec<usize>,
@@ -269,6 +278,7 @@ impl CallRecording {
             l16_rate: start.l16_rate,
             jitter_packets: options.jitter_packets,
             declared: declared_payload_types(&start.extensions),
+            default_payload_types: options.default_payload_types.clone(),
             lanes: [lane(Direction::Read), lane(Direction::Write)],
             new_dtmf: Vec::new(),
             stereo: None,
@@ -476,10 +486,12 @@ impl CallRecording {
         }
     }
 
-    /// What the sender declared `pt` to be, in its INV.
+    /// What the sender declared `pt` to be, in its INV, or else what the
+    /// receiver's `payload-types` say it is.
     fn declared(&self, pt: u8) -> Option<(&str, u32)> {
         self.declared
             .iter()
+            .chain(self.default_payload_types.iter())
             .find(|(number, ..)| *number == pt)
             .map(|(_, name, rate)| (name.as_str(), *rate))
     }
@@ -746,17 +758,18 @@ impl CallRecording {
     }
 }
 
-fn declared_payload_types(extensions: &str) -> Vec<(u8, String, u32)> {
+fn declared_payload_types(extensions: &str) -> Vec<DeclaredPayloadType> {
     let Ok(extensions) = Extensions::parse(extensions) else {
         return Vec::new();
     };
-    (0..=127u8)
-        .filter_map(|pt| {
-            extensions
-                .payload_type(pt)
-                .map(|(name, rate)| (pt, name.to_owned(), rate))
-        })
-        .collect()
+    let mut declared: Vec<DeclaredPayloadType> = Vec::new();
+    for (pt, name, rate) in extensions.payload_types() {
+        // The first declaration of a number is its meaning.
+        if !declared.iter().any(|(known, ..)| *known == pt) {
+            declared.push((pt, name.to_owned(), rate));
+        }
+    }
+    declared
 }
 
 fn write_silence(wav: &mut WavFile, mut samples: u64) -> io::Result<()> {

@@ -127,6 +127,7 @@ pub async fn run(
         record_dir,
         bare_payload: config.raw,
         jitter_packets: config.jitter_packets,
+        default_payload_types: config.payload_types.clone().into(),
     };
     // Several recorder threads, each owning the calls whose id maps to it: a slow
     // disk operation (creating a file can take milliseconds) stalls only its share.
@@ -152,6 +153,7 @@ pub async fn run(
         allow: config.allow.clone(),
         default_l16_rate: config.l16_rate,
         rtp_ports: config.rtp_ports.0.clone(),
+        bind_sender: config.bind_sender,
     };
     let (rtp_arrivals, rtp_queue) = mpsc::channel(RTP_QUEUE);
     let mut receiver = Receiver {

@@ -95,7 +95,7 @@ fn consoles_follow_real_calls() {
         rtp_ports: Some(local),
         extensions: Extensions::parse("pt101=telephone-event/8000").unwrap(),
     }));
-    let ack = sender.receive().unwrap();
+    let ack = sender.receive_within(Duration::from_secs(30)).unwrap();
     let Ok(Message::Ack(ack)) = Message::parse(&ack) else {
         panic!()
     };

@@ -553,3 +553,83 @@ fn a_call_id_given_in_the_inv_reaches_the_record() {
     assert_eq!(record["call_id"], call_id);
     receiver.stop();
 }
+
+/// A call is bound to the address that started it: a second socket on the same
+/// host can neither speak into it nor end it (refused, counted, unanswered).
+#[test]
+fn datagrams_from_another_address_than_the_calls_sender_are_refused() {
+    let mut receiver = Receiver::start();
+    let mut owner = Sender::new(receiver.addr);
+    let mut intruder = Sender::new(receiver.addr);
+    let id = uuid(40);
+    owner.inv(&id, "alice", "bob");
+    let voice = [0xFFu8; 160];
+    for _ in 0..5 {
+        owner.data(&id, Read, 0, &voice);
+    }
+    for _ in 0..20 {
+        intruder.data(&id, Read, 0, &[0x00u8; 160]);
+    }
+    intruder.send(rst_proto::Message::Bye(rst_proto::Bye {
+        uuid: rst_proto::Uuid::new(&id).unwrap(),
+    }));
+    assert!(
+        intruder.receive().is_none(),
+        "the intruder's BYE was answered"
+    );
+    // A repeated INV from the intruder renames nobody and is not answered either.
+    intruder.send(rst_proto::Message::Inv(rst_proto::Inv {
+        uuid: rst_proto::Uuid::new(&id).unwrap(),
+        caller: "mallory",
+        callee: "eve",
+        rtp_ports: None,
+        extensions: rst_proto::Extensions::NONE,
+    }));
+    assert!(
+        intruder.receive().is_none(),
+        "the intruder's INV was answered"
+    );
+    for _ in 0..5 {
+        owner.data(&id, Read, 0, &voice);
+    }
+    owner.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    assert_eq!(record["caller"], "alice", "{record}");
+    assert_eq!(record["directions"]["R"]["packets"], 10, "{record}");
+    let (_, samples) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert!(
+        samples.iter().all(|&s| s == samples[0]),
+        "the intruder's audio is in the recording"
+    );
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"wrong_source\"}"),
+        22
+    );
+    receiver.stop();
+}
+
+/// `bind-sender = false`, for senders whose address may change mid-call: any
+/// address may act on a call, as the original receiver allowed.
+#[test]
+fn with_bind_sender_off_a_call_takes_datagrams_from_any_address() {
+    let mut receiver = Receiver::with(Settings {
+        bind_sender: Some(false),
+        ..Settings::default()
+    });
+    let mut first = Sender::new(receiver.addr);
+    let mut moved = Sender::new(receiver.addr);
+    let id = uuid(41);
+    first.inv(&id, "alice", "bob");
+    first.data(&id, Read, 0, &[0xFFu8; 160]);
+    moved.data(&id, Read, 0, &[0xFFu8; 160]);
+    moved.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    assert_eq!(record["directions"]["R"]["packets"], 2, "{record}");
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"wrong_source\"}"),
+        0
+    );
+    receiver.stop();
+}

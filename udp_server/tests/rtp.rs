@@ -41,7 +41,7 @@ impl RtpSender {
             rtp_ports: Some(ports),
             extensions: Extensions::parse(extensions).unwrap(),
         }));
-        let reply = self.control.receive()?;
+        let reply = self.control.receive_within(Duration::from_secs(5))?;
         let Ok(Message::Ack(ack)) = Message::parse(&reply) else {
             panic!("not an ACK: {reply:?}")
         };
@@ -438,4 +438,91 @@ fn rtp_for_a_call_that_data_started_is_recorded() {
     let record = &records[0];
     assert_eq!(record["mode"], "rtp", "{record}");
     assert_eq!(record["directions"]["R"]["rtp"]["received"], 10, "{record}");
+}
+
+/// Sends PCMU then an RFC 4733 digit on PT 101 that the INV (`extensions`)
+/// may or may not declare, waits until the receiver has every packet, ends
+/// the call and returns its record.
+fn call_with_digit_on_101(receiver: &Receiver, id: &str, extensions: &str) -> serde_json::Value {
+    let mut sender = RtpSender::new(receiver.addr);
+    let ports = sender.inv(id, extensions).unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], ports.0));
+    let before = receiver.counter("rst_rtp_packets_total");
+    for k in 0..5u16 {
+        let packet = rtp(k, u32::from(k) * 160, 7, 0, &[0xFF; 160]);
+        sender.read.send_to(&packet, to).unwrap();
+    }
+    let event = TelephoneEvent {
+        event: 5,
+        end: true,
+        volume: 10,
+        duration: 800,
+    }
+    .encode();
+    sender
+        .read
+        .send_to(&rtp(5, 800, 7, 101, &event), to)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.counter("rst_rtp_packets_total") < before + 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RTP did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sender.control.bye(id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(record) = records_in(receiver.dir.path())
+            .into_iter()
+            .find(|r| r["uuid"] == id)
+        {
+            return record;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record for {id}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The original mod_rst and most SIP equipment send RFC 4733 digits on PT 101
+/// without declaring it: the receiver's `payload-types` default takes it for
+/// telephone-event, an INV's own declaration wins, and an empty map keeps it raw.
+#[test]
+fn undeclared_payload_type_101_is_taken_for_telephone_events() {
+    let mut receiver = Receiver::with(settings("21800-21809"));
+    let record = call_with_digit_on_101(&receiver, &uuid(80), "");
+    assert_eq!(record["dtmf"][0]["digit"], "5", "{record}");
+    assert_eq!(
+        record["directions"]["R"]["payload_types"],
+        serde_json::json!([0])
+    );
+    assert_eq!(
+        record["directions"]["R"]["raw"],
+        serde_json::json!([]),
+        "{record}"
+    );
+
+    // Declared otherwise by the INV: its declaration, not the default.
+    let record = call_with_digit_on_101(&receiver, &uuid(81), "pt101=PCMA/8000");
+    assert_eq!(record["dtmf"], serde_json::json!([]), "{record}");
+    assert_eq!(
+        record["directions"]["R"]["codecs"],
+        serde_json::json!(["PCMU", "PCMA"]),
+        "{record}"
+    );
+    receiver.stop();
+
+    // No default map: an undeclared 101 is kept raw, as before.
+    let mut receiver = Receiver::with(Settings {
+        payload_types: Some(Vec::new()),
+        ..settings("21810-21819")
+    });
+    let record = call_with_digit_on_101(&receiver, &uuid(82), "");
+    assert_eq!(record["dtmf"], serde_json::json!([]), "{record}");
+    assert_eq!(
+        record["directions"]["R"]["raw"][0]["payload_type"], 101,
+        "{record}"
+    );
+    receiver.stop();
 }

@@ -21,7 +21,7 @@ pub mod stream;
 mod types;
 
 pub use error::{EncodeError, ParseError};
-pub use message::{Ack, Bye, Data, Extensions, Inv, Message, RtpPorts};
+pub use message::{parse_payload_type, Ack, Bye, Data, Extensions, Inv, Message, RtpPorts};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};
 pub use types::{Direction, PayloadType, Uuid};
 

@@ -115,20 +115,20 @@ impl<'a> Extensions<'a> {
     /// clock rate. A channel count after the rate (`opus/48000/2`, as RFC 7587
     /// has every opus rtpmap say) is allowed and not returned.
     pub fn payload_type(&self, pt: u8) -> Option<(&'a str, u32)> {
-        self.iter().find_map(|(key, value)| {
-            let number: u8 = key.strip_prefix("pt")?.parse().ok()?;
-            let (name, rest) = value.split_once('/')?;
-            let rate = match rest.split_once('/') {
-                Some((rate, channels)) => {
-                    channels.parse::<u8>().ok()?;
-                    rate
-                }
-                None => rest,
-            };
-            (number == pt).then_some((name, rate.parse().ok()?))
-        })
+        self.payload_types()
+            .find(|(number, ..)| *number == pt)
+            .map(|(_, name, rate)| (name, rate))
     }
 
+    /// Every payload type the extensions declare (`ptN=NAME/CLOCK[/CHANNELS]`),
+    /// in the order given; malformed declarations are skipped.
+    pub fn payload_types(&self) -> impl Iterator<Item = (u8, &'a str, u32)> {
+        self.iter().filter_map(|(key, value)| {
+            let number: u8 = key.strip_prefix("pt")?.parse().ok()?;
+            let (name, rate) = rtpmap(value)?;
+            (number <= 127).then_some((number, name, rate))
+        })
+    }
     /// A value that may contain `:` (a SIP Call-ID, say) made safe for an
     /// extension field: `%` and `:` percent-encoded, as `%25` and `%3A`.
     pub fn escape(value: &str) -> String {
@@ -150,6 +150,34 @@ impl<'a> Extensions<'a> {
             .ok()
             .filter(|rate| (8000..=192_000).contains(rate))
     }
+}
+
+/// `NAME/CLOCK[/CHANNELS]`, as SDP's `a=rtpmap` writes a payload type's
+/// meaning: the encoding name and clock rate (a channel count is checked, not returned).
+fn rtpmap(value: &str) -> Option<(&str, u32)> {
+    let (name, rest) = value.split_once('/')?;
+    let rate = match rest.split_once('/') {
+        Some((rate, channels)) => {
+            channels.parse::<u8>().ok()?;
+            rate
+        }
+        None => rest,
+    };
+    (!name.is_empty()).then_some((name, rate.parse().ok()?))
+}
+
+/// A payload type declaration outside an INV, `N=NAME/CLOCK[/CHANNELS]` (the
+/// INV's `ptN=` grammar without the `pt`): the receiver's default map of
+/// dynamic payload types is written so. Returns the number, name and clock.
+pub fn parse_payload_type(text: &str) -> Result<(u8, &str, u32), String> {
+    let bad = || format!("{text:?} is not a payload type like 101=telephone-event/8000");
+    let (number, value) = text.split_once('=').ok_or_else(bad)?;
+    let number: u8 = number.trim().parse().map_err(|_| bad())?;
+    if number > 127 {
+        return Err(format!("{text:?}: a payload type is 0-127"));
+    }
+    let (name, rate) = rtpmap(value.trim()).ok_or_else(bad)?;
+    Ok((number, name, rate))
 }
 
 const INV: &[u8; 5] = b"INV :";
