@@ -347,6 +347,7 @@ fn log_counters(frames: u64, pipeline: &Pipeline, output: &UdpOutput, pcap: Opti
         calls_filtered = p.calls_filtered,
         recording = pipeline.recording(),
         rtp_forwarded = p.rtp_forwarded,
+        rtp_after_bye = p.rtp_after_bye,
         rtp_duplicates = p.rtp_duplicates,
         rtp_not_audio = p.rtp_not_audio,
         rtp_encrypted = p.rtp_encrypted,

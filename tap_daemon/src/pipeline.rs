@@ -41,7 +41,7 @@
 //! [`PipelineConfig::max_sipless_calls`] calls without SIP and twice as many
 //! candidate flows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -269,6 +269,9 @@ pub struct PipelineStats {
     pub rtp_unmatched: u64,
     /// RTP packets forwarded.
     pub rtp_forwarded: u64,
+    /// Of those, packets that came after SIP ended their call, within the
+    /// tracker's `rtp_linger` (the end of what was said).
+    pub rtp_after_bye: u64,
     /// RTP packets dropped as repeats of one already forwarded.
     pub rtp_duplicates: u64,
     /// RTP packets of a call with a payload type its SDP does not list as audio.
@@ -375,6 +378,9 @@ struct Call {
     encrypted: Vec<FlowPair>,
     /// The SDP made the audio SRTP (SDES or DTLS): all of it is ciphertext.
     srtp: bool,
+    /// SIP ended the call at this capture time; its RTP is still forwarded
+    /// for the tracker's `rtp_linger`, then the call ends.
+    sip_ended: Option<Duration>,
 }
 
 /// Most flow pairs a call remembers as encrypted; a call has one or two
@@ -458,6 +464,7 @@ impl Call {
             sipless: None,
             encrypted: Vec::new(),
             srtp: false,
+            sip_ended: None,
         }
     }
 
@@ -553,6 +560,8 @@ pub struct Pipeline {
     sipless: HashMap<FlowPair, CallKey>,
     candidates: HashMap<(SocketAddr, SocketAddr), Candidate>,
     tcp: HashMap<(SocketAddr, SocketAddr), SipStream>,
+    /// Calls SIP ended, in end order, with when their RTP linger is over.
+    lingering: VecDeque<(Duration, CallKey)>,
     last_tick: Option<Duration>,
     stats: PipelineStats,
 }
@@ -567,6 +576,7 @@ impl Pipeline {
             sipless: HashMap::new(),
             candidates: HashMap::new(),
             tcp: HashMap::new(),
+            lingering: VecDeque::new(),
             last_tick: None,
             stats: PipelineStats::default(),
         }
@@ -613,6 +623,7 @@ impl Pipeline {
     /// Timers: call it when no frame came for a while (live capture), with the
     /// current time. Does its work at most once a second of `now`.
     pub fn tick(&mut self, now: Duration, out: &mut impl Output) {
+        self.end_lingered(now, out);
         let due = match self.last_tick {
             None => {
                 self.last_tick = Some(now);
@@ -665,6 +676,7 @@ impl Pipeline {
         }
         self.candidates.clear();
         self.tcp.clear();
+        self.lingering.clear();
     }
 
     fn datagram(&mut self, d: &Datagram<'_>, out: &mut impl Output) {
@@ -693,7 +705,7 @@ impl Pipeline {
             // The handshake's last message: SRTP from here on (tshark, too,
             // sets its SRTP stream up at the Conf2ACK).
             if message == b"Conf2ACK" {
-                self.encrypted(d.src, d.dst);
+                self.encrypted(d.time, d.src, d.dst);
             }
             return;
         }
@@ -704,9 +716,9 @@ impl Pipeline {
     }
 
     /// Marks the flow pair of `src` and `dst` encrypted in the call it belongs to.
-    fn encrypted(&mut self, src: SocketAddr, dst: SocketAddr) {
+    fn encrypted(&mut self, now: Duration, src: SocketAddr, dst: SocketAddr) {
         let flow = pair(src, dst);
-        let key = match self.tracker.classify(src, dst) {
+        let key = match self.tracker.classify(now, src, dst) {
             Some((key, _)) => key,
             None => match self.sipless.get(&flow) {
                 Some(&key) => key,
@@ -810,7 +822,7 @@ impl Pipeline {
                     }
                 }
                 CallEvent::CallAnswered { key, .. } => answered.push(key),
-                CallEvent::CallEnded { key, .. } => self.end(key, out),
+                CallEvent::CallEnded { key, .. } => self.sip_ended(now, key, out),
             }
         }
         // After the batch: the 200's own SDP is applied before the start, so
@@ -871,6 +883,30 @@ impl Pipeline {
         })
     }
 
+    /// SIP ended a call: one being recorded ends once the RTP still in flight
+    /// (`rtp_linger` of capture time) is forwarded; any other at once.
+    fn sip_ended(&mut self, now: Duration, key: CallKey, out: &mut impl Output) {
+        let linger = self.config.tracker.rtp_linger;
+        match self.calls.get_mut(&key) {
+            Some(call) if call.recording == Recording::Started && !linger.is_zero() => {
+                call.sip_ended.get_or_insert(now);
+                self.lingering.push_back((now + linger, key));
+            }
+            _ => self.end(key, out),
+        }
+    }
+
+    /// Ends the calls whose linger after SIP's end is over at `now`.
+    fn end_lingered(&mut self, now: Duration, out: &mut impl Output) {
+        while let Some(&(due, key)) = self.lingering.front() {
+            if due > now {
+                break;
+            }
+            self.lingering.pop_front();
+            self.end(key, out);
+        }
+    }
+
     fn end(&mut self, key: CallKey, out: &mut impl Output) {
         let Some(call) = self.calls.remove(&key) else {
             return;
@@ -897,7 +933,7 @@ impl Pipeline {
             self.stats.rtcp += 1;
             return;
         }
-        let (key, direction) = match self.tracker.classify(src, dst) {
+        let (key, direction) = match self.tracker.classify(now, src, dst) {
             Some((key, classified)) => {
                 let Some(call) = self.calls.get_mut(&key) else {
                     self.stats.rtp_unmatched += 1;
@@ -960,6 +996,7 @@ impl Pipeline {
         if call.info.is_some() {
             self.tracker.touch(key, now);
         }
+        let after_bye = call.sip_ended.is_some();
         // Still the call's media (it keeps the call alive), but ciphertext.
         if call.srtp || call.encrypted.contains(&pair(src, dst)) {
             self.stats.rtp_encrypted += 1;
@@ -971,6 +1008,9 @@ impl Pipeline {
             return;
         }
         self.stats.rtp_forwarded += 1;
+        if after_bye {
+            self.stats.rtp_after_bye += 1;
+        }
         out.rtp(key, direction, bytes);
     }
 
@@ -1406,7 +1446,56 @@ mod tests {
             &udp("10.0.0.1:5060", "10.0.0.2:5060", &bye),
             &mut out,
         );
+        p.tick(t + Duration::from_secs(1), &mut out);
         assert_eq!(out.ended, vec![key]);
+    }
+
+    /// The last words of a call often arrive after its BYE (which travels
+    /// another way): RTP within the tracker's `rtp_linger` of the BYE is
+    /// forwarded and counted, then the call ends; later RTP matches nothing.
+    #[test]
+    fn rtp_in_flight_after_the_bye_is_forwarded_within_the_linger() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        let key = out.started[0].key;
+        let t = Duration::from_secs(2);
+        let bye = sip("BYE sip:1002@10.0.0.2 SIP/2.0", A, B_TAG, "2 BYE", None);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &bye),
+            &mut out,
+        );
+        assert!(out.ended.is_empty(), "ended before its RTP in flight");
+        // 60 ms after the BYE, the caller's last packets.
+        let mut late = Vec::new();
+        for k in 0..3u16 {
+            let packet = rtp(8, 10 + k, 160 * u32::from(10 + k), 7, &[0xd5; 160]);
+            p.frame(
+                LinkType::RAW,
+                t + Duration::from_millis(20 + 20 * u64::from(k)),
+                &udp("10.0.0.1:4000", "10.0.0.2:6000", &packet),
+                &mut out,
+            );
+            late.push((key, Direction::Read, packet));
+        }
+        assert_eq!(out.rtp, late);
+        assert_eq!(p.stats().rtp_after_bye, 3);
+        assert!(out.ended.is_empty());
+        // Past the linger: the call ends, and its RTP is no more its.
+        let linger = PipelineConfig::default().tracker.rtp_linger;
+        let after = rtp(8, 20, 3200, 7, &[0xd5; 160]);
+        p.frame(
+            LinkType::RAW,
+            t + linger,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &after),
+            &mut out,
+        );
+        assert_eq!(out.ended, vec![key]);
+        assert_eq!(out.rtp.len(), 3, "RTP after the linger was forwarded");
+        assert_eq!(p.stats().rtp_unmatched, 1);
+        assert_eq!(p.stats().calls_ended, 1);
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl Harness {
     }
 
     fn classify(&self, src: &str, dst: &str) -> Option<(CallKey, Direction)> {
-        self.t.classify(addr(src), addr(dst))
+        self.t.classify(self.now, addr(src), addr(dst))
     }
 }
 
@@ -477,6 +477,12 @@ fn call_with_early_media_reinvite_move_and_bye_from_callee() {
         false,
     );
     assert_eq!(ended(&ev), [EndReason::Bye]);
+    // RTP still in flight after the BYE matches for the linger, then nothing.
+    assert_eq!(
+        h.classify("192.0.2.1:4000", "192.0.2.3:6000"),
+        Some((key, Direction::Read))
+    );
+    h.now += TrackerConfig::default().rtp_linger;
     assert_eq!(h.classify("192.0.2.1:4000", "192.0.2.3:6000"), None);
     // Retransmitted BYE, and the 200 to it: nothing new.
     assert!(h
@@ -782,6 +788,7 @@ fn invite_flood_is_bounded_and_expires() {
         setup_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
         linger: Duration::from_secs(5),
+        ..TrackerConfig::default()
     };
     let mut h = Harness::new(config);
     // One real call, answered.
@@ -993,7 +1000,7 @@ fn random_truncated_and_mutated_input_never_panics() {
         exercise(&mut t, now, &bytes);
         if round % 100 == 0 {
             t.handle_timeout(now);
-            let _ = t.classify(addr("192.0.2.2:5000"), addr("192.0.2.1:4000"));
+            let _ = t.classify(now, addr("192.0.2.2:5000"), addr("192.0.2.1:4000"));
         }
         assert!(t.len() <= 50);
     }

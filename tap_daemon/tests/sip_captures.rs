@@ -420,7 +420,7 @@ fn replay(
     let mut pending = streams.into_iter().peekable();
     let classify = |tracker: &Tracker, r: &mut Replay, s: RtpStream| {
         let class = tracker
-            .classify(s.src, s.dst)
+            .classify(s.start, s.src, s.dst)
             .map(|(key, dir)| (r.call_id(key), dir));
         r.streams.push((s, class));
     };

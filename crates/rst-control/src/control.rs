@@ -164,6 +164,8 @@ pub struct Counters {
     /// Calls the networks and numbers filters left out.
     pub calls_filtered: u64,
     pub rtp_forwarded: u64,
+    /// Of those, RTP that came after SIP ended its call (the end of what was said).
+    pub rtp_after_bye: u64,
     pub rtp_sent: u64,
     /// RTP of calls whose media is SRTP (SDP or ZRTP): seen, not recorded.
     pub rtp_encrypted: u64,

@@ -353,6 +353,7 @@ fn counters(
         calls_active,
         calls_filtered: p.calls_filtered,
         rtp_forwarded: p.rtp_forwarded,
+        rtp_after_bye: p.rtp_after_bye,
         rtp_sent: o.rtp_sent,
         rtp_encrypted: p.rtp_encrypted,
         drops: Drops {

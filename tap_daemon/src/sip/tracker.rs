@@ -52,6 +52,10 @@ pub struct TrackerConfig {
     /// late responses and straggling INVITEs do not start a new call.
     /// 32 s is RFC 3261 Timer J/H (64*T1).
     pub linger: Duration,
+    /// RTP still matches a dialog that SIP ended (BYE, CANCEL) for this long
+    /// of capture time: the last words of a call often arrive after its BYE,
+    /// which travels another way.
+    pub rtp_linger: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -61,6 +65,7 @@ impl Default for TrackerConfig {
             setup_timeout: Duration::from_secs(180),
             idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(32),
+            rtp_linger: Duration::from_millis(300),
         }
     }
 }
@@ -417,18 +422,28 @@ impl Tracker {
     /// it goes to the callee's endpoint (or, failing that, comes from the
     /// caller's), `W` the other way round. The destination decides first
     /// because NAT rewrites sources, not the addresses SDP announced as
-    /// receive endpoints. Only audio endpoints of calls not ended match.
-    pub fn classify(&self, src: SocketAddr, dst: SocketAddr) -> Option<(CallKey, Direction)> {
-        // (score, current endpoint, media order) -> best.
-        let mut best: Option<((u8, bool, u64), CallKey, Direction)> = None;
+    /// receive endpoints. Only audio endpoints of calls not ended match, and
+    /// those of calls ended less than `rtp_linger` before `now`, after every
+    /// call in progress (a new call on the same ports wins).
+    pub fn classify(
+        &self,
+        now: Duration,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<(CallKey, Direction)> {
+        // In progress, score, current endpoint, media order: higher is better.
+        type Rank = (bool, u8, bool, u64);
+        let mut best: Option<(Rank, CallKey, Direction)> = None;
         let mut consider = |key: CallKey, direction: Direction, score: u8, current: bool| {
             let Some(d) = self.dialogs.get(&key) else {
                 return;
             };
-            if d.ended_at.is_some() {
+            if d.ended_at
+                .is_some_and(|ended| now.saturating_sub(ended) >= self.config.rtp_linger)
+            {
                 return;
             }
-            let rank = (score, current, d.media_seq);
+            let rank = (d.ended_at.is_none(), score, current, d.media_seq);
             if best.as_ref().map_or(true, |(r, _, _)| rank > *r) {
                 best = Some((rank, key, direction));
             }
