@@ -351,6 +351,7 @@ fn log_counters(frames: u64, pipeline: &Pipeline, output: &UdpOutput, pcap: Opti
         rtp_duplicates = p.rtp_duplicates,
         rtp_not_audio = p.rtp_not_audio,
         rtp_encrypted = p.rtp_encrypted,
+        fax_packets = p.fax_packets,
         rtp_unmatched = p.rtp_unmatched,
         rtp_sent = o.rtp_sent,
         send_errors = o.send_errors,

@@ -48,7 +48,7 @@ use std::time::Duration;
 use rst_proto::{Direction, Extensions, RtpPacket};
 
 use crate::packet::{Datagram, Decoder, Limits, LinkType, Transport};
-use crate::sip::sdp::static_payload_type;
+use crate::sip::sdp::{static_payload_type, MediaKind};
 use crate::sip::{
     CallEvent, CallInfo, CallKey, MediaDesc, SipMessage, SipStream, Tracker, TrackerConfig,
 };
@@ -85,6 +85,9 @@ pub struct CallStart {
     /// Payload types the receiver cannot know by number (dynamic ones), with
     /// the encoding name and clock rate the SDP gave them.
     pub payload_types: Vec<(u8, String, u32)>,
+    /// SDP moved the call to fax (T.38) at some point: the receiver's
+    /// record says so (`fax=1`).
+    pub fax: bool,
     /// Capture time of the start (of the update, for [`Output::call_updated`]).
     pub at: Duration,
 }
@@ -95,7 +98,8 @@ const MAX_CALL_ID: usize = 512;
 
 impl CallStart {
     /// The INV's extension fields: `ptN=NAME/CLOCK` for each declared payload
-    /// type and `call-id=` (escaped) when there is one.
+    /// type, `call-id=` (escaped) when there is one, `fax=1` once the call
+    /// had a fax phase.
     pub fn extensions(&self) -> String {
         let mut fields: Vec<String> = self
             .payload_types
@@ -116,6 +120,9 @@ impl CallStart {
             if !printable.is_empty() {
                 fields.push(format!("call-id={}", Extensions::escape(&printable)));
             }
+        }
+        if self.fax {
+            fields.push(format!("{}=1", Extensions::FAX));
         }
         fields.join(":")
     }
@@ -278,6 +285,9 @@ pub struct PipelineStats {
     pub rtp_not_audio: u64,
     /// Of those, comfort noise (PT 13, or 19 as older senders use it).
     pub rtp_comfort_noise: u64,
+    /// Packets of a call's media while its SDP says fax (T.38 `m=image`),
+    /// dropped even on the audio's own addresses and ports.
+    pub fax_packets: u64,
     /// RTP packets whose direction was swapped because another stream of
     /// the call already held the one the SDP suggested.
     pub rtp_direction_swapped: u64,
@@ -381,6 +391,11 @@ struct Call {
     /// SIP ended the call at this capture time; its RTP is still forwarded
     /// for the tracker's `rtp_linger`, then the call ends.
     sip_ended: Option<Duration>,
+    /// A party's current SDP has fax (T.38 `m=image`) and no audio: nothing
+    /// of the call's media is audio now, whatever addresses it uses.
+    fax: bool,
+    /// The call was in a fax phase at some point.
+    had_fax: bool,
 }
 
 /// Most flow pairs a call remembers as encrypted; a call has one or two
@@ -465,14 +480,31 @@ impl Call {
             encrypted: Vec::new(),
             srtp: false,
             sip_ended: None,
+            fax: false,
+            had_fax: false,
         }
     }
 
     /// Applies both parties' current media: which payload types are audio,
-    /// and what the dynamic ones are. Returns whether a dynamic payload type
-    /// was declared that had not been.
+    /// what the dynamic ones are, whether the call is in a fax phase. Returns
+    /// whether the receiver must hear of it: a dynamic payload type declared
+    /// that had not been, or the call's first fax phase.
     fn media(&mut self, caller: Option<&MediaDesc>, callee: Option<&MediaDesc>) -> bool {
         let declared_before = self.declared.len();
+        // Either party moving to T.38 starts the fax, whether or not the
+        // other's answer was seen: from then on no packet of the call is
+        // audio, also on the audio's own addresses, until SDP brings audio back.
+        let fax = |desc: Option<&MediaDesc>| {
+            desc.is_some_and(|d| {
+                d.audio.is_none()
+                    && d.non_audio
+                        .iter()
+                        .any(|(kind, _)| *kind == MediaKind::Image)
+            })
+        };
+        self.fax = fax(caller) || fax(callee);
+        let first_fax = self.fax && !self.had_fax;
+        self.had_fax |= self.fax;
         // The answer says whether the offer's SRTP was taken up (an offer may
         // propose keys on RTP/AVP, "best effort", and be answered in clear).
         if let Some(desc) = callee.or(caller) {
@@ -516,7 +548,7 @@ impl Call {
                 self.audio[usize::from(pt)] = true;
             }
         }
-        self.declared.len() > declared_before
+        self.declared.len() > declared_before || first_fax
     }
 }
 
@@ -861,6 +893,7 @@ impl Pipeline {
             caller,
             callee,
             payload_types: call.declared.clone(),
+            fax: call.had_fax,
             at: now,
         });
         true
@@ -879,6 +912,7 @@ impl Pipeline {
             caller,
             callee,
             payload_types: call.declared.clone(),
+            fax: call.had_fax,
             at: now,
         })
     }
@@ -973,6 +1007,10 @@ impl Pipeline {
         };
         if call.recording == Recording::Refused {
             self.stats.rtp_filtered += 1;
+            return;
+        }
+        if call.fax {
+            self.stats.fax_packets += 1;
             return;
         }
         let pt = packet.payload_type;
@@ -1630,6 +1668,163 @@ mod tests {
         p.tick(Duration::from_secs(2), &mut out);
         p.tick(Duration::from_secs(30), &mut out);
         assert_eq!(out.ended, vec![key]);
+    }
+
+    /// A T.38 SDP on the audio's own address and port (`m=image ... udptl t38`).
+    fn t38_sdp(ip: &str, port: u16) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=image {port} udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\na=T38FaxRateManagement:transferredTCF\r\na=T38FaxUdpEC:t38UDPRedundancy\r\n"
+        )
+    }
+
+    /// Sends a re-INVITE from the callee with `offer` and the caller's 200
+    /// with `answer`, at `t`.
+    fn callee_reinvite(
+        p: &mut Pipeline,
+        out: &mut Collect,
+        t: Duration,
+        cseq: u32,
+        offer: &str,
+        answer: &str,
+    ) {
+        let reinvite = sip(
+            "INVITE sip:1001@10.0.0.1 SIP/2.0",
+            B_TAG,
+            A,
+            &format!("{cseq} INVITE"),
+            Some(offer),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:5060", "10.0.0.1:5060", &reinvite),
+            out,
+        );
+        let ok = sip(
+            "SIP/2.0 200 OK",
+            B_TAG,
+            A,
+            &format!("{cseq} INVITE"),
+            Some(answer),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:5060", "10.0.0.2:5060", &ok),
+            out,
+        );
+    }
+
+    /// A fax: a re-INVITE moves the media to T.38 on the audio's own
+    /// addresses and ports. UDPTL that happens to parse as RTP with an audio
+    /// payload type (a sequence number of 0x80xx, then 8) never becomes
+    /// audio; a later re-INVITE back to audio brings the audio back.
+    #[test]
+    fn t38_on_the_audios_ports_never_becomes_audio_and_audio_comes_back() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        let key = out.started[0].key;
+        let t = Duration::from_secs(2);
+        let voice = |seq: u16| rtp(8, seq, 160 * u32::from(seq), 7, &[0xd5; 160]);
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &voice(1)),
+            &mut out,
+        );
+        callee_reinvite(
+            &mut p,
+            &mut out,
+            t,
+            2,
+            &t38_sdp("10.0.0.2", 6000),
+            &t38_sdp("10.0.0.1", 4000),
+        );
+        // UDPTL: seq_number 0x8008 (looks like RTP v2, PT 8), then IFP bytes.
+        let mut udptl = vec![
+            0x80, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        udptl.extend([0x06, 0x82, 0x1a, 0x22, 0x44].repeat(20));
+        for k in 0..5u64 {
+            for (src, dst) in [
+                ("10.0.0.1:4000", "10.0.0.2:6000"),
+                ("10.0.0.2:6000", "10.0.0.1:4000"),
+            ] {
+                p.frame(
+                    LinkType::RAW,
+                    t + Duration::from_millis(20 * (k + 1)),
+                    &udp(src, dst, &udptl),
+                    &mut out,
+                );
+            }
+        }
+        assert_eq!(
+            out.rtp,
+            vec![(key, Direction::Read, voice(1))],
+            "fax forwarded as audio"
+        );
+        // Both parties moved: the fax's endpoints are no call's audio any
+        // more, so its packets match no call at all.
+        assert_eq!(p.stats().rtp_unmatched, 10);
+        // The receiver hears of the fax phase (its record says so).
+        assert_eq!(out.updated.len(), 1);
+        assert!(out.updated[0].fax);
+        assert!(
+            out.updated[0].extensions().ends_with(":fax=1"),
+            "{}",
+            out.updated[0].extensions()
+        );
+        // Back to audio.
+        let back = Duration::from_secs(3);
+        let offer = sdp("10.0.0.2", 6000, "8", "a=rtpmap:8 PCMA/8000\r\n");
+        let answer = sdp("10.0.0.1", 4000, "8", "a=rtpmap:8 PCMA/8000\r\n");
+        callee_reinvite(&mut p, &mut out, back, 3, &offer, &answer);
+        p.frame(
+            LinkType::RAW,
+            back,
+            &udp("10.0.0.1:4000", "10.0.0.2:6000", &voice(2)),
+            &mut out,
+        );
+        assert_eq!(
+            out.rtp.len(),
+            2,
+            "the audio after the fax was not forwarded"
+        );
+        assert_eq!(out.rtp[1], (key, Direction::Read, voice(2)));
+    }
+
+    /// Only the T.38 offer seen (its answer lost, or not yet come): the fax
+    /// has begun, and its packets on the audio's 5-tuple, which the other
+    /// party's SDP still calls audio, are dropped and counted.
+    #[test]
+    fn a_t38_offer_alone_stops_the_audio_on_the_same_ports() {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut out = Collect::default();
+        call_setup(&mut p, &mut out, true);
+        let t = Duration::from_secs(2);
+        let reinvite = sip(
+            "INVITE sip:1001@10.0.0.1 SIP/2.0",
+            B_TAG,
+            A,
+            "2 INVITE",
+            Some(&t38_sdp("10.0.0.2", 6000)),
+        );
+        p.frame(
+            LinkType::RAW,
+            t,
+            &udp("10.0.0.2:5060", "10.0.0.1:5060", &reinvite),
+            &mut out,
+        );
+        let udptl = rtp(8, 0x8008, 0, 0, &[0x06, 0x82, 0x1a, 0x22]);
+        for (src, dst) in [
+            ("10.0.0.1:4000", "10.0.0.2:6000"),
+            ("10.0.0.2:6000", "10.0.0.1:4000"),
+        ] {
+            p.frame(LinkType::RAW, t, &udp(src, dst, &udptl), &mut out);
+        }
+        assert!(out.rtp.is_empty(), "fax forwarded as audio: {:?}", out.rtp);
+        assert_eq!(p.stats().fax_packets, 2);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn call_with_a_pause(refresh: Duration, rtp_ports: &str) -> Vec<serde_json::Valu
         caller: "1001".into(),
         callee: "1002".into(),
         payload_types: Vec::new(),
+        fax: false,
         at: Duration::ZERO,
     });
     quiet(&mut output, Duration::from_millis(100));
@@ -118,6 +119,7 @@ fn a_restarted_receiver_takes_the_call_in_progress_up_again() {
         caller: "1001".into(),
         callee: "1002".into(),
         payload_types: Vec::new(),
+        fax: false,
         at: Duration::ZERO,
     });
     quiet(&mut output, Duration::from_millis(100));

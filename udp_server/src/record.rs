@@ -77,6 +77,9 @@ pub struct CallRecord {
     pub directions: BTreeMap<&'static str, DirectionRecord>,
     /// RFC 4733 telephone-events, in the order they started.
     pub dtmf: Vec<DtmfRecord>,
+    /// The call had a fax (T.38) phase, whose media is not in the audio
+    /// (the sender said so: `fax=1` in its INV).
+    pub fax: bool,
     /// Left R, right W, aligned by arrival time (RTP mode: by timestamps).
     pub stereo: Option<PathBuf>,
     /// This record's own path.
@@ -234,6 +237,7 @@ impl CallRecording {
         std::fs::create_dir_all(&day)?;
         let base = unique_base(&day, &start.uuid)?;
         let rtp_mode = start.sender_rtp_ports.is_some();
+        let extensions = Extensions::parse(&start.extensions).ok();
         let lane = |direction| Lane {
             direction,
             payload_type: None,
@@ -251,8 +255,8 @@ impl CallRecording {
                 uuid: start.uuid.clone(),
                 caller: start.caller.clone(),
                 callee: start.callee.clone(),
-                call_id: Extensions::parse(&start.extensions)
-                    .ok()
+                call_id: extensions
+                    .as_ref()
                     .and_then(|e| e.get("call-id").map(Extensions::unescape)),
                 sender: start.sender.to_string(),
                 mode: if rtp_mode { "rtp" } else { "data" },
@@ -269,6 +273,7 @@ impl CallRecording {
                     .map(|d| (d.as_str(), DirectionRecord::default()))
                     .collect(),
                 dtmf: Vec::new(),
+                fax: extensions.as_ref().is_some_and(Extensions::fax),
                 stereo: None,
                 record: with_suffix(&base, "json"),
             },
@@ -311,6 +316,9 @@ impl CallRecording {
     /// its first meaning, as RFC 3264 section 8.3.2 has a session keep its
     /// payload type mappings, so a stale or forged repeat changes nothing.
     pub fn declare(&mut self, extensions: &str) {
+        if Extensions::parse(extensions).is_ok_and(|e| e.fax()) {
+            self.record.fax = true;
+        }
         for (pt, name, rate) in declared_payload_types(extensions) {
             if self.declared.iter().any(|(known, ..)| *known == pt) {
                 continue;

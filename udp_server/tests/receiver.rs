@@ -633,3 +633,32 @@ fn with_bind_sender_off_a_call_takes_datagrams_from_any_address() {
     );
     receiver.stop();
 }
+
+/// A sender that saw the call move to fax (tap_daemon: a T.38 re-INVITE)
+/// says so in a repeated INV (`fax=1`): the record says the call had a fax
+/// phase, which its audio does not hold.
+#[test]
+fn a_fax_phase_declared_by_the_sender_reaches_the_record() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let (fax, voice) = (uuid(42), uuid(43));
+    for id in [&fax, &voice] {
+        sender.inv(id, "alice", "bob");
+        sender.data(id, Read, 0, &[0xFFu8; 160]);
+    }
+    sender.inv_with(
+        &fax,
+        "alice",
+        "bob",
+        rst_proto::Extensions::parse("fax=1").unwrap(),
+    );
+    for id in [&fax, &voice] {
+        sender.bye(id);
+    }
+    let records = receiver.wait_records(2);
+    for record in &records {
+        let expected = record["uuid"] == fax.as_str();
+        assert_eq!(record["fax"], expected, "{record}");
+    }
+    receiver.stop();
+}

@@ -169,6 +169,8 @@ pub struct Counters {
     pub rtp_sent: u64,
     /// RTP of calls whose media is SRTP (SDP or ZRTP): seen, not recorded.
     pub rtp_encrypted: u64,
+    /// Packets of calls in a fax (T.38) phase on the audio's own ports: not recorded.
+    pub fax_packets: u64,
     pub drops: Drops,
     /// libpcap's counters (live captures only).
     pub pcap: Option<PcapCounters>,

@@ -143,6 +143,15 @@ impl<'a> Extensions<'a> {
             .replace("%25", "%")
     }
 
+    /// The key of the `fax=1` extension: the call had a fax (T.38) phase,
+    /// whose media was not recorded.
+    pub const FAX: &'static str = "fax";
+
+    /// Whether the call had a fax phase (`fax=1`).
+    pub fn fax(&self) -> bool {
+        self.get(Self::FAX) == Some("1")
+    }
+
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
     pub fn l16_rate(&self) -> Option<u32> {
         self.get("rate")?

@@ -356,6 +356,7 @@ fn counters(
         rtp_after_bye: p.rtp_after_bye,
         rtp_sent: o.rtp_sent,
         rtp_encrypted: p.rtp_encrypted,
+        fax_packets: p.fax_packets,
         drops: Drops {
             decode_errors,
             sip_malformed: p.sip_malformed,
