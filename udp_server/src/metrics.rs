@@ -79,6 +79,13 @@ pub struct Metrics {
     pub taps_running: AtomicI64,
     /// Tap link sessions that ended in an error (a tap restarted, say).
     pub tap_link_failures: AtomicU64,
+    /// Records of ended calls not yet written (a full disk), retried every second.
+    pub records_pending: AtomicI64,
+    /// Records written on a retry, after their first write failed.
+    pub records_retried: AtomicU64,
+    /// Records given up on in this run (more pending than the bound): their
+    /// provisional record stays on disk, completed at the next start.
+    pub records_deferred: AtomicU64,
 }
 
 impl Metrics {
@@ -168,7 +175,7 @@ impl Metrics {
         for (name, help, rows) in labelled_families {
             family(name, "counter", help, &mut rows.into_iter());
         }
-        let gauges: [(&str, &str, &AtomicI64); 2] = [
+        let gauges: [(&str, &str, &AtomicI64); 3] = [
             (
                 "rst_calls_active",
                 "Calls being recorded.",
@@ -178,6 +185,11 @@ impl Metrics {
                 "rst_taps_running",
                 "Taps capturing for this receiver.",
                 &self.taps_running,
+            ),
+            (
+                "rst_records_pending",
+                "Records of ended calls waiting for room on disk.",
+                &self.records_pending,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -189,7 +201,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "rst_datagrams_total",
                 "Datagrams received on the rst port.",
@@ -245,6 +257,16 @@ impl Metrics {
                 "rst_rtp_open_failures_total",
                 "RTP port pairs that could not be bound.",
                 &self.rtp_open_failures,
+            ),
+            (
+                "rst_records_retried_total",
+                "Records written on a retry after a failed write.",
+                &self.records_retried,
+            ),
+            (
+                "rst_records_deferred_total",
+                "Records left to the next start's recovery.",
+                &self.records_deferred,
             ),
             (
                 "rst_tap_link_failures_total",

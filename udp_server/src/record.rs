@@ -227,17 +227,24 @@ impl CallRecording {
         wall: OffsetDateTime,
         now: Instant,
         options: &RecordOptions,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, OpenError> {
         let day = options.record_dir.join(format!(
             "{:04}-{:02}-{:02}",
             wall.year(),
             u8::from(wall.month()),
             wall.day()
         ));
-        std::fs::create_dir_all(&day)?;
-        let base = unique_base(&day, &start.uuid)?;
+        let base = match std::fs::create_dir_all(&day).and_then(|()| unique_base(&day, &start.uuid))
+        {
+            Ok(base) => base,
+            Err(error) => {
+                return Err(OpenError {
+                    record: Box::new(new_record(start, wall, &day.join(&start.uuid))),
+                    error,
+                })
+            }
+        };
         let rtp_mode = start.sender_rtp_ports.is_some();
-        let extensions = Extensions::parse(&start.extensions).ok();
         let lane = |direction| Lane {
             direction,
             payload_type: None,
@@ -251,32 +258,7 @@ impl CallRecording {
             rtp: rtp_mode.then(|| RtpLane::new(options.jitter_packets)),
         };
         let mut recording = CallRecording {
-            record: CallRecord {
-                uuid: start.uuid.clone(),
-                caller: start.caller.clone(),
-                callee: start.callee.clone(),
-                call_id: extensions
-                    .as_ref()
-                    .and_then(|e| e.get("call-id").map(Extensions::unescape)),
-                sender: start.sender.to_string(),
-                mode: if rtp_mode { "rtp" } else { "data" },
-                sender_rtp_ports: start
-                    .sender_rtp_ports
-                    .map(|RtpPorts { read, write }| PortsRecord { read, write }),
-                start: wall,
-                end: None,
-                end_reason: None,
-                error: None,
-                malformed: 0,
-                directions: Direction::BOTH
-                    .iter()
-                    .map(|d| (d.as_str(), DirectionRecord::default()))
-                    .collect(),
-                dtmf: Vec::new(),
-                fax: extensions.as_ref().is_some_and(Extensions::fax),
-                stereo: None,
-                record: with_suffix(&base, "json"),
-            },
+            record: new_record(start, wall, &base),
             base,
             started: now,
             started_wall: wall,
@@ -290,21 +272,28 @@ impl CallRecording {
             stereo_frames: Vec::new(),
             failed: false,
         };
-        if options.bare_payload {
-            for lane in &mut recording.lanes {
-                let path =
-                    with_suffix(&recording.base, &format!("{}.raw", lane.direction.as_str()));
+        if let Err(error) = recording.create_first_files(options.bare_payload) {
+            return Err(OpenError {
+                record: Box::new(recording.record),
+                error,
+            });
+        }
+        Ok(recording)
+    }
+
+    fn create_first_files(&mut self, bare_payload: bool) -> io::Result<()> {
+        if bare_payload {
+            for lane in &mut self.lanes {
+                let path = with_suffix(&self.base, &format!("{}.raw", lane.direction.as_str()));
                 lane.bare = Some(RawFile::create(path.clone())?);
-                recording
-                    .record
+                self.record
                     .directions
                     .get_mut(lane.direction.as_str())
                     .expect("both directions")
                     .bare = Some(path);
             }
         }
-        recording.write_provisional_record()?;
-        Ok(recording)
+        self.write_provisional_record()
     }
 
     pub fn record(&self) -> &CallRecord {
@@ -568,13 +557,15 @@ impl CallRecording {
 
     /// Completes every file and writes the final record. The caller has
     /// drained the jitter buffers ([`CallRecording::drain_rtp`]) first, so
-    /// that the last DTMF events could be published.
+    /// that the last DTMF events could be published. `written` is false when
+    /// the record could not be written (a full disk): keep it and
+    /// [`write_record`] it again later.
     pub fn finish(
         mut self,
         reason: EndReason,
         wall: OffsetDateTime,
         metrics: &Metrics,
-    ) -> CallRecord {
+    ) -> Finished {
         if let Some((mut aligner, mut wav)) = self.stereo.take() {
             self.stereo_frames.clear();
             aligner.finish(&mut self.stereo_frames);
@@ -607,10 +598,17 @@ impl CallRecording {
         } else {
             reason
         });
-        let result = write_json(&self.record.record, &self.record)
-            .and_then(|()| std::fs::remove_file(part_path(&self.record.record)));
-        self.check(result, "write the record", Some(metrics));
-        self.record
+        let result = write_record(&self.record);
+        let written = result.is_ok();
+        if !written {
+            self.check(result, "write the record", Some(metrics));
+            // Said in the record itself, when it is written after all.
+            self.record.end_reason = Some(EndReason::Error);
+        }
+        Finished {
+            record: self.record,
+            written,
+        }
     }
 
     fn write_audio(
@@ -854,6 +852,67 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 
 /// Writes the record whole or not at all (a temporary file renamed over the
 /// old one), so whoever watches the folder never reads half a record.
+/// A call's files could not be created (a full disk, say): its audio is not
+/// recorded, but its record still is, once the call ends.
+#[derive(Debug)]
+pub struct OpenError {
+    pub error: io::Error,
+    /// The record as the call started, to be finished and written at its end.
+    pub record: Box<CallRecord>,
+}
+
+/// The record of a call as it starts, its files named after `base`.
+fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecord {
+    let extensions = Extensions::parse(&start.extensions).ok();
+    CallRecord {
+        uuid: start.uuid.clone(),
+        caller: start.caller.clone(),
+        callee: start.callee.clone(),
+        call_id: extensions
+            .as_ref()
+            .and_then(|e| e.get("call-id").map(Extensions::unescape)),
+        sender: start.sender.to_string(),
+        mode: if start.sender_rtp_ports.is_some() {
+            "rtp"
+        } else {
+            "data"
+        },
+        sender_rtp_ports: start
+            .sender_rtp_ports
+            .map(|RtpPorts { read, write }| PortsRecord { read, write }),
+        start: wall,
+        end: None,
+        end_reason: None,
+        error: None,
+        malformed: 0,
+        directions: Direction::BOTH
+            .iter()
+            .map(|d| (d.as_str(), DirectionRecord::default()))
+            .collect(),
+        dtmf: Vec::new(),
+        fax: extensions.as_ref().is_some_and(Extensions::fax),
+        stereo: None,
+        record: with_suffix(base, "json"),
+    }
+}
+
+/// A call's record once its files are complete.
+#[derive(Debug)]
+pub struct Finished {
+    pub record: CallRecord,
+    /// The record is on disk; if not, the provisional one still is.
+    pub written: bool,
+}
+
+/// Writes a call's final record and removes its provisional one.
+pub fn write_record(record: &CallRecord) -> io::Result<()> {
+    write_json(&record.record, record)?;
+    match std::fs::remove_file(part_path(&record.record)) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
 fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     text.push(b'\n');

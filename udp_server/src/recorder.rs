@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 use crate::calls::{CallId, CallStart};
 use crate::files::repair_wav;
 use crate::metrics::Metrics;
-use crate::record::{CallRecord, CallRecording, DtmfRecord, EndReason, RecordOptions};
+use crate::record::{
+    write_record, CallRecord, CallRecording, DtmfRecord, EndReason, Finished, OpenError,
+    RecordOptions,
+};
 
 /// What the receive loop asks of the recorder.
 #[derive(Debug)]
@@ -127,6 +130,9 @@ pub fn run(
     mut on_event: impl FnMut(Event<'_>),
 ) {
     let mut calls: HashMap<CallId, CallRecording> = HashMap::new();
+    let mut pending = PendingRecords::default();
+    // Calls whose files could not be created: no audio, but a record at their end.
+    let mut unrecorded: HashMap<CallId, CallRecord> = HashMap::new();
     while let Some(batch) = batches.blocking_recv() {
         for command in batch.commands {
             match command {
@@ -137,9 +143,12 @@ pub fn run(
                             on_event(Event::Started(recording.record()));
                             calls.insert(start.call, recording);
                         }
-                        Err(error) => {
+                        Err(OpenError { error, mut record }) => {
                             metrics.write_errors.fetch_add(1, Relaxed);
-                            tracing::error!(uuid = %start.uuid, dir = %options.record_dir.display(), %error, "cannot create the call's files; its audio is not recorded");
+                            tracing::error!(uuid = %start.uuid, dir = %options.record_dir.display(), %error, "cannot create the call's files; its audio is not recorded, its record is written when it ends");
+                            record.error = Some(format!("cannot create the call's files: {error}"));
+                            on_event(Event::Started(&record));
+                            unrecorded.insert(start.call, *record);
                         }
                     }
                 }
@@ -152,6 +161,10 @@ pub fn run(
                         recording.identify(&caller, &callee);
                         // Consoles (and the snapshot) get the call with its parties named.
                         on_event(Event::Started(recording.record()));
+                    } else if let Some(record) = unrecorded.get_mut(&call) {
+                        record.caller = Some(caller);
+                        record.callee = Some(callee);
+                        on_event(Event::Started(record));
                     }
                 }
                 Command::Declare { call, extensions } => {
@@ -195,27 +208,93 @@ pub fn run(
                 }
                 Command::End { call, reason, wall } => {
                     if let Some(recording) = calls.remove(&call) {
-                        finish(recording, reason, wall, &metrics, &mut on_event);
+                        let finished = finish(recording, reason, wall, &metrics, &mut on_event);
+                        pending.keep(finished, &metrics);
+                    } else if let Some(record) = unrecorded.remove(&call) {
+                        let finished = finish_unrecorded(record, wall, &mut on_event);
+                        pending.keep(finished, &metrics);
                     }
                 }
                 Command::Flush => {
                     for recording in calls.values_mut() {
                         recording.flush(&metrics);
                     }
+                    pending.retry(&metrics);
                 }
             }
         }
     }
     let wall = OffsetDateTime::now_utc();
     for (_, recording) in calls.drain() {
-        finish(
+        let finished = finish(
             recording,
             EndReason::Shutdown,
             wall,
             &metrics,
             &mut on_event,
         );
+        pending.keep(finished, &metrics);
     }
+    for (_, record) in unrecorded.drain() {
+        let finished = finish_unrecorded(record, wall, &mut on_event);
+        pending.keep(finished, &metrics);
+    }
+    // A last try; what still cannot be written is left to the next start,
+    // whose recovery completes each call from its provisional record.
+    pending.retry(&metrics);
+    pending.defer_all(&metrics);
+}
+
+/// Records of ended calls that could not be written (a full disk): kept and
+/// retried every second, so who called whom, when, and why the recording
+/// stopped survive the disk filling up.
+#[derive(Debug, Default)]
+struct PendingRecords {
+    records: Vec<CallRecord>,
+}
+
+/// Records kept waiting at once; past it the oldest is left to the next
+/// start's recovery (its provisional record is on disk).
+const MAX_PENDING_RECORDS: usize = 10_000;
+
+impl PendingRecords {
+    fn keep(&mut self, finished: Finished, metrics: &Metrics) {
+        if finished.written {
+            return;
+        }
+        if self.records.len() >= MAX_PENDING_RECORDS {
+            let oldest = self.records.remove(0);
+            metrics.records_pending.fetch_sub(1, Relaxed);
+            defer(&oldest, metrics);
+        }
+        tracing::warn!(uuid = %finished.record.uuid, record = %finished.record.record.display(), "the call's record cannot be written now; it is kept and tried again every second");
+        metrics.records_pending.fetch_add(1, Relaxed);
+        self.records.push(finished.record);
+    }
+
+    fn retry(&mut self, metrics: &Metrics) {
+        self.records.retain(|record| match write_record(record) {
+            Ok(()) => {
+                metrics.records_pending.fetch_sub(1, Relaxed);
+                metrics.records_retried.fetch_add(1, Relaxed);
+                tracing::info!(uuid = %record.uuid, record = %record.record.display(), "the call's record was written after all");
+                false
+            }
+            Err(_) => true,
+        });
+    }
+
+    fn defer_all(&mut self, metrics: &Metrics) {
+        for record in self.records.drain(..) {
+            metrics.records_pending.fetch_sub(1, Relaxed);
+            defer(&record, metrics);
+        }
+    }
+}
+
+fn defer(record: &CallRecord, metrics: &Metrics) {
+    metrics.records_deferred.fetch_add(1, Relaxed);
+    tracing::error!(uuid = %record.uuid, record = %record.record.display(), "the call's record cannot be written; the next start completes it from its provisional record (.json.part)");
 }
 
 fn finish(
@@ -224,10 +303,11 @@ fn finish(
     wall: OffsetDateTime,
     metrics: &Metrics,
     on_event: &mut impl FnMut(Event<'_>),
-) {
+) -> Finished {
     recording.drain_rtp(metrics);
     publish_dtmf(&mut recording, on_event);
-    let record = recording.finish(reason, wall, metrics);
+    let finished = recording.finish(reason, wall, metrics);
+    let record = &finished.record;
     tracing::info!(
         uuid = %record.uuid,
         reason = record.end_reason.map_or("?", EndReason::name),
@@ -236,9 +316,24 @@ fn finish(
     );
     // Events whose end packet never came were not published yet.
     for dtmf in record.dtmf.iter().filter(|d| d.duration_ms.is_none()) {
-        on_event(Event::Dtmf(&record, dtmf));
+        on_event(Event::Dtmf(record, dtmf));
     }
+    on_event(Event::Ended(record));
+    finished
+}
+
+/// Ends a call whose files could not be created: its record says so.
+fn finish_unrecorded(
+    mut record: CallRecord,
+    wall: OffsetDateTime,
+    on_event: &mut impl FnMut(Event<'_>),
+) -> Finished {
+    record.end = Some(wall);
+    record.end_reason = Some(EndReason::Error);
+    let written = write_record(&record).is_ok();
+    tracing::info!(uuid = %record.uuid, record = %record.record.display(), written, "call ended unrecorded");
     on_event(Event::Ended(&record));
+    Finished { record, written }
 }
 
 fn publish_dtmf(recording: &mut CallRecording, on_event: &mut impl FnMut(Event<'_>)) {

@@ -84,3 +84,177 @@ fn a_full_disk_fails_the_call_and_spares_the_receiver() {
     assert_eq!(ok["directions"]["R"]["samples"], 1600);
     receiver.stop();
 }
+
+/// Mounts a 512 KiB tmpfs with a filler file that leaves about 64 KiB free;
+/// `None` (and SKIPPED) where mounting needs root.
+fn small_disk(test: &str) -> Option<(Tmpfs, std::path::PathBuf)> {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED {test}: mounting a tmpfs needs root (run the tests as root, as CI does)"
+        );
+        return None;
+    }
+    let filler = mount.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 448 * 1024]).unwrap();
+    Some((Tmpfs(mount), filler))
+}
+
+/// Calls that fill the disk, then end while it is still full: their records
+/// cannot be written then (a call's own files may free a page as they close,
+/// so one may fit). Returns their UUIDs and how many records the receiver
+/// holds pending, once every call is either recorded or pending.
+fn fill_and_end(receiver: &Receiver, sender: &mut Sender, calls: u32) -> (Vec<String>, u64) {
+    let ids: Vec<String> = (0..calls).map(|n| uuid(100 + n)).collect();
+    for id in &ids {
+        sender.inv(id, "alice", "bob");
+    }
+    // About 1 KiB of files per frame pair and call: this overflows 64 KiB.
+    for _ in 0..200 {
+        for id in &ids {
+            sender.data(id, Read, 0, &[0xFF; 160]);
+            sender.data(id, Write, 0, &[0xFF; 160]);
+        }
+    }
+    wait_for_counter(receiver, "rst_write_errors_total", |n| n > 0);
+    // Whatever blocks are left (the calls' files hold some back) are taken too.
+    let topping = receiver.dir.path().join("../topping");
+    let mut file = std::fs::File::create(&topping).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
+    for id in &ids {
+        sender.bye(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending = receiver.counter("rst_records_pending");
+        let written = records_in(receiver.dir.path()).len() as u64;
+        if pending + written == u64::from(calls) {
+            assert!(pending > 0, "every record fit on the full disk");
+            return (ids, pending);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} pending and {written} written of {calls} calls; files {:?}; {}",
+            files_in(receiver.dir.path(), ""),
+            receiver.metrics.render()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_counter(receiver: &Receiver, name: &str, done: impl Fn(u64) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done(receiver.counter(name)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} = {}; files: {:?}",
+            receiver.counter(name),
+            files_in(receiver.dir.path(), "")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each record says who called whom, when, and that the recording failed
+/// (`because` in its error).
+fn assert_failed_records(records: &[serde_json::Value], ids: &[String], because: &str) {
+    assert_eq!(records.len(), ids.len(), "{records:?}");
+    for record in records {
+        assert!(
+            ids.iter().any(|id| record["uuid"] == id.as_str()),
+            "{record}"
+        );
+        assert_eq!(record["end_reason"], "error", "{record}");
+        assert_eq!(record["caller"], "alice", "{record}");
+        assert_eq!(record["callee"], "bob", "{record}");
+        assert!(record["end"].is_string(), "{record}");
+        assert!(
+            record["error"].as_str().unwrap().contains(because),
+            "{record}"
+        );
+    }
+}
+
+/// The disk is still full when the calls end: their records wait in memory,
+/// counted, and are written once there is room again.
+#[test]
+fn records_of_calls_ended_on_a_full_disk_are_written_when_room_returns() {
+    let Some((mount, filler)) = small_disk("records_of_calls_ended_on_a_full_disk") else {
+        return;
+    };
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let mut receiver = Receiver::in_dir(Settings::default(), dir);
+    let mut sender = Sender::new(receiver.addr);
+    let (ids, pending) = fill_and_end(&receiver, &mut sender, 3);
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(mount.0.path().join("topping")).unwrap();
+    let records = receiver.wait_records(3);
+    assert_failed_records(&records, &ids, "No space left");
+    wait_for_counter(&receiver, "rst_records_pending", |n| n == 0);
+    assert_eq!(receiver.counter("rst_records_retried_total"), pending);
+    receiver.stop();
+}
+
+/// Still full when the receiver stops: the records are left to the next
+/// start, which completes them from their provisional records.
+#[test]
+fn records_still_pending_at_shutdown_are_completed_by_the_next_start() {
+    let Some((mount, filler)) = small_disk("records_still_pending_at_shutdown") else {
+        return;
+    };
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    // One recorder thread: both calls' files exist before the disk fills
+    // (with two, a call's start may come after another filled it), so the
+    // next start has their provisional records to complete.
+    let settings = Settings {
+        recorder_threads: Some(1),
+        ..Settings::default()
+    };
+    let mut receiver = Receiver::in_dir(settings, dir);
+    let mut sender = Sender::new(receiver.addr);
+    let (ids, pending) = fill_and_end(&receiver, &mut sender, 2);
+    let written = records_in(receiver.dir.path()).len();
+    receiver.stop();
+    assert_eq!(receiver.counter("rst_records_deferred_total"), pending);
+    assert_eq!(records_in(receiver.dir.path()).len(), written);
+    let dir = std::mem::replace(&mut receiver.dir, tempfile::tempdir().unwrap());
+    drop(receiver);
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(mount.0.path().join("topping")).unwrap();
+    let mut restarted = Receiver::in_dir(Settings::default(), dir);
+    // The ones left to this start say so; each record has its parties.
+    let records = restarted.wait_records(2);
+    assert_failed_records(&records, &ids, "");
+    restarted.stop();
+}
+
+/// The disk is full before the call starts: none of its files can be
+/// created, so none of its audio is recorded, but its record is not lost:
+/// it is written once there is room, saying why.
+#[test]
+fn a_call_whose_files_cannot_be_created_still_gets_its_record() {
+    let Some((mount, filler)) = small_disk("a_call_whose_files_cannot_be_created") else {
+        return;
+    };
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let mut receiver = Receiver::in_dir(Settings::default(), dir);
+    let topping = mount.0.path().join("topping");
+    let mut file = std::fs::File::create(&topping).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(200);
+    sender.inv(&id, "alice", "bob");
+    sender.data(&id, Read, 0, &[0xFF; 160]);
+    sender.bye(&id);
+    wait_for_counter(&receiver, "rst_records_pending", |n| n == 1);
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&topping).unwrap();
+    let records = receiver.wait_records(1);
+    assert_failed_records(&records, &[id], "cannot create the call's files");
+    receiver.stop();
+}
