@@ -21,21 +21,10 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_fails_the_call_and_spares_the_receiver() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED a_full_disk_fails_the_call_and_spares_the_receiver: mounting a tmpfs needs root (run the tests as root, as CI does)");
+    let Some((mount, filler)) = small_disk("a_full_disk_fails_the_call_and_spares_the_receiver")
+    else {
         return;
-    }
-    let mount = Tmpfs(mount);
-    let filler = mount.0.path().join("filler");
-    // Leave about 64 KiB free.
-    std::fs::write(&filler, vec![0u8; 448 * 1024]).unwrap();
-
+    };
     let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
     let mut receiver = Receiver::in_dir(Settings::default(), dir);
     let mut sender = Sender::new(receiver.addr);
@@ -123,9 +112,7 @@ fn fill_and_end(receiver: &Receiver, sender: &mut Sender, calls: u32) -> (Vec<St
     }
     wait_for_counter(receiver, "rst_write_errors_total", |n| n > 0);
     // Whatever blocks are left (the calls' files hold some back) are taken too.
-    let topping = receiver.dir.path().join("../topping");
-    let mut file = std::fs::File::create(&topping).unwrap();
-    while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
+    fill_up(&receiver.dir.path().join("../topping"));
     for id in &ids {
         sender.bye(id);
     }
@@ -145,6 +132,12 @@ fn fill_and_end(receiver: &Receiver, sender: &mut Sender, calls: u32) -> (Vec<St
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Writes `path` until the disk is full.
+fn fill_up(path: &std::path::Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
 }
 
 fn wait_for_counter(receiver: &Receiver, name: &str, done: impl Fn(u64) -> bool) {
@@ -244,8 +237,7 @@ fn a_call_whose_files_cannot_be_created_still_gets_its_record() {
     let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
     let mut receiver = Receiver::in_dir(Settings::default(), dir);
     let topping = mount.0.path().join("topping");
-    let mut file = std::fs::File::create(&topping).unwrap();
-    while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
+    fill_up(&topping);
     let mut sender = Sender::new(receiver.addr);
     let id = uuid(200);
     sender.inv(&id, "alice", "bob");
