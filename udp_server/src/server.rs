@@ -62,6 +62,53 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Files a call holds open at most: each direction's WAV and the stereo WAV
+/// (a codec without a decoder or `raw` adds one more each, rarely all at once).
+const FILES_PER_CALL: u64 = 3;
+
+/// Raises the soft limit of open files to the hard one, and warns when even
+/// that cannot hold `max_calls` calls: past it a call's files cannot be
+/// created (its record is still written, its audio is lost).
+fn check_open_file_limit(max_calls: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the rlimit we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let needed = (max_calls as u64).saturating_mul(FILES_PER_CALL) + 256;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_calls,
+            needed,
+            "the open file limit cannot hold max-calls calls' files: raise it (ulimit -n, LimitNOFILE= in systemd) or lower max-calls; calls past it record no audio"
+        );
+    }
+}
+
+/// Warns, loudly, when anyone who can reach the port can start calls.
+fn warn_of_exposure(config: &Config) {
+    if !config.listen.ip().is_loopback() && config.allow.is_empty() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening beyond loopback with an empty allow list: ANY host that reaches this port can start calls and fill the disk; set allow = [\"10.0.0.0/8\", ...] to the senders' networks"
+        );
+    }
+}
+
 /// Runs the receiver on `socket` until `shutdown` is cancelled, then ends every
 /// call as `shutdown` and returns once all files are complete.
 pub async fn run(
@@ -77,6 +124,8 @@ pub async fn run(
         )
     })?;
     let record_dir = config.record_dir.canonicalize()?;
+    warn_of_exposure(&config);
+    check_open_file_limit(config.max_calls);
     let recovered = recorder::recover(&record_dir, &metrics);
     if recovered > 0 {
         tracing::warn!(

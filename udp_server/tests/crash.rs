@@ -12,7 +12,16 @@ use common::*;
 use rst_proto::Direction::{Read, Write};
 
 fn spawn_receiver(dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_udp_server"))
+    spawn_receiver_with_files(dir, None)
+}
+
+/// The receiver, allowed at most `max_files` open files (`ulimit -n`) when given.
+fn spawn_receiver_with_files(dir: &std::path::Path, max_files: Option<u32>) -> (Child, SocketAddr) {
+    let limit = max_files.map_or(String::from("true"), |n| format!("ulimit -n {n}"));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_udp_server"))
         .args(["--listen", "127.0.0.1:0", "--record-dir"])
         .arg(dir)
         .env("RUST_LOG", "info")
@@ -120,6 +129,49 @@ fn sigterm_finishes_open_calls() {
     assert!(files_in(dir.path(), ".part").is_empty());
 }
 
+/// More calls than the receiver may open files for (the outside test's
+/// flood met `ulimit -n` 20000 at 10,000 calls, 2 files each): the calls whose
+/// files cannot be created record no audio, but every call started gets its
+/// record, none vanishes.
+#[test]
+fn calls_beyond_the_open_file_limit_still_get_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_receiver_with_files(dir.path(), Some(64));
+    let mut sender = Sender::new(addr);
+    let calls: Vec<String> = (0..40).map(|n| uuid(300 + n)).collect();
+    for id in &calls {
+        sender.inv(id, "alice", "bob");
+        sender.data(id, Read, 0, &[0xFF; 160]);
+        sender.data(id, Write, 0, &[0xFF; 160]);
+    }
+    // Every call is known (its INV answered); end half of them, stop the rest.
+    for id in &calls[..20] {
+        sender.bye(id);
+    }
+    sigterm(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let records = records_in(dir.path());
+    let unrecorded = records
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot create the call's files"))
+        })
+        .count();
+    assert!(
+        unrecorded > 0,
+        "the file limit was never met: the test proves nothing"
+    );
+    assert_eq!(records.len(), calls.len(), "records of calls vanished");
+    for id in &calls {
+        let record = records.iter().find(|r| r["uuid"] == id.as_str());
+        let record = record.unwrap_or_else(|| panic!("no record for {id}"));
+        assert_eq!(record["caller"], "alice", "{record}");
+    }
+}
+
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -130,4 +182,47 @@ fn sigterm(child: &Child) {
 
 fn ulaw_decoded(byte: u8) -> i16 {
     sox_decode("ul", &[byte])[0]
+}
+
+/// A receiver open to every host with no `allow` list says so at start, and
+/// one whose open file limit cannot hold `max-calls` calls says that.
+#[test]
+fn risky_settings_are_warned_of_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_udp_server"))
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--max-calls",
+            "1000",
+            "--record-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(said.contains("empty allow list") && said.contains("open file limit")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => said.push_str(&line),
+            Err(_) => break,
+        }
+    }
+    sigterm(&child);
+    child.wait().unwrap();
+    assert!(said.contains("empty allow list"), "{said}");
+    assert!(said.contains("open file limit"), "{said}");
 }
