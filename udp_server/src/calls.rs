@@ -2,7 +2,9 @@
 //! from. Sans-IO: datagrams and the time come in, [`Output`]s go out through a
 //! callback; no sockets, files or clocks in here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,12 +38,13 @@ pub enum Output<'a> {
     /// declares that the call did not know are added (a re-INVITE brought a
     /// new codec in mid-call).
     Declare { call: CallId, extensions: &'a str },
-    /// Audio for a call.
+    /// Audio for a call: borrowed from the datagram, or owned when it was
+    /// held while the call proved itself.
     Audio {
         call: CallId,
         direction: Direction,
         payload_type: PayloadType,
-        payload: &'a [u8],
+        payload: Cow<'a, [u8]>,
     },
     /// An RTP packet for a call, from its sender.
     Rtp {
@@ -129,6 +132,31 @@ pub struct Limits {
     pub rtp_ports: RangeInclusive<u16>,
     /// A call's datagrams are taken only from the address that started it.
     pub bind_sender: bool,
+    /// New calls a second from one sender address; 0: no limit.
+    pub new_calls_per_second: u32,
+}
+
+/// Frames in a row from one sender that make a call no INV announced real
+/// (one stray datagram must not cost a file; a lost INV must not cost audio).
+pub const PROOF_FRAMES: usize = 3;
+/// Calls without INV held unproven at once; more are refused.
+const MAX_UNPROVEN: usize = 1024;
+/// An unproven call forgotten after this long without proving itself.
+const UNPROVEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// DATA of a call that no INV announced, held in memory until it proves itself.
+#[derive(Debug)]
+struct Unproven {
+    sender: SocketAddr,
+    first_heard: Instant,
+    frames: Vec<(Direction, PayloadType, Vec<u8>)>,
+}
+
+/// New calls started by one sender address in the current second.
+#[derive(Debug, Clone, Copy)]
+struct NewCalls {
+    second: Instant,
+    count: u32,
 }
 
 /// Every call in progress, by UUID.
@@ -140,6 +168,10 @@ pub struct CallTable {
     recently_ended: HashMap<Box<str>, Instant>,
     /// UUID of each call, by id, for the RTP sockets that know only the id.
     uuids: HashMap<CallId, Box<str>>,
+    /// Calls no INV announced, not yet proven, by UUID.
+    unproven: HashMap<Box<str>, Unproven>,
+    /// New calls per sender address in the current second.
+    new_calls: HashMap<IpAddr, NewCalls>,
     ports: PortPool,
     next_id: CallId,
     limits: Limits,
@@ -152,6 +184,8 @@ impl CallTable {
             calls: HashMap::new(),
             recently_ended: HashMap::new(),
             uuids: HashMap::new(),
+            unproven: HashMap::new(),
+            new_calls: HashMap::new(),
             ports: PortPool::new(limits.rtp_ports.clone()),
             next_id: 1,
             limits,
@@ -233,9 +267,22 @@ impl CallTable {
                             sender_rtp_ports: inv.rtp_ports,
                             extensions: inv.extensions.as_str().to_owned(),
                         };
+                        let held = match self.unproven.remove(uuid.as_str()) {
+                            Some(held)
+                                if !same_address(held.sender, from) && self.limits.bind_sender =>
+                            {
+                                // Another sender's DATA held under this UUID is not this call's.
+                                self.refuse_unproven(&held);
+                                None
+                            }
+                            held => held,
+                        };
                         let Some(id) = self.start(now, uuid, from, true, start, emit) else {
                             return;
                         };
+                        if let Some(held) = held {
+                            self.replay(id, held, emit);
+                        }
                         if let (Some(server), Some(sender)) = (server_ports, inv.rtp_ports) {
                             if let Some(call) = self.calls.get_mut(uuid.as_str()) {
                                 call.rtp = Some(RtpBinding { server, sender });
@@ -271,21 +318,13 @@ impl CallTable {
                         return;
                     }
                     None => {
-                        let l16_rate = self.limits.default_l16_rate;
-                        let start = |call| CallStart {
-                            call,
-                            uuid: uuid.as_str().to_owned(),
-                            caller: None,
-                            callee: None,
-                            sender: from,
-                            l16_rate,
-                            sender_rtp_ports: None,
-                            extensions: String::new(),
-                        };
-                        let Some(id) = self.start(now, uuid, from, false, start, emit) else {
+                        if !self.hold_unproven(now, uuid, from, &data) {
                             return;
-                        };
-                        id
+                        }
+                        // Proven: the call starts, with the frames it was held for.
+                        let held = self.unproven.remove(uuid.as_str()).expect("held above");
+                        self.start_unannounced(now, uuid, held, emit);
+                        return;
                     }
                 };
                 self.metrics
@@ -295,7 +334,7 @@ impl CallTable {
                     call: id,
                     direction: data.direction,
                     payload_type: data.payload_type,
-                    payload: data.payload,
+                    payload: Cow::Borrowed(data.payload),
                 });
             }
             Message::Bye(bye) => {
@@ -314,7 +353,24 @@ impl CallTable {
                             self.end(now, uuid, call, EndReason::Bye, emit);
                         }
                     }
-                    None => {}
+                    None => {
+                        // The BYE of the sender of an unproven call proves it: what
+                        // it sent is recorded, and the call ends at once.
+                        let uuid = bye.uuid;
+                        match self.unproven.remove(uuid.as_str()) {
+                            Some(held) if same_address(held.sender, from) => {
+                                self.start_unannounced(now, uuid, held, emit);
+                                if let Some((uuid, call)) = self.calls.remove_entry(uuid.as_str()) {
+                                    self.end(now, uuid, call, EndReason::Bye, emit);
+                                }
+                            }
+                            Some(held) => {
+                                self.unproven.insert(uuid.as_str().into(), held);
+                                return self.wrong_source(from, "BYE");
+                            }
+                            None => {}
+                        }
+                    }
                 }
                 emit(Output::Reply(Ack {
                     uuid: bye.uuid,
@@ -350,6 +406,20 @@ impl CallTable {
         }
         self.recently_ended
             .retain(|_, ended| now.saturating_duration_since(*ended) < timeout);
+        let stale: Vec<Box<str>> = self
+            .unproven
+            .iter()
+            .filter(|(_, held)| now.saturating_duration_since(held.first_heard) >= UNPROVEN_TIMEOUT)
+            .map(|(uuid, _)| uuid.clone())
+            .collect();
+        for uuid in stale {
+            if let Some(held) = self.unproven.remove(&uuid) {
+                self.refuse_unproven(&held);
+            }
+        }
+        self.new_calls.retain(|_, calls| {
+            now.saturating_duration_since(calls.second) < Duration::from_secs(1)
+        });
     }
 
     /// Ends every call (the receiver is shutting down).
@@ -369,6 +439,121 @@ impl CallTable {
             };
             self.end(now, uuid, call, reason, emit);
         }
+    }
+
+    /// Holds DATA of a call no INV announced; true once it has proven itself
+    /// (`PROOF_FRAMES` in a row from one sender), its frames then in `unproven`.
+    fn hold_unproven(
+        &mut self,
+        now: Instant,
+        uuid: Uuid<'_>,
+        from: SocketAddr,
+        data: &rst_proto::Data<'_>,
+    ) -> bool {
+        let frame = (data.direction, data.payload_type, data.payload.to_vec());
+        let full = self.unproven.len() >= MAX_UNPROVEN;
+        match self.unproven.get_mut(uuid.as_str()) {
+            Some(held) if !same_address(held.sender, from) => {
+                // A second sender for one unannounced UUID: neither proves anything.
+                self.metrics.refused(Refusal::WrongSource);
+                false
+            }
+            Some(held) => {
+                held.frames.push(frame);
+                held.frames.len() >= PROOF_FRAMES
+            }
+            None if full => {
+                self.metrics.refused(Refusal::Unproven);
+                tracing::debug!(%from, "DATA without INV refused: too many unproven calls held");
+                false
+            }
+            None => {
+                self.unproven.insert(
+                    uuid.as_str().into(),
+                    Unproven {
+                        sender: from,
+                        first_heard: now,
+                        frames: vec![frame],
+                    },
+                );
+                PROOF_FRAMES <= 1
+            }
+        }
+    }
+
+    /// Starts a call that no INV announced, which proved itself, with the
+    /// frames it was held for (caller and callee unknown until an INV comes).
+    fn start_unannounced<'a>(
+        &mut self,
+        now: Instant,
+        uuid: Uuid<'a>,
+        held: Unproven,
+        emit: &mut impl FnMut(Output<'a>),
+    ) -> Option<CallId> {
+        let sender = held.sender;
+        let l16_rate = self.limits.default_l16_rate;
+        let start = |call| CallStart {
+            call,
+            uuid: uuid.as_str().to_owned(),
+            caller: None,
+            callee: None,
+            sender,
+            l16_rate,
+            sender_rtp_ports: None,
+            extensions: String::new(),
+        };
+        let id = self.start(now, uuid, sender, false, start, emit)?;
+        self.replay(id, held, emit);
+        Some(id)
+    }
+
+    /// The frames a call was held for, in the order they came.
+    fn replay<'a>(&self, call: CallId, held: Unproven, emit: &mut impl FnMut(Output<'a>)) {
+        for (direction, payload_type, payload) in held.frames {
+            self.metrics
+                .audio_bytes
+                .fetch_add(payload.len() as u64, Relaxed);
+            emit(Output::Audio {
+                call,
+                direction,
+                payload_type,
+                payload: Cow::Owned(payload),
+            });
+        }
+    }
+
+    /// An unproven call given up: each of its frames is counted.
+    fn refuse_unproven(&self, held: &Unproven) {
+        for _ in &held.frames {
+            self.metrics.refused(Refusal::Unproven);
+        }
+        tracing::debug!(sender = %held.sender, frames = held.frames.len(), "DATA without INV that never proved itself dropped");
+    }
+
+    /// Counts a new call from `sender` against `new-calls-per-second`.
+    fn within_rate(&mut self, now: Instant, sender: SocketAddr) -> bool {
+        let limit = self.limits.new_calls_per_second;
+        if limit == 0 {
+            return true;
+        }
+        let calls = self
+            .new_calls
+            .entry(sender.ip().to_canonical())
+            .or_insert(NewCalls {
+                second: now,
+                count: 0,
+            });
+        if now.saturating_duration_since(calls.second) >= Duration::from_secs(1) {
+            *calls = NewCalls {
+                second: now,
+                count: 0,
+            };
+        }
+        if calls.count >= limit {
+            return false;
+        }
+        calls.count += 1;
+        true
     }
 
     /// Refuses a datagram for a call from another address than its sender's.
@@ -394,6 +579,11 @@ impl CallTable {
         if self.calls.len() >= self.limits.max_calls {
             self.metrics.refused(Refusal::MaxCalls);
             tracing::debug!(%uuid, max_calls = self.limits.max_calls, "call refused: at max-calls");
+            return None;
+        }
+        if !self.within_rate(now, sender) {
+            self.metrics.refused(Refusal::RateLimited);
+            tracing::debug!(%uuid, %sender, "call refused: new-calls-per-second from this sender");
             return None;
         }
         let id = self.next_id;
@@ -639,6 +829,7 @@ mod tests {
                 default_l16_rate: 8000,
                 rtp_ports: 40000..=40009,
                 bind_sender: true,
+                new_calls_per_second: 0,
             },
             Arc::new(Metrics::default()),
         );

@@ -47,6 +47,8 @@ pub struct Config {
     pub payload_types: Vec<DeclaredPayloadType>,
     /// Datagrams for a call are taken only from the address that started it.
     pub bind_sender: bool,
+    /// New calls a second from one sender address; 0: no limit.
+    pub new_calls_per_second: u32,
 }
 
 /// The default `payload-types`: RFC 4733 events on 101, as the original
@@ -119,6 +121,7 @@ impl Default for Config {
             )
             .expect("the default payload types parse"),
             bind_sender: true,
+            new_calls_per_second: 1000,
         }
     }
 }
@@ -190,6 +193,10 @@ pub struct Settings {
     /// where a sender's address may change mid-call (NAT rebinding) [default: true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub bind_sender: Option<bool>,
+    /// New calls a second from one sender address, beyond which they are
+    /// refused and counted; 0 for no limit [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub new_calls_per_second: Option<u32>,
 }
 
 impl Settings {
@@ -235,6 +242,7 @@ impl Settings {
             tap_poll_interval: self.tap_poll_interval.or(base.tap_poll_interval),
             payload_types: self.payload_types.or(base.payload_types),
             bind_sender: self.bind_sender.or(base.bind_sender),
+            new_calls_per_second: self.new_calls_per_second.or(base.new_calls_per_second),
         }
     }
 
@@ -275,6 +283,9 @@ impl Settings {
                 None => default.payload_types,
             },
             bind_sender: self.bind_sender.unwrap_or(default.bind_sender),
+            new_calls_per_second: self
+                .new_calls_per_second
+                .unwrap_or(default.new_calls_per_second),
         };
         anyhow::ensure!(
             !config.taps.poll_interval.is_zero(),

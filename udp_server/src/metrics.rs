@@ -21,18 +21,27 @@ pub enum Refusal {
     UnexpectedAck,
     /// RTP mode: every port of the `rtp-ports` range is in use.
     NoPorts,
-    /// RTP from an address other than the call's sender and its announced port.
+    /// A datagram for a call from an address other than the call's sender
+    /// (RTP: other than its announced port).
     WrongSource,
+    /// DATA of a call no INV announced that never proved itself (too few
+    /// frames in a row from one sender before it was forgotten, or too many
+    /// such calls held at once).
+    Unproven,
+    /// A new call beyond `new-calls-per-second` from one sender address.
+    RateLimited,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 8] = [
         Refusal::NotAllowed,
         Refusal::MaxCalls,
         Refusal::AfterEnd,
         Refusal::UnexpectedAck,
         Refusal::NoPorts,
         Refusal::WrongSource,
+        Refusal::Unproven,
+        Refusal::RateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +52,8 @@ impl Refusal {
             Refusal::UnexpectedAck => "unexpected_ack",
             Refusal::NoPorts => "no_ports",
             Refusal::WrongSource => "wrong_source",
+            Refusal::Unproven => "unproven",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }

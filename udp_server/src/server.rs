@@ -203,6 +203,7 @@ pub async fn run(
         default_l16_rate: config.l16_rate,
         rtp_ports: config.rtp_ports.0.clone(),
         bind_sender: config.bind_sender,
+        new_calls_per_second: config.new_calls_per_second,
     };
     let (rtp_arrivals, rtp_queue) = mpsc::channel(RTP_QUEUE);
     let mut receiver = Receiver {
@@ -570,7 +571,7 @@ fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
             payload,
         } => {
             let start = batch.bytes.len();
-            batch.bytes.extend_from_slice(payload);
+            batch.bytes.extend_from_slice(&payload);
             Command::Audio {
                 call,
                 direction,

@@ -662,3 +662,108 @@ fn a_fax_phase_declared_by_the_sender_reaches_the_record() {
     }
     receiver.stop();
 }
+
+/// Waits until `counter` reaches `value`, as long as a busy machine needs.
+fn wait_counter(receiver: &Receiver, counter: &str, value: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.counter(counter) < value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counter} = {}, waiting for {value}",
+            receiver.counter(counter)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A flood of stray DATA with distinct UUIDs (the outside test's 20,000 made
+/// 10,000 calls and 20,767 files): none proves itself, so no call starts and no
+/// file is made; each is counted; a real call records meanwhile.
+#[test]
+fn a_flood_of_stray_data_makes_no_call_and_no_file() {
+    let mut receiver = Receiver::start();
+    let flooder = Sender::new(receiver.addr);
+    let mut real = Sender::new(receiver.addr);
+    let real_id = uuid(50);
+    real.inv(&real_id, "alice", "bob");
+    let mut datagram = Vec::new();
+    for n in 0..2000u32 {
+        datagram.clear();
+        rst_proto::Message::Data(rst_proto::Data {
+            uuid: rst_proto::Uuid::new(&format!("flood-{n:08}")).unwrap(),
+            direction: Read,
+            payload_type: rst_proto::PayloadType::new(0).unwrap(),
+            payload: &[0xFF; 160],
+        })
+        .encode(&mut datagram)
+        .unwrap();
+        flooder.send_raw(&datagram);
+        if n % 100 == 0 {
+            real.data(&real_id, Read, 0, &[0xFF; 160]);
+        }
+    }
+    real.bye(&real_id);
+    // Every stray frame is refused as unproven, held ones once forgotten.
+    wait_counter(&receiver, "rst_refused_total{reason=\"unproven\"}", 2000);
+    let records = receiver.wait_records(1);
+    assert_eq!(records[0]["uuid"], real_id.as_str());
+    assert_eq!(records[0]["directions"]["R"]["packets"], 20);
+    assert_eq!(receiver.counter("rst_calls_started_total"), 1);
+    let files = files_in(receiver.dir.path(), "");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().contains(real_id.as_str())),
+        "files of stray DATA: {files:?}"
+    );
+    receiver.stop();
+}
+
+/// A lost INV loses no audio: a call that DATA alone starts is held until a
+/// few frames prove it, then recorded from its first frame.
+#[test]
+fn a_call_whose_inv_was_lost_is_recorded_from_its_first_frame() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(51);
+    let frames: Vec<Vec<u8>> = (0..10u8).map(|k| vec![k; 160]).collect();
+    for frame in &frames {
+        sender.data(&id, Read, 0, frame);
+    }
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["directions"]["R"]["packets"], 10, "{record}");
+    let bare: Vec<u8> = frames.concat();
+    let (_, samples) = read_wav(&path_of(&record, "/directions/R/wav/0"));
+    assert_eq!(samples, sox_decode("ul", &bare), "not the frames in order");
+    receiver.stop();
+}
+
+/// `new-calls-per-second` bounds how fast one sender address starts calls.
+#[test]
+fn new_calls_beyond_the_rate_of_one_sender_are_refused() {
+    let mut receiver = Receiver::with(Settings {
+        new_calls_per_second: Some(3),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    for n in 0..10 {
+        sender.send(rst_proto::Message::Inv(rst_proto::Inv {
+            uuid: rst_proto::Uuid::new(&uuid(60 + n)).unwrap(),
+            caller: "alice",
+            callee: "bob",
+            rtp_ports: None,
+            extensions: rst_proto::Extensions::NONE,
+        }));
+    }
+    wait_counter(&receiver, "rst_messages_total{command=\"inv\"}", 10);
+    let started = receiver.counter("rst_calls_started_total");
+    let limited = receiver.counter("rst_refused_total{reason=\"rate_limited\"}");
+    // Ten INVs sent at once meet the limit, unless the machine stalled a second.
+    assert!(
+        started >= 3 && limited >= 1,
+        "{started} started, {limited} limited"
+    );
+    assert_eq!(started + limited, 10);
+    receiver.stop();
+}
