@@ -358,7 +358,9 @@ impl CallTable {
                         // it sent is recorded, and the call ends at once.
                         let uuid = bye.uuid;
                         match self.unproven.remove(uuid.as_str()) {
-                            Some(held) if same_address(held.sender, from) => {
+                            Some(held)
+                                if !self.limits.bind_sender || same_address(held.sender, from) =>
+                            {
                                 self.start_unannounced(now, uuid, held, emit);
                                 if let Some((uuid, call)) = self.calls.remove_entry(uuid.as_str()) {
                                     self.end(now, uuid, call, EndReason::Bye, emit);
@@ -452,8 +454,9 @@ impl CallTable {
     ) -> bool {
         let frame = (data.direction, data.payload_type, data.payload.to_vec());
         let full = self.unproven.len() >= MAX_UNPROVEN;
+        let bind_sender = self.limits.bind_sender;
         match self.unproven.get_mut(uuid.as_str()) {
-            Some(held) if !same_address(held.sender, from) => {
+            Some(held) if bind_sender && !same_address(held.sender, from) => {
                 // A second sender for one unannounced UUID: neither proves anything.
                 self.metrics.refused(Refusal::WrongSource);
                 false

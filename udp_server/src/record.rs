@@ -832,6 +832,13 @@ fn unique_base(day: &Path, uuid: &str) -> io::Result<PathBuf> {
             .create_new(true)
             .open(part_path(&record))
         {
+            // A call of this name that ended between the check above and the
+            // reservation wrote its record before it removed its reservation:
+            // seen now, so its files are never taken over.
+            Ok(_) if record.exists() => {
+                std::fs::remove_file(part_path(&record))?;
+                continue;
+            }
             Ok(_) => return Ok(base),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(error) => return Err(error),
