@@ -69,8 +69,8 @@ fuzz_target!(|data: &[u8]| {
         if let Some(sdp) = msg.sdp_body().and_then(|b| Sdp::parse(b).ok()) {
             for media in &sdp.media {
                 if let Some(at) = sdp.endpoint(media) {
-                    let _ = tracker.classify(at, caller);
-                    let _ = tracker.classify(caller, at);
+                    let _ = tracker.classify(now, at, caller);
+                    let _ = tracker.classify(now, caller, at);
                 }
             }
         }
