@@ -388,9 +388,9 @@ struct Call {
     encrypted: Vec<FlowPair>,
     /// The SDP made the audio SRTP (SDES or DTLS): all of it is ciphertext.
     srtp: bool,
-    /// SIP ended the call at this capture time; its RTP is still forwarded
-    /// for the tracker's `rtp_linger`, then the call ends.
-    sip_ended: Option<Duration>,
+    /// SIP ended the call: its RTP is still forwarded for the tracker's
+    /// `rtp_linger` (its end is due in [`Pipeline::lingering`]).
+    sip_ended: bool,
     /// A party's current SDP has fax (T.38 `m=image`) and no audio: nothing
     /// of the call's media is audio now, whatever addresses it uses.
     fax: bool,
@@ -479,7 +479,7 @@ impl Call {
             sipless: None,
             encrypted: Vec::new(),
             srtp: false,
-            sip_ended: None,
+            sip_ended: false,
             fax: false,
             had_fax: false,
         }
@@ -923,8 +923,10 @@ impl Pipeline {
         let linger = self.config.tracker.rtp_linger;
         match self.calls.get_mut(&key) {
             Some(call) if call.recording == Recording::Started && !linger.is_zero() => {
-                call.sip_ended.get_or_insert(now);
-                self.lingering.push_back((now + linger, key));
+                if !call.sip_ended {
+                    call.sip_ended = true;
+                    self.lingering.push_back((now + linger, key));
+                }
             }
             _ => self.end(key, out),
         }
@@ -937,7 +939,10 @@ impl Pipeline {
                 break;
             }
             self.lingering.pop_front();
-            self.end(key, out);
+            // Only the call SIP ended: never a later one under the same key.
+            if self.calls.get(&key).is_some_and(|call| call.sip_ended) {
+                self.end(key, out);
+            }
         }
     }
 
@@ -1034,7 +1039,7 @@ impl Pipeline {
         if call.info.is_some() {
             self.tracker.touch(key, now);
         }
-        let after_bye = call.sip_ended.is_some();
+        let after_bye = call.sip_ended;
         // Still the call's media (it keeps the call alive), but ciphertext.
         if call.srtp || call.encrypted.contains(&pair(src, dst)) {
             self.stats.rtp_encrypted += 1;

@@ -55,11 +55,11 @@ pub struct Config {
 /// mod_rst and most SIP equipment send them without saying so.
 pub const DEFAULT_PAYLOAD_TYPES: &[&str] = &["101=telephone-event/8000"];
 
-fn payload_types(texts: &[String]) -> anyhow::Result<Vec<DeclaredPayloadType>> {
+fn payload_types(texts: &[impl AsRef<str>]) -> anyhow::Result<Vec<DeclaredPayloadType>> {
     texts
         .iter()
         .map(|text| {
-            let (pt, name, rate) = rst_proto::parse_payload_type(text)
+            let (pt, name, rate) = rst_proto::parse_payload_type(text.as_ref())
                 .map_err(|e| anyhow::anyhow!("payload-types: {e}"))?;
             Ok((pt, name.to_owned(), rate))
         })
@@ -113,13 +113,8 @@ impl Default for Config {
             feed: None,
             recorder_threads: 2,
             taps: TapsConfig::default(),
-            payload_types: payload_types(
-                &DEFAULT_PAYLOAD_TYPES
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .expect("the default payload types parse"),
+            payload_types: payload_types(DEFAULT_PAYLOAD_TYPES)
+                .expect("the default payload types parse"),
             bind_sender: true,
             new_calls_per_second: 1000,
         }

@@ -94,8 +94,9 @@ pub struct Metrics {
     pub records_pending: AtomicI64,
     /// Records written on a retry, after their first write failed.
     pub records_retried: AtomicU64,
-    /// Records given up on in this run (more pending than the bound): their
-    /// provisional record stays on disk, completed at the next start.
+    /// Records given up on in this run (still pending at shutdown, or more
+    /// pending than the bound): the next start completes them from their
+    /// provisional records.
     pub records_deferred: AtomicU64,
 }
 

@@ -857,8 +857,6 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes the record whole or not at all (a temporary file renamed over the
-/// old one), so whoever watches the folder never reads half a record.
 /// A call's files could not be created (a full disk, say): its audio is not
 /// recorded, but its record still is, once the call ends.
 #[derive(Debug)]
@@ -920,6 +918,8 @@ pub fn write_record(record: &CallRecord) -> io::Result<()> {
     }
 }
 
+/// Writes the record whole or not at all (a temporary file renamed over the
+/// old one), so whoever watches the folder never reads half a record.
 fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     text.push(b'\n');

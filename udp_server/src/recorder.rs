@@ -2,7 +2,7 @@
 //! receive loop never waits on the disk. Commands arrive in batches, one per
 //! burst of datagrams, with the payloads packed in one buffer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -250,7 +250,8 @@ pub fn run(
 /// stopped survive the disk filling up.
 #[derive(Debug, Default)]
 struct PendingRecords {
-    records: Vec<CallRecord>,
+    /// Oldest first.
+    records: VecDeque<CallRecord>,
 }
 
 /// Records kept waiting at once; past it the oldest is left to the next
@@ -263,25 +264,28 @@ impl PendingRecords {
             return;
         }
         if self.records.len() >= MAX_PENDING_RECORDS {
-            let oldest = self.records.remove(0);
-            metrics.records_pending.fetch_sub(1, Relaxed);
-            defer(&oldest, metrics);
+            if let Some(oldest) = self.records.pop_front() {
+                metrics.records_pending.fetch_sub(1, Relaxed);
+                defer(&oldest, metrics);
+            }
         }
         tracing::warn!(uuid = %finished.record.uuid, record = %finished.record.record.display(), "the call's record cannot be written now; it is kept and tried again every second");
         metrics.records_pending.fetch_add(1, Relaxed);
-        self.records.push(finished.record);
+        self.records.push_back(finished.record);
     }
 
+    /// Writes what it can, oldest first; the first failure ends the round
+    /// (the disk is still full: the others would fail the same way).
     fn retry(&mut self, metrics: &Metrics) {
-        self.records.retain(|record| match write_record(record) {
-            Ok(()) => {
-                metrics.records_pending.fetch_sub(1, Relaxed);
-                metrics.records_retried.fetch_add(1, Relaxed);
-                tracing::info!(uuid = %record.uuid, record = %record.record.display(), "the call's record was written after all");
-                false
+        while let Some(record) = self.records.front() {
+            if write_record(record).is_err() {
+                return;
             }
-            Err(_) => true,
-        });
+            metrics.records_pending.fetch_sub(1, Relaxed);
+            metrics.records_retried.fetch_add(1, Relaxed);
+            tracing::info!(uuid = %record.uuid, record = %record.record.display(), "the call's record was written after all");
+            self.records.pop_front();
+        }
     }
 
     fn defer_all(&mut self, metrics: &Metrics) {

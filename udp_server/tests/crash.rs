@@ -17,12 +17,34 @@ fn spawn_receiver(dir: &std::path::Path) -> (Child, SocketAddr) {
 
 /// The receiver, allowed at most `max_files` open files (`ulimit -n`) when given.
 fn spawn_receiver_with_files(dir: &std::path::Path, max_files: Option<u32>) -> (Child, SocketAddr) {
+    let (child, lines) = spawn(&["--listen", "127.0.0.1:0"], dir, max_files);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("the receiver printed its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split(' ').next().unwrap().parse().unwrap();
+            return (child, addr);
+        }
+    }
+}
+
+/// The receiver with `args`, recording into `dir`, at most `max_files` open
+/// files when given; its log lines come out of the channel as it writes them.
+fn spawn(
+    args: &[&str],
+    dir: &std::path::Path,
+    max_files: Option<u32>,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
     let limit = max_files.map_or(String::from("true"), |n| format!("ulimit -n {n}"));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("{limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_udp_server"))
-        .args(["--listen", "127.0.0.1:0", "--record-dir"])
+        .args(args)
+        .arg("--record-dir")
         .arg(dir)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -32,21 +54,10 @@ fn spawn_receiver_with_files(dir: &std::path::Path, max_files: Option<u32>) -> (
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(
-                    rest.split(' ')
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap(),
-                );
-            }
+            let _ = tx.send(line);
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the receiver printed its address");
-    (child, addr)
+    (child, rx)
 }
 
 #[test]
@@ -189,29 +200,11 @@ fn ulaw_decoded(byte: u8) -> i16 {
 #[test]
 fn risky_settings_are_warned_of_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_udp_server"))
-        .args([
-            "--listen",
-            "0.0.0.0:0",
-            "--max-calls",
-            "1000",
-            "--record-dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (child, rx) = spawn(
+        &["--listen", "0.0.0.0:0", "--max-calls", "1000"],
+        dir.path(),
+        Some(64),
+    );
     let mut said = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(said.contains("empty allow list") && said.contains("open file limit")) {
@@ -222,6 +215,7 @@ fn risky_settings_are_warned_of_at_start() {
         }
     }
     sigterm(&child);
+    let mut child = child;
     child.wait().unwrap();
     assert!(said.contains("empty allow list"), "{said}");
     assert!(said.contains("open file limit"), "{said}");
