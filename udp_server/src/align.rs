@@ -16,6 +16,8 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(200);
 /// How much audio one direction may hold waiting for the other before the quiet
 /// one is given silence; bounds memory per call.
 const MAX_WAIT: Duration = Duration::from_secs(2);
+/// The same for live streams, where waiting is latency.
+const LIVE_MAX_WAIT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Default)]
 struct Lane {
@@ -33,6 +35,7 @@ struct Lane {
 #[derive(Debug)]
 pub struct StereoAligner {
     rate: u32,
+    max_wait: Duration,
     lanes: [Lane; 2],
     scratch: Vec<i16>,
 }
@@ -41,8 +44,18 @@ impl StereoAligner {
     pub fn new(rate: u32) -> Self {
         StereoAligner {
             rate,
+            max_wait: MAX_WAIT,
             lanes: Default::default(),
             scratch: Vec::new(),
+        }
+    }
+
+    /// An aligner for a live stream: a quiet direction is given silence
+    /// after a short wait, since the other direction's audio waits with it.
+    pub fn live(rate: u32) -> Self {
+        StereoAligner {
+            max_wait: LIVE_MAX_WAIT,
+            ..StereoAligner::new(rate)
         }
     }
 
@@ -86,7 +99,7 @@ impl StereoAligner {
 
     /// Gives a quiet other direction silence once `own` is far ahead of it.
     fn bound_wait(&mut self, own: usize) {
-        let max_wait = self.position(MAX_WAIT);
+        let max_wait = self.position(self.max_wait);
         let own_cursor = self.lanes[own].cursor;
         let other = &mut self.lanes[1 - own];
         if own_cursor > other.cursor + max_wait {

@@ -9,7 +9,10 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use rst_control::control::Secret;
+
 use crate::record::DeclaredPayloadType;
+use crate::stream::{Format, Profile, ProfileSpec, Tracks};
 use crate::taps::{TapLink, TapSpec, TapsConfig};
 
 /// The receiver's settings, resolved.
@@ -23,8 +26,13 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Calls recorded at once; beyond it new calls are refused and counted.
     pub max_calls: usize,
-    /// Optional HTTP address serving the counters in Prometheus text format.
-    pub metrics: Option<SocketAddr>,
+    /// Optional HTTP port: `/metrics`, `/health`, and with a token the API
+    /// (`/api/calls`, `listen`).
+    pub http: Option<SocketAddr>,
+    /// The HTTP API's token; without one the API is off.
+    pub http_token: Option<Secret>,
+    /// Live stream profiles: where calls' audio is streamed.
+    pub streams: Vec<Profile>,
     /// How often the counters are logged.
     pub stats_interval: Duration,
     /// Also write each direction's bare payload (`UUID.R.raw`), as the original receiver did.
@@ -66,6 +74,41 @@ fn payload_types(texts: &[impl AsRef<str>]) -> anyhow::Result<Vec<DeclaredPayloa
         .collect()
 }
 
+/// The `[[stream]]` profiles and the one `--stream-url` makes.
+fn stream_profiles(
+    specs: Vec<ProfileSpec>,
+    url: Option<String>,
+    format: Option<Format>,
+    tracks: Option<Tracks>,
+    rate: Option<u32>,
+) -> anyhow::Result<Vec<Profile>> {
+    let mut specs = specs;
+    match url {
+        Some(url) => specs.push(ProfileSpec {
+            format,
+            tracks,
+            rate,
+            ..ProfileSpec::simple(url)
+        }),
+        None => anyhow::ensure!(
+            format.is_none() && tracks.is_none() && rate.is_none(),
+            "stream-format, stream-tracks and stream-rate go with stream-url"
+        ),
+    }
+    let profiles = specs
+        .into_iter()
+        .map(ProfileSpec::resolve)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, profile) in profiles.iter().enumerate() {
+        anyhow::ensure!(
+            !profiles[..i].iter().any(|p| p.name == profile.name),
+            "two stream profiles are named {}",
+            profile.name
+        );
+    }
+    Ok(profiles)
+}
+
 /// An inclusive range of UDP ports, written `40000-59999`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -103,7 +146,9 @@ impl Default for Config {
             record_dir: PathBuf::from("./recordings"),
             idle_timeout: Duration::from_secs(30),
             max_calls: 10_000,
-            metrics: None,
+            http: None,
+            http_token: None,
+            streams: Vec::new(),
             stats_interval: Duration::from_secs(60),
             raw: false,
             allow: Vec::new(),
@@ -138,9 +183,34 @@ pub struct Settings {
     /// Most calls recorded at once [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_calls: Option<usize>,
-    /// Serve Prometheus metrics over HTTP on this address [default: off]
+    /// Serve the HTTP port on this address: /metrics, /health, and with
+    /// http-token-file the API (/api/calls, listen) [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+    /// The same as http (its former name, when it served only /metrics)
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// File holding the HTTP API's token (Authorization: Bearer TOKEN, or
+    /// ?token=TOKEN); without it the API is off [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Stream every call live to this WebSocket consumer (ws:// or wss://);
+    /// in the file, [[stream]] tables name profiles [default: none]
+    #[arg(long, value_name = "URL")]
+    pub stream_url: Option<String>,
+    /// Message format of --stream-url [default: twilio]
+    #[arg(long, value_name = "FORMAT")]
+    pub stream_format: Option<Format>,
+    /// Directions --stream-url carries: inbound (R), outbound (W) or both [default: inbound]
+    #[arg(long, value_name = "TRACKS")]
+    pub stream_tracks: Option<Tracks>,
+    /// Sample rate of --stream-url's raw audio: 8000, 16000, 24000 or 48000 [default: 16000]
+    #[arg(long, value_name = "HZ")]
+    pub stream_rate: Option<u32>,
+    /// Stream profiles (file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub stream: Vec<ProfileSpec>,
     /// Seconds between counter summaries in the log [default: 60]
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
@@ -214,7 +284,18 @@ impl Settings {
             record_dir: self.record_dir.or(base.record_dir),
             idle_timeout: self.idle_timeout.or(base.idle_timeout),
             max_calls: self.max_calls.or(base.max_calls),
+            http: self.http.or(base.http),
             metrics: self.metrics.or(base.metrics),
+            http_token_file: self.http_token_file.or(base.http_token_file),
+            stream_url: self.stream_url.or(base.stream_url),
+            stream_format: self.stream_format.or(base.stream_format),
+            stream_tracks: self.stream_tracks.or(base.stream_tracks),
+            stream_rate: self.stream_rate.or(base.stream_rate),
+            stream: if self.stream.is_empty() {
+                base.stream
+            } else {
+                self.stream
+            },
             stats_interval: self.stats_interval.or(base.stats_interval),
             raw: self.raw.or(base.raw),
             allow: if self.allow.is_empty() {
@@ -251,7 +332,33 @@ impl Settings {
                 .idle_timeout
                 .map_or(default.idle_timeout, Duration::from_secs),
             max_calls: self.max_calls.unwrap_or(default.max_calls),
-            metrics: self.metrics.or(default.metrics),
+            http: match (self.http, self.metrics) {
+                (Some(http), Some(metrics)) if http != metrics => anyhow::bail!(
+                    "http ({http}) and metrics ({metrics}) differ: metrics is the old name of http, give one"
+                ),
+                (http, metrics) => http.or(metrics),
+            },
+            http_token: match &self.http_token_file {
+                Some(path) => {
+                    let token = rst_tap_client::read_secret(path).with_context(|| {
+                        format!("cannot read the http-token-file {}", path.display())
+                    })?;
+                    anyhow::ensure!(
+                        token.0.len() >= 16,
+                        "the token in {} is shorter than 16 characters: too easy to guess",
+                        path.display()
+                    );
+                    Some(token)
+                }
+                None => None,
+            },
+            streams: stream_profiles(
+                self.stream,
+                self.stream_url,
+                self.stream_format,
+                self.stream_tracks,
+                self.stream_rate,
+            )?,
             stats_interval: self
                 .stats_interval
                 .map_or(default.stats_interval, Duration::from_secs),
@@ -347,7 +454,7 @@ mod tests {
         assert_eq!(config.record_dir, PathBuf::from("/var/rec"));
         assert_eq!(config.idle_timeout, Duration::from_secs(5));
         assert_eq!(config.max_calls, 7);
-        assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(config.http, Some("127.0.0.1:9100".parse().unwrap()));
         assert!(config.raw);
         assert_eq!(config.allow.len(), 2);
         assert_eq!(config.l16_rate, 16000);

@@ -15,6 +15,7 @@ use crate::{Config, Metrics};
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    http: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
@@ -37,13 +38,18 @@ impl Running {
                         .build()?;
                     runtime.block_on(async move {
                         let socket = crate::bind(config.listen)?;
-                        let _ = bound.send(socket.local_addr()?);
-                        crate::run(socket, config, metrics, shutdown).await
+                        let http = match config.http {
+                            Some(addr) => Some(crate::server::bind_http(addr).await?),
+                            None => None,
+                        };
+                        let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+                        let _ = bound.send((socket.local_addr()?, http_addr));
+                        crate::server::run_with(socket, http, config, metrics, shutdown).await
                     })
                 })?
         };
-        let addr = match address.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => addr,
+        let (addr, http) = match address.recv_timeout(Duration::from_secs(10)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let error = thread
                     .join()
@@ -55,6 +61,7 @@ impl Running {
         };
         Ok(Running {
             addr,
+            http,
             metrics,
             shutdown,
             thread: Some(thread),
@@ -64,6 +71,11 @@ impl Running {
     /// The UDP address the receiver listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP port's address, when it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

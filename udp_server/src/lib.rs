@@ -11,11 +11,14 @@ pub mod config;
 pub mod embed;
 pub mod feed;
 pub mod files;
+pub mod http;
 pub mod jitter;
+pub mod live;
 pub mod metrics;
 pub mod record;
 pub mod recorder;
 pub mod server;
+pub mod stream;
 pub mod taps;
 
 pub use config::{Config, Settings};

@@ -98,6 +98,19 @@ pub struct Metrics {
     /// pending than the bound): the next start completes them from their
     /// provisional records.
     pub records_deferred: AtomicU64,
+    /// Streams (a call and a stream profile) started, and going on now.
+    pub streams_started: AtomicU64,
+    pub streams_active: AtomicI64,
+    /// WebSocket connections to stream consumers made, and attempts that failed.
+    pub stream_connects: AtomicU64,
+    pub stream_connect_failures: AtomicU64,
+    /// Media messages or binary frames sent to stream consumers.
+    pub stream_frames_sent: AtomicU64,
+    /// Milliseconds of audio (summed over tracks) a stream could not deliver.
+    pub stream_dropped_ms: AtomicU64,
+    /// `listen` clients connected now, and connections refused (a bad token).
+    pub listeners: AtomicI64,
+    pub http_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -187,7 +200,17 @@ impl Metrics {
         for (name, help, rows) in labelled_families {
             family(name, "counter", help, &mut rows.into_iter());
         }
-        let gauges: [(&str, &str, &AtomicI64); 3] = [
+        let gauges: [(&str, &str, &AtomicI64); 5] = [
+            (
+                "rst_streams_active",
+                "Live streams to consumers going on.",
+                &self.streams_active,
+            ),
+            (
+                "rst_listeners",
+                "Clients listening to calls on the HTTP port.",
+                &self.listeners,
+            ),
             (
                 "rst_calls_active",
                 "Calls being recorded.",
@@ -213,7 +236,37 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
+            (
+                "rst_streams_started_total",
+                "Live streams started (a call and a stream profile).",
+                &self.streams_started,
+            ),
+            (
+                "rst_stream_connects_total",
+                "WebSocket connections made to stream consumers.",
+                &self.stream_connects,
+            ),
+            (
+                "rst_stream_connect_failures_total",
+                "Connections to stream consumers that failed or broke.",
+                &self.stream_connect_failures,
+            ),
+            (
+                "rst_stream_frames_sent_total",
+                "Audio frames sent to stream consumers.",
+                &self.stream_frames_sent,
+            ),
+            (
+                "rst_stream_dropped_ms_total",
+                "Milliseconds of audio streams could not deliver.",
+                &self.stream_dropped_ms,
+            ),
+            (
+                "rst_http_refused_total",
+                "HTTP requests refused for a missing or wrong token.",
+                &self.http_refused,
+            ),
             (
                 "rst_datagrams_total",
                 "Datagrams received on the rst port.",

@@ -17,7 +17,9 @@ use crate::align::StereoAligner;
 use crate::calls::CallStart;
 use crate::files::{part_path, RawFile, WavFile};
 use crate::jitter::{JitterBuffer, RtpStats, Timeline};
+use crate::live::{AudioFrame, LiveCall, LiveEvent, Timing};
 use crate::metrics::Metrics;
+use crate::stream::{StreamRecord, StreamStats};
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +84,9 @@ pub struct CallRecord {
     pub fax: bool,
     /// Left R, right W, aligned by arrival time (RTP mode: by timestamps).
     pub stereo: Option<PathBuf>,
+    /// Live streams of the call, when it had any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamRecord>,
     /// This record's own path.
     pub record: PathBuf,
 }
@@ -172,15 +177,6 @@ impl RtpLane {
     }
 }
 
-/// When audio belongs on the call's timeline.
-#[derive(Debug, Clone, Copy)]
-enum Timing {
-    /// DATA: only its arrival, this long after the call started.
-    Arrival(Duration),
-    /// RTP: its media time, from the timestamps.
-    Media(Duration),
-}
-
 /// Options that apply to every recording.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -218,6 +214,9 @@ pub struct CallRecording {
     stereo_frames: Vec<i16>,
     /// Once a write fails the call stops writing; what was written stays valid.
     failed: bool,
+    /// Where the call's audio goes live, and the streams that take it.
+    live: Option<Arc<LiveCall>>,
+    streams: Vec<Arc<StreamStats>>,
 }
 
 impl CallRecording {
@@ -271,6 +270,8 @@ impl CallRecording {
             stereo: None,
             stereo_frames: Vec::new(),
             failed: false,
+            live: None,
+            streams: Vec::new(),
         };
         if let Err(error) = recording.create_first_files(options.bare_payload) {
             return Err(OpenError {
@@ -298,6 +299,23 @@ impl CallRecording {
 
     pub fn record(&self) -> &CallRecord {
         &self.record
+    }
+
+    /// Publishes the call's audio on `live` from now on; `streams` take it.
+    pub fn go_live(&mut self, live: Arc<LiveCall>) {
+        self.live = Some(live);
+    }
+
+    pub fn live(&self) -> Option<&Arc<LiveCall>> {
+        self.live.as_ref()
+    }
+
+    pub fn add_streams(&mut self, streams: Vec<Arc<StreamStats>>) {
+        self.streams.extend(streams);
+    }
+
+    pub fn has_streams(&self) -> bool {
+        !self.streams.is_empty()
     }
 
     /// Payload types a repeated INV declares (a re-INVITE's new codec, sent
@@ -560,12 +578,24 @@ impl CallRecording {
     /// that the last DTMF events could be published. `written` is false when
     /// the record could not be written (a full disk): keep it and
     /// [`write_record`] it again later.
-    pub fn finish(
+    pub fn finish(self, reason: EndReason, wall: OffsetDateTime, metrics: &Metrics) -> Finished {
+        let (record, _) = self.complete(reason, wall, metrics);
+        write_final(record, metrics)
+    }
+
+    /// Completes every file and the record, without writing the record:
+    /// the call's streams may still be delivering (their figures go in the
+    /// record once they are done, [`write_final`]). Ends the call for its
+    /// live subscribers.
+    pub fn complete(
         mut self,
         reason: EndReason,
         wall: OffsetDateTime,
         metrics: &Metrics,
-    ) -> Finished {
+    ) -> (CallRecord, Vec<Arc<StreamStats>>) {
+        if let Some(live) = self.live.take() {
+            live.publish(LiveEvent::End);
+        }
         if let Some((mut aligner, mut wav)) = self.stereo.take() {
             self.stereo_frames.clear();
             aligner.finish(&mut self.stereo_frames);
@@ -598,17 +628,7 @@ impl CallRecording {
         } else {
             reason
         });
-        let result = write_record(&self.record);
-        let written = result.is_ok();
-        if !written {
-            self.check(result, "write the record", Some(metrics));
-            // Said in the record itself, when it is written after all.
-            self.record.end_reason = Some(EndReason::Error);
-        }
-        Finished {
-            record: self.record,
-            written,
-        }
+        (self.record, self.streams)
     }
 
     fn write_audio(
@@ -674,13 +694,20 @@ impl CallRecording {
                 );
             }
         }
+        if let Some(live) = self.live.as_ref().filter(|live| live.wanted()) {
+            live.publish(LiveEvent::Audio(Arc::new(AudioFrame {
+                direction: lane.direction,
+                timing,
+                rate,
+                samples: lane.samples.clone(),
+                ulaw: (decoder.codec() == Codec::Pcmu).then(|| payload.to_vec()),
+            })));
+        }
         if lane.wav.as_ref().is_some_and(|wav| wav.rate() != rate) {
             // A codec change to another sample rate starts a new segment file.
             lane.wav.take().expect("checked").finish()?;
         }
-        let at = match timing {
-            Timing::Arrival(at) | Timing::Media(at) => at,
-        };
+        let at = timing.at();
         if lane.wav.is_none() {
             let segment = stats.wav.len() + 1;
             let suffix = match segment {
@@ -897,6 +924,7 @@ fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecor
         dtmf: Vec::new(),
         fax: extensions.as_ref().is_some_and(Extensions::fax),
         stereo: None,
+        streams: Vec::new(),
         record: with_suffix(base, "json"),
     }
 }
@@ -907,6 +935,22 @@ pub struct Finished {
     pub record: CallRecord,
     /// The record is on disk; if not, the provisional one still is.
     pub written: bool,
+}
+
+/// Writes a completed call's record ([`CallRecording::complete`]).
+pub fn write_final(mut record: CallRecord, metrics: &Metrics) -> Finished {
+    let result = write_record(&record);
+    let written = result.is_ok();
+    if let Err(error) = result {
+        metrics.write_errors.fetch_add(1, Relaxed);
+        tracing::warn!(uuid = %record.uuid, record = %record.record.display(), %error, "cannot write the record");
+        record
+            .error
+            .get_or_insert_with(|| format!("cannot write the record: {error}"));
+        // Said in the record itself, when it is written after all.
+        record.end_reason = Some(EndReason::Error);
+    }
+    Finished { record, written }
 }
 
 /// Writes a call's final record and removes its provisional one.

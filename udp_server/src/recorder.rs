@@ -7,19 +7,21 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use rst_proto::{Direction, PayloadType, RtpPacket};
+use rst_proto::{Direction, Extensions, PayloadType, RtpPacket};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::calls::{CallId, CallStart};
 use crate::files::repair_wav;
+use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::record::{
-    write_record, CallRecord, CallRecording, DtmfRecord, EndReason, Finished, OpenError,
-    RecordOptions,
+    write_final, write_record, CallRecord, CallRecording, DtmfRecord, EndReason, Finished,
+    OpenError, RecordOptions,
 };
+use crate::stream::{StreamStats, Streams};
 
 /// What the receive loop asks of the recorder.
 #[derive(Debug)]
@@ -121,16 +123,29 @@ impl Batch {
     }
 }
 
+/// Where calls go live: the registry of calls in progress and the stream profiles.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub calls: Arc<LiveCalls>,
+    pub streams: Streams,
+}
+
+/// How long a call's record waits for its streams to deliver what they
+/// hold beyond the longest buffer (their own deadline comes first).
+const STREAM_WAIT_MARGIN: Duration = Duration::from_secs(15);
+
 /// Runs until the sending side of `batches` is dropped, then finishes whatever
 /// is still open as `shutdown`. `on_event` hears of every call start, DTMF and end.
 pub fn run(
     mut batches: mpsc::Receiver<Batch>,
     options: RecordOptions,
+    live: Live,
     metrics: Arc<Metrics>,
     mut on_event: impl FnMut(Event<'_>),
 ) {
     let mut calls: HashMap<CallId, CallRecording> = HashMap::new();
     let mut pending = PendingRecords::default();
+    let mut streaming = StreamingRecords::default();
     // Calls whose files could not be created: no audio, but a record at their end.
     let mut unrecorded: HashMap<CallId, CallRecord> = HashMap::new();
     while let Some(batch) = batches.blocking_recv() {
@@ -138,8 +153,17 @@ pub fn run(
             match command {
                 Command::Start { start, at, wall } => {
                     match CallRecording::open(&start, wall, at, &options) {
-                        Ok(recording) => {
+                        Ok(mut recording) => {
                             tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
+                            let call = live
+                                .calls
+                                .open(start.call, CallInfo::of(recording.record()));
+                            let asked = Extensions::parse(&start.extensions).ok();
+                            let streams = live
+                                .streams
+                                .start(&call, asked.iter().flat_map(Extensions::streams));
+                            recording.go_live(call);
+                            recording.add_streams(streams);
                             on_event(Event::Started(recording.record()));
                             calls.insert(start.call, recording);
                         }
@@ -159,6 +183,17 @@ pub fn run(
                 } => {
                     if let Some(recording) = calls.get_mut(&call) {
                         recording.identify(&caller, &callee);
+                        if let Some(live_call) = recording.live().cloned() {
+                            live_call.update(|info| {
+                                info.caller = Some(caller.clone());
+                                info.callee = Some(callee.clone());
+                            });
+                            // Profiles that pick calls by number can tell now.
+                            if !recording.has_streams() {
+                                let streams = live.streams.start(&live_call, std::iter::empty());
+                                recording.add_streams(streams);
+                            }
+                        }
                         // Consoles (and the snapshot) get the call with its parties named.
                         on_event(Event::Started(recording.record()));
                     } else if let Some(record) = unrecorded.get_mut(&call) {
@@ -208,8 +243,17 @@ pub fn run(
                 }
                 Command::End { call, reason, wall } => {
                     if let Some(recording) = calls.remove(&call) {
-                        let finished = finish(recording, reason, wall, &metrics, &mut on_event);
-                        pending.keep(finished, &metrics);
+                        live.calls.close(call);
+                        if let Some(finished) = finish(
+                            recording,
+                            reason,
+                            wall,
+                            &metrics,
+                            &mut streaming,
+                            &mut on_event,
+                        ) {
+                            pending.keep(finished, &metrics);
+                        }
                     } else if let Some(record) = unrecorded.remove(&call) {
                         let finished = finish_unrecorded(record, wall, &mut on_event);
                         pending.keep(finished, &metrics);
@@ -223,17 +267,31 @@ pub fn run(
                 }
             }
         }
+        for finished in streaming.ready(Instant::now(), &metrics, &mut on_event) {
+            pending.keep(finished, &metrics);
+        }
     }
     let wall = OffsetDateTime::now_utc();
-    for (_, recording) in calls.drain() {
-        let finished = finish(
+    for (call, recording) in calls.drain() {
+        live.calls.close(call);
+        if let Some(finished) = finish(
             recording,
             EndReason::Shutdown,
             wall,
             &metrics,
+            &mut streaming,
             &mut on_event,
-        );
-        pending.keep(finished, &metrics);
+        ) {
+            pending.keep(finished, &metrics);
+        }
+    }
+    // The streams of the calls just ended deliver what they hold (briefly:
+    // the receiver is stopping), then their records are written.
+    while !streaming.is_empty() {
+        for finished in streaming.ready(Instant::now(), &metrics, &mut on_event) {
+            pending.keep(finished, &metrics);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     for (_, record) in unrecorded.drain() {
         let finished = finish_unrecorded(record, wall, &mut on_event);
@@ -301,16 +359,35 @@ fn defer(record: &CallRecord, metrics: &Metrics) {
     tracing::error!(uuid = %record.uuid, record = %record.record.display(), "the call's record cannot be written; the next start completes it from its provisional record (.json.part)");
 }
 
+/// Ends a recording. Its record is written now, or, when the call had
+/// live streams, once they have delivered what they hold (`None` now).
 fn finish(
     mut recording: CallRecording,
     reason: EndReason,
     wall: OffsetDateTime,
     metrics: &Metrics,
+    streaming: &mut StreamingRecords,
     on_event: &mut impl FnMut(Event<'_>),
-) -> Finished {
+) -> Option<Finished> {
     recording.drain_rtp(metrics);
     publish_dtmf(&mut recording, on_event);
-    let finished = recording.finish(reason, wall, metrics);
+    let (record, streams) = recording.complete(reason, wall, metrics);
+    if streams.is_empty() {
+        return Some(record_ended(record, Vec::new(), metrics, on_event));
+    }
+    streaming.wait(record, streams);
+    None
+}
+
+/// Writes a completed call's record and tells the feed.
+fn record_ended(
+    mut record: CallRecord,
+    streams: Vec<Arc<StreamStats>>,
+    metrics: &Metrics,
+    on_event: &mut impl FnMut(Event<'_>),
+) -> Finished {
+    record.streams = streams.iter().map(|s| s.record()).collect();
+    let finished = write_final(record, metrics);
     let record = &finished.record;
     tracing::info!(
         uuid = %record.uuid,
@@ -324,6 +401,49 @@ fn finish(
     }
     on_event(Event::Ended(record));
     finished
+}
+
+/// Records of ended calls whose streams are still delivering: written once
+/// the streams are done, or at the latest after the wait bound.
+#[derive(Debug, Default)]
+struct StreamingRecords {
+    waiting: Vec<(CallRecord, Vec<Arc<StreamStats>>, Instant)>,
+}
+
+impl StreamingRecords {
+    fn wait(&mut self, record: CallRecord, streams: Vec<Arc<StreamStats>>) {
+        let longest = streams.iter().map(|s| s.buffer()).max().unwrap_or_default();
+        self.waiting.push((
+            record,
+            streams,
+            Instant::now() + longest + STREAM_WAIT_MARGIN,
+        ));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Writes the records whose streams are done (or waited long enough).
+    fn ready(
+        &mut self,
+        now: Instant,
+        metrics: &Metrics,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Vec<Finished> {
+        let mut finished = Vec::new();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let (_, streams, deadline) = &self.waiting[i];
+            if streams.iter().all(|s| s.is_done()) || now >= *deadline {
+                let (record, streams, _) = self.waiting.swap_remove(i);
+                finished.push(record_ended(record, streams, metrics, on_event));
+            } else {
+                i += 1;
+            }
+        }
+        finished
+    }
 }
 
 /// Ends a call whose files could not be created: its record says so.
@@ -342,8 +462,11 @@ fn finish_unrecorded(
 
 fn publish_dtmf(recording: &mut CallRecording, on_event: &mut impl FnMut(Event<'_>)) {
     let fresh: Vec<DtmfRecord> = recording.take_new_dtmf().cloned().collect();
-    for dtmf in &fresh {
-        on_event(Event::Dtmf(recording.record(), dtmf));
+    for dtmf in fresh {
+        on_event(Event::Dtmf(recording.record(), &dtmf));
+        if let Some(live) = recording.live() {
+            live.publish(LiveEvent::Dtmf(Arc::new(dtmf)));
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rst_proto::{Direction, RtpPorts};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -19,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::calls::{CallId, CallTable, Limits, Output, RtpBinder};
 use crate::config::Config;
-use crate::feed::{Feed, FeedStats};
+use crate::feed::Feed;
+use crate::http::HttpState;
+use crate::live::LiveCalls;
 use crate::metrics::Metrics;
 use crate::record::{EndReason, RecordOptions};
 use crate::recorder::{self, Batch, Command, Event, RtpHeader};
+use crate::stream::Streams;
 use crate::taps::TapLinks;
 
 /// Datagrams handled per wake-up before the batch goes to the recorder; bounds
@@ -117,6 +119,28 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let http = match config.http {
+        Some(addr) => Some(bind_http(addr).await?),
+        None => None,
+    };
+    run_with(socket, http, config, metrics, shutdown).await
+}
+
+/// Binds the HTTP port.
+pub async fn bind_http(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve HTTP on {addr}: is another receiver running?"))
+}
+
+/// [`run`] with the HTTP port already bound (`config.http` is then ignored).
+pub async fn run_with(
+    socket: UdpSocket,
+    http: Option<TcpListener>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.record_dir).with_context(|| {
         format!(
             "cannot create the record folder {}",
@@ -135,19 +159,39 @@ pub async fn run(
     }
 
     let (feed, feed_server) = Feed::new();
-    let metrics_task = match config.metrics {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-            let (metrics, feed_stats) = (metrics.clone(), feed.stats().clone());
-            Some(tokio::spawn(serve_metrics(
-                listener,
-                metrics,
-                feed_stats,
-                shutdown.clone(),
-            )))
+    let live_calls = Arc::new(LiveCalls::default());
+    // Streams outlive the receive loop a little: they deliver what the calls
+    // ended by shutdown still hold, then stop.
+    let streams_shutdown = CancellationToken::new();
+    let streams = Streams::new(
+        &config.streams,
+        tokio::runtime::Handle::current(),
+        streams_shutdown.clone(),
+        metrics.clone(),
+    )?;
+    for profile in &config.streams {
+        tracing::info!(
+            profile = %profile.name,
+            url = crate::stream::redact_url(&profile.url),
+            format = profile.format.name(),
+            tracks = profile.tracks.name(),
+            "streaming calls live"
+        );
+    }
+    let http_shutdown = CancellationToken::new();
+    let http_task = match http {
+        Some(listener) => {
+            let local = listener.local_addr()?;
+            tracing::info!(addr = %local, api = config.http_token.is_some(), "serving HTTP: /metrics, /health{}", if config.http_token.is_some() { ", /api/calls" } else { " (no http-token-file: the API is off)" });
+            let state = HttpState {
+                metrics: metrics.clone(),
+                feed_stats: feed.stats().clone(),
+                feed: feed.clone(),
+                live: live_calls.clone(),
+                token: config.http_token.as_ref().map(|t| Arc::from(t.0.as_str())),
+                shutdown: http_shutdown.clone(),
+            };
+            Some(tokio::spawn(crate::http::serve(listener, state)))
         }
         None => None,
     };
@@ -185,16 +229,19 @@ pub async fn run(
     for shard in 0..config.recorder_threads {
         let (sender, queue) = mpsc::channel(RECORDER_QUEUE);
         let (options, metrics, feed) = (options.clone(), metrics.clone(), feed.clone());
+        let live = recorder::Live {
+            calls: live_calls.clone(),
+            streams: streams.clone(),
+        };
         batches.push(sender);
         recorders.push(
             std::thread::Builder::new()
                 .name(format!("rst-recorder-{shard}"))
                 .spawn(move || {
-                    recorder::run(queue, options, metrics, |event| publish(&feed, event))
+                    recorder::run(queue, options, live, metrics, |event| publish(&feed, event))
                 })?,
         );
     }
-    drop(feed);
 
     let limits = Limits {
         idle_timeout: config.idle_timeout,
@@ -254,15 +301,20 @@ pub async fn run(
     receiver.rtp.close_all();
     let _ = outbox.send(&batches).await;
     drop(batches);
+    streams_shutdown.cancel();
     for recorder in recorders {
         tokio::task::spawn_blocking(move || recorder.join())
             .await?
             .map_err(|_| anyhow::anyhow!("a recorder thread panicked"))?;
     }
     stats_task.await?;
-    if let Some(task) = metrics_task {
-        task.await?;
+    http_shutdown.cancel();
+    if let Some(task) = http_task {
+        if let Err(error) = task.await? {
+            tracing::warn!(%error, "the HTTP port failed");
+        }
     }
+    drop(feed);
     feed_shutdown.cancel();
     if let Some(task) = feed_task {
         task.await?;
@@ -615,51 +667,4 @@ async fn log_stats(interval: Duration, metrics: Arc<Metrics>, shutdown: Cancella
         }
     }
     tracing::info!("final counters: {}", metrics.summary());
-}
-
-/// A minimal HTTP/1.0 responder for `GET /metrics`; anything else gets 404.
-async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    feed: Arc<FeedStats>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (metrics, feed) = (metrics.clone(), feed.clone());
-        tokio::spawn(async move {
-            // The request line may come in pieces: read until the headers end.
-            let mut request = [0u8; 2048];
-            let mut len = 0;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while len < request.len() && !request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout_at(deadline, stream.read(&mut request[len..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => len += n,
-                }
-            }
-            let (status, body) = if request[..len].starts_with(b"GET /metrics") {
-                let mut text = metrics.render();
-                feed.render_prometheus(&mut text);
-                ("200 OK", text)
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
 }

@@ -71,7 +71,10 @@
 pub mod control;
 pub mod discovery;
 pub mod line;
+pub mod pattern;
 pub mod secret;
+
+pub use pattern::Pattern;
 
 /// The control plane's version, in discovery datagrams and `hello`.
 pub const VERSION: u32 = 1;

@@ -60,7 +60,9 @@ pub struct RtpPorts {
 /// The `key=value` fields that may follow an INV's standard fields, kept as the
 /// validated wire text (`key=value:key=value`) so parsing allocates nothing.
 ///
-/// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000) and
+/// Known keys: `rate` (sample rate of PT 10 linear audio, default 8000),
+/// `call-id` (the SIP Call-ID, escaped), `fax=1`, `stream=NAME[,NAME]` (stream
+/// the call live to these profiles of the receiver) and
 /// `ptNNN=NAME/RATE[/CHANNELS]` (what a dynamic RTP payload type carries in RTP
 /// mode, as SDP's `a=rtpmap` says it: `pt101=telephone-event/8000`,
 /// `pt96=PCMU/8000`, `pt111=opus/48000/2`).
@@ -150,6 +152,21 @@ impl<'a> Extensions<'a> {
     /// Whether the call had a fax phase (`fax=1`).
     pub fn fax(&self) -> bool {
         self.get(Self::FAX) == Some("1")
+    }
+
+    /// The key of the `stream=NAME` extension: the sender asks the receiver
+    /// to stream the call live to its stream profile `NAME` (a receiver that
+    /// has no such profile, or knows no streams, ignores it).
+    pub const STREAM: &'static str = "stream";
+
+    /// The stream profiles the call asks for (`stream=NAME`, a comma-separated
+    /// list of names), in the order given.
+    pub fn streams(&self) -> impl Iterator<Item = &'a str> {
+        self.get(Self::STREAM)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
     }
 
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
@@ -496,5 +513,12 @@ mod tests {
             Extensions::unescape(extensions.get("call-id").unwrap()),
             call_id
         );
+    }
+
+    #[test]
+    fn stream_names_are_a_list() {
+        let extensions = Extensions::parse("rate=8000:stream=bot, asr,").unwrap();
+        assert_eq!(extensions.streams().collect::<Vec<_>>(), ["bot", "asr"]);
+        assert_eq!(Extensions::NONE.streams().count(), 0);
     }
 }

@@ -1,0 +1,214 @@
+//! Calls in progress, and their audio as it is recorded, for whoever wants it
+//! now: the stream profiles that dial out (`stream`) and the clients of the
+//! HTTP port (`/api/calls`, `listen`).
+//!
+//! The recorder threads publish and never wait: a call's audio goes out on a
+//! `tokio::sync::broadcast` channel, bounded, which a subscriber that falls
+//! behind loses the oldest frames of (and is told how many). Nothing is built
+//! for a call nobody listens to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rst_proto::Direction;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::calls::CallId;
+use crate::record::{CallRecord, DtmfRecord};
+
+/// Events a call's channel holds for a subscriber that is behind: about five
+/// seconds of both directions in 20 ms frames.
+const EVENTS_PER_CALL: usize = 512;
+
+/// When audio belongs on the call's timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Timing {
+    /// DATA: only its arrival, this long after the call started.
+    Arrival(Duration),
+    /// RTP: its media time, from the timestamps.
+    Media(Duration),
+}
+
+impl Timing {
+    pub fn at(self) -> Duration {
+        match self {
+            Timing::Arrival(at) | Timing::Media(at) => at,
+        }
+    }
+}
+
+/// One decoded frame of one direction.
+#[derive(Debug)]
+pub struct AudioFrame {
+    pub direction: Direction,
+    pub timing: Timing,
+    /// Sample rate of `samples`.
+    pub rate: u32,
+    pub samples: Vec<i16>,
+    /// The payload as it came when it is G.711 µ-law (PCMU), so that µ-law
+    /// consumers get the sender's bytes, not a re-encoding.
+    pub ulaw: Option<Vec<u8>>,
+}
+
+impl AudioFrame {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.samples.len() as f64 / f64::from(self.rate.max(1)))
+    }
+}
+
+/// What a call's subscribers hear.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Audio(Arc<AudioFrame>),
+    Dtmf(Arc<DtmfRecord>),
+    /// The call ended; nothing follows.
+    End,
+}
+
+/// What `/api/calls` and a stream's start message say about a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallInfo {
+    pub uuid: String,
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    pub call_id: Option<String>,
+    pub sender: String,
+    pub mode: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    /// Stream profiles the call goes to.
+    pub streams: Vec<String>,
+    /// `listen` clients connected now.
+    pub listeners: usize,
+    /// Seconds since the call started.
+    pub duration: f64,
+}
+
+impl CallInfo {
+    pub fn of(record: &CallRecord) -> CallInfo {
+        CallInfo {
+            uuid: record.uuid.clone(),
+            caller: record.caller.clone(),
+            callee: record.callee.clone(),
+            call_id: record.call_id.clone(),
+            sender: record.sender.clone(),
+            mode: record.mode,
+            start: record.start,
+            streams: Vec::new(),
+            listeners: 0,
+            duration: 0.0,
+        }
+    }
+}
+
+/// One call in progress.
+#[derive(Debug)]
+pub struct LiveCall {
+    info: Mutex<CallInfo>,
+    started: Instant,
+    events: broadcast::Sender<LiveEvent>,
+    listeners: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveCall {
+    pub fn info(&self) -> CallInfo {
+        let mut info = self
+            .info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        info.duration = self.started.elapsed().as_secs_f64();
+        info.listeners = self.listeners.load(std::sync::atomic::Ordering::Relaxed);
+        info
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut CallInfo)) {
+        change(&mut self.info.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Everything published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether anyone hears this call: frames are built only then.
+    pub fn wanted(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    pub fn publish(&self, event: LiveEvent) {
+        // No subscriber is not an error: the call is simply not heard.
+        let _ = self.events.send(event);
+    }
+
+    /// Counts a `listen` client for as long as the guard lives.
+    pub fn listener(self: &Arc<Self>) -> ListenerGuard {
+        self.listeners
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ListenerGuard(self.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerGuard(Arc<LiveCall>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.0
+            .listeners
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Every call in progress, shared by the recorder threads and the HTTP port.
+#[derive(Debug, Default)]
+pub struct LiveCalls {
+    calls: Mutex<HashMap<CallId, Arc<LiveCall>>>,
+}
+
+impl LiveCalls {
+    pub fn open(&self, call: CallId, info: CallInfo) -> Arc<LiveCall> {
+        let (events, _) = broadcast::channel(EVENTS_PER_CALL);
+        let live = Arc::new(LiveCall {
+            info: Mutex::new(info),
+            started: Instant::now(),
+            events,
+            listeners: Default::default(),
+        });
+        self.lock().insert(call, live.clone());
+        live
+    }
+
+    /// Forgets the call: no new subscriber finds it. (Its recording says
+    /// [`LiveEvent::End`] to those it has, once its last audio is out.)
+    pub fn close(&self, call: CallId) {
+        self.lock().remove(&call);
+    }
+
+    /// The call in progress with this UUID (the latest, when one was reused).
+    pub fn find(&self, uuid: &str) -> Option<Arc<LiveCall>> {
+        self.lock()
+            .iter()
+            .filter(|(_, live)| live.info.lock().is_ok_and(|info| info.uuid == uuid))
+            .max_by_key(|(call, _)| **call)
+            .map(|(_, live)| live.clone())
+    }
+
+    /// Every call in progress, oldest first.
+    pub fn list(&self) -> Vec<CallInfo> {
+        let mut calls: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(call, live)| (*call, live.clone()))
+            .collect();
+        calls.sort_by_key(|(call, _)| *call);
+        calls.into_iter().map(|(_, live)| live.info()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, Arc<LiveCall>>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,391 @@
+//! A call's live events turned into the WebSocket messages of one stream
+//! format. Sans-IO: [`LiveEvent`]s in, [`Outgoing`] messages out.
+//!
+//! * `twilio`: Twilio Media Streams' messages, as Twilio documents them
+//!   (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>):
+//!   `connected`, `start`, `media` (20 ms of µ-law 8 kHz, base64, per track),
+//!   `dtmf`, `stop`; every message but `connected` has a `sequenceNumber`,
+//!   counted as a string from "1", and the `streamSid`. A PCMU call's bytes go
+//!   out as they came; other codecs are decoded, resampled and µ-law encoded.
+//! * `raw`: one JSON text message with the call and the audio format
+//!   (`{"event":"start",...}`), then binary frames of 20 ms of 16-bit
+//!   little-endian PCM at the stream's rate (interleaved stereo, R left and W
+//!   right, for both tracks), `{"event":"dtmf",...}` and `{"event":"stop"}`
+//!   as text: what mod_audio_fork and mod_audio_stream consumers read.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use rst_proto::Direction;
+use serde_json::json;
+
+use super::resample::Resampler;
+use super::{Format, Tracks};
+use crate::align::StereoAligner;
+use crate::live::{AudioFrame, CallInfo, LiveEvent, Timing};
+use crate::record::DtmfRecord;
+
+/// Milliseconds of audio per media message or binary frame.
+pub const FRAME_MS: u32 = 20;
+/// A direction whose audio comes later than this after where its previous
+/// audio ended starts a new run of timestamps (a gap: loss, or silence the
+/// sender did not send).
+const GAP_MS: u64 = 60;
+
+/// One WebSocket message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Text(String),
+    /// A text message that carries audio (a `twilio` `media` message).
+    Media(String),
+    Binary(Vec<u8>),
+}
+
+/// What a stream sends: its format, tracks and rate, and what its `start` says.
+#[derive(Debug, Clone)]
+pub struct StreamShape {
+    pub format: Format,
+    pub tracks: Tracks,
+    /// Sample rate of `raw` audio (a `twilio` stream is always 8000).
+    pub rate: u32,
+    /// The profile's `params`, handed to the consumer.
+    pub params: BTreeMap<String, String>,
+}
+
+impl StreamShape {
+    /// The rate the audio goes out at.
+    pub fn rate(&self) -> u32 {
+        match self.format {
+            Format::Twilio => 8000,
+            Format::Raw => self.rate,
+        }
+    }
+}
+
+/// One direction's audio on its way out.
+#[derive(Debug, Default)]
+struct Lane {
+    resampler: Option<Resampler>,
+    /// Samples (raw) or µ-law bytes (twilio) not yet a whole frame.
+    pcm: Vec<i16>,
+    ulaw: Vec<u8>,
+    /// Twilio `chunk` numbers, per track, from 1.
+    chunks: u64,
+    /// Where the lane's next sample belongs on the call's timeline, in ms
+    /// times the rate (to stay exact): start of the current run and samples since.
+    run_start_ms: u64,
+    run_samples: u64,
+    started: bool,
+}
+
+/// Encodes one stream of one call.
+#[derive(Debug)]
+pub struct Encoder {
+    shape: StreamShape,
+    stream_sid: String,
+    call: CallInfo,
+    sequence: u64,
+    lanes: [Lane; 2],
+    stereo: Option<StereoAligner>,
+    stereo_out: Vec<i16>,
+    scratch: Vec<i16>,
+}
+
+impl Encoder {
+    pub fn new(shape: StreamShape, stream_sid: String, call: CallInfo) -> Encoder {
+        let stereo = (shape.format == Format::Raw && shape.tracks == Tracks::Both)
+            .then(|| StereoAligner::live(shape.rate));
+        Encoder {
+            shape,
+            stream_sid,
+            call,
+            sequence: 0,
+            lanes: Default::default(),
+            stereo,
+            stereo_out: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The opening messages of a connection (each connection starts afresh:
+    /// a reconnected stream says `connected` and `start` again).
+    pub fn start(&mut self, out: &mut Vec<Outgoing>) {
+        let call = self.call.clone();
+        let mut parameters = serde_json::Map::new();
+        for (key, value) in &self.shape.params {
+            parameters.insert(key.clone(), value.clone().into());
+        }
+        let party = |value: &Option<String>| value.clone().unwrap_or_default();
+        match self.shape.format {
+            Format::Twilio => {
+                parameters.insert("caller".into(), party(&call.caller).into());
+                parameters.insert("callee".into(), party(&call.callee).into());
+                parameters.insert("sipCallId".into(), party(&call.call_id).into());
+                out.push(text(&json!({
+                    "event": "connected",
+                    "protocol": "Call",
+                    "version": "1.0.0",
+                })));
+                let sequence = self.next_sequence();
+                out.push(text(&json!({
+                    "event": "start",
+                    "sequenceNumber": sequence,
+                    "start": {
+                        "accountSid": "",
+                        "streamSid": self.stream_sid,
+                        "callSid": call.uuid,
+                        "tracks": self.shape.tracks.twilio_names(),
+                        "customParameters": parameters,
+                        "mediaFormat": {
+                            "encoding": "audio/x-mulaw",
+                            "sampleRate": 8000,
+                            "channels": 1,
+                        },
+                    },
+                    "streamSid": self.stream_sid,
+                })));
+            }
+            Format::Raw => out.push(text(&json!({
+                "event": "start",
+                "streamSid": self.stream_sid,
+                "uuid": call.uuid,
+                "caller": call.caller,
+                "callee": call.callee,
+                "call_id": call.call_id,
+                "sender": call.sender,
+                "mode": call.mode,
+                "tracks": self.shape.tracks.name(),
+                "params": parameters,
+                "format": {
+                    "encoding": "audio/l16",
+                    "byteOrder": "little-endian",
+                    "sampleRate": self.shape.rate,
+                    "channels": self.shape.tracks.channels(),
+                    "frameMs": FRAME_MS,
+                },
+            }))),
+        }
+    }
+
+    /// Encodes one event; [`LiveEvent::End`] flushes and stops.
+    pub fn event(&mut self, event: &LiveEvent, out: &mut Vec<Outgoing>) {
+        match event {
+            LiveEvent::Audio(frame) => self.audio(frame, out),
+            LiveEvent::Dtmf(dtmf) => self.dtmf(dtmf, out),
+            LiveEvent::End => self.stop(out),
+        }
+    }
+
+    fn audio(&mut self, frame: &AudioFrame, out: &mut Vec<Outgoing>) {
+        if !self.shape.tracks.has(frame.direction) {
+            return;
+        }
+        let rate = self.shape.rate();
+        let lane = &mut self.lanes[frame.direction as usize];
+        // Twilio timestamps: a gap starts a new run, flushing the partial frame.
+        let at_ms = frame.timing.at().as_millis() as u64;
+        let held = (lane.ulaw.len() + lane.pcm.len()) as u64;
+        let end_ms = lane.run_start_ms + (lane.run_samples + held) * 1000 / u64::from(rate);
+        if !lane.started || at_ms > end_ms + GAP_MS {
+            if lane.started && self.shape.format == Format::Twilio {
+                self.flush_twilio(frame.direction, true, out);
+            }
+            let lane = &mut self.lanes[frame.direction as usize];
+            lane.started = true;
+            lane.run_start_ms = at_ms;
+            lane.run_samples = 0;
+        }
+        let lane = &mut self.lanes[frame.direction as usize];
+        let passthrough = self.shape.format == Format::Twilio && frame.rate == 8000;
+        match (&frame.ulaw, passthrough) {
+            (Some(ulaw), true) => lane.ulaw.extend_from_slice(ulaw),
+            _ => {
+                if lane.resampler.as_ref().map(Resampler::from_rate) != Some(frame.rate) {
+                    lane.resampler = Some(Resampler::new(frame.rate, rate));
+                }
+                self.scratch.clear();
+                let resampler = lane.resampler.as_mut().expect("set above");
+                resampler.push(&frame.samples, &mut self.scratch);
+                match self.shape.format {
+                    Format::Twilio => lane
+                        .ulaw
+                        .extend(self.scratch.iter().map(|&s| rst_codec::linear_to_ulaw(s))),
+                    Format::Raw => {
+                        if let Some(stereo) = &mut self.stereo {
+                            let timing = frame.timing;
+                            match timing {
+                                Timing::Arrival(at) => stereo.push(
+                                    frame.direction,
+                                    &self.scratch,
+                                    rate,
+                                    at,
+                                    &mut self.stereo_out,
+                                ),
+                                Timing::Media(at) => stereo.place(
+                                    frame.direction,
+                                    &self.scratch,
+                                    rate,
+                                    at,
+                                    &mut self.stereo_out,
+                                ),
+                            }
+                        } else {
+                            lane.pcm.extend_from_slice(&self.scratch);
+                        }
+                    }
+                }
+            }
+        }
+        match self.shape.format {
+            Format::Twilio => self.flush_twilio(frame.direction, false, out),
+            Format::Raw => self.flush_raw(frame.direction, false, out),
+        }
+    }
+
+    fn dtmf(&mut self, dtmf: &DtmfRecord, out: &mut Vec<Outgoing>) {
+        let direction = if dtmf.direction == Direction::Write.as_str() {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
+        if !self.shape.tracks.has(direction) {
+            return;
+        }
+        match self.shape.format {
+            Format::Twilio => {
+                let sequence = self.next_sequence();
+                out.push(text(&json!({
+                    "event": "dtmf",
+                    "streamSid": self.stream_sid,
+                    "sequenceNumber": sequence,
+                    "dtmf": {
+                        "track": format!("{}_track", Tracks::twilio_name(direction)),
+                        "digit": dtmf.digit.to_string(),
+                    },
+                })));
+            }
+            Format::Raw => out.push(text(&json!({
+                "event": "dtmf",
+                "track": Tracks::twilio_name(direction),
+                "digit": dtmf.digit.to_string(),
+                "offset": dtmf.offset,
+                "duration_ms": dtmf.duration_ms,
+            }))),
+        }
+    }
+
+    /// Flushes what is held (a last, short frame) and says `stop`.
+    pub fn stop(&mut self, out: &mut Vec<Outgoing>) {
+        for direction in Direction::BOTH {
+            if !self.shape.tracks.has(direction) {
+                continue;
+            }
+            let lane = &mut self.lanes[direction as usize];
+            if let Some(resampler) = &mut lane.resampler {
+                self.scratch.clear();
+                resampler.finish(&mut self.scratch);
+                match self.shape.format {
+                    Format::Twilio => lane
+                        .ulaw
+                        .extend(self.scratch.iter().map(|&s| rst_codec::linear_to_ulaw(s))),
+                    Format::Raw if self.stereo.is_none() => {
+                        lane.pcm.extend_from_slice(&self.scratch)
+                    }
+                    // Stereo: the aligner's tail is what is flushed below.
+                    Format::Raw => {}
+                }
+            }
+            match self.shape.format {
+                Format::Twilio => self.flush_twilio(direction, true, out),
+                Format::Raw => self.flush_raw(direction, true, out),
+            }
+        }
+        if let Some(stereo) = &mut self.stereo {
+            stereo.finish(&mut self.stereo_out);
+            self.flush_raw(Direction::Read, true, out);
+        }
+        match self.shape.format {
+            Format::Twilio => {
+                let sequence = self.next_sequence();
+                out.push(text(&json!({
+                    "event": "stop",
+                    "sequenceNumber": sequence,
+                    "streamSid": self.stream_sid,
+                    "stop": {"accountSid": "", "callSid": self.call.uuid},
+                })));
+            }
+            Format::Raw => out.push(text(&json!({"event": "stop", "uuid": self.call.uuid}))),
+        }
+    }
+
+    /// Whole 20 ms µ-law frames of `direction` as `media` messages (and, when
+    /// `all`, what is left, shorter).
+    fn flush_twilio(&mut self, direction: Direction, all: bool, out: &mut Vec<Outgoing>) {
+        const FRAME: usize = 8 * FRAME_MS as usize;
+        let mut taken = 0;
+        loop {
+            let lane = &self.lanes[direction as usize];
+            let left = lane.ulaw.len() - taken;
+            if left == 0 || (left < FRAME && !all) {
+                break;
+            }
+            let len = left.min(FRAME);
+            let sequence = self.next_sequence();
+            let lane = &mut self.lanes[direction as usize];
+            lane.chunks += 1;
+            let timestamp = lane.run_start_ms + lane.run_samples / 8;
+            let payload =
+                base64::engine::general_purpose::STANDARD.encode(&lane.ulaw[taken..taken + len]);
+            lane.run_samples += len as u64;
+            out.push(Outgoing::Media(
+                json!({
+                    "event": "media",
+                    "sequenceNumber": sequence,
+                    "media": {
+                        "track": Tracks::twilio_name(direction),
+                        "chunk": lane.chunks.to_string(),
+                        "timestamp": timestamp.to_string(),
+                        "payload": payload,
+                    },
+                    "streamSid": self.stream_sid,
+                })
+                .to_string(),
+            ));
+            taken += len;
+        }
+        self.lanes[direction as usize].ulaw.drain(..taken);
+    }
+
+    /// Whole 20 ms frames as binary messages: the stereo frames when both
+    /// tracks go out, else `direction`'s.
+    fn flush_raw(&mut self, direction: Direction, all: bool, out: &mut Vec<Outgoing>) {
+        let channels = self.shape.tracks.channels();
+        let frame = (self.shape.rate * FRAME_MS / 1000) as usize * channels;
+        let samples = match &mut self.stereo {
+            Some(_) => &mut self.stereo_out,
+            None => &mut self.lanes[direction as usize].pcm,
+        };
+        let mut taken = 0;
+        while samples.len() - taken >= frame || (all && samples.len() > taken) {
+            let len = (samples.len() - taken).min(frame);
+            let mut bytes = Vec::with_capacity(len * 2);
+            for sample in &samples[taken..taken + len] {
+                bytes.extend_from_slice(&sample.to_le_bytes());
+            }
+            out.push(Outgoing::Binary(bytes));
+            taken += len;
+        }
+        samples.drain(..taken);
+        let lane = &mut self.lanes[direction as usize];
+        lane.run_samples += (taken / channels) as u64;
+    }
+
+    fn next_sequence(&mut self) -> String {
+        self.sequence += 1;
+        self.sequence.to_string()
+    }
+}
+
+fn text(value: &serde_json::Value) -> Outgoing {
+    Outgoing::Text(value.to_string())
+}
