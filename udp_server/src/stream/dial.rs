@@ -30,8 +30,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A consumer that has not answered the upgrade by then is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages encoded ahead of the socket: the rest waits unencoded in the buffer.
-const ENCODED_AHEAD: usize = 16;
 /// After the call ends, how long a stream may take to deliver what it holds
 /// when the receiver is stopping (otherwise: the profile's buffer).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -365,20 +363,28 @@ impl Stream {
         let mut encoded = Vec::new();
         encoder.start(&mut encoded);
         let mut ahead: VecDeque<Outgoing> = encoded.drain(..).collect();
+        // The event whose messages are in `ahead`: if the connection breaks
+        // before they are all out, it goes back to the buffer, to be sent
+        // whole on the next connection. One event at a time is encoded, so
+        // that what waits is events, which a new connection can encode afresh.
+        let mut current: Option<LiveEvent> = None;
         let mut unflushed = false;
-        let mut stopped = false;
         loop {
-            while ahead.len() < ENCODED_AHEAD && !stopped {
-                let Some(event) = self.buffer.pop_front() else {
-                    break;
-                };
-                stopped = matches!(event, LiveEvent::End);
-                encoder.event(&event, &mut encoded);
-                ahead.extend(encoded.drain(..));
-            }
-            if stopped && ahead.is_empty() && !unflushed {
-                let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-                return Ended::Finished;
+            if ahead.is_empty() {
+                if let Some(LiveEvent::End) = current {
+                    if !unflushed {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+                        return Ended::Finished;
+                    }
+                } else if let Some(event) = self.buffer.pop_front() {
+                    encoder.event(&event, &mut encoded);
+                    ahead.extend(encoded.drain(..));
+                    current = Some(event);
+                    if ahead.is_empty() {
+                        // Held by the encoder until a whole frame is there.
+                        continue;
+                    }
+                }
             }
             let deadline = tokio::time::sleep(self.time_left());
             let sending = !ahead.is_empty();
@@ -392,16 +398,16 @@ impl Stream {
                     sink.poll_flush_unpin(cx)
                 }), if sending || unflushed => {
                     if let Err(error) = ready {
-                        return self.lost(ahead, error);
+                        return self.lost(&mut current, &ahead, &encoder, error);
                     }
                     if !sending {
                         unflushed = false;
                         continue;
                     }
                     let message = ahead.pop_front().expect("not empty");
-                    let frame = matches!(message, Outgoing::Media(_) | Outgoing::Binary(_));
+                    let frame = message.is_audio();
                     if let Err(error) = sink.start_send_unpin(to_message(message)) {
-                        return self.lost(ahead, error);
+                        return self.lost(&mut current, &ahead, &encoder, error);
                     }
                     if frame {
                         self.stats.frames_sent.fetch_add(1, Relaxed);
@@ -410,11 +416,11 @@ impl Stream {
                     unflushed = true;
                 }
                 message = incoming.next() => match message {
-                    None => return self.lost(ahead, "the consumer closed the connection"),
-                    Some(Err(error)) => return self.lost(ahead, error),
+                    None => return self.lost(&mut current, &ahead, &encoder, "the consumer closed the connection"),
+                    Some(Err(error)) => return self.lost(&mut current, &ahead, &encoder, error),
                     Some(Ok(Message::Close(frame))) => {
                         let why = frame.map(|f| format!(" ({} {})", f.code, f.reason)).unwrap_or_default();
-                        return self.lost(ahead, format!("the consumer closed the connection{why}"));
+                        return self.lost(&mut current, &ahead, &encoder, format!("the consumer closed the connection{why}"));
                     }
                     // Pings are answered by tungstenite; messages from the
                     // consumer (marks, audio back) are not read in this direction.
@@ -422,8 +428,8 @@ impl Stream {
                 },
                 () = deadline => {
                     // The call ended long ago and the consumer still does not take it.
-                    let lost = ahead.iter().filter(|m| matches!(m, Outgoing::Media(_) | Outgoing::Binary(_))).count() as u64;
-                    self.dropped(lost * u64::from(FRAME_MS));
+                    let lost = ahead.iter().filter(|m| m.is_audio()).count() as u64;
+                    self.dropped(lost * u64::from(FRAME_MS) + encoder.held_ms());
                     self.drop_buffer();
                     return Ended::Finished;
                 }
@@ -431,13 +437,22 @@ impl Stream {
         }
     }
 
-    /// The connection broke: what was encoded and not sent is counted as dropped.
-    fn lost(&mut self, ahead: VecDeque<Outgoing>, error: impl std::fmt::Display) -> Ended {
-        let frames = ahead
-            .iter()
-            .filter(|m| matches!(m, Outgoing::Media(_) | Outgoing::Binary(_)))
-            .count() as u64;
-        self.dropped(frames * u64::from(FRAME_MS));
+    /// The connection broke: the event being sent goes back to the buffer;
+    /// what the encoder held of a partial frame is counted as dropped.
+    fn lost(
+        &mut self,
+        current: &mut Option<LiveEvent>,
+        ahead: &VecDeque<Outgoing>,
+        encoder: &Encoder,
+        error: impl std::fmt::Display,
+    ) -> Ended {
+        if let Some(event) = current.take().filter(|_| !ahead.is_empty()) {
+            if matches!(event, LiveEvent::End) {
+                self.ended.get_or_insert_with(Instant::now);
+            }
+            self.buffer.push_front(event);
+        }
+        self.dropped(encoder.held_ms());
         Ended::Lost(error.to_string())
     }
 }
@@ -459,13 +474,56 @@ async fn connect(
         request.headers_mut().insert(name, value);
     }
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+    let connecting = async {
+        let tcp = open_tcp(request.uri())
+            .await
+            .map_err(|error| error.to_string())?;
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector)
+            .await
+            .map_err(describe)
+    };
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(error)) => Err(describe(error)),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
     }
+}
+
+/// Bytes the kernel may hold for one stream's connection: a consumer that
+/// reads slowly meets the stream's own bounded buffer soon, not after
+/// megabytes of kernel memory per call.
+const SOCKET_SEND_BUFFER: u32 = 64 * 1024;
+
+/// The TCP connection under a stream's WebSocket, with a bounded send buffer.
+async fn open_tcp(uri: &tungstenite::http::Uri) -> std::io::Result<tokio::net::TcpStream> {
+    let host = uri
+        .host()
+        .ok_or_else(|| std::io::Error::other("the url has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let mut last = std::io::Error::other(format!("{host} has no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_send_buffer_size(SOCKET_SEND_BUFFER)?;
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// A connection error said plainly, with what to check for TLS.

@@ -41,6 +41,13 @@ pub enum Outgoing {
     Binary(Vec<u8>),
 }
 
+impl Outgoing {
+    /// Whether the message carries audio (a frame, for the counters).
+    pub fn is_audio(&self) -> bool {
+        matches!(self, Outgoing::Media(_) | Outgoing::Binary(_))
+    }
+}
+
 /// What a stream sends: its format, tracks and rate, and what its `start` says.
 #[derive(Debug, Clone)]
 pub struct StreamShape {
@@ -165,6 +172,14 @@ impl Encoder {
                 },
             }))),
         }
+    }
+
+    /// Audio held for a frame not yet whole, in ms summed over the tracks
+    /// (what a broken connection loses with its encoder).
+    pub fn held_ms(&self) -> u64 {
+        let rate = u64::from(self.shape.rate());
+        let lanes: usize = self.lanes.iter().map(|l| l.ulaw.len() + l.pcm.len()).sum();
+        (lanes + self.stereo_out.len()) as u64 * 1000 / rate
     }
 
     /// Encodes one event; [`LiveEvent::End`] flushes and stops.

@@ -1,0 +1,773 @@
+//! Live streams end to end: a real receiver on 127.0.0.1 dials a real
+//! WebSocket consumer (tokio-tungstenite, in this test) for each call, and
+//! the consumer checks what it gets against Twilio's published message
+//! reference (<https://www.twilio.com/docs/voice/media-streams/websocket-messages>)
+//! and, sample for sample, against what the sender sent.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use futures_util::StreamExt as _;
+use rst_proto::{Direction, Extensions};
+use tokio_tungstenite::tungstenite::Message;
+use udp_server::stream::{Format, ProfileSpec, Tracks};
+use udp_server::Settings;
+
+/// One WebSocket connection as the consumer saw it.
+#[derive(Debug, Default, Clone)]
+struct Connection {
+    path: String,
+    headers: BTreeMap<String, String>,
+    texts: Vec<serde_json::Value>,
+    binaries: Vec<Vec<u8>>,
+    /// The connection ended (the receiver closed it, or it broke).
+    ended: bool,
+}
+
+/// How the consumer behaves.
+#[derive(Debug, Clone, Default)]
+struct Behaviour {
+    /// Close the first connection after this many media messages, then stop
+    /// listening for `away` before listening again.
+    close_after_media: Option<usize>,
+    away: Duration,
+    /// Accept, then never read (and keep the receive buffer tiny).
+    never_read: bool,
+}
+
+/// A WebSocket server on 127.0.0.1 playing a bot, on a runtime of its own.
+struct Consumer {
+    addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Consumer {
+    fn start(behaviour: Behaviour) -> Consumer {
+        Consumer::start_tls(behaviour, None)
+    }
+
+    fn start_tls(behaviour: Behaviour, tls: Option<Arc<rustls::ServerConfig>>) -> Consumer {
+        let connections: Arc<Mutex<Vec<Connection>>> = Arc::default();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if behaviour.never_read {
+            // A tiny window from the start: the receiver meets back-pressure.
+            socket.set_recv_buffer_size(4096).unwrap();
+        }
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(16).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
+        let shared = connections.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(serve(listener, addr, behaviour, tls, shared));
+        });
+        Consumer { addr, connections }
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/media", self.addr.port())
+    }
+
+    fn connections(&self) -> Vec<Connection> {
+        self.connections.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` connections have ended.
+    fn wait_ended(&self, count: usize) -> Vec<Connection> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let connections = self.connections();
+            if connections.iter().filter(|c| c.ended).count() >= count {
+                return connections;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} connections did not end: {:#?}",
+                connections
+                    .iter()
+                    .map(|c| (c.texts.len(), c.ended))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    connections: Arc<Mutex<Vec<Connection>>>,
+) {
+    listener.set_nonblocking(true).unwrap();
+    let mut listener = Some(tokio::net::TcpListener::from_std(listener).unwrap());
+    let mut first = true;
+    loop {
+        let Some(bound) = &listener else {
+            tokio::time::sleep(behaviour.away).await;
+            listener = Some(tokio::net::TcpListener::bind(addr).await.unwrap());
+            continue;
+        };
+        let (tcp, _) = bound.accept().await.unwrap();
+        let close_after = if first {
+            behaviour.close_after_media
+        } else {
+            None
+        };
+        first = false;
+        let index = {
+            let mut all = connections.lock().unwrap();
+            all.push(Connection::default());
+            all.len() - 1
+        };
+        let task = tokio::spawn(session(
+            tcp,
+            tls.clone(),
+            close_after,
+            behaviour.never_read,
+            index,
+            connections.clone(),
+        ));
+        if close_after.is_some() {
+            // Away: the session closes, nobody listens for a while.
+            let _ = task.await;
+            listener = None;
+        }
+    }
+}
+
+async fn session(
+    tcp: tokio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    close_after_media: Option<usize>,
+    never_read: bool,
+    index: usize,
+    connections: Arc<Mutex<Vec<Connection>>>,
+) {
+    let stream: Box<dyn AsyncStream> = match tls {
+        Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+            Ok(stream) => Box::new(stream),
+            Err(_) => {
+                connections.lock().unwrap()[index].ended = true;
+                return;
+            }
+        },
+        None => Box::new(tcp),
+    };
+    let record = connections.clone();
+    let callback = move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         response| {
+        let mut all = record.lock().unwrap();
+        all[index].path = request.uri().path().to_owned();
+        for (name, value) in request.headers() {
+            all[index].headers.insert(
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or("").to_owned(),
+            );
+        }
+        Ok(response)
+    };
+    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        connections.lock().unwrap()[index].ended = true;
+        return;
+    };
+    if never_read {
+        // Holds the connection open without reading, until the receiver gives up.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return;
+    }
+    let mut media = 0;
+    let mut closing = false;
+    while let Some(message) = socket.next().await {
+        let Ok(message) = message else { break };
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+        {
+            let mut all = connections.lock().unwrap();
+            match message {
+                Message::Text(text) => {
+                    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if value["event"] == "media" {
+                        media += 1;
+                    }
+                    all[index].texts.push(value);
+                }
+                Message::Binary(bytes) => all[index].binaries.push(bytes.to_vec()),
+                _ => {}
+            }
+        }
+        if !closing && close_after_media.is_some_and(|n| media >= n) {
+            // Goes away politely, and takes what was already on its way.
+            closing = true;
+            let _ = socket.close(None).await;
+        }
+    }
+    connections.lock().unwrap()[index].ended = true;
+}
+
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+fn profile(name: &str, url: String, format: Format, tracks: Tracks) -> ProfileSpec {
+    ProfileSpec {
+        name: name.into(),
+        format: Some(format),
+        tracks: Some(tracks),
+        ..ProfileSpec::simple(url)
+    }
+}
+
+fn streaming(profiles: Vec<ProfileSpec>) -> Settings {
+    Settings {
+        stream: profiles,
+        ..Settings::default()
+    }
+}
+
+/// Sends a DATA call: an INV with a Call-ID, `frames` 20 ms frames per
+/// direction (paced in real time when `paced`), then BYE.
+fn send_call(
+    receiver: &Receiver,
+    id: &str,
+    extensions: &str,
+    frames: &[(Direction, u8, Vec<u8>)],
+    paced: bool,
+) {
+    let mut sender = Sender::new(receiver.addr);
+    sender.inv_with(
+        id,
+        "+15551230001",
+        "+15559870002",
+        Extensions::parse(extensions).unwrap(),
+    );
+    let start = Instant::now();
+    for (i, (direction, pt, payload)) in frames.iter().enumerate() {
+        if paced {
+            // Both directions' frame k go out at k * 20 ms, as a call's would.
+            let due = start + Duration::from_millis(20 * (i as u64 / 2));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        sender.data(id, *direction, *pt, payload);
+    }
+    sender.bye(id);
+}
+
+/// A tone as 20 ms frames of `encode`d bytes, R and W interleaved.
+fn g711_frames(
+    seconds: f64,
+    encode: fn(i16) -> u8,
+    pt: u8,
+) -> (Vec<(Direction, u8, Vec<u8>)>, Vec<u8>, Vec<u8>) {
+    let r: Vec<u8> = tone(1000.0, 9000.0, 8000, seconds)
+        .into_iter()
+        .map(encode)
+        .collect();
+    let w: Vec<u8> = tone(400.0, 6000.0, 8000, seconds)
+        .into_iter()
+        .map(encode)
+        .collect();
+    let mut frames = Vec::new();
+    for (a, b) in r.chunks(160).zip(w.chunks(160)) {
+        frames.push((Direction::Read, pt, a.to_vec()));
+        frames.push((Direction::Write, pt, b.to_vec()));
+    }
+    (frames, r, w)
+}
+
+/// Checks one `twilio` connection against Twilio's reference and returns
+/// each track's payload bytes and first media timestamp.
+fn check_twilio(connection: &Connection, uuid: &str) -> BTreeMap<String, (Vec<u8>, u64)> {
+    let texts = &connection.texts;
+    assert!(
+        texts.len() >= 3,
+        "connected, start, stop at least: {texts:?}"
+    );
+    assert_eq!(
+        texts[0],
+        serde_json::json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    );
+    let start = &texts[1];
+    assert_eq!(start["event"], "start");
+    let sid = start["streamSid"].as_str().unwrap();
+    assert!(sid.starts_with("MZ") && sid.len() == 34, "{sid}");
+    assert_eq!(start["start"]["streamSid"], sid);
+    assert_eq!(start["start"]["callSid"], uuid);
+    assert_eq!(
+        start["start"]["mediaFormat"],
+        serde_json::json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
+    );
+    let last = texts.last().unwrap();
+    assert_eq!(last["event"], "stop", "stop comes last");
+    assert_eq!(last["stop"]["callSid"], uuid);
+    let mut tracks: BTreeMap<String, (Vec<u8>, u64)> = BTreeMap::new();
+    let mut chunks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_timestamp: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, message) in texts.iter().enumerate().skip(1) {
+        // Every message but `connected` counts from "1", as a string.
+        assert_eq!(message["sequenceNumber"], i.to_string(), "{message}");
+        assert_eq!(message["streamSid"], sid);
+        if message["event"] != "media" {
+            continue;
+        }
+        let media = &message["media"];
+        let track = media["track"].as_str().unwrap().to_owned();
+        assert!(track == "inbound" || track == "outbound", "{track}");
+        let chunk: u64 = media["chunk"].as_str().unwrap().parse().unwrap();
+        let expected_chunk = chunks.entry(track.clone()).or_insert(0);
+        *expected_chunk += 1;
+        assert_eq!(chunk, *expected_chunk, "chunks count from 1 per track");
+        let timestamp: u64 = media["timestamp"].as_str().unwrap().parse().unwrap();
+        if let Some(previous) = last_timestamp.insert(track.clone(), timestamp) {
+            assert!(
+                timestamp >= previous + 20,
+                "timestamps go forward by 20 ms: {previous} then {timestamp}"
+            );
+        }
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(media["payload"].as_str().unwrap())
+            .unwrap();
+        let entry = tracks.entry(track).or_insert((Vec::new(), timestamp));
+        entry.0.extend_from_slice(&payload);
+    }
+    tracks
+}
+
+fn stream_record(record: &serde_json::Value, profile: &str) -> serde_json::Value {
+    record["streams"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no streams in {record}"))
+        .iter()
+        .find(|s| s["profile"] == profile)
+        .unwrap_or_else(|| panic!("no stream {profile} in {record}"))
+        .clone()
+}
+
+#[test]
+fn a_pcmu_call_reaches_a_twilio_bot_byte_for_byte_with_its_headers_and_parameters() {
+    std::env::set_var("RST_TEST_BOT_TOKEN", "s3cr3t-b0t");
+    let consumer = Consumer::start(Behaviour::default());
+    let mut spec = profile("bot", consumer.url("ws"), Format::Twilio, Tracks::Both);
+    spec.headers.insert(
+        "Authorization".into(),
+        "Bearer ${RST_TEST_BOT_TOKEN}".into(),
+    );
+    spec.params.insert("tenant".into(), "acme".into());
+    let receiver = Receiver::with(streaming(vec![spec]));
+    let id = uuid(1);
+    let (frames, r, w) = g711_frames(1.0, ulaw, 0);
+    send_call(
+        &receiver,
+        &id,
+        "call-id=a84b4c76e66710%3A5060",
+        &frames,
+        false,
+    );
+
+    let connections = consumer.wait_ended(1);
+    assert_eq!(connections.len(), 1);
+    let connection = &connections[0];
+    assert_eq!(connection.path, "/media");
+    assert_eq!(connection.headers["authorization"], "Bearer s3cr3t-b0t");
+    let start = &connection.texts[1]["start"];
+    assert_eq!(start["tracks"], serde_json::json!(["inbound", "outbound"]));
+    assert_eq!(
+        start["customParameters"],
+        serde_json::json!({
+            "tenant": "acme",
+            "caller": "+15551230001",
+            "callee": "+15559870002",
+            "sipCallId": "a84b4c76e66710:5060",
+        })
+    );
+    let tracks = check_twilio(connection, &id);
+    // µ-law in, µ-law out: the sender's very bytes.
+    assert_eq!(tracks["inbound"].0, r, "inbound bytes");
+    assert_eq!(tracks["outbound"].0, w, "outbound bytes");
+    let media = connection
+        .texts
+        .iter()
+        .filter(|m| m["event"] == "media")
+        .count();
+    assert_eq!(media, 100, "50 frames of 20 ms per track");
+
+    let record = &receiver.wait_records(1)[0];
+    let stream = stream_record(record, "bot");
+    assert_eq!(stream["frames_sent"], 100);
+    assert_eq!(stream["dropped_ms"], 0);
+    assert_eq!(stream["connects"], 1);
+    assert_eq!(stream["complete"], true);
+    assert_eq!(receiver.counter("rst_stream_frames_sent_total"), 100);
+}
+
+#[test]
+fn a_pcma_call_is_transcoded_to_mulaw_and_an_l16_16k_call_resampled() {
+    let consumer = Consumer::start(Behaviour::default());
+    let receiver = Receiver::with(streaming(vec![profile(
+        "asr",
+        consumer.url("ws"),
+        Format::Twilio,
+        Tracks::Inbound,
+    )]));
+    // A-law: decoded, then µ-law encoded, at the same rate.
+    let (frames, r, _) = g711_frames(0.5, alaw, 8);
+    send_call(&receiver, &uuid(2), "", &frames, false);
+    // L16 at 16 kHz: 1 kHz on R, resampled to 8 kHz.
+    let l16 = tone(1000.0, 8000.0, 16000, 1.0);
+    let frames: Vec<_> = l16
+        .chunks(320)
+        .map(|chunk| {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            (Direction::Read, 10, bytes)
+        })
+        .collect();
+    send_call(&receiver, &uuid(3), "rate=16000", &frames, false);
+
+    let connections = consumer.wait_ended(2);
+    let by_call = |id: &str| {
+        connections
+            .iter()
+            .find(|c| c.texts.get(1).is_some_and(|s| s["start"]["callSid"] == id))
+            .unwrap_or_else(|| panic!("no stream of {id}"))
+    };
+    let pcma = check_twilio(by_call(&uuid(2)), &uuid(2));
+    assert_eq!(
+        by_call(&uuid(2)).texts[1]["start"]["tracks"],
+        serde_json::json!(["inbound"])
+    );
+    assert!(!pcma.contains_key("outbound"), "inbound only");
+    let expected: Vec<u8> = r
+        .iter()
+        .map(|&a| ulaw(rst_codec::alaw_to_linear(a)))
+        .collect();
+    assert_eq!(
+        pcma["inbound"].0, expected,
+        "A-law decoded and µ-law encoded"
+    );
+
+    let l16 = check_twilio(by_call(&uuid(3)), &uuid(3));
+    let decoded: Vec<i16> = l16["inbound"]
+        .0
+        .iter()
+        .map(|&u| rst_codec::ulaw_to_linear(u))
+        .collect();
+    assert_eq!(decoded.len(), 8000, "one second at 8 kHz");
+    let share = tone_share(1000.0, 8000, &decoded[1000..7000]);
+    assert!(share > 0.9, "the 1 kHz tone holds {share:.3} of the energy");
+    receiver.wait_records(2);
+}
+
+/// The share of `samples`' energy at `hz` (Goertzel).
+fn tone_share(hz: f64, rate: u32, samples: &[i16]) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in samples {
+        let x = f64::from(x);
+        energy += x * x;
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (energy * samples.len() as f64 / 2.0)
+}
+
+#[test]
+fn raw_at_16k_stereo_carries_both_directions_sample_for_sample() {
+    let consumer = Consumer::start(Behaviour::default());
+    let mut spec = profile("fork", consumer.url("ws"), Format::Raw, Tracks::Both);
+    spec.rate = Some(16000);
+    let receiver = Receiver::with(streaming(vec![spec]));
+    let r = tone(1000.0, 8000.0, 16000, 1.0);
+    let w = tone(500.0, 5000.0, 16000, 1.0);
+    let bytes = |samples: &[i16]| {
+        samples
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let frames: Vec<_> = r
+        .chunks(320)
+        .zip(w.chunks(320))
+        .flat_map(|(a, b)| {
+            [
+                (Direction::Read, 10, bytes(a)),
+                (Direction::Write, 10, bytes(b)),
+            ]
+        })
+        .collect();
+    let id = uuid(4);
+    send_call(&receiver, &id, "rate=16000", &frames, false);
+
+    let connection = &consumer.wait_ended(1)[0];
+    let start = &connection.texts[0];
+    assert_eq!(start["event"], "start");
+    assert_eq!(start["uuid"], id.as_str());
+    assert_eq!(
+        start["format"],
+        serde_json::json!({"encoding": "audio/l16", "byteOrder": "little-endian", "sampleRate": 16000, "channels": 2, "frameMs": 20})
+    );
+    assert_eq!(connection.texts.last().unwrap()["event"], "stop");
+    for frame in &connection.binaries[..connection.binaries.len() - 1] {
+        assert_eq!(frame.len(), 320 * 2 * 2, "20 ms of 16 kHz stereo");
+    }
+    let samples: Vec<i16> = connection
+        .binaries
+        .concat()
+        .chunks(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    assert!(left.len() >= r.len(), "{} samples", left.len());
+    assert_eq!(&left[..r.len()], &r[..], "left is R");
+    assert_eq!(&right[..w.len()], &w[..], "right is W");
+    receiver.wait_records(1);
+}
+
+#[test]
+fn a_consumer_away_for_5_s_gets_the_buffered_audio_when_it_comes_back() {
+    let consumer = Consumer::start(Behaviour {
+        close_after_media: Some(50),
+        away: Duration::from_secs(5),
+        ..Behaviour::default()
+    });
+    let receiver = Receiver::with(streaming(vec![profile(
+        "bot",
+        consumer.url("ws"),
+        Format::Twilio,
+        Tracks::Inbound,
+    )]));
+    let id = uuid(5);
+    // 12 s of call in real time: the consumer leaves after 1 s, for 5 s.
+    let (frames, r, _) = g711_frames(12.0, ulaw, 0);
+    send_call(&receiver, &id, "", &frames, true);
+
+    let record = &receiver.wait_records(1)[0];
+    let connections = consumer.wait_ended(2);
+    assert_eq!(connections.len(), 2, "one reconnection");
+    let first = check_twilio_open(&connections[0], &id);
+    let second = check_twilio(&connections[1], &id);
+    let (first_bytes, _) = &first["inbound"];
+    let (second_bytes, second_start) = &second["inbound"];
+    // The second connection starts where the first left off: the audio of
+    // the outage was kept and comes first.
+    assert_eq!(
+        *second_start,
+        first_bytes.len() as u64 / 8,
+        "timestamps say where the audio belongs"
+    );
+    let mut all = first_bytes.clone();
+    all.extend_from_slice(second_bytes);
+    assert_eq!(all, r, "every byte arrived, in order");
+    let stream = stream_record(record, "bot");
+    assert_eq!(stream["dropped_ms"], 0);
+    assert_eq!(stream["connects"], 2);
+    assert_eq!(stream["reconnects"], 1);
+    // The last thing that went wrong: the consumer's refusals while it was away.
+    assert!(
+        stream["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{stream}"
+    );
+    assert!(
+        receiver.counter("rst_stream_connect_failures_total") >= 2,
+        "the close and a refusal"
+    );
+}
+
+/// A connection the consumer closed mid-call: no `stop` at its end.
+fn check_twilio_open(connection: &Connection, uuid: &str) -> BTreeMap<String, (Vec<u8>, u64)> {
+    let mut closed = connection.clone();
+    let sequence = closed.texts.len();
+    closed.texts.push(serde_json::json!({
+        "event": "stop",
+        "sequenceNumber": sequence.to_string(),
+        "streamSid": closed.texts[1]["streamSid"],
+        "stop": {"callSid": uuid},
+    }));
+    check_twilio(&closed, uuid)
+}
+
+#[test]
+fn a_consumer_that_never_reads_slows_neither_the_recording_nor_another_consumer() {
+    let stuck = Consumer::start(Behaviour {
+        never_read: true,
+        ..Behaviour::default()
+    });
+    let good = Consumer::start(Behaviour::default());
+    let mut stuck_spec = profile("stuck", stuck.url("ws"), Format::Raw, Tracks::Both);
+    stuck_spec.rate = Some(48000);
+    stuck_spec.buffer_seconds = Some(1);
+    let receiver = Receiver::with(streaming(vec![
+        stuck_spec,
+        profile("good", good.url("ws"), Format::Twilio, Tracks::Both),
+    ]));
+    let id = uuid(6);
+    let (frames, r, w) = g711_frames(6.0, ulaw, 0);
+    send_call(&receiver, &id, "", &frames, true);
+
+    // The good consumer has everything.
+    let tracks = check_twilio(&good.wait_ended(1)[0], &id);
+    assert_eq!(tracks["inbound"].0, r);
+    assert_eq!(tracks["outbound"].0, w);
+    // The recording is whole.
+    let record = &receiver.wait_records(1)[0];
+    let (_, samples) = read_wav(&path_of(record, "/directions/R/wav/0"));
+    assert_eq!(samples.len(), r.len());
+    // The stuck one lost audio, and says how much.
+    let stuck_stream = stream_record(record, "stuck");
+    let dropped = stuck_stream["dropped_ms"].as_u64().unwrap();
+    assert!(dropped > 0, "{stuck_stream}");
+    assert!(receiver.counter("rst_stream_dropped_ms_total") >= dropped);
+    assert_eq!(stream_record(record, "good")["dropped_ms"], 0);
+}
+
+#[test]
+fn a_call_asks_for_its_stream_by_name() {
+    let consumer = Consumer::start(Behaviour::default());
+    let mut spec = profile(
+        "on-demand",
+        consumer.url("ws"),
+        Format::Twilio,
+        Tracks::Inbound,
+    );
+    spec.calls = Some(udp_server::stream::CallsSpec::Word("asked".into()));
+    let receiver = Receiver::with(streaming(vec![spec]));
+    let (frames, _, _) = g711_frames(0.2, ulaw, 0);
+    send_call(&receiver, &uuid(7), "", &frames, false);
+    send_call(&receiver, &uuid(8), "stream=on-demand", &frames, false);
+    send_call(&receiver, &uuid(9), "stream=nobody", &frames, false);
+    let records = receiver.wait_records(3);
+    let connections = consumer.wait_ended(1);
+    assert_eq!(connections.len(), 1, "only the call that asked");
+    assert_eq!(
+        connections[0].texts[1]["start"]["callSid"],
+        uuid(8).as_str()
+    );
+    let streamed: Vec<_> = records
+        .iter()
+        .filter(|r| r.get("streams").is_some())
+        .collect();
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0]["uuid"], uuid(8).as_str());
+}
+
+#[test]
+fn a_consumer_that_is_down_costs_the_audio_it_missed_counted_in_the_record() {
+    // Nobody listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut spec = profile(
+        "down",
+        format!("ws://127.0.0.1:{port}/media"),
+        Format::Twilio,
+        Tracks::Inbound,
+    );
+    spec.buffer_seconds = Some(1);
+    let receiver = Receiver::with(streaming(vec![spec]));
+    let (frames, _, _) = g711_frames(2.0, ulaw, 0);
+    send_call(&receiver, &uuid(10), "", &frames, true);
+    let record = &receiver.wait_records(1)[0];
+    let stream = stream_record(record, "down");
+    assert_eq!(stream["connects"], 0);
+    assert_eq!(stream["frames_sent"], 0);
+    assert_eq!(stream["dropped_ms"], 2000, "every inbound frame, counted");
+    assert!(
+        stream["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{stream}"
+    );
+    assert!(receiver.counter("rst_stream_connect_failures_total") >= 1);
+    // The recording is unaffected.
+    let (_, samples) = read_wav(&path_of(record, "/directions/R/wav/0"));
+    assert_eq!(samples.len(), 16000);
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it.
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca_file, Arc::new(config))
+}
+
+#[test]
+fn wss_with_a_private_ca_works_and_a_certificate_that_does_not_verify_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, server_config) = certificates(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (other_ca, _) = certificates(&other);
+    let consumer = Consumer::start_tls(Behaviour::default(), Some(server_config));
+    let mut trusted = profile(
+        "trusted",
+        consumer.url("wss"),
+        Format::Twilio,
+        Tracks::Inbound,
+    );
+    trusted.ca_file = Some(ca_file);
+    let mut wrong = profile(
+        "wrong",
+        consumer.url("wss"),
+        Format::Twilio,
+        Tracks::Inbound,
+    );
+    wrong.ca_file = Some(other_ca);
+    wrong.buffer_seconds = Some(1);
+    let receiver = Receiver::with(streaming(vec![trusted, wrong]));
+    let id = uuid(11);
+    let (frames, r, _) = g711_frames(1.0, ulaw, 0);
+    send_call(&receiver, &id, "", &frames, true);
+    let record = &receiver.wait_records(1)[0];
+    let connections = consumer.connections();
+    let good: Vec<_> = connections.iter().filter(|c| !c.texts.is_empty()).collect();
+    assert_eq!(good.len(), 1, "only the trusted profile got through");
+    assert_eq!(check_twilio(good[0], &id)["inbound"].0, r);
+    let wrong = stream_record(record, "wrong");
+    assert_eq!(wrong["connects"], 0);
+    let error = wrong["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+}
