@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -153,18 +154,22 @@ async fn listen(
     headers: HeaderMap,
     Path(uuid): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
+    wanted: Result<Query<ListenQuery>, QueryRejection>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if let Err(refused) = check_token(&state, &headers, &query) {
         return refused;
     }
-    let wanted: ListenQuery = match serde_json::to_value(&query).and_then(serde_json::from_value) {
-        Ok(wanted) => wanted,
+    let wanted = match wanted {
+        Ok(Query(wanted)) => wanted,
         Err(error) => {
             return (
                 StatusCode::BAD_REQUEST,
-                format!("format is raw or twilio, tracks inbound, outbound or both: {error}\n"),
+                format!(
+                    "format is raw or twilio, tracks inbound, outbound or both: {}\n",
+                    error.body_text()
+                ),
             )
                 .into_response()
         }

@@ -506,36 +506,6 @@ fn a_uuid_reused_after_its_call_ended_gets_new_files() {
 }
 
 #[test]
-fn the_metrics_endpoint_serves_prometheus_text() {
-    use std::io::{Read as _, Write as _};
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
-    let mut receiver = Receiver::with(Settings {
-        metrics: Some(addr),
-        ..Settings::default()
-    });
-    let mut sender = Sender::new(receiver.addr);
-    sender.inv(&uuid(40), "a", "b");
-    sender.send_raw(b"garbage");
-    std::thread::sleep(Duration::from_millis(100));
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200 OK"));
-    assert_eq!(metric(&response, "rst_messages_total{command=\"inv\"}"), 1);
-    assert_eq!(
-        metric(&response, "rst_malformed_total{kind=\"unknown_command\"}"),
-        1
-    );
-    assert_eq!(metric(&response, "rst_calls_active"), 1);
-    receiver.stop();
-}
-
-#[test]
 fn a_call_id_given_in_the_inv_reaches_the_record() {
     let mut receiver = Receiver::start();
     let mut sender = Sender::new(receiver.addr);

@@ -472,20 +472,6 @@ fn a_pcma_call_is_transcoded_to_mulaw_and_an_l16_16k_call_resampled() {
     receiver.wait_records(2);
 }
 
-/// The share of `samples`' energy at `hz` (Goertzel).
-fn tone_share(hz: f64, rate: u32, samples: &[i16]) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
-    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
-    for &x in samples {
-        let x = f64::from(x);
-        energy += x * x;
-        let s = x + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (energy * samples.len() as f64 / 2.0)
-}
-
 #[test]
 fn raw_at_16k_stereo_carries_both_directions_sample_for_sample() {
     let consumer = Consumer::start(Behaviour::default());

@@ -68,6 +68,11 @@ impl Receiver {
         }
     }
 
+    /// The HTTP port's address, when `http` was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.running.http_addr()
+    }
+
     pub fn counter(&self, line_start: &str) -> u64 {
         metric(&self.metrics.render(), line_start)
     }
@@ -207,6 +212,20 @@ pub fn tone(frequency: f64, amplitude: f64, rate: u32, seconds: f64) -> Vec<i16>
             .round() as i16
         })
         .collect()
+}
+
+/// The share of `samples`' energy at `hz` (Goertzel): near 1 for a pure tone.
+pub fn tone_share(hz: f64, rate: u32, samples: &[i16]) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in samples {
+        let x = f64::from(x);
+        energy += x * x;
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (energy * samples.len() as f64 / 2.0)
 }
 
 #[allow(unused_imports)] // not every test binary encodes
