@@ -757,3 +757,92 @@ fn wss_with_a_private_ca_works_and_a_certificate_that_does_not_verify_is_refused
         "{error}"
     );
 }
+
+#[test]
+fn a_digit_of_an_rtp_call_reaches_the_stream_as_a_dtmf_message() {
+    let consumer = Consumer::start(Behaviour::default());
+    let mut settings = streaming(vec![
+        profile("bot", consumer.url("ws"), Format::Twilio, Tracks::Inbound),
+        profile("fork", consumer.url("ws"), Format::Raw, Tracks::Inbound),
+    ]);
+    settings.rtp_ports = Some("31000-31099".parse().unwrap());
+    let receiver = Receiver::with(settings);
+    let mut sender = RtpSender::new(receiver.addr);
+    let id = uuid(12);
+    let (read_port, _) = sender
+        .inv(&id, "pt101=telephone-event/8000")
+        .expect("an ACK with ports");
+    let to = SocketAddr::from(([127, 0, 0, 1], read_port));
+    let audio: Vec<u8> = tone(1000.0, 9000.0, 8000, 0.2)
+        .into_iter()
+        .map(ulaw)
+        .collect();
+    for (k, frame) in audio.chunks(160).enumerate() {
+        let k = k as u16;
+        sender
+            .read
+            .send_to(&rtp(k, u32::from(k) * 160, 7, 0, frame), to)
+            .unwrap();
+    }
+    // Digit 1, its start and its end (sent three times, as RFC 4733 says).
+    let digit = |end, duration| {
+        rst_proto::TelephoneEvent {
+            event: 1,
+            end,
+            volume: 10,
+            duration,
+        }
+        .encode()
+    };
+    sender
+        .read
+        .send_to(&rtp(10, 1600, 7, 101, &digit(false, 160)), to)
+        .unwrap();
+    for k in 0..3 {
+        sender
+            .read
+            .send_to(&rtp(11 + k, 1600, 7, 101, &digit(true, 800)), to)
+            .unwrap();
+    }
+    for k in 14..20u16 {
+        sender
+            .read
+            .send_to(
+                &rtp(k, 2400 + u32::from(k - 14) * 160, 7, 0, &audio[..160]),
+                to,
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.counter("rst_rtp_packets_total") < 20 {
+        assert!(Instant::now() < deadline, "the RTP did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sender.control.bye(&id);
+    let connections = consumer.wait_ended(2);
+    let twilio = connections
+        .iter()
+        .find(|c| c.texts[0]["event"] == "connected")
+        .unwrap();
+    check_twilio(twilio, &id);
+    let dtmf: Vec<_> = twilio
+        .texts
+        .iter()
+        .filter(|m| m["event"] == "dtmf")
+        .collect();
+    assert_eq!(dtmf.len(), 1, "one key press");
+    assert_eq!(
+        dtmf[0]["dtmf"],
+        serde_json::json!({"track": "inbound_track", "digit": "1"})
+    );
+    let raw = connections
+        .iter()
+        .find(|c| c.texts[0]["event"] == "start")
+        .unwrap();
+    let dtmf: Vec<_> = raw.texts.iter().filter(|m| m["event"] == "dtmf").collect();
+    assert_eq!(dtmf.len(), 1);
+    assert_eq!(dtmf[0]["digit"], "1");
+    assert_eq!(dtmf[0]["duration_ms"], 100);
+    let record = &receiver.wait_records(1)[0];
+    assert_eq!(record["dtmf"][0]["digit"], "1");
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rst_proto::{Data, Direction, Extensions, Inv, Message, PayloadType, Uuid};
+use rst_proto::{Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket, Uuid};
 use udp_server::{Metrics, Settings};
 
 pub struct Receiver {
@@ -285,4 +285,59 @@ pub fn path_of(record: &serde_json::Value, pointer: &str) -> PathBuf {
             .and_then(|v| v.as_str())
             .unwrap_or_else(|| panic!("{pointer} in {record}")),
     )
+}
+
+/// A sender in RTP mode: the control socket plus one socket per direction.
+pub struct RtpSender {
+    pub control: Sender,
+    pub read: UdpSocket,
+    pub write: UdpSocket,
+}
+
+impl RtpSender {
+    pub fn new(target: SocketAddr) -> Self {
+        RtpSender {
+            control: Sender::new(target),
+            read: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            write: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    /// Sends the RTP-mode INV; returns the server's ports from the ACK, if answered.
+    pub fn inv(&mut self, uuid: &str, extensions: &str) -> Option<(u16, u16)> {
+        let ports = rst_proto::RtpPorts {
+            read: self.read.local_addr().unwrap().port(),
+            write: self.write.local_addr().unwrap().port(),
+        };
+        self.control.send(Message::Inv(Inv {
+            uuid: Uuid::new(uuid).unwrap(),
+            caller: "alice",
+            callee: "bob",
+            rtp_ports: Some(ports),
+            extensions: Extensions::parse(extensions).unwrap(),
+        }));
+        let reply = self.control.receive_within(Duration::from_secs(5))?;
+        let Ok(Message::Ack(ack)) = Message::parse(&reply) else {
+            panic!("not an ACK: {reply:?}")
+        };
+        assert_eq!(ack.uuid.as_str(), uuid);
+        let server = ack
+            .rtp_ports
+            .expect("an RTP-mode INV is answered with ports");
+        Some((server.read, server.write))
+    }
+}
+
+pub fn rtp(sequence: u16, timestamp: u32, ssrc: u32, payload_type: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    RtpPacket {
+        marker: false,
+        payload_type,
+        sequence,
+        timestamp,
+        ssrc,
+        payload,
+    }
+    .encode(&mut bytes);
+    bytes
 }
