@@ -484,6 +484,130 @@ mod tests {
     }
 
     #[test]
+    fn stream_profiles_come_from_tables_or_the_simple_flags() {
+        std::env::set_var("RST_CONFIG_TEST_TOKEN", "t0k3n");
+        let file = Settings::parse(
+            r#"
+            [[stream]]
+            name = "bot"
+            url = "wss://bot.example.com/media?key=${RST_CONFIG_TEST_TOKEN}"
+            format = "raw"
+            tracks = "both"
+            rate = 24000
+            headers = { Authorization = "Bearer ${RST_CONFIG_TEST_TOKEN}" }
+            params = { tenant = "acme" }
+            calls = { caller = ["1001*"] }
+            buffer-seconds = 3
+
+            [[stream]]
+            name = "asr"
+            url = "ws://127.0.0.1:8080/"
+            calls = "asked"
+            "#,
+        )
+        .unwrap();
+        let config = file.clone().resolve().unwrap();
+        let [bot, asr] = &config.streams[..] else {
+            panic!("{:?}", config.streams)
+        };
+        assert_eq!(bot.url, "wss://bot.example.com/media?key=t0k3n");
+        assert_eq!(
+            (bot.format, bot.tracks, bot.rate),
+            (Format::Raw, Tracks::Both, 24000)
+        );
+        assert_eq!(
+            bot.headers,
+            [("Authorization".to_owned(), "Bearer t0k3n".to_owned())]
+        );
+        assert_eq!(bot.params["tenant"], "acme");
+        assert_eq!(bot.buffer, Duration::from_secs(3));
+        assert_eq!(
+            (asr.format, asr.tracks, asr.rate),
+            (Format::Twilio, Tracks::Inbound, 8000)
+        );
+        assert_eq!(asr.calls, crate::stream::Calls::Asked);
+
+        let flags = Settings {
+            stream_url: Some("ws://10.0.0.9/media".into()),
+            stream_format: Some(Format::Raw),
+            ..Settings::default()
+        };
+        let config = flags.resolve().unwrap();
+        assert_eq!(config.streams.len(), 1);
+        assert_eq!(config.streams[0].name, "default");
+        assert_eq!(config.streams[0].rate, 16000);
+    }
+
+    #[test]
+    fn bad_stream_profiles_are_refused_with_what_to_fix() {
+        for (bad, says) in [
+            ("url = \"http://x/\"", "ws:// or wss://"),
+            (
+                "url = \"ws://x/\"\nformat = \"twilio\"\nrate = 16000",
+                "8000 Hz",
+            ),
+            (
+                "url = \"ws://x/\"\nformat = \"raw\"\nrate = 11025",
+                "rate must be one of",
+            ),
+            (
+                "url = \"ws://x/${RST_NOT_SET_ANYWHERE}\"",
+                "RST_NOT_SET_ANYWHERE",
+            ),
+            ("url = \"ws://x/\"\ncalls = \"some\"", "asked"),
+            ("url = \"ws://x/\"\ncert-file = \"/c.pem\"", "go together"),
+        ] {
+            let text = format!("[[stream]]\nname = \"p\"\n{bad}");
+            let error = Settings::parse(&text).unwrap().resolve().unwrap_err();
+            assert!(format!("{error:#}").contains(says), "{bad}: {error:#}");
+        }
+        let twice = "[[stream]]\nname = \"p\"\nurl = \"ws://x/\"\n[[stream]]\nname = \"p\"\nurl = \"ws://y/\"";
+        assert!(Settings::parse(twice).unwrap().resolve().is_err());
+        assert!(
+            Settings::parse("[[stream]]\nname = \"p\"\nurl = \"ws://x/\"\nformt = \"raw\"")
+                .is_err()
+        );
+        let lonely = Settings {
+            stream_format: Some(Format::Raw),
+            ..Settings::default()
+        };
+        assert!(
+            lonely.resolve().is_err(),
+            "stream-format without stream-url"
+        );
+        let different = Settings {
+            http: Some("127.0.0.1:1".parse().unwrap()),
+            metrics: Some("127.0.0.1:2".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert!(
+            different.resolve().is_err(),
+            "http and its old name disagree"
+        );
+    }
+
+    #[test]
+    fn a_short_http_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "short\n").unwrap();
+        let settings = Settings {
+            http_token_file: Some(path.clone()),
+            ..Settings::default()
+        };
+        assert!(format!("{:#}", settings.resolve().unwrap_err()).contains("16 characters"));
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let settings = Settings {
+            http_token_file: Some(path),
+            ..Settings::default()
+        };
+        assert_eq!(
+            settings.resolve().unwrap().http_token.unwrap().0,
+            "0123456789abcdef"
+        );
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = Settings::parse("idle-timeout = 5\nmax-calls = 7").unwrap();
         let flags = Settings {
