@@ -27,6 +27,7 @@ use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
 use rst_proto::stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
+use rst_proto::ExtensionsBuilder;
 use sender::{Command, Sender, StreamId};
 use tap::Tap;
 
@@ -405,12 +406,15 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     let rate = session
         .read_codec_payload_type()
         .map_or(8000, |(_, rate)| rate);
-    let extensions = match (settings.mode, settings.audio) {
-        (Mode::Rtp, _) => format!("pt{RTP_L16_PAYLOAD_TYPE}=L16/{rate}"),
+    let extensions = match settings.mode {
+        Mode::Rtp => ExtensionsBuilder::new().payload_type(RTP_L16_PAYLOAD_TYPE, "L16", rate),
         // PT 10 frames (L16 mode, or a channel whose codec is L16) are at this rate.
-        (Mode::Data, _) if rate != 8000 => format!("rate={rate}"),
-        (Mode::Data, _) => String::new(),
+        Mode::Data if rate != 8000 => ExtensionsBuilder::new().rate(rate),
+        Mode::Data => ExtensionsBuilder::new(),
     };
+    // The receiver's stream profiles the call goes to live (`rst_stream=bot,asr`).
+    let streams = session.variable("rst_stream").unwrap_or_default();
+    let extensions = extensions.streams(streams.split(',')).build();
     let start = StreamStart {
         uuid: uuid.clone(),
         caller,

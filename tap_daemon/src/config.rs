@@ -34,6 +34,9 @@ pub enum ConfigError {
         #[source]
         source: regex::Error,
     },
+    /// A stream profile name the INV cannot carry.
+    #[error("bad stream name {0:?}: letters, digits, '-', '_' and '.', at most 64")]
+    StreamName(String),
     /// Neither or both of `pcap` and `interface`.
     #[error("give exactly one of --pcap FILE and --interface IF")]
     Source,
@@ -112,6 +115,11 @@ pub struct Settings {
     /// Seconds a control connection may stay silent [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub control_idle_timeout: Option<u64>,
+    /// Ask the receiver to stream every call live to its stream profile NAME
+    /// (repeatable; the receiver's [[stream]] tables name them) [default: none]
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub stream: Vec<String>,
 }
 
 /// A list given as flags replaces the file's.
@@ -146,6 +154,7 @@ impl Settings {
             control_listen: self.control_listen.or(base.control_listen),
             discovery_listen: self.discovery_listen.or(base.discovery_listen),
             control_idle_timeout: self.control_idle_timeout.or(base.control_idle_timeout),
+            stream: list(self.stream, base.stream),
         }
     }
 
@@ -180,6 +189,14 @@ impl Settings {
         if let Some(max) = self.max_calls {
             output.max_streams = max;
         }
+        if let Some(bad) = self
+            .stream
+            .iter()
+            .find(|name| !rst_proto::is_stream_name(name))
+        {
+            return Err(ConfigError::StreamName(bad.clone()));
+        }
+        output.streams = self.stream;
         Ok(RunConfig {
             source,
             filter: self.filter,
@@ -216,6 +233,17 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_names_reach_the_output_and_bad_ones_are_refused() {
+        let settings = parse("pcap = \"x.pcap\"\nstream = [\"bot\", \"asr\"]").unwrap();
+        assert_eq!(settings.resolve().unwrap().output.streams, ["bot", "asr"]);
+        let settings = parse("pcap = \"x.pcap\"\nstream = [\"a:b\"]").unwrap();
+        assert!(matches!(
+            settings.resolve(),
+            Err(ConfigError::StreamName(_))
+        ));
+    }
 
     #[test]
     fn the_shipped_config_file_parses_and_states_the_defaults() {

@@ -52,6 +52,8 @@ pub struct OutputConfig {
     /// by default) while SIP says it goes on, and a receiver that restarted
     /// takes the calls in progress up again.
     pub refresh: Duration,
+    /// Stream profiles of the receiver every call asks for (`stream=`).
+    pub streams: Vec<String>,
 }
 
 impl OutputConfig {
@@ -70,6 +72,7 @@ impl OutputConfig {
                 Duration::ZERO
             },
             refresh: Duration::from_secs(10),
+            streams: Vec::new(),
         }
     }
 }
@@ -333,7 +336,7 @@ impl Output for UdpOutput {
             target: self.config.receiver,
             mode: Mode::Rtp,
             local_ports: Some(ports),
-            extensions: call.extensions(),
+            extensions: call.extensions(&self.config.streams),
             retransmit: self.config.retransmit,
             tries: self.config.tries,
             max_pending: self.config.max_pending,
@@ -387,7 +390,7 @@ impl Output for UdpOutput {
         let Some(live) = self.streams.get_mut(uuid) else {
             return;
         };
-        let extensions = call.extensions();
+        let extensions = call.extensions(&self.config.streams);
         let declared = drive(live, &self.control, &mut self.stats, |s, emit| {
             s.declare(&extensions, Instant::now(), emit)
         });

@@ -45,7 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rst_proto::{Direction, Extensions, RtpPacket};
+use rst_proto::{Direction, RtpPacket};
 
 use crate::packet::{Datagram, Decoder, Limits, LinkType, Transport};
 use crate::sip::sdp::{static_payload_type, MediaKind};
@@ -92,47 +92,23 @@ pub struct CallStart {
     pub at: Duration,
 }
 
-/// Longest Call-ID passed on to the receiver; a longer one is cut (the
-/// UUID is still derived from the whole Call-ID).
-const MAX_CALL_ID: usize = 512;
-
 impl CallStart {
     /// The INV's extension fields: `ptN=NAME/CLOCK` for each declared payload
-    /// type, `call-id=` (escaped) when there is one, `fax=1` once the call
-    /// had a fax phase.
-    pub fn extensions(&self) -> String {
-        let mut fields: Vec<String> = self
-            .payload_types
-            .iter()
-            .map(|(pt, name, clock)| format!("pt{pt}={}/{clock}", clean_token(name)))
-            .collect();
+    /// type, `call-id=` when there is one, `fax=1` once the call had a fax
+    /// phase, `stream=` for the receiver's stream profiles `streams`.
+    pub fn extensions(&self, streams: &[String]) -> String {
+        let mut fields = rst_proto::ExtensionsBuilder::new();
+        for (pt, name, clock) in &self.payload_types {
+            fields = fields.payload_type(*pt, name, *clock);
+        }
         if let Some(call_id) = &self.call_id {
-            let mut cut = call_id.as_str();
-            if cut.len() > MAX_CALL_ID {
-                let mut end = MAX_CALL_ID;
-                while !cut.is_char_boundary(end) {
-                    end -= 1;
-                }
-                cut = &cut[..end];
-            }
-            // Control characters would not survive the INV's text form.
-            let printable: String = cut.chars().filter(|c| !c.is_control()).collect();
-            if !printable.is_empty() {
-                fields.push(format!("call-id={}", Extensions::escape(&printable)));
-            }
+            fields = fields.call_id(call_id);
         }
         if self.fax {
-            fields.push(format!("{}=1", Extensions::FAX));
+            fields = fields.fax();
         }
-        fields.join(":")
+        fields.streams(streams.iter().map(String::as_str)).build()
     }
-}
-
-/// An encoding name safe for `ptN=NAME/CLOCK`.
-fn clean_token(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .collect()
 }
 
 /// A caller or callee label safe for the INV: no `:`, no control characters,
@@ -1393,7 +1369,7 @@ mod tests {
         assert_eq!(start.caller, "1001");
         assert_eq!(start.callee, "1002");
         assert_eq!(
-            start.extensions(),
+            start.extensions(&[]),
             "pt101=telephone-event/8000:call-id=abc%3A1@10.0.0.1"
         );
         let key = start.key;
@@ -1738,9 +1714,9 @@ mod tests {
         assert_eq!(out.updated.len(), 1);
         assert!(out.updated[0].fax);
         assert!(
-            out.updated[0].extensions().ends_with(":fax=1"),
+            out.updated[0].extensions(&[]).ends_with(":fax=1"),
             "{}",
-            out.updated[0].extensions()
+            out.updated[0].extensions(&[])
         );
         // Back to audio.
         let back = Duration::from_secs(3);
@@ -1822,7 +1798,7 @@ mod tests {
         let update = &out.updated[0];
         assert_eq!(update.key, key);
         assert_eq!(
-            update.extensions(),
+            update.extensions(&[]),
             "pt101=telephone-event/8000:pt96=opus/48000:call-id=abc%3A1@10.0.0.1"
         );
         // Its answer declares nothing new: no second update.

@@ -21,7 +21,10 @@ pub mod stream;
 mod types;
 
 pub use error::{EncodeError, ParseError};
-pub use message::{parse_payload_type, Ack, Bye, Data, Extensions, Inv, Message, RtpPorts};
+pub use message::{
+    is_stream_name, parse_payload_type, Ack, Bye, Data, Extensions, ExtensionsBuilder, Inv,
+    Message, RtpPorts, MAX_CALL_ID,
+};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};
 pub use types::{Direction, PayloadType, Uuid};
 

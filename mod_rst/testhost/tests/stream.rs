@@ -1,0 +1,110 @@
+//! A call from mod_rst (in fs-testhost) that asks for a live stream by its
+//! channel variable `rst_stream`: the receiver streams it to a real WebSocket
+//! consumer in the `twilio` format, and what the consumer decodes is what
+//! the receiver recorded, sample for sample.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use common::*;
+use futures_util::StreamExt as _;
+use udp_server::stream::{CallsSpec, Format, ProfileSpec, Tracks};
+use udp_server::Settings;
+
+/// A WebSocket server that keeps every text message of every connection.
+fn consumer() -> (String, Arc<Mutex<Vec<Vec<serde_json::Value>>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let connections: Arc<Mutex<Vec<Vec<serde_json::Value>>>> = Arc::default();
+    let shared = connections.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    let mut messages = Vec::new();
+                    while let Some(Ok(message)) = socket.next().await {
+                        if let Ok(text) = message.to_text() {
+                            if let Ok(value) = serde_json::from_str(text) {
+                                messages.push(value);
+                            }
+                        }
+                    }
+                    shared.lock().unwrap().push(messages);
+                });
+            }
+        });
+    });
+    (url, connections)
+}
+
+#[test]
+fn a_call_with_rst_stream_reaches_a_twilio_consumer_as_recorded() {
+    let (url, connections) = consumer();
+    let receiver = Receiver::with(Settings {
+        stream: vec![ProfileSpec {
+            name: "bot".into(),
+            format: Some(Format::Twilio),
+            tracks: Some(Tracks::Both),
+            calls: Some(CallsSpec::Word("asked".into())),
+            ..ProfileSpec::simple(url)
+        }],
+        ..Settings::default()
+    });
+    let conf = conf_for(&receiver, &[]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let (streamed, plain) = (uuid(0x510), uuid(0x511));
+    for u in [&streamed, &plain] {
+        session(&mut host, u);
+    }
+    host.ok(&format!("var {streamed} rst_stream=bot"));
+    for u in [&streamed, &plain] {
+        host.ok(&format!("app {u} rst"));
+        host.ok(&format!("media {u} 1 read_hz=1000 write_hz=500"));
+    }
+    host.ok("wait");
+    for u in [&streamed, &plain] {
+        host.ok(&format!("hangup {u}"));
+    }
+    let record = receiver.record(&streamed);
+    assert!(
+        receiver.record(&plain).get("streams").is_none(),
+        "only the call that asked"
+    );
+    finish(host);
+    let stream = &record["streams"][0];
+    assert_eq!(stream["profile"], "bot", "{record}");
+    assert_eq!(stream["dropped_ms"], 0, "{record}");
+    let messages = wait_for("the consumer's connection to end", || {
+        connections.lock().unwrap().first().cloned()
+    });
+    assert_eq!(messages[0]["event"], "connected");
+    assert_eq!(messages[1]["start"]["callSid"], streamed.as_str());
+    assert_eq!(messages[1]["start"]["customParameters"]["caller"], "1001");
+    assert_eq!(messages.last().unwrap()["event"], "stop");
+    for (track, dir) in [("inbound", "R"), ("outbound", "W")] {
+        let decoded: Vec<i16> = messages
+            .iter()
+            .filter(|m| m["event"] == "media" && m["media"]["track"] == track)
+            .flat_map(|m| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(m["media"]["payload"].as_str().unwrap())
+                    .unwrap()
+            })
+            .map(rst_codec::ulaw_to_linear)
+            .collect();
+        let (_, recorded) = direction_wav(&record, dir);
+        assert_samples(&format!("{track} as streamed"), &decoded, &recorded);
+    }
+}
