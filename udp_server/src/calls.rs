@@ -52,6 +52,14 @@ pub enum Output<'a> {
         direction: Direction,
         packet: RtpPacket<'a>,
     },
+    /// A key press the sender saw (a DTMF datagram; RTP mode has telephone-events instead).
+    Dtmf {
+        call: CallId,
+        direction: Direction,
+        sequence: u32,
+        digit: char,
+        duration_ms: u32,
+    },
     /// A malformed datagram that names one of this call's UUID.
     Malformed { call: CallId },
     /// The call is over: finish its recording.
@@ -380,6 +388,26 @@ impl CallTable {
                 }));
             }
             Message::Ack(_) => self.metrics.refused(Refusal::UnexpectedAck),
+            Message::Dtmf(dtmf) => match self.calls.get_mut(dtmf.uuid.as_str()) {
+                Some(call) if !call.accepts(from, self.limits.bind_sender) => {
+                    self.wrong_source(from, "DTMF")
+                }
+                Some(call) => {
+                    call.last_heard = now;
+                    emit(Output::Dtmf {
+                        call: call.id,
+                        direction: dtmf.direction,
+                        sequence: dtmf.sequence,
+                        digit: dtmf.digit,
+                        duration_ms: dtmf.duration_ms,
+                    });
+                }
+                // A key press starts no call.
+                None if self.recently_ended.contains_key(dtmf.uuid.as_str()) => {
+                    self.metrics.refused(Refusal::AfterEnd)
+                }
+                None => self.metrics.refused(Refusal::Unproven),
+            },
         }
     }
 

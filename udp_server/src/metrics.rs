@@ -58,14 +58,14 @@ impl Refusal {
     }
 }
 
-const COMMANDS: [&str; 4] = ["inv", "data", "bye", "ack"];
+const COMMANDS: [&str; 5] = ["inv", "data", "bye", "ack", "dtmf"];
 
 /// Every counter of the receiver. All updates are relaxed atomics: they are
 /// statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub datagrams: AtomicU64,
-    messages: [AtomicU64; 4],
+    messages: [AtomicU64; COMMANDS.len()],
     malformed: [AtomicU64; ParseError::KINDS.len()],
     refused: [AtomicU64; Refusal::ALL.len()],
     pub calls_started: AtomicU64,
@@ -120,6 +120,7 @@ impl Metrics {
             rst_proto::Message::Data(_) => 1,
             rst_proto::Message::Bye(_) => 2,
             rst_proto::Message::Ack(_) => 3,
+            rst_proto::Message::Dtmf(_) => 4,
         };
         self.messages[index].fetch_add(1, Relaxed);
     }

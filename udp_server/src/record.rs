@@ -177,6 +177,10 @@ impl RtpLane {
     }
 }
 
+/// Key presses a call's record keeps: a hostile sender cannot grow a call's
+/// memory (and record) without bound.
+const MAX_DTMF_PER_CALL: usize = 10_000;
+
 /// Options that apply to every recording.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -210,6 +214,8 @@ pub struct CallRecording {
     lanes: [Lane; 2],
     /// DTMF records completed since the last [`CallRecording::take_new_dtmf`].
     new_dtmf: Vec<usize>,
+    /// DTMF datagrams taken (direction, sequence): each comes three times.
+    dtmf_seen: Vec<(Direction, u32)>,
     stereo: Option<(StereoAligner, WavFile)>,
     stereo_frames: Vec<i16>,
     /// Once a write fails the call stops writing; what was written stays valid.
@@ -267,6 +273,7 @@ impl CallRecording {
             default_payload_types: options.default_payload_types.clone(),
             lanes: [lane(Direction::Read), lane(Direction::Write)],
             new_dtmf: Vec::new(),
+            dtmf_seen: Vec::new(),
             stereo: None,
             stereo_frames: Vec::new(),
             failed: false,
@@ -411,6 +418,37 @@ impl CallRecording {
         }
     }
 
+    /// A key press from a DTMF datagram that arrived at `now` (its copies
+    /// are ignored).
+    pub fn dtmf(
+        &mut self,
+        direction: Direction,
+        sequence: u32,
+        digit: char,
+        duration_ms: u32,
+        now: Instant,
+    ) {
+        if self.dtmf_seen.contains(&(direction, sequence))
+            || self.record.dtmf.len() >= MAX_DTMF_PER_CALL
+        {
+            return;
+        }
+        self.dtmf_seen.push((direction, sequence));
+        // The datagram comes when the key is released: it was pressed this long before.
+        let at = now
+            .saturating_duration_since(self.started)
+            .saturating_sub(Duration::from_millis(u64::from(duration_ms)));
+        self.record.dtmf.push(DtmfRecord {
+            direction: direction.as_str(),
+            digit,
+            event: TelephoneEvent::event_of(digit).unwrap_or(u8::MAX),
+            offset: at.as_secs_f64(),
+            time: self.started_wall + at,
+            duration_ms: Some(duration_ms),
+        });
+        self.new_dtmf.push(self.record.dtmf.len() - 1);
+    }
+
     /// DTMF records completed since the last call, for the metadata feed.
     pub fn take_new_dtmf(&mut self) -> impl Iterator<Item = &DtmfRecord> {
         let indices = std::mem::take(&mut self.new_dtmf);
@@ -479,6 +517,7 @@ impl CallRecording {
         };
         let record_index = match rtp.event {
             Some((ssrc, timestamp, i)) if ssrc == held.ssrc && timestamp == held.timestamp => i,
+            _ if self.record.dtmf.len() >= MAX_DTMF_PER_CALL => return,
             _ => {
                 self.record.dtmf.push(DtmfRecord {
                     direction: direction.as_str(),

@@ -57,6 +57,15 @@ pub enum Command {
         payload: Range<usize>,
         at: Instant,
     },
+    /// A key press from a DTMF datagram.
+    Dtmf {
+        call: CallId,
+        direction: Direction,
+        sequence: u32,
+        digit: char,
+        duration_ms: u32,
+        at: Instant,
+    },
     Malformed {
         call: CallId,
     },
@@ -233,6 +242,19 @@ pub fn run(
                 } => {
                     if let Some(recording) = calls.get_mut(&call) {
                         recording.rtp(direction, &header.with(&batch.bytes[payload]), at, &metrics);
+                        publish_dtmf(recording, &mut on_event);
+                    }
+                }
+                Command::Dtmf {
+                    call,
+                    direction,
+                    sequence,
+                    digit,
+                    duration_ms,
+                    at,
+                } => {
+                    if let Some(recording) = calls.get_mut(&call) {
+                        recording.dtmf(direction, sequence, digit, duration_ms, at);
                         publish_dtmf(recording, &mut on_event);
                     }
                 }

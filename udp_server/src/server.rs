@@ -572,6 +572,7 @@ impl Outbox {
             | Output::Declare { call, .. }
             | Output::Audio { call, .. }
             | Output::Rtp { call, .. }
+            | Output::Dtmf { call, .. }
             | Output::Malformed { call }
             | Output::End { call, .. } => *call,
         };
@@ -647,6 +648,20 @@ fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
                 at: now,
             }
         }
+        Output::Dtmf {
+            call,
+            direction,
+            sequence,
+            digit,
+            duration_ms,
+        } => Command::Dtmf {
+            call,
+            direction,
+            sequence,
+            digit,
+            duration_ms,
+            at: now,
+        },
         Output::Malformed { call } => Command::Malformed { call },
         Output::End { call, reason } => Command::End {
             call,

@@ -846,3 +846,76 @@ fn a_digit_of_an_rtp_call_reaches_the_stream_as_a_dtmf_message() {
     let record = &receiver.wait_records(1)[0];
     assert_eq!(record["dtmf"][0]["digit"], "1");
 }
+
+#[test]
+fn a_dtmf_datagram_reaches_the_record_and_the_stream_once() {
+    let consumer = Consumer::start(Behaviour::default());
+    let receiver = Receiver::with(streaming(vec![profile(
+        "bot",
+        consumer.url("ws"),
+        Format::Twilio,
+        Tracks::Both,
+    )]));
+    let id = uuid(13);
+    let mut sender = Sender::new(receiver.addr);
+    sender.inv(&id, "1001", "1002");
+    let frame: Vec<u8> = tone(1000.0, 9000.0, 8000, 0.02)
+        .into_iter()
+        .map(ulaw)
+        .collect();
+    let dtmf = |sequence, digit, direction| {
+        rst_proto::Message::Dtmf(rst_proto::Dtmf {
+            uuid: rst_proto::Uuid::new(&id).unwrap(),
+            direction,
+            sequence,
+            digit,
+            duration_ms: 280,
+        })
+        .to_vec()
+        .unwrap()
+    };
+    for k in 0..10 {
+        sender.data(&id, Direction::Read, 0, &frame);
+        if k == 5 {
+            // Three copies, as senders send it; then another key, on W.
+            for _ in 0..3 {
+                sender.send_raw(&dtmf(0, '1', Direction::Read));
+            }
+            sender.send_raw(&dtmf(1, '#', Direction::Write));
+        }
+    }
+    sender.bye(&id);
+    let record = &receiver.wait_records(1)[0];
+    let digits: Vec<_> = record["dtmf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["digit"].as_str().unwrap().to_owned(),
+                d["direction"].as_str().unwrap().to_owned(),
+                d["duration_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        digits,
+        [("1".into(), "R".into(), 280), ("#".into(), "W".into(), 280)]
+    );
+    assert_eq!(record["dtmf"][1]["event"], 11);
+    assert_eq!(receiver.counter("rst_messages_total{command=\"dtmf\"}"), 4);
+    let connection = &consumer.wait_ended(1)[0];
+    let dtmf: Vec<_> = connection
+        .texts
+        .iter()
+        .filter(|m| m["event"] == "dtmf")
+        .map(|m| m["dtmf"].clone())
+        .collect();
+    assert_eq!(
+        dtmf,
+        [
+            serde_json::json!({"track": "inbound_track", "digit": "1"}),
+            serde_json::json!({"track": "outbound_track", "digit": "#"})
+        ]
+    );
+}

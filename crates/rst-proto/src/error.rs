@@ -45,6 +45,16 @@ pub enum ParseError {
     /// An INV extension field is not of the form `key=value`.
     #[error("INV: extension {field:?} is not key=value")]
     BadExtension { field: String },
+    /// A numeric field is not a decimal number in range.
+    #[error("{message}: {field} {value:?} is not a number")]
+    BadNumber {
+        message: &'static str,
+        field: &'static str,
+        value: String,
+    },
+    /// A DTMF digit is not one of `0-9 * # A-D`.
+    #[error("DTMF: digit {digit:?} is not one of 0-9 * # A-D")]
+    BadDigit { digit: String },
     /// More fields than the message has.
     #[error("{message}: unexpected trailing fields")]
     TrailingFields { message: &'static str },
@@ -52,7 +62,7 @@ pub enum ParseError {
 
 impl ParseError {
     /// Every value [`ParseError::kind`] returns, for counters labelled by kind.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 15] = [
         "too_short",
         "oversize",
         "unknown_command",
@@ -66,6 +76,8 @@ impl ParseError {
         "bad_port",
         "bad_extension",
         "trailing_fields",
+        "bad_number",
+        "bad_digit",
     ];
 
     /// A short stable name for counters and logs.
@@ -84,6 +96,8 @@ impl ParseError {
             ParseError::BadPort { .. } => "bad_port",
             ParseError::BadExtension { .. } => "bad_extension",
             ParseError::TrailingFields { .. } => "trailing_fields",
+            ParseError::BadNumber { .. } => "bad_number",
+            ParseError::BadDigit { .. } => "bad_digit",
         }
     }
 }
@@ -94,6 +108,9 @@ pub enum EncodeError {
     /// A text field contains `:`, which would shift every field after it.
     #[error("field {field} contains ':'")]
     FieldContainsColon { field: &'static str },
+    /// A DTMF digit that is not one of `0-9 * # A-D`.
+    #[error("{digit:?} is not a DTMF digit")]
+    BadDigit { digit: char },
     /// The encoded message would exceed [`crate::MAX_DATAGRAM_LEN`].
     #[error("message of {len} bytes exceeds the {max}-byte limit")]
     Oversize { len: usize, max: usize },

@@ -10,6 +10,7 @@ pub enum Message<'a> {
     Data(Data<'a>),
     Bye(Bye<'a>),
     Ack(Ack<'a>),
+    Dtmf(Dtmf<'a>),
 }
 
 /// `INV :UUID:CALLER:CALLEE[:LOCAL_READ_PORT:LOCAL_WRITE_PORT][:key=value...]`
@@ -40,6 +41,28 @@ pub struct Data<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bye<'a> {
     pub uuid: Uuid<'a>,
+}
+
+/// `DTMF:UUID:FLAG:SEQ:DIGIT:DURATION_MS`: a key press the sender saw on the
+/// call (an rst extension for DATA mode; RTP mode carries RFC 4733 events
+/// instead). FLAG is the direction as in DATA (`R`: the channel received it,
+/// the caller side pressed it). SEQ numbers the call's key presses from 0: a
+/// sender sends each datagram three times, as RFC 4733 repeats an event's
+/// end, and the receiver keeps one. A receiver that knows only the original
+/// table ignores the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtmf<'a> {
+    pub uuid: Uuid<'a>,
+    pub direction: Direction,
+    pub sequence: u32,
+    /// `0`-`9`, `*`, `#`, `A`-`D`.
+    pub digit: char,
+    pub duration_ms: u32,
+}
+
+/// Whether `digit` is a DTMF key.
+pub fn is_dtmf_digit(digit: char) -> bool {
+    matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D')
 }
 
 /// `ACK :UUID[:SERVER_READ_PORT:SERVER_WRITE_PORT]`
@@ -295,6 +318,7 @@ const INV: &[u8; 5] = b"INV :";
 const DATA: &[u8; 5] = b"DATA:";
 const BYE: &[u8; 5] = b"BYE :";
 const ACK: &[u8; 5] = b"ACK :";
+const DTMF: &[u8; 5] = b"DTMF:";
 
 impl<'a> Message<'a> {
     /// Parses one datagram. Never panics, never allocates on success.
@@ -315,6 +339,7 @@ impl<'a> Message<'a> {
             INV => Inv::parse_body(control_text("INV", rest)?).map(Message::Inv),
             BYE => Bye::parse_body(control_text("BYE", rest)?).map(Message::Bye),
             ACK => Ack::parse_body(control_text("ACK", rest)?).map(Message::Ack),
+            DTMF => Dtmf::parse_body(control_text("DTMF", rest)?).map(Message::Dtmf),
             other => Err(ParseError::UnknownCommand {
                 command: String::from_utf8_lossy(&other[..4]).into_owned(),
             }),
@@ -327,6 +352,7 @@ impl<'a> Message<'a> {
             Message::Data(m) => m.uuid,
             Message::Bye(m) => m.uuid,
             Message::Ack(m) => m.uuid,
+            Message::Dtmf(m) => m.uuid,
         }
     }
 
@@ -348,6 +374,22 @@ impl<'a> Message<'a> {
             Message::Bye(bye) => {
                 out.extend_from_slice(BYE);
                 out.extend_from_slice(bye.uuid.as_str().as_bytes());
+            }
+            Message::Dtmf(dtmf) => {
+                if !is_dtmf_digit(dtmf.digit) {
+                    return Err(EncodeError::BadDigit { digit: dtmf.digit });
+                }
+                out.extend_from_slice(DTMF);
+                // Writing into a Vec cannot fail.
+                let _ = write!(
+                    out,
+                    "{}:{}:{}:{}:{}",
+                    dtmf.uuid,
+                    dtmf.direction.flag() as char,
+                    dtmf.sequence,
+                    dtmf.digit,
+                    dtmf.duration_ms
+                );
             }
             Message::Ack(ack) => {
                 out.extend_from_slice(ACK);
@@ -430,6 +472,47 @@ impl<'a> Inv<'a> {
             out.push(b':');
         }
         Ok(())
+    }
+}
+
+impl<'a> Dtmf<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        let missing = |field| ParseError::MissingField {
+            message: "DTMF",
+            field,
+        };
+        let mut fields = text.split(':');
+        let uuid = Uuid::new(fields.next().ok_or(missing("uuid"))?)?;
+        let direction = Direction::from_flag(fields.next().ok_or(missing("flag"))?.as_bytes())?;
+        let number = |field: &'static str, text: Option<&str>| {
+            let text = text.ok_or(missing(field))?;
+            text.parse::<u32>().map_err(|_| ParseError::BadNumber {
+                message: "DTMF",
+                field,
+                value: text.chars().take(16).collect(),
+            })
+        };
+        let sequence = number("seq", fields.next())?;
+        let digit_text = fields.next().ok_or(missing("digit"))?;
+        let digit = match digit_text.chars().collect::<Vec<_>>()[..] {
+            [digit] if is_dtmf_digit(digit) => digit,
+            _ => {
+                return Err(ParseError::BadDigit {
+                    digit: digit_text.chars().take(16).collect(),
+                })
+            }
+        };
+        let duration_ms = number("duration_ms", fields.next())?;
+        if fields.next().is_some() {
+            return Err(ParseError::TrailingFields { message: "DTMF" });
+        }
+        Ok(Dtmf {
+            uuid,
+            direction,
+            sequence,
+            digit,
+            duration_ms,
+        })
     }
 }
 
@@ -627,6 +710,34 @@ mod tests {
         let long = "x".repeat(MAX_CALL_ID + 10);
         let text = ExtensionsBuilder::new().call_id(&long).build();
         assert_eq!(text.len(), "call-id=".len() + MAX_CALL_ID);
+    }
+
+    #[test]
+    fn a_dtmf_round_trips_and_bad_ones_are_refused() {
+        let dtmf = Message::Dtmf(Dtmf {
+            uuid: Uuid::new("478525a8-8263-4550-b18c-d027d11c9865").unwrap(),
+            direction: Direction::Read,
+            sequence: 3,
+            digit: '#',
+            duration_ms: 280,
+        });
+        let wire = dtmf.to_vec().unwrap();
+        assert_eq!(wire, b"DTMF:478525a8-8263-4550-b18c-d027d11c9865:R:3:#:280");
+        assert_eq!(Message::parse(&wire).unwrap(), dtmf);
+        for bad in [
+            &b"DTMF:478525a8:R:3:x:280"[..],
+            b"DTMF:478525a8:R:3:12:280",
+            b"DTMF:478525a8:X:3:1:280",
+            b"DTMF:478525a8:R:-1:1:280",
+            b"DTMF:478525a8:R:3:1",
+            b"DTMF:478525a8:R:3:1:280:9",
+        ] {
+            assert!(
+                Message::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -132,11 +132,22 @@ impl TelephoneEvent {
 
     /// The DTMF key, for events 0 to 16.
     pub fn digit(&self) -> Option<char> {
-        b"0123456789*#ABCD!"
+        EVENT_KEYS
             .get(usize::from(self.event))
             .map(|&b| char::from(b))
     }
+
+    /// The event code of a DTMF key (`'#'` is 11), the inverse of [`TelephoneEvent::digit`].
+    pub fn event_of(digit: char) -> Option<u8> {
+        EVENT_KEYS
+            .iter()
+            .position(|&key| char::from(key) == digit)
+            .map(|i| i as u8)
+    }
 }
+
+/// RFC 4733's events 0 to 16, as keys.
+const EVENT_KEYS: &[u8; 17] = b"0123456789*#ABCD!";
 
 #[cfg(test)]
 mod tests {

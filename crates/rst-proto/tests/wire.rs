@@ -690,6 +690,34 @@ fn malformed() -> Vec<(&'static str, Vec<u8>, ParseError)> {
             s(format!("ACK :{u}:6004:6005:7")),
             ParseError::TrailingFields { message: "ACK" },
         ),
+        // DTMF (an rst extension).
+        (
+            "DTMF sequence not a number",
+            s(format!("DTMF:{u}:R:x:1:100")),
+            ParseError::BadNumber {
+                message: "DTMF",
+                field: "seq",
+                value: "x".into(),
+            },
+        ),
+        (
+            "DTMF digit not a key",
+            s(format!("DTMF:{u}:R:0:E:100")),
+            ParseError::BadDigit { digit: "E".into() },
+        ),
+        (
+            "DTMF without duration",
+            s(format!("DTMF:{u}:R:0:1")),
+            ParseError::MissingField {
+                message: "DTMF",
+                field: "duration_ms",
+            },
+        ),
+        (
+            "DTMF trailing field",
+            s(format!("DTMF:{u}:W:0:1:100:x")),
+            ParseError::TrailingFields { message: "DTMF" },
+        ),
     ]
 }
 
