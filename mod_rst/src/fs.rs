@@ -134,6 +134,18 @@ impl SessionRef {
         unsafe { switch_channel_set_private(self.channel(), key.as_ptr(), value) };
     }
 
+    /// Has FreeSWITCH call `hook` for every digit the session receives.
+    pub fn add_recv_dtmf_hook(&self, hook: switch_recv_dtmf_hook_t) -> bool {
+        // SAFETY: a live session; the hook is a function of this module,
+        // removed before the module unloads (at the stream's CLOSE).
+        unsafe { switch_core_event_hook_add_recv_dtmf(self.0, hook) == SWITCH_STATUS_SUCCESS }
+    }
+
+    pub fn remove_recv_dtmf_hook(&self, hook: switch_recv_dtmf_hook_t) {
+        // SAFETY: a live session; removing a hook it does not have is a no-op.
+        unsafe { switch_core_event_hook_remove_recv_dtmf(self.0, hook) };
+    }
+
     /// The read codec's payload type and rate, without allocating (media thread).
     pub fn read_codec_payload_type(&self) -> Option<(u8, u32)> {
         // SAFETY: a live session's codec, if any, is live.

@@ -26,7 +26,7 @@ use args::{ApiCommand, Target};
 use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
-use rst_proto::stream::{StreamStart, Trouble, RTP_L16_PAYLOAD_TYPE};
+use rst_proto::stream::{StreamStart, Trouble, RTP_EVENT_PAYLOAD_TYPE, RTP_L16_PAYLOAD_TYPE};
 use rst_proto::ExtensionsBuilder;
 use sender::{Command, Sender, StreamId};
 use tap::Tap;
@@ -407,7 +407,9 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         .read_codec_payload_type()
         .map_or(8000, |(_, rate)| rate);
     let extensions = match settings.mode {
-        Mode::Rtp => ExtensionsBuilder::new().payload_type(RTP_L16_PAYLOAD_TYPE, "L16", rate),
+        Mode::Rtp => ExtensionsBuilder::new()
+            .payload_type(RTP_L16_PAYLOAD_TYPE, "L16", rate)
+            .payload_type(RTP_EVENT_PAYLOAD_TYPE, "telephone-event", rate),
         // PT 10 frames (L16 mode, or a channel whose codec is L16) are at this rate.
         Mode::Data if rate != 8000 => ExtensionsBuilder::new().rate(rate),
         Mode::Data => ExtensionsBuilder::new(),
@@ -428,6 +430,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         max_pending: settings.rtp_buffer_frames,
         seed: seed(&uuid, stream_id),
         refresh: settings.refresh,
+        event_clock: rate,
     };
     if !sender.control(Command::Start {
         stream: stream_id,
@@ -451,6 +454,13 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     } {
         Ok(bug) => {
             session.set_private(PRIVATE_KEY, bug as *const c_void);
+            if !session.add_recv_dtmf_hook(Some(recv_dtmf_hook)) {
+                fs::log(
+                    SWITCH_LOG_WARNING,
+                    Some(&uuid),
+                    "rst: cannot hook the channel's DTMF; its digits are not sent",
+                );
+            }
             if let Some(module) = module().as_mut() {
                 module.active.insert(uuid.clone(), stream_id);
             }
@@ -529,6 +539,9 @@ fn close(bug: *mut switch_media_bug_t, tap: &Tap) {
         if session.private(PRIVATE_KEY) == bug as *mut c_void {
             session.set_private(PRIVATE_KEY, std::ptr::null());
         }
+        // Before the module can unload: FreeSWITCH must never call into a
+        // module that is gone.
+        session.remove_recv_dtmf_hook(Some(recv_dtmf_hook));
     }
     if let Some(module) = module().as_mut() {
         if module.active.get(&tap.uuid) == Some(&tap.stream) {
@@ -537,6 +550,41 @@ fn close(bug: *mut switch_media_bug_t, tap: &Tap) {
     }
     fs::fire_event(EVENT_STOP, &[("Unique-ID", &tap.uuid)]);
     fs::log(SWITCH_LOG_INFO, Some(&tap.uuid), "rst: stream stopped");
+}
+
+/// FreeSWITCH calls this for every digit the channel receives (RFC 2833/4733,
+/// SIP INFO, in-band once `start_dtmf` runs on the channel), on the
+/// session's thread: the digit is queued for the sender thread, never waited
+/// for. The module's lock is taken only to find the channel's stream.
+unsafe extern "C" fn recv_dtmf_hook(
+    session: *mut switch_core_session_t,
+    dtmf: *const switch_dtmf_t,
+    direction: switch_dtmf_direction_t,
+) -> switch_status_t {
+    guarded("the DTMF hook", SWITCH_STATUS_SUCCESS, || {
+        if dtmf.is_null() || direction != SWITCH_DTMF_RECV {
+            return SWITCH_STATUS_SUCCESS;
+        }
+        // SAFETY: FreeSWITCH passes a live digit for the call.
+        let dtmf = unsafe { *dtmf };
+        let digit = char::from(dtmf.digit as u8).to_ascii_uppercase();
+        if !rst_proto::is_dtmf_digit(digit) {
+            return SWITCH_STATUS_SUCCESS;
+        }
+        // SAFETY: the hook's session is live for the call.
+        let Some(session) = (unsafe { SessionRef::new(session) }) else {
+            return SWITCH_STATUS_SUCCESS;
+        };
+        let uuid = session.uuid();
+        let found = module()
+            .as_ref()
+            .and_then(|module| Some((module.sender.clone(), *module.active.get(&uuid)?)));
+        if let Some((sender, stream)) = found {
+            // FreeSWITCH counts a digit's duration in samples of 8 kHz.
+            sender.try_dtmf(stream, rst_proto::Direction::Read, digit, dtmf.duration / 8);
+        }
+        SWITCH_STATUS_SUCCESS
+    })
 }
 
 /// A different seed per stream, for SSRCs and initial sequence numbers.

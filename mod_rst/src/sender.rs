@@ -52,6 +52,13 @@ pub enum Command {
     },
     /// Inline, so that queueing a frame allocates nothing: see [`Sender::try_frame`].
     Frame(Frame),
+    /// A key press the channel received, `duration_ms` long.
+    Dtmf {
+        stream: StreamId,
+        direction: Direction,
+        digit: char,
+        duration_ms: u32,
+    },
     Stop {
         stream: StreamId,
     },
@@ -68,6 +75,9 @@ pub struct Counters {
     /// The queue to the sender thread was full: the media thread dropped the frame.
     pub frames_dropped_queue_full: AtomicU64,
     pub frames_too_big: AtomicU64,
+    /// Key presses queued for the receiver, and those a full queue dropped.
+    pub dtmf_queued: AtomicU64,
+    pub dtmf_dropped: AtomicU64,
     pub frames_sent: AtomicU64,
     pub frames_dropped_waiting: AtomicU64,
     pub send_errors: AtomicU64,
@@ -80,12 +90,14 @@ impl Counters {
     pub fn to_json(&self) -> String {
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}}}",
+            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}}}",
             c(&self.streams_started),
             c(&self.streams_active),
             c(&self.frames_queued),
             c(&self.frames_dropped_queue_full),
             c(&self.frames_too_big),
+            c(&self.dtmf_queued),
+            c(&self.dtmf_dropped),
             c(&self.frames_sent),
             c(&self.frames_dropped_waiting),
             c(&self.send_errors),
@@ -143,6 +155,20 @@ impl Sender {
                     .fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Queues a key press; a full queue drops it and counts. Never blocks.
+    pub fn try_dtmf(&self, stream: StreamId, direction: Direction, digit: char, duration_ms: u32) {
+        let command = Command::Dtmf {
+            stream,
+            direction,
+            digit,
+            duration_ms,
+        };
+        match self.queue.try_send(command) {
+            Ok(()) => self.counters.dtmf_queued.fetch_add(1, Relaxed),
+            Err(_) => self.counters.dtmf_dropped.fetch_add(1, Relaxed),
+        };
     }
 
     /// Queues a control command (start, stop, shutdown): not on a media thread,
@@ -279,6 +305,18 @@ pub fn run(
                     }
                 }
                 Command::Frame(frame) => deliver(&mut live, &mut control, &counters, &frame),
+                Command::Dtmf {
+                    stream,
+                    direction,
+                    digit,
+                    duration_ms,
+                } => {
+                    if let Some(entry) = live.get_mut(&stream) {
+                        drive(entry, &mut control, &counters, |stream, emit| {
+                            stream.dtmf(direction, digit, duration_ms, emit)
+                        });
+                    }
+                }
                 Command::Stop { stream } => {
                     if let Some(entry) = live.get_mut(&stream) {
                         drive(entry, &mut control, &counters, |stream, emit| {

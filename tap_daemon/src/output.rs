@@ -342,6 +342,8 @@ impl Output for UdpOutput {
             max_pending: self.config.max_pending,
             seed: self.seed,
             refresh: Some(self.config.refresh),
+            // Captured RTP carries its own telephone-events; none is made here.
+            event_clock: 8000,
         };
         let control = &self.control;
         let stats = &mut self.stats;

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::{
-    Bye, Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket, RtpPorts, Uuid,
+    Bye, Data, Direction, Dtmf, Extensions, Inv, Message, PayloadType, RtpPacket, RtpPorts,
+    TelephoneEvent, Uuid,
 };
 
 /// How audio goes to the receiver.
@@ -27,6 +28,13 @@ pub enum Mode {
 pub const L16_PAYLOAD_TYPE: u8 = 10;
 /// The dynamic RTP payload type L16 (big-endian) goes out on in RTP mode.
 pub const RTP_L16_PAYLOAD_TYPE: u8 = 96;
+
+/// The dynamic RTP payload type RFC 4733 telephone-events go out on in RTP
+/// mode (declared in the INV, `pt101=telephone-event/CLOCK`).
+pub const RTP_EVENT_PAYLOAD_TYPE: u8 = 101;
+/// Copies of a key press sent: RFC 4733 repeats an event's end packet three
+/// times; a DTMF datagram is sent as often.
+const DTMF_COPIES: u32 = 3;
 
 /// Which socket a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +92,9 @@ struct Leg {
     ssrc: u32,
     sequence: u16,
     timestamp: u32,
+    /// Telephone-events sent at the leg's current timestamp: each event needs
+    /// a timestamp of its own (RFC 4733 2.5.1.1), so the next is one later.
+    events_at: (u32, u32),
 }
 
 /// A frame held in RTP mode until the ports are known.
@@ -115,6 +126,10 @@ pub struct Stream {
     pub stats: StreamStats,
     buffer: Vec<u8>,
     refresh: Option<Duration>,
+    /// RTP mode: the clock of the telephone-events [`Stream::dtmf`] sends.
+    event_clock: u32,
+    /// Key presses sent so far (the DTMF datagram's SEQ).
+    dtmf_sent: u32,
     /// When the INV was last sent.
     inv_sent_at: Instant,
 }
@@ -142,6 +157,10 @@ pub struct StreamStart {
     /// the call again, its ACK bringing the new RTP ports. `None`: never (a
     /// sender with a frame every 20 ms and DATA mode need none).
     pub refresh: Option<Duration>,
+    /// RTP mode: the clock rate of the telephone-events [`Stream::dtmf`] sends
+    /// on [`RTP_EVENT_PAYLOAD_TYPE`], the audio's own (RFC 4733 section 2.1);
+    /// the INV declares it.
+    pub event_clock: u32,
 }
 
 impl Stream {
@@ -168,6 +187,7 @@ impl Stream {
                 ssrc: bits as u32,
                 sequence: (bits >> 32) as u16,
                 timestamp: (bits >> 16) as u32,
+                events_at: (0, 0),
             }
         };
         let stream = Stream {
@@ -192,6 +212,8 @@ impl Stream {
             buffer: Vec::with_capacity(2048),
             refresh: start.refresh,
             inv_sent_at: now,
+            event_clock: start.event_clock.max(1),
+            dtmf_sent: 0,
         };
         emit(Via::Control, stream.target, &stream.inv);
         Ok(stream)
@@ -244,6 +266,82 @@ impl Stream {
                 ),
                 None => self.hold(direction, Some((payload_type, rtp_clock_samples)), payload),
             },
+        }
+    }
+
+    /// A key press seen on the call, just released after `duration_ms`: in
+    /// DATA mode a DTMF datagram (three copies), in RTP mode three RFC 4733
+    /// end packets on the direction's leg, at the leg's current timestamp.
+    /// RTP mode before the ports are known: dropped (and counted).
+    pub fn dtmf(
+        &mut self,
+        direction: Direction,
+        digit: char,
+        duration_ms: u32,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        if self.is_closing() {
+            return;
+        }
+        let sequence = self.dtmf_sent;
+        self.dtmf_sent += 1;
+        match self.mode {
+            Mode::Data => {
+                let Ok(uuid) = Uuid::new(&self.uuid) else {
+                    return;
+                };
+                self.buffer.clear();
+                let message = Message::Dtmf(Dtmf {
+                    uuid,
+                    direction,
+                    sequence,
+                    digit,
+                    duration_ms,
+                });
+                if message.encode(&mut self.buffer).is_err() {
+                    return;
+                }
+                for _ in 0..DTMF_COPIES {
+                    emit(Via::Control, self.target, &self.buffer);
+                }
+            }
+            Mode::Rtp => {
+                let (Some(ports), Some(event)) =
+                    (self.server_ports, TelephoneEvent::event_of(digit))
+                else {
+                    self.stats.frames_dropped_waiting += 1;
+                    return;
+                };
+                let duration = u64::from(duration_ms) * u64::from(self.event_clock) / 1000;
+                let payload = TelephoneEvent {
+                    event,
+                    end: true,
+                    volume: 10,
+                    duration: duration.min(u64::from(u16::MAX)) as u16,
+                }
+                .encode();
+                let to = SocketAddr::new(self.target.ip(), port_of(ports, direction));
+                let leg = &mut self.legs[direction as usize];
+                leg.events_at = match leg.events_at {
+                    (at, n) if at == leg.timestamp => (at, n + 1),
+                    _ => (leg.timestamp, 0),
+                };
+                let timestamp = leg.timestamp.wrapping_add(leg.events_at.1);
+                for copy in 0..DTMF_COPIES {
+                    self.buffer.clear();
+                    RtpPacket {
+                        marker: copy == 0,
+                        payload_type: RTP_EVENT_PAYLOAD_TYPE,
+                        sequence: leg.sequence,
+                        timestamp,
+                        ssrc: leg.ssrc,
+                        payload: &payload,
+                    }
+                    .encode(&mut self.buffer);
+                    leg.sequence = leg.sequence.wrapping_add(1);
+                    emit(Via::Rtp(direction), to, &self.buffer);
+                }
+            }
         }
     }
 
@@ -565,12 +663,78 @@ mod tests {
                 max_pending: 2,
                 seed: 42,
                 refresh: None,
+                event_clock: 8000,
             },
             now,
             &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
         )
         .unwrap();
         (stream, sent)
+    }
+
+    #[test]
+    fn a_key_press_goes_three_times_as_a_datagram_or_as_rfc_4733_end_packets() {
+        let now = Instant::now();
+        let (mut stream, _) = start(Mode::Data, now);
+        let mut sent = Sent::default();
+        stream.dtmf(Direction::Read, '5', 280, &mut |via, to, bytes| {
+            sent.push((via, to, bytes.to_vec()))
+        });
+        stream.dtmf(Direction::Read, '#', 100, &mut |via, to, bytes| {
+            sent.push((via, to, bytes.to_vec()))
+        });
+        assert_eq!(sent.len(), 6);
+        let Ok(Message::Dtmf(first)) = Message::parse(&sent[0].2) else {
+            panic!("{:?}", sent[0])
+        };
+        assert_eq!(
+            (first.sequence, first.digit, first.duration_ms),
+            (0, '5', 280)
+        );
+        assert_eq!(sent[1].2, sent[0].2);
+        let Ok(Message::Dtmf(second)) = Message::parse(&sent[3].2) else {
+            panic!()
+        };
+        assert_eq!((second.sequence, second.digit), (1, '#'));
+
+        let (mut stream, _) = start(Mode::Rtp, now);
+        let ports = RtpPorts {
+            read: 7000,
+            write: 7002,
+        };
+        stream.ack(Some(ports), &mut |_, _, _| {});
+        let mut sent = Sent::default();
+        stream.frame(
+            Direction::Write,
+            0,
+            160,
+            &[0xFF; 160],
+            &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
+        );
+        stream.dtmf(Direction::Write, '5', 100, &mut |via, to, bytes| {
+            sent.push((via, to, bytes.to_vec()))
+        });
+        assert_eq!(sent.len(), 4);
+        let audio = RtpPacket::parse(&sent[0].2).unwrap();
+        for (i, (via, to, bytes)) in sent[1..].iter().enumerate() {
+            assert_eq!(*via, Via::Rtp(Direction::Write));
+            assert_eq!(to.port(), 7002);
+            let packet = RtpPacket::parse(bytes).unwrap();
+            assert_eq!(packet.payload_type, RTP_EVENT_PAYLOAD_TYPE);
+            assert_eq!(packet.marker, i == 0);
+            assert_eq!(packet.ssrc, audio.ssrc);
+            assert_eq!(packet.sequence, audio.sequence.wrapping_add(1 + i as u16));
+            assert_eq!(packet.timestamp, audio.timestamp.wrapping_add(160));
+            let event = TelephoneEvent::parse(packet.payload).unwrap();
+            assert_eq!((event.event, event.end, event.duration), (5, true, 800));
+        }
+        // A second key before the next audio frame gets a timestamp of its own.
+        let mut again = Sent::default();
+        stream.dtmf(Direction::Write, '6', 100, &mut |via, to, bytes| {
+            again.push((via, to, bytes.to_vec()))
+        });
+        let packet = RtpPacket::parse(&again[0].2).unwrap();
+        assert_eq!(packet.timestamp, audio.timestamp.wrapping_add(161));
     }
 
     #[test]

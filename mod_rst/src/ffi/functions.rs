@@ -79,6 +79,15 @@ extern "C" {
         fill: switch_bool_t,
     ) -> switch_status_t;
 
+    pub fn switch_core_event_hook_add_recv_dtmf(
+        session: *mut switch_core_session_t,
+        recv_dtmf: switch_recv_dtmf_hook_t,
+    ) -> switch_status_t;
+    pub fn switch_core_event_hook_remove_recv_dtmf(
+        session: *mut switch_core_session_t,
+        recv_dtmf: switch_recv_dtmf_hook_t,
+    ) -> switch_status_t;
+
     pub fn switch_log_printf(
         channel: switch_text_channel_t,
         file: *const c_char,

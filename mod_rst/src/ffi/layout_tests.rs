@@ -30,6 +30,14 @@ fn basic_type_sizes() {
 }
 
 #[test]
+fn switch_dtmf_t_layout() {
+    // Measured with offsetof against the 1.10.12 headers (switch_types.h).
+    layout!(switch_dtmf_t, size 16, align 4, { digit: 0, duration: 4, flags: 8, source: 12 });
+    assert_eq!(SWITCH_DTMF_RECV, 0);
+    assert_eq!(SWITCH_DTMF_SEND, 1);
+}
+
+#[test]
 fn switch_frame_t_layout() {
     layout!(switch_frame_t, size 152, align 8, {
         codec: 0, source: 8, packet: 16, packetlen: 24, extra_data: 32, data: 40, datalen: 48,

@@ -95,6 +95,30 @@ pub struct switch_thread_rwlock_t {
     _private: [u8; 0],
 }
 
+pub type switch_dtmf_direction_t = u32;
+pub const SWITCH_DTMF_RECV: switch_dtmf_direction_t = 0;
+pub const SWITCH_DTMF_SEND: switch_dtmf_direction_t = 1;
+
+/// A DTMF digit (`switch_types.h`); `duration` is in samples of 8 kHz.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct switch_dtmf_t {
+    pub digit: c_char,
+    pub duration: u32,
+    pub flags: i32,
+    /// `switch_dtmf_source_t`.
+    pub source: u32,
+}
+
+/// `switch_core_event_hook.h`: called for every digit a session receives.
+pub type switch_recv_dtmf_hook_t = Option<
+    unsafe extern "C" fn(
+        *mut switch_core_session_t,
+        *const switch_dtmf_t,
+        switch_dtmf_direction_t,
+    ) -> switch_status_t,
+>;
+
 pub type switch_media_bug_callback_t = Option<
     unsafe extern "C" fn(*mut switch_media_bug_t, *mut c_void, switch_abc_type_t) -> switch_bool_t,
 >;

@@ -228,6 +228,51 @@ pub unsafe extern "C" fn switch_channel_set_private(
 }
 
 // ---------------------------------------------------------------------------
+// Event hooks
+
+/// # Safety
+/// `session` must be a session pointer.
+#[no_mangle]
+pub unsafe extern "C" fn switch_core_event_hook_add_recv_dtmf(
+    session: *mut switch_core_session_t,
+    hook: switch_recv_dtmf_hook_t,
+) -> switch_status_t {
+    let Some(session) = session_of(session, "switch_core_event_hook_add_recv_dtmf") else {
+        return SWITCH_STATUS_FALSE;
+    };
+    let Some(hook) = hook else {
+        violation(
+            Some(&session.uuid),
+            "switch_core_event_hook_add_recv_dtmf: NULL hook",
+        );
+        return SWITCH_STATUS_FALSE;
+    };
+    lock(&session.recv_dtmf_hooks).push(hook as usize);
+    SWITCH_STATUS_SUCCESS
+}
+
+/// # Safety
+/// `session` must be a session pointer.
+#[no_mangle]
+pub unsafe extern "C" fn switch_core_event_hook_remove_recv_dtmf(
+    session: *mut switch_core_session_t,
+    hook: switch_recv_dtmf_hook_t,
+) -> switch_status_t {
+    let Some(session) = session_of(session, "switch_core_event_hook_remove_recv_dtmf") else {
+        return SWITCH_STATUS_FALSE;
+    };
+    let mut hooks = lock(&session.recv_dtmf_hooks);
+    // As FreeSWITCH: the first matching hook goes; none is not an error.
+    match hook.and_then(|h| hooks.iter().position(|&known| known == h as usize)) {
+        Some(i) => {
+            hooks.remove(i);
+            SWITCH_STATUS_SUCCESS
+        }
+        None => SWITCH_STATUS_FALSE,
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Media bugs
 
 /// # Safety
@@ -980,7 +1025,7 @@ extern "C" {
 /// the linker drops one (the executable itself never calls most of them) and
 /// shim.c's object is linked in.
 #[used]
-static KEEP: [unsafe extern "C" fn(); 29] = {
+static KEEP: [unsafe extern "C" fn(); 31] = {
     macro_rules! keep {
         ($($f:path),* $(,)?) => {
             // SAFETY: only addresses are taken; these are never called through this type.
@@ -999,6 +1044,8 @@ static KEEP: [unsafe extern "C" fn(); 29] = {
         switch_channel_get_variable_dup,
         switch_channel_get_private,
         switch_channel_set_private,
+        switch_core_event_hook_add_recv_dtmf,
+        switch_core_event_hook_remove_recv_dtmf,
         switch_core_media_bug_add,
         switch_core_media_bug_remove,
         switch_core_media_bug_get_session,
@@ -1033,6 +1080,8 @@ pub(crate) const NAMES: &[&str] = &[
     "switch_channel_get_variable_dup",
     "switch_channel_get_private",
     "switch_channel_set_private",
+    "switch_core_event_hook_add_recv_dtmf",
+    "switch_core_event_hook_remove_recv_dtmf",
     "switch_core_media_bug_add",
     "switch_core_media_bug_remove",
     "switch_core_media_bug_get_session",

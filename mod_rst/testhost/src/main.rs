@@ -257,6 +257,40 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             media::join(&s);
             Ok(json!({}))
         }
+        "dtmf" => {
+            // A digit the channel receives: FreeSWITCH runs the session's
+            // recv_dtmf hooks (switch_core_session_recv_dtmf), on its own thread.
+            let (uuid, rest) = split_word(rest);
+            let (digit, rest) = split_word(rest);
+            let digit = match digit.as_bytes() {
+                [digit] => *digit,
+                _ => return Err("usage: dtmf UUID DIGIT [duration=SAMPLES]".into()),
+            };
+            let duration: u32 = option(&options(rest), "duration", 2240)?;
+            let s = session(uuid)?;
+            let hooks = lock(&s.recv_dtmf_hooks).clone();
+            use crate::types::{
+                switch_core_session_t, switch_dtmf_direction_t, switch_dtmf_t, switch_status_t,
+                SWITCH_DTMF_RECV,
+            };
+            let dtmf = switch_dtmf_t {
+                digit: digit as std::ffi::c_char,
+                duration,
+                flags: 0,
+                source: 0,
+            };
+            for hook in &hooks {
+                // SAFETY: an address the module registered as a switch_recv_dtmf_hook_t.
+                let hook: unsafe extern "C" fn(
+                    *mut switch_core_session_t,
+                    *const switch_dtmf_t,
+                    switch_dtmf_direction_t,
+                ) -> switch_status_t = unsafe { std::mem::transmute(*hook) };
+                // SAFETY: a live session and digit, as FreeSWITCH passes them.
+                unsafe { hook(s.pointer(), &dtmf, SWITCH_DTMF_RECV) };
+            }
+            Ok(json!({"hooks": hooks.len()}))
+        }
         "hangup" => {
             let (uuid, _) = split_word(rest);
             let s = session(uuid)?;

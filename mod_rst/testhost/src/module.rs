@@ -384,6 +384,19 @@ pub(crate) fn unload() -> Result<Value, String> {
             ),
         );
     }
+    let hooked: Vec<String> = lock(&host.order)
+        .iter()
+        .filter(|s| !lock(&s.recv_dtmf_hooks).is_empty())
+        .map(|s| s.uuid.clone())
+        .collect();
+    if !hooked.is_empty() {
+        violation(
+            None,
+            format!(
+                "recv_dtmf hooks still set after shutdown returned on {hooked:?} (FreeSWITCH would call into the unloaded module)"
+            ),
+        );
+    }
     let locks: Vec<Value> = lock(&host.order)
         .iter()
         .filter(|s| s.locks.load(Ordering::SeqCst) > 0)

@@ -385,6 +385,8 @@ pub(crate) struct Session {
     pub(crate) channel_tag: Box<u64>,
     pub(crate) vars: Mutex<Vars>,
     pub(crate) privates: Mutex<HashMap<String, usize>>,
+    /// `switch_recv_dtmf_hook_t`s the module added, as addresses.
+    pub(crate) recv_dtmf_hooks: Mutex<Vec<usize>>,
     pub(crate) read_codec: Box<CodecCell>,
     pub(crate) write_codec: Box<CodecCell>,
     pub(crate) codec: Mutex<(CodecKind, u32)>,
@@ -523,6 +525,7 @@ pub(crate) fn create_session(
         channel_tag: Box::new(0x4348_414e_4e45_4c00),
         vars: Mutex::default(),
         privates: Mutex::default(),
+        recv_dtmf_hooks: Mutex::default(),
         read_codec: CodecCell::new(kind, rate),
         write_codec: CodecCell::new(kind, rate),
         codec: Mutex::new((kind, rate)),

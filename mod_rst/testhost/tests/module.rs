@@ -447,3 +447,63 @@ fn a_codec_change_mid_call_is_followed() {
     }
     finish(host);
 }
+
+/// Digits the channel receives (FreeSWITCH runs the module's recv_dtmf hook)
+/// reach the record: as DTMF datagrams in DATA mode, as RFC 4733 events in
+/// RTP mode; the hook is gone before the module unloads (`finish` checks).
+#[test]
+fn digits_the_channel_receives_reach_the_record_in_data_and_rtp_mode() {
+    for mode in ["data", "rtp"] {
+        let receiver = Receiver::start();
+        let conf = conf_for(&receiver, &[("mode", mode)]);
+        let mut host = Host::start();
+        host.load(conf.path());
+        let u = uuid(0x700);
+        session(&mut host, &u);
+        host.ok(&format!("app {u} rst"));
+        host.ok(&format!("media {u} 3"));
+        // Digits once the receiver has the call's audio (RTP mode needs its ports).
+        wait_for("audio at the receiver", || {
+            (receiver
+                .metrics
+                .samples_written
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0)
+            .then_some(())
+        });
+        assert_eq!(host.ok(&format!("dtmf {u} 1 duration=2240"))["hooks"], 1);
+        host.ok(&format!("dtmf {u} # duration=800"));
+        host.ok("wait");
+        let status = host.ok("api rst_status");
+        host.ok(&format!("hangup {u}"));
+        let record = receiver.record(&u);
+        finish(host);
+        let digits: Vec<(String, String, u64)> = record["dtmf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{mode}: {record}"))
+            .iter()
+            .map(|d| {
+                (
+                    d["digit"].as_str().unwrap().to_owned(),
+                    d["direction"].as_str().unwrap().to_owned(),
+                    d["duration_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            digits,
+            [
+                ("1".to_owned(), "R".to_owned(), 280),
+                ("#".to_owned(), "R".to_owned(), 100)
+            ],
+            "{mode}: {record}"
+        );
+        assert!(
+            status["output"]
+                .as_str()
+                .unwrap()
+                .contains("\"dtmf_queued\":2"),
+            "{status}"
+        );
+    }
+}
