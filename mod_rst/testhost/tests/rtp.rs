@@ -318,7 +318,10 @@ fn l16_rtp(codec: &str, rate: u32, u: &str) {
         );
     }
     let inv = String::from_utf8_lossy(&call.datagrams[0]).into_owned();
-    assert!(inv.ends_with(&format!("pt96=L16/{rate}")), "{inv}");
+    assert!(
+        inv.ends_with(&format!("pt96=L16/{rate}:pt101=telephone-event/{rate}")),
+        "{inv}"
+    );
 }
 
 #[test]
