@@ -8,7 +8,10 @@
 //! the built module, originates loopback calls that play tones, starts `rst`
 //! from the dialplan (with and without the original README's quotes) and with
 //! `uuid_rst` over the event socket, and checks that a real receiver recorded
-//! each tone in the right direction.
+//! each tone in the right direction. Then a real SIP call from sipp (its
+//! `uac_pcap` scenario: PCMA audio, then an RFC 2833 digit 1) asks for a live
+//! stream (`rst_stream`): the digit reaches the record and the stream's `dtmf`
+//! message.
 
 mod common;
 
@@ -63,7 +66,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
+fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> String {
     let logfile = logfile.display();
     format!(
         r#"<?xml version="1.0"?>
@@ -85,6 +88,7 @@ fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
         <load module="mod_dptools"/>
         <load module="mod_dialplan_xml"/>
         <load module="mod_loopback"/>
+        <load module="mod_sofia"/>
         <load module="mod_tone_stream"/>
         <load module="mod_rst"/>
       </modules>
@@ -101,6 +105,25 @@ fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
         <param name="listen-port" value="{esl_port}"/>
         <param name="password" value="ClueCon"/>
       </settings>
+    </configuration>
+    <configuration name="sofia.conf">
+      <global_settings><param name="log-level" value="0"/></global_settings>
+      <profiles>
+        <profile name="test">
+          <settings>
+            <param name="sip-ip" value="127.0.0.1"/>
+            <param name="rtp-ip" value="127.0.0.1"/>
+            <param name="sip-port" value="{sip_port}"/>
+            <param name="context" value="default"/>
+            <param name="dialplan" value="XML"/>
+            <param name="inbound-codec-prefs" value="PCMA,PCMU"/>
+            <param name="outbound-codec-prefs" value="PCMA,PCMU"/>
+            <param name="dtmf-type" value="rfc2833"/>
+            <param name="rfc2833-pt" value="101"/>
+            <param name="auth-calls" value="false"/>
+          </settings>
+        </profile>
+      </profiles>
     </configuration>
     <configuration name="rst.conf">
       <settings>
@@ -126,6 +149,14 @@ fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
           <action application="hangup"/>
         </condition>
       </extension>
+      <extension name="sip_bot">
+        <condition field="destination_number" expression="^service$">
+          <action application="set" data="rst_stream=bot"/>
+          <action application="set" data="execute_on_answer=rst 127.0.0.1 {receiver_port}"/>
+          <action application="answer"/>
+          <action application="park"/>
+        </condition>
+      </extension>
       <extension name="rst_on_answer_quoted">
         <condition field="destination_number" expression="^1002$">
           <action application="set" data="execute_on_answer='rst 127.0.0.1 {receiver_port}'"/>
@@ -141,7 +172,7 @@ fn config(receiver_port: u16, esl_port: u16, logfile: &Path) -> String {
     )
 }
 
-fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16) -> FreeSwitch {
+fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16, sip_port: u16) -> FreeSwitch {
     let dirs = tempfile::tempdir().unwrap();
     let sub = |name: &str| {
         let dir = dirs.path().join(name);
@@ -152,7 +183,12 @@ fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16) -> FreeSwi
     let esl_port = free_port();
     std::fs::write(
         conf.join("freeswitch.xml"),
-        config(receiver_port, esl_port, &sub("log").join("freeswitch.log")),
+        config(
+            receiver_port,
+            esl_port,
+            sip_port,
+            &sub("log").join("freeswitch.log"),
+        ),
     )
     .unwrap();
     // The installed modules plus ours, under the file name FreeSWITCH requires.
@@ -265,8 +301,18 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
         "no bin/freeswitch under FREESWITCH_PREFIX={}",
         prefix.display()
     );
-    let receiver = Receiver::start();
-    let fs = start_freeswitch(&prefix, &module_path(), receiver.addr.port());
+    let (bot, connections) = consumer();
+    let receiver = Receiver::with(udp_server::Settings {
+        stream: vec![udp_server::stream::ProfileSpec {
+            name: "bot".into(),
+            format: Some(udp_server::stream::Format::Twilio),
+            calls: Some(udp_server::stream::CallsSpec::Word("asked".into())),
+            ..udp_server::stream::ProfileSpec::simple(bot)
+        }],
+        ..udp_server::Settings::default()
+    });
+    let sip_port = free_port();
+    let fs = start_freeswitch(&prefix, &module_path(), receiver.addr.port(), sip_port);
     assert_eq!(
         fs.cli("module_exists mod_rst"),
         "true",
@@ -323,5 +369,62 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
     }
     let status = fs.cli("rst_status");
     assert!(status.contains("\"streams_started\":3"), "{status}");
+    assert!(
+        connections.lock().unwrap().is_empty(),
+        "no call above asked for a stream"
+    );
+
+    // 4. A real SIP call with an RFC 2833 digit, streamed to the bot.
+    let scenario = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/usr/share/sip-tester", scenario.path().join("pcap")).unwrap();
+    let sipp = Command::new("sipp")
+        .current_dir(scenario.path())
+        .args([
+            "-sn",
+            "uac_pcap",
+            "-s",
+            "service",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &free_port().to_string(),
+        ])
+        .args(["-timeout", "60s", "-nostdin", "-trace_err"])
+        .arg(format!("127.0.0.1:{sip_port}"))
+        .output()
+        .expect("sipp runs (apt-get install sip-tester)");
+    assert!(
+        sipp.status.success(),
+        "sipp: {}\n{}",
+        String::from_utf8_lossy(&sipp.stdout),
+        String::from_utf8_lossy(&sipp.stderr)
+    );
+    let record = wait_for("the SIP call's record", || {
+        records_in(receiver.dir.path())
+            .into_iter()
+            .find(|r| r["caller"] == "sipp")
+    });
+    let digits: Vec<&str> = record["dtmf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digit"].as_str().unwrap())
+        .collect();
+    assert_eq!(digits, ["1"], "{record:#}");
+    assert_eq!(record["dtmf"][0]["direction"], "R");
+    assert_eq!(record["streams"][0]["profile"], "bot", "{record:#}");
+    let messages = wait_for("the bot's connection to end", || {
+        connections.lock().unwrap().first().cloned()
+    });
+    let dtmf: Vec<_> = messages.iter().filter(|m| m["event"] == "dtmf").collect();
+    assert_eq!(dtmf.len(), 1, "{dtmf:?}");
+    assert_eq!(dtmf[0]["dtmf"]["digit"], "1");
+    assert_eq!(messages.last().unwrap()["event"], "stop");
     fs.cli("shutdown");
 }

@@ -5,48 +5,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use common::*;
-use futures_util::StreamExt as _;
 use udp_server::stream::{CallsSpec, Format, ProfileSpec, Tracks};
 use udp_server::Settings;
-
-/// A WebSocket server that keeps every text message of every connection.
-fn consumer() -> (String, Arc<Mutex<Vec<Vec<serde_json::Value>>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("ws://{}/media", listener.local_addr().unwrap());
-    let connections: Arc<Mutex<Vec<Vec<serde_json::Value>>>> = Arc::default();
-    let shared = connections.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                    let mut messages = Vec::new();
-                    while let Some(Ok(message)) = socket.next().await {
-                        if let Ok(text) = message.to_text() {
-                            if let Ok(value) = serde_json::from_str(text) {
-                                messages.push(value);
-                            }
-                        }
-                    }
-                    shared.lock().unwrap().push(messages);
-                });
-            }
-        });
-    });
-    (url, connections)
-}
 
 #[test]
 fn a_call_with_rst_stream_reaches_a_twilio_consumer_as_recorded() {

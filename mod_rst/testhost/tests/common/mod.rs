@@ -504,3 +504,43 @@ pub fn assert_samples(what: &str, got: &[i16], expected: &[i16]) {
     }
     assert_eq!(got.len(), expected.len(), "{what}: length");
 }
+
+/// A WebSocket server that keeps every text message of every connection.
+pub fn consumer() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<serde_json::Value>>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let connections: std::sync::Arc<std::sync::Mutex<Vec<Vec<serde_json::Value>>>> =
+        Default::default();
+    let shared = connections.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    use futures_util::StreamExt as _;
+                    let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    let mut messages = Vec::new();
+                    while let Some(Ok(message)) = socket.next().await {
+                        if let Ok(text) = message.to_text() {
+                            if let Ok(value) = serde_json::from_str(text) {
+                                messages.push(value);
+                            }
+                        }
+                    }
+                    shared.lock().unwrap().push(messages);
+                });
+            }
+        });
+    });
+    (url, connections)
+}
