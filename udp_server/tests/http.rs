@@ -264,7 +264,15 @@ fn listening_is_logged_to_the_metadata_feed() {
         ..Settings::default()
     });
     let http = receiver.http_addr().unwrap();
-    let console = std::net::TcpStream::connect(feed).unwrap();
+    // The feed's port opens as the receiver starts: try until it does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let console = loop {
+        match std::net::TcpStream::connect(feed) {
+            Ok(console) => break console,
+            Err(error) => assert!(Instant::now() < deadline, "no feed at {feed}: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     console
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();

@@ -352,20 +352,15 @@ impl Encoder {
             let payload =
                 base64::engine::general_purpose::STANDARD.encode(&lane.ulaw[taken..taken + len]);
             lane.run_samples += len as u64;
-            out.push(Outgoing::Media(
-                json!({
-                    "event": "media",
-                    "sequenceNumber": sequence,
-                    "media": {
-                        "track": Tracks::twilio_name(direction),
-                        "chunk": lane.chunks.to_string(),
-                        "timestamp": timestamp.to_string(),
-                        "payload": payload,
-                    },
-                    "streamSid": self.stream_sid,
-                })
-                .to_string(),
-            ));
+            // Written by hand, not through serde_json's value tree: this is
+            // the message of every 20 ms of every stream, and every field is
+            // a number, a track name, base64 or the stream id (all JSON-safe).
+            out.push(Outgoing::Media(format!(
+                r#"{{"event":"media","sequenceNumber":"{sequence}","media":{{"track":"{track}","chunk":"{chunk}","timestamp":"{timestamp}","payload":"{payload}"}},"streamSid":"{sid}"}}"#,
+                track = Tracks::twilio_name(direction),
+                chunk = lane.chunks,
+                sid = self.stream_sid,
+            )));
             taken += len;
         }
         self.lanes[direction as usize].ulaw.drain(..taken);
