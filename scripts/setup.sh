@@ -33,3 +33,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The README's example bot (examples/twilio_bot.py) runs in the tests: Python's
+# websockets package, from PyPI, for the python3 on PATH.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import websockets" >/dev/null 2>&1; then
+  echo "setup: installing the Python package websockets" >&2
+  python3 -m pip install --quiet --disable-pip-version-check websockets
+fi

@@ -160,7 +160,10 @@ fn run_calls(server: &Server, consumer: Option<&Consumer>) -> anyhow::Result<Dur
     // Every call ended: its record is written (streamed calls: once their stream is done).
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.records() < CALLS {
-        anyhow::ensure!(Instant::now() < deadline, "the calls' records did not appear");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the calls' records did not appear"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(server.cpu()? - cpu_before)
@@ -217,19 +220,24 @@ impl Consumer {
                         let mut mine = Vec::with_capacity(FRAMES * 2);
                         while let Some(Ok(message)) = socket.next().await {
                             let arrived = epoch.elapsed().as_nanos() as u64;
-                            let Ok(text) = message.to_text() else { continue };
+                            let Ok(text) = message.to_text() else {
+                                continue;
+                            };
                             let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
                                 continue;
                             };
                             match value["event"].as_str() {
                                 Some("media") => {
-                                    let Some(payload) = value["media"]["payload"]
-                                        .as_str()
-                                        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+                                    let Some(payload) =
+                                        value["media"]["payload"].as_str().and_then(|p| {
+                                            base64::engine::general_purpose::STANDARD.decode(p).ok()
+                                        })
                                     else {
                                         continue;
                                     };
-                                    let Some(tag) = payload.first_chunk::<4>() else { continue };
+                                    let Some(tag) = payload.first_chunk::<4>() else {
+                                        continue;
+                                    };
                                     let tag = u32::from_be_bytes(*tag) as usize;
                                     if let Some(at) = sent.get(tag) {
                                         let at = at.load(Relaxed);
@@ -272,7 +280,9 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> anyhow::Result<Server> {
-        let dir = tempfile::Builder::new().prefix("rst-bench-stream-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("rst-bench-stream-")
+            .tempdir()?;
         let listen = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_udp_server"))
             .arg("--listen")
@@ -322,8 +332,16 @@ impl Server {
     /// Finished records under the record folder.
     fn records(&self) -> usize {
         let mut count = 0;
-        for day in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
-            for file in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+        for day in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for file in std::fs::read_dir(day.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if file.file_name().to_string_lossy().ends_with(".json") {
                     count += 1;
                 }

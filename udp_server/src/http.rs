@@ -84,17 +84,19 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// The API's refusal, when the request does not carry the token.
-fn check_token(
+fn refusal(
     state: &HttpState,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let Some(token) = &state.token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "the HTTP API is off: give the receiver an http-token-file\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "the HTTP API is off: give the receiver an http-token-file\n",
+            )
+                .into_response(),
+        );
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -102,15 +104,17 @@ fn check_token(
         .and_then(|value| value.strip_prefix("Bearer "))
         .or(query.get("token").map(String::as_str));
     match given {
-        Some(given) if rst_control::secret::matches(token.as_bytes(), given.as_bytes()) => Ok(()),
+        Some(given) if rst_control::secret::matches(token.as_bytes(), given.as_bytes()) => None,
         _ => {
             state.metrics.http_refused.fetch_add(1, Relaxed);
-            Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "a valid token is needed: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "a valid token is needed: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+                )
+                    .into_response(),
             )
-                .into_response())
         }
     }
 }
@@ -120,7 +124,7 @@ async fn calls(
     headers: HeaderMap,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_token(&state, &headers, &query) {
+    if let Some(refused) = refusal(&state, &headers, &query) {
         return refused;
     }
     Json(state.live.list()).into_response()
@@ -132,7 +136,7 @@ async fn call(
     Path(uuid): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_token(&state, &headers, &query) {
+    if let Some(refused) = refusal(&state, &headers, &query) {
         return refused;
     }
     match state.live.find(&uuid) {
@@ -158,7 +162,7 @@ async fn listen(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err(refused) = check_token(&state, &headers, &query) {
+    if let Some(refused) = refusal(&state, &headers, &query) {
         return refused;
     }
     let wanted = match wanted {

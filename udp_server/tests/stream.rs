@@ -170,6 +170,8 @@ async fn session(
         None => Box::new(tcp),
     };
     let record = connections.clone();
+    // The signature tungstenite's handshake callback has.
+    #[allow(clippy::result_large_err)]
     let callback = move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
                          response| {
         let mut all = record.lock().unwrap();
@@ -242,13 +244,7 @@ fn streaming(profiles: Vec<ProfileSpec>) -> Settings {
 
 /// Sends a DATA call: an INV with a Call-ID, `frames` 20 ms frames per
 /// direction (paced in real time when `paced`), then BYE.
-fn send_call(
-    receiver: &Receiver,
-    id: &str,
-    extensions: &str,
-    frames: &[(Direction, u8, Vec<u8>)],
-    paced: bool,
-) {
+fn send_call(receiver: &Receiver, id: &str, extensions: &str, frames: &[Frame], paced: bool) {
     let mut sender = Sender::new(receiver.addr);
     sender.inv_with(
         id,
@@ -268,12 +264,11 @@ fn send_call(
     sender.bye(id);
 }
 
+/// One DATA frame to send: direction, payload type, payload.
+type Frame = (Direction, u8, Vec<u8>);
+
 /// A tone as 20 ms frames of `encode`d bytes, R and W interleaved.
-fn g711_frames(
-    seconds: f64,
-    encode: fn(i16) -> u8,
-    pt: u8,
-) -> (Vec<(Direction, u8, Vec<u8>)>, Vec<u8>, Vec<u8>) {
+fn g711_frames(seconds: f64, encode: fn(i16) -> u8, pt: u8) -> (Vec<Frame>, Vec<u8>, Vec<u8>) {
     let r: Vec<u8> = tone(1000.0, 9000.0, 8000, seconds)
         .into_iter()
         .map(encode)
