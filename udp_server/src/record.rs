@@ -378,10 +378,7 @@ impl CallRecording {
             .expect("both directions");
         stats.packets += 1;
         stats.bytes += payload.len() as u64;
-        if self.failed {
-            return;
-        }
-        if let Some(bare) = &mut self.lanes[index].bare {
+        if let Some(bare) = self.lanes[index].bare.as_mut().filter(|_| !self.failed) {
             let result = bare.write(payload);
             self.check(result, "write audio", Some(metrics));
         }
@@ -483,9 +480,6 @@ impl CallRecording {
         }
         if is_event {
             self.telephone_event(index, &held, at, clock);
-            return;
-        }
-        if self.failed {
             return;
         }
         let Some(payload_type) = PayloadType::new(held.payload_type) else {
@@ -709,6 +703,9 @@ impl CallRecording {
             .expect("both directions");
         let decoder = lane.decoder.as_mut().expect("set above");
         let Some(rate) = decoder.codec().sample_rate() else {
+            if self.failed {
+                return Ok(());
+            }
             return write_raw(
                 lane,
                 &self.base,
@@ -723,6 +720,9 @@ impl CallRecording {
             stats.decode_errors += 1;
             metrics.decode_errors.fetch_add(1, Relaxed);
             if lane.samples.is_empty() {
+                if self.failed {
+                    return Ok(());
+                }
                 return write_raw(
                     lane,
                     &self.base,
@@ -741,6 +741,11 @@ impl CallRecording {
                 samples: lane.samples.clone(),
                 ulaw: (decoder.codec() == Codec::Pcmu).then(|| payload.to_vec()),
             })));
+        }
+        // A call whose files failed (a full disk) writes nothing more, but its
+        // live audio goes on.
+        if self.failed {
+            return Ok(());
         }
         if lane.wav.as_ref().is_some_and(|wav| wav.rate() != rate) {
             // A codec change to another sample rate starts a new segment file.

@@ -142,6 +142,8 @@ pub struct Live {
 /// How long a call's record waits for its streams to deliver what they
 /// hold beyond the longest buffer (their own deadline comes first).
 const STREAM_WAIT_MARGIN: Duration = Duration::from_secs(15);
+/// At shutdown, how long the records of the calls it ends wait for their streams.
+const SHUTDOWN_STREAM_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs until the sending side of `batches` is dropped, then finishes whatever
 /// is still open as `shutdown`. `on_event` hears of every call start, DTMF and end.
@@ -289,7 +291,7 @@ pub fn run(
                 }
             }
         }
-        for finished in streaming.ready(Instant::now(), &metrics, &mut on_event) {
+        for finished in streaming.ready(Instant::now(), Wait::Bounded, &metrics, &mut on_event) {
             pending.keep(finished, &metrics);
         }
     }
@@ -309,8 +311,16 @@ pub fn run(
     }
     // The streams of the calls just ended deliver what they hold (briefly:
     // the receiver is stopping), then their records are written.
+    let give_up = Instant::now() + SHUTDOWN_STREAM_WAIT;
     while !streaming.is_empty() {
-        for finished in streaming.ready(Instant::now(), &metrics, &mut on_event) {
+        // Past the bound every record is written, its streams' figures as they are.
+        let now = Instant::now();
+        let wait = if now >= give_up {
+            Wait::No
+        } else {
+            Wait::Bounded
+        };
+        for finished in streaming.ready(now, wait, &metrics, &mut on_event) {
             pending.keep(finished, &metrics);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -425,6 +435,15 @@ fn record_ended(
     finished
 }
 
+/// Whether a record still waits for its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Until they are done, or the record's deadline.
+    Bounded,
+    /// Not at all (the receiver is stopping and waited long enough).
+    No,
+}
+
 /// Records of ended calls whose streams are still delivering: written once
 /// the streams are done, or at the latest after the wait bound.
 #[derive(Debug, Default)]
@@ -450,6 +469,7 @@ impl StreamingRecords {
     fn ready(
         &mut self,
         now: Instant,
+        wait: Wait,
         metrics: &Metrics,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Vec<Finished> {
@@ -457,7 +477,7 @@ impl StreamingRecords {
         let mut i = 0;
         while i < self.waiting.len() {
             let (_, streams, deadline) = &self.waiting[i];
-            if streams.iter().all(|s| s.is_done()) || now >= *deadline {
+            if wait == Wait::No || streams.iter().all(|s| s.is_done()) || now >= *deadline {
                 let (record, streams, _) = self.waiting.swap_remove(i);
                 finished.push(record_ended(record, streams, metrics, on_event));
             } else {

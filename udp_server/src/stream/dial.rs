@@ -203,7 +203,16 @@ impl Stream {
                 break;
             }
             if !wait.is_zero() {
-                let pause = tokio::time::sleep(wait.min(self.time_left()));
+                // A receiver that stops cuts the wait short: what is held gets
+                // one more try within the shutdown grace.
+                let shutdown = self.shutdown.clone();
+                let sleep = tokio::time::sleep(wait.min(self.time_left()));
+                let pause = async move {
+                    tokio::select! {
+                        () = sleep => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                };
                 self.collect_while(pause).await;
                 if self.past_deadline() {
                     self.drop_buffer();

@@ -399,3 +399,131 @@ impl Encoder {
 fn text(value: &serde_json::Value) -> Outgoing {
     Outgoing::Text(value.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn call() -> CallInfo {
+        CallInfo {
+            uuid: "u1".into(),
+            caller: Some("1001".into()),
+            callee: Some("1002".into()),
+            call_id: None,
+            sender: "127.0.0.1:5000".into(),
+            mode: "data",
+            start: time::OffsetDateTime::UNIX_EPOCH,
+            streams: Vec::new(),
+            listeners: 0,
+            duration: 0.0,
+        }
+    }
+
+    fn encoder(format: Format, tracks: Tracks, rate: u32) -> Encoder {
+        let shape = StreamShape {
+            format,
+            tracks,
+            rate,
+            params: BTreeMap::new(),
+        };
+        Encoder::new(shape, "MZ0".into(), call())
+    }
+
+    fn ulaw_frame(direction: Direction, at_ms: u64, byte: u8) -> LiveEvent {
+        LiveEvent::Audio(Arc::new(AudioFrame {
+            direction,
+            timing: Timing::Arrival(Duration::from_millis(at_ms)),
+            rate: 8000,
+            samples: vec![rst_codec::ulaw_to_linear(byte); 160],
+            ulaw: Some(vec![byte; 160]),
+        }))
+    }
+
+    fn json(message: &Outgoing) -> serde_json::Value {
+        match message {
+            Outgoing::Text(text) | Outgoing::Media(text) => serde_json::from_str(text).unwrap(),
+            Outgoing::Binary(_) => panic!("binary"),
+        }
+    }
+
+    #[test]
+    fn twilio_media_carries_the_bytes_and_a_gap_shows_in_the_timestamps() {
+        let mut encoder = encoder(Format::Twilio, Tracks::Inbound, 8000);
+        let mut out = Vec::new();
+        encoder.start(&mut out);
+        for (at, byte) in [(0, 0x11), (20, 0x22), (300, 0x33)] {
+            encoder.event(&ulaw_frame(Direction::Read, at, byte), &mut out);
+        }
+        // W is not a track of this stream.
+        encoder.event(&ulaw_frame(Direction::Write, 0, 0x44), &mut out);
+        encoder.event(&LiveEvent::End, &mut out);
+        let messages: Vec<_> = out.iter().map(json).collect();
+        let media: Vec<_> = messages.iter().filter(|m| m["event"] == "media").collect();
+        assert_eq!(media.len(), 3);
+        for (m, (chunk, timestamp, byte)) in
+            media
+                .iter()
+                .zip([("1", "0", 0x11u8), ("2", "20", 0x22), ("3", "300", 0x33)])
+        {
+            assert_eq!(m["media"]["chunk"], chunk);
+            assert_eq!(m["media"]["timestamp"], timestamp);
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(m["media"]["payload"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(payload, vec![byte; 160]);
+        }
+        let sequence: Vec<_> = messages[1..]
+            .iter()
+            .map(|m| m["sequenceNumber"].clone())
+            .collect();
+        assert_eq!(
+            sequence,
+            ["1", "2", "3", "4", "5"].map(serde_json::Value::from)
+        );
+        assert_eq!(messages.last().unwrap()["event"], "stop");
+        assert!(out
+            .iter()
+            .filter(|m| m.is_audio())
+            .all(|m| matches!(m, Outgoing::Media(_))));
+    }
+
+    #[test]
+    fn raw_frames_are_20_ms_at_the_stream_rate_and_the_tail_is_flushed() {
+        let mut encoder = encoder(Format::Raw, Tracks::Outbound, 16000);
+        let mut out = Vec::new();
+        encoder.start(&mut out);
+        // 30 ms frames at 8 kHz: one and a half 20 ms frames each.
+        for k in 0..3 {
+            let frame = LiveEvent::Audio(Arc::new(AudioFrame {
+                direction: Direction::Write,
+                timing: Timing::Arrival(Duration::from_millis(30 * k)),
+                rate: 8000,
+                samples: vec![1000; 240],
+                ulaw: None,
+            }));
+            encoder.event(&frame, &mut out);
+        }
+        encoder.event(&LiveEvent::End, &mut out);
+        let binary: Vec<usize> = out
+            .iter()
+            .filter_map(|m| match m {
+                Outgoing::Binary(bytes) => Some(bytes.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            binary.iter().sum::<usize>(),
+            90 * 16 * 2,
+            "90 ms at 16 kHz, every sample"
+        );
+        assert!(
+            binary[..binary.len() - 1].iter().all(|&len| len == 640),
+            "{binary:?}"
+        );
+        assert_eq!(json(&out[0])["format"]["sampleRate"], 16000);
+        assert_eq!(json(out.last().unwrap())["event"], "stop");
+    }
+}
