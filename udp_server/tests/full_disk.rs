@@ -250,3 +250,50 @@ fn a_call_whose_files_cannot_be_created_still_gets_its_record() {
     assert_failed_records(&records, &[id], "cannot create the call's files");
     receiver.stop();
 }
+
+/// A full disk stops a call's files, not its live stream: the consumer gets
+/// every frame, also those after the disk filled.
+#[test]
+fn a_full_disk_does_not_stop_a_live_stream() {
+    let Some((mount, filler)) = small_disk("a_full_disk_does_not_stop_a_live_stream") else {
+        return;
+    };
+    let consumer = common::consumer::Consumer::start(Default::default());
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let receiver = Receiver::in_dir(
+        Settings {
+            stream_url: Some(consumer.url("ws")),
+            ..Settings::default()
+        },
+        dir,
+    );
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(3);
+    sender.inv(&id, "alice", "bob");
+    let payload = |k: u32| -> Vec<u8> { (0..160).map(|i| ((k * 7 + i) % 251) as u8).collect() };
+    for k in 0..200 {
+        sender.data(&id, Read, 0, &payload(k));
+        sender.data(&id, Write, 0, &[0xFF; 160]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for_counter(&receiver, "rst_write_errors_total", |n| n > 0);
+    sender.bye(&id);
+    let connection = &consumer.wait_ended(1)[0];
+    let streamed: Vec<u8> = connection
+        .texts
+        .iter()
+        .filter(|m| m["event"] == "media")
+        .flat_map(|m| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(m["media"]["payload"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    let sent: Vec<u8> = (0..200).flat_map(payload).collect();
+    assert_eq!(streamed, sent, "every frame streamed, the disk full or not");
+    std::fs::remove_file(&filler).unwrap();
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["end_reason"], "error");
+    assert_eq!(record["streams"][0]["dropped_ms"], 0, "{record}");
+}

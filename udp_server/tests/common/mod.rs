@@ -2,6 +2,8 @@
 //! protocol over a real UDP socket, and readers for what lands on disk.
 #![allow(dead_code)]
 
+pub mod consumer;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
