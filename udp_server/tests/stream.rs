@@ -706,3 +706,73 @@ fn a_dtmf_datagram_reaches_the_record_and_the_stream_once() {
         ]
     );
 }
+
+/// Calls from rst-load, the project's load generator (real time, both
+/// directions: 1 kHz on R, 500 Hz on W), in each of its codecs and in both
+/// modes: every stream is Twilio's shape, every frame of both tracks is there,
+/// and each track carries its tone; PCMU's bytes are rst-load's own.
+#[test]
+fn calls_from_rst_load_reach_a_twilio_bot_in_every_codec_and_mode() {
+    use rst_load::{Codec, Mode};
+    let consumer = Consumer::start(Behaviour::default());
+    let mut settings = streaming(vec![profile(
+        "bot",
+        consumer.url("ws"),
+        Format::Twilio,
+        Tracks::Both,
+    )]);
+    settings.rtp_ports = Some("32000-32099".parse().unwrap());
+    let receiver = Receiver::with(settings);
+    let runs = [
+        (Codec::Pcmu, Mode::Data),
+        (Codec::Pcma, Mode::Data),
+        (Codec::L16, Mode::Data),
+        (Codec::Pcmu, Mode::Rtp),
+        (Codec::L16, Mode::Rtp),
+    ];
+    for (codec, mode) in runs {
+        let report = rst_load::run(&rst_load::Config {
+            target: receiver.addr,
+            calls: 2,
+            frames: Some(50),
+            codec,
+            mode,
+            ..rst_load::Config::default()
+        })
+        .unwrap();
+        assert_eq!(report.lost(), 0, "{codec:?} {mode:?}: {report}");
+    }
+    let calls = runs.len() * 2;
+    let records = receiver.wait_records(calls);
+    let connections = consumer.wait_ended(calls);
+    assert_eq!(connections.len(), calls);
+    for connection in &connections {
+        let uuid = connection.texts[1]["start"]["callSid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let record = records.iter().find(|r| r["uuid"] == uuid.as_str()).unwrap();
+        let codec = record["directions"]["R"]["codecs"][0].as_str().unwrap();
+        let tracks = check_twilio(connection, &uuid);
+        for (track, hz) in [("inbound", 1000), ("outbound", 500)] {
+            // What µ-law carries of rst-load's tone: its own bytes for PCMU, the
+            // same samples encoded for L16, A-law's samples encoded for PCMA.
+            let tone = Codec::Pcmu.frame(hz);
+            let frame: Vec<u8> = match codec {
+                "PCMA" => Codec::Pcma
+                    .frame(hz)
+                    .iter()
+                    .map(|&a| ulaw(rst_codec::alaw_to_linear(a)))
+                    .collect(),
+                "PCMU" | "L16" => tone,
+                other => panic!("{other}"),
+            };
+            let (bytes, _) = &tracks[track];
+            assert_eq!(bytes.len(), 50 * 160, "{uuid} {codec} {track}: every frame");
+            assert!(
+                bytes.chunks(160).all(|f| f == frame.as_slice()),
+                "{uuid} {codec} {track}: sample for sample"
+            );
+        }
+    }
+}
