@@ -478,40 +478,88 @@ fn a_consumer_that_is_down_costs_the_audio_it_missed_counted_in_the_record() {
     assert_eq!(samples.len(), 16000);
 }
 
-/// A CA, and a server certificate for 127.0.0.1 signed by it.
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    (ca_file, Arc::new(config))
+/// A private CA in `dir`, issuing certificates for the tests' TLS.
+struct Pki {
+    ca_key: rcgen::KeyPair,
+    ca_params: rcgen::CertificateParams,
+    ca_file: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Pki {
+            ca_key,
+            ca_params,
+            ca_file,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A certificate for `name` signed by the CA, and its key.
+    fn issue(&self, name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.into()]).unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        (params.signed_by(&key, &issuer).unwrap(), key)
+    }
+
+    /// A client certificate and key as PEM files.
+    fn client_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = self.issue("rst-receiver");
+        let (cert_file, key_file) = (self.dir.join("client.pem"), self.dir.join("client.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+
+    /// A server for 127.0.0.1; with `clients`, it asks for a client
+    /// certificate that this CA signed, and refuses a connection without one.
+    fn server(&self, clients: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if clients {
+            let mut roots = rustls::RootCertStore::empty();
+            let ca = self.ca_params.self_signed(&self.ca_key).unwrap();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let (cert, key) = self.issue("127.0.0.1");
+        let config = builder
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Arc::new(config)
+    }
 }
 
 #[test]
 fn wss_with_a_private_ca_works_and_a_certificate_that_does_not_verify_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_file, server_config) = certificates(dir.path());
+    let pki = Pki::new(dir.path());
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let (other_ca, _) = certificates(&other);
-    let consumer = Consumer::start_tls(Behaviour::default(), Some(server_config));
+    let other_ca = Pki::new(&other).ca_file;
+    let consumer = Consumer::start_tls(Behaviour::default(), Some(pki.server(false)));
+    let ca_file = pki.ca_file.clone();
     let mut trusted = profile(
         "trusted",
         consumer.url("wss"),
@@ -775,4 +823,44 @@ fn calls_from_rst_load_reach_a_twilio_bot_in_every_codec_and_mode() {
             );
         }
     }
+}
+
+#[test]
+fn mutual_tls_sends_the_client_certificate_and_without_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (cert_file, key_file) = pki.client_files();
+    let consumer = Consumer::start_tls(Behaviour::default(), Some(pki.server(true)));
+    let mut with_cert = profile("mtls", consumer.url("wss"), Format::Twilio, Tracks::Inbound);
+    with_cert.ca_file = Some(pki.ca_file.clone());
+    with_cert.cert_file = Some(cert_file);
+    with_cert.key_file = Some(key_file);
+    let mut without = profile(
+        "anonymous",
+        consumer.url("wss"),
+        Format::Twilio,
+        Tracks::Inbound,
+    );
+    without.ca_file = Some(pki.ca_file.clone());
+    without.buffer_seconds = Some(1);
+    let receiver = Receiver::with(streaming(vec![with_cert, without]));
+    let id = uuid(14);
+    let (frames, r, _) = g711_frames(0.5, ulaw, 0);
+    send_call(&receiver, &id, "", &frames, true);
+    let record = &receiver.wait_records(1)[0];
+    let good: Vec<_> = consumer
+        .connections()
+        .into_iter()
+        .filter(|c| !c.texts.is_empty())
+        .collect();
+    assert_eq!(
+        good.len(),
+        1,
+        "only the profile with a certificate got through"
+    );
+    assert_eq!(check_twilio(&good[0], &id)["inbound"].0, r);
+    assert_eq!(stream_record(record, "mtls")["dropped_ms"], 0);
+    let refused = stream_record(record, "anonymous");
+    assert_eq!(refused["connects"], 0, "{refused}");
+    assert!(refused["last_error"].is_string(), "{refused}");
 }
