@@ -90,6 +90,7 @@ impl Dialer {
             metrics,
             shutdown,
             stream_sid: stream_sid(),
+            failures_in_a_row: 0,
         };
         runtime.spawn(stream.run());
         stats
@@ -191,6 +192,8 @@ struct Stream {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     stream_sid: String,
+    /// Connection attempts that failed since the last success.
+    failures_in_a_row: u32,
 }
 
 impl Stream {
@@ -232,6 +235,7 @@ impl Stream {
             };
             self.stats.connects.fetch_add(1, Relaxed);
             self.metrics.stream_connects.fetch_add(1, Relaxed);
+            self.failures_in_a_row = 0;
             tracing::info!(uuid = %self.call.uuid, profile = %self.profile.name, "stream connected");
             let connected = Instant::now();
             let ended = self.send(socket).await;
@@ -261,16 +265,24 @@ impl Stream {
         self.stats.done.store(true, Relaxed);
     }
 
-    fn failed(&self, error: String) {
+    /// A connection failed or broke. Logged once per outage as a warning
+    /// (a consumer down for a thousand calls must not flood the log), the
+    /// retries after it at debug level; every one is counted.
+    fn failed(&mut self, error: String) {
         self.metrics.stream_connect_failures.fetch_add(1, Relaxed);
-        tracing::warn!(
-            uuid = %self.call.uuid,
-            profile = %self.profile.name,
-            url = redact_url(&self.profile.url),
-            %error,
-            "stream consumer unreachable; keeping up to {} s of audio and retrying",
-            self.profile.buffer.as_secs()
-        );
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row == 1 {
+            tracing::warn!(
+                uuid = %self.call.uuid,
+                profile = %self.profile.name,
+                url = redact_url(&self.profile.url),
+                %error,
+                "stream consumer unreachable; keeping up to {} s of audio and retrying",
+                self.profile.buffer.as_secs()
+            );
+        } else {
+            tracing::debug!(uuid = %self.call.uuid, profile = %self.profile.name, %error, tries = self.failures_in_a_row, "stream consumer still unreachable");
+        }
         self.stats.error(error);
     }
 
