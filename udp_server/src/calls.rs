@@ -60,6 +60,12 @@ pub enum Output<'a> {
         digit: char,
         duration_ms: u32,
     },
+    /// The call's sender played (or, `cleared`, dropped) a point a consumer marked.
+    Mark {
+        call: CallId,
+        name: String,
+        cleared: bool,
+    },
     /// A malformed datagram that names one of this call's UUID.
     Malformed { call: CallId },
     /// The call is over: finish its recording.
@@ -408,6 +414,20 @@ impl CallTable {
                 }
                 None => self.metrics.refused(Refusal::Unproven),
             },
+            Message::Mark(mark) => match self.calls.get_mut(mark.uuid.as_str()) {
+                Some(call) if !call.accepts(from, self.limits.bind_sender) => {
+                    self.wrong_source(from, "MARK")
+                }
+                Some(call) => emit(Output::Mark {
+                    call: call.id,
+                    name: mark.name(),
+                    cleared: mark.cleared,
+                }),
+                // The call ended before its sender reported the mark: its
+                // player already told the consumer it was cleared.
+                None => self.metrics.refused(Refusal::AfterEnd),
+            },
+            Message::Play(_) | Message::Clear(_) => self.metrics.refused(Refusal::Unexpected),
         }
     }
 

@@ -31,6 +31,7 @@ use crate::feed::{Feed, FeedStats};
 use crate::live::{LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::stream::encode::{Encoder, Outgoing, StreamShape, FRAME_MS};
+use crate::stream::inbound::{Incoming, Speaker};
 use crate::stream::{Format, Tracks, RATES};
 
 /// What the handlers share.
@@ -216,8 +217,15 @@ async fn listen(
             "time": now(),
         }));
         state.metrics.listeners.fetch_add(1, Relaxed);
+        let speaker = Speaker::new(
+            live.clone(),
+            state.live.clone(),
+            state.metrics.clone(),
+            format,
+            rate,
+        );
         let encoder = Encoder::new(shape, format!("listen-{}", info.uuid), info.clone());
-        let outcome = relay(socket, events, encoder, &state).await;
+        let outcome = relay(socket, events, encoder, speaker, &state).await;
         state.metrics.listeners.fetch_sub(1, Relaxed);
         tracing::info!(uuid = %info.uuid, listener = %who, outcome, "a client stopped listening to the call");
         state.feed.publish(serde_json::json!({
@@ -249,6 +257,7 @@ async fn relay(
     mut socket: WebSocket,
     mut events: broadcast::Receiver<LiveEvent>,
     mut encoder: Encoder,
+    mut speaker: Speaker,
     state: &HttpState,
 ) -> &'static str {
     let mut out = Vec::new();
@@ -269,6 +278,8 @@ async fn relay(
                     let _ = socket.send(Message::Close(None)).await;
                     return "the call ended";
                 }
+                // Another consumer's mark.
+                Ok(LiveEvent::Mark { name, .. }) if !speaker.owns(&name) => {}
                 Ok(event) => encoder.event(&event, &mut out),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     state.metrics.stream_dropped_ms.fetch_add(missed * u64::from(FRAME_MS), Relaxed);
@@ -276,6 +287,9 @@ async fn relay(
             },
             message = socket.recv() => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "the listener went away",
+                // A listener may speak too, in its format.
+                Some(Ok(Message::Text(text))) => out.extend(speaker.heard(Incoming::Text(&text))),
+                Some(Ok(Message::Binary(bytes))) => out.extend(speaker.heard(Incoming::Binary(&bytes))),
                 Some(Ok(_)) => {}
             },
             () = state.shutdown.cancelled() => return "the receiver stopped",

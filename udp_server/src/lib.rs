@@ -15,6 +15,7 @@ pub mod http;
 pub mod jitter;
 pub mod live;
 pub mod metrics;
+pub mod play;
 pub mod record;
 pub mod recorder;
 pub mod server;

@@ -16,7 +16,12 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
 use crate::calls::CallId;
+use crate::metrics::Metrics;
+use crate::play::{PlayTarget, Player};
 use crate::record::{CallRecord, DtmfRecord};
 
 /// Events a call's channel holds for a subscriber that is behind: about five
@@ -64,6 +69,12 @@ impl AudioFrame {
 pub enum LiveEvent {
     Audio(Arc<AudioFrame>),
     Dtmf(Arc<DtmfRecord>),
+    /// A point a consumer marked in the audio it sent was played by the
+    /// call's sender (or, `cleared`, dropped by a clear).
+    Mark {
+        name: Arc<str>,
+        cleared: bool,
+    },
     /// The call ended; nothing follows.
     End,
 }
@@ -111,6 +122,26 @@ pub struct LiveCall {
     started: Instant,
     events: broadcast::Sender<LiveEvent>,
     listeners: std::sync::atomic::AtomicUsize,
+    /// Where audio back goes, when the call's sender can play (`play=1`).
+    play: Option<PlayTarget>,
+    /// Started by the first consumer that speaks.
+    player: std::sync::OnceLock<Player>,
+    /// Cancelled when the call ends: its player stops.
+    ended: CancellationToken,
+}
+
+/// Why a consumer's audio cannot go into a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlayRefused {
+    /// The call's sender cannot play (a tap, or a sender without `play=1`).
+    #[error("this call cannot be spoken into: its sender only listens (a tapped call, or a sender without play=1)")]
+    Passive,
+    /// The call is over.
+    #[error("the call has ended")]
+    Ended,
+    /// The call's player is gone or full.
+    #[error("the call's playback queue is full; the audio was dropped")]
+    Busy,
 }
 
 impl LiveCall {
@@ -164,28 +195,65 @@ impl Drop for ListenerGuard {
 }
 
 /// Every call in progress, shared by the recorder threads and the HTTP port.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveCalls {
     calls: Mutex<HashMap<CallId, Arc<LiveCall>>>,
+    /// The receiver's socket, which PLAY datagrams leave from.
+    socket: Arc<UdpSocket>,
+    metrics: Arc<Metrics>,
 }
 
 impl LiveCalls {
-    pub fn open(&self, call: CallId, info: CallInfo) -> Arc<LiveCall> {
+    pub fn new(socket: Arc<UdpSocket>, metrics: Arc<Metrics>) -> LiveCalls {
+        LiveCalls {
+            calls: Mutex::default(),
+            socket,
+            metrics,
+        }
+    }
+
+    pub fn open(&self, call: CallId, info: CallInfo, play: Option<PlayTarget>) -> Arc<LiveCall> {
         let (events, _) = broadcast::channel(EVENTS_PER_CALL);
         let live = Arc::new(LiveCall {
             info: Mutex::new(info),
             started: Instant::now(),
             events,
             listeners: Default::default(),
+            play,
+            player: std::sync::OnceLock::new(),
+            ended: CancellationToken::new(),
         });
         self.lock().insert(call, live.clone());
         live
     }
 
-    /// Forgets the call: no new subscriber finds it. (Its recording says
-    /// [`LiveEvent::End`] to those it has, once its last audio is out.)
+    /// Forgets the call: no new subscriber finds it, its player stops. (Its
+    /// recording says [`LiveEvent::End`] to the subscribers it has, once its
+    /// last audio is out.)
     pub fn close(&self, call: CallId) {
-        self.lock().remove(&call);
+        if let Some(live) = self.lock().remove(&call) {
+            live.ended.cancel();
+        }
+    }
+
+    /// The player of `live`, started on first use (from a tokio task).
+    pub fn player(&self, live: &Arc<LiveCall>) -> Result<Player, PlayRefused> {
+        let target = live.play.ok_or(PlayRefused::Passive)?;
+        if live.ended.is_cancelled() {
+            return Err(PlayRefused::Ended);
+        }
+        Ok(live
+            .player
+            .get_or_init(|| {
+                Player::start(
+                    live.clone(),
+                    target,
+                    self.socket.clone(),
+                    self.metrics.clone(),
+                    live.ended.clone(),
+                )
+            })
+            .clone())
     }
 
     /// The call in progress with this UUID (the latest, when one was reused).

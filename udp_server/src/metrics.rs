@@ -19,6 +19,8 @@ pub enum Refusal {
     AfterEnd,
     /// An ACK sent to the receiver, which only sends them.
     UnexpectedAck,
+    /// A PLAY or CLR sent to the receiver, which only sends them.
+    Unexpected,
     /// RTP mode: every port of the `rtp-ports` range is in use.
     NoPorts,
     /// A datagram for a call from an address other than the call's sender
@@ -33,11 +35,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::NotAllowed,
         Refusal::MaxCalls,
         Refusal::AfterEnd,
         Refusal::UnexpectedAck,
+        Refusal::Unexpected,
         Refusal::NoPorts,
         Refusal::WrongSource,
         Refusal::Unproven,
@@ -50,6 +53,7 @@ impl Refusal {
             Refusal::MaxCalls => "max_calls",
             Refusal::AfterEnd => "after_end",
             Refusal::UnexpectedAck => "unexpected_ack",
+            Refusal::Unexpected => "unexpected",
             Refusal::NoPorts => "no_ports",
             Refusal::WrongSource => "wrong_source",
             Refusal::Unproven => "unproven",
@@ -58,7 +62,7 @@ impl Refusal {
     }
 }
 
-const COMMANDS: [&str; 5] = ["inv", "data", "bye", "ack", "dtmf"];
+const COMMANDS: [&str; 8] = ["inv", "data", "bye", "ack", "dtmf", "play", "clr", "mark"];
 
 /// Every counter of the receiver. All updates are relaxed atomics: they are
 /// statistics, not synchronisation.
@@ -111,6 +115,10 @@ pub struct Metrics {
     /// `listen` clients connected now, and connections refused (a bad token).
     pub listeners: AtomicI64,
     pub http_refused: AtomicU64,
+    /// Audio consumers sent to be played that was dropped (queue full), in ms.
+    pub play_dropped_ms: AtomicU64,
+    /// Consumers' audio, clears and marks refused (a passive call, one that ended).
+    pub play_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -121,6 +129,9 @@ impl Metrics {
             rst_proto::Message::Bye(_) => 2,
             rst_proto::Message::Ack(_) => 3,
             rst_proto::Message::Dtmf(_) => 4,
+            rst_proto::Message::Play(_) => 5,
+            rst_proto::Message::Clear(_) => 6,
+            rst_proto::Message::Mark(_) => 7,
         };
         self.messages[index].fetch_add(1, Relaxed);
     }
@@ -237,7 +248,17 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 21] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
+            (
+                "rst_play_dropped_ms_total",
+                "Milliseconds of consumers' audio dropped before it was played (queue full).",
+                &self.play_dropped_ms,
+            ),
+            (
+                "rst_play_refused_total",
+                "Consumers' audio, clears and marks refused (a passive or ended call).",
+                &self.play_refused,
+            ),
             (
                 "rst_streams_started_total",
                 "Live streams started (a call and a stream profile).",

@@ -17,6 +17,7 @@ use crate::calls::{CallId, CallStart};
 use crate::files::repair_wav;
 use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
+use crate::play::PlayTarget;
 use crate::record::{
     write_final, write_record, CallRecord, CallRecording, DtmfRecord, EndReason, Finished,
     OpenError, RecordOptions,
@@ -65,6 +66,12 @@ pub enum Command {
         digit: char,
         duration_ms: u32,
         at: Instant,
+    },
+    /// The call's sender reported a consumer's mark played (or cleared).
+    Mark {
+        call: CallId,
+        name: String,
+        cleared: bool,
     },
     Malformed {
         call: CallId,
@@ -166,10 +173,15 @@ pub fn run(
                     match CallRecording::open(&start, wall, at, &options) {
                         Ok(mut recording) => {
                             tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
-                            let call = live
-                                .calls
-                                .open(start.call, CallInfo::of(recording.record()));
                             let asked = Extensions::parse(&start.extensions).ok();
+                            // Audio back goes to a sender that said it can play.
+                            let play = asked.as_ref().filter(|e| e.play()).map(|_| PlayTarget {
+                                to: start.sender,
+                                rate: start.l16_rate,
+                            });
+                            let call =
+                                live.calls
+                                    .open(start.call, CallInfo::of(recording.record()), play);
                             let streams = live
                                 .streams
                                 .start(&call, asked.iter().flat_map(Extensions::streams));
@@ -258,6 +270,18 @@ pub fn run(
                     if let Some(recording) = calls.get_mut(&call) {
                         recording.dtmf(direction, sequence, digit, duration_ms, at);
                         publish_dtmf(recording, &mut on_event);
+                    }
+                }
+                Command::Mark {
+                    call,
+                    name,
+                    cleared,
+                } => {
+                    if let Some(live) = calls.get(&call).and_then(CallRecording::live) {
+                        live.publish(LiveEvent::Mark {
+                            name: Arc::from(name),
+                            cleared,
+                        });
                     }
                 }
                 Command::Malformed { call } => {

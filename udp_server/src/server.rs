@@ -159,12 +159,15 @@ pub async fn run_with(
     }
 
     let (feed, feed_server) = Feed::new();
-    let live_calls = Arc::new(LiveCalls::default());
+    // PLAY datagrams leave from the socket the calls' INVs came to.
+    let socket = Arc::new(socket);
+    let live_calls = Arc::new(LiveCalls::new(socket.clone(), metrics.clone()));
     // Streams outlive the receive loop a little: they deliver what the calls
     // ended by shutdown still hold, then stop.
     let streams_shutdown = CancellationToken::new();
     let streams = Streams::new(
         &config.streams,
+        live_calls.clone(),
         tokio::runtime::Handle::current(),
         streams_shutdown.clone(),
         metrics.clone(),
@@ -433,7 +436,7 @@ async fn receive_rtp(
 }
 
 struct Receiver {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     table: CallTable,
     metrics: Arc<Metrics>,
     ack: Vec<u8>,
@@ -573,6 +576,7 @@ impl Outbox {
             | Output::Audio { call, .. }
             | Output::Rtp { call, .. }
             | Output::Dtmf { call, .. }
+            | Output::Mark { call, .. }
             | Output::Malformed { call }
             | Output::End { call, .. } => *call,
         };
@@ -661,6 +665,15 @@ fn push_output(batch: &mut Batch, output: Output<'_>, now: Instant) {
             digit,
             duration_ms,
             at: now,
+        },
+        Output::Mark {
+            call,
+            name,
+            cleared,
+        } => Command::Mark {
+            call,
+            name,
+            cleared,
         },
         Output::Malformed { call } => Command::Malformed { call },
         Output::End { call, reason } => Command::End {

@@ -22,8 +22,8 @@ mod types;
 
 pub use error::{EncodeError, ParseError};
 pub use message::{
-    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Data, Dtmf, Extensions,
-    ExtensionsBuilder, Inv, Message, RtpPorts, MAX_CALL_ID,
+    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Data, Dtmf, Extensions,
+    ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts, MAX_CALL_ID, MAX_MARK_NAME,
 };
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};
 pub use types::{Direction, PayloadType, Uuid};

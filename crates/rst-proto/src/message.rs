@@ -11,6 +11,9 @@ pub enum Message<'a> {
     Bye(Bye<'a>),
     Ack(Ack<'a>),
     Dtmf(Dtmf<'a>),
+    Play(Play<'a>),
+    Clear(Clear<'a>),
+    Mark(Mark<'a>),
 }
 
 /// `INV :UUID:CALLER:CALLEE[:LOCAL_READ_PORT:LOCAL_WRITE_PORT][:key=value...]`
@@ -59,6 +62,48 @@ pub struct Dtmf<'a> {
     pub digit: char,
     pub duration_ms: u32,
 }
+
+/// `PLAY:UUID:SEQ:PT:LENGTH:` + exactly LENGTH payload bytes: audio for the
+/// sender to play into the call (what the caller hears), from the receiver
+/// to the address the call's INV came from, only when that INV said `play=1`
+/// (an rst extension). PT is `00` (µ-law, 8 kHz) or `10` (16-bit linear,
+/// little-endian, at the call's rate); SEQ counts the call's PLAY datagrams
+/// from 0, so the sender puts them in order and plays a gap as silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Play<'a> {
+    pub uuid: Uuid<'a>,
+    pub sequence: u32,
+    pub payload_type: PayloadType,
+    pub payload: &'a [u8],
+}
+
+/// `CLR :UUID`: drop every PLAY not yet played (a caller barging in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clear<'a> {
+    pub uuid: Uuid<'a>,
+}
+
+/// `MARK:UUID:NAME[:cleared]`. From the receiver: tell me once everything
+/// played before this point has been played. From the sender back: that
+/// point was played, or (`:cleared`) a CLR dropped it. NAME is percent-encoded
+/// as an extension value is ([`Extensions::escape`]): `:` and `%` never appear raw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark<'a> {
+    pub uuid: Uuid<'a>,
+    /// As on the wire (escaped); [`Mark::name`] gives it back.
+    pub wire_name: &'a str,
+    pub cleared: bool,
+}
+
+impl Mark<'_> {
+    /// The mark's name, unescaped.
+    pub fn name(&self) -> String {
+        Extensions::unescape(self.wire_name)
+    }
+}
+
+/// Longest mark name a MARK carries, escaped.
+pub const MAX_MARK_NAME: usize = 256;
 
 /// Whether `digit` is a DTMF key.
 pub fn is_dtmf_digit(digit: char) -> bool {
@@ -192,6 +237,15 @@ impl<'a> Extensions<'a> {
             .filter(|name| !name.is_empty())
     }
 
+    /// The key of the `play=1` extension: the sender can play audio into the
+    /// call (PLAY, CLR and MARK); a receiver sends them to no other.
+    pub const PLAY: &'static str = "play";
+
+    /// Whether the sender can play into the call (`play=1`).
+    pub fn play(&self) -> bool {
+        self.get(Self::PLAY) == Some("1")
+    }
+
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
     pub fn l16_rate(&self) -> Option<u32> {
         self.get("rate")?
@@ -259,6 +313,12 @@ impl ExtensionsBuilder {
         self
     }
 
+    /// `play=1`: the sender can play audio into the call.
+    pub fn play(mut self) -> Self {
+        self.fields.push(format!("{}=1", Extensions::PLAY));
+        self
+    }
+
     /// `fax=1`: the call had a fax (T.38) phase.
     pub fn fax(mut self) -> Self {
         self.fields.push(format!("{}=1", Extensions::FAX));
@@ -319,6 +379,9 @@ const DATA: &[u8; 5] = b"DATA:";
 const BYE: &[u8; 5] = b"BYE :";
 const ACK: &[u8; 5] = b"ACK :";
 const DTMF: &[u8; 5] = b"DTMF:";
+const PLAY: &[u8; 5] = b"PLAY:";
+const CLR: &[u8; 5] = b"CLR :";
+const MARK: &[u8; 5] = b"MARK:";
 
 impl<'a> Message<'a> {
     /// Parses one datagram. Never panics, never allocates on success.
@@ -340,6 +403,9 @@ impl<'a> Message<'a> {
             BYE => Bye::parse_body(control_text("BYE", rest)?).map(Message::Bye),
             ACK => Ack::parse_body(control_text("ACK", rest)?).map(Message::Ack),
             DTMF => Dtmf::parse_body(control_text("DTMF", rest)?).map(Message::Dtmf),
+            PLAY => Play::parse_body(rest).map(Message::Play),
+            CLR => Clear::parse_body(control_text("CLR", rest)?).map(Message::Clear),
+            MARK => Mark::parse_body(control_text("MARK", rest)?).map(Message::Mark),
             other => Err(ParseError::UnknownCommand {
                 command: String::from_utf8_lossy(&other[..4]).into_owned(),
             }),
@@ -353,6 +419,9 @@ impl<'a> Message<'a> {
             Message::Bye(m) => m.uuid,
             Message::Ack(m) => m.uuid,
             Message::Dtmf(m) => m.uuid,
+            Message::Play(m) => m.uuid,
+            Message::Clear(m) => m.uuid,
+            Message::Mark(m) => m.uuid,
         }
     }
 
@@ -390,6 +459,32 @@ impl<'a> Message<'a> {
                     dtmf.digit,
                     dtmf.duration_ms
                 );
+            }
+            Message::Play(play) => {
+                Play::encode_header(
+                    play.uuid,
+                    play.sequence,
+                    play.payload_type,
+                    play.payload.len(),
+                    out,
+                );
+                out.extend_from_slice(play.payload);
+            }
+            Message::Clear(clear) => {
+                out.extend_from_slice(CLR);
+                out.extend_from_slice(clear.uuid.as_str().as_bytes());
+            }
+            Message::Mark(mark) => {
+                if mark.wire_name.contains(':') || mark.wire_name.len() > MAX_MARK_NAME {
+                    return Err(EncodeError::FieldContainsColon { field: "mark name" });
+                }
+                out.extend_from_slice(MARK);
+                out.extend_from_slice(mark.uuid.as_str().as_bytes());
+                out.push(b':');
+                out.extend_from_slice(mark.wire_name.as_bytes());
+                if mark.cleared {
+                    out.extend_from_slice(b":cleared");
+                }
             }
             Message::Ack(ack) => {
                 out.extend_from_slice(ACK);
@@ -562,6 +657,100 @@ impl<'a> Data<'a> {
         out.push(direction.flag());
         // Writing into a Vec cannot fail.
         let _ = write!(out, ":{payload_type}:{payload_len}:");
+    }
+}
+
+impl<'a> Play<'a> {
+    fn parse_body(body: &'a [u8]) -> Result<Self, ParseError> {
+        let missing = |field| ParseError::MissingField {
+            message: "PLAY",
+            field,
+        };
+        let (uuid, rest) = split_field(body).ok_or(missing("uuid"))?;
+        let (sequence, rest) = split_field(rest).ok_or(missing("seq"))?;
+        let (pt, rest) = split_field(rest).ok_or(missing("payload_type"))?;
+        let (length, payload) = split_field(rest).ok_or(missing("length"))?;
+        let uuid = Uuid::from_bytes(uuid)?;
+        let sequence = parse_decimal(sequence, 10)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| ParseError::BadNumber {
+                message: "PLAY",
+                field: "seq",
+                value: String::from_utf8_lossy(sequence).chars().take(16).collect(),
+            })?;
+        let payload_type = PayloadType::from_digits(pt)?;
+        let declared = parse_decimal(length, 5).ok_or_else(|| ParseError::BadLength {
+            length: String::from_utf8_lossy(length).into_owned(),
+        })? as usize;
+        if declared != payload.len() {
+            return Err(ParseError::LengthMismatch {
+                declared,
+                actual: payload.len(),
+            });
+        }
+        Ok(Play {
+            uuid,
+            sequence,
+            payload_type,
+            payload,
+        })
+    }
+
+    /// Appends `PLAY:UUID:SEQ:PT:LENGTH:` to `out`; the caller appends the payload.
+    pub fn encode_header(
+        uuid: Uuid<'_>,
+        sequence: u32,
+        payload_type: PayloadType,
+        payload_len: usize,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(PLAY);
+        out.extend_from_slice(uuid.as_str().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, ":{sequence}:{payload_type}:{payload_len}:");
+    }
+}
+
+impl<'a> Clear<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        if text.contains(':') {
+            return Err(ParseError::TrailingFields { message: "CLR" });
+        }
+        Ok(Clear {
+            uuid: Uuid::new(text)?,
+        })
+    }
+}
+
+impl<'a> Mark<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        let missing = |field| ParseError::MissingField {
+            message: "MARK",
+            field,
+        };
+        let mut fields = text.split(':');
+        let uuid = Uuid::new(fields.next().ok_or(missing("uuid"))?)?;
+        let wire_name = fields.next().ok_or(missing("name"))?;
+        if wire_name.len() > MAX_MARK_NAME {
+            return Err(ParseError::BadNumber {
+                message: "MARK",
+                field: "name length",
+                value: wire_name.len().to_string(),
+            });
+        }
+        let cleared = match fields.next() {
+            None => false,
+            Some("cleared") => true,
+            Some(_) => return Err(ParseError::TrailingFields { message: "MARK" }),
+        };
+        if fields.next().is_some() {
+            return Err(ParseError::TrailingFields { message: "MARK" });
+        }
+        Ok(Mark {
+            uuid,
+            wire_name,
+            cleared,
+        })
     }
 }
 
@@ -738,6 +927,60 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn play_clear_and_mark_round_trip() {
+        let uuid = Uuid::new("478525a8-8263-4550-b18c-d027d11c9865").unwrap();
+        let payload = [0u8, b':', 0xFF, 10];
+        let play = Message::Play(Play {
+            uuid,
+            sequence: 4_000_000_000,
+            payload_type: PayloadType::L16,
+            payload: &payload,
+        });
+        let wire = play.to_vec().unwrap();
+        assert!(wire.starts_with(b"PLAY:478525a8-8263-4550-b18c-d027d11c9865:4000000000:10:4:"));
+        assert_eq!(Message::parse(&wire).unwrap(), play);
+        let clear = Message::Clear(Clear { uuid });
+        assert_eq!(
+            clear.to_vec().unwrap(),
+            b"CLR :478525a8-8263-4550-b18c-d027d11c9865"
+        );
+        assert_eq!(Message::parse(&clear.to_vec().unwrap()).unwrap(), clear);
+        let name = Extensions::escape("end of: greeting 100%");
+        for cleared in [false, true] {
+            let mark = Message::Mark(Mark {
+                uuid,
+                wire_name: &name,
+                cleared,
+            });
+            let wire = mark.to_vec().unwrap();
+            let Message::Mark(back) = Message::parse(&wire).unwrap() else {
+                panic!()
+            };
+            assert_eq!(
+                (back.name().as_str(), back.cleared),
+                ("end of: greeting 100%", cleared)
+            );
+        }
+        for bad in [
+            &b"PLAY:478525a8:x:00:1:a"[..],
+            b"PLAY:478525a8:1:00:2:a",
+            b"CLR :478525a8:x",
+            b"MARK:478525a8",
+            b"MARK:478525a8:n:played",
+            b"MARK:478525a8:n:cleared:x",
+        ] {
+            assert!(
+                Message::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let text = ExtensionsBuilder::new().rate(16000).play().build();
+        assert!(Extensions::parse(&text).unwrap().play());
+        assert!(!Extensions::NONE.play());
     }
 
     #[test]

@@ -21,8 +21,9 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _, Messa
 use tokio_util::sync::CancellationToken;
 
 use super::encode::{Encoder, Outgoing, StreamShape, FRAME_MS};
+use super::inbound::{Incoming, Speaker};
 use super::{redact_url, Format, Profile};
-use crate::live::{CallInfo, LiveCall, LiveEvent};
+use crate::live::{CallInfo, LiveCall, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 
 /// First wait before a reconnection, doubled after each failure up to [`MAX_BACKOFF`].
@@ -66,6 +67,7 @@ impl Dialer {
     pub fn spawn(
         &self,
         live: &Arc<LiveCall>,
+        calls: &Arc<LiveCalls>,
         runtime: &tokio::runtime::Handle,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
@@ -84,6 +86,13 @@ impl Dialer {
             tls: self.tls.clone(),
             call: live.info(),
             events: live.subscribe(),
+            speaker: Speaker::new(
+                live.clone(),
+                calls.clone(),
+                metrics.clone(),
+                self.profile.format,
+                self.profile.rate,
+            ),
             buffer: VecDeque::new(),
             ended: None,
             stats: stats.clone(),
@@ -184,6 +193,8 @@ struct Stream {
     tls: Option<Arc<rustls::ClientConfig>>,
     call: CallInfo,
     events: broadcast::Receiver<LiveEvent>,
+    /// What the consumer sends back goes into the call through it.
+    speaker: Speaker,
     /// Events not yet encoded, oldest first.
     buffer: VecDeque<LiveEvent>,
     /// When the call ended, if it did.
@@ -330,6 +341,8 @@ impl Stream {
         };
         match &event {
             LiveEvent::Audio(frame) if !self.profile.tracks.has(frame.direction) => return,
+            // Another consumer's mark.
+            LiveEvent::Mark { name, .. } if !self.speaker.owns(name) => return,
             LiveEvent::End => self.ended = Some(Instant::now()),
             _ => {}
         }
@@ -381,6 +394,7 @@ impl Stream {
             params: self.profile.params.clone(),
         };
         let mut encoder = Encoder::new(shape, self.stream_sid.clone(), self.call.clone());
+        self.speaker.reconnected();
         let mut encoded = Vec::new();
         encoder.start(&mut encoded);
         let mut ahead: VecDeque<Outgoing> = encoded.drain(..).collect();
@@ -443,8 +457,17 @@ impl Stream {
                         let why = frame.map(|f| format!(" ({} {})", f.code, f.reason)).unwrap_or_default();
                         return self.lost(&mut current, &ahead, &encoder, format!("the consumer closed the connection{why}"));
                     }
-                    // Pings are answered by tungstenite; messages from the
-                    // consumer (marks, audio back) are not read in this direction.
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(answer) = self.speaker.heard(Incoming::Text(&text)) {
+                            ahead.push_back(answer);
+                        }
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if let Some(answer) = self.speaker.heard(Incoming::Binary(&bytes)) {
+                            ahead.push_back(answer);
+                        }
+                    }
+                    // Pings are answered by tungstenite.
                     Some(Ok(_)) => {}
                 },
                 () = deadline => {

@@ -187,6 +187,7 @@ impl Encoder {
         match event {
             LiveEvent::Audio(frame) => self.audio(frame, out),
             LiveEvent::Dtmf(dtmf) => self.dtmf(dtmf, out),
+            LiveEvent::Mark { name, cleared } => self.mark(name, *cleared, out),
             LiveEvent::End => self.stop(out),
         }
     }
@@ -285,6 +286,28 @@ impl Encoder {
                 "digit": dtmf.digit.to_string(),
                 "offset": dtmf.offset,
                 "duration_ms": dtmf.duration_ms,
+            }))),
+        }
+    }
+
+    /// A mark the consumer sent came back: played, or cleared. (Which marks
+    /// are this consumer's own is the shell's to know.)
+    fn mark(&mut self, name: &str, cleared: bool, out: &mut Vec<Outgoing>) {
+        match self.shape.format {
+            // As Twilio sends it for both: a played mark and a cleared one.
+            Format::Twilio => {
+                let sequence = self.next_sequence();
+                out.push(text(&json!({
+                    "event": "mark",
+                    "sequenceNumber": sequence,
+                    "streamSid": self.stream_sid,
+                    "mark": {"name": name},
+                })));
+            }
+            Format::Raw => out.push(text(&json!({
+                "event": "mark",
+                "name": name,
+                "cleared": cleared,
             }))),
         }
     }

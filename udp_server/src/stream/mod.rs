@@ -10,6 +10,7 @@
 
 pub mod dial;
 pub mod encode;
+pub mod inbound;
 pub mod resample;
 pub mod tls;
 
@@ -24,7 +25,7 @@ use rst_proto::Direction;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::LiveCall;
+use crate::live::{LiveCall, LiveCalls};
 use crate::metrics::Metrics;
 pub use dial::{StreamRecord, StreamStats};
 
@@ -366,6 +367,7 @@ pub fn redact_url(url: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Streams {
     profiles: Arc<[dial::Dialer]>,
+    calls: Arc<LiveCalls>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
@@ -376,6 +378,7 @@ impl Streams {
     /// stops the receiver at its start, not at the first call).
     pub fn new(
         profiles: &[Profile],
+        calls: Arc<LiveCalls>,
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
@@ -386,6 +389,7 @@ impl Streams {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Streams {
             profiles: profiles.into(),
+            calls,
             runtime,
             shutdown,
             metrics,
@@ -417,6 +421,7 @@ impl Streams {
             }
             started.push(dialer.spawn(
                 live,
+                &self.calls,
                 &self.runtime,
                 self.shutdown.clone(),
                 self.metrics.clone(),

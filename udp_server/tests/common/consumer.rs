@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 /// One WebSocket connection as the consumer saw it.
@@ -19,6 +19,8 @@ pub struct Connection {
     pub binaries: Vec<Vec<u8>>,
     /// The connection ended (the receiver closed it, or it broke).
     pub ended: bool,
+    /// What the test has the consumer send on this connection.
+    pub outbox: Option<tokio::sync::mpsc::UnboundedSender<Message>>,
 }
 
 /// How the consumer behaves.
@@ -71,6 +73,38 @@ impl Consumer {
 
     pub fn url(&self, scheme: &str) -> String {
         format!("{scheme}://127.0.0.1:{}/media", self.addr.port())
+    }
+
+    /// Has connection `index` send `messages` (the bot speaking).
+    pub fn send(&self, index: usize, messages: impl IntoIterator<Item = Message>) {
+        let connections = self.connections.lock().unwrap();
+        let outbox = connections[index]
+            .outbox
+            .as_ref()
+            .expect("the connection is open");
+        for message in messages {
+            outbox.send(message).unwrap();
+        }
+    }
+
+    /// Waits until `count` connections are open and have said something.
+    pub fn wait_open(&self, count: usize) -> Vec<Connection> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let connections = self.connections();
+            let open = connections
+                .iter()
+                .filter(|c| c.outbox.is_some() && (!c.texts.is_empty() || !c.binaries.is_empty()))
+                .count();
+            if open >= count {
+                return connections;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} connections did not open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn connections(&self) -> Vec<Connection> {
@@ -184,10 +218,21 @@ async fn session(
         tokio::time::sleep(Duration::from_secs(600)).await;
         return;
     }
+    let (outbox, mut to_send) = tokio::sync::mpsc::unbounded_channel();
+    connections.lock().unwrap()[index].outbox = Some(outbox);
     let mut media = 0;
     let mut closing = false;
-    while let Some(message) = socket.next().await {
-        let Ok(message) = message else { break };
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            Some(reply) = to_send.recv() => {
+                if socket.send(reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(message)) = message else { break };
         if matches!(message, Message::Close(_)) {
             break;
         }
