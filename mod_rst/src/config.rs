@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+pub use crate::play::PlayMode;
 pub use rst_proto::stream::Mode;
 
 /// Which audio is tapped.
@@ -35,6 +36,10 @@ pub struct Settings {
     /// The original's debug dump: every datagram sent, in hex, one file per call.
     pub write_hex: bool,
     pub hex_dir: String,
+    /// Audio a bot sends back (PLAY from the receiver): mixed into what the
+    /// caller hears, instead of it, or not at all (the INV then does not
+    /// say `play=1`).
+    pub play: Option<PlayMode>,
 }
 
 impl Default for Settings {
@@ -51,6 +56,7 @@ impl Default for Settings {
             queue_frames: 4096,
             write_hex: false,
             hex_dir: "/opt/nway/records".to_owned(),
+            play: Some(PlayMode::Mix),
         }
     }
 }
@@ -129,6 +135,12 @@ impl Settings {
                         settings.hex_dir = value.to_owned();
                     }
                 }
+                "play-mode" => match value.to_ascii_lowercase().as_str() {
+                    "mix" => settings.play = Some(PlayMode::Mix),
+                    "replace" => settings.play = Some(PlayMode::Replace),
+                    "off" => settings.play = None,
+                    _ => bad(),
+                },
                 _ => problems.push(format!("rst.conf: unknown parameter {name:?} ignored")),
             }
         }

@@ -175,6 +175,7 @@ impl SessionRef {
     /// must free it exactly then.
     pub unsafe fn add_bug(
         &self,
+        function: &CStr,
         callback: switch_media_bug_callback_t,
         user_data: *mut c_void,
         flags: switch_media_bug_flag_t,
@@ -184,7 +185,7 @@ impl SessionRef {
         let status = unsafe {
             switch_core_media_bug_add(
                 self.0,
-                c"rst".as_ptr(),
+                function.as_ptr(),
                 ptr::null(),
                 callback,
                 user_data,
@@ -198,6 +199,14 @@ impl SessionRef {
         } else {
             Err(status)
         }
+    }
+
+    /// Removes the session's bugs that have `callback`, if any: matched under
+    /// FreeSWITCH's bug lock, so a hangup removing them at the same time is
+    /// no double removal.
+    pub fn remove_bugs_with(&self, callback: switch_media_bug_callback_t) -> bool {
+        // SAFETY: a live session; only pointers are compared.
+        unsafe { switch_core_media_bug_remove_callback(self.0, callback) == SWITCH_STATUS_SUCCESS }
     }
 
     /// Removes a bug of this session; its CLOSE callback runs before this returns.

@@ -12,7 +12,8 @@ pub mod args;
 pub mod config;
 pub mod ffi;
 pub mod fs;
-pub mod sender;
+pub mod play;
+mod sender;
 pub mod tap;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use args::{ApiCommand, Target};
 use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
+use play::{PlayEvent, PlayFeed, PlayMode, PlayTap};
 use rst_proto::stream::{StreamStart, Trouble, RTP_EVENT_PAYLOAD_TYPE, RTP_L16_PAYLOAD_TYPE};
 use rst_proto::ExtensionsBuilder;
 use sender::{Command, Sender, StreamId};
@@ -48,6 +50,17 @@ const PRIVATE_KEY: &CStr = c"rst";
 const EVENT_START: &CStr = c"rst::start";
 const EVENT_STOP: &CStr = c"rst::stop";
 const EVENT_ERROR: &CStr = c"rst::error";
+const EVENT_PLAY_START: &CStr = c"rst::play_start";
+const EVENT_PLAY_STOP: &CStr = c"rst::play_stop";
+const EVENT_MARK: &CStr = c"rst::mark";
+const EVENTS: [&CStr; 6] = [
+    EVENT_START,
+    EVENT_STOP,
+    EVENT_ERROR,
+    EVENT_PLAY_START,
+    EVENT_PLAY_STOP,
+    EVENT_MARK,
+];
 
 struct Module {
     settings: Settings,
@@ -139,7 +152,7 @@ unsafe extern "C" fn module_load(
             active: HashMap::new(),
             next_stream: 1,
         });
-        for subclass in [EVENT_START, EVENT_STOP, EVENT_ERROR] {
+        for subclass in EVENTS {
             fs::reserve_event(subclass);
         }
         // SAFETY: `interface` is live; the registered strings and functions are 'static.
@@ -203,7 +216,7 @@ unsafe extern "C" fn module_shutdown() -> switch_status_t {
                 ),
             );
         }
-        for subclass in [EVENT_START, EVENT_STOP, EVENT_ERROR] {
+        for subclass in EVENTS {
             fs::free_event(subclass);
         }
         SWITCH_STATUS_SUCCESS
@@ -416,7 +429,17 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     };
     // The receiver's stream profiles the call goes to live (`rst_stream=bot,asr`).
     let streams = session.variable("rst_stream").unwrap_or_default();
-    let extensions = extensions.streams(streams.split(',')).build();
+    let extensions = extensions.streams(streams.split(','));
+    // Audio back (a bot's voice) goes through a bug of its own, first in the
+    // channel's list, so the recording bug's W sees what the caller hears.
+    let play = settings
+        .play
+        .and_then(|mode| add_play_bug(session, mode, &sender, &uuid));
+    let extensions = match play {
+        Some(_) => extensions.play(),
+        None => extensions,
+    }
+    .build();
     let start = StreamStart {
         uuid: uuid.clone(),
         caller,
@@ -435,7 +458,9 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     if !sender.control(Command::Start {
         stream: stream_id,
         start: Box::new(start),
+        play,
     }) {
+        remove_play_bug(session);
         return Err("the sender is not running".to_owned());
     }
     let tap = Box::into_raw(Tap::new(
@@ -447,6 +472,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     // SAFETY: `tap` stays valid until CLOSE, where bug_callback frees it exactly once.
     match unsafe {
         session.add_bug(
+            c"rst",
             Some(bug_callback),
             tap as *mut c_void,
             Tap::flags(settings.audio),
@@ -474,6 +500,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         Err(status) => {
             // SAFETY: the bug was not added, so nothing else holds `tap`.
             drop(unsafe { Box::from_raw(tap) });
+            remove_play_bug(session);
             sender.control(Command::Stop { stream: stream_id });
             let message = format!("cannot attach a media bug (status {status})");
             fs::fire_event(
@@ -485,6 +512,46 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     }
 }
 
+/// Adds the playback bug (WRITE_REPLACE, first in the list): returns the
+/// sender thread's side of the playback, or `None` (logged) when FreeSWITCH
+/// refuses the bug; the call then streams without audio back.
+fn add_play_bug(
+    session: &SessionRef,
+    mode: PlayMode,
+    sender: &Sender,
+    uuid: &str,
+) -> Option<Box<PlayFeed>> {
+    let (feed, tap) = play::channel(mode, sender.counters.play.clone());
+    let tap = Box::into_raw(Box::new(tap));
+    // SAFETY: `tap` stays valid until CLOSE, where play_bug_callback frees it exactly once.
+    match unsafe {
+        session.add_bug(
+            c"rst_play",
+            Some(play_bug_callback),
+            tap as *mut c_void,
+            SMBF_WRITE_REPLACE | SMBF_FIRST | SMBF_NO_PAUSE | SMBF_ONE_ONLY,
+        )
+    } {
+        Ok(_) => Some(Box::new(feed)),
+        Err(status) => {
+            // SAFETY: the bug was not added, so nothing else holds `tap`.
+            drop(unsafe { Box::from_raw(tap) });
+            fs::log(
+                SWITCH_LOG_WARNING,
+                Some(uuid),
+                &format!("rst: cannot attach the playback bug (status {status}); no audio can be played into this call"),
+            );
+            None
+        }
+    }
+}
+
+/// Removes the playback bug, if the channel has one (by its callback: a
+/// hangup may be removing it right now).
+fn remove_play_bug(session: &SessionRef) {
+    session.remove_bugs_with(Some(play_bug_callback));
+}
+
 /// Stops `session`'s stream: removing the bug runs its CLOSE, which sends the BYE.
 fn stop_stream(session: &SessionRef) -> Result<String, String> {
     let uuid = session.uuid();
@@ -492,9 +559,55 @@ fn stop_stream(session: &SessionRef) -> Result<String, String> {
     if bug.is_null() {
         return Err(format!("{uuid} is not streaming"));
     }
+    remove_play_bug(session);
     // SAFETY: the private holds this session's bug, cleared at its CLOSE.
     unsafe { session.remove_bug(bug) };
     Ok(format!("{uuid} stopped"))
+}
+
+/// The playback bug: on each frame FreeSWITCH is about to write to the
+/// channel, plays what the receiver sent into it. Never blocks, never
+/// allocates (`PlayTap::fill`).
+unsafe extern "C" fn play_bug_callback(
+    bug: *mut switch_media_bug_t,
+    user_data: *mut c_void,
+    kind: switch_abc_type_t,
+) -> switch_bool_t {
+    if user_data.is_null() {
+        return SWITCH_FALSE;
+    }
+    let tap = user_data as *mut PlayTap;
+    if kind == SWITCH_ABC_TYPE_CLOSE {
+        // SAFETY: CLOSE is the last callback: reclaim the box leaked in add_play_bug, once.
+        drop(unsafe { Box::from_raw(tap) });
+        return SWITCH_TRUE;
+    }
+    guarded("the playback bug", SWITCH_TRUE, || {
+        if kind != SWITCH_ABC_TYPE_WRITE_REPLACE {
+            return SWITCH_TRUE;
+        }
+        // SAFETY: inside WRITE_REPLACE the bug's write frame is live.
+        let frame = unsafe { switch_core_media_bug_get_write_replace_frame(bug) };
+        if frame.is_null() {
+            return SWITCH_TRUE;
+        }
+        // SAFETY: a live frame for the duration of the callback.
+        let raw = unsafe { &mut *frame };
+        let samples = (raw.datalen / 2) as usize;
+        if raw.data.is_null() || samples == 0 || (raw.data as usize) % 2 != 0 {
+            return SWITCH_TRUE;
+        }
+        // SAFETY: a write-replace frame is linear: `datalen` bytes of 16-bit
+        // samples in FreeSWITCH's buffer, aligned (checked above), ours to
+        // change during the callback.
+        let audio = unsafe { std::slice::from_raw_parts_mut(raw.data as *mut i16, samples) };
+        // SAFETY: between INIT and CLOSE the tap is live and only this bug's thread uses it.
+        if unsafe { &mut *tap }.fill(audio) {
+            // SAFETY: the frame FreeSWITCH handed us, changed in place.
+            unsafe { switch_core_media_bug_set_write_replace_frame(bug, frame) };
+        }
+        SWITCH_TRUE
+    })
 }
 
 unsafe extern "C" fn bug_callback(
@@ -611,6 +724,24 @@ impl sender::Report for EventReport {
         };
         fs::log(SWITCH_LOG_WARNING, Some(uuid), &format!("rst: {message}"));
         fs::fire_event(EVENT_ERROR, &[("Unique-ID", uuid), ("rst-error", &message)]);
+    }
+
+    fn play(&self, uuid: &str, event: &PlayEvent) {
+        match event {
+            PlayEvent::Started => fs::fire_event(EVENT_PLAY_START, &[("Unique-ID", uuid)]),
+            PlayEvent::Stopped(why) => fs::fire_event(
+                EVENT_PLAY_STOP,
+                &[("Unique-ID", uuid), ("rst-play-stop-reason", why)],
+            ),
+            PlayEvent::Mark { name, cleared } => fs::fire_event(
+                EVENT_MARK,
+                &[
+                    ("Unique-ID", uuid),
+                    ("rst-mark-name", name),
+                    ("rst-mark-cleared", if *cleared { "true" } else { "false" }),
+                ],
+            ),
+        }
     }
 
     fn socket_error(&self, uuid: &str, error: &std::io::Error) {

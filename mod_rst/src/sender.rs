@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rst_proto::{Direction, Message, RtpPorts};
 
 use crate::config::Mode;
+use crate::play::{PlayCounters, PlayEvent, PlayFeed};
 use rst_proto::stream::{Stream, StreamStart, Trouble, Via};
 
 /// Largest frame a media thread hands over: 20 ms of 48 kHz L16.
@@ -49,6 +50,8 @@ pub enum Command {
     Start {
         stream: StreamId,
         start: Box<StreamStart>,
+        /// The sender thread's side of the call's playback, when it can play.
+        play: Option<Box<PlayFeed>>,
     },
     /// Inline, so that queueing a frame allocates nothing: see [`Sender::try_frame`].
     Frame(Frame),
@@ -84,13 +87,15 @@ pub struct Counters {
     pub invs_unacknowledged: AtomicU64,
     pub byes_unacknowledged: AtomicU64,
     pub acks_received: AtomicU64,
+    /// Audio back into calls (PLAY, CLR, MARK).
+    pub play: Arc<PlayCounters>,
 }
 
 impl Counters {
     pub fn to_json(&self) -> String {
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}}}",
+            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}",
             c(&self.streams_started),
             c(&self.streams_active),
             c(&self.frames_queued),
@@ -104,6 +109,22 @@ impl Counters {
             c(&self.invs_unacknowledged),
             c(&self.byes_unacknowledged),
             c(&self.acks_received),
+        ) + &self.play_json()
+    }
+
+    /// `,"play":{...}}`: the playback counters, closing the object.
+    fn play_json(&self) -> String {
+        let p = &self.play;
+        let c = |counter: &AtomicU64| counter.load(Relaxed);
+        format!(
+            ",\"play\":{{\"frames_played\":{},\"frames_late\":{},\"gap_frames\":{},\"frames_dropped_full\":{},\"frames_unsupported\":{},\"clears\":{},\"marks\":{}}}}}",
+            c(&p.frames_played),
+            c(&p.frames_late),
+            c(&p.gap_frames),
+            c(&p.frames_dropped_full),
+            c(&p.frames_unsupported),
+            c(&p.clears),
+            c(&p.marks),
         )
     }
 }
@@ -112,6 +133,8 @@ impl Counters {
 pub trait Report: Send + 'static {
     fn trouble(&self, uuid: &str, trouble: &Trouble);
     fn socket_error(&self, uuid: &str, error: &io::Error);
+    /// Playback started or stopped, or a mark was played (or cleared).
+    fn play(&self, uuid: &str, event: &PlayEvent);
 }
 
 /// The media threads' side: cheap to clone, never blocks.
@@ -224,6 +247,7 @@ struct Live {
     stream: Stream,
     rtp: Option<[UdpSocket; 2]>,
     hex: Option<io::BufWriter<std::fs::File>>,
+    play: Option<Box<PlayFeed>>,
 }
 
 /// Longest sleep of the sender thread: how late an ACK can be noticed.
@@ -272,7 +296,11 @@ pub fn run(
         {
             let now = Instant::now();
             match command {
-                Command::Start { stream: id, start } => {
+                Command::Start {
+                    stream: id,
+                    start,
+                    play,
+                } => {
                     let uuid = start.uuid.clone();
                     let mut start = *start;
                     let rtp = if start.mode == Mode::Rtp {
@@ -299,7 +327,15 @@ pub fn run(
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
                             by_uuid.insert(uuid, id);
-                            live.insert(id, Live { stream, rtp, hex });
+                            live.insert(
+                                id,
+                                Live {
+                                    stream,
+                                    rtp,
+                                    hex,
+                                    play,
+                                },
+                            );
                         }
                         Err(error) => report.socket_error(&uuid, &io::Error::other(error)),
                     }
@@ -319,6 +355,12 @@ pub fn run(
                 }
                 Command::Stop { stream } => {
                     if let Some(entry) = live.get_mut(&stream) {
+                        // Marks never played are cleared, before the BYE.
+                        if let Some(mut feed) = entry.play.take() {
+                            let mut events = Vec::new();
+                            feed.finish(&mut |event| events.push(event));
+                            play_events(entry, &mut control, &counters, &report, events);
+                        }
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
@@ -337,16 +379,53 @@ pub fn run(
             }
         }
 
-        // ACKs from the receiver(s).
+        // ACKs, and audio back, from the receiver(s).
         acks.clear();
+        let mut marked = Vec::new();
         for socket in control.sockets() {
             while let Ok((len, _)) = socket.recv_from(&mut ack_buffer) {
-                if let Ok(Message::Ack(ack)) = Message::parse(&ack_buffer[..len]) {
-                    counters.acks_received.fetch_add(1, Relaxed);
-                    if let Some(&id) = by_uuid.get(ack.uuid.as_str()) {
+                let Ok(message) = Message::parse(&ack_buffer[..len]) else {
+                    continue;
+                };
+                let Some(&id) = by_uuid.get(message.uuid().as_str()) else {
+                    continue;
+                };
+                match message {
+                    Message::Ack(ack) => {
+                        counters.acks_received.fetch_add(1, Relaxed);
                         acks.push((id, ack.rtp_ports));
                     }
+                    Message::Play(play) => {
+                        if let Some(feed) = live.get_mut(&id).and_then(|e| e.play.as_mut()) {
+                            feed.play(&play);
+                        }
+                    }
+                    Message::Clear(_) => {
+                        if let Some(feed) = live.get_mut(&id).and_then(|e| e.play.as_mut()) {
+                            feed.clear();
+                        }
+                    }
+                    Message::Mark(mark) => {
+                        if let Some(feed) = live.get_mut(&id).and_then(|e| e.play.as_mut()) {
+                            feed.mark(mark.name(), &mut |event| marked.push((id, event)));
+                        }
+                    }
+                    _ => {}
                 }
+            }
+        }
+        // What the media threads played: MARKs back to the receiver, events.
+        for (&id, entry) in live.iter_mut() {
+            let mut events: Vec<PlayEvent> = marked
+                .iter()
+                .filter(|(of, _)| *of == id)
+                .map(|(_, event)| event.clone())
+                .collect();
+            if let Some(feed) = entry.play.as_mut() {
+                feed.poll(&mut |event| events.push(event));
+            }
+            if !events.is_empty() {
+                play_events(entry, &mut control, &counters, &report, events);
             }
         }
         let mut closed = Vec::new();
@@ -402,6 +481,26 @@ pub fn run(
     }
 }
 
+/// Playback events of one stream: a mark goes back to the receiver, and
+/// every event is reported (log and FreeSWITCH event).
+fn play_events(
+    entry: &mut Live,
+    control: &mut Control,
+    counters: &Counters,
+    report: &impl Report,
+    events: Vec<PlayEvent>,
+) {
+    for event in events {
+        if let PlayEvent::Mark { name, cleared } = &event {
+            let wire_name = rst_proto::Extensions::escape(name);
+            drive(entry, control, counters, |stream, emit| {
+                stream.mark(&wire_name, *cleared, emit)
+            });
+        }
+        report.play(entry.stream.uuid(), &event);
+    }
+}
+
 fn deliver(
     live: &mut HashMap<StreamId, Live>,
     control: &mut Control,
@@ -430,7 +529,9 @@ fn drive<R>(
     counters: &Counters,
     action: impl FnOnce(&mut Stream, &mut dyn FnMut(Via, SocketAddr, &[u8])) -> R,
 ) -> R {
-    let Live { stream, rtp, hex } = entry;
+    let Live {
+        stream, rtp, hex, ..
+    } = entry;
     // Frames go out from `frame` and, in RTP mode, from `ack` (those held until then).
     let before = stream.stats.frames_sent;
     let mut emit =

@@ -413,7 +413,13 @@ mod tests {
         let mut out = Vec::new();
         let t0 = Instant::now();
         for k in 0..20u32 {
-            pacer.command(PlayCommand::Audio { rate: 8000, samples: vec![1; 160] }, &mut out);
+            pacer.command(
+                PlayCommand::Audio {
+                    rate: 8000,
+                    samples: vec![1; 160],
+                },
+                &mut out,
+            );
             pacer.poll(t0 + FRAME * k / 2, &mut out);
         }
         // Sent by t0 + 190 ms: the lead and ten frames of real time, no more.
@@ -422,7 +428,13 @@ mod tests {
         pacer.poll(t0 + Duration::from_secs(1), &mut out);
         out.clear();
         let later = t0 + Duration::from_secs(5);
-        pacer.command(PlayCommand::Audio { rate: 8000, samples: vec![1; 160] }, &mut out);
+        pacer.command(
+            PlayCommand::Audio {
+                rate: 8000,
+                samples: vec![1; 160],
+            },
+            &mut out,
+        );
         pacer.poll(later, &mut out);
         assert_eq!(frames(&out).len(), 1);
     }

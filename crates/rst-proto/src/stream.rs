@@ -345,6 +345,28 @@ impl Stream {
         }
     }
 
+    /// Tells the receiver a point it marked was played (or, `cleared`,
+    /// dropped by a clear): `MARK:UUID:NAME[:cleared]`, `wire_name` as it came.
+    pub fn mark(
+        &mut self,
+        wire_name: &str,
+        cleared: bool,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        let Ok(uuid) = Uuid::new(&self.uuid) else {
+            return;
+        };
+        self.buffer.clear();
+        let mark = Message::Mark(crate::Mark {
+            uuid,
+            wire_name,
+            cleared,
+        });
+        if mark.encode(&mut self.buffer).is_ok() {
+            emit(Via::Control, self.target, &self.buffer);
+        }
+    }
+
     /// RTP mode: forwards a captured RTP packet unchanged (its sequence numbers,
     /// timestamps and SSRC carry the wire's loss and jitter to the recording).
     pub fn forward_rtp(

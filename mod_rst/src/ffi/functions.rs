@@ -64,6 +64,10 @@ extern "C" {
         session: *mut switch_core_session_t,
         bug: *mut *mut switch_media_bug_t,
     ) -> switch_status_t;
+    pub fn switch_core_media_bug_remove_callback(
+        session: *mut switch_core_session_t,
+        callback: switch_media_bug_callback_t,
+    ) -> switch_status_t;
     pub fn switch_core_media_bug_get_session(
         bug: *mut switch_media_bug_t,
     ) -> *mut switch_core_session_t;
@@ -73,6 +77,13 @@ extern "C" {
     pub fn switch_core_media_bug_get_native_write_frame(
         bug: *mut switch_media_bug_t,
     ) -> *mut switch_frame_t;
+    pub fn switch_core_media_bug_get_write_replace_frame(
+        bug: *mut switch_media_bug_t,
+    ) -> *mut switch_frame_t;
+    pub fn switch_core_media_bug_set_write_replace_frame(
+        bug: *mut switch_media_bug_t,
+        frame: *mut switch_frame_t,
+    );
     pub fn switch_core_media_bug_read(
         bug: *mut switch_media_bug_t,
         frame: *mut switch_frame_t,

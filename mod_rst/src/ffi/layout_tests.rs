@@ -144,6 +144,16 @@ fn values_used() {
         (SMBF_TAP_NATIVE_READ, SMBF_TAP_NATIVE_WRITE),
         (0x2000, 0x4000)
     );
+    // freeswitch-abi.md: SWITCH_ABC_TYPE_WRITE_REPLACE=3, SMBF_WRITE_REPLACE=4,
+    // SMBF_FIRST=67108864.
+    assert_eq!(
+        (
+            SWITCH_ABC_TYPE_WRITE_REPLACE,
+            SMBF_WRITE_REPLACE,
+            SMBF_FIRST
+        ),
+        (3, 4, 67_108_864)
+    );
     assert_eq!(
         SMBF_READ_STREAM | SMBF_WRITE_STREAM | SMBF_READ_PING | SMBF_STEREO,
         0x33

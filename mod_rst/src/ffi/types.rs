@@ -34,6 +34,7 @@ pub const SWITCH_TRUE: switch_bool_t = 1;
 pub const SWITCH_ABC_TYPE_INIT: switch_abc_type_t = 0;
 pub const SWITCH_ABC_TYPE_READ: switch_abc_type_t = 1;
 pub const SWITCH_ABC_TYPE_WRITE: switch_abc_type_t = 2;
+pub const SWITCH_ABC_TYPE_WRITE_REPLACE: switch_abc_type_t = 3;
 pub const SWITCH_ABC_TYPE_READ_PING: switch_abc_type_t = 5;
 pub const SWITCH_ABC_TYPE_TAP_NATIVE_READ: switch_abc_type_t = 6;
 pub const SWITCH_ABC_TYPE_TAP_NATIVE_WRITE: switch_abc_type_t = 7;
@@ -41,12 +42,14 @@ pub const SWITCH_ABC_TYPE_CLOSE: switch_abc_type_t = 8;
 
 pub const SMBF_READ_STREAM: switch_media_bug_flag_t = 1;
 pub const SMBF_WRITE_STREAM: switch_media_bug_flag_t = 2;
+pub const SMBF_WRITE_REPLACE: switch_media_bug_flag_t = 4;
 pub const SMBF_READ_PING: switch_media_bug_flag_t = 0x10;
 pub const SMBF_STEREO: switch_media_bug_flag_t = 0x20;
 pub const SMBF_NO_PAUSE: switch_media_bug_flag_t = 0x400;
 pub const SMBF_TAP_NATIVE_READ: switch_media_bug_flag_t = 0x2000;
 pub const SMBF_TAP_NATIVE_WRITE: switch_media_bug_flag_t = 0x4000;
 pub const SMBF_ONE_ONLY: switch_media_bug_flag_t = 0x8000;
+pub const SMBF_FIRST: switch_media_bug_flag_t = 0x0400_0000;
 
 pub const SWITCH_LOG_DEBUG: switch_log_level_t = 7;
 pub const SWITCH_LOG_INFO: switch_log_level_t = 6;

@@ -354,6 +354,7 @@ pub unsafe extern "C" fn switch_core_media_bug_add(
         prune: Default::default(),
         native_read: Default::default(),
         native_write: Default::default(),
+        write_replace: Default::default(),
         audio: Default::default(),
         callbacks_after_close: Default::default(),
         reads_ok: Default::default(),
@@ -371,7 +372,12 @@ pub unsafe extern "C" fn switch_core_media_bug_add(
     }
     bug.state.store(BUG_READY, Ordering::SeqCst);
     session.bugs_added.fetch_add(1, Ordering::SeqCst);
-    list.push(bug.clone());
+    // SMBF_FIRST puts the bug at the head of the list, as FreeSWITCH does.
+    if flags & SMBF_FIRST != 0 {
+        list.insert(0, bug.clone());
+    } else {
+        list.push(bug.clone());
+    }
     drop(list);
     // SAFETY: checked non-NULL above.
     unsafe { *new_bug = bug.pointer() };
@@ -450,6 +456,35 @@ pub unsafe extern "C" fn switch_core_media_bug_remove(
 }
 
 /// # Safety
+/// `session` a session pointer.
+#[no_mangle]
+pub unsafe extern "C" fn switch_core_media_bug_remove_callback(
+    session: *mut switch_core_session_t,
+    callback: switch_media_bug_callback_t,
+) -> switch_status_t {
+    let Some(session) = session_of(session, "switch_core_media_bug_remove_callback") else {
+        return SWITCH_STATUS_FALSE;
+    };
+    // Matched under the list's lock, as FreeSWITCH does: none is no error.
+    let removed: Vec<Arc<Bug>> = {
+        let mut list = session.bug_list.write().unwrap_or_else(|e| e.into_inner());
+        let (matching, kept) = list
+            .drain(..)
+            .partition(|b| b.callback.map(|f| f as usize) == callback.map(|f| f as usize));
+        *list = kept;
+        matching
+    };
+    for bug in &removed {
+        bug.close();
+    }
+    if removed.is_empty() {
+        SWITCH_STATUS_FALSE
+    } else {
+        SWITCH_STATUS_SUCCESS
+    }
+}
+
+/// # Safety
 /// `bug` must be a bug pointer.
 #[no_mangle]
 pub unsafe extern "C" fn switch_core_media_bug_get_session(
@@ -515,6 +550,52 @@ pub unsafe extern "C" fn switch_core_media_bug_get_native_write_frame(
     bug: *mut switch_media_bug_t,
 ) -> *mut switch_frame_t {
     native_frame(bug, true)
+}
+
+/// # Safety
+/// `bug` a bug pointer.
+#[no_mangle]
+pub unsafe extern "C" fn switch_core_media_bug_get_write_replace_frame(
+    bug: *mut switch_media_bug_t,
+) -> *mut switch_frame_t {
+    let function = "switch_core_media_bug_get_write_replace_frame";
+    let Some(bug) = bug_of(bug, function) else {
+        return ptr::null_mut();
+    };
+    let frame = bug.write_replace.load(Ordering::SeqCst);
+    if frame.is_null() {
+        violation(
+            Some(&bug.session.uuid),
+            format!("{function} outside its WRITE_REPLACE callback: FreeSWITCH returns NULL"),
+        );
+    }
+    frame
+}
+
+/// # Safety
+/// `bug` a bug pointer, `frame` the frame its WRITE_REPLACE callback got.
+#[no_mangle]
+pub unsafe extern "C" fn switch_core_media_bug_set_write_replace_frame(
+    bug: *mut switch_media_bug_t,
+    frame: *mut switch_frame_t,
+) {
+    let function = "switch_core_media_bug_set_write_replace_frame";
+    let Some(bug) = bug_of(bug, function) else {
+        return;
+    };
+    let current = bug.write_replace.load(Ordering::SeqCst);
+    if current.is_null() {
+        violation(
+            Some(&bug.session.uuid),
+            format!("{function} outside its WRITE_REPLACE callback"),
+        );
+    } else if frame != current {
+        // The host keeps it simple: the module changes the frame it got.
+        violation(
+            Some(&bug.session.uuid),
+            format!("{function}: a frame other than the one the callback got"),
+        );
+    }
 }
 
 /// # Safety
@@ -1025,7 +1106,7 @@ extern "C" {
 /// the linker drops one (the executable itself never calls most of them) and
 /// shim.c's object is linked in.
 #[used]
-static KEEP: [unsafe extern "C" fn(); 31] = {
+static KEEP: [unsafe extern "C" fn(); 34] = {
     macro_rules! keep {
         ($($f:path),* $(,)?) => {
             // SAFETY: only addresses are taken; these are never called through this type.
@@ -1048,9 +1129,12 @@ static KEEP: [unsafe extern "C" fn(); 31] = {
         switch_core_event_hook_remove_recv_dtmf,
         switch_core_media_bug_add,
         switch_core_media_bug_remove,
+        switch_core_media_bug_remove_callback,
         switch_core_media_bug_get_session,
         switch_core_media_bug_get_native_read_frame,
         switch_core_media_bug_get_native_write_frame,
+        switch_core_media_bug_get_write_replace_frame,
+        switch_core_media_bug_set_write_replace_frame,
         switch_core_media_bug_read,
         switch_log_printf,
         switch_xml_open_cfg,
@@ -1084,9 +1168,12 @@ pub(crate) const NAMES: &[&str] = &[
     "switch_core_event_hook_remove_recv_dtmf",
     "switch_core_media_bug_add",
     "switch_core_media_bug_remove",
+    "switch_core_media_bug_remove_callback",
     "switch_core_media_bug_get_session",
     "switch_core_media_bug_get_native_read_frame",
     "switch_core_media_bug_get_native_write_frame",
+    "switch_core_media_bug_get_write_replace_frame",
+    "switch_core_media_bug_set_write_replace_frame",
     "switch_core_media_bug_read",
     "switch_log_printf",
     "switch_xml_open_cfg",

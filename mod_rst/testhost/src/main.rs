@@ -257,6 +257,18 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             media::join(&s);
             Ok(json!({}))
         }
+        "heard" => {
+            // What the caller heard so far (after WRITE_REPLACE bugs), as
+            // 16-bit samples; `heard UUID clear` forgets them.
+            let (uuid, rest) = split_word(rest);
+            let s = any_session(uuid)?;
+            let mut media = lock(&s.media);
+            let samples = media.heard.clone();
+            if split_word(rest).0 == "clear" {
+                media.heard.clear();
+            }
+            Ok(json!({"samples": samples}))
+        }
         "dtmf" => {
             // A digit the channel receives: FreeSWITCH runs the session's
             // recv_dtmf hooks (switch_core_session_recv_dtmf), on its own thread.

@@ -80,6 +80,8 @@ fn tone_frame(kind: CodecKind, rate: u32, hz: f64, amp: f64, first: u64) -> Arc<
 pub(crate) struct Frame {
     encoded: Vec<u8>,
     tone: Option<Arc<Tone>>,
+    /// The linear audio after WRITE_REPLACE bugs changed it, when they did.
+    replaced: Option<Vec<u8>>,
     frame: Box<switch_frame_t>,
 }
 
@@ -88,6 +90,7 @@ impl Frame {
         Frame {
             encoded: Vec::with_capacity(2048),
             tone: None,
+            replaced: None,
             // SAFETY: an all-zero frame is valid (NULL pointers, zero numbers).
             frame: Box::new(unsafe { std::mem::zeroed() }),
         }
@@ -99,7 +102,71 @@ impl Frame {
     }
 
     fn linear(&self) -> &[u8] {
-        self.tone.as_ref().map_or(&[], |t| &t.linear)
+        match &self.replaced {
+            Some(linear) => linear,
+            None => self.tone.as_ref().map_or(&[], |t| &t.linear),
+        }
+    }
+
+    /// Runs the WRITE_REPLACE bugs on the frame's linear audio, as
+    /// FreeSWITCH does before it encodes what it writes, and encodes what
+    /// they leave; returns what the far end decodes (what the caller hears).
+    fn write_replace(
+        &mut self,
+        bugs: &[Arc<Bug>],
+        kind: CodecKind,
+        codec: *mut switch_codec_t,
+        run: &mut dyn FnMut(&Arc<Bug>, u32),
+    ) -> Vec<i16> {
+        let mut linear: Vec<i16> = self
+            .linear()
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        if !bugs.is_empty() {
+            // SAFETY: an all-zero frame is valid (NULL pointers, zero numbers).
+            let mut frame: Box<switch_frame_t> = Box::new(unsafe { std::mem::zeroed() });
+            frame.codec = codec;
+            frame.data = linear.as_mut_ptr().cast();
+            frame.datalen = (linear.len() * 2) as u32;
+            frame.buflen = frame.datalen;
+            frame.samples = linear.len() as u32;
+            frame.rate = self.frame.rate;
+            frame.channels = 1;
+            for bug in bugs {
+                bug.write_replace.store(&mut *frame, Ordering::SeqCst);
+                run(bug, SWITCH_ABC_TYPE_WRITE_REPLACE);
+                bug.write_replace
+                    .store(std::ptr::null_mut(), Ordering::SeqCst);
+            }
+            // Encoded again: the native write tap sees the frame on the wire.
+            self.encoded.clear();
+            let mut replaced = Vec::with_capacity(linear.len() * 2);
+            for sample in &mut linear {
+                let heard = match kind {
+                    CodecKind::Pcmu => {
+                        let byte = g711::ulaw_encode(*sample);
+                        self.encoded.push(byte);
+                        g711::ulaw_decode(byte)
+                    }
+                    CodecKind::Pcma => {
+                        let byte = g711::alaw_encode(*sample);
+                        self.encoded.push(byte);
+                        g711::alaw_decode(byte)
+                    }
+                    CodecKind::L16 => {
+                        self.encoded.extend_from_slice(&sample.to_le_bytes());
+                        *sample
+                    }
+                };
+                *sample = heard;
+                replaced.extend_from_slice(&heard.to_le_bytes());
+            }
+            self.frame.data = self.encoded.as_mut_ptr().cast();
+            self.frame.datalen = self.encoded.len() as u32;
+            self.replaced = Some(replaced);
+        }
+        linear
     }
 
     /// Fills the frame with the tone from sample index `first`.
@@ -115,6 +182,7 @@ impl Frame {
         seq: u16,
     ) {
         let tone = tone_frame(kind, rate, hz, amp, first);
+        self.replaced = None;
         // The module gets a private copy, as a real frame buffer would be.
         self.encoded.clear();
         self.encoded.extend_from_slice(&tone.encoded);
@@ -294,7 +362,26 @@ pub(crate) fn tick(
         {
             run(bug, SWITCH_ABC_TYPE_READ_PING);
         }
-        // The write path.
+        // The write path: the WRITE_REPLACE bugs first (SMBF_FIRST ones at the
+        // head of the list), then what is written is what the others see.
+        let replacing: Vec<Arc<Bug>> = list
+            .iter()
+            .filter(|b| ready(b) && b.has(SMBF_WRITE_REPLACE))
+            .cloned()
+            .collect();
+        let heard = write.write_replace(
+            &replacing,
+            write_kind,
+            session.write_codec.pointer(),
+            &mut |bug, abc| run(bug, abc),
+        );
+        {
+            let mut media = lock(&session.media);
+            // At most ten minutes at 48 kHz.
+            if media.heard.len() < 48_000 * 600 {
+                media.heard.extend_from_slice(&heard);
+            }
+        }
         for bug in list
             .iter()
             .filter(|b| ready(b) && b.has(SMBF_TAP_NATIVE_WRITE))

@@ -139,6 +139,7 @@ pub(crate) fn abc_name(abc: u32) -> &'static str {
         SWITCH_ABC_TYPE_INIT => "INIT",
         SWITCH_ABC_TYPE_READ => "READ",
         SWITCH_ABC_TYPE_WRITE => "WRITE",
+        SWITCH_ABC_TYPE_WRITE_REPLACE => "WRITE_REPLACE",
         SWITCH_ABC_TYPE_READ_PING => "READ_PING",
         SWITCH_ABC_TYPE_TAP_NATIVE_READ => "TAP_NATIVE_READ",
         SWITCH_ABC_TYPE_TAP_NATIVE_WRITE => "TAP_NATIVE_WRITE",
@@ -372,6 +373,9 @@ impl Sent {
 pub(crate) struct MediaState {
     pub(crate) read: Sent,
     pub(crate) write: Sent,
+    /// What the channel wrote after the WRITE_REPLACE bugs (what the caller
+    /// heard), linear, decoded as the far end decodes it; bounded.
+    pub(crate) heard: Vec<i16>,
     pub(crate) running: bool,
     pub(crate) thread: Option<std::thread::JoinHandle<()>>,
     pub(crate) late_ticks: u64,
@@ -667,6 +671,8 @@ pub(crate) struct Bug {
     pub(crate) prune: AtomicBool,
     pub(crate) native_read: AtomicPtr<switch_frame_t>,
     pub(crate) native_write: AtomicPtr<switch_frame_t>,
+    /// The linear frame of a WRITE_REPLACE callback, while it runs.
+    pub(crate) write_replace: AtomicPtr<switch_frame_t>,
     pub(crate) audio: Mutex<BugAudio>,
     pub(crate) callbacks_after_close: AtomicU64,
     pub(crate) reads_ok: AtomicU64,

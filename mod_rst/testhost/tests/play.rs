@@ -1,0 +1,257 @@
+//! Audio back into the call through the real `mod_rst.so` in the test host:
+//! a bot (a real WebSocket server, `twilio` format) answers a call the
+//! receiver streams to it; the receiver paces its audio to the module as
+//! PLAY; the module plays it into what the channel writes. What the caller
+//! heard (the host's write path after WRITE_REPLACE) is checked sample by
+//! sample, and so is the recording's W.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use udp_server::stream::{CallsSpec, Format, ProfileSpec, Tracks};
+use udp_server::Settings;
+
+/// What the bot does once a call's stream starts.
+#[derive(Clone)]
+struct Script {
+    /// µ-law audio to say (sent at once, as text-to-speech services do).
+    say: Vec<u8>,
+    mark: Option<&'static str>,
+    /// Barge in this long after starting to speak.
+    clear_after: Option<Duration>,
+}
+
+/// A bot on 127.0.0.1: runs `script` on each stream and keeps what it got.
+fn bot(script: Script) -> (String, Arc<Mutex<Vec<Vec<serde_json::Value>>>>) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}/bot", listener.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<Vec<serde_json::Value>>>> = Arc::default();
+    let shared = got.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (shared, script) = (shared.clone(), script.clone());
+                tokio::spawn(async move {
+                    let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    let (mut write, mut read) = socket.split();
+                    let mut messages = Vec::new();
+                    let mut clear_at = None;
+                    loop {
+                        let sleep = async {
+                            match clear_at {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let message = tokio::select! {
+                            message = read.next() => message,
+                            () = sleep => {
+                                clear_at = None;
+                                let _ = write.send(Message::text(r#"{"event":"clear","streamSid":"x"}"#)).await;
+                                continue;
+                            }
+                        };
+                        let Some(Ok(message)) = message else { break };
+                        let Ok(text) = message.to_text() else { continue };
+                        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+                            continue;
+                        };
+                        if value["event"] == "start" {
+                            for chunk in script.say.chunks(160) {
+                                let payload = base64::engine::general_purpose::STANDARD.encode(chunk);
+                                let media = format!(r#"{{"event":"media","media":{{"payload":"{payload}"}}}}"#);
+                                write.send(Message::text(media)).await.unwrap();
+                            }
+                            if let Some(mark) = script.mark {
+                                let mark = format!(r#"{{"event":"mark","mark":{{"name":"{mark}"}}}}"#);
+                                write.send(Message::text(mark)).await.unwrap();
+                            }
+                            clear_at = script.clear_after.map(|d| tokio::time::Instant::now() + d);
+                        }
+                        messages.push(value);
+                    }
+                    shared.lock().unwrap().push(messages);
+                });
+            }
+        });
+    });
+    (url, got)
+}
+
+fn receiver_for(url: String) -> Receiver {
+    Receiver::with(Settings {
+        stream: vec![ProfileSpec {
+            name: "bot".into(),
+            format: Some(Format::Twilio),
+            tracks: Some(Tracks::Inbound),
+            calls: Some(CallsSpec::Word("all".into())),
+            ..ProfileSpec::simple(url)
+        }],
+        ..Settings::default()
+    })
+}
+
+/// Where `run` starts in `samples`, if it is there whole.
+fn find(samples: &[i16], run: &[i16]) -> Option<usize> {
+    samples.windows(run.len()).position(|w| w == run)
+}
+
+fn heard(host: &mut Host, u: &str) -> Vec<i16> {
+    serde_json::from_value(host.ok(&format!("heard {u}"))["samples"].clone()).unwrap()
+}
+
+#[test]
+fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
+    let speech: Vec<u8> = (0..8000)
+        .map(|n| {
+            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
+        })
+        .collect();
+    let (url, got) = bot(Script {
+        say: speech.clone(),
+        mark: Some("said it"),
+        clear_after: None,
+    });
+    let receiver = receiver_for(url);
+    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x900);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 3 write_hz=500"));
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    let events = host.ok("events");
+    host.ok(&format!("hangup {u}"));
+    let record = receiver.record(&u);
+    finish(host);
+
+    // The bot's second, exactly (µ-law in, µ-law out: no requantization).
+    let expected: Vec<i16> = speech
+        .iter()
+        .map(|&b| rst_codec::ulaw_to_linear(b))
+        .collect();
+    let at = find(&caller_heard, &expected[..160]).expect("the caller heard the bot");
+    assert_eq!(
+        &caller_heard[at..at + 8000],
+        &expected[..],
+        "the whole second, in order"
+    );
+    // Before and after it, the channel's own 500 Hz.
+    assert!(at > 0 && caller_heard.len() > at + 8000);
+    // The recording's W is what the caller heard.
+    let (_, w) = direction_wav(&record, "W");
+    assert!(
+        find(&w, &expected[..800]).is_some(),
+        "W has the bot's voice"
+    );
+    // The mark came back to the bot, as Twilio says it, after its audio.
+    let streams = wait_for("the bot's stream to end", || {
+        got.lock().unwrap().first().cloned()
+    });
+    let marks: Vec<_> = streams.iter().filter(|m| m["event"] == "mark").collect();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0]["mark"]["name"], "said it");
+    let fired: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subclass"].as_str().unwrap_or(""))
+        .collect();
+    for subclass in ["rst::play_start", "rst::mark", "rst::play_stop"] {
+        assert!(fired.contains(&subclass), "{subclass} in {fired:?}");
+    }
+}
+
+#[test]
+fn a_bots_clear_stops_its_audio_at_once_and_its_mark_is_reported_cleared() {
+    let speech: Vec<u8> = (0..8000 * 4)
+        .map(|n| {
+            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
+        })
+        .collect();
+    let (url, got) = bot(Script {
+        say: speech.clone(),
+        mark: Some("end of sentence"),
+        clear_after: Some(Duration::from_secs(1)),
+    });
+    let receiver = receiver_for(url);
+    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x901);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 4 write_hz=500"));
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    host.ok(&format!("hangup {u}"));
+    finish(host);
+    let expected: Vec<i16> = speech
+        .iter()
+        .map(|&b| rst_codec::ulaw_to_linear(b))
+        .collect();
+    let at = find(&caller_heard, &expected[..160]).expect("the caller heard the bot");
+    // How long the bot's audio went on: until it stops matching.
+    let played = caller_heard[at..]
+        .iter()
+        .zip(&expected)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        played < expected.len(),
+        "the clear cut the sentence ({played} samples played)"
+    );
+    // After the cut, the channel's own audio, never the rest of the sentence.
+    let rest = &caller_heard[at + played..];
+    assert!(
+        find(rest, &expected[played..played + 160]).is_none(),
+        "nothing after the clear"
+    );
+    let streams = wait_for("the bot's stream to end", || {
+        got.lock().unwrap().first().cloned()
+    });
+    let marks: Vec<_> = streams.iter().filter(|m| m["event"] == "mark").collect();
+    assert_eq!(marks.len(), 1, "the cleared mark is reported: {marks:?}");
+}
+
+#[test]
+fn unloading_while_audio_is_queued_is_clean() {
+    let speech = vec![ulaw(3000); 8000 * 10];
+    let (url, _got) = bot(Script {
+        say: speech,
+        mark: Some("never"),
+        clear_after: None,
+    });
+    let receiver = receiver_for(url);
+    let conf = conf_for(&receiver, &[]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x902);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 30"));
+    // Unload once the bot's audio is being played.
+    wait_for("the bot's audio in the call", || {
+        let status = host.ok("api rst_status");
+        let text = status["output"].as_str().unwrap_or("").to_owned();
+        (!text.contains("\"frames_played\":0,")).then_some(())
+    });
+    finish(host);
+    let record = receiver.record(&u);
+    assert_eq!(record["end_reason"], "bye", "{record}");
+}
