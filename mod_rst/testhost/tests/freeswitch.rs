@@ -11,7 +11,9 @@
 //! each tone in the right direction. Then a real SIP call from sipp (its
 //! `uac_pcap` scenario: PCMA audio, then an RFC 2833 digit 1) asks for a live
 //! stream (`rst_stream`): the digit reaches the record and the stream's `dtmf`
-//! message.
+//! message. Last, a bot answers a loopback call's stream with 3 s of 700 Hz
+//! and a mark, and clears after 1 s: the call's W carries the bot's voice for
+//! about a second, then the channel's own tone, and the mark comes back cleared.
 
 mod common;
 
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Script;
 use common::*;
 
 struct FreeSwitch {
@@ -155,6 +158,15 @@ fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> S
           <action application="set" data="execute_on_answer=rst 127.0.0.1 {receiver_port}"/>
           <action application="answer"/>
           <action application="park"/>
+        </condition>
+      </extension>
+      <extension name="bot_talks">
+        <condition field="destination_number" expression="^1003$">
+          <action application="set" data="rst_stream=playbot"/>
+          <action application="set" data="execute_on_answer=rst 127.0.0.1 {receiver_port}"/>
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(6000,0,500)"/>
+          <action application="hangup"/>
         </condition>
       </extension>
       <extension name="rst_on_answer_quoted">
@@ -302,13 +314,27 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
         prefix.display()
     );
     let (bot, connections) = consumer();
+    let speech: Vec<u8> = (0..8000 * 3)
+        .map(|n| {
+            ulaw(
+                (7000.0 * (2.0 * std::f64::consts::PI * 700.0 * f64::from(n) / 8000.0).sin())
+                    as i16,
+            )
+        })
+        .collect();
+    let (playbot, spoken_to) = common::bot(Script {
+        say: speech,
+        mark: Some("reply"),
+        clear_after: Some(Duration::from_secs(1)),
+    });
+    let profile = |name: &str, url: String| udp_server::stream::ProfileSpec {
+        name: name.into(),
+        format: Some(udp_server::stream::Format::Twilio),
+        calls: Some(udp_server::stream::CallsSpec::Word("asked".into())),
+        ..udp_server::stream::ProfileSpec::simple(url)
+    };
     let receiver = Receiver::with(udp_server::Settings {
-        stream: vec![udp_server::stream::ProfileSpec {
-            name: "bot".into(),
-            format: Some(udp_server::stream::Format::Twilio),
-            calls: Some(udp_server::stream::CallsSpec::Word("asked".into())),
-            ..udp_server::stream::ProfileSpec::simple(bot)
-        }],
+        stream: vec![profile("bot", bot), profile("playbot", playbot)],
         ..udp_server::Settings::default()
     });
     let sip_port = free_port();
@@ -426,5 +452,56 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
     assert_eq!(dtmf.len(), 1, "{dtmf:?}");
     assert_eq!(dtmf[0]["dtmf"]["digit"], "1");
     assert_eq!(messages.last().unwrap()["event"], "stop");
+
+    // 5. A bot talks into a call, and barges in on itself after a second.
+    assert!(fs
+        .cli("originate loopback/1003/default &park")
+        .starts_with("+OK"));
+    let record = wait_for("the talking bot's call", || {
+        records_in(receiver.dir.path())
+            .into_iter()
+            .find(|r| r["streams"][0]["profile"] == "playbot")
+    });
+    let (spec, w) = direction_wav(&record, "W");
+    let rate = f64::from(spec.sample_rate);
+    // 20 ms windows: where the bot's 700 Hz is, and where the channel's 500 Hz.
+    let window = (rate / 50.0) as usize;
+    let bot_windows: Vec<bool> = w
+        .chunks(window)
+        .map(|c| tone_share(c, rate, 700.0) > 0.3)
+        .collect();
+    let first = bot_windows
+        .iter()
+        .position(|&b| b)
+        .expect("the bot's voice is in W");
+    let spoken = bot_windows[first..].iter().take_while(|&&b| b).count();
+    let after = &w[(first + spoken) * window..];
+    eprintln!(
+        "the bot's voice in W: {} ms from {} ms into the call; after it, 500 Hz holds {:.2} of the first 200 ms",
+        spoken * 20,
+        first * 20,
+        tone_share(&after[..(rate / 5.0) as usize], rate, 500.0)
+    );
+    assert!(
+        (40..=75).contains(&spoken),
+        "about a second of the bot (cleared after 1 s of 3): {} ms",
+        spoken * 20
+    );
+    assert!(
+        bot_windows[first + spoken..].iter().all(|&b| !b),
+        "nothing of the bot after the clear"
+    );
+    assert!(
+        tone_share(&after[..(rate / 5.0) as usize], rate, 500.0) > 0.5,
+        "then the channel's own tone"
+    );
+    let got = wait_for("the talking bot's stream to end", || {
+        spoken_to.lock().unwrap().first().cloned()
+    });
+    let marks: Vec<_> = got.iter().filter(|m| m["event"] == "mark").collect();
+    assert_eq!(marks.len(), 1, "the mark, reported cleared: {marks:?}");
+    assert_eq!(marks[0]["mark"]["name"], "reply");
+    let status = fs.cli("rst_status");
+    assert!(status.contains("\"clears\":1"), "{status}");
     fs.cli("shutdown");
 }

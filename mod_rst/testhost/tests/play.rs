@@ -7,89 +7,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use udp_server::stream::{CallsSpec, Format, ProfileSpec, Tracks};
 use udp_server::Settings;
-
-/// What the bot does once a call's stream starts.
-#[derive(Clone)]
-struct Script {
-    /// µ-law audio to say (sent at once, as text-to-speech services do).
-    say: Vec<u8>,
-    mark: Option<&'static str>,
-    /// Barge in this long after starting to speak.
-    clear_after: Option<Duration>,
-}
-
-/// A bot on 127.0.0.1: runs `script` on each stream and keeps what it got.
-fn bot(script: Script) -> (String, Arc<Mutex<Vec<Vec<serde_json::Value>>>>) {
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("ws://{}/bot", listener.local_addr().unwrap());
-    let got: Arc<Mutex<Vec<Vec<serde_json::Value>>>> = Arc::default();
-    let shared = got.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let (shared, script) = (shared.clone(), script.clone());
-                tokio::spawn(async move {
-                    let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                    let (mut write, mut read) = socket.split();
-                    let mut messages = Vec::new();
-                    let mut clear_at = None;
-                    loop {
-                        let sleep = async {
-                            match clear_at {
-                                Some(at) => tokio::time::sleep_until(at).await,
-                                None => std::future::pending().await,
-                            }
-                        };
-                        let message = tokio::select! {
-                            message = read.next() => message,
-                            () = sleep => {
-                                clear_at = None;
-                                let _ = write.send(Message::text(r#"{"event":"clear","streamSid":"x"}"#)).await;
-                                continue;
-                            }
-                        };
-                        let Some(Ok(message)) = message else { break };
-                        let Ok(text) = message.to_text() else { continue };
-                        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-                            continue;
-                        };
-                        if value["event"] == "start" {
-                            for chunk in script.say.chunks(160) {
-                                let payload = base64::engine::general_purpose::STANDARD.encode(chunk);
-                                let media = format!(r#"{{"event":"media","media":{{"payload":"{payload}"}}}}"#);
-                                write.send(Message::text(media)).await.unwrap();
-                            }
-                            if let Some(mark) = script.mark {
-                                let mark = format!(r#"{{"event":"mark","mark":{{"name":"{mark}"}}}}"#);
-                                write.send(Message::text(mark)).await.unwrap();
-                            }
-                            clear_at = script.clear_after.map(|d| tokio::time::Instant::now() + d);
-                        }
-                        messages.push(value);
-                    }
-                    shared.lock().unwrap().push(messages);
-                });
-            }
-        });
-    });
-    (url, got)
-}
 
 fn receiver_for(url: String) -> Receiver {
     Receiver::with(Settings {
