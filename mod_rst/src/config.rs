@@ -162,6 +162,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn play_mode_is_mix_replace_or_off() {
+        assert_eq!(Settings::default().play, Some(PlayMode::Mix));
+        for (value, play) in [
+            ("replace", Some(PlayMode::Replace)),
+            ("OFF", None),
+            ("mix", Some(PlayMode::Mix)),
+        ] {
+            let (settings, problems) = Settings::from_params([("play-mode", value)]);
+            assert_eq!(settings.play, play);
+            assert!(problems.is_empty());
+        }
+        let (settings, problems) = Settings::from_params([("play-mode", "loud")]);
+        assert_eq!(settings.play, Some(PlayMode::Mix), "the default is kept");
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
     fn no_params_gives_the_original_defaults() {
         let (settings, problems) = Settings::from_params([]);
         assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 9527));
