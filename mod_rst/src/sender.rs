@@ -355,12 +355,7 @@ pub fn run(
                 }
                 Command::Stop { stream } => {
                     if let Some(entry) = live.get_mut(&stream) {
-                        // Marks never played are cleared, before the BYE.
-                        if let Some(mut feed) = entry.play.take() {
-                            let mut events = Vec::new();
-                            feed.finish(&mut |event| events.push(event));
-                            play_events(entry, &mut control, &counters, &report, events);
-                        }
+                        finish_play(entry, &mut control, &counters, &report);
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
@@ -369,6 +364,7 @@ pub fn run(
                 }
                 Command::Shutdown => {
                     for entry in live.values_mut() {
+                        finish_play(entry, &mut control, &counters, &report);
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
@@ -478,6 +474,16 @@ pub fn run(
                 return;
             }
         }
+    }
+}
+
+/// A stream's playback ends: marks never played are reported cleared,
+/// before its BYE.
+fn finish_play(entry: &mut Live, control: &mut Control, counters: &Counters, report: &impl Report) {
+    if let Some(mut feed) = entry.play.take() {
+        let mut events = Vec::new();
+        feed.finish(&mut |event| events.push(event));
+        play_events(entry, control, counters, report, events);
     }
 }
 
