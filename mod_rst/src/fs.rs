@@ -243,15 +243,12 @@ pub unsafe fn payload_type_of(codec: *mut switch_codec_t) -> Option<(u8, u32)> {
             .to_bytes()
             .eq_ignore_ascii_case(b"L16");
     let payload_type = if is_linear {
-        LINEAR_PAYLOAD_TYPE
+        rst_proto::PayloadType::L16.number()
     } else {
         implementation.ianacode
     };
     Some((payload_type, implementation.actual_samples_per_second))
 }
-
-/// The rst protocol's payload type for 16-bit linear audio.
-pub const LINEAR_PAYLOAD_TYPE: u8 = 10;
 
 fn codec_info(codec: *mut switch_codec_t) -> Option<CodecInfo> {
     if codec.is_null() {

@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use rst_proto::Direction;
+use rst_proto::{Direction, PayloadType};
 
 use crate::config::Audio;
 use crate::ffi::*;
@@ -142,14 +142,14 @@ impl Tap {
             self.sender.try_frame(
                 self.stream,
                 Direction::Read,
-                10,
+                PayloadType::L16.number(),
                 samples,
                 &self.left[..per_direction],
             );
             self.sender.try_frame(
                 self.stream,
                 Direction::Write,
-                10,
+                PayloadType::L16.number(),
                 samples,
                 &self.right[..per_direction],
             );
@@ -163,13 +163,13 @@ fn rtp_clock_samples(payload_type: u8, samples: u32, bytes: usize) -> u32 {
     let samples = if samples > 0 {
         samples
     } else {
-        match payload_type {
-            0 | 8 => bytes as u32,
-            10 => bytes as u32 / 2,
+        match PayloadType::new(payload_type) {
+            Some(PayloadType::PCMU | PayloadType::PCMA) => bytes as u32,
+            Some(PayloadType::L16) => bytes as u32 / 2,
             _ => 0,
         }
     };
-    if payload_type == 9 {
+    if PayloadType::new(payload_type) == Some(PayloadType::G722) {
         samples / 2
     } else {
         samples

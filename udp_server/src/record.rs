@@ -944,9 +944,7 @@ fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecor
         uuid: start.uuid.clone(),
         caller: start.caller.clone(),
         callee: start.callee.clone(),
-        call_id: extensions
-            .as_ref()
-            .and_then(|e| e.get("call-id").map(Extensions::unescape)),
+        call_id: extensions.as_ref().and_then(Extensions::call_id),
         sender: start.sender.to_string(),
         mode: if start.sender_rtp_ports.is_some() {
             "rtp"

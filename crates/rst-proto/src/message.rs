@@ -237,6 +237,14 @@ impl<'a> Extensions<'a> {
             .filter(|name| !name.is_empty())
     }
 
+    /// The key of the `call-id=` extension: the SIP Call-ID, escaped.
+    pub const CALL_ID: &'static str = "call-id";
+
+    /// The SIP Call-ID (`call-id=`), unescaped.
+    pub fn call_id(&self) -> Option<String> {
+        self.get(Self::CALL_ID).map(Self::unescape)
+    }
+
     /// The key of the `play=1` extension: the sender can play audio into the
     /// call (PLAY, CLR and MARK); a receiver sends them to no other.
     pub const PLAY: &'static str = "play";
@@ -307,8 +315,11 @@ impl ExtensionsBuilder {
         }
         let printable: String = call_id[..end].chars().filter(|c| !c.is_control()).collect();
         if !printable.is_empty() {
-            self.fields
-                .push(format!("call-id={}", Extensions::escape(&printable)));
+            self.fields.push(format!(
+                "{}={}",
+                Extensions::CALL_ID,
+                Extensions::escape(&printable)
+            ));
         }
         self
     }
@@ -889,10 +900,7 @@ mod tests {
             Some(("telephone-event", 8000))
         );
         assert_eq!(extensions.payload_type(96), Some(("opus", 48000)));
-        assert_eq!(
-            Extensions::unescape(extensions.get("call-id").unwrap()),
-            "a84b@pc33:5060"
-        );
+        assert_eq!(extensions.call_id().unwrap(), "a84b@pc33:5060");
         assert!(extensions.fax());
         assert_eq!(extensions.streams().collect::<Vec<_>>(), ["bot", "asr"]);
         assert_eq!(ExtensionsBuilder::new().streams(["a:b"]).build(), "");

@@ -24,8 +24,6 @@ pub enum Mode {
     Rtp,
 }
 
-/// The rst protocol's PT for 16-bit linear audio in the sender's byte order.
-pub const L16_PAYLOAD_TYPE: u8 = 10;
 /// The dynamic RTP payload type L16 (big-endian) goes out on in RTP mode.
 pub const RTP_L16_PAYLOAD_TYPE: u8 = 96;
 
@@ -597,7 +595,7 @@ impl Stream {
         let port = port_of(ports, direction);
         let leg = &mut self.legs[direction as usize];
         self.buffer.clear();
-        if payload_type == L16_PAYLOAD_TYPE {
+        if payload_type == PayloadType::L16.number() {
             // FreeSWITCH's linear frames are little-endian; RTP's L16 is
             // big-endian on a dynamic payload type (the INV declares it).
             RtpPacket {

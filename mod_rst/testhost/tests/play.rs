@@ -177,3 +177,57 @@ fn unloading_while_audio_is_queued_is_clean() {
     let record = receiver.record(&u);
     assert_eq!(record["end_reason"], "bye", "{record}");
 }
+
+/// The receiver stops mid-sentence: the module plays out the little it holds
+/// (a few frames) and the caller hears the channel again; the call goes on.
+#[test]
+fn the_receiver_vanishing_mid_sentence_leaves_the_call_its_own_audio() {
+    let speech: Vec<u8> = (0..8000 * 3)
+        .map(|n| {
+            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
+        })
+        .collect();
+    let (url, _got) = bot(Script {
+        say: speech.clone(),
+        mark: None,
+        clear_after: None,
+    });
+    let mut receiver = receiver_for(url);
+    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x903);
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 4 write_hz=500"));
+    wait_for("the bot's audio in the call", || {
+        let status = host.ok("api rst_status");
+        let text = status["output"].as_str().unwrap_or("").to_owned();
+        (!text.contains("\"frames_played\":0,")).then_some(())
+    });
+    receiver.stop();
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    let stats = host.ok(&format!("stats {u}"));
+    assert_eq!(stats["hung_up"], false, "the call goes on");
+    host.ok(&format!("hangup {u}"));
+    finish(host);
+    let expected: Vec<i16> = speech
+        .iter()
+        .map(|&b| rst_codec::ulaw_to_linear(b))
+        .collect();
+    let at = find(&caller_heard, &expected[..160]).expect("the caller heard the bot");
+    let played = caller_heard[at..]
+        .iter()
+        .zip(&expected)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        played < expected.len(),
+        "the sentence stopped with the receiver"
+    );
+    // What follows is the channel's own audio, never silence forever nor noise.
+    let rest = &caller_heard[at + played..];
+    assert!(rest.len() > 800, "the call went on");
+    assert!(find(rest, &expected[played..played + 160]).is_none());
+}
