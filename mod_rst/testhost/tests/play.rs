@@ -26,6 +26,39 @@ fn receiver_for(url: String) -> Receiver {
     })
 }
 
+/// `samples` of 700 Hz in µ-law: what the bots say.
+fn speech(samples: usize) -> Vec<u8> {
+    (0..samples)
+        .map(|n| {
+            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
+        })
+        .collect()
+}
+
+/// A loaded host with one call `u` streaming to `receiver`, its media running
+/// for `seconds` with the channel's own 500 Hz written.
+fn call(receiver: &Receiver, play_mode: &str, u: &str, seconds: u32) -> (Host, tempfile::TempDir) {
+    let conf = conf_for(receiver, &[("play-mode", play_mode)]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    session(&mut host, u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} {seconds} write_hz=500"));
+    (host, conf)
+}
+
+/// Where the bot's `expected` audio starts in what the caller heard, and how
+/// much of it was heard before something else was.
+fn heard_run(caller_heard: &[i16], expected: &[i16]) -> (usize, usize) {
+    let at = find(caller_heard, &expected[..160]).expect("the caller heard the bot");
+    let played = caller_heard[at..]
+        .iter()
+        .zip(expected)
+        .take_while(|(a, b)| a == b)
+        .count();
+    (at, played)
+}
+
 /// Where `run` starts in `samples`, if it is there whole.
 fn find(samples: &[i16], run: &[i16]) -> Option<usize> {
     samples.windows(run.len()).position(|w| w == run)
@@ -37,24 +70,15 @@ fn heard(host: &mut Host, u: &str) -> Vec<i16> {
 
 #[test]
 fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
-    let speech: Vec<u8> = (0..8000)
-        .map(|n| {
-            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
-        })
-        .collect();
+    let speech = speech(8000);
     let (url, got) = bot(Script {
         say: speech.clone(),
         mark: Some("said it"),
         clear_after: None,
     });
     let receiver = receiver_for(url);
-    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
-    let mut host = Host::start();
-    host.load(conf.path());
     let u = uuid(0x900);
-    session(&mut host, &u);
-    host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 3 write_hz=500"));
+    let (mut host, _conf) = call(&receiver, "replace", &u, 3);
     host.ok("wait");
     let caller_heard = heard(&mut host, &u);
     let events = host.ok("events");
@@ -101,24 +125,15 @@ fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
 
 #[test]
 fn a_bots_clear_stops_its_audio_at_once_and_its_mark_is_reported_cleared() {
-    let speech: Vec<u8> = (0..8000 * 4)
-        .map(|n| {
-            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
-        })
-        .collect();
+    let speech = speech(8000 * 4);
     let (url, got) = bot(Script {
         say: speech.clone(),
         mark: Some("end of sentence"),
         clear_after: Some(Duration::from_secs(1)),
     });
     let receiver = receiver_for(url);
-    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
-    let mut host = Host::start();
-    host.load(conf.path());
     let u = uuid(0x901);
-    session(&mut host, &u);
-    host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 4 write_hz=500"));
+    let (mut host, _conf) = call(&receiver, "replace", &u, 4);
     host.ok("wait");
     let caller_heard = heard(&mut host, &u);
     host.ok(&format!("hangup {u}"));
@@ -127,13 +142,7 @@ fn a_bots_clear_stops_its_audio_at_once_and_its_mark_is_reported_cleared() {
         .iter()
         .map(|&b| rst_codec::ulaw_to_linear(b))
         .collect();
-    let at = find(&caller_heard, &expected[..160]).expect("the caller heard the bot");
-    // How long the bot's audio went on: until it stops matching.
-    let played = caller_heard[at..]
-        .iter()
-        .zip(&expected)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let (at, played) = heard_run(&caller_heard, &expected);
     assert!(
         played < expected.len(),
         "the clear cut the sentence ({played} samples played)"
@@ -182,24 +191,15 @@ fn unloading_while_audio_is_queued_is_clean() {
 /// (a few frames) and the caller hears the channel again; the call goes on.
 #[test]
 fn the_receiver_vanishing_mid_sentence_leaves_the_call_its_own_audio() {
-    let speech: Vec<u8> = (0..8000 * 3)
-        .map(|n| {
-            ulaw((7000.0 * (2.0 * std::f64::consts::PI * 700.0 * n as f64 / 8000.0).sin()) as i16)
-        })
-        .collect();
+    let speech = speech(8000 * 3);
     let (url, _got) = bot(Script {
         say: speech.clone(),
         mark: None,
         clear_after: None,
     });
     let mut receiver = receiver_for(url);
-    let conf = conf_for(&receiver, &[("play-mode", "replace")]);
-    let mut host = Host::start();
-    host.load(conf.path());
     let u = uuid(0x903);
-    session(&mut host, &u);
-    host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 4 write_hz=500"));
+    let (mut host, _conf) = call(&receiver, "replace", &u, 4);
     wait_for("the bot's audio in the call", || {
         let status = host.ok("api rst_status");
         let text = status["output"].as_str().unwrap_or("").to_owned();
@@ -216,12 +216,7 @@ fn the_receiver_vanishing_mid_sentence_leaves_the_call_its_own_audio() {
         .iter()
         .map(|&b| rst_codec::ulaw_to_linear(b))
         .collect();
-    let at = find(&caller_heard, &expected[..160]).expect("the caller heard the bot");
-    let played = caller_heard[at..]
-        .iter()
-        .zip(&expected)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let (at, played) = heard_run(&caller_heard, &expected);
     assert!(
         played < expected.len(),
         "the sentence stopped with the receiver"
