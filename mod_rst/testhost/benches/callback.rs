@@ -24,13 +24,15 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const UUID: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 const UUID_DOWN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4c";
@@ -49,7 +51,7 @@ fn main() {
     let drain = std::env::var("RST_BENCH_DRAIN").is_ok_and(|v| v == "1");
     let started = Instant::now();
 
-    let module = release_module();
+    let module = common::release_module_path();
     let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind the receiver");
     let addr = receiver.local_addr().unwrap();
     let conf = conf_dir(addr, queue);
@@ -213,54 +215,6 @@ fn main() {
     if dropped != Some(0) || callback["pause_timeouts"] != 0 {
         println!("  WARNING: frames were dropped or the sender thread did not keep up; the callback figure covers drops too");
     }
-}
-
-/// Builds the release cdylib (a no-op when fresh) and finds it next to
-/// fs-testhost (the bench profile builds into the release directory);
-/// `RST_BENCH_MODULE=PATH` uses that .so instead, unbuilt.
-fn release_module() -> PathBuf {
-    if let Some(path) = std::env::var_os("RST_BENCH_MODULE") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.exists(),
-            "RST_BENCH_MODULE={}: no such file",
-            path.display()
-        );
-        return path.canonicalize().unwrap();
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "mod_rst"])
-        .current_dir(&workspace)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build --release -p mod_rst failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let beside_host = Path::new(env!("CARGO_BIN_EXE_fs-testhost"))
-        .parent()
-        .map(|dir| dir.join("libmod_rst.so"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                workspace.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let candidates: Vec<PathBuf> = beside_host
-        .into_iter()
-        .chain([target.join("release/libmod_rst.so")])
-        .collect();
-    let found = candidates
-        .iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("libmod_rst.so not found in {candidates:?}"));
-    found.canonicalize().unwrap()
 }
 
 /// CONF_DIR with an rst.conf.xml: DATA mode, native audio, to `addr`.

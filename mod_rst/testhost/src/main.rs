@@ -269,6 +269,12 @@ fn command(cmd: &str, rest: &str) -> Result<Value, String> {
             }
             Ok(json!({"samples": samples}))
         }
+        "heard_frames" => {
+            // Per frame written: [CLOCK_MONOTONIC ns, first sample, all samples equal].
+            let s = any_session(split_word(rest).0)?;
+            let media = lock(&s.media);
+            Ok(json!({"frames": media.heard_frames}))
+        }
         "dtmf" => {
             // A digit the channel receives: FreeSWITCH runs the session's
             // recv_dtmf hooks (switch_core_session_recv_dtmf), on its own thread.

@@ -380,6 +380,9 @@ pub(crate) fn tick(
             // At most ten minutes at 48 kHz.
             if media.heard.len() < 48_000 * 600 {
                 media.heard.extend_from_slice(&heard);
+                let first = heard.first().copied().unwrap_or(0);
+                let flat = heard.iter().all(|&s| s == first);
+                media.heard_frames.push((monotonic_ns(), first, flat));
             }
         }
         for bug in list
@@ -412,6 +415,17 @@ pub(crate) fn tick(
     if prune {
         prune_bugs(session);
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: a clock another process on this machine can read too.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Hangs a session up: no more locates, media stops, every bug gets CLOSE in

@@ -376,6 +376,9 @@ pub(crate) struct MediaState {
     /// What the channel wrote after the WRITE_REPLACE bugs (what the caller
     /// heard), linear, decoded as the far end decodes it; bounded.
     pub(crate) heard: Vec<i16>,
+    /// Per frame written: when (CLOCK_MONOTONIC, ns), its first sample, and
+    /// whether all its samples were that one (how benchmarks tag audio).
+    pub(crate) heard_frames: Vec<(u64, i16, bool)>,
     pub(crate) running: bool,
     pub(crate) thread: Option<std::thread::JoinHandle<()>>,
     pub(crate) late_ticks: u64,

@@ -46,6 +46,54 @@ pub fn module_path() -> PathBuf {
     .clone()
 }
 
+/// Builds the release cdylib for benchmarks (a no-op when fresh) and finds
+/// it next to fs-testhost (the bench profile builds into the release
+/// directory); `RST_BENCH_MODULE=PATH` uses that .so instead, unbuilt.
+pub fn release_module_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("RST_BENCH_MODULE") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "RST_BENCH_MODULE={}: no such file",
+            path.display()
+        );
+        return path.canonicalize().unwrap();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "-p", "mod_rst"])
+        .current_dir(&workspace)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build --release -p mod_rst failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let beside_host = Path::new(env!("CARGO_BIN_EXE_fs-testhost"))
+        .parent()
+        .map(|dir| dir.join("libmod_rst.so"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                workspace.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let candidates: Vec<PathBuf> = beside_host
+        .into_iter()
+        .chain([target.join("release/libmod_rst.so")])
+        .collect();
+    let found = candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("libmod_rst.so not found in {candidates:?}"));
+    found.canonicalize().unwrap()
+}
+
 /// A real receiver on 127.0.0.1 on a thread of its own (`udp_server::Running`).
 pub struct Receiver {
     pub addr: SocketAddr,
