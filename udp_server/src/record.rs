@@ -606,20 +606,12 @@ impl CallRecording {
         }
     }
 
-    /// Completes every file and writes the final record. The caller has
-    /// drained the jitter buffers ([`CallRecording::drain_rtp`]) first, so
-    /// that the last DTMF events could be published. `written` is false when
-    /// the record could not be written (a full disk): keep it and
-    /// [`write_record`] it again later.
-    pub fn finish(self, reason: EndReason, wall: OffsetDateTime, metrics: &Metrics) -> Finished {
-        let (record, _) = self.complete(reason, wall, metrics);
-        write_final(record, metrics)
-    }
-
     /// Completes every file and the record, without writing the record:
     /// the call's streams may still be delivering (their figures go in the
-    /// record once they are done, [`write_final`]). Ends the call for its
-    /// live subscribers.
+    /// record once they are done, [`write_final`]). The caller has drained
+    /// the jitter buffers ([`CallRecording::drain_rtp`]) first, so that the
+    /// last DTMF events could be published. Ends the call for its live
+    /// subscribers.
     pub fn complete(
         mut self,
         reason: EndReason,

@@ -173,20 +173,7 @@ pub fn run(
                     match CallRecording::open(&start, wall, at, &options) {
                         Ok(mut recording) => {
                             tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
-                            let asked = Extensions::parse(&start.extensions).ok();
-                            // Audio back goes to a sender that said it can play.
-                            let play = asked.as_ref().filter(|e| e.play()).map(|_| PlayTarget {
-                                to: start.sender,
-                                rate: start.l16_rate,
-                            });
-                            let call =
-                                live.calls
-                                    .open(start.call, CallInfo::of(recording.record()), play);
-                            let streams = live
-                                .streams
-                                .start(&call, asked.iter().flat_map(Extensions::streams));
-                            recording.go_live(call);
-                            recording.add_streams(streams);
+                            go_live(&live, &start, &mut recording);
                             on_event(Event::Started(recording.record()));
                             calls.insert(start.call, recording);
                         }
@@ -357,6 +344,28 @@ pub fn run(
     // whose recovery completes each call from its provisional record.
     pending.retry(&metrics);
     pending.defer_all(&metrics);
+}
+
+/// Makes a call that starts live: listed for the HTTP port, its audio
+/// published, its stream profiles started (those its INV asks for by name
+/// too), and a way back into it when its sender can play (`play=1`).
+fn go_live(live: &Live, start: &CallStart, recording: &mut CallRecording) {
+    let extensions = Extensions::parse(&start.extensions).ok();
+    let play = extensions
+        .as_ref()
+        .filter(|e| e.play())
+        .map(|_| PlayTarget {
+            to: start.sender,
+            rate: start.l16_rate,
+        });
+    let call = live
+        .calls
+        .open(start.call, CallInfo::of(recording.record()), play);
+    let streams = live
+        .streams
+        .start(&call, extensions.iter().flat_map(Extensions::streams));
+    recording.go_live(call);
+    recording.add_streams(streams);
 }
 
 /// Records of ended calls that could not be written (a full disk): kept and

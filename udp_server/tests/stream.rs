@@ -338,11 +338,13 @@ fn a_consumer_away_for_5_s_gets_the_buffered_audio_when_it_comes_back() {
     let (first_bytes, _) = &first["inbound"];
     let (second_bytes, second_start) = &second["inbound"];
     // The second connection starts where the first left off: the audio of
-    // the outage was kept and comes first.
-    assert_eq!(
-        *second_start,
-        first_bytes.len() as u64 / 8,
-        "timestamps say where the audio belongs"
+    // the outage was kept and comes first, its timestamps going on from the
+    // first connection's. (DATA carries no timestamps: a sender stalled for
+    // more than 60 ms, on a loaded machine, shifts them by its stall.)
+    let expected = first_bytes.len() as u64 / 8;
+    assert!(
+        (expected..expected + 1000).contains(second_start),
+        "timestamps say where the audio belongs: {second_start} ms, {expected} expected"
     );
     let mut all = first_bytes.clone();
     all.extend_from_slice(second_bytes);

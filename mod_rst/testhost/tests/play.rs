@@ -78,7 +78,7 @@ fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
     });
     let receiver = receiver_for(url);
     let u = uuid(0x900);
-    let (mut host, _conf) = call(&receiver, "replace", &u, 3);
+    let (mut host, _conf) = call(&receiver, "replace", &u, 6);
     host.ok("wait");
     let caller_heard = heard(&mut host, &u);
     let events = host.ok("events");
@@ -133,7 +133,7 @@ fn a_bots_clear_stops_its_audio_at_once_and_its_mark_is_reported_cleared() {
     });
     let receiver = receiver_for(url);
     let u = uuid(0x901);
-    let (mut host, _conf) = call(&receiver, "replace", &u, 4);
+    let (mut host, _conf) = call(&receiver, "replace", &u, 6);
     host.ok("wait");
     let caller_heard = heard(&mut host, &u);
     host.ok(&format!("hangup {u}"));

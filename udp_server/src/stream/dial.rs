@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::encode::{Encoder, Outgoing, StreamShape, FRAME_MS};
+use super::encode::{Encoder, Outgoing, StreamShape, Timeline, FRAME_MS};
 use super::inbound::{Incoming, Speaker};
 use super::{redact_url, Format, Profile};
 use crate::live::{CallInfo, LiveCall, LiveCalls, LiveEvent};
@@ -100,6 +100,7 @@ impl Dialer {
             shutdown,
             stream_sid: stream_sid(),
             failures_in_a_row: 0,
+            timeline: None,
         };
         runtime.spawn(stream.run());
         stats
@@ -205,6 +206,8 @@ struct Stream {
     stream_sid: String,
     /// Connection attempts that failed since the last success.
     failures_in_a_row: u32,
+    /// Where the last connection's timestamps were.
+    timeline: Option<Timeline>,
 }
 
 impl Stream {
@@ -394,6 +397,10 @@ impl Stream {
             params: self.profile.params.clone(),
         };
         let mut encoder = Encoder::new(shape, self.stream_sid.clone(), self.call.clone());
+        // A reconnected stream's timestamps go on where the last left off.
+        if let Some(previous) = self.timeline {
+            encoder.continue_timeline(previous);
+        }
         self.speaker.reconnected();
         let mut encoded = Vec::new();
         encoder.start(&mut encoded);
@@ -490,6 +497,7 @@ impl Stream {
         encoder: &Encoder,
         error: impl std::fmt::Display,
     ) -> Ended {
+        self.timeline = Some(encoder.timeline());
         if let Some(event) = current.take().filter(|_| !ahead.is_empty()) {
             if matches!(event, LiveEvent::End) {
                 self.ended.get_or_insert_with(Instant::now);

@@ -85,6 +85,13 @@ struct Lane {
     started: bool,
 }
 
+/// Where a stream's timestamps are, per direction: the start of its current
+/// run and the samples sent in it (a reconnected stream goes on from there).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeline {
+    lanes: [Option<(u64, u64)>; 2],
+}
+
 /// Encodes one stream of one call.
 #[derive(Debug)]
 pub struct Encoder {
@@ -171,6 +178,29 @@ impl Encoder {
                     "frameMs": FRAME_MS,
                 },
             }))),
+        }
+    }
+
+    /// Where this encoder's timestamps are.
+    pub fn timeline(&self) -> Timeline {
+        Timeline {
+            lanes: [0, 1].map(|i| {
+                let lane = &self.lanes[i];
+                lane.started
+                    .then_some((lane.run_start_ms, lane.run_samples))
+            }),
+        }
+    }
+
+    /// Goes on from another encoder's timestamps (a reconnection): audio
+    /// that follows on without a gap keeps counting from there.
+    pub fn continue_timeline(&mut self, timeline: Timeline) {
+        for (lane, at) in self.lanes.iter_mut().zip(timeline.lanes) {
+            if let Some((run_start_ms, run_samples)) = at {
+                lane.started = true;
+                lane.run_start_ms = run_start_ms;
+                lane.run_samples = run_samples;
+            }
         }
     }
 
@@ -511,6 +541,30 @@ mod tests {
             .iter()
             .filter(|m| m.is_audio())
             .all(|m| matches!(m, Outgoing::Media(_))));
+    }
+
+    #[test]
+    fn a_reconnected_encoder_goes_on_with_the_timestamps() {
+        let mut first = encoder(Format::Twilio, Tracks::Inbound, 8000);
+        let mut out = Vec::new();
+        for k in 0..5 {
+            first.event(&ulaw_frame(Direction::Read, 20 * k, 0x11), &mut out);
+        }
+        let mut second = encoder(Format::Twilio, Tracks::Inbound, 8000);
+        second.continue_timeline(first.timeline());
+        out.clear();
+        // Arrived a little late (jitter): still where it belongs, 100 ms.
+        second.event(&ulaw_frame(Direction::Read, 107, 0x22), &mut out);
+        let media: Vec<_> = out
+            .iter()
+            .map(json)
+            .filter(|m| m["event"] == "media")
+            .collect();
+        assert_eq!(media[0]["media"]["timestamp"], "100");
+        assert_eq!(
+            media[0]["media"]["chunk"], "1",
+            "chunks count per connection"
+        );
     }
 
     #[test]
