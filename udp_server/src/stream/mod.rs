@@ -396,10 +396,6 @@ impl Streams {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.profiles.is_empty()
-    }
-
     /// Starts the streams `live` goes to: the profiles whose `calls` match it,
     /// and those it asks for by name (`asked`). Unknown names are ignored.
     pub fn start<'a>(
