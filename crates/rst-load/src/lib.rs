@@ -99,10 +99,12 @@ impl Codec {
     }
 
     /// The INV extension an RTP-mode call needs for this codec (empty for static types).
-    pub fn rtp_extensions(self) -> &'static str {
+    pub fn rtp_extensions(self) -> String {
         match self {
-            Codec::Pcmu | Codec::Pcma => "",
-            Codec::L16 => "pt96=L16/8000",
+            Codec::Pcmu | Codec::Pcma => String::new(),
+            Codec::L16 => rst_proto::ExtensionsBuilder::new()
+                .payload_type(self.rtp_payload_type(), "L16", 8000)
+                .build(),
         }
     }
 
@@ -608,8 +610,9 @@ impl Call {
             }),
             None => None,
         };
+        let declared = codec.rtp_extensions();
         let extensions = match legs {
-            Some(_) => Extensions::parse(codec.rtp_extensions())?,
+            Some(_) => Extensions::parse(&declared)?,
             None => Extensions::NONE,
         };
         let inv = Message::Inv(Inv {
