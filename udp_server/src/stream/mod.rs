@@ -431,3 +431,42 @@ impl Streams {
         started
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(caller: &[&str], callee: &[&str]) -> Calls {
+        let patterns = |texts: &[&str]| texts.iter().map(|t| Pattern::parse(t).unwrap()).collect();
+        Calls::Numbers {
+            caller: patterns(caller),
+            callee: patterns(callee),
+        }
+    }
+
+    #[test]
+    fn calls_are_picked_by_caller_and_callee_patterns() {
+        let support = numbers(&["1001*", "re:^\\+44"], &[]);
+        assert!(support.matches(Some("10015"), Some("2000")));
+        assert!(support.matches(Some("+4420"), None));
+        assert!(
+            !support.matches(Some("2002"), Some("1001")),
+            "the callee is not the caller"
+        );
+        assert!(
+            !support.matches(None, Some("1001")),
+            "an unknown caller matches no pattern"
+        );
+        let both = numbers(&["1*"], &["9*"]);
+        assert!(both.matches(Some("12"), Some("98")));
+        assert!(
+            !both.matches(Some("12"), Some("88")),
+            "both lists must match"
+        );
+        assert!(Calls::All.matches(None, None));
+        assert!(
+            !Calls::Asked.matches(Some("1"), Some("2")),
+            "only calls that ask"
+        );
+    }
+}
