@@ -182,15 +182,7 @@ fn a_twilio_bot_speaks_into_the_call_and_its_mark_comes_back_when_played() {
     assert_eq!(played, expected, "the bot's audio, sample for sample");
     assert_eq!(heard.marks, ["said hello"]);
     // The sender said it played: the bot hears its mark back, as Twilio says it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mark = loop {
-        let connection = &consumer.connections()[0];
-        if let Some(mark) = connection.texts.iter().find(|m| m["event"] == "mark") {
-            break mark.clone();
-        }
-        assert!(Instant::now() < deadline, "no mark came back");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mark = consumer.wait_text(0, "the mark", |m| m["event"] == "mark");
     assert_eq!(mark["mark"]["name"], "said hello");
     assert!(mark["sequenceNumber"].is_string() && mark["streamSid"].is_string());
 }
@@ -221,22 +213,9 @@ fn a_clear_stops_the_bot_mid_sentence_and_its_mark_is_cleared() {
         "the clear came mid-sentence ({before_clear} frames)"
     );
     // The mark never reached the sender: the bot is told it was cleared.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let connection = &consumer.connections()[0];
-        if connection
-            .texts
-            .iter()
-            .any(|m| m["event"] == "mark" && m["mark"]["name"] == "end of sentence")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cleared mark never came back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    consumer.wait_text(0, "the cleared mark", |m| {
+        m["event"] == "mark" && m["mark"]["name"] == "end of sentence"
+    });
     // Nothing more is played after the clear: new audio starts a new run.
     consumer.send(0, [media(&[0x55; 160])]);
     sender.hear_until(&mut heard, |h| h.plays.len() > before_clear);
@@ -273,17 +252,9 @@ fn raw_frames_at_16k_are_played_sample_for_sample_into_a_16k_call() {
         heard.plays.iter().all(|p| p.2.len() == 640),
         "20 ms at 16 kHz"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let connection = &consumer.connections()[0];
-        if let Some(mark) = connection.texts.iter().find(|m| m["event"] == "mark") {
-            assert_eq!(mark["name"], "m");
-            assert_eq!(mark["cleared"], false);
-            break;
-        }
-        assert!(Instant::now() < deadline, "no mark came back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mark = consumer.wait_text(0, "the mark", |m| m["event"] == "mark");
+    assert_eq!(mark["name"], "m");
+    assert_eq!(mark["cleared"], false);
 }
 
 #[test]

@@ -630,21 +630,9 @@ impl<'a> Data<'a> {
         };
         let (uuid, rest) = split_field(body).ok_or(missing("uuid"))?;
         let (flag, rest) = split_field(rest).ok_or(missing("flag"))?;
-        let (pt, rest) = split_field(rest).ok_or(missing("payload_type"))?;
-        let (length, payload) = split_field(rest).ok_or(missing("length"))?;
-
         let uuid = Uuid::from_bytes(uuid)?;
         let direction = Direction::from_flag(flag)?;
-        let payload_type = PayloadType::from_digits(pt)?;
-        let declared = parse_decimal(length, 5).ok_or_else(|| ParseError::BadLength {
-            length: String::from_utf8_lossy(length).into_owned(),
-        })? as usize;
-        if declared != payload.len() {
-            return Err(ParseError::LengthMismatch {
-                declared,
-                actual: payload.len(),
-            });
-        }
+        let (payload_type, payload) = payload_tail("DATA", rest)?;
         Ok(Data {
             uuid,
             direction,
@@ -679,8 +667,6 @@ impl<'a> Play<'a> {
         };
         let (uuid, rest) = split_field(body).ok_or(missing("uuid"))?;
         let (sequence, rest) = split_field(rest).ok_or(missing("seq"))?;
-        let (pt, rest) = split_field(rest).ok_or(missing("payload_type"))?;
-        let (length, payload) = split_field(rest).ok_or(missing("length"))?;
         let uuid = Uuid::from_bytes(uuid)?;
         let sequence = parse_decimal(sequence, 10)
             .and_then(|n| u32::try_from(n).ok())
@@ -689,16 +675,7 @@ impl<'a> Play<'a> {
                 field: "seq",
                 value: String::from_utf8_lossy(sequence).chars().take(16).collect(),
             })?;
-        let payload_type = PayloadType::from_digits(pt)?;
-        let declared = parse_decimal(length, 5).ok_or_else(|| ParseError::BadLength {
-            length: String::from_utf8_lossy(length).into_owned(),
-        })? as usize;
-        if declared != payload.len() {
-            return Err(ParseError::LengthMismatch {
-                declared,
-                actual: payload.len(),
-            });
-        }
+        let (payload_type, payload) = payload_tail("PLAY", rest)?;
         Ok(Play {
             uuid,
             sequence,
@@ -839,6 +816,27 @@ fn control_text<'a>(message: &'static str, body: &'a [u8]) -> Result<&'a str, Pa
 
 fn first_field(text: &str) -> &str {
     text.split(':').next().unwrap_or("")
+}
+
+/// `PT:LENGTH:` and exactly LENGTH payload bytes, the tail DATA and PLAY share.
+fn payload_tail<'a>(
+    message: &'static str,
+    rest: &'a [u8],
+) -> Result<(PayloadType, &'a [u8]), ParseError> {
+    let missing = |field| ParseError::MissingField { message, field };
+    let (pt, rest) = split_field(rest).ok_or(missing("payload_type"))?;
+    let (length, payload) = split_field(rest).ok_or(missing("length"))?;
+    let payload_type = PayloadType::from_digits(pt)?;
+    let declared = parse_decimal(length, 5).ok_or_else(|| ParseError::BadLength {
+        length: String::from_utf8_lossy(length).into_owned(),
+    })? as usize;
+    if declared != payload.len() {
+        return Err(ParseError::LengthMismatch {
+            declared,
+            actual: payload.len(),
+        });
+    }
+    Ok((payload_type, payload))
 }
 
 /// Splits at the first `:`, returning the field and what follows the colon.

@@ -87,6 +87,24 @@ impl Consumer {
         }
     }
 
+    /// Waits until connection `index` got a text message that `wanted`
+    /// accepts, and returns it.
+    pub fn wait_text(
+        &self,
+        index: usize,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(text) = self.connections()[index].texts.iter().find(|t| wanted(t)) {
+                return text.clone();
+            }
+            assert!(Instant::now() < deadline, "{what} never came");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `count` connections are open and have said something.
     pub fn wait_open(&self, count: usize) -> Vec<Connection> {
         let deadline = Instant::now() + Duration::from_secs(60);
