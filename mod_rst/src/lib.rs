@@ -434,7 +434,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     // channel's list, so the recording bug's W sees what the caller hears.
     let play = settings
         .play
-        .and_then(|mode| add_play_bug(session, mode, &sender, &uuid));
+        .and_then(|mode| add_play_bug(session, mode, rate, &sender, &uuid));
     let extensions = match play {
         Some(_) => extensions.play(),
         None => extensions,
@@ -518,10 +518,11 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
 fn add_play_bug(
     session: &SessionRef,
     mode: PlayMode,
+    rate: u32,
     sender: &Sender,
     uuid: &str,
 ) -> Option<Box<PlayFeed>> {
-    let (feed, tap) = play::channel(mode, sender.counters.play.clone());
+    let (feed, tap) = play::channel(mode, rate, sender.counters.play.clone());
     let tap = Box::into_raw(Box::new(tap));
     // SAFETY: `tap` stays valid until CLOSE, where play_bug_callback frees it exactly once.
     match unsafe {
@@ -602,7 +603,7 @@ unsafe extern "C" fn play_bug_callback(
         // change during the callback.
         let audio = unsafe { std::slice::from_raw_parts_mut(raw.data as *mut i16, samples) };
         // SAFETY: between INIT and CLOSE the tap is live and only this bug's thread uses it.
-        if unsafe { &mut *tap }.fill(audio) {
+        if unsafe { &mut *tap }.fill(audio, raw.rate) {
             // SAFETY: the frame FreeSWITCH handed us, changed in place.
             unsafe { switch_core_media_bug_set_write_replace_frame(bug, frame) };
         }

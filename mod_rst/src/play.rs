@@ -15,9 +15,10 @@
 //! takes effect on the next frame written.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use rst_codec::Resampler;
 use rst_proto::{PayloadType, Play};
 
 /// Most samples in one PLAY: 20 ms at 48 kHz.
@@ -83,15 +84,21 @@ pub struct PlayCounters {
     pub frames_unsupported: AtomicU64,
     pub clears: AtomicU64,
     pub marks: AtomicU64,
+    /// PLAY, CLR or MARK from another address than the call's receiver: ignored.
+    pub foreign: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     clear_generation: AtomicU64,
+    /// The rate of the frames the channel writes, as the media thread last
+    /// saw it (0 until the first frame).
+    write_rate: AtomicU32,
 }
 
-/// Makes the two sides of one call's playback.
-pub fn channel(mode: PlayMode, counters: Arc<PlayCounters>) -> (PlayFeed, PlayTap) {
+/// Makes the two sides of one call's playback. `call_rate` is the rate of
+/// the call's 16-bit linear PLAY audio (the rate its INV declared).
+pub fn channel(mode: PlayMode, call_rate: u32, counters: Arc<PlayCounters>) -> (PlayFeed, PlayTap) {
     let (items, items_out) = rtrb::RingBuffer::new(RING_FRAMES);
     let (notices_in, notices) = rtrb::RingBuffer::new(NOTICES);
     let shared = Arc::new(Shared::default());
@@ -102,6 +109,10 @@ pub fn channel(mode: PlayMode, counters: Arc<PlayCounters>) -> (PlayFeed, PlayTa
         notices,
         spares,
         shared: shared.clone(),
+        call_rate,
+        resampler: None,
+        scratch: Vec::with_capacity(MAX_PLAY_SAMPLES),
+        resampled: Vec::with_capacity(2 * MAX_PLAY_SAMPLES),
         expected: None,
         marks: HashMap::new(),
         next_mark: 0,
@@ -129,6 +140,15 @@ pub struct PlayFeed {
     notices: rtrb::Consumer<Notice>,
     spares: rtrb::Consumer<Box<[i16; MAX_PLAY_SAMPLES]>>,
     shared: Arc<Shared>,
+    call_rate: u32,
+    /// From the PLAY audio's rate to the rate the channel writes at, while
+    /// they differ (µ-law PLAY on a wideband call, or a channel whose write
+    /// codec runs at another rate than its read codec).
+    resampler: Option<Resampler>,
+    /// One PLAY's samples, decoded.
+    scratch: Vec<i16>,
+    /// Resampled audio not yet a whole frame.
+    resampled: Vec<i16>,
     /// The next PLAY sequence number expected.
     expected: Option<u32>,
     marks: HashMap<u32, String>,
@@ -139,52 +159,123 @@ pub struct PlayFeed {
 }
 
 impl PlayFeed {
-    /// One PLAY from the receiver. Only 16-bit linear (PT 10) is played: the
-    /// rst receiver sends nothing else.
+    /// One PLAY from the receiver: µ-law at 8 kHz (PT 00) or 16-bit linear at
+    /// the call's rate (PT 10), at most 20 ms at 48 kHz.
     pub fn play(&mut self, play: &Play<'_>) {
-        if play.payload_type != PayloadType::L16 || play.payload.len() > MAX_PLAY_SAMPLES * 2 {
+        let (rate, samples) = match play.payload_type {
+            PayloadType::PCMU => (8000, play.payload.len()),
+            PayloadType::L16 if play.payload.len() % 2 == 0 => {
+                (self.call_rate, play.payload.len() / 2)
+            }
+            _ => (0, 0),
+        };
+        if samples == 0 || samples > MAX_PLAY_SAMPLES {
             self.counters.frames_unsupported.fetch_add(1, Relaxed);
             return;
         }
+        let mut scratch = std::mem::take(&mut self.scratch);
         if let Some(expected) = self.expected {
             let ahead = play.sequence.wrapping_sub(expected);
             if ahead > u32::MAX / 2 {
                 // Behind what was already played: late or repeated.
                 self.counters.frames_late.fetch_add(1, Relaxed);
+                self.scratch = scratch;
                 return;
             }
             // A gap (PLAY lost): silence where it was, so what follows stays in time.
-            let samples = (play.payload.len() / 2) as u16;
+            scratch.clear();
+            scratch.resize(samples, 0);
             for _ in 0..ahead.min(MAX_GAP_FRAMES) {
                 self.counters.gap_frames.fetch_add(1, Relaxed);
-                self.push_audio(samples, |_| 0);
+                self.audio(rate, &scratch);
             }
         }
         self.expected = Some(play.sequence.wrapping_add(1));
-        let payload = play.payload;
-        self.push_audio((payload.len() / 2) as u16, |i| {
-            i16::from_le_bytes([payload[2 * i], payload[2 * i + 1]])
-        });
+        scratch.clear();
+        if play.payload_type == PayloadType::PCMU {
+            scratch.extend(play.payload.iter().map(|&b| rst_codec::ulaw_to_linear(b)));
+        } else {
+            scratch.extend(
+                play.payload
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+            );
+        }
+        self.audio(rate, &scratch);
+        self.scratch = scratch;
     }
 
-    fn push_audio(&mut self, len: u16, sample: impl Fn(usize) -> i16) {
+    /// Audio at `rate` into the ring, at the rate the channel writes at.
+    fn audio(&mut self, rate: u32, samples: &[i16]) {
+        let to = match self.shared.write_rate.load(Relaxed) {
+            0 => self.call_rate, // Nothing written yet: the call's rate.
+            written => written,
+        };
+        let same = self
+            .resampler
+            .as_ref()
+            .is_some_and(|r| r.from_rate() == rate && r.to_rate() == to);
+        if !same {
+            self.flush();
+            if rate != to {
+                self.resampler = Some(Resampler::new(rate, to));
+            }
+        }
+        let Some(resampler) = &mut self.resampler else {
+            self.push(samples);
+            return;
+        };
+        let mut resampled = std::mem::take(&mut self.resampled);
+        resampler.push(samples, &mut resampled);
+        // Whole 20 ms frames at the write rate; the rest waits for more.
+        let frame = (to as usize / 50).clamp(1, MAX_PLAY_SAMPLES);
+        let whole = resampled.len() / frame * frame;
+        for chunk in resampled[..whole].chunks(frame) {
+            self.push(chunk);
+        }
+        resampled.drain(..whole);
+        self.resampled = resampled;
+    }
+
+    /// What the resampler still holds goes into the ring: at a mark (so the
+    /// mark follows all of its audio) and when the rates change.
+    fn flush(&mut self) {
+        let Some(mut resampler) = self.resampler.take() else {
+            return;
+        };
+        let mut resampled = std::mem::take(&mut self.resampled);
+        resampler.finish(&mut resampled);
+        for chunk in resampled.chunks(MAX_PLAY_SAMPLES) {
+            self.push(chunk);
+        }
+        resampled.clear();
+        self.resampled = resampled;
+    }
+
+    /// One item of audio (at most [`MAX_PLAY_SAMPLES`]) into the ring, in a
+    /// buffer the media thread gave back when there is one.
+    fn push(&mut self, samples: &[i16]) {
         if self.items.is_full() {
             self.counters.frames_dropped_full.fetch_add(1, Relaxed);
             return;
         }
-        let mut samples = self
+        let mut buffer = self
             .spares
             .pop()
             .unwrap_or_else(|_| Box::new([0; MAX_PLAY_SAMPLES]));
-        for (i, slot) in samples.iter_mut().take(usize::from(len)).enumerate() {
-            *slot = sample(i);
-        }
-        let _ = self.items.push(Item::Audio { len, samples });
+        let len = samples.len().min(MAX_PLAY_SAMPLES);
+        buffer[..len].copy_from_slice(&samples[..len]);
+        let _ = self.items.push(Item::Audio {
+            len: len as u16,
+            samples: buffer,
+        });
     }
 
     /// A CLR: everything not yet played goes, on the next frame written.
     pub fn clear(&mut self) {
         self.counters.clears.fetch_add(1, Relaxed);
+        self.resampler = None;
+        self.resampled.clear();
         self.shared.clear_generation.fetch_add(1, Relaxed);
         // What follows a clear starts a new sequence run.
         self.expected = None;
@@ -194,6 +285,7 @@ impl PlayFeed {
     /// ring is full it cannot wait in it: it is reported cleared at once.
     pub fn mark(&mut self, name: String, events: &mut impl FnMut(PlayEvent)) {
         self.counters.marks.fetch_add(1, Relaxed);
+        self.flush();
         let id = self.next_mark;
         self.next_mark = self.next_mark.wrapping_add(1);
         if self.items.push(Item::Mark(id)).is_err() {
@@ -234,6 +326,16 @@ impl PlayFeed {
         }
     }
 
+    /// Nothing in flight: no audio or mark waiting, no notice unread, not
+    /// playing. (In this order: the media thread leaves its notice before it
+    /// takes the item, so an empty ring seen here means its notice is seen.)
+    pub fn is_idle(&self) -> bool {
+        self.items.slots() == self.items.buffer().capacity()
+            && self.notices.is_empty()
+            && !self.playing
+            && self.marks.is_empty()
+    }
+
     /// The call is over: playing stops, marks never played are reported cleared.
     pub fn finish(&mut self, events: &mut impl FnMut(PlayEvent)) {
         self.poll(events);
@@ -267,9 +369,12 @@ pub struct PlayTap {
 }
 
 impl PlayTap {
-    /// Plays into `frame`, the linear samples FreeSWITCH is about to write
-    /// to the channel. Returns whether anything was played into it.
-    pub fn fill(&mut self, frame: &mut [i16]) -> bool {
+    /// Plays into `frame`, the linear samples at `rate` FreeSWITCH is about
+    /// to write to the channel. Returns whether anything was played into it.
+    pub fn fill(&mut self, frame: &mut [i16], rate: u32) -> bool {
+        if rate != 0 {
+            self.shared.write_rate.store(rate, Relaxed);
+        }
         let generation = self.shared.clear_generation.load(Relaxed);
         if generation != self.generation {
             self.generation = generation;
@@ -382,17 +487,17 @@ mod tests {
     #[test]
     fn frames_play_in_order_a_gap_is_silence_and_marks_follow_their_audio() {
         let counters = Arc::new(PlayCounters::default());
-        let (mut sender, mut media) = channel(PlayMode::Replace, counters.clone());
+        let (mut sender, mut media) = channel(PlayMode::Replace, 8000, counters.clone());
         feed(&mut sender, &play(0, &[1; 160]));
         feed(&mut sender, &play(2, &[3; 160]));
         feed(&mut sender, &play(1, &[9; 160])); // late: dropped
         sender.mark("m".into(), &mut |_| panic!());
         let mut frame = [7i16; 160];
-        assert!(media.fill(&mut frame));
+        assert!(media.fill(&mut frame, 8000));
         assert_eq!(frame, [1; 160]);
-        media.fill(&mut frame);
+        media.fill(&mut frame, 8000);
         assert_eq!(frame, [0; 160], "the lost frame 1 is silence");
-        media.fill(&mut frame);
+        media.fill(&mut frame, 8000);
         assert_eq!(frame, [3; 160]);
         assert_eq!(
             events(&mut sender),
@@ -406,7 +511,7 @@ mod tests {
         );
         let mut frame = [7i16; 160];
         assert!(
-            !media.fill(&mut frame),
+            !media.fill(&mut frame, 8000),
             "an underrun leaves the channel's audio"
         );
         assert_eq!(frame, [7; 160]);
@@ -417,14 +522,14 @@ mod tests {
 
     #[test]
     fn frames_of_another_size_are_spread_over_the_frames_written() {
-        let (mut sender, mut media) = channel(PlayMode::Mix, Arc::default());
+        let (mut sender, mut media) = channel(PlayMode::Mix, 8000, Arc::default());
         feed(&mut sender, &play(0, &[100; 160]));
         feed(&mut sender, &play(1, &[i16::MAX; 160]));
         // FreeSWITCH writes 10 ms frames here.
         let mut heard = Vec::new();
         for _ in 0..4 {
             let mut frame = [1000i16; 80];
-            media.fill(&mut frame);
+            media.fill(&mut frame, 8000);
             heard.extend_from_slice(&frame);
         }
         assert!(heard[..160].iter().all(|&s| s == 1100), "mixed");
@@ -436,16 +541,16 @@ mod tests {
 
     #[test]
     fn a_clear_drops_everything_on_the_next_frame_and_clears_the_marks() {
-        let (mut sender, mut media) = channel(PlayMode::Replace, Arc::default());
+        let (mut sender, mut media) = channel(PlayMode::Replace, 8000, Arc::default());
         for k in 0..10 {
             feed(&mut sender, &play(k, &[5; 160]));
         }
         sender.mark("later".into(), &mut |_| panic!());
         let mut frame = [0i16; 160];
-        media.fill(&mut frame);
+        media.fill(&mut frame, 8000);
         sender.clear();
         let mut frame = [-2i16; 160];
-        assert!(!media.fill(&mut frame));
+        assert!(!media.fill(&mut frame, 8000));
         assert_eq!(frame, [-2; 160], "the next frame is the channel's own");
         assert_eq!(
             events(&mut sender),
@@ -460,13 +565,13 @@ mod tests {
         );
         // After a clear a new sequence starts wherever the receiver is.
         feed(&mut sender, &play(57, &[8; 160]));
-        media.fill(&mut frame);
+        media.fill(&mut frame, 8000);
         assert_eq!(frame, [8; 160]);
     }
 
     #[test]
     fn marks_not_played_at_the_end_are_cleared() {
-        let (mut sender, _media) = channel(PlayMode::Mix, Arc::default());
+        let (mut sender, _media) = channel(PlayMode::Mix, 8000, Arc::default());
         sender.mark("a".into(), &mut |_| panic!());
         sender.mark("b".into(), &mut |_| panic!());
         let mut out = Vec::new();
@@ -483,6 +588,86 @@ mod tests {
                     cleared: true
                 },
             ]
+        );
+    }
+
+    fn ulaw_play(sequence: u32, codes: &[u8]) -> Vec<u8> {
+        rst_proto::Message::Play(Play {
+            uuid: Uuid::new("u1").unwrap(),
+            sequence,
+            payload_type: PayloadType::PCMU,
+            payload: codes,
+        })
+        .to_vec()
+        .unwrap()
+    }
+
+    #[test]
+    fn ulaw_is_decoded_exactly_at_8khz() {
+        let (mut sender, mut media) = channel(PlayMode::Replace, 8000, Arc::default());
+        let codes: Vec<u8> = (0..160).map(|i| i as u8).collect();
+        feed(&mut sender, &ulaw_play(0, &codes));
+        let mut frame = [0i16; 160];
+        assert!(media.fill(&mut frame, 8000));
+        let expected: Vec<i16> = codes
+            .iter()
+            .map(|&c| rst_codec::ulaw_to_linear(c))
+            .collect();
+        assert_eq!(frame.to_vec(), expected);
+    }
+
+    /// µ-law (8 kHz) on a channel that writes 16 kHz: resampled, the tone
+    /// keeps its pitch, nothing is lost, and a mark comes after all of it.
+    #[test]
+    fn audio_at_another_rate_than_the_channel_writes_is_resampled() {
+        let counters = Arc::new(PlayCounters::default());
+        let (mut sender, mut media) = channel(PlayMode::Replace, 8000, counters.clone());
+        // The media thread has written a frame: now the feed knows the rate.
+        let mut frame = [0i16; 320];
+        assert!(!media.fill(&mut frame, 16000));
+        let tone: Vec<u8> = (0..8000)
+            .map(|n| {
+                let x = 8000.0 * (2.0 * std::f64::consts::PI * 500.0 * n as f64 / 8000.0).sin();
+                rst_codec::linear_to_ulaw(x as i16)
+            })
+            .collect();
+        let mut heard = Vec::new();
+        let mut events = Vec::new();
+        for (k, codes) in tone.chunks(160).enumerate() {
+            feed(&mut sender, &ulaw_play(k as u32, codes));
+            if k == 49 {
+                sender.mark("end".into(), &mut |_| panic!());
+            }
+            while media.fill(&mut frame, 16000) {
+                heard.extend_from_slice(&frame);
+            }
+            sender.poll(&mut |e| events.push(e));
+        }
+        let mark = PlayEvent::Mark {
+            name: "end".into(),
+            cleared: false,
+        };
+        assert_eq!(events.last(), Some(&PlayEvent::Stopped("drained")));
+        assert_eq!(
+            events[events.len() - 2],
+            mark,
+            "the mark after all the audio"
+        );
+        assert_eq!(counters.frames_unsupported.load(Relaxed), 0);
+        // A second at 8 kHz is a second at 16 kHz (the last frame, partly
+        // filled, counts whole here).
+        assert!(
+            (16000..16000 + 320).contains(&heard.len()),
+            "{} samples",
+            heard.len()
+        );
+        // 500 Hz at 16 kHz: a period of 32 samples; count the rising zero
+        // crossings in the middle second's half.
+        let middle = &heard[4000..12000];
+        let crossings = middle.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+        assert!(
+            (248..=252).contains(&crossings),
+            "{crossings} periods in 0.5 s"
         );
     }
 }

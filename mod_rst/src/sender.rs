@@ -2,7 +2,7 @@
 //! lives here, so the media threads only copy a frame into a queue. One thread
 //! serves all calls; [`Stream`] holds each call's protocol state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -117,7 +117,7 @@ impl Counters {
         let p = &self.play;
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            ",\"play\":{{\"frames_played\":{},\"frames_late\":{},\"gap_frames\":{},\"frames_dropped_full\":{},\"frames_unsupported\":{},\"clears\":{},\"marks\":{}}}}}",
+            ",\"play\":{{\"frames_played\":{},\"frames_late\":{},\"gap_frames\":{},\"frames_dropped_full\":{},\"frames_unsupported\":{},\"clears\":{},\"marks\":{},\"foreign\":{}}}}}",
             c(&p.frames_played),
             c(&p.frames_late),
             c(&p.gap_frames),
@@ -125,6 +125,7 @@ impl Counters {
             c(&p.frames_unsupported),
             c(&p.clears),
             c(&p.marks),
+            c(&p.foreign),
         )
     }
 }
@@ -273,6 +274,8 @@ pub fn run(
     let mut control = Control::default();
     let mut live: HashMap<StreamId, Live> = HashMap::new();
     let mut by_uuid: HashMap<String, StreamId> = HashMap::new();
+    // Streams whose playback has something in flight (audio, marks, notices).
+    let mut playing: HashSet<StreamId> = HashSet::new();
     let mut shutdown_deadline: Option<Instant> = None;
     let mut ack_buffer = [0u8; 2048];
     let mut acks: Vec<(StreamId, Option<RtpPorts>)> = Vec::new();
@@ -379,13 +382,25 @@ pub fn run(
         acks.clear();
         let mut marked = Vec::new();
         for socket in control.sockets() {
-            while let Ok((len, _)) = socket.recv_from(&mut ack_buffer) {
+            while let Ok((len, from)) = socket.recv_from(&mut ack_buffer) {
                 let Ok(message) = Message::parse(&ack_buffer[..len]) else {
                     continue;
                 };
                 let Some(&id) = by_uuid.get(message.uuid().as_str()) else {
                     continue;
                 };
+                let audio_back = matches!(
+                    message,
+                    Message::Play(_) | Message::Clear(_) | Message::Mark(_)
+                );
+                if audio_back {
+                    if live.get(&id).is_some_and(|e| e.stream.target() != from) {
+                        // Only the call's receiver may speak into it.
+                        counters.play.foreign.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    playing.insert(id);
+                }
                 match message {
                     Message::Ack(ack) => {
                         counters.acks_received.fetch_add(1, Relaxed);
@@ -411,19 +426,25 @@ pub fn run(
             }
         }
         // What the media threads played: MARKs back to the receiver, events.
-        for (&id, entry) in live.iter_mut() {
+        // Only the calls with audio back in flight are looked at.
+        playing.retain(|id| {
+            let Some(entry) = live.get_mut(id) else {
+                return false;
+            };
             let mut events: Vec<PlayEvent> = marked
                 .iter()
-                .filter(|(of, _)| *of == id)
+                .filter(|(of, _)| of == id)
                 .map(|(_, event)| event.clone())
                 .collect();
-            if let Some(feed) = entry.play.as_mut() {
+            let busy = entry.play.as_mut().is_some_and(|feed| {
                 feed.poll(&mut |event| events.push(event));
-            }
+                !feed.is_idle()
+            });
             if !events.is_empty() {
                 play_events(entry, &mut control, &counters, &report, events);
             }
-        }
+            busy
+        });
         let mut closed = Vec::new();
         for &(id, ports) in &acks {
             if let Some(entry) = live.get_mut(&id) {

@@ -46,27 +46,31 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Ctrl-C (and SIGTERM on Unix) set `shutdown`; the capture then ends every
-/// call with a BYE before the process exits.
+/// call with a BYE before the process exits. The handlers are installed
+/// before this returns: a signal sent the moment the tap says it started is
+/// never missed.
 fn watch_signals(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .context("signal runtime")?;
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+        )
+    };
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             runtime.block_on(async {
                 #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let Ok(mut term) = signal(SignalKind::terminate()) else {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
                 #[cfg(not(unix))]
                 let _ = tokio::signal::ctrl_c().await;

@@ -57,6 +57,9 @@ pub struct Config {
     pub bind_sender: bool,
     /// New calls a second from one sender address; 0: no limit.
     pub new_calls_per_second: u32,
+    /// 20 ms frames of a consumer's audio sent ahead of real time to the
+    /// call's sender (what its jitter buffer absorbs).
+    pub play_lead: u32,
 }
 
 /// The default `payload-types`: RFC 4733 events on 101, as the original
@@ -162,6 +165,7 @@ impl Default for Config {
                 .expect("the default payload types parse"),
             bind_sender: true,
             new_calls_per_second: 1000,
+            play_lead: crate::play::LEAD_FRAMES,
         }
     }
 }
@@ -262,6 +266,11 @@ pub struct Settings {
     /// refused and counted; 0 for no limit [default: 1000]
     #[arg(long, value_name = "N")]
     pub new_calls_per_second: Option<u32>,
+    /// 20 ms frames of a consumer's audio sent ahead of real time to mod_rst:
+    /// more rides out a busier network or machine, fewer answers sooner;
+    /// 1 to 16 [default: 3]
+    #[arg(long, value_name = "FRAMES")]
+    pub play_lead: Option<u32>,
 }
 
 impl Settings {
@@ -319,6 +328,7 @@ impl Settings {
             payload_types: self.payload_types.or(base.payload_types),
             bind_sender: self.bind_sender.or(base.bind_sender),
             new_calls_per_second: self.new_calls_per_second.or(base.new_calls_per_second),
+            play_lead: self.play_lead.or(base.play_lead),
         }
     }
 
@@ -388,7 +398,13 @@ impl Settings {
             new_calls_per_second: self
                 .new_calls_per_second
                 .unwrap_or(default.new_calls_per_second),
+            play_lead: self.play_lead.unwrap_or(default.play_lead),
         };
+        anyhow::ensure!(
+            (1..=crate::play::MAX_LEAD_FRAMES).contains(&config.play_lead),
+            "play-lead must be from 1 to {} frames",
+            crate::play::MAX_LEAD_FRAMES
+        );
         anyhow::ensure!(
             !config.taps.poll_interval.is_zero(),
             "tap-poll-interval must be at least 1 second"

@@ -201,14 +201,17 @@ pub struct LiveCalls {
     /// The receiver's socket, which PLAY datagrams leave from.
     socket: Arc<UdpSocket>,
     metrics: Arc<Metrics>,
+    /// Frames a player sends ahead of real time (`play-lead`).
+    play_lead: u32,
 }
 
 impl LiveCalls {
-    pub fn new(socket: Arc<UdpSocket>, metrics: Arc<Metrics>) -> LiveCalls {
+    pub fn new(socket: Arc<UdpSocket>, metrics: Arc<Metrics>, play_lead: u32) -> LiveCalls {
         LiveCalls {
             calls: Mutex::default(),
             socket,
             metrics,
+            play_lead,
         }
     }
 
@@ -248,6 +251,7 @@ impl LiveCalls {
                 Player::start(
                     live.clone(),
                     target,
+                    self.play_lead,
                     self.socket.clone(),
                     self.metrics.clone(),
                     live.ended.clone(),

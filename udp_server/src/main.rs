@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use udp_server::taps::TapsConfig;
 use udp_server::{Config, Metrics, Settings};
@@ -87,21 +88,37 @@ async fn receive(config: Config) -> anyhow::Result<()> {
         socket.local_addr()?,
         config.record_dir.display()
     );
+    // The handlers are in place before anything is logged: a SIGTERM sent
+    // the moment the receiver says it started is never missed.
+    let signals = Signals::install()?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(signals.stop(shutdown.clone()));
     udp_server::run(socket, config, Arc::new(Metrics::default()), shutdown).await
 }
 
-/// SIGINT or SIGTERM: finish every call and exit.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+        })
     }
-    tracing::info!("stopping: finishing every call");
-    shutdown.cancel();
+
+    /// Either signal: finish every call and exit.
+    async fn stop(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        tracing::info!("stopping: finishing every call");
+        shutdown.cancel();
+    }
 }
 
 fn discover(to: SocketAddr, wait: Duration) -> anyhow::Result<()> {

@@ -3,7 +3,8 @@
 //! datagrams, with CLR (barge-in) and MARK (tell me when this point played).
 //!
 //! A bot may send a 10 s sentence in 200 ms; the receiver keeps it and sends
-//! it in real time, a few frames ahead ([`LEAD_FRAMES`]), so the sender needs
+//! it in real time, a few frames ahead (`play-lead`, [`LEAD_FRAMES`] unless
+//! configured), so the sender needs
 //! only a small jitter buffer and a burst never overflows a socket. Only a
 //! sender whose INV said `play=1` (mod_rst) gets any of it; a tapped call is
 //! passive.
@@ -25,10 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{LiveCall, LiveEvent};
 use crate::metrics::Metrics;
-use crate::stream::resample::Resampler;
+use rst_codec::Resampler;
 
-/// Frames sent ahead of real time: what the sender's jitter buffer absorbs.
+/// Frames sent ahead of real time by default: what the sender's jitter
+/// buffer absorbs.
 pub const LEAD_FRAMES: u32 = 3;
+/// The most lead allowed: half of mod_rst's ring of 32 frames, so a lead
+/// never fills it.
+pub const MAX_LEAD_FRAMES: u32 = 16;
 /// Audio a call keeps queued to be played; past it a consumer's audio is
 /// dropped and counted (a consumer should not send minutes ahead).
 pub const MAX_QUEUED: Duration = Duration::from_secs(60);
@@ -70,8 +75,10 @@ pub struct Pacer {
     partial: Vec<i16>,
     resampler: Option<Resampler>,
     scratch: Vec<i16>,
+    /// Frames sent ahead of real time.
+    lead: u32,
     /// When the current run of frames began, and frames sent in it: frame
-    /// `n` of a run is due `n - LEAD_FRAMES` frames after its start.
+    /// `n` of a run is due `n - lead` frames after its start.
     run: Option<(Instant, u32)>,
     /// The queue ran empty since the last frame went out.
     starved: bool,
@@ -93,9 +100,10 @@ pub enum Paced {
 }
 
 impl Pacer {
-    pub fn new(uuid: &str, rate: u32) -> Pacer {
+    pub fn new(uuid: &str, rate: u32, lead: u32) -> Pacer {
         Pacer {
             uuid: uuid.to_owned(),
+            lead,
             rate: rate.max(8000),
             queue: VecDeque::new(),
             queued_frames: 0,
@@ -217,7 +225,7 @@ impl Pacer {
                         _ => (now, 0),
                     };
                     self.starved = false;
-                    let due = start + FRAME * sent.saturating_sub(LEAD_FRAMES);
+                    let due = start + FRAME * sent.saturating_sub(self.lead);
                     if due > now {
                         return Some(due);
                     }
@@ -270,12 +278,13 @@ impl Player {
     pub fn start(
         live: Arc<LiveCall>,
         target: PlayTarget,
+        lead: u32,
         socket: Arc<UdpSocket>,
         metrics: Arc<Metrics>,
         ended: CancellationToken,
     ) -> Player {
         let (commands, queue) = mpsc::channel(COMMANDS);
-        tokio::spawn(run(live, target, socket, metrics, queue, ended));
+        tokio::spawn(run(live, target, lead, socket, metrics, queue, ended));
         Player { commands }
     }
 
@@ -289,13 +298,14 @@ impl Player {
 async fn run(
     live: Arc<LiveCall>,
     target: PlayTarget,
+    lead: u32,
     socket: Arc<UdpSocket>,
     metrics: Arc<Metrics>,
     mut commands: mpsc::Receiver<PlayCommand>,
     ended: CancellationToken,
 ) {
     let uuid = live.info().uuid;
-    let mut pacer = Pacer::new(&uuid, target.rate);
+    let mut pacer = Pacer::new(&uuid, target.rate, lead);
     let mut out = Vec::new();
     let mut wake: Option<Instant> = None;
     loop {
@@ -371,7 +381,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_paced_in_real_time_with_a_lead() {
-        let mut pacer = Pacer::new("u1", 8000);
+        let mut pacer = Pacer::new("u1", 8000, LEAD_FRAMES);
         let mut out = Vec::new();
         // One second of audio at once.
         let samples: Vec<i16> = (0..8000).map(|i| i as i16).collect();
@@ -409,7 +419,7 @@ mod tests {
     fn audio_that_comes_as_it_is_spoken_keeps_one_run() {
         // A consumer sending 20 ms every 20 ms, sometimes early: the queue
         // is empty between frames, yet the run goes on at real time.
-        let mut pacer = Pacer::new("u1", 8000);
+        let mut pacer = Pacer::new("u1", 8000, LEAD_FRAMES);
         let mut out = Vec::new();
         let t0 = Instant::now();
         for k in 0..20u32 {
@@ -441,7 +451,7 @@ mod tests {
 
     #[test]
     fn frames_carry_the_audio_in_order_and_a_mark_follows_its_audio() {
-        let mut pacer = Pacer::new("u1", 8000);
+        let mut pacer = Pacer::new("u1", 8000, LEAD_FRAMES);
         let mut out = Vec::new();
         let samples: Vec<i16> = (0..400).map(|i| i as i16).collect();
         pacer.command(
@@ -479,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_clear_drops_the_queue_says_clr_and_clears_the_marks_not_yet_sent() {
-        let mut pacer = Pacer::new("u1", 16000);
+        let mut pacer = Pacer::new("u1", 16000, LEAD_FRAMES);
         let mut out = Vec::new();
         pacer.command(
             PlayCommand::Audio {
@@ -505,7 +515,7 @@ mod tests {
 
     #[test]
     fn more_than_a_minute_queued_is_dropped_and_counted() {
-        let mut pacer = Pacer::new("u1", 8000);
+        let mut pacer = Pacer::new("u1", 8000, LEAD_FRAMES);
         let mut out = Vec::new();
         pacer.command(
             PlayCommand::Audio {

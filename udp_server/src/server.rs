@@ -161,7 +161,11 @@ pub async fn run_with(
     let (feed, feed_server) = Feed::new();
     // PLAY datagrams leave from the socket the calls' INVs came to.
     let socket = Arc::new(socket);
-    let live_calls = Arc::new(LiveCalls::new(socket.clone(), metrics.clone()));
+    let live_calls = Arc::new(LiveCalls::new(
+        socket.clone(),
+        metrics.clone(),
+        config.play_lead,
+    ));
     // Streams outlive the receive loop a little: they deliver what the calls
     // ended by shutdown still hold, then stop.
     let streams_shutdown = CancellationToken::new();

@@ -93,13 +93,12 @@ fn kill_9_mid_call_leaves_valid_files_that_the_next_start_completes() {
         );
     }
 
-    let (mut child, _) = spawn_receiver(dir.path());
+    let (child, _) = spawn_receiver(dir.path());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !files_in(dir.path(), ".part").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    stop(child);
 
     assert!(files_in(dir.path(), ".part").is_empty());
     let records = records_in(dir.path());
@@ -130,10 +129,12 @@ fn sigterm_finishes_open_calls() {
     let mut sender = Sender::new(addr);
     sender.inv(&uuid(2), "alice", "bob");
     sender.data(&uuid(2), Read, 0, &[0xFF; 160]);
-    std::thread::sleep(Duration::from_millis(100));
-    sigterm(&child);
-    let mut child = child;
-    assert!(child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_in(dir.path(), ".part").is_empty() {
+        assert!(Instant::now() < deadline, "the call's files never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(child);
     let records = records_in(dir.path());
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["end_reason"], "shutdown");
@@ -159,9 +160,7 @@ fn calls_beyond_the_open_file_limit_still_get_their_records() {
     for id in &calls[..20] {
         sender.bye(id);
     }
-    sigterm(&child);
-    let mut child = child;
-    assert!(child.wait().unwrap().success());
+    stop(child);
     let records = records_in(dir.path());
     let unrecorded = records
         .iter()
@@ -183,12 +182,26 @@ fn calls_beyond_the_open_file_limit_still_get_their_records() {
     }
 }
 
-fn sigterm(child: &Child) {
+/// SIGTERM, then the receiver's exit: it must finish its calls and exit
+/// cleanly within a generous deadline (killed, and the test failed, if not).
+fn stop(mut child: Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the receiver exited with {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the receiver did not stop within 120 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn ulaw_decoded(byte: u8) -> i16 {
@@ -214,9 +227,7 @@ fn risky_settings_are_warned_of_at_start() {
             Err(_) => break,
         }
     }
-    sigterm(&child);
-    let mut child = child;
-    child.wait().unwrap();
+    stop(child);
     assert!(said.contains("empty allow list"), "{said}");
     assert!(said.contains("open file limit"), "{said}");
 }

@@ -298,3 +298,69 @@ fn a_call_that_cannot_play_tells_the_bot_once_and_sends_nothing() {
         }
     }
 }
+
+/// A person (or an agent's console) on the `listen` WebSocket of the HTTP
+/// port speaks too: the `raw` format's binary frames are played into the
+/// call, and its mark comes back once played.
+#[test]
+fn a_listen_client_speaks_into_the_call() {
+    const TOKEN: &str = "0123456789abcdef-speak";
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("http.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let receiver = Receiver::with(Settings {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        http_token_file: Some(token_file),
+        ..Settings::default()
+    });
+    let http = receiver.http_addr().expect("the HTTP port is bound");
+    let id = uuid(5);
+    let sender = PlayingSender::call(receiver.addr, &id, "play=1", 4);
+    let speech = tone(600.0, 5000.0, 8000, 0.4);
+    let frames: Vec<Vec<u8>> = speech.chunks(160).map(samples_bytes).collect();
+    let url = format!("ws://{http}/api/calls/{id}/listen?format=raw&rate=8000&token={TOKEN}");
+    let client = std::thread::spawn(move || {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            // The call may not be known the instant its INV left.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut socket = loop {
+                match tokio_tungstenite::connect_async(url.as_str()).await {
+                    Ok((socket, _)) => break socket,
+                    Err(error) => {
+                        assert!(Instant::now() < deadline, "cannot listen: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            };
+            for frame in frames {
+                socket.send(Ws::binary(frame)).await.unwrap();
+            }
+            socket
+                .send(Ws::text(r#"{"event":"mark","name":"spoken"}"#))
+                .await
+                .unwrap();
+            // Until the mark comes back.
+            while let Some(Ok(message)) = socket.next().await {
+                if let Ws::Text(text) = message {
+                    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if value["event"] == "mark" {
+                        return value;
+                    }
+                }
+            }
+            panic!("the listen socket closed before the mark came back");
+        })
+    });
+    let mut heard = Heard::default();
+    sender.hear_until(&mut heard, |h| !h.marks.is_empty());
+    let played: Vec<i16> = heard.plays.iter().flat_map(|p| samples(&p.2)).collect();
+    assert_eq!(played, speech, "the listener's voice, sample for sample");
+    let mark = client.join().unwrap();
+    assert_eq!(mark["name"], "spoken");
+    assert_eq!(mark["cleared"], false);
+}

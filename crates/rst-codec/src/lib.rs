@@ -1,4 +1,5 @@
-//! Audio payload decoders for rst recordings.
+//! Audio payload decoders for rst recordings, and a streaming resampler
+//! ([`Resampler`]) for audio that must change rate on its way.
 //!
 //! Sans-IO: payload bytes in, 16-bit linear samples out. Nothing here opens a
 //! socket or file or starts a thread, so the receiver decides where audio
@@ -44,6 +45,7 @@ pub mod g722;
 pub mod g729;
 #[cfg(feature = "opus")]
 pub mod opus;
+pub mod resample;
 
 pub use g711::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
 pub use g722::G722Decoder;
@@ -51,6 +53,7 @@ pub use g722::G722Decoder;
 pub use g729::G729Decoder;
 #[cfg(feature = "opus")]
 pub use opus::OpusDecoder;
+pub use resample::Resampler;
 
 /// Why a payload could not be decoded, or not completely.
 ///

@@ -221,6 +221,12 @@ impl Stream {
         &self.uuid
     }
 
+    /// The receiver's address: where the INV went, and the only address audio
+    /// back (PLAY, CLR, MARK) is taken from.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }

@@ -7,9 +7,11 @@
 
 mod common;
 
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::*;
+use rst_proto::{Ack, Mark, Message, PayloadType, Play, Uuid};
 use udp_server::stream::{CallsSpec, Format, ProfileSpec, Tracks};
 use udp_server::Settings;
 
@@ -231,4 +233,216 @@ fn the_receiver_vanishing_mid_sentence_leaves_the_call_its_own_audio() {
     // The call went on: the channel's own audio after the bot's last frame.
     let last = find(&caller_heard, &expected[(played - 1) * 160..played * 160]).unwrap();
     assert!(caller_heard.len() > last + 160 + 800, "the call went on");
+}
+
+/// A bare rst peer in the receiver's place: a UDP socket speaking the
+/// protocol through rst-proto, so that every datagram is the test's own.
+struct BarePeer {
+    socket: UdpSocket,
+    /// Where the module's INV came from: where audio back goes.
+    module: SocketAddr,
+    uuid: String,
+}
+
+impl BarePeer {
+    /// A loaded host (`play-mode = replace`) with call `u` (made with
+    /// `session_options`) streaming to the peer, its INV acknowledged.
+    fn call(u: &str, session_options: &str) -> (BarePeer, Host, tempfile::TempDir) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let conf = conf_for_addr(socket.local_addr().unwrap(), &[("play-mode", "replace")]);
+        let mut host = Host::start();
+        host.load(conf.path());
+        host.ok(&format!("session {u} {session_options}"));
+        host.ok(&format!("app {u} rst"));
+        let mut buf = [0u8; 2048];
+        let module = wait_for("the INV", || {
+            let (n, from) = socket.recv_from(&mut buf).ok()?;
+            match Message::parse(&buf[..n]).ok()? {
+                Message::Inv(inv) => {
+                    assert!(inv.extensions.play(), "the module says it can play");
+                    Some(from)
+                }
+                _ => None,
+            }
+        });
+        let peer = BarePeer {
+            socket,
+            module,
+            uuid: u.to_owned(),
+        };
+        peer.send_from(&peer.socket, |uuid| {
+            Message::Ack(Ack {
+                uuid,
+                rtp_ports: None,
+            })
+        });
+        (peer, host, conf)
+    }
+
+    fn send_from<'a>(&'a self, socket: &UdpSocket, message: impl FnOnce(Uuid<'a>) -> Message<'a>) {
+        let datagram = message(Uuid::new(&self.uuid).unwrap()).to_vec().unwrap();
+        socket.send_to(&datagram, self.module).unwrap();
+    }
+
+    fn play_from(&self, socket: &UdpSocket, sequence: u32, ulaw: &[u8]) {
+        self.send_from(socket, |uuid| {
+            Message::Play(Play {
+                uuid,
+                sequence,
+                payload_type: PayloadType::PCMU,
+                payload: ulaw,
+            })
+        });
+    }
+
+    fn play(&self, sequence: u32, ulaw: &[u8]) {
+        self.play_from(&self.socket, sequence, ulaw);
+    }
+
+    fn mark(&self, name: &str) {
+        self.send_from(&self.socket, |uuid| {
+            Message::Mark(Mark {
+                uuid,
+                wire_name: name,
+                cleared: false,
+            })
+        });
+    }
+
+    /// MARKs the module sends back, until there are `count`.
+    fn marks(&self, count: usize) -> Vec<(String, bool)> {
+        let mut marks = Vec::new();
+        let mut buf = [0u8; 2048];
+        wait_for("the marks back", || {
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                if let Ok(Message::Mark(mark)) = Message::parse(&buf[..n]) {
+                    assert_eq!(from, self.module);
+                    marks.push((mark.name(), mark.cleared));
+                }
+            }
+            (marks.len() == count).then_some(())
+        });
+        marks
+    }
+}
+
+/// Waits until the module has taken `marks` MARKs (and so the PLAYs sent
+/// before them): everything is queued before the call's media starts, so
+/// nothing can underrun between them.
+fn wait_taken(host: &mut Host, marks: u32) {
+    let counted = format!("\"marks\":{marks},");
+    wait_for("the module to take the PLAYs", || {
+        let status = host.ok("api rst_status");
+        let text = status["output"].as_str().unwrap_or("").to_owned();
+        text.contains(&counted).then_some(())
+    });
+}
+
+/// µ-law PLAY (PT 00) with one datagram lost, two marks, and a stranger's
+/// PLAY. The caller hears the frames in order with a frame of silence for
+/// the lost one; the marks come back in order, each after its audio; the
+/// stranger is ignored and counted.
+#[test]
+fn ulaw_play_with_a_gap_and_marks_in_order_through_the_module() {
+    let u = uuid(0x904);
+    let (peer, mut host, _conf) = BarePeer::call(&u, "");
+    // Ten numbered frames; the fifth (sequence 4) is lost on the way.
+    let frames: Vec<Vec<u8>> = (0..10u8)
+        .map(|k| {
+            (0..160)
+                .map(|n| ulaw(((n as i16 % 40) - 20) * 200 + i16::from(k) * 16 + 8))
+                .collect()
+        })
+        .collect();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.play_from(&stranger, 4, &frames[4]);
+    for sequence in 0..4 {
+        peer.play(sequence, &frames[sequence as usize]);
+    }
+    peer.mark("first");
+    for sequence in 5..10 {
+        peer.play(sequence, &frames[sequence as usize]);
+    }
+    peer.mark("second");
+    wait_taken(&mut host, 2);
+    host.ok(&format!("media {u} 2 write_hz=500"));
+    assert_eq!(
+        peer.marks(2),
+        [("first".to_owned(), false), ("second".to_owned(), false)],
+        "in order, played"
+    );
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    let status = host.ok("api rst_status");
+    let counters: serde_json::Value =
+        serde_json::from_str(status["output"].as_str().unwrap().trim()).unwrap();
+    host.ok(&format!("hangup {u}"));
+    finish(host);
+
+    let decoded: Vec<Vec<i16>> = frames
+        .iter()
+        .map(|f| f.iter().map(|&b| rst_codec::ulaw_to_linear(b)).collect())
+        .collect();
+    let start = find(&caller_heard, &decoded[0]).expect("the first frame is heard");
+    let mut expected = Vec::new();
+    for (k, frame) in decoded.iter().enumerate() {
+        if k == 4 {
+            expected.extend_from_slice(&[0; 160]);
+        } else {
+            expected.extend_from_slice(frame);
+        }
+    }
+    assert_samples(
+        "the ten frames, the lost one as silence",
+        &caller_heard[start..start + expected.len()],
+        &expected,
+    );
+    let play = &counters["play"];
+    assert_eq!(play["gap_frames"], 1, "{counters}");
+    assert_eq!(play["foreign"], 1, "{counters}");
+    assert_eq!(play["frames_played"], 10, "{counters}");
+}
+
+/// µ-law (8 kHz) PLAY into a 16 kHz call: the module resamples it to the
+/// rate the channel writes; the caller hears the bot's 500 Hz as 500 Hz,
+/// all of it, and the mark after it.
+#[test]
+fn ulaw_play_into_a_wideband_call_is_resampled() {
+    let u = uuid(0x905);
+    let (peer, mut host, _conf) = BarePeer::call(&u, "codec=L16 rate=16000");
+    let tone: Vec<u8> = tone(500.0, 8000.0, 8000, 0, 4000)
+        .into_iter()
+        .map(ulaw)
+        .collect();
+    for (k, payload) in tone.chunks(160).enumerate() {
+        peer.play(k as u32, payload);
+    }
+    peer.mark("done");
+    wait_taken(&mut host, 1);
+    host.ok(&format!("media {u} 2 write_hz=0 amp=0"));
+    assert_eq!(peer.marks(1), [("done".to_owned(), false)]);
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    host.ok(&format!("hangup {u}"));
+    finish(host);
+    // The channel's own audio is silence here: what is not silence is the bot.
+    let first = caller_heard
+        .iter()
+        .position(|&s| s != 0)
+        .expect("the bot is heard");
+    let last = caller_heard.iter().rposition(|&s| s != 0).unwrap();
+    let spoken = last + 1 - first;
+    assert!(
+        (7900..=8000).contains(&spoken),
+        "half a second at 16 kHz: {spoken} samples"
+    );
+    let middle = &caller_heard[first + 2000..first + 6000];
+    let periods = middle.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
+    assert!(
+        (124..=126).contains(&periods),
+        "500 Hz: {periods} periods in a quarter second"
+    );
 }

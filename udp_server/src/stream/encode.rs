@@ -19,11 +19,11 @@ use base64::Engine as _;
 use rst_proto::Direction;
 use serde_json::json;
 
-use super::resample::Resampler;
 use super::{Format, Tracks};
 use crate::align::StereoAligner;
 use crate::live::{AudioFrame, CallInfo, LiveEvent, Timing};
 use crate::record::DtmfRecord;
+use rst_codec::Resampler;
 
 /// Milliseconds of audio per media message or binary frame.
 pub const FRAME_MS: u32 = 20;

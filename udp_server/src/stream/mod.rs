@@ -11,7 +11,6 @@
 pub mod dial;
 pub mod encode;
 pub mod inbound;
-pub mod resample;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Sample rate conversion for live streams, with a real band-limited resampler
+//! Sample rate conversion for live audio, with a real band-limited resampler
 //! (rubato's synchronous FFT resampler), never by dropping or repeating
 //! samples. Streaming: audio goes in as it comes, in frames of any length;
 //! what comes out is delayed by the filter only (its delay is cut from the
@@ -35,6 +35,7 @@ impl std::fmt::Debug for Resampler {
 }
 
 impl Resampler {
+    /// Converts from `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Resampler {
         let chunk = from as usize * CHUNK_MS / 1000;
         let fft = (from != to)
@@ -48,15 +49,9 @@ impl Resampler {
                     FixedSync::Input,
                 )
             })
-            .and_then(|made| match made {
-                Ok(fft) => Some(fft),
-                Err(error) => {
-                    // Rates are checked where profiles are read; this cannot
-                    // happen with them, and a copy is the safe fallback.
-                    tracing::error!(from, to, %error, "cannot build a resampler");
-                    None
-                }
-            });
+            // It fails only for a rate of zero, which no caller passes (rates
+            // are checked where they are read): a copy is the safe fallback.
+            .and_then(Result::ok);
         let delay = fft.as_ref().map_or(0, |fft| fft.output_delay());
         Resampler {
             from,
@@ -70,8 +65,14 @@ impl Resampler {
         }
     }
 
+    /// The input rate.
     pub fn from_rate(&self) -> u32 {
         self.from
+    }
+
+    /// The output rate.
+    pub fn to_rate(&self) -> u32 {
+        self.to
     }
 
     /// Takes `samples` at the input rate and appends to `out` what is ready at the output rate.
