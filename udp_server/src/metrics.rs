@@ -119,6 +119,15 @@ pub struct Metrics {
     pub play_dropped_ms: AtomicU64,
     /// Consumers' audio, clears and marks refused (a passive call, one that ended).
     pub play_refused: AtomicU64,
+    /// Ended calls' files waiting to be stored in object storage, their bytes,
+    /// and the age of the oldest call waiting, in seconds.
+    pub storage_files_waiting: AtomicI64,
+    pub storage_bytes_waiting: AtomicI64,
+    pub storage_oldest_seconds: AtomicI64,
+    /// Calls whose files and record are stored and verified.
+    pub storage_calls_stored: AtomicU64,
+    /// Tries to store a call that failed (each is tried again), and queue errors.
+    pub storage_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -212,7 +221,7 @@ impl Metrics {
         for (name, help, rows) in labelled_families {
             family(name, "counter", help, &mut rows.into_iter());
         }
-        let gauges: [(&str, &str, &AtomicI64); 5] = [
+        let gauges: [(&str, &str, &AtomicI64); 8] = [
             (
                 "rst_streams_active",
                 "Live streams to consumers going on.",
@@ -238,6 +247,21 @@ impl Metrics {
                 "Records of ended calls waiting for room on disk.",
                 &self.records_pending,
             ),
+            (
+                "rst_storage_files_waiting",
+                "Files of ended calls waiting to be stored in object storage.",
+                &self.storage_files_waiting,
+            ),
+            (
+                "rst_storage_bytes_waiting",
+                "Bytes of ended calls waiting to be stored in object storage.",
+                &self.storage_bytes_waiting,
+            ),
+            (
+                "rst_storage_oldest_waiting_seconds",
+                "Age of the oldest call waiting to be stored.",
+                &self.storage_oldest_seconds,
+            ),
         ];
         for (name, help, gauge) in gauges {
             let value = gauge.load(Relaxed).max(0) as u64;
@@ -248,7 +272,17 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 23] = [
+        let counters: [(&str, &str, &AtomicU64); 25] = [
+            (
+                "rst_storage_calls_stored_total",
+                "Calls whose files and record are stored in object storage, verified.",
+                &self.storage_calls_stored,
+            ),
+            (
+                "rst_storage_failures_total",
+                "Tries to store a call that failed (tried again), and upload queue errors.",
+                &self.storage_failures,
+            ),
             (
                 "rst_play_dropped_ms_total",
                 "Milliseconds of consumers' audio dropped before it was played (queue full).",

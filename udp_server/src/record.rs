@@ -988,6 +988,20 @@ pub fn write_final(mut record: CallRecord, metrics: &Metrics) -> Finished {
 }
 
 /// Writes a call's final record and removes its provisional one.
+impl CallRecord {
+    /// The call's files other than its record: WAVs, raw payloads, the stereo file.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for direction in self.directions.values() {
+            files.extend(direction.wav.iter().cloned());
+            files.extend(direction.raw.iter().map(|raw| raw.path.clone()));
+            files.extend(direction.bare.iter().cloned());
+        }
+        files.extend(self.stereo.iter().cloned());
+        files
+    }
+}
+
 pub fn write_record(record: &CallRecord) -> io::Result<()> {
     write_json(&record.record, record)?;
     match std::fs::remove_file(part_path(&record.record)) {

@@ -223,6 +223,31 @@ pub async fn run_with(
         None => None,
     };
 
+    // Recordings to object storage: queued on disk as calls end, stored by
+    // one task in order. It stops with the receiver; what it had not stored
+    // yet waits in the queue for the next start.
+    let uploads = match &config.storage {
+        Some(storage) => {
+            let uploads = crate::storage::Uploads::open(&record_dir, metrics.clone())?;
+            tracing::info!(endpoint = %storage.endpoint, bucket = %storage.bucket, prefix = %storage.prefix, keep_local = storage.keep_local, "storing recordings in object storage");
+            Some(uploads)
+        }
+        None => None,
+    };
+    let storage_shutdown = CancellationToken::new();
+    let storage_task = config
+        .storage
+        .clone()
+        .zip(uploads.clone())
+        .map(|(storage, uploads)| {
+            tokio::spawn(crate::storage::run(
+                storage,
+                uploads,
+                feed.clone(),
+                storage_shutdown.clone(),
+            ))
+        });
+
     let options = RecordOptions {
         record_dir,
         bare_payload: config.raw,
@@ -235,7 +260,12 @@ pub async fn run_with(
     let mut recorders = Vec::new();
     for shard in 0..config.recorder_threads {
         let (sender, queue) = mpsc::channel(RECORDER_QUEUE);
-        let (options, metrics, feed) = (options.clone(), metrics.clone(), feed.clone());
+        let (options, metrics, feed, uploads) = (
+            options.clone(),
+            metrics.clone(),
+            feed.clone(),
+            uploads.clone(),
+        );
         let live = recorder::Live {
             calls: live_calls.clone(),
             streams: streams.clone(),
@@ -245,7 +275,9 @@ pub async fn run_with(
             std::thread::Builder::new()
                 .name(format!("rst-recorder-{shard}"))
                 .spawn(move || {
-                    recorder::run(queue, options, live, metrics, |event| publish(&feed, event))
+                    recorder::run(queue, options, live, metrics, |event| {
+                        publish(&feed, uploads.as_ref(), event)
+                    })
                 })?,
         );
     }
@@ -315,6 +347,10 @@ pub async fn run_with(
             .map_err(|_| anyhow::anyhow!("a recorder thread panicked"))?;
     }
     stats_task.await?;
+    storage_shutdown.cancel();
+    if let Some(task) = storage_task {
+        task.await?;
+    }
     http_shutdown.cancel();
     if let Some(task) = http_task {
         if let Err(error) = task.await? {
@@ -329,8 +365,9 @@ pub async fn run_with(
     result
 }
 
-/// Turns the recorder's events into metadata feed lines.
-fn publish(feed: &Feed, event: Event<'_>) {
+/// Turns the recorder's events into metadata feed lines; a call's end also
+/// queues its upload.
+fn publish(feed: &Feed, uploads: Option<&crate::storage::Uploads>, event: Event<'_>) {
     match event {
         Event::Started(record) => feed.call_started(
             &record.uuid,
@@ -352,6 +389,9 @@ fn publish(feed: &Feed, event: Event<'_>) {
             feed.publish(line);
         }
         Event::Ended(record) => {
+            if let Some(uploads) = uploads {
+                uploads.enqueue(record);
+            }
             let mut line = serde_json::to_value(record).unwrap_or_default();
             line["event"] = "call_end".into();
             feed.call_ended(&record.uuid, line);

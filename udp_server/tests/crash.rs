@@ -3,61 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rst_proto::Direction::{Read, Write};
 
 fn spawn_receiver(dir: &std::path::Path) -> (Child, SocketAddr) {
-    spawn_receiver_with_files(dir, None)
-}
-
-/// The receiver, allowed at most `max_files` open files (`ulimit -n`) when given.
-fn spawn_receiver_with_files(dir: &std::path::Path, max_files: Option<u32>) -> (Child, SocketAddr) {
-    let (child, lines) = spawn(&["--listen", "127.0.0.1:0"], dir, max_files);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .expect("the receiver printed its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            let addr = rest.split(' ').next().unwrap().parse().unwrap();
-            return (child, addr);
-        }
-    }
-}
-
-/// The receiver with `args`, recording into `dir`, at most `max_files` open
-/// files when given; its log lines come out of the channel as it writes them.
-fn spawn(
-    args: &[&str],
-    dir: &std::path::Path,
-    max_files: Option<u32>,
-) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let limit = max_files.map_or(String::from("true"), |n| format!("ulimit -n {n}"));
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{limit} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_udp_server"))
-        .args(args)
-        .arg("--record-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
+    spawn_receiver_process(dir, &[], None)
 }
 
 #[test]
@@ -148,7 +102,7 @@ fn sigterm_finishes_open_calls() {
 #[test]
 fn calls_beyond_the_open_file_limit_still_get_their_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn_receiver_with_files(dir.path(), Some(64));
+    let (child, addr) = spawn_receiver_process(dir.path(), &[], Some(64));
     let mut sender = Sender::new(addr);
     let calls: Vec<String> = (0..40).map(|n| uuid(300 + n)).collect();
     for id in &calls {
@@ -213,7 +167,7 @@ fn ulaw_decoded(byte: u8) -> i16 {
 #[test]
 fn risky_settings_are_warned_of_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, rx) = spawn(
+    let (child, rx) = spawn_process(
         &["--listen", "0.0.0.0:0", "--max-calls", "1000"],
         dir.path(),
         Some(64),

@@ -343,3 +343,61 @@ pub fn rtp(sequence: u16, timestamp: u32, ssrc: u32, payload_type: u8, payload: 
     .encode(&mut bytes);
     bytes
 }
+
+/// The receiver binary with `args`, recording into `dir`, at most `max_files`
+/// open files (`ulimit -n`) when given: its child (the caller waits for it)
+/// and its log lines, through the channel as it writes them.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_process(
+    args: &[&str],
+    dir: &Path,
+    max_files: Option<u32>,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead as _;
+    let limit = max_files.map_or(String::from("true"), |n| format!("ulimit -n {n}"));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_udp_server"))
+        .args(args)
+        .arg("--record-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// The receiver binary on a free loopback port, with `args` (see
+/// [`spawn_process`]): its child and the address it said it listens on.
+pub fn spawn_receiver_process(
+    dir: &Path,
+    args: &[&str],
+    max_files: Option<u32>,
+) -> (std::process::Child, SocketAddr) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (child, lines) = spawn_process(&all, dir, max_files);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("the receiver printed its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split(' ').next().unwrap().parse().unwrap();
+            return (child, addr);
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Recordings to S3-compatible object storage (AWS S3, MinIO, SeaweedFS,
+//! Ceph...): "record locally, upload, then say it is stored".
+//!
+//! When a call's record is written, the recorder thread puts a job in the
+//! upload queue on disk ([`queue`]); the uploader task takes the jobs in
+//! order and stores each call's files under `PREFIX/YYYY/MM/DD/<file name>`,
+//! the WAVs and raw payloads first, multipart above [`etag::PART_SIZE`], each
+//! verified against the checksum the store gives back ([`etag`]). Then the
+//! JSON record, with a `stored` section naming the objects, is written again
+//! locally and stored last; the job goes, the feed says `recording_stored`,
+//! and the local audio is removed if `keep-local = false` (the record stays:
+//! it says where the audio is now). A store that is down or refuses means a
+//! growing backlog (metrics: files and bytes waiting, the oldest's age),
+//! tried again with backoff (1 s doubling to 30 s) in the same order; a
+//! receiver killed meanwhile resumes from the queue, storing again under the
+//! same keys what it may already have stored.
+//!
+//! The client is the `object_store` crate (the Apache Arrow project's, used
+//! by DataFusion and delta-rs): a small async API over S3 that also speaks
+//! GCS and Azure, with multipart uploads, where the AWS SDK would bring a far
+//! larger dependency tree for the three calls this needs.
+
+pub mod etag;
+pub mod queue;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, PutPayload, RetryConfig};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::feed::Feed;
+use crate::metrics::Metrics;
+use crate::record::CallRecord;
+use etag::{Expected, Verdict, PART_SIZE};
+use queue::{Job, Queue, Queued};
+
+/// How keys reach the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Addressing {
+    /// `https://endpoint/bucket/key`: MinIO, SeaweedFS, Ceph.
+    Path,
+    /// `https://bucket.endpoint/key`: AWS S3.
+    VirtualHost,
+}
+
+/// `[storage]` in the file; the same names with `storage-` before them as flags.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Bucket the recordings go to; without one nothing is uploaded [default: off]
+    #[arg(long = "storage-bucket", id = "storage-bucket", value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    /// S3-compatible endpoint (MinIO, SeaweedFS, Ceph...) [default: AWS S3]
+    #[arg(long = "storage-endpoint", id = "storage-endpoint", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket [default: us-east-1]
+    #[arg(long = "storage-region", id = "storage-region", value_name = "REGION")]
+    pub region: Option<String>,
+    /// Key prefix: keys are PREFIX/YYYY/MM/DD/<file name> [default: none]
+    #[arg(long = "storage-prefix", id = "storage-prefix", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// path or virtual-host [default: path with an endpoint, virtual-host without]
+    #[arg(
+        long = "storage-addressing",
+        id = "storage-addressing",
+        value_name = "STYLE"
+    )]
+    pub addressing: Option<Addressing>,
+    /// File holding the access key id [default: AWS_ACCESS_KEY_ID]
+    #[arg(
+        long = "storage-access-key-id-file",
+        id = "storage-access-key-id-file",
+        value_name = "FILE"
+    )]
+    pub access_key_id_file: Option<PathBuf>,
+    /// File holding the secret access key [default: AWS_SECRET_ACCESS_KEY]
+    #[arg(
+        long = "storage-secret-access-key-file",
+        id = "storage-secret-access-key-file",
+        value_name = "FILE"
+    )]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Keep the local audio after a verified upload [default: true]
+    #[arg(
+        long = "storage-keep-local",
+        id = "storage-keep-local",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub keep_local: Option<bool>,
+}
+
+impl StorageSettings {
+    /// `self` over `base`, setting by setting.
+    pub fn over(self, base: StorageSettings) -> StorageSettings {
+        StorageSettings {
+            bucket: self.bucket.or(base.bucket),
+            endpoint: self.endpoint.or(base.endpoint),
+            region: self.region.or(base.region),
+            prefix: self.prefix.or(base.prefix),
+            addressing: self.addressing.or(base.addressing),
+            access_key_id_file: self.access_key_id_file.or(base.access_key_id_file),
+            secret_access_key_file: self.secret_access_key_file.or(base.secret_access_key_file),
+            keep_local: self.keep_local.or(base.keep_local),
+        }
+    }
+
+    /// The store, when a bucket is given. Credentials come from the files
+    /// named, else from the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); never from the file itself.
+    pub fn resolve(self) -> anyhow::Result<Option<StorageConfig>> {
+        let Some(bucket) = self.bucket else {
+            anyhow::ensure!(
+                self.endpoint.is_none() && self.prefix.is_none(),
+                "[storage] has no bucket: set storage bucket, or remove the section"
+            );
+            return Ok(None);
+        };
+        let region = self.region.unwrap_or_else(|| "us-east-1".to_owned());
+        let addressing = self.addressing.unwrap_or(match self.endpoint {
+            Some(_) => Addressing::Path,
+            None => Addressing::VirtualHost,
+        });
+        // Our own loop retries, with its backlog and metrics: the client
+        // gives up soon so that a store that is down shows at once.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_region(&region)
+            .with_virtual_hosted_style_request(addressing == Addressing::VirtualHost)
+            .with_retry(retry)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120)),
+            );
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        for (file, is_key_id) in [
+            (&self.access_key_id_file, true),
+            (&self.secret_access_key_file, false),
+        ] {
+            let Some(file) = file else { continue };
+            let secret = rst_tap_client::read_secret(file).with_context(|| {
+                format!("cannot read the storage credentials in {}", file.display())
+            })?;
+            builder = if is_key_id {
+                builder.with_access_key_id(secret.0)
+            } else {
+                builder.with_secret_access_key(secret.0)
+            };
+        }
+        let store = builder
+            .build()
+            .with_context(|| format!("cannot set up the storage of bucket {bucket}"))?;
+        Ok(Some(StorageConfig {
+            store: Arc::new(store),
+            bucket,
+            endpoint: self.endpoint.unwrap_or_else(|| "AWS S3".to_owned()),
+            prefix: self
+                .prefix
+                .map(|p| p.trim_matches('/').to_owned())
+                .unwrap_or_default(),
+            keep_local: self.keep_local.unwrap_or(true),
+        }))
+    }
+}
+
+/// Where recordings are stored, resolved.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub store: Arc<dyn ObjectStore>,
+    pub bucket: String,
+    /// For the logs (no credentials in it).
+    pub endpoint: String,
+    pub prefix: String,
+    pub keep_local: bool,
+}
+
+/// Equal when they name the same place (the client is not compared).
+impl PartialEq for StorageConfig {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.bucket, &self.endpoint, &self.prefix, self.keep_local)
+            == (
+                &other.bucket,
+                &other.endpoint,
+                &other.prefix,
+                other.keep_local,
+            )
+    }
+}
+
+impl StorageConfig {
+    fn key(&self, day: &str, file: &FsPath) -> Key {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = if self.prefix.is_empty() {
+            format!("{day}/{name}")
+        } else {
+            format!("{}/{day}/{name}", self.prefix)
+        };
+        Key::from(key)
+    }
+}
+
+/// Why a call could not be stored (this time: it is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the record {0} is not written yet")]
+    RecordMissing(PathBuf),
+    #[error("the record {0} is not JSON")]
+    RecordUnreadable(PathBuf),
+    #[error("the store refused {key}: {source}")]
+    Store {
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("{key} was stored with other bytes than sent (ETag {got}, expected {expected})")]
+    Mismatch {
+        key: String,
+        got: String,
+        expected: String,
+    },
+}
+
+/// One object stored, as the record names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// The recorder threads' side: puts ended calls in the queue.
+#[derive(Debug, Clone)]
+pub struct Uploads {
+    queue: Arc<Queue>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl Uploads {
+    /// The queue in `<record_dir>/.upload`, with whatever an earlier run left there.
+    pub fn open(record_dir: &FsPath, metrics: Arc<Metrics>) -> anyhow::Result<Uploads> {
+        let dir = record_dir.join(".upload");
+        let queue = Queue::open(&dir)
+            .with_context(|| format!("cannot open the upload queue {}", dir.display()))?;
+        Ok(Uploads {
+            queue: Arc::new(queue),
+            wake: Arc::new(Notify::new()),
+            metrics,
+        })
+    }
+
+    /// A call's record is written: its files are to be stored. Never waits
+    /// on the network; a queue that cannot be written (a full disk) is
+    /// logged and counted, and the call's files stay where they are.
+    pub fn enqueue(&self, record: &CallRecord) {
+        let job = Job {
+            uuid: record.uuid.clone(),
+            record: record.record.clone(),
+            files: record.files(),
+            day: format!(
+                "{:04}/{:02}/{:02}",
+                record.start.year(),
+                u8::from(record.start.month()),
+                record.start.day()
+            ),
+        };
+        match self.queue.push(&job) {
+            Ok(()) => self.wake.notify_one(),
+            Err(error) => {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(uuid = %record.uuid, %error, "cannot queue the call's upload; its files stay local only");
+            }
+        }
+    }
+}
+
+/// The uploader: stores the queued calls in order until `shutdown`.
+pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: CancellationToken) {
+    let metrics = uploads.metrics.clone();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let jobs = match uploads.queue.pending() {
+            Ok((jobs, bad)) => {
+                for path in bad {
+                    metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing::error!(job = %path.display(), "an upload job cannot be read; set aside");
+                }
+                jobs
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the upload queue");
+                Vec::new()
+            }
+        };
+        show_backlog(&jobs, &metrics);
+        if jobs.is_empty() {
+            tokio::select! {
+                _ = uploads.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        for (done, queued) in jobs.iter().enumerate() {
+            let result = tokio::select! {
+                result = store_call(&config, &queued.job) => result,
+                _ = shutdown.cancelled() => return,
+            };
+            match result {
+                Ok((record_key, objects)) => {
+                    backoff = Duration::from_secs(1);
+                    metrics.storage_calls_stored.fetch_add(1, Relaxed);
+                    if let Err(error) = uploads.queue.done(queued) {
+                        tracing::warn!(%error, job = %queued.path.display(), "cannot remove a finished upload job; it will be stored again");
+                    }
+                    tracing::info!(uuid = %queued.job.uuid, bucket = %config.bucket, record = %record_key, objects = objects.len() + 1, "call stored");
+                    feed.publish(serde_json::json!({
+                        "event": "recording_stored",
+                        "uuid": queued.job.uuid,
+                        "bucket": config.bucket,
+                        "record_key": record_key,
+                        "objects": objects,
+                    }));
+                    show_backlog(&jobs[done + 1..], &metrics);
+                }
+                Err(error) => {
+                    metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(uuid = %queued.job.uuid, endpoint = %config.endpoint, bucket = %config.bucket, %error, retry_in_s = backoff.as_secs(), "cannot store the call yet; it waits, with the calls after it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Files and bytes waiting, and the oldest job's age, into the metrics.
+fn show_backlog(jobs: &[Queued], metrics: &Metrics) {
+    let mut files = 0u64;
+    let mut bytes = 0;
+    for queued in jobs {
+        for path in queued.job.files.iter().chain([&queued.job.record]) {
+            if let Ok(meta) = std::fs::metadata(path) {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    let oldest = jobs
+        .first()
+        .and_then(|q| std::fs::metadata(&q.path).ok())
+        .and_then(|meta| meta.modified().ok())
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .map_or(0, |age| age.as_secs());
+    metrics.storage_files_waiting.store(files as i64, Relaxed);
+    metrics.storage_bytes_waiting.store(bytes as i64, Relaxed);
+    metrics.storage_oldest_seconds.store(oldest as i64, Relaxed);
+}
+
+/// Stores one call: its files, then its record naming them. Returns the
+/// record's key and the objects.
+async fn store_call(
+    config: &StorageConfig,
+    job: &Job,
+) -> Result<(String, Vec<StoredObject>), StoreError> {
+    let mut objects = Vec::new();
+    for file in &job.files {
+        match tokio::fs::metadata(file).await {
+            Ok(_) => objects.push(put_file(config, &config.key(&job.day, file), file).await?),
+            // Removed by hand, or by an earlier run of this very job.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(uuid = %job.uuid, file = %file.display(), "a file of the call is gone; stored without it");
+            }
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: file.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let text = match tokio::fs::read(&job.record).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // Still waiting for room on a full disk, or completed at the next start.
+            return Err(StoreError::RecordMissing(job.record.clone()));
+        }
+        Err(source) => {
+            return Err(StoreError::Read {
+                path: job.record.clone(),
+                source,
+            })
+        }
+    };
+    let mut record: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|_| StoreError::RecordUnreadable(job.record.clone()))?;
+    let record_key = config.key(&job.day, &job.record);
+    // An earlier run may have stored objects this one found gone: keep them.
+    let earlier: Vec<serde_json::Value> = record["stored"]["objects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut named: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect();
+    for object in earlier {
+        if !named.iter().any(|n| n["key"] == object["key"]) {
+            named.push(object);
+        }
+    }
+    record["stored"] = serde_json::json!({
+        "bucket": config.bucket,
+        "record_key": record_key.as_ref(),
+        "objects": named,
+    });
+    let mut text = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    text.push(b'\n');
+    let temporary = job.record.with_extension("json.tmp");
+    let write = async {
+        tokio::fs::write(&temporary, &text).await?;
+        tokio::fs::rename(&temporary, &job.record).await
+    };
+    write.await.map_err(|source| StoreError::Write {
+        path: job.record.clone(),
+        source,
+    })?;
+    put_file(config, &record_key, &job.record).await?;
+    if !config.keep_local {
+        for file in &job.files {
+            if let Err(error) = tokio::fs::remove_file(file).await {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %file.display(), %error, "stored, but the local copy cannot be removed");
+                }
+            }
+        }
+    }
+    Ok((record_key.to_string(), objects))
+}
+
+/// Stores one file under `key` and checks what the store says it got.
+async fn put_file(
+    config: &StorageConfig,
+    key: &Key,
+    path: &FsPath,
+) -> Result<StoredObject, StoreError> {
+    let read_error = |source| StoreError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let store_error = |source| StoreError::Store {
+        key: key.to_string(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let size = file.metadata().await.map_err(read_error)?.len();
+    let mut expected = Expected::default();
+    let multipart = size > PART_SIZE as u64;
+    let result = if multipart {
+        let mut upload = config.store.put_multipart(key).await.map_err(store_error)?;
+        let parts = async {
+            let mut left = size;
+            while left > 0 {
+                let length = left.min(PART_SIZE as u64) as usize;
+                let mut part = vec![0; length];
+                file.read_exact(&mut part).await.map_err(read_error)?;
+                left -= length as u64;
+                expected.part(&part);
+                upload.put_part(part.into()).await.map_err(store_error)?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        if let Err(error) = parts.await {
+            let _ = upload.abort().await;
+            return Err(error);
+        }
+        upload.complete().await.map_err(store_error)?
+    } else {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes).await.map_err(read_error)?;
+        expected.part(&bytes);
+        config
+            .store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map_err(store_error)?
+    };
+    match expected.check(result.e_tag.as_deref(), multipart) {
+        Verdict::Verified => {}
+        Verdict::Mismatch => {
+            return Err(StoreError::Mismatch {
+                key: key.to_string(),
+                got: result.e_tag.unwrap_or_default(),
+                expected: expected.etag(multipart),
+            })
+        }
+        Verdict::Opaque => {
+            // Only the size can be compared.
+            let meta = config.store.head(key).await.map_err(store_error)?;
+            if meta.size != size {
+                return Err(StoreError::Mismatch {
+                    key: key.to_string(),
+                    got: format!("{} bytes", meta.size),
+                    expected: format!("{size} bytes"),
+                });
+            }
+        }
+    }
+    Ok(StoredObject {
+        key: key.to_string(),
+        size,
+        etag: result.e_tag,
+    })
+}

@@ -1,0 +1,150 @@
+//! The upload queue, on disk: one small JSON file per ended call whose files
+//! are still to be stored, named by a sequence number so that they go out in
+//! the order the calls ended. A job file is written whole or not at all (a
+//! temporary file renamed), before anything is uploaded, and removed only once
+//! every object of the call is stored and verified: a receiver killed at any
+//! point finds its jobs again at the next start and stores them again under
+//! the same keys, with the same content.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+/// One ended call to store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub uuid: String,
+    /// The call's JSON record: stored last, naming the objects.
+    pub record: PathBuf,
+    /// The call's other files (WAVs, raw payloads).
+    pub files: Vec<PathBuf>,
+    /// `YYYY/MM/DD` of the call's start (UTC): part of every key.
+    pub day: String,
+}
+
+/// A job waiting in the queue, with its file.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub path: PathBuf,
+    pub job: Job,
+}
+
+/// The queue's folder (`<record-dir>/.upload`).
+#[derive(Debug)]
+pub struct Queue {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+const SUFFIX: &str = ".job";
+
+impl Queue {
+    /// Opens (creates) the queue in `dir`; new jobs are numbered after those there.
+    pub fn open(dir: &Path) -> io::Result<Queue> {
+        std::fs::create_dir_all(dir)?;
+        let queue = Queue {
+            dir: dir.to_owned(),
+            next: AtomicU64::new(0),
+        };
+        let last = queue.files()?.last().and_then(|path| sequence_of(path));
+        queue.next.store(last.map_or(0, |n| n + 1), Relaxed);
+        Ok(queue)
+    }
+
+    /// Adds a job (from any thread).
+    pub fn push(&self, job: &Job) -> io::Result<()> {
+        let n = self.next.fetch_add(1, Relaxed);
+        let path = self.dir.join(format!("{n:020}{SUFFIX}"));
+        let temporary = self.dir.join(format!("{n:020}.tmp"));
+        std::fs::write(
+            &temporary,
+            serde_json::to_vec(job).map_err(io::Error::other)?,
+        )?;
+        std::fs::rename(&temporary, &path)
+    }
+
+    /// The jobs waiting, oldest first. A job file that cannot be read as a
+    /// job (a damaged disk) is set aside as `.bad`, and its path returned in
+    /// the second list, so that one bad file never stops the queue.
+    pub fn pending(&self) -> io::Result<(Vec<Queued>, Vec<PathBuf>)> {
+        let mut jobs = Vec::new();
+        let mut bad = Vec::new();
+        for path in self.files()? {
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Job>(&bytes).ok())
+            {
+                Some(job) => jobs.push(Queued { path, job }),
+                None => {
+                    let aside = path.with_extension("bad");
+                    std::fs::rename(&path, &aside)?;
+                    bad.push(aside);
+                }
+            }
+        }
+        Ok((jobs, bad))
+    }
+
+    /// The job is done: its file goes.
+    pub fn done(&self, queued: &Queued) -> io::Result<()> {
+        match std::fs::remove_file(&queued.path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// The job files, in sequence order.
+    fn files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| sequence_of(path).is_some())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+fn sequence_of(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(SUFFIX)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(uuid: &str) -> Job {
+        Job {
+            uuid: uuid.into(),
+            record: format!("/r/{uuid}.json").into(),
+            files: vec![format!("/r/{uuid}.R.wav").into()],
+            day: "2026/12/04".into(),
+        }
+    }
+
+    #[test]
+    fn jobs_come_back_in_order_across_a_restart_and_a_bad_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        for uuid in ["a", "b", "c"] {
+            queue.push(&job(uuid)).unwrap();
+        }
+        let (pending, _) = queue.pending().unwrap();
+        queue.done(&pending[0]).unwrap();
+        std::fs::write(&pending[1].path, b"{not a job").unwrap();
+        // A restart: numbering goes on after what is there.
+        let queue = Queue::open(dir.path()).unwrap();
+        queue.push(&job("d")).unwrap();
+        let (pending, bad) = queue.pending().unwrap();
+        let uuids: Vec<&str> = pending.iter().map(|q| q.job.uuid.as_str()).collect();
+        assert_eq!(uuids, ["c", "d"]);
+        assert_eq!(pending[0].job, job("c"));
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].exists(), "kept for a person to look at");
+    }
+}

