@@ -119,6 +119,8 @@ pub struct Metrics {
     pub play_dropped_ms: AtomicU64,
     /// Consumers' audio, clears and marks refused (a passive call, one that ended).
     pub play_refused: AtomicU64,
+    /// The message bus and webhook targets' counters.
+    pub bus: crate::bus::BusStats,
 }
 
 impl Metrics {
@@ -369,6 +371,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), counter.load(Relaxed))),
             );
         }
+        self.bus.render_prometheus(&mut out);
         out
     }
 
