@@ -19,6 +19,8 @@ if [ "${1:-}" = "--test" ]; then
   have_command ip || missing+=(iproute2)                              # namespaces for live tests
   have_command kill || missing+=(procps)                              # signals to the processes under test
   have_command mount || missing+=(mount)                              # the full-disk test's tmpfs
+  { have_command nats-server || have_file /usr/sbin/nats-server; } || missing+=(nats-server)  # bus events: NATS JetStream
+  { have_command rabbitmq-server || have_file /usr/sbin/rabbitmq-server; } || missing+=(rabbitmq-server)  # bus events: AMQP
 fi
 have_command cc || missing+=(gcc)
 have_command pkg-config || missing+=(pkg-config)

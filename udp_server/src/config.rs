@@ -63,6 +63,8 @@ pub struct Config {
     pub play_lead: u32,
     /// Object storage the recordings are uploaded to; none by default.
     pub storage: Option<StorageConfig>,
+    /// Call events on a message bus and webhooks (NATS, AMQP, HTTP).
+    pub bus: crate::bus::BusConfig,
 }
 
 /// The default `payload-types`: RFC 4733 events on 101, as the original
@@ -170,6 +172,7 @@ impl Default for Config {
             new_calls_per_second: 1000,
             play_lead: crate::play::LEAD_FRAMES,
             storage: None,
+            bus: crate::bus::BusConfig::default(),
         }
     }
 }
@@ -279,6 +282,239 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub storage: StorageSettings,
+
+    // --- Call events on a message bus and webhooks ---
+    /// NATS JetStream target (in the file, a [nats] table)
+    #[command(flatten)]
+    #[serde(default)]
+    pub nats: NatsSettings,
+    /// AMQP 0-9-1 (RabbitMQ) target (in the file, an [amqp] table)
+    #[command(flatten)]
+    #[serde(default)]
+    pub amqp: AmqpSettings,
+    /// POST every call event, signed, to this URL; in the file, [[webhook]]
+    /// tables name several [default: none]
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// File holding --webhook-url's HMAC-SHA256 signing secret
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Webhook endpoints (file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub webhook: Vec<WebhookSpec>,
+    /// Bytes each bus or webhook target's on-disk outbox holds while it is
+    /// down; past it the oldest events are dropped [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    pub outbox_max_bytes: Option<u64>,
+}
+
+/// `[nats]`: publish every call event with JetStream to subject `PREFIX.EVENT`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Publish call events to this NATS server with JetStream (nats://HOST:4222) [default: off]
+    #[arg(id = "nats-url", long = "nats-url", value_name = "URL")]
+    pub url: Option<String>,
+    /// Subjects are PREFIX.EVENT (rst.call_start, ...) [default: rst]
+    #[arg(
+        id = "nats-subject-prefix",
+        long = "nats-subject-prefix",
+        value_name = "PREFIX"
+    )]
+    pub subject_prefix: Option<String>,
+    /// JetStream stream keeping the events, created with subjects PREFIX.> when missing [default: rst]
+    #[arg(id = "nats-stream", long = "nats-stream", value_name = "NAME")]
+    pub stream: Option<String>,
+    /// NATS credentials file (.creds) [default: none]
+    #[arg(
+        id = "nats-credentials-file",
+        long = "nats-credentials-file",
+        value_name = "FILE"
+    )]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl NatsSettings {
+    fn over(self, base: NatsSettings) -> NatsSettings {
+        NatsSettings {
+            url: self.url.or(base.url),
+            subject_prefix: self.subject_prefix.or(base.subject_prefix),
+            stream: self.stream.or(base.stream),
+            credentials_file: self.credentials_file.or(base.credentials_file),
+        }
+    }
+}
+
+/// `[amqp]`: publish every call event to a topic exchange, routing key `PREFIX.EVENT`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Publish call events to this AMQP 0-9-1 broker (amqp://USER:PASS@HOST:5672/VHOST) [default: off]
+    #[arg(id = "amqp-url", long = "amqp-url", value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the AMQP URL, credentials and all (instead of amqp-url)
+    #[arg(id = "amqp-url-file", long = "amqp-url-file", value_name = "FILE")]
+    pub url_file: Option<PathBuf>,
+    /// Topic exchange the events go to, declared durable [default: rst]
+    #[arg(id = "amqp-exchange", long = "amqp-exchange", value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// Routing keys are PREFIX.EVENT (rst.call_end, ...) [default: rst]
+    #[arg(
+        id = "amqp-routing-prefix",
+        long = "amqp-routing-prefix",
+        value_name = "PREFIX"
+    )]
+    pub routing_prefix: Option<String>,
+}
+
+impl AmqpSettings {
+    fn over(self, base: AmqpSettings) -> AmqpSettings {
+        AmqpSettings {
+            url: self.url.or(base.url),
+            url_file: self.url_file.or(base.url_file),
+            exchange: self.exchange.or(base.exchange),
+            routing_prefix: self.routing_prefix.or(base.routing_prefix),
+        }
+    }
+}
+
+/// A `[[webhook]]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// Its outbox's folder and metrics label [default: webhook-N, N from 1]
+    pub name: Option<String>,
+    pub url: String,
+    pub secret_file: PathBuf,
+}
+
+/// A name, prefix, stream or exchange: letters, digits, `_`, `-` (and `.`
+/// where `dots` allows it, as in a subject prefix).
+fn check_token(what: &str, text: &str, dots: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !text.is_empty()
+            && !text.starts_with('.')
+            && !text.ends_with('.')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.')),
+        "{what} {text:?}: use letters, digits, _ and -{}",
+        if dots { " (and . between words)" } else { "" }
+    );
+    Ok(())
+}
+
+fn read_secret(what: &str, path: &Path) -> anyhow::Result<Secret> {
+    let secret = rst_tap_client::read_secret(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    anyhow::ensure!(
+        !secret.0.is_empty(),
+        "the {what} {} is empty",
+        path.display()
+    );
+    Ok(secret)
+}
+
+/// The bus targets of `settings`.
+fn bus_config(settings: &Settings) -> anyhow::Result<crate::bus::BusConfig> {
+    use crate::bus::{
+        AmqpTarget, NatsTarget, WebhookTarget, DEFAULT_EXCHANGE, DEFAULT_PREFIX, DEFAULT_STREAM,
+    };
+    let nats = &settings.nats;
+    let nats = match &nats.url {
+        Some(url) => {
+            let target = NatsTarget {
+                url: Secret(url.clone()),
+                subject_prefix: nats
+                    .subject_prefix
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PREFIX.into()),
+                stream: nats.stream.clone().unwrap_or_else(|| DEFAULT_STREAM.into()),
+                credentials_file: nats.credentials_file.clone(),
+            };
+            check_token("nats subject-prefix", &target.subject_prefix, true)?;
+            check_token("nats stream", &target.stream, false)?;
+            Some(target)
+        }
+        None => {
+            anyhow::ensure!(
+                nats.subject_prefix.is_none()
+                    && nats.stream.is_none()
+                    && nats.credentials_file.is_none(),
+                "the nats settings need a nats url"
+            );
+            None
+        }
+    };
+    let amqp = &settings.amqp;
+    let url = match (&amqp.url, &amqp.url_file) {
+        (Some(_), Some(_)) => anyhow::bail!("give amqp url or amqp url-file, not both"),
+        (Some(url), None) => Some(Secret(url.clone())),
+        (None, Some(path)) => Some(read_secret("amqp url-file", path)?),
+        (None, None) => None,
+    };
+    let amqp = match url {
+        Some(url) => {
+            let target = AmqpTarget {
+                url,
+                exchange: amqp
+                    .exchange
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_EXCHANGE.into()),
+                routing_prefix: amqp
+                    .routing_prefix
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            };
+            check_token("amqp exchange", &target.exchange, true)?;
+            check_token("amqp routing-prefix", &target.routing_prefix, true)?;
+            Some(target)
+        }
+        None => {
+            anyhow::ensure!(
+                amqp.exchange.is_none() && amqp.routing_prefix.is_none(),
+                "the amqp settings need an amqp url or url-file"
+            );
+            None
+        }
+    };
+    let mut specs = settings.webhook.clone();
+    match (&settings.webhook_url, &settings.webhook_secret_file) {
+        (Some(url), Some(secret_file)) => specs.push(WebhookSpec {
+            name: None,
+            url: url.clone(),
+            secret_file: secret_file.clone(),
+        }),
+        (None, None) => {}
+        _ => anyhow::bail!("webhook-url and webhook-secret-file go together"),
+    }
+    let mut webhooks: Vec<WebhookTarget> = Vec::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let name = spec.name.unwrap_or_else(|| format!("webhook-{}", i + 1));
+        check_token("webhook name", &name, false)?;
+        anyhow::ensure!(
+            name != "nats" && name != "amqp" && !webhooks.iter().any(|w| w.name == name),
+            "two bus targets are named {name}"
+        );
+        anyhow::ensure!(
+            spec.url.starts_with("http://") || spec.url.starts_with("https://"),
+            "webhook {name}: the url must be http:// or https://"
+        );
+        webhooks.push(WebhookTarget {
+            secret: read_secret(&format!("secret-file of webhook {name}"), &spec.secret_file)?,
+            name,
+            url: Secret(spec.url),
+        });
+    }
+    Ok(crate::bus::BusConfig {
+        nats,
+        amqp,
+        webhooks,
+        outbox_max_bytes: settings
+            .outbox_max_bytes
+            .unwrap_or(crate::bus::DEFAULT_OUTBOX_MAX_BYTES),
+    })
 }
 
 impl Settings {
@@ -338,13 +574,25 @@ impl Settings {
             new_calls_per_second: self.new_calls_per_second.or(base.new_calls_per_second),
             play_lead: self.play_lead.or(base.play_lead),
             storage: self.storage.over(base.storage),
+            nats: self.nats.over(base.nats),
+            amqp: self.amqp.over(base.amqp),
+            webhook_url: self.webhook_url.or(base.webhook_url),
+            webhook_secret_file: self.webhook_secret_file.or(base.webhook_secret_file),
+            webhook: if self.webhook.is_empty() {
+                base.webhook
+            } else {
+                self.webhook
+            },
+            outbox_max_bytes: self.outbox_max_bytes.or(base.outbox_max_bytes),
         }
     }
 
     /// Fills what is not given with defaults and checks the values.
     pub fn resolve(self) -> anyhow::Result<Config> {
         let default = Config::default();
+        let bus = bus_config(&self)?;
         let config = Config {
+            bus,
             listen: self.listen.unwrap_or(default.listen),
             record_dir: self.record_dir.unwrap_or(default.record_dir),
             idle_timeout: self
@@ -699,6 +947,84 @@ mod tests {
         }
         .resolve()
         .is_err());
+    }
+
+    #[test]
+    fn bus_targets_are_nested_tables_and_flags_of_the_same_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hook.secret");
+        std::fs::write(&secret, "k3y\n").unwrap();
+        let amqp_url = dir.path().join("amqp.url");
+        std::fs::write(&amqp_url, "amqp://u:p@mq:5672/%2f\n").unwrap();
+        let file = Settings::parse(&format!(
+            r#"
+            outbox-max-bytes = 1000000
+            [nats]
+            url = "nats://127.0.0.1:4222"
+            subject-prefix = "pbx.rst"
+            [amqp]
+            url-file = "{}"
+            exchange = "calls"
+            [[webhook]]
+            name = "crm"
+            url = "https://crm.example.com/hook"
+            secret-file = "{}"
+            "#,
+            amqp_url.display(),
+            secret.display()
+        ))
+        .unwrap();
+        let config = file.clone().resolve().unwrap();
+        let nats = config.bus.nats.as_ref().unwrap();
+        assert_eq!(nats.url.0, "nats://127.0.0.1:4222");
+        assert_eq!(
+            (nats.subject_prefix.as_str(), nats.stream.as_str()),
+            ("pbx.rst", "rst")
+        );
+        let amqp = config.bus.amqp.as_ref().unwrap();
+        assert_eq!(amqp.url.0, "amqp://u:p@mq:5672/%2f");
+        assert_eq!(
+            (amqp.exchange.as_str(), amqp.routing_prefix.as_str()),
+            ("calls", "rst")
+        );
+        assert_eq!(config.bus.webhooks[0].name, "crm");
+        assert_eq!(config.bus.webhooks[0].secret.0, "k3y");
+        assert_eq!(config.bus.outbox_max_bytes, 1_000_000);
+        assert!(
+            !format!("{config:?}").contains("k3y"),
+            "secrets stay out of Debug"
+        );
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let flags = <Cli as clap::Parser>::try_parse_from([
+            "udp_server",
+            "--nats-subject-prefix",
+            "x",
+            "--webhook-url",
+            "http://127.0.0.1:1/",
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap()
+        .settings;
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.bus.nats.unwrap().subject_prefix, "x");
+        assert_eq!(config.bus.webhooks.len(), 2);
+        assert_eq!(config.bus.webhooks[1].name, "webhook-2");
+
+        for bad in [
+            "[nats]\nsubject-prefix = \"x\"",
+            "[nats]\nurl = \"nats://h\"\nsubject-prefix = \"a.*\"",
+            "[amqp]\nurl = \"amqp://h\"\nurl-file = \"/f\"",
+            "webhook-url = \"http://h/\"",
+        ] {
+            assert!(Settings::parse(bad).unwrap().resolve().is_err(), "{bad}");
+        }
+        assert!(Settings::parse("[nats]\nurll = \"nats://h\"").is_err());
     }
 
     #[test]

@@ -194,6 +194,8 @@ enum Event {
 pub struct Feed {
     events: mpsc::UnboundedSender<Event>,
     stats: Arc<FeedStats>,
+    /// Where every event also goes: the message bus and webhooks, if any.
+    bus: Option<crate::bus::Sink>,
 }
 
 impl fmt::Debug for Feed {
@@ -217,6 +219,7 @@ impl Feed {
         let feed = Feed {
             events: events_tx,
             stats: stats.clone(),
+            bus: None,
         };
         let server = FeedServer {
             events: events_rx,
@@ -260,7 +263,19 @@ impl Feed {
         &self.stats
     }
 
+    /// This feed, also handing every event to `bus` (a non-blocking send
+    /// too), whether or not a feed server runs. Call it before cloning.
+    pub fn with_bus(mut self, bus: crate::bus::Sink) -> Feed {
+        self.bus = Some(bus);
+        self
+    }
+
     fn send(&self, event: Event) {
+        if let Some(bus) = &self.bus {
+            let (Event::Start { event, .. } | Event::End { event, .. } | Event::Other(event)) =
+                &event;
+            bus.send(event);
+        }
         // Count before sending, so `pending` never goes below zero in between.
         self.stats.published.fetch_add(1, Relaxed);
         if self.events.send(event).is_err() {

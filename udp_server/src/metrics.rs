@@ -128,6 +128,8 @@ pub struct Metrics {
     pub storage_calls_stored: AtomicU64,
     /// Tries to store a call that failed (each is tried again), and queue errors.
     pub storage_failures: AtomicU64,
+    /// The message bus and webhook targets' counters.
+    pub bus: crate::bus::BusStats,
 }
 
 impl Metrics {
@@ -403,6 +405,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), counter.load(Relaxed))),
             );
         }
+        self.bus.render_prometheus(&mut out);
         out
     }
 

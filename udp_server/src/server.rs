@@ -159,6 +159,14 @@ pub async fn run_with(
     }
 
     let (feed, feed_server) = Feed::new();
+    // Call events on the message bus and webhooks: every feed event also goes
+    // to the bus's outboxes (under the record folder).
+    let bus = crate::bus::Bus::start(&config.bus, &record_dir, &metrics.bus)
+        .context("cannot start the message bus and webhook targets")?;
+    let feed = match &bus {
+        Some(bus) => feed.with_bus(bus.sink()),
+        None => feed,
+    };
     // PLAY datagrams leave from the socket the calls' INVs came to.
     let socket = Arc::new(socket);
     let live_calls = Arc::new(LiveCalls::new(
@@ -361,6 +369,9 @@ pub async fn run_with(
     feed_shutdown.cancel();
     if let Some(task) = feed_task {
         task.await?;
+    }
+    if let Some(bus) = bus {
+        bus.stop().await;
     }
     result
 }
