@@ -357,10 +357,7 @@ fn redact(text: &str) -> String {
     format!("{}...", text.chars().take(8).collect::<String>())
 }
 
-/// A URL without its query (which may carry a token), for logs.
-pub fn redact_url(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
-}
+pub use crate::bus::redact_url;
 
 /// The stream profiles at work: start a call's streams.
 #[derive(Debug, Clone)]
