@@ -60,19 +60,6 @@ fn listening(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
-/// The path of `program`, or why the test cannot run (a panic under CI).
-fn installed(program: &str, candidates: &[&str]) -> Option<PathBuf> {
-    for candidate in candidates {
-        if Path::new(candidate).exists() {
-            return Some(PathBuf::from(candidate));
-        }
-    }
-    let why = format!("{program} is not installed (scripts/setup.sh --test installs it)");
-    assert!(std::env::var_os("CI").is_none(), "{why}: CI must not skip");
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
 // ---------------------------------------------------------------- servers
 
 /// A nats-server with JetStream, its store in a folder that outlives restarts.

@@ -401,3 +401,27 @@ pub fn spawn_receiver_process(
         }
     }
 }
+
+/// The path of `program` (on `PATH`, or one of `candidates`), or `None` when
+/// it is not installed: the test then says SKIPPED and why, except under CI
+/// (`CI` set, as `.ci/run` does), where it fails instead.
+pub fn installed(program: &str, candidates: &[&str]) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let found = candidates
+        .iter()
+        .map(PathBuf::from)
+        .chain(on_path)
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        let why = format!("{program} is not installed (scripts/setup.sh --test installs it)");
+        assert!(std::env::var_os("CI").is_none(), "{why}: CI must not skip");
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
