@@ -163,6 +163,30 @@ fn call(addr: SocketAddr, uuid: String, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
+/// The metadata feed's events, read as they come by a thread.
+fn feed_events(addr: SocketAddr) -> Arc<std::sync::Mutex<Vec<serde_json::Value>>> {
+    let deadline = Instant::now() + DEADLINE;
+    let stream = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(error) => assert!(Instant::now() < deadline, "no feed at {addr}: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(event) = serde_json::from_str(&line) {
+                sink.lock().unwrap().push(event);
+            }
+        }
+    });
+    events
+}
+
 /// The page's fetch of `url`, as base64.
 async fn fetched(browser: &Client, url: &str) -> Vec<u8> {
     let script = r#"
@@ -188,12 +212,17 @@ async fn the_console_in_a_real_browser() {
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("http.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let feed = probe.local_addr().unwrap();
+    drop(probe);
     let receiver = Receiver::with(Settings {
         http: Some("127.0.0.1:0".parse().unwrap()),
         http_token_file: Some(token_file),
+        feed: Some(feed),
         ..Settings::default()
     });
     let http = receiver.http_addr().unwrap();
+    let feed = feed_events(feed);
     let base = format!("http://{http}");
     let driver = Driver::start();
     let browser = driver.browser().await;
@@ -382,6 +411,38 @@ async fn the_console_in_a_real_browser() {
         assert_eq!(status, json!(404), "{path}");
     }
 
+    // Who listened and downloaded, and when, on the metadata feed.
+    let logged = |event: &str, file: Option<&str>| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let events = feed.lock().unwrap().clone();
+            if let Some(found) = events.iter().find(|e| {
+                e["event"] == event
+                    && e["uuid"] == uuid.as_str()
+                    && file.map_or(true, |f| e["file"] == f)
+            }) {
+                return found.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} on the feed: {events:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for (event, file) in [
+        ("listen_start", None),
+        ("download", Some("stereo")),
+        ("download", Some("json")),
+    ] {
+        let found = logged(event, file);
+        let who = found["listener"].as_str().unwrap();
+        assert!(
+            who.starts_with("session ") && who.contains(" from 127.0.0.1:"),
+            "{found}"
+        );
+        assert!(found["time"].is_string(), "{found}");
+    }
     browser
         .goto(&format!("{base}/console/#taps"))
         .await

@@ -493,6 +493,37 @@ mod tests {
         assert!(index.record_of("../../etc/passwd").is_none());
     }
 
+    #[test]
+    fn the_index_is_rebuilt_from_the_records_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("2026-12-04");
+        std::fs::create_dir_all(&day).unwrap();
+        let record = |uuid: &str, end: &str| {
+            format!(
+                r#"{{"uuid":"{uuid}","caller":"100","callee":"200","sender":"s","start":"2026-12-04T10:00:00Z","end":{end},"end_reason":"bye"}}"#
+            )
+        };
+        std::fs::write(day.join("a.json"), record("a", r#""2026-12-04T10:00:01Z""#)).unwrap();
+        std::fs::write(day.join("b.json"), record("b", r#""2026-12-04T10:00:02Z""#)).unwrap();
+        // In progress, broken, not a record, not a day's folder.
+        std::fs::write(day.join("c.json"), record("c", "null")).unwrap();
+        std::fs::write(day.join("d.json"), b"{").unwrap();
+        std::fs::write(day.join("a.wav"), b"RIFF").unwrap();
+        std::fs::create_dir_all(dir.path().join("outbox")).unwrap();
+        std::fs::write(
+            dir.path().join("outbox/e.json"),
+            record("e", r#""2026-12-04T10:00:02Z""#),
+        )
+        .unwrap();
+        let index = Index::default();
+        assert!(!index.loaded());
+        load(dir.path(), &index);
+        assert!(index.loaded());
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.record_of("b").unwrap(), day.join("b.json"));
+        assert!(index.record_of("e").is_none());
+    }
+
     /// The issue's size: 100,000 records searched by linear scan. Measured
     /// and logged, not asserted (the machine is shared).
     #[test]
