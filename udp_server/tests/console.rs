@@ -212,6 +212,8 @@ async fn the_console_in_a_real_browser() {
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("http.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let tap_secret = secrets.path().join("tap.secret");
+    std::fs::write(&tap_secret, "tap-secret-0123456789abcdef\n").unwrap();
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let feed = probe.local_addr().unwrap();
     drop(probe);
@@ -219,6 +221,9 @@ async fn the_console_in_a_real_browser() {
         http: Some("127.0.0.1:0".parse().unwrap()),
         http_token_file: Some(token_file),
         feed: Some(feed),
+        // A tap nobody answers at: the taps page shows it down.
+        tap: vec!["127.0.0.1:9".parse().unwrap()],
+        tap_secret_file: Some(tap_secret),
         ..Settings::default()
     });
     let http = receiver.http_addr().unwrap();
@@ -450,9 +455,15 @@ async fn the_console_in_a_real_browser() {
     browser
         .wait()
         .at_most(DEADLINE)
-        .for_element(Locator::Id("no-taps"))
+        .for_element(Locator::Css("#taps tbody tr"))
         .await
         .unwrap();
+    until(
+        &browser,
+        "the tap shows down",
+        "const row = document.querySelector('#taps tbody tr'); return !!row && row.cells[0].textContent.includes('127.0.0.1:9') && row.cells[1].textContent === 'down';",
+    )
+    .await;
     screenshot(&browser, "taps").await;
 
     // Signed out, the session opens nothing.
