@@ -21,6 +21,8 @@ if [ "${1:-}" = "--test" ]; then
   have_command mount || missing+=(mount)                              # the full-disk test's tmpfs
   { have_command nats-server || have_file /usr/sbin/nats-server; } || missing+=(nats-server)  # bus events: NATS JetStream
   { have_command rabbitmq-server || have_file /usr/sbin/rabbitmq-server; } || missing+=(rabbitmq-server)  # bus events: AMQP
+  have_command chromium || missing+=(chromium)                        # the console's browser tests
+  have_command chromedriver || missing+=(chromium-driver)             # WebDriver for chromium
 fi
 have_command cc || missing+=(gcc)
 have_command pkg-config || missing+=(pkg-config)

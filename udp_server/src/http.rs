@@ -9,6 +9,8 @@
 //!   `&rate=8000|16000|24000|48000`, `&tracks=inbound|outbound|both`. Who
 //!   listened to which call, and when, goes to the log and the metadata feed:
 //!   listening to calls is regulated. Without a token the API is off.
+//! * The recording console under `/console/` ([`crate::console`]): its session
+//!   cookie opens the API too.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ pub struct HttpState {
     pub live: Arc<LiveCalls>,
     /// The API's token; `None` turns the API off.
     pub token: Option<Arc<str>>,
+    pub console: Arc<crate::console::Console>,
     pub shutdown: CancellationToken,
 }
 
@@ -63,6 +66,7 @@ pub async fn serve(listener: TcpListener, state: HttpState) -> std::io::Result<(
         .route("/api/calls", get(calls))
         .route("/api/calls/{uuid}", get(call))
         .route("/api/calls/{uuid}/listen", get(listen))
+        .merge(crate::console::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -99,6 +103,11 @@ fn refusal(
                 .into_response(),
         );
     };
+    if crate::console::session_cookie(headers)
+        .is_some_and(|id| state.console.sessions.check(id, std::time::Instant::now()))
+    {
+        return None;
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -205,9 +214,13 @@ async fn listen(
     let events = live.subscribe();
     let guard = live.listener();
     let info = live.info();
+    // Who listens: the console's session, when it is one, and the address.
+    let who = match crate::console::session_cookie(&headers) {
+        Some(id) => format!("{} from {peer}", crate::console::session_label(id)),
+        None => peer.to_string(),
+    };
     upgrade.on_upgrade(move |socket| async move {
         let _guard = guard;
-        let who = peer.to_string();
         tracing::info!(uuid = %info.uuid, listener = %who, format = format.name(), "a client is listening to the call");
         state.feed.publish(serde_json::json!({
             "event": "listen_start",
@@ -244,7 +257,7 @@ fn ws_message(message: Outgoing) -> Message {
     }
 }
 
-fn now() -> Option<String> {
+pub(crate) fn now() -> Option<String> {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .ok()

@@ -9,6 +9,7 @@ pub mod align;
 pub mod bus;
 pub mod calls;
 pub mod config;
+pub mod console;
 pub mod embed;
 pub mod feed;
 pub mod files;

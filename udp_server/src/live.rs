@@ -115,10 +115,33 @@ impl CallInfo {
     }
 }
 
+/// What the console shows of a call's media while it is recorded: codecs,
+/// RTP loss and jitter, the DTMF keys so far. Updated by the recorder at each
+/// flush and key press.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveMedia {
+    /// Per direction, `R` and `W`.
+    pub directions: std::collections::BTreeMap<&'static str, LiveDirection>,
+    /// The keys pressed so far, in order.
+    pub dtmf: String,
+}
+
+/// One direction of [`LiveMedia`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveDirection {
+    pub codecs: Vec<String>,
+    pub packets: u64,
+    /// RTP mode only.
+    pub lost: Option<u64>,
+    pub expected: Option<u64>,
+    pub jitter_ms: Option<f64>,
+}
+
 /// One call in progress.
 #[derive(Debug)]
 pub struct LiveCall {
     info: Mutex<CallInfo>,
+    media: Mutex<LiveMedia>,
     started: Instant,
     events: broadcast::Sender<LiveEvent>,
     listeners: std::sync::atomic::AtomicUsize,
@@ -154,6 +177,17 @@ impl LiveCall {
         info.duration = self.started.elapsed().as_secs_f64();
         info.listeners = self.listeners.load(std::sync::atomic::Ordering::Relaxed);
         info
+    }
+
+    pub fn media(&self) -> LiveMedia {
+        self.media
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_media(&self, media: LiveMedia) {
+        *self.media.lock().unwrap_or_else(PoisonError::into_inner) = media;
     }
 
     pub fn update(&self, change: impl FnOnce(&mut CallInfo)) {
@@ -219,6 +253,7 @@ impl LiveCalls {
         let (events, _) = broadcast::channel(EVENTS_PER_CALL);
         let live = Arc::new(LiveCall {
             info: Mutex::new(info),
+            media: Mutex::default(),
             started: Instant::now(),
             events,
             listeners: Default::default(),

@@ -562,6 +562,32 @@ impl CallRecording {
         }
     }
 
+    /// The call's media so far, for the console's live view.
+    pub fn media(&self) -> crate::live::LiveMedia {
+        let mut media = crate::live::LiveMedia {
+            dtmf: self.record.dtmf.iter().map(|key| key.digit).collect(),
+            ..Default::default()
+        };
+        for lane in &self.lanes {
+            let name = lane.direction.as_str();
+            let Some(stats) = self.record.directions.get(name) else {
+                continue;
+            };
+            let rtp = lane.rtp.as_ref().map(|rtp| &rtp.jitter.stats);
+            media.directions.insert(
+                name,
+                crate::live::LiveDirection {
+                    codecs: stats.codecs.clone(),
+                    packets: stats.packets,
+                    lost: rtp.map(|rtp| rtp.lost),
+                    expected: rtp.map(|rtp| rtp.expected),
+                    jitter_ms: rtp.map(|rtp| rtp.jitter_ms),
+                },
+            );
+        }
+        media
+    }
+
     /// Pushes buffered audio and fresh headers to disk.
     pub fn flush(&mut self, metrics: &Metrics) {
         if self.failed {

@@ -297,6 +297,9 @@ pub fn run(
                 Command::Flush => {
                     for recording in calls.values_mut() {
                         recording.flush(&metrics);
+                        if let Some(live) = recording.live() {
+                            live.set_media(recording.media());
+                        }
                     }
                     pending.retry(&metrics);
                 }
@@ -537,11 +540,17 @@ fn finish_unrecorded(
 
 fn publish_dtmf(recording: &mut CallRecording, on_event: &mut impl FnMut(Event<'_>)) {
     let fresh: Vec<DtmfRecord> = recording.take_new_dtmf().cloned().collect();
+    if fresh.is_empty() {
+        return;
+    }
     for dtmf in fresh {
         on_event(Event::Dtmf(recording.record(), &dtmf));
         if let Some(live) = recording.live() {
             live.publish(LiveEvent::Dtmf(Arc::new(dtmf)));
         }
+    }
+    if let Some(live) = recording.live() {
+        live.set_media(recording.media());
     }
 }
 

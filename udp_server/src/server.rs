@@ -193,6 +193,11 @@ pub async fn run_with(
             "streaming calls live"
         );
     }
+    // The console's recordings index and taps board, with the HTTP port.
+    let tap_board = Arc::new(crate::taps::TapBoard::default());
+    let console = http
+        .is_some()
+        .then(|| crate::console::Console::start(record_dir.clone(), tap_board.clone()));
     let http_shutdown = CancellationToken::new();
     let http_task = match http {
         Some(listener) => {
@@ -204,6 +209,7 @@ pub async fn run_with(
                 feed: feed.clone(),
                 live: live_calls.clone(),
                 token: config.http_token.as_ref().map(|t| Arc::from(t.0.as_str())),
+                console: console.clone().expect("made with the HTTP port"),
                 shutdown: http_shutdown.clone(),
             };
             Some(tokio::spawn(crate::http::serve(listener, state)))
@@ -268,11 +274,12 @@ pub async fn run_with(
     let mut recorders = Vec::new();
     for shard in 0..config.recorder_threads {
         let (sender, queue) = mpsc::channel(RECORDER_QUEUE);
-        let (options, metrics, feed, uploads) = (
+        let (options, metrics, feed, uploads, console) = (
             options.clone(),
             metrics.clone(),
             feed.clone(),
             uploads.clone(),
+            console.clone(),
         );
         let live = recorder::Live {
             calls: live_calls.clone(),
@@ -284,6 +291,9 @@ pub async fn run_with(
                 .name(format!("rst-recorder-{shard}"))
                 .spawn(move || {
                     recorder::run(queue, options, live, metrics, |event| {
+                        if let (Some(console), Event::Ended(record)) = (&console, &event) {
+                            console.index.add(record);
+                        }
                         publish(&feed, uploads.as_ref(), event)
                     })
                 })?,
@@ -317,10 +327,11 @@ pub async fn run_with(
     // calls they end still arrive.
     let receive_stop = CancellationToken::new();
     let taps = (!config.taps.links.is_empty()).then(|| {
-        TapLinks::start(
+        TapLinks::start_with(
             &config.taps,
             receiver.socket.local_addr().unwrap_or(config.listen),
             receiver.metrics.clone(),
+            tap_board,
         )
     });
     let taps_task = tokio::spawn({

@@ -284,6 +284,53 @@ impl StopSignal {
     }
 }
 
+/// What the console shows of each tap: its state and counters as the link
+/// last saw them.
+#[derive(Debug, Default)]
+pub struct TapBoard(Mutex<std::collections::BTreeMap<String, TapView>>);
+
+/// One tap on the [`TapBoard`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TapView {
+    pub tap: String,
+    /// `connecting`, the tap's own state (`Running`, `Stopped`, ...), or `down`.
+    pub state: String,
+    pub address: Option<String>,
+    pub controller: Option<String>,
+    pub counters: Option<rst_control::control::Counters>,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated: time::OffsetDateTime,
+}
+
+impl TapBoard {
+    /// Every tap, by name.
+    pub fn list(&self) -> Vec<TapView> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn set(&self, link: &TapLink, change: impl FnOnce(&mut TapView)) {
+        let tap = link.target.to_string();
+        let mut taps = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let view = taps.entry(tap.clone()).or_insert_with(|| TapView {
+            tap,
+            state: "connecting".into(),
+            address: None,
+            controller: None,
+            counters: None,
+            error: None,
+            updated: time::OffsetDateTime::now_utc(),
+        });
+        change(view);
+        view.updated = time::OffsetDateTime::now_utc();
+    }
+}
+
 /// The running links, one thread each.
 #[derive(Debug)]
 pub struct TapLinks {
@@ -300,11 +347,25 @@ struct LinkContext {
     poll_interval: Duration,
     metrics: Arc<Metrics>,
     stop: Arc<StopSignal>,
+    board: Arc<TapBoard>,
 }
 
 impl TapLinks {
     /// Starts a link per configured tap; `listen` is the receiver's bound address.
     pub fn start(config: &TapsConfig, listen: SocketAddr, metrics: Arc<Metrics>) -> TapLinks {
+        TapLinks::start_with(config, listen, metrics, Arc::default())
+    }
+
+    /// [`TapLinks::start`], showing each tap on `board`.
+    pub fn start_with(
+        config: &TapsConfig,
+        listen: SocketAddr,
+        metrics: Arc<Metrics>,
+        board: Arc<TapBoard>,
+    ) -> TapLinks {
+        for link in &config.links {
+            board.set(link, |_| {});
+        }
         let stop = Arc::new(StopSignal::default());
         let context = Arc::new(LinkContext {
             listen,
@@ -312,6 +373,7 @@ impl TapLinks {
             poll_interval: config.poll_interval,
             metrics,
             stop: stop.clone(),
+            board,
         });
         let threads = config
             .links
@@ -352,6 +414,10 @@ fn run_link(link: &TapLink, context: &LinkContext) {
                     .metrics
                     .tap_link_failures
                     .fetch_add(1, Ordering::Relaxed);
+                context.board.set(link, |view| {
+                    view.state = "down".into();
+                    view.error = Some(error.to_string());
+                });
                 if let LinkError::Observer = error {
                     tracing::info!(tap = %link.target, %error);
                 } else {
@@ -425,6 +491,13 @@ fn session(link: &TapLink, context: &LinkContext, retry: &mut Duration) -> Resul
             Reply::Status(status) => status,
             other => return Err(LinkError::Unexpected(Box::new(other), "status")),
         };
+        context.board.set(link, |view| {
+            view.state = format!("{:?}", status.state);
+            view.address = Some(addr.to_string());
+            view.controller = status.controller.clone();
+            view.counters = Some(status.counters.clone());
+            view.error = status.last_error.clone();
+        });
         tracing::debug!(tap = %link.target, state = ?status.state, calls = status.counters.calls_active, packets = status.counters.packets, "tap status");
         match status.state {
             State::Running => {}
