@@ -115,6 +115,17 @@ fn call_in_progress(
     (thread, sent)
 }
 
+/// Waits until the receiver lists call `id` as in progress: its ACK leaves
+/// before the recorder has opened the call, so a client asking at once may
+/// be early.
+fn wait_listed(http: SocketAddr, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(http, &format!("/api/calls/{id}"), Some(TOKEN)).0 != 200 {
+        assert!(Instant::now() < deadline, "call {id} was never listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A `listen` client: every message until the receiver closes.
 fn listen(http: SocketAddr, path: &str, token: &str) -> std::thread::JoinHandle<Vec<Message>> {
     let url = format!("ws://{http}{path}");
@@ -146,7 +157,8 @@ fn listen(http: SocketAddr, path: &str, token: &str) -> std::thread::JoinHandle<
 fn the_api_lists_calls_and_two_clients_listen_at_once_and_bad_tokens_are_refused() {
     let (receiver, http, _secrets) = http_receiver(true);
     let id = uuid(41);
-    let (call, sent) = call_in_progress(&receiver, &id, 4.0);
+    let (call, sent) = call_in_progress(&receiver, &id, 8.0);
+    wait_listed(http, &id);
 
     assert_eq!(get(http, "/api/calls", None).0, 401);
     assert_eq!(
@@ -278,7 +290,8 @@ fn listening_is_logged_to_the_metadata_feed() {
         .unwrap();
     let mut lines = BufReader::new(console).lines();
     let id = uuid(42);
-    let (call, _) = call_in_progress(&receiver, &id, 2.0);
+    let (call, _) = call_in_progress(&receiver, &id, 8.0);
+    wait_listed(http, &id);
     let listener = listen(http, &format!("/api/calls/{id}/listen"), TOKEN);
     let mut seen = Vec::new();
     while !seen
