@@ -606,6 +606,20 @@ fn targets_down_at_first_or_midway_get_every_event_in_order() {
                 .then_some(())
         });
     }
+    // ...and stay down 30 s: the backlog ages, nothing is lost.
+    wait_for("a backlog 30 s old", || {
+        let text = receiver.metrics.render();
+        ["nats", "amqp", "webhook-1"]
+            .iter()
+            .all(|target| {
+                let line = format!("rst_bus_oldest_waiting_seconds{{target=\"{target}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&line))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|age| age >= 30.0)
+            })
+            .then_some(())
+    });
     nats.start();
     rabbit.start(&runtime);
     hook.serve(&runtime, hook_port);
