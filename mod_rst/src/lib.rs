@@ -448,6 +448,8 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         mode: settings.mode,
         local_ports: None,
         extensions,
+        fallbacks: Vec::new(),
+        failover_after: settings.failover,
         retransmit: settings.retransmit,
         tries: settings.retransmit_tries,
         max_pending: settings.rtp_buffer_frames,
@@ -722,6 +724,14 @@ impl sender::Report for EventReport {
             Trouble::NoAckForBye { tries } => {
                 format!("the receiver did not acknowledge BYE after {tries} tries")
             }
+            Trouble::FailedOver {
+                from,
+                to,
+                part,
+                offset_ms,
+            } => format!(
+                "receiver {from} did not answer; the call goes on at {to} (part {part} from {offset_ms} ms)"
+            ),
         };
         fs::log(SWITCH_LOG_WARNING, Some(uuid), &format!("rst: {message}"));
         fs::fire_event(EVENT_ERROR, &[("Unique-ID", uuid), ("rst-error", &message)]);

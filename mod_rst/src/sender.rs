@@ -87,6 +87,8 @@ pub struct Counters {
     pub invs_unacknowledged: AtomicU64,
     pub byes_unacknowledged: AtomicU64,
     pub acks_received: AtomicU64,
+    /// Calls moved to another receiver of the pool.
+    pub failovers: AtomicU64,
     /// Audio back into calls (PLAY, CLR, MARK).
     pub play: Arc<PlayCounters>,
 }
@@ -472,6 +474,7 @@ pub fn run(
                         Trouble::NoAckForBye { .. } => {
                             counters.byes_unacknowledged.fetch_add(1, Relaxed)
                         }
+                        Trouble::FailedOver { .. } => counters.failovers.fetch_add(1, Relaxed),
                     };
                     report.trouble(entry.stream.uuid(), &trouble);
                 }

@@ -92,6 +92,8 @@ pub struct OutputStats {
     pub acks: u64,
     pub invs_unacknowledged: u64,
     pub byes_unacknowledged: u64,
+    /// Calls moved to another receiver of the pool.
+    pub failovers: u64,
 }
 
 struct Live {
@@ -187,6 +189,15 @@ impl UdpOutput {
                 Some(Trouble::NoAckForBye { tries }) => {
                     stats.byes_unacknowledged += 1;
                     tracing::warn!(uuid, tries, "the receiver did not answer the BYE");
+                }
+                Some(Trouble::FailedOver {
+                    from,
+                    to,
+                    part,
+                    offset_ms,
+                }) => {
+                    stats.failovers += 1;
+                    tracing::warn!(uuid, %from, %to, part, offset_ms, "the receiver did not answer; the call failed over");
                 }
                 None => {}
             }
@@ -337,6 +348,8 @@ impl Output for UdpOutput {
             mode: Mode::Rtp,
             local_ports: Some(ports),
             extensions: call.extensions(&self.config.streams),
+            fallbacks: Vec::new(),
+            failover_after: Duration::from_millis(500),
             retransmit: self.config.retransmit,
             tries: self.config.tries,
             max_pending: self.config.max_pending,
