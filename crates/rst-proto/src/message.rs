@@ -133,7 +133,9 @@ pub struct RtpPorts {
 /// the call live to these profiles of the receiver) and
 /// `ptNNN=NAME/RATE[/CHANNELS]` (what a dynamic RTP payload type carries in RTP
 /// mode, as SDP's `a=rtpmap` says it: `pt101=telephone-event/8000`,
-/// `pt96=PCMU/8000`, `pt111=opus/48000/2`).
+/// `pt96=PCMU/8000`, `pt111=opus/48000/2`), and `part=N:offset-ms=MS` (this
+/// INV continues the call on another receiver of a pool: see
+/// [`Extensions::continuation`] and [`crate::pool`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Extensions<'a>(&'a str);
 
