@@ -394,7 +394,7 @@ fn with_session(uuid: &str, action: impl FnOnce(&SessionRef) -> Result<String, S
 
 /// How often a call's INV is refreshed at least when it has receivers to
 /// fail over to: a receiver's death costs up to this plus `failover-ms`.
-const POOL_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const POOL_REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Starts streaming `session` to `target` (or the configured receiver).
 fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String> {

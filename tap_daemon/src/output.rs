@@ -143,7 +143,7 @@ const RECEIVER_RETRY: Duration = Duration::from_secs(5);
 
 /// With a pool, a call's INV is refreshed at least this often: a receiver's
 /// death costs up to this plus the failover time.
-const POOL_REFRESH: Duration = Duration::from_secs(1);
+const POOL_REFRESH: Duration = Duration::from_millis(500);
 
 /// How often [`UdpOutput::service`] really looks at the sockets and timers.
 const SERVICE_EVERY: Duration = Duration::from_millis(2);
