@@ -40,6 +40,12 @@ pub struct Settings {
     /// caller hears, instead of it, or not at all (the INV then does not
     /// say `play=1`).
     pub play: Option<PlayMode>,
+    /// Several receivers (`receivers`): each call goes to the one its UUID
+    /// hashes to and fails over along its order; `None`: `host`/`port` only.
+    pub receivers: Option<rst_proto::Pool>,
+    /// With several receivers: how long an INV may go unanswered before the
+    /// call moves to the next receiver.
+    pub failover: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +63,8 @@ impl Default for Settings {
             write_hex: false,
             hex_dir: "/opt/nway/records".to_owned(),
             play: Some(PlayMode::Mix),
+            receivers: None,
+            failover: Duration::from_millis(500),
         }
     }
 }
@@ -141,6 +149,18 @@ impl Settings {
                     "off" => settings.play = None,
                     _ => bad(),
                 },
+                "receivers" => match rst_proto::Pool::parse(value) {
+                    Ok(pool) => settings.receivers = Some(pool),
+                    Err(error) => problems.push(format!(
+                        "rst.conf: receivers={value:?}: {error}; host and port are used"
+                    )),
+                },
+                "failover-ms" => match value.parse() {
+                    Ok(ms) if (50..=60_000).contains(&ms) => {
+                        settings.failover = Duration::from_millis(ms)
+                    }
+                    _ => bad(),
+                },
                 _ => problems.push(format!("rst.conf: unknown parameter {name:?} ignored")),
             }
         }
@@ -160,6 +180,21 @@ fn parse_bool(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receivers_are_a_list_of_addresses_beside_host_and_port() {
+        let (settings, problems) = Settings::from_params([
+            ("receivers", "127.0.0.1:9527, 127.0.0.1:9528"),
+            ("failover-ms", "300"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(settings.receivers.unwrap().len(), 2);
+        assert_eq!(settings.failover, Duration::from_millis(300));
+        let (settings, problems) =
+            Settings::from_params([("receivers", "10.0.0.1:9527,rec2"), ("failover-ms", "5")]);
+        assert_eq!((settings.receivers, problems.len()), (None, 2));
+        assert_eq!(settings.failover, Duration::from_millis(500));
+    }
 
     #[test]
     fn play_mode_is_mix_replace_or_off() {

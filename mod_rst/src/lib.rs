@@ -112,6 +112,9 @@ unsafe extern "C" fn module_load(
         }
         let settings = load_settings();
         let (sender, commands) = sender::channel(settings.queue_frames);
+        if let Some(pool) = &settings.receivers {
+            sender.counters.set_pool(pool.clone());
+        }
         let counters = sender.counters.clone();
         let hex_dir = settings.write_hex.then(|| settings.hex_dir.clone());
         if let Some(dir) = &hex_dir {
@@ -389,6 +392,10 @@ fn with_session(uuid: &str, action: impl FnOnce(&SessionRef) -> Result<String, S
     }
 }
 
+/// How often a call's INV is refreshed at least when it has receivers to
+/// fail over to: a receiver's death costs up to this plus `failover-ms`.
+const POOL_REFRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Starts streaming `session` to `target` (or the configured receiver).
 fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String> {
     let uuid = session.uuid();
@@ -402,12 +409,38 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         module.next_stream += 1;
         (module.settings.clone(), module.sender.clone(), id)
     };
-    let (host, port) = target.resolve(&settings.host, settings.port);
-    let address: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addresses| addresses.next())
-        .ok_or_else(|| format!("cannot resolve receiver {host}:{port}"))?;
+    // A receiver named by the dialplan or the API wins over the pool.
+    let pool = settings
+        .receivers
+        .as_ref()
+        .filter(|_| target.host.is_none() && target.port.is_none());
+    let (address, fallbacks) = match pool {
+        // The sender thread puts the receivers that failed lately last.
+        Some(pool) => {
+            let mut order = pool.order(&uuid);
+            let first = order.next().ok_or("the pool of receivers is empty")?;
+            (first, order.collect())
+        }
+        None => {
+            let (host, port) = target.resolve(&settings.host, settings.port);
+            let address: SocketAddr = (host.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+                .ok_or_else(|| format!("cannot resolve receiver {host}:{port}"))?;
+            (address, Vec::new())
+        }
+    };
+    // A dead receiver is noticed by its unanswered refresh: with a pool,
+    // refresh at least every POOL_REFRESH, so a failover costs little.
+    let refresh = match pool {
+        Some(pool) if pool.len() > 1 => Some(
+            settings
+                .refresh
+                .map_or(POOL_REFRESH, |r| r.min(POOL_REFRESH)),
+        ),
+        _ => settings.refresh,
+    };
     let caller = session
         .variable("rst_caller")
         .or_else(|| session.variable("caller_id_number"))
@@ -448,11 +481,13 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         mode: settings.mode,
         local_ports: None,
         extensions,
+        fallbacks,
+        failover_after: settings.failover,
         retransmit: settings.retransmit,
         tries: settings.retransmit_tries,
         max_pending: settings.rtp_buffer_frames,
         seed: seed(&uuid, stream_id),
-        refresh: settings.refresh,
+        refresh,
         event_clock: rate,
     };
     if !sender.control(Command::Start {
@@ -722,6 +757,14 @@ impl sender::Report for EventReport {
             Trouble::NoAckForBye { tries } => {
                 format!("the receiver did not acknowledge BYE after {tries} tries")
             }
+            Trouble::FailedOver {
+                from,
+                to,
+                part,
+                offset_ms,
+            } => format!(
+                "receiver {from} did not answer; the call goes on at {to} (part {part} from {offset_ms} ms)"
+            ),
         };
         fs::log(SWITCH_LOG_WARNING, Some(uuid), &format!("rst: {message}"));
         fs::fire_event(EVENT_ERROR, &[("Unique-ID", uuid), ("rst-error", &message)]);

@@ -7,10 +7,10 @@ use std::io::{self, Write as _};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rst_proto::{Direction, Message, RtpPorts};
+use rst_proto::{Direction, Health, Message, Pool, RtpPorts};
 
 use crate::config::Mode;
 use crate::play::{PlayCounters, PlayEvent, PlayFeed};
@@ -87,11 +87,57 @@ pub struct Counters {
     pub invs_unacknowledged: AtomicU64,
     pub byes_unacknowledged: AtomicU64,
     pub acks_received: AtomicU64,
+    /// Calls moved to another receiver of the pool.
+    pub failovers: AtomicU64,
     /// Audio back into calls (PLAY, CLR, MARK).
     pub play: Arc<PlayCounters>,
+    /// The pool of receivers' health (`receivers` in rst.conf), when there is
+    /// one: written by the sender thread, read by `rst_status`. Never touched
+    /// by a media thread.
+    pub receivers: Mutex<Option<Health>>,
 }
 
+/// A receiver that failed is left out of new calls' first choice this long.
+const RECEIVER_RETRY: Duration = Duration::from_secs(5);
+
 impl Counters {
+    /// Calls go to this pool of receivers.
+    pub fn set_pool(&self, pool: Pool) {
+        if let Ok(mut receivers) = self.receivers.lock() {
+            *receivers = Some(Health::new(pool, RECEIVER_RETRY));
+        }
+    }
+
+    /// Runs `action` on the pool's health, if there is a pool.
+    fn with_health<R>(&self, action: impl FnOnce(&mut Health) -> R) -> Option<R> {
+        let mut receivers = self.receivers.lock().ok()?;
+        receivers.as_mut().map(action)
+    }
+
+    /// `,"failovers":N,"receivers":[{"address":..,"up":..,"failures":..,"acks":..}]`.
+    fn receivers_json(&self) -> String {
+        let now = Instant::now();
+        let list = self
+            .with_health(|health| {
+                health
+                    .receivers(now)
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{{\"address\":\"{}\",\"up\":{},\"failures\":{},\"acks\":{}}}",
+                            r.address, r.up, r.failures, r.acks
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        format!(
+            ",\"failovers\":{},\"receivers\":[{list}]",
+            self.failovers.load(Relaxed)
+        )
+    }
+
     pub fn to_json(&self) -> String {
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
@@ -109,7 +155,8 @@ impl Counters {
             c(&self.invs_unacknowledged),
             c(&self.byes_unacknowledged),
             c(&self.acks_received),
-        ) + &self.play_json()
+        ) + &self.receivers_json()
+            + &self.play_json()
     }
 
     /// `,"play":{...}}`: the playback counters, closing the object.
@@ -278,7 +325,7 @@ pub fn run(
     let mut playing: HashSet<StreamId> = HashSet::new();
     let mut shutdown_deadline: Option<Instant> = None;
     let mut ack_buffer = [0u8; 2048];
-    let mut acks: Vec<(StreamId, Option<RtpPorts>)> = Vec::new();
+    let mut acks: Vec<(StreamId, SocketAddr, Option<RtpPorts>)> = Vec::new();
     // The earliest retransmission due, so the streams are walked only when one
     // is (a walk per wake-up costs too much with hundreds of calls).
     let mut next_due: Option<Instant> = None;
@@ -306,6 +353,15 @@ pub fn run(
                 } => {
                     let uuid = start.uuid.clone();
                     let mut start = *start;
+                    if !start.fallbacks.is_empty() {
+                        // The pool's order, with receivers that failed lately last.
+                        if let Some(order) = counters.with_health(|h| h.order(&uuid, now)) {
+                            if let Some((first, rest)) = order.split_first() {
+                                start.target = *first;
+                                start.fallbacks = rest.to_vec();
+                            }
+                        }
+                    }
                     let rtp = if start.mode == Mode::Rtp {
                         match bind_rtp_pair(start.target) {
                             Ok((sockets, ports)) => {
@@ -404,7 +460,8 @@ pub fn run(
                 match message {
                     Message::Ack(ack) => {
                         counters.acks_received.fetch_add(1, Relaxed);
-                        acks.push((id, ack.rtp_ports));
+                        counters.with_health(|h| h.answered(from));
+                        acks.push((id, from, ack.rtp_ports));
                     }
                     Message::Play(play) => {
                         if let Some(feed) = live.get_mut(&id).and_then(|e| e.play.as_mut()) {
@@ -446,10 +503,10 @@ pub fn run(
             busy
         });
         let mut closed = Vec::new();
-        for &(id, ports) in &acks {
+        for &(id, from, ports) in &acks {
             if let Some(entry) = live.get_mut(&id) {
                 drive(entry, &mut control, &counters, |stream, emit| {
-                    stream.ack(ports, emit)
+                    stream.ack_from(from, ports, emit)
                 });
                 if entry.stream.is_closed() {
                     closed.push(id);
@@ -471,6 +528,10 @@ pub fn run(
                         }
                         Trouble::NoAckForBye { .. } => {
                             counters.byes_unacknowledged.fetch_add(1, Relaxed)
+                        }
+                        Trouble::FailedOver { from, .. } => {
+                            counters.with_health(|h| h.failed(from, now));
+                            counters.failovers.fetch_add(1, Relaxed)
                         }
                     };
                     report.trouble(entry.stream.uuid(), &trouble);

@@ -37,6 +37,9 @@ pub enum ConfigError {
     /// A stream profile name the INV cannot carry.
     #[error("bad stream name {0:?}: letters, digits, '-', '_' and '.', at most 64")]
     StreamName(String),
+    /// A list of receivers that is not a pool (the same one twice).
+    #[error("bad receivers: {0}")]
+    Receivers(#[from] rst_proto::PoolError),
     /// Neither or both of `pcap` and `interface`.
     #[error("give exactly one of --pcap FILE and --interface IF")]
     Source,
@@ -69,6 +72,15 @@ pub struct Settings {
     /// The rst receiver [default: 127.0.0.1:9527]
     #[arg(long, value_name = "ADDR:PORT")]
     pub receiver: Option<SocketAddr>,
+    /// Several receivers (comma-separated): each call goes to the one its
+    /// UUID hashes to and fails over to the next when it stops answering
+    #[arg(long, value_name = "ADDR:PORT,...", value_delimiter = ',')]
+    #[serde(default)]
+    pub receivers: Vec<SocketAddr>,
+    /// With receivers: milliseconds an INV may go unanswered before the call
+    /// moves to the next receiver [default: 500]
+    #[arg(long, value_name = "MS")]
+    pub failover_ms: Option<u64>,
     /// TOML file with these settings (keys = flag names)
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -141,6 +153,8 @@ impl Settings {
             snaplen: self.snaplen.or(base.snaplen),
             buffer_size: self.buffer_size.or(base.buffer_size),
             receiver: self.receiver.or(base.receiver),
+            receivers: list(self.receivers, base.receivers),
+            failover_ms: self.failover_ms.or(base.failover_ms),
             config: self.config.or(base.config),
             rtp_without_sip: self.rtp_without_sip || base.rtp_without_sip,
             networks: list(self.networks, base.networks),
@@ -182,10 +196,20 @@ impl Settings {
             skip_numbers: patterns(self.skip_numbers)?,
         };
         let offline = matches!(source, Source::File(_));
-        let receiver = self
-            .receiver
+        let pool = match self.receivers.is_empty() {
+            true => None,
+            false => Some(rst_proto::Pool::new(self.receivers.clone())?),
+        };
+        let receiver = pool
+            .as_ref()
+            .map(|pool| pool.receivers()[0])
+            .or(self.receiver)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], rst_proto::DEFAULT_PORT)));
         let mut output = OutputConfig::new(receiver, offline);
+        output.pool = pool;
+        if let Some(ms) = self.failover_ms {
+            output.failover = Duration::from_millis(ms.clamp(50, 60_000));
+        }
         if let Some(max) = self.max_calls {
             output.max_streams = max;
         }
@@ -262,6 +286,31 @@ mod tests {
             OutputConfig::new(run.output.receiver, true).max_streams
         );
         assert_eq!(run.stats_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn receivers_make_a_pool_from_the_file_or_the_flag() {
+        let file = parse(
+            r#"
+            pcap = "x.pcap"
+            receivers = ["127.0.0.1:9527", "127.0.0.1:9528"]
+            failover-ms = 300
+            "#,
+        )
+        .unwrap();
+        let run = Settings::default().over(file).resolve().unwrap();
+        let pool = run.output.pool.unwrap();
+        assert_eq!(pool.len(), 2);
+        assert_eq!(run.output.receiver, pool.receivers()[0]);
+        assert_eq!(run.output.failover, Duration::from_millis(300));
+        let flags = Settings::parse_from([
+            "tap_daemon",
+            "--pcap",
+            "x.pcap",
+            "--receivers",
+            "127.0.0.1:1,127.0.0.1:1",
+        ]);
+        assert!(matches!(flags.resolve(), Err(ConfigError::Receivers(_))));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use rst_proto::stream::{Mode, Stream, StreamStart, Trouble, Via};
-use rst_proto::{Direction, Message, RtpPorts};
+use rst_proto::{Direction, Health, Message, Pool, ReceiverHealth, RtpPorts};
 
 use crate::pipeline::{CallStart, Output};
 use crate::sip::CallKey;
@@ -54,6 +54,12 @@ pub struct OutputConfig {
     pub refresh: Duration,
     /// Stream profiles of the receiver every call asks for (`stream=`).
     pub streams: Vec<String>,
+    /// Several receivers: each call goes to its UUID's receiver and fails
+    /// over along its order (`receiver` is then the pool's first, for the
+    /// socket's address family). `None`: `receiver` alone.
+    pub pool: Option<Pool>,
+    /// With a pool: how long an INV may go unanswered before the call moves on.
+    pub failover: Duration,
 }
 
 impl OutputConfig {
@@ -73,6 +79,8 @@ impl OutputConfig {
             },
             refresh: Duration::from_secs(10),
             streams: Vec::new(),
+            pool: None,
+            failover: Duration::from_millis(500),
         }
     }
 }
@@ -92,6 +100,10 @@ pub struct OutputStats {
     pub acks: u64,
     pub invs_unacknowledged: u64,
     pub byes_unacknowledged: u64,
+    /// Calls moved to another receiver of the pool.
+    pub failovers: u64,
+    /// The pool's receivers as last seen, when there is a pool.
+    pub receivers: Vec<ReceiverHealth>,
 }
 
 struct Live {
@@ -122,7 +134,16 @@ pub struct UdpOutput {
     pace_start: Option<Instant>,
     paced: u64,
     last_service: Instant,
+    /// Which receivers of the pool answer, when there is a pool.
+    health: Option<Health>,
 }
+
+/// A receiver that failed is left out of new calls' first choice this long.
+const RECEIVER_RETRY: Duration = Duration::from_secs(5);
+
+/// With a pool, a call's INV is refreshed at least this often: a receiver's
+/// death costs up to this plus the failover time.
+const POOL_REFRESH: Duration = Duration::from_millis(500);
 
 /// How often [`UdpOutput::service`] really looks at the sockets and timers.
 const SERVICE_EVERY: Duration = Duration::from_millis(2);
@@ -131,6 +152,10 @@ impl UdpOutput {
     pub fn new(config: OutputConfig) -> io::Result<UdpOutput> {
         let control = UdpSocket::bind(any_for(config.receiver))?;
         control.set_nonblocking(true)?;
+        let health = config
+            .pool
+            .clone()
+            .map(|pool| Health::new(pool, RECEIVER_RETRY));
         Ok(UdpOutput {
             config,
             control,
@@ -141,6 +166,7 @@ impl UdpOutput {
             pace_start: None,
             paced: 0,
             last_service: Instant::now(),
+            health,
         })
     }
 
@@ -171,6 +197,7 @@ impl UdpOutput {
             streams,
             control,
             stats,
+            health,
             ..
         } = self;
         for (uuid, live) in streams.iter_mut() {
@@ -187,6 +214,19 @@ impl UdpOutput {
                 Some(Trouble::NoAckForBye { tries }) => {
                     stats.byes_unacknowledged += 1;
                     tracing::warn!(uuid, tries, "the receiver did not answer the BYE");
+                }
+                Some(Trouble::FailedOver {
+                    from,
+                    to,
+                    part,
+                    offset_ms,
+                }) => {
+                    if let Some(health) = health.as_mut() {
+                        health.failed(from, now);
+                        stats.receivers = health.receivers(now).to_vec();
+                    }
+                    stats.failovers += 1;
+                    tracing::warn!(uuid, %from, %to, part, offset_ms, "the receiver did not answer; the call failed over");
                 }
                 None => {}
             }
@@ -207,8 +247,8 @@ impl UdpOutput {
 
     fn read_acks(&mut self) {
         loop {
-            let len = match self.control.recv_from(&mut self.ack_buffer) {
-                Ok((len, _)) => len,
+            let (len, from) = match self.control.recv_from(&mut self.ack_buffer) {
+                Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP port unreachable and the like, reported on the next call.
                 Err(_) => continue,
@@ -217,12 +257,15 @@ impl UdpOutput {
                 continue;
             };
             self.stats.acks += 1;
+            if let Some(health) = self.health.as_mut() {
+                health.answered(from);
+            }
             let ports = ack.rtp_ports;
             let uuid = ack.uuid.as_str().to_owned();
             let closed = match self.streams.get_mut(&uuid) {
                 Some(live) => {
                     drive(live, &self.control, &mut self.stats, |s, emit| {
-                        s.ack(ports, emit)
+                        s.ack_from(from, ports, emit)
                     });
                     live.stream.is_closed()
                 }
@@ -329,19 +372,34 @@ impl Output for UdpOutput {
             .seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
+        let now = Instant::now();
+        let (target, fallbacks) = match self.health.as_mut() {
+            Some(health) => {
+                let order = health.order(&uuid, now);
+                self.stats.receivers = health.receivers(now).to_vec();
+                (order[0], order[1..].to_vec())
+            }
+            None => (self.config.receiver, Vec::new()),
+        };
+        let refresh = match fallbacks.is_empty() {
+            true => self.config.refresh,
+            false => self.config.refresh.min(POOL_REFRESH),
+        };
         let start = StreamStart {
             uuid: uuid.clone(),
             caller: call.caller.clone(),
             callee: call.callee.clone(),
-            target: self.config.receiver,
+            target,
             mode: Mode::Rtp,
             local_ports: Some(ports),
             extensions: call.extensions(&self.config.streams),
+            fallbacks,
+            failover_after: self.config.failover,
             retransmit: self.config.retransmit,
             tries: self.config.tries,
             max_pending: self.config.max_pending,
             seed: self.seed,
-            refresh: Some(self.config.refresh),
+            refresh: Some(refresh),
             // Captured RTP carries its own telephone-events; none is made here.
             event_clock: 8000,
         };

@@ -100,6 +100,10 @@ struct Call {
     /// RTP mode: when the BYE came. The call ends [`BYE_LINGER`] later, so RTP
     /// sent just before the BYE, which travels another way, is still recorded.
     bye_at: Option<Instant>,
+    /// The part of the call this recording is (`part=N` in its INV; 1 when
+    /// none said): a pool's sender that failed over here, away and back
+    /// again starts a new part, which is a recording of its own.
+    part: u32,
 }
 
 impl Call {
@@ -231,6 +235,16 @@ impl CallTable {
             Message::Inv(inv) => {
                 let uuid = inv.uuid;
                 let bind_sender = self.limits.bind_sender;
+                let part = inv.extensions.continuation().map_or(1, |c| c.part);
+                let new_part = self.calls.get(uuid.as_str()).is_some_and(|call| {
+                    call.has_inv && call.part != part && call.accepts(from, bind_sender)
+                });
+                if new_part {
+                    if let Some((key, call)) = self.calls.remove_entry(uuid.as_str()) {
+                        tracing::debug!(%uuid, part, "a new part of the call begins here");
+                        self.end(now, key, call, EndReason::Bye, emit);
+                    }
+                }
                 let id = match self.calls.get_mut(uuid.as_str()) {
                     Some(call) if !call.accepts(from, bind_sender) => {
                         return self.wrong_source(from, "INV");
@@ -239,6 +253,7 @@ impl CallTable {
                         call.last_heard = now;
                         if !call.has_inv {
                             call.has_inv = true;
+                            call.part = part;
                             emit(Output::Identify {
                                 call: call.id,
                                 caller: inv.caller,
@@ -294,6 +309,9 @@ impl CallTable {
                         let Some(id) = self.start(now, uuid, from, true, start, emit) else {
                             return;
                         };
+                        if let Some(call) = self.calls.get_mut(uuid.as_str()) {
+                            call.part = part;
+                        }
                         if let Some(held) = held {
                             self.replay(id, held, emit);
                         }
@@ -649,6 +667,7 @@ impl CallTable {
                 sender,
                 rtp: None,
                 bye_at: None,
+                part: 1,
             },
         );
         self.uuids.insert(id, uuid.as_str().into());
@@ -902,5 +921,40 @@ mod tests {
         table.end_all(now, EndReason::Shutdown, &mut emit);
         ends.sort_by_key(|reason| reason.name());
         assert_eq!(ends, [EndReason::Bye, EndReason::Shutdown]);
+    }
+
+    #[test]
+    fn a_call_that_comes_back_as_another_part_starts_a_new_recording() {
+        let mut table = CallTable::new(
+            Limits {
+                idle_timeout: Duration::from_secs(30),
+                max_calls: 10,
+                allow: Vec::new(),
+                default_l16_rate: 8000,
+                rtp_ports: 40000..=40009,
+                bind_sender: true,
+                new_calls_per_second: 0,
+            },
+            Arc::new(Metrics::default()),
+        );
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        let mut emit = |output: Output<'_>| match output {
+            Output::Start(start) => seen.push(format!("start {}", start.extensions)),
+            Output::End { reason, .. } => seen.push(format!("end {}", reason.name())),
+            _ => {}
+        };
+        for datagram in [
+            &b"INV :11111111-1111-1111-1111-111111111111:1001:1002"[..],
+            // A refresh of the same part changes nothing.
+            b"INV :11111111-1111-1111-1111-111111111111:1001:1002",
+            // The sender failed over away and back: part 3 is a recording of its own.
+            b"INV :11111111-1111-1111-1111-111111111111:1001:1002:part=3:offset-ms=4000",
+            b"INV :11111111-1111-1111-1111-111111111111:1001:1002:part=3:offset-ms=4000",
+        ] {
+            table.handle(now, from, datagram, &mut AnyPort, &mut emit);
+        }
+        assert_eq!(seen, ["start ", "end bye", "start part=3:offset-ms=4000"]);
     }
 }

@@ -30,6 +30,18 @@ enum Command {
         #[command(subcommand)]
         command: TapsCommand,
     },
+    /// Join the parts of a call recorded on several receivers (a pool's
+    /// failover) into one set of WAV files, silence where audio was lost
+    Assemble {
+        /// The call's UUID
+        uuid: String,
+        /// The receivers' record folders (or copies of them)
+        #[arg(long, required = true, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Where UUID.R.wav, UUID.W.wav, UUID.stereo.wav and UUID.assembled.json go
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +73,11 @@ fn main() -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let settings = cli.settings.over(file);
+    if let Some(Command::Assemble { uuid, from, out }) = &cli.command {
+        let assembled = udp_server::assemble::assemble(uuid, from, out)?;
+        println!("{}", serde_json::to_string_pretty(&assembled)?);
+        return Ok(());
+    }
     // Finding taps needs no secrets: the rest of the configuration may be unfinished.
     if let Some(Command::Taps {
         command: TapsCommand::Discover { to, wait },

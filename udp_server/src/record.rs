@@ -84,6 +84,13 @@ pub struct CallRecord {
     pub fax: bool,
     /// Left R, right W, aligned by arrival time (RTP mode: by timestamps).
     pub stereo: Option<PathBuf>,
+    /// Which part of the call this is: 1, or 2 and more for the parts a
+    /// pool's sender recorded on another receiver after a failover
+    /// (`part=N` in the INV). `udp_server assemble` joins them.
+    pub part: u32,
+    /// Where this part's audio begins in the call, in milliseconds from the
+    /// call's start on the sender's media clock (`offset-ms=` in the INV).
+    pub offset_ms: u64,
     /// Live streams of the call, when it had any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamRecord>,
@@ -332,6 +339,16 @@ impl CallRecording {
     pub fn declare(&mut self, extensions: &str) {
         if Extensions::parse(extensions).is_ok_and(|e| e.fax()) {
             self.record.fax = true;
+        }
+        // A continuation whose DATA came before its INV: the INV says which part.
+        if let Some(c) = Extensions::parse(extensions)
+            .ok()
+            .and_then(|e| e.continuation())
+        {
+            if self.record.part == 1 {
+                self.record.part = c.part;
+                self.record.offset_ms = c.offset_ms;
+            }
         }
         for (pt, name, rate) in declared_payload_types(extensions) {
             if self.declared.iter().any(|(known, ..)| *known == pt) {
@@ -958,6 +975,7 @@ pub struct OpenError {
 /// The record of a call as it starts, its files named after `base`.
 fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecord {
     let extensions = Extensions::parse(&start.extensions).ok();
+    let continuation = extensions.as_ref().and_then(Extensions::continuation);
     CallRecord {
         uuid: start.uuid.clone(),
         caller: start.caller.clone(),
@@ -983,6 +1001,8 @@ fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecor
             .collect(),
         dtmf: Vec::new(),
         fax: extensions.as_ref().is_some_and(Extensions::fax),
+        part: continuation.map_or(1, |c| c.part),
+        offset_ms: continuation.map_or(0, |c| c.offset_ms),
         stereo: None,
         streams: Vec::new(),
         record: with_suffix(base, "json"),

@@ -402,6 +402,8 @@ fn publish(feed: &Feed, uploads: Option<&crate::storage::Uploads>, event: Event<
                 "sender": record.sender,
                 "time": record.start.format(&time::format_description::well_known::Rfc3339).ok(),
                 "mode": record.mode,
+                "part": record.part,
+                "offset_ms": record.offset_ms,
             }),
         ),
         Event::Dtmf(record, dtmf) => {

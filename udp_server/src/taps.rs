@@ -190,6 +190,7 @@ impl TapLink {
                 numbers: spec.numbers,
                 skip_numbers: spec.skip_numbers,
                 receiver: None,
+                receivers: None,
                 mode: Some(Mode::Rtp),
             },
         })

@@ -78,6 +78,10 @@ pub struct ConfigChange {
     /// The rst receiver calls are sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver: Option<SocketAddr>,
+    /// Several receivers: each call goes to the one its UUID hashes to and
+    /// fails over along its order (`[]` goes back to `receiver` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receivers: Option<Vec<SocketAddr>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
 }
@@ -93,6 +97,9 @@ pub struct TapConfig {
     pub skip_numbers: Vec<String>,
     /// `None` until a client names one: a tap sends nowhere by default.
     pub receiver: Option<SocketAddr>,
+    /// A pool of receivers instead of `receiver` (empty: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub receivers: Vec<SocketAddr>,
     pub mode: Mode,
 }
 
@@ -117,6 +124,9 @@ impl TapConfig {
         }
         if let Some(receiver) = change.receiver {
             next.receiver = Some(receiver);
+        }
+        if let Some(receivers) = &change.receivers {
+            next.receivers = receivers.clone();
         }
         if let Some(mode) = change.mode {
             next.mode = mode;
@@ -174,6 +184,27 @@ pub struct Counters {
     pub drops: Drops,
     /// libpcap's counters (live captures only).
     pub pcap: Option<PcapCounters>,
+    /// Calls moved to another receiver of the pool.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failovers: u64,
+    /// Each receiver of the pool, when there is one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub receivers: Vec<ReceiverStatus>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One receiver of a tap's pool, as the tap sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverStatus {
+    pub address: SocketAddr,
+    /// Answering, as far as the tap knows.
+    pub up: bool,
+    /// Calls that failed over away from it.
+    pub failures: u64,
+    pub acks: u64,
 }
 
 /// What was lost or refused, by cause.
@@ -538,5 +569,23 @@ mod tests {
         assert_eq!(cleared.filter, None);
         assert!(cleared.numbers.is_empty());
         assert_eq!(cleared.receiver, next.receiver);
+    }
+
+    #[test]
+    fn a_config_can_name_a_pool_of_receivers() {
+        let Request::Config(change) =
+            Request::decode(r#"{"cmd":"config","receivers":["10.0.0.20:9527","10.0.0.21:9527"]}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        let next = TapConfig::default().with(&change);
+        assert_eq!(next.receivers.len(), 2);
+        assert_eq!(next.receiver, None);
+        let cleared = next.with(&ConfigChange {
+            receivers: Some(Vec::new()),
+            ..ConfigChange::default()
+        });
+        assert!(cleared.receivers.is_empty());
     }
 }

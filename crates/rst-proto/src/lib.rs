@@ -16,15 +16,17 @@
 
 mod error;
 mod message;
+pub mod pool;
 pub mod rtp;
 pub mod stream;
 mod types;
 
 pub use error::{EncodeError, ParseError};
 pub use message::{
-    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Data, Dtmf, Extensions,
-    ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts, MAX_CALL_ID, MAX_MARK_NAME,
+    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Continuation, Data, Dtmf,
+    Extensions, ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts, MAX_CALL_ID, MAX_MARK_NAME,
 };
+pub use pool::{Health, Pool, PoolError, ReceiverHealth};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};
 pub use types::{Direction, PayloadType, Uuid};
 

@@ -133,7 +133,9 @@ pub struct RtpPorts {
 /// the call live to these profiles of the receiver) and
 /// `ptNNN=NAME/RATE[/CHANNELS]` (what a dynamic RTP payload type carries in RTP
 /// mode, as SDP's `a=rtpmap` says it: `pt101=telephone-event/8000`,
-/// `pt96=PCMU/8000`, `pt111=opus/48000/2`).
+/// `pt96=PCMU/8000`, `pt111=opus/48000/2`), and `part=N:offset-ms=MS` (this
+/// INV continues the call on another receiver of a pool: see
+/// [`Extensions::continuation`] and [`crate::pool`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Extensions<'a>(&'a str);
 
@@ -254,6 +256,33 @@ impl<'a> Extensions<'a> {
         self.get(Self::PLAY) == Some("1")
     }
 
+    /// The key of the `part=N` extension: this INV continues a call that
+    /// began on another receiver of a pool; `N` counts the call's parts from
+    /// 1 (a first part says nothing). With [`Extensions::OFFSET_MS`].
+    pub const PART: &'static str = "part";
+
+    /// The key of the `offset-ms=MS` extension: where the audio that follows
+    /// this INV begins in the call, in milliseconds from the call's start
+    /// on the media clock (the samples sent before it), so that the parts
+    /// of a call recorded on several receivers join with silence for what
+    /// was lost in between.
+    pub const OFFSET_MS: &'static str = "offset-ms";
+
+    /// The continuation this INV announces (`part=N:offset-ms=MS`), if any:
+    /// the part's number (2 or more) and its offset. A `part` without a
+    /// sane number, or of 1, is no continuation; a missing offset is 0.
+    pub fn continuation(&self) -> Option<Continuation> {
+        let part: u32 = self.get(Self::PART)?.parse().ok()?;
+        if part < 2 {
+            return None;
+        }
+        let offset_ms = self
+            .get(Self::OFFSET_MS)
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        Some(Continuation { part, offset_ms })
+    }
+
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
     pub fn l16_rate(&self) -> Option<u32> {
         self.get("rate")?
@@ -261,6 +290,16 @@ impl<'a> Extensions<'a> {
             .ok()
             .filter(|rate| (8000..=192_000).contains(rate))
     }
+}
+
+/// Where a part of a call begins: `part=N:offset-ms=MS` in its INV (see
+/// [`Extensions::PART`] and [`Extensions::OFFSET_MS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// 2 for the first continuation, and so on.
+    pub part: u32,
+    /// Milliseconds from the call's start (media clock) to the part's first audio.
+    pub offset_ms: u64,
 }
 
 /// Whether `name` can be a stream profile's name (`stream=NAME`): letters,
@@ -347,6 +386,28 @@ impl ExtensionsBuilder {
         if !names.is_empty() {
             self.fields
                 .push(format!("{}={}", Extensions::STREAM, names.join(",")));
+        }
+        self
+    }
+
+    /// `part=N:offset-ms=MS`: the INV continues the call on another
+    /// receiver (a first part, `part` 1 or less, writes nothing).
+    pub fn continuation(mut self, part: u32, offset_ms: u64) -> Self {
+        if part >= 2 {
+            self.fields.push(format!(
+                "{}={part}:{}={offset_ms}",
+                Extensions::PART,
+                Extensions::OFFSET_MS
+            ));
+        }
+        self
+    }
+
+    /// Fields already on the wire (`key=value:key=value`, as
+    /// [`ExtensionsBuilder::build`] gave them), kept before those added next.
+    pub fn raw(mut self, built: &str) -> Self {
+        if !built.is_empty() {
+            self.fields.push(built.to_owned());
         }
         self
     }
@@ -994,5 +1055,30 @@ mod tests {
         let extensions = Extensions::parse("rate=8000:stream=bot, asr,").unwrap();
         assert_eq!(extensions.streams().collect::<Vec<_>>(), ["bot", "asr"]);
         assert_eq!(Extensions::NONE.streams().count(), 0);
+    }
+
+    #[test]
+    fn a_continuation_is_written_and_read_back() {
+        let built = ExtensionsBuilder::new()
+            .raw("rate=16000")
+            .continuation(3, 61_240)
+            .build();
+        assert_eq!(built, "rate=16000:part=3:offset-ms=61240");
+        let extensions = Extensions::parse(&built).unwrap();
+        assert_eq!(
+            extensions.continuation(),
+            Some(Continuation {
+                part: 3,
+                offset_ms: 61_240
+            })
+        );
+        assert_eq!(extensions.l16_rate(), Some(16000));
+        // A first part writes nothing; nonsense is no continuation.
+        assert_eq!(ExtensionsBuilder::new().continuation(1, 5).build(), "");
+        for text in ["part=1:offset-ms=5", "part=x", "offset-ms=5", ""] {
+            assert_eq!(Extensions::parse(text).unwrap().continuation(), None);
+        }
+        let no_offset = Extensions::parse("part=2:offset-ms=soon").unwrap();
+        assert_eq!(no_offset.continuation().map(|c| c.offset_ms), Some(0));
     }
 }

@@ -5,6 +5,21 @@
 //! Time comes in as an argument; datagrams go out through `emit`. Shared
 //! by mod_rst (which makes RTP from frames) and tap_daemon (which forwards the
 //! RTP it captured, so the wire's loss and jitter reach the recording).
+//!
+//! Failover (a pool of receivers, [`crate::pool`]): a stream given
+//! [`StreamStart::fallbacks`] moves to the next receiver of the call's order
+//! when the current one leaves an INV (the first, a refresh or a
+//! declaration) unacknowledged for [`StreamStart::failover_after`], or when
+//! the shell reports an ICMP error from it ([`Stream::unreachable`]). It
+//! sends the INV there with `part=N:offset-ms=MS` (the part's number and
+//! where its audio begins on the call's media clock: the samples of R
+//! handed to the stream so far), and the audio follows: DATA at once, RTP
+//! once the new receiver's ACK names its ports. Frames held for the old
+//! receiver are dropped (counted), and ACKs from it are ignored from then
+//! on. After the last receiver of the order comes the first again. What a
+//! failover costs: the audio between the receiver's death and its
+//! detection (up to the refresh interval plus `failover_after`), plus in
+//! RTP mode the new receiver's round trip.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -56,13 +71,25 @@ pub enum Trouble {
     NoAckForBye {
         tries: u32,
     },
+    /// The call moved to another receiver of its pool: `from` left an INV
+    /// unanswered (or was reported unreachable), `to` records part `part`
+    /// from `offset_ms` on.
+    FailedOver {
+        from: SocketAddr,
+        to: SocketAddr,
+        part: u32,
+        offset_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamStats {
     pub frames_sent: u64,
-    /// RTP mode: frames that arrived while no ports were known and did not fit the buffer.
+    /// RTP mode: frames that arrived while no ports were known and did not
+    /// fit the buffer, or were held for a receiver the call failed over from.
     pub frames_dropped_waiting: u64,
+    /// Moves to another receiver of the pool.
+    pub failovers: u64,
 }
 
 #[derive(Debug)]
@@ -111,7 +138,23 @@ pub struct Stream {
     caller: String,
     callee: String,
     local_ports: Option<RtpPorts>,
-    target: SocketAddr,
+    /// The call's receivers in order of preference; `targets[current]` has it.
+    targets: Vec<SocketAddr>,
+    current: usize,
+    /// The extensions the sender gave (the last [`Stream::declare`]'s), without `part`.
+    extensions: String,
+    /// The part of the call the current receiver records (1: the first).
+    part: u32,
+    offset_ms: u64,
+    failover_after: Duration,
+    /// The first INV the current receiver has not acknowledged yet.
+    unacked_since: Option<Instant>,
+    /// Samples of R handed to the stream (frames made, or the RTP
+    /// timestamps forwarded): the call's media clock, at `event_clock`.
+    media_samples: u64,
+    /// Forwarded RTP of R: the last timestamp and the step before it.
+    last_rtp: Option<(u32, u32)>,
+    started_at: Instant,
     mode: Mode,
     inv: Vec<u8>,
     state: State,
@@ -144,6 +187,12 @@ pub struct StreamStart {
     pub local_ports: Option<RtpPorts>,
     /// INV extensions (`rate=16000`, `pt96=L16/16000`), possibly empty.
     pub extensions: String,
+    /// Where the call goes when `target` stops answering, in order (the
+    /// rest of [`crate::Pool::order`]); empty: no failover, as with one receiver.
+    pub fallbacks: Vec<SocketAddr>,
+    /// How long an INV may go unacknowledged before the call fails over
+    /// (only with fallbacks).
+    pub failover_after: Duration,
     pub retransmit: Duration,
     pub tries: u32,
     pub max_pending: usize,
@@ -188,12 +237,23 @@ impl Stream {
                 events_at: (0, 0),
             }
         };
+        let mut targets = vec![start.target];
+        targets.extend(start.fallbacks.iter().filter(|a| **a != start.target));
         let stream = Stream {
             uuid: start.uuid,
             caller,
             callee,
             local_ports: start.local_ports,
-            target: start.target,
+            targets,
+            current: 0,
+            extensions: start.extensions,
+            part: 1,
+            offset_ms: 0,
+            failover_after: start.failover_after,
+            unacked_since: Some(now),
+            media_samples: 0,
+            last_rtp: None,
+            started_at: now,
             mode: start.mode,
             inv,
             state: State::Inviting {
@@ -213,7 +273,7 @@ impl Stream {
             event_clock: start.event_clock.max(1),
             dtmf_sent: 0,
         };
-        emit(Via::Control, stream.target, &stream.inv);
+        emit(Via::Control, stream.target(), &stream.inv);
         Ok(stream)
     }
 
@@ -224,7 +284,17 @@ impl Stream {
     /// The receiver's address: where the INV went, and the only address audio
     /// back (PLAY, CLR, MARK) is taken from.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        self.targets[self.current]
+    }
+
+    /// The call's receivers in order of preference, the first one first.
+    pub fn targets(&self) -> &[SocketAddr] {
+        &self.targets
+    }
+
+    /// The part of the call the current receiver records (1 until a failover).
+    pub fn part(&self) -> u32 {
+        self.part
     }
 
     pub fn is_closed(&self) -> bool {
@@ -247,6 +317,9 @@ impl Stream {
         if self.is_closing() {
             return;
         }
+        if direction == Direction::Read {
+            self.media_samples += u64::from(rtp_clock_samples);
+        }
         match self.mode {
             Mode::Data => {
                 let (Ok(uuid), Some(pt)) = (Uuid::new(&self.uuid), PayloadType::new(payload_type))
@@ -256,7 +329,7 @@ impl Stream {
                 self.buffer.clear();
                 Data::encode_header(uuid, direction, pt, payload.len(), &mut self.buffer);
                 self.buffer.extend_from_slice(payload);
-                emit(Via::Control, self.target, &self.buffer);
+                emit(Via::Control, self.target(), &self.buffer);
                 self.stats.frames_sent += 1;
             }
             Mode::Rtp => match self.server_ports {
@@ -306,7 +379,7 @@ impl Stream {
                     return;
                 }
                 for _ in 0..DTMF_COPIES {
-                    emit(Via::Control, self.target, &self.buffer);
+                    emit(Via::Control, self.target(), &self.buffer);
                 }
             }
             Mode::Rtp => {
@@ -324,7 +397,7 @@ impl Stream {
                     duration: duration.min(u64::from(u16::MAX)) as u16,
                 }
                 .encode();
-                let to = SocketAddr::new(self.target.ip(), port_of(ports, direction));
+                let to = SocketAddr::new(self.target().ip(), port_of(ports, direction));
                 let leg = &mut self.legs[direction as usize];
                 leg.events_at = match leg.events_at {
                     (at, n) if at == leg.timestamp => (at, n + 1),
@@ -367,7 +440,7 @@ impl Stream {
             cleared,
         });
         if mark.encode(&mut self.buffer).is_ok() {
-            emit(Via::Control, self.target, &self.buffer);
+            emit(Via::Control, self.target(), &self.buffer);
         }
     }
 
@@ -382,17 +455,54 @@ impl Stream {
         if self.is_closing() || self.mode != Mode::Rtp {
             return;
         }
+        if direction == Direction::Read {
+            self.clock_rtp(packet);
+        }
         match self.server_ports {
             Some(ports) => {
                 emit(
                     Via::Rtp(direction),
-                    SocketAddr::new(self.target.ip(), port_of(ports, direction)),
+                    SocketAddr::new(self.target().ip(), port_of(ports, direction)),
                     packet,
                 );
                 self.stats.frames_sent += 1;
             }
             None => self.hold(direction, None, packet),
         }
+    }
+
+    /// Advances the media clock by a forwarded packet's timestamp step; a
+    /// jump of more than a minute (a new SSRC's timestamps) counts as one
+    /// packet's step.
+    fn clock_rtp(&mut self, packet: &[u8]) {
+        let Ok(rtp) = RtpPacket::parse(packet) else {
+            return;
+        };
+        let limit = self.event_clock.saturating_mul(60);
+        match self.last_rtp {
+            Some((last, step)) => {
+                let delta = rtp.timestamp.wrapping_sub(last);
+                if delta == 0 || delta > u32::MAX / 2 {
+                    return; // the same frame's timestamp, or a late packet
+                }
+                let delta = if delta > limit { step } else { delta };
+                self.media_samples += u64::from(delta);
+                self.last_rtp = Some((rtp.timestamp, delta));
+            }
+            None => self.last_rtp = Some((rtp.timestamp, 0)),
+        }
+    }
+
+    /// Where the call stands on its media clock, in ms: the audio handed
+    /// over so far, plus one packet's step for forwarded RTP (whose last
+    /// packet's own duration is not yet counted). Before any audio of R,
+    /// the time since the stream began.
+    fn media_ms(&self, now: Instant) -> u64 {
+        let samples = self.media_samples + self.last_rtp.map_or(0, |(_, step)| u64::from(step));
+        if samples == 0 {
+            return now.saturating_duration_since(self.started_at).as_millis() as u64;
+        }
+        samples * 1000 / u64::from(self.event_clock)
     }
 
     fn hold(&mut self, direction: Direction, frame: Option<(u8, u32)>, payload: &[u8]) {
@@ -423,7 +533,7 @@ impl Stream {
             &self.caller,
             &self.callee,
             self.local_ports,
-            extensions,
+            &with_continuation(extensions, self.part, self.offset_ms),
         )?;
         match self.state {
             State::Closing { .. } | State::Closed => return Ok(()),
@@ -437,9 +547,81 @@ impl Stream {
             }
         }
         self.inv = inv;
-        emit(Via::Control, self.target, &self.inv);
+        self.extensions = extensions.to_owned();
+        emit(Via::Control, self.target(), &self.inv);
         self.inv_sent_at = now;
+        self.unacked_since.get_or_insert(now);
         Ok(())
+    }
+
+    /// An ACK for this stream's UUID arrived from `from`: as [`Stream::ack`]
+    /// when it is the current receiver; a late answer of a receiver the call
+    /// failed over from is ignored.
+    pub fn ack_from(
+        &mut self,
+        from: SocketAddr,
+        ports: Option<RtpPorts>,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        if same_receiver(from, self.target()) {
+            self.ack(ports, emit);
+        }
+    }
+
+    /// The shell learnt that `receiver` is unreachable (an ICMP error on
+    /// sending to it): when it is this call's and there is another, the
+    /// call fails over now.
+    pub fn unreachable(
+        &mut self,
+        receiver: SocketAddr,
+        now: Instant,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) -> Option<Trouble> {
+        if !same_receiver(receiver, self.target()) || !self.can_fail_over() {
+            return None;
+        }
+        Some(self.fail_over(now, emit))
+    }
+
+    fn can_fail_over(&self) -> bool {
+        self.targets.len() > 1 && !self.is_closing()
+    }
+
+    /// Moves the call to the next receiver of its order: INV there with the
+    /// part and its offset; the audio follows.
+    fn fail_over(&mut self, now: Instant, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) -> Trouble {
+        let from = self.target();
+        self.current = (self.current + 1) % self.targets.len();
+        self.part += 1;
+        self.offset_ms = self.media_ms(now);
+        self.stats.failovers += 1;
+        self.stats.frames_dropped_waiting += self.pending.len() as u64;
+        self.pending.clear();
+        self.server_ports = None;
+        // The extensions were valid when given, and part/offset are digits:
+        // the INV encodes; should it not, the last one stays (better than none).
+        if let Ok(inv) = encode_inv(
+            &self.uuid,
+            &self.caller,
+            &self.callee,
+            self.local_ports,
+            &with_continuation(&self.extensions, self.part, self.offset_ms),
+        ) {
+            self.inv = inv;
+        }
+        self.state = State::Inviting {
+            sent: 1,
+            next: now + self.retransmit,
+        };
+        emit(Via::Control, self.target(), &self.inv);
+        self.inv_sent_at = now;
+        self.unacked_since = Some(now);
+        Trouble::FailedOver {
+            from,
+            to: self.target(),
+            part: self.part,
+            offset_ms: self.offset_ms,
+        }
     }
 
     /// An ACK for this stream's UUID arrived.
@@ -447,6 +629,7 @@ impl Stream {
         match self.state {
             State::Inviting { .. } | State::Updating { .. } | State::Open => {
                 self.state = State::Open;
+                self.unacked_since = None;
                 // A repeated INV gets the ports of the first ACK. Others mean
                 // the receiver took the call up anew (it restarted, or first
                 // answered a refresh after the INV was given up on): the
@@ -477,7 +660,7 @@ impl Stream {
                     emit,
                 ),
                 None => {
-                    let to = SocketAddr::new(self.target.ip(), port_of(ports, held.direction));
+                    let to = SocketAddr::new(self.target().ip(), port_of(ports, held.direction));
                     emit(Via::Rtp(held.direction), to, &held.payload);
                     self.stats.frames_sent += 1;
                 }
@@ -505,6 +688,13 @@ impl Stream {
         now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) -> Option<Trouble> {
+        if self.can_fail_over()
+            && self
+                .unacked_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= self.failover_after)
+        {
+            return Some(self.fail_over(now, emit));
+        }
         match self.state {
             State::Open
                 if self.refresh.is_some_and(|every| {
@@ -513,8 +703,9 @@ impl Stream {
             {
                 // Answered idempotently (same ports) by the receiver that has
                 // the call; its ACK finds the stream open.
-                emit(Via::Control, self.target, &self.inv);
+                emit(Via::Control, self.target(), &self.inv);
                 self.inv_sent_at = now;
+                self.unacked_since.get_or_insert(now);
             }
             State::Inviting { sent, next } if now >= next => {
                 if sent >= self.tries {
@@ -523,7 +714,7 @@ impl Stream {
                     self.pending.clear();
                     return Some(Trouble::NoAckForInv { tries: sent });
                 }
-                emit(Via::Control, self.target, &self.inv);
+                emit(Via::Control, self.target(), &self.inv);
                 self.inv_sent_at = now;
                 self.state = State::Inviting {
                     sent: sent + 1,
@@ -535,7 +726,7 @@ impl Stream {
                     self.state = State::Open;
                     return Some(Trouble::NoAckForInv { tries: sent });
                 }
-                emit(Via::Control, self.target, &self.inv);
+                emit(Via::Control, self.target(), &self.inv);
                 self.inv_sent_at = now;
                 self.state = State::Updating {
                     sent: sent + 1,
@@ -561,12 +752,20 @@ impl Stream {
     /// When [`Stream::poll`] next has something to do: a retransmission,
     /// or the INV's refresh.
     pub fn next_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let due = match self.state {
             State::Inviting { next, .. }
             | State::Updating { next, .. }
             | State::Closing { next, .. } => Some(next),
             State::Open => self.refresh.map(|every| self.inv_sent_at + every),
             State::Closed => None,
+        };
+        let failover = self
+            .unacked_since
+            .filter(|_| self.can_fail_over())
+            .map(|since| since + self.failover_after);
+        match (due, failover) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -585,7 +784,7 @@ impl Stream {
         };
         self.buffer.clear();
         if Message::Bye(Bye { uuid }).encode(&mut self.buffer).is_ok() {
-            emit(Via::Control, self.target, &self.buffer);
+            emit(Via::Control, self.target(), &self.buffer);
         }
     }
 
@@ -630,7 +829,7 @@ impl Stream {
         leg.timestamp = leg.timestamp.wrapping_add(rtp_clock_samples);
         emit(
             Via::Rtp(direction),
-            SocketAddr::new(self.target.ip(), port),
+            SocketAddr::new(self.target().ip(), port),
             &self.buffer,
         );
         self.stats.frames_sent += 1;
@@ -655,6 +854,21 @@ fn encode_inv(
     })
     .to_vec()
     .map_err(|e| e.to_string())
+}
+
+/// The sender's extensions with the continuation of part `part` after them.
+fn with_continuation(extensions: &str, part: u32, offset_ms: u64) -> String {
+    crate::ExtensionsBuilder::new()
+        .raw(extensions)
+        .continuation(part, offset_ms)
+        .build()
+}
+
+/// Whether an answer from `from` is from `receiver` (an IPv4 receiver may
+/// answer a dual-stack socket as `::ffff:a.b.c.d`).
+fn same_receiver(from: SocketAddr, receiver: SocketAddr) -> bool {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    canonical(from) == canonical(receiver)
 }
 
 fn port_of(ports: RtpPorts, direction: Direction) -> u16 {
@@ -684,6 +898,8 @@ mod tests {
                     write: 5005,
                 }),
                 extensions: String::new(),
+                fallbacks: Vec::new(),
+                failover_after: Duration::from_millis(500),
                 retransmit: Duration::from_millis(100),
                 tries: 3,
                 max_pending: 2,
@@ -1064,5 +1280,263 @@ mod tests {
         assert!(stream.is_closed());
         let byes = sent.iter().filter(|s| s.2.starts_with(b"BYE :")).count();
         assert_eq!((byes, sent.len()), (2, 3));
+    }
+
+    const A: &str = "127.0.0.1:9527";
+    const B: &str = "127.0.0.2:9527";
+    const C: &str = "127.0.0.3:9527";
+
+    /// A stream over a pool of A, B and C, refreshing every second.
+    fn start_pooled(mode: Mode, now: Instant) -> (Stream, std::rc::Rc<std::cell::RefCell<Sent>>) {
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Sent::new()));
+        let stream = Stream::start(
+            StreamStart {
+                uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+                caller: "1001".into(),
+                callee: "1002".into(),
+                target: A.parse().unwrap(),
+                mode,
+                local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
+                    read: 5004,
+                    write: 5005,
+                }),
+                extensions: "call-id=x".into(),
+                fallbacks: vec![B.parse().unwrap(), C.parse().unwrap()],
+                failover_after: Duration::from_millis(500),
+                retransmit: Duration::from_millis(100),
+                tries: 3,
+                max_pending: 10,
+                seed: 42,
+                refresh: Some(Duration::from_secs(1)),
+                event_clock: 8000,
+            },
+            now,
+            &mut emitter(&sent),
+        )
+        .unwrap();
+        (stream, sent)
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// The INVs sent, as (to, text).
+    fn invs_to(sent: &std::cell::RefCell<Sent>) -> Vec<(SocketAddr, String)> {
+        sent.borrow()
+            .iter()
+            .filter(|s| s.2.starts_with(b"INV "))
+            .map(|s| (s.1, String::from_utf8_lossy(&s.2).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unanswered_refresh_moves_the_call_to_the_next_receiver_with_its_offset() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), None, &mut emit);
+        // Two seconds of audio (R and W, 20 ms frames at 8 kHz).
+        let mut at = t0;
+        for _ in 0..100 {
+            stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+            stream.frame(Direction::Write, 0, 160, &[2; 160], &mut emit);
+            at += Duration::from_millis(20);
+            assert_eq!(stream.poll(at, &mut emit), None);
+            if invs_to(&sent).len() == 2 {
+                stream.ack_from(addr(A), None, &mut emit); // the refresh at 1 s, answered
+            }
+        }
+        assert_eq!(invs_to(&sent).len(), 3, "refreshes at 1 s and 2 s");
+        // A died: the refresh at 2 s goes unanswered; 499 ms later nothing moves.
+        assert_eq!(
+            stream.poll(at + Duration::from_millis(499), &mut emit),
+            None
+        );
+        assert_eq!(stream.target(), addr(A));
+        assert_eq!(stream.next_timeout(), Some(at + Duration::from_millis(500)));
+        let trouble = stream.poll(at + Duration::from_millis(500), &mut emit);
+        assert_eq!(
+            trouble,
+            Some(Trouble::FailedOver {
+                from: addr(A),
+                to: addr(B),
+                part: 2,
+                offset_ms: 2000,
+            })
+        );
+        let (to, inv) = invs_to(&sent).pop().unwrap();
+        assert_eq!(to, addr(B));
+        assert_eq!(
+            inv,
+            "INV :478525a8-8263-4550-b18c-d027d11c9865:1001:1002:call-id=x:part=2:offset-ms=2000"
+        );
+        let Ok(Message::Inv(parsed)) = Message::parse(inv.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(
+            parsed.extensions.continuation(),
+            Some(crate::Continuation {
+                part: 2,
+                offset_ms: 2000
+            })
+        );
+        // DATA follows at once; a late ACK from A changes nothing, B's does.
+        stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        assert_eq!(sent.borrow().last().unwrap().1, addr(B));
+        stream.ack_from(addr(A), None, &mut emit);
+        assert!(stream.is_awaiting_ack());
+        stream.ack_from(addr(B), None, &mut emit);
+        assert!(!stream.is_awaiting_ack());
+        assert_eq!((stream.part(), stream.stats.failovers), (2, 1));
+        // Refreshes keep saying which part B has; BYE goes to B.
+        stream.poll(at + Duration::from_secs(2), &mut emit);
+        assert!(invs_to(&sent)
+            .last()
+            .unwrap()
+            .1
+            .ends_with(":part=2:offset-ms=2000"));
+        stream.stop(at + Duration::from_secs(2), &mut emit);
+        assert_eq!(sent.borrow().last().unwrap().1, addr(B));
+        assert!(sent.borrow().last().unwrap().2.starts_with(b"BYE :"));
+    }
+
+    #[test]
+    fn an_unanswered_first_inv_goes_round_the_order() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        let mut emit = emitter(&sent);
+        let mut moves = Vec::new();
+        let mut at = t0;
+        while moves.len() < 3 {
+            at += Duration::from_millis(10);
+            if let Some(Trouble::FailedOver { to, part, .. }) = stream.poll(at, &mut emit) {
+                moves.push((to, part));
+            }
+        }
+        assert_eq!(moves, [(addr(B), 2), (addr(C), 3), (addr(A), 4)]);
+        // No audio of R yet: the offset is the time since the start.
+        assert!(invs_to(&sent)
+            .iter()
+            .any(|(to, inv)| *to == addr(B) && inv.ends_with(":part=2:offset-ms=500")));
+    }
+
+    #[test]
+    fn an_icmp_error_from_the_receiver_fails_over_at_once() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), None, &mut emit);
+        assert_eq!(stream.unreachable(addr(C), t0, &mut emit), None);
+        let moved = stream.unreachable(addr(A), t0, &mut emit);
+        assert!(matches!(moved, Some(Trouble::FailedOver { part: 2, .. })));
+        assert_eq!(stream.target(), addr(B));
+        // Closing, a call stays where it is.
+        stream.stop(t0, &mut emit);
+        assert_eq!(stream.unreachable(addr(B), t0, &mut emit), None);
+        assert_eq!(stream.poll(t0 + Duration::from_secs(5), &mut emit), None);
+    }
+
+    #[test]
+    fn rtp_follows_the_new_receivers_ports_and_drops_what_was_held_for_the_old() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), Some(PORTS), &mut emit);
+        for _ in 0..50 {
+            stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        }
+        assert!(stream.unreachable(addr(A), t0, &mut emit).is_some());
+        assert!(invs_to(&sent)
+            .last()
+            .unwrap()
+            .1
+            .contains(":5004:5005:call-id=x:part=2:offset-ms=1000"));
+        stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        stream.unreachable(addr(B), t0, &mut emit);
+        assert_eq!(stream.stats.frames_dropped_waiting, 1);
+        let rtp_before = sent.borrow().iter().filter(|s| s.0 != Via::Control).count();
+        stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        stream.ack_from(
+            addr(C),
+            Some(RtpPorts {
+                read: 8000,
+                write: 8001,
+            }),
+            &mut emit,
+        );
+        let last = sent.borrow().last().unwrap().clone();
+        assert_eq!(
+            (last.0, last.1),
+            (Via::Rtp(Direction::Read), addr("127.0.0.3:8000"))
+        );
+        let rtp_after = sent.borrow().iter().filter(|s| s.0 != Via::Control).count();
+        assert_eq!(rtp_after - rtp_before, 1);
+        assert!(invs_to(&sent)
+            .last()
+            .unwrap()
+            .1
+            .ends_with(":part=3:offset-ms=1020"));
+    }
+
+    #[test]
+    fn forwarded_rtp_keeps_the_media_clock_by_its_timestamps() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Rtp, t0);
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), Some(PORTS), &mut emit);
+        let mut packet = Vec::new();
+        // 1 s of 20 ms packets, one lost, a repeat, a timestamp wrap; W is not counted.
+        for (i, ts) in (0u32..50).map(|i| (i, 0xFFFF_F000u32.wrapping_add(i * 160))) {
+            if i == 20 {
+                continue;
+            }
+            packet.clear();
+            RtpPacket {
+                marker: false,
+                payload_type: 0,
+                sequence: i as u16,
+                timestamp: ts,
+                ssrc: 1,
+                payload: &[0; 160],
+            }
+            .encode(&mut packet);
+            stream.forward_rtp(Direction::Read, &packet, &mut emit);
+            stream.forward_rtp(Direction::Read, &packet, &mut emit);
+            stream.forward_rtp(Direction::Write, &packet, &mut emit);
+        }
+        let moved = stream.unreachable(addr(A), t0, &mut emit);
+        assert!(
+            matches!(
+                moved,
+                Some(Trouble::FailedOver {
+                    offset_ms: 1000,
+                    ..
+                })
+            ),
+            "{moved:?}"
+        );
+    }
+
+    #[test]
+    fn a_declaration_keeps_the_part_and_can_fail_over_too() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        let mut emit = emitter(&sent);
+        stream.unreachable(addr(A), t0, &mut emit);
+        stream.ack_from(addr(B), None, &mut emit);
+        stream.declare("pt96=opus/48000", t0, &mut emit).unwrap();
+        assert!(invs_to(&sent)
+            .last()
+            .unwrap()
+            .1
+            .ends_with(":pt96=opus/48000:part=2:offset-ms=0"));
+        let moved = stream.poll(t0 + Duration::from_millis(500), &mut emit);
+        assert!(matches!(moved, Some(Trouble::FailedOver { part: 3, .. })));
+        assert!(invs_to(&sent)
+            .last()
+            .unwrap()
+            .1
+            .ends_with(":pt96=opus/48000:part=3:offset-ms=500"));
     }
 }

@@ -56,6 +56,10 @@ enum Command {
         /// The rst receiver calls go to
         #[arg(long, value_name = "ADDR:PORT")]
         receiver: Option<SocketAddr>,
+        /// Several receivers, comma-separated: calls spread over them and
+        /// fail over (an empty value goes back to --receiver alone)
+        #[arg(long, value_name = "ADDR:PORT,...", value_delimiter = ',', num_args = 0..)]
+        receivers: Option<Vec<SocketAddr>>,
         /// BPF capture filter ("" removes it)
         #[arg(long, value_name = "BPF")]
         filter: Option<String>,
@@ -133,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             target,
             receiver,
+            receivers,
             filter,
             network,
             any_network,
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 numbers: list(number, any_number),
                 skip_numbers: list(skip_number, no_skip_number),
                 receiver,
+                receivers,
                 mode,
             };
             (target, Request::Config(change))

@@ -120,6 +120,7 @@ impl ControlConfig {
             numbers: self.base.numbers.clone(),
             skip_numbers: self.base.skip_numbers.clone(),
             receiver: None,
+            receivers: Vec::new(),
             mode: Mode::Rtp,
         }
     }
@@ -128,6 +129,7 @@ impl ControlConfig {
     fn run_config(&self, tap: &TapConfig) -> Result<RunConfig, Failure> {
         let mut s = self.base.clone();
         s.receiver = tap.receiver;
+        s.receivers = tap.receivers.clone();
         s.filter = tap.filter.clone();
         s.networks = tap.networks.clone();
         s.numbers = tap.numbers.clone();
@@ -679,10 +681,13 @@ impl Connection {
         };
         if let (Some(session), Some(run)) = (&inner.session, &run) {
             session.update(Update::Filter(run.pipeline.filter.clone()));
-            if next.receiver != inner.tap.receiver {
-                if let Some(receiver) = next.receiver {
-                    session.update(Update::Receiver(receiver));
-                }
+            let changed =
+                next.receiver != inner.tap.receiver || next.receivers != inner.tap.receivers;
+            if changed && (next.receiver.is_some() || !next.receivers.is_empty()) {
+                session.update(Update::Receiver(
+                    run.output.receiver,
+                    run.output.pool.clone(),
+                ));
             }
             if next.filter != inner.tap.filter {
                 session.update(Update::Bpf(next.filter.clone()));
@@ -703,7 +708,7 @@ impl Connection {
                     state: State::Running,
                 });
             }
-            if inner.tap.receiver.is_none() {
+            if inner.tap.receiver.is_none() && inner.tap.receivers.is_empty() {
                 return Err(Failure::new(
                     ErrorCode::State,
                     "no receiver configured: send {\"cmd\":\"config\",\"receiver\":\"ADDR:PORT\"} first",

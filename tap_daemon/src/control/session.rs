@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rst_control::control::{Counters, Drops, PcapCounters};
+use rst_control::control::{Counters, Drops, PcapCounters, ReceiverStatus};
 use rst_proto::Direction;
 
 use crate::capture::{self, CaptureError, RunConfig, Source, Summary, BATCH, CHANNEL_BATCHES};
@@ -35,7 +35,8 @@ use crate::sip::CallKey;
 #[derive(Debug)]
 pub enum Update {
     Filter(Filter),
-    Receiver(SocketAddr),
+    /// New calls go to this receiver, or this pool of receivers.
+    Receiver(SocketAddr, Option<rst_proto::Pool>),
     /// libpcap's filter; `None` removes it.
     Bpf(Option<String>),
 }
@@ -277,7 +278,7 @@ fn live(
             while let Ok(update) = inbox.try_recv() {
                 match update {
                     Update::Filter(filter) => pipeline.set_filter(filter),
-                    Update::Receiver(receiver) => output.switch(receiver),
+                    Update::Receiver(receiver, pool) => output.switch(receiver, pool),
                     Update::Bpf(filter) => *lock(bpf) = Some(filter),
                 }
             }
@@ -365,6 +366,17 @@ fn counters(
             rtp_dropped_waiting: o.rtp_dropped_waiting,
         },
         pcap,
+        failovers: o.failovers,
+        receivers: o
+            .receivers
+            .iter()
+            .map(|r| ReceiverStatus {
+                address: r.address,
+                up: r.up,
+                failures: r.failures,
+                acks: r.acks,
+            })
+            .collect(),
     }
 }
 
@@ -394,12 +406,13 @@ impl Routed {
         })
     }
 
-    fn switch(&mut self, receiver: SocketAddr) {
-        if receiver == self.config.receiver {
+    fn switch(&mut self, receiver: SocketAddr, pool: Option<rst_proto::Pool>) {
+        if receiver == self.config.receiver && pool == self.config.pool {
             return;
         }
         let mut config = self.config.clone();
         config.receiver = receiver;
+        config.pool = pool;
         match UdpOutput::new(config.clone()) {
             Ok(output) => {
                 let old = std::mem::replace(&mut self.current, (output, HashSet::new()));
@@ -462,6 +475,8 @@ impl Routed {
         for (output, _, _) in &self.draining {
             add(&mut total, output.stats());
         }
+        // The pool's health is the current output's view.
+        total.receivers = self.current.0.stats().receivers.clone();
         total
     }
 }
@@ -476,6 +491,7 @@ fn add(total: &mut OutputStats, s: &OutputStats) {
     total.acks += s.acks;
     total.invs_unacknowledged += s.invs_unacknowledged;
     total.byes_unacknowledged += s.byes_unacknowledged;
+    total.failovers += s.failovers;
 }
 
 impl Output for Routed {
