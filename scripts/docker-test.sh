@@ -15,14 +15,15 @@
 #   Everything it started is stopped and removed on exit (images are kept for the next run).
 # Environment: CALLS (20), RATE (5 a second), RST_PROFILE (dev: reuses `cargo test`'s
 #   build; or release), RST_METRICS_PORT / RST_FEED_PORT (29528 / 29529 on 127.0.0.1),
-#   DEBIAN_MIRROR (the mirror apt uses), KEEP_BASE_DIR (keep debootstrap's folder).
+#   DEBIAN_MIRROR (the mirror apt uses), KEEP_BASE_DIR (keep debootstrap's folder),
+#   RST_BASE (the local base image's name, rst-base:bookworm).
 # Must run as root (docker, debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 T0=$SECONDS
 export CALLS="${CALLS:-20}" RATE="${RATE:-5}"
-export RST_BASE=rst-base:bookworm RST_TAG=test
+export RST_BASE="${RST_BASE:-rst-base:bookworm}" RST_TAG=test
 export RST_BIND=127.0.0.1 RST_METRICS_PORT="${RST_METRICS_PORT:-29528}" RST_FEED_PORT="${RST_FEED_PORT:-29529}"
 export COMPOSE_PROJECT_NAME=rsttest COMPOSE_FILE="$ROOT/docker/compose.yml"
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0   # the classic builder: no buildx needed
@@ -117,21 +118,21 @@ if [ -n "${FREESWITCH_SRC:-}" ]; then
   cargo build --quiet --profile "$profile" -p mod_rst
   fsctx="$BUILD/freeswitch"
   mkdir -p "$fsctx/src"
-  cp "$tdir/$pdir/libmod_rst.so" "$fsctx/mod_rst.so"
+  objcopy --strip-debug "$tdir/$pdir/libmod_rst.so" "$fsctx/mod_rst.so"
   cp conf/autoload_configs/rst.conf.xml docker/freeswitch/rst_dialplan.xml docker/freeswitch/entrypoint.sh "$fsctx/"
   if [ "$FREESWITCH_SRC" != clone ]; then
     for d in freeswitch sofia-sip spandsp; do
       [ -d "$FREESWITCH_SRC/$d" ] || { echo "no $FREESWITCH_SRC/$d"; exit 1; }
       # the sources only: what an earlier build left there is not needed
-      if [ ! -e "$fsctx/src/$d/.copied" ]; then
+      if [ ! -e "$fsctx/.copied-$d" ]; then
         rm -rf "${fsctx:?}/src/$d"
         tar -C "$FREESWITCH_SRC" -c --exclude='*.o' --exclude='*.lo' --exclude='*.la' --exclude='*.a' \
           --exclude='.libs' --exclude='*.so' "$d" | tar -C "$fsctx/src" -x
-        touch -d @0 "$fsctx/src/$d/.copied"
+        touch "$fsctx/.copied-$d"
       fi
     done
   else
-    rm -rf "$fsctx/src"; mkdir -p "$fsctx/src"; touch -d @0 "$fsctx/src/.none"
+    rm -rf "$fsctx/src" "$fsctx"/.copied-*; mkdir -p "$fsctx/src"; touch -d @0 "$fsctx/src/.none"
   fi
   FS=1
 fi
@@ -147,7 +148,7 @@ if [ -n "$FS" ]; then
 fi
 
 metrics() { curl -fsS "http://127.0.0.1:$RST_METRICS_PORT/metrics" 2>/dev/null | \
-  grep -E '^rst_(calls_started_total|calls_ended_total|rtp_packets_total|datagrams_total) ' | tr '\n' ' '; }
+  grep -E "^rst_(calls_started_total|calls_ended_total\{[^}]*\}|rtp_packets_total|datagrams_total) " | tr '\n' ' '; }
 
 run_part() { # profile target tap sipp check
   local p="$1" target="$2" tap="$3" sipp="$4" check="$5"

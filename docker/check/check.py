@@ -42,7 +42,7 @@ def direction(rec, d):
         path = os.path.join(os.path.dirname(rec["_file"]), os.path.basename(path))
     return rd_wav(path)
 
-def audio_problems(rec, who):
+def audio_problems(rec, who, notes):
     out = []
     for d in ("R", "W"):
         a = direction(rec, d)
@@ -51,6 +51,7 @@ def audio_problems(rec, who):
             continue
         rate, x = a
         secs, level = len(x) / rate, dbfs(x)
+        notes.append(f"{who} {d} {secs:.1f} s {level:.0f} dBFS")
         if secs < 3:
             out.append(f"{who} {d}: only {secs:.1f} s")
         if level < -40:
@@ -133,8 +134,8 @@ def main():
         else:
             if t.get("caller") != caller or t.get("callee") != args.callee:
                 probs.append(f"tap parties {t.get('caller')}->{t.get('callee')}")
-            probs += audio_problems(t, "tap")
             notes.append(f"tap {t['uuid'][:8]} {t.get('end_reason')}")
+            probs += audio_problems(t, "tap", notes)
         if args.module:
             m = mod.get(caller)
             if m is None:
@@ -142,8 +143,8 @@ def main():
             else:
                 if m.get("callee") != args.callee:
                     probs.append(f"module callee {m.get('callee')}")
-                probs += audio_problems(m, "module")
                 notes.append(f"module {m['uuid'][:8]} {m.get('end_reason')}")
+                probs += audio_problems(m, "module", notes)
                 if t is not None:
                     for d in ("R", "W"):
                         a, b = direction(m, d), direction(t, d)
