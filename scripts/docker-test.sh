@@ -42,12 +42,12 @@ cleanup() {
     [ -n "$HINT" ] && echo "next: $HINT"
     if [ ${#DC[@]} -gt 0 ] && docker info >/dev/null 2>&1; then
       echo "--- last lines of the stack's logs:"
-      "${DC[@]}" --profile sipp --profile freeswitch logs --no-color --tail 30 2>/dev/null | tail -80
+      COMPOSE_PROFILES=sipp,freeswitch "${DC[@]}" logs --no-color --tail 30 2>/dev/null | tail -80
     fi
     echo "logs: $LOG"
   fi
   if [ ${#DC[@]} -gt 0 ] && docker info >/dev/null 2>&1; then
-    "${DC[@]}" --profile sipp --profile freeswitch down -v --remove-orphans -t 5 >/dev/null 2>&1
+    COMPOSE_PROFILES=sipp,freeswitch "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
   fi
   if [ -n "$DOCKERD_PID" ]; then
     say "stopping the dockerd this script started (pid $DOCKERD_PID)"
@@ -175,8 +175,8 @@ run_part() { # profile target tap sipp check
   local rc=0
   "${DC[@]}" run --rm --no-deps "$check" "${args[@]}" 2>&1 | tee "$LOG/check-$p.log" | sed 's/^/   /' || rc=$?
   say "$p: receiver metrics: $(metrics)"
+  [ "$rc" -eq 0 ] || return "$rc"   # the stack stays up for the logs; cleanup removes it
   "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
-  return "$rc"
 }
 
 run_part sipp uas tap-uas sipp-uas check-uas

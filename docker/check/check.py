@@ -13,11 +13,14 @@ For every call:
   module: (--module) a record with the call's caller, the same audio checks, and the
           comparison: the module's R (what FreeSWITCH read: sipp's speech) against the
           tap's R (the same speech off the wire), and W (the tone FreeSWITCH played)
-          against the tap's W: cross-correlation peak >= 0.9 at a lag within 200 ms.
+          against the tap's W: cross-correlation peak >= 0.9 (same audio) at an offset
+          within 1 s, the same offset for R and W within 60 ms (aligned).
 Prints one line per call, then "N passed, M failed"; exits 1 on any failure.
 """
 import argparse, glob, json, math, os, sys, time, wave
 import numpy as np
+
+ALIGN_MS = 60
 
 def rd_wav(path):
     with wave.open(path, "rb") as w:
@@ -146,15 +149,24 @@ def main():
                 notes.append(f"module {m['uuid'][:8]} {m.get('end_reason')}")
                 probs += audio_problems(m, "module", notes)
                 if t is not None:
+                    lags = {}
                     for d in ("R", "W"):
                         a, b = direction(m, d), direction(t, d)
                         if a is None or b is None or a[0] != b[0]:
                             probs.append(f"{d}: cannot compare")
                             continue
                         peak, lag = xcorr(a[1], b[1], a[0])
-                        notes.append(f"{d} corr {peak:.3f} lag {lag:+.0f} ms")
-                        if peak < 0.9 or abs(lag) > 200:
-                            probs.append(f"{d} differs (corr {peak:.3f}, lag {lag:+.0f} ms)")
+                        lags[d] = lag
+                        notes.append(f"{d} corr {peak:.3f} at {lag:+.0f} ms")
+                        if peak < 0.9:
+                            probs.append(f"{d}: not the same audio (corr {peak:.3f})")
+                        elif abs(lag) > 1000:
+                            probs.append(f"{d}: {lag:+.0f} ms apart")
+                    # The module starts at answer, the tap at the first packet: one offset
+                    # between the two recordings is expected, but it must be the same for
+                    # both directions (each keeps R and W aligned).
+                    if len(lags) == 2 and abs(lags["R"] - lags["W"]) > ALIGN_MS:
+                        probs.append(f"R and W offsets differ by {lags['R'] - lags['W']:+.0f} ms")
         status = "ok  " if not probs else "FAIL"
         print(f"{status} {caller} {call_id}: " + "; ".join(notes + probs))
         if probs:
