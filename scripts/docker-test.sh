@@ -153,6 +153,7 @@ metrics() { curl -fsS "http://127.0.0.1:$RST_METRICS_PORT/metrics" 2>/dev/null |
 run_part() { # profile target tap sipp check
   local p="$1" target="$2" tap="$3" sipp="$4" check="$5"
   export COMPOSE_PROFILES="$p"
+  "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1 || true   # a clean start: no old recordings
   step "$p: up receiver, $target, $tap" "read the logs above; ${DC[*]} --profile $p up reproduces it"
   if [ "$target" = freeswitch ]; then
     "${DC[@]}" up -d receiver freeswitch >"$LOG/up-$p.log" 2>&1
