@@ -14,13 +14,16 @@ For every call:
           comparison: the module's R (what FreeSWITCH read: sipp's speech) against the
           tap's R (the same speech off the wire), and W (the tone FreeSWITCH played)
           against the tap's W: cross-correlation peak >= 0.9 (same audio) at an offset
-          within 1 s, the same offset for R and W within 60 ms (aligned).
+          within 1 s, the same offset for R and W within 100 ms (aligned).
 Prints one line per call, then "N passed, M failed"; exits 1 on any failure.
 """
 import argparse, glob, json, math, os, sys, time, wave
 import numpy as np
 
-ALIGN_MS = 60
+# R and W of the module against R and W of the tap: one offset for both, within this.
+# FreeSWITCH reads R through its jitter buffer, so a skew of a packet or two is expected
+# (60 ms, two 30 ms packets, on the project's machine).
+ALIGN_MS = 100
 
 def rd_wav(path):
     with wave.open(path, "rb") as w:
@@ -165,6 +168,8 @@ def main():
                     # The module starts at answer, the tap at the first packet: one offset
                     # between the two recordings is expected, but it must be the same for
                     # both directions (each keeps R and W aligned).
+                    if len(lags) == 2:
+                        notes.append(f"R-W skew {lags['R'] - lags['W']:+.0f} ms")
                     if len(lags) == 2 and abs(lags["R"] - lags["W"]) > ALIGN_MS:
                         probs.append(f"R and W offsets differ by {lags['R'] - lags['W']:+.0f} ms")
         status = "ok  " if not probs else "FAIL"
