@@ -11,7 +11,9 @@
 #      mod_rst; sipp calls it, mod_rst and the tap both record every call, and the check
 #      compares the two recordings of each call. FREESWITCH_SRC is a folder holding
 #      freeswitch/ (v1.10.12), sofia-sip/ (v1.13.17) and spandsp/ (0d2e6ac), or "clone"
-#      to clone them inside the image build (internet needed). Otherwise: SKIPPED.
+#      to clone them inside the image build (internet needed). Or FREESWITCH_IMAGE: an
+#      existing FreeSWITCH image of yours to add mod_rst to (FS_PREFIX: where FreeSWITCH
+#      is in it, /opt/freeswitch). Otherwise: SKIPPED.
 #   Everything it started is stopped and removed on exit (images are kept for the next run).
 # Environment: CALLS (20), RATE (5 a second), RST_PROFILE (dev: reuses `cargo test`'s
 #   build; or release), RST_METRICS_PORT / RST_FEED_PORT (29528 / 29529 on 127.0.0.1),
@@ -112,7 +114,7 @@ cp conf/udp_server.toml docker/tap-entrypoint.sh "$BUILD/bin/"
 
 # --- FreeSWITCH's context -----------------------------------------------------------------
 FS=""
-if [ -n "${FREESWITCH_SRC:-}" ]; then
+if [ -n "${FREESWITCH_SRC:-}" ] || [ -n "${FREESWITCH_IMAGE:-}" ]; then
   step "FreeSWITCH: cargo build -p mod_rst and the image's context" \
     "FREESWITCH_SRC must be 'clone' or a folder with freeswitch/, sofia-sip/ and spandsp/"
   cargo build --quiet --profile "$profile" -p mod_rst
@@ -120,7 +122,11 @@ if [ -n "${FREESWITCH_SRC:-}" ]; then
   mkdir -p "$fsctx/src"
   objcopy --strip-debug "$tdir/$pdir/libmod_rst.so" "$fsctx/mod_rst.so"
   cp conf/autoload_configs/rst.conf.xml docker/freeswitch/rst_dialplan.xml docker/freeswitch/entrypoint.sh "$fsctx/"
-  if [ "$FREESWITCH_SRC" != clone ]; then
+  if [ -n "${FREESWITCH_IMAGE:-}" ]; then
+    say "FreeSWITCH: mod_rst added to your image $FREESWITCH_IMAGE (Dockerfile.freeswitch-image)"
+    export RST_FREESWITCH_DOCKERFILE=Dockerfile.freeswitch-image FREESWITCH_IMAGE
+    mkdir -p "$fsctx/src"
+  elif [ "$FREESWITCH_SRC" != clone ]; then
     for d in freeswitch sofia-sip spandsp; do
       [ -d "$FREESWITCH_SRC/$d" ] || { echo "no $FREESWITCH_SRC/$d"; exit 1; }
       # the sources only: what an earlier build left there is not needed
@@ -184,6 +190,6 @@ run_part sipp uas tap-uas sipp-uas check-uas
 if [ -n "$FS" ]; then
   run_part freeswitch freeswitch tap sipp check
 else
-  say "FreeSWITCH part: SKIPPED: FREESWITCH_SRC is not set (a folder with freeswitch/, sofia-sip/, spandsp/ per FREESWITCH.md, or 'clone' with internet)"
+  say "FreeSWITCH part: SKIPPED: neither FREESWITCH_SRC (a folder with freeswitch/, sofia-sip/, spandsp/ as in FREESWITCH.md, or 'clone' with internet) nor FREESWITCH_IMAGE (an image of your own) is set"
 fi
 say "docker stack: all checks passed"
