@@ -148,7 +148,7 @@ step "images: receiver, tap, sipp, check (on $RST_BASE)" \
   "read $LOG/build-sipp.log; apt inside the build needs the Debian mirror"
 "${DC[@]}" --profile sipp build >"$LOG/build-sipp.log" 2>&1
 if [ -n "$FS" ]; then
-  step "image: FreeSWITCH 1.10.12 with mod_rst (the first time 15-30 minutes: it compiles FreeSWITCH)" \
+  step "image: FreeSWITCH 1.10.12 with mod_rst (the first time about 8-15 minutes: it compiles FreeSWITCH)" \
     "read $LOG/build-freeswitch.log (the recipe is the project's FREESWITCH.md)"
   "${DC[@]}" --profile freeswitch build freeswitch >"$LOG/build-freeswitch.log" 2>&1
 fi
