@@ -31,10 +31,11 @@ export COMPOSE_PROJECT_NAME=rsttest COMPOSE_FILE="$ROOT/docker/compose.yml"
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0   # the classic builder: no buildx needed
 BUILD="$ROOT/docker/.build"
 LOG="$BUILD/logs"
-STEP="start"; HINT=""; DOCKERD_PID=""; DC=()
+STEP="start"; HINT=""; STEPLOG=""; DOCKERD_PID=""; DC=()
 
 say() { printf '== [%4ss] %s\n' "$((SECONDS - T0))" "$*"; }
-step() { STEP="$1"; HINT="$2"; say "$1"; }
+# step TITLE HINT [LOG]: LOG is where the step's commands write; its end is shown on failure.
+step() { STEP="$1"; HINT="$2"; STEPLOG="${3:-}"; say "$1"; }
 
 cleanup() {
   local rc=$?
@@ -42,6 +43,10 @@ cleanup() {
   if [ "$rc" -ne 0 ]; then
     echo "FAILED at: $STEP"
     [ -n "$HINT" ] && echo "next: $HINT"
+    if [ -n "$STEPLOG" ] && [ -s "$STEPLOG" ]; then
+      echo "--- the end of $STEPLOG:"
+      tail -n 15 "$STEPLOG"
+    fi
     if [ ${#DC[@]} -gt 0 ] && docker info >/dev/null 2>&1; then
       echo "--- last lines of the stack's logs:"
       COMPOSE_PROFILES=sipp,freeswitch "${DC[@]}" logs --no-color --tail 30 2>/dev/null | tail -80
@@ -77,7 +82,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$LOG/apt.log" 2>&1
 fi
 if ! docker info >/dev/null 2>&1; then
-  step "starting dockerd" "read $LOG/dockerd.log (dockerd needs root, cgroups and overlay2 or vfs)"
+  step "starting dockerd" "dockerd needs root, cgroups and overlay2 (or vfs)" "$LOG/dockerd.log"
   dockerd >"$LOG/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
@@ -95,7 +100,7 @@ else
            grep -o 'https\?://[^ ]*' | head -1)}"
   mirror="${mirror:-http://deb.debian.org/debian}"
   step "base image $RST_BASE: debootstrap --variant=minbase bookworm from $mirror (about 30-60 s)" \
-    "check that $mirror answers (apt-get update), then read $LOG/debootstrap.log"
+    "check that $mirror answers (apt-get update), then read $LOG/debootstrap.log" "$LOG/debootstrap.log"
   dir="$(mktemp -d /var/tmp/rst-base.XXXXXX)"
   debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$LOG/debootstrap.log" 2>&1
   tar -C "$dir" -c . | docker import - "$RST_BASE" >/dev/null
@@ -145,11 +150,11 @@ fi
 
 # --- images -------------------------------------------------------------------------------
 step "images: receiver, tap, sipp, check (on $RST_BASE)" \
-  "read $LOG/build-sipp.log; apt inside the build needs the Debian mirror"
+  "read $LOG/build-sipp.log; apt inside the build needs the Debian mirror" "$LOG/build-sipp.log"
 "${DC[@]}" --profile sipp build >"$LOG/build-sipp.log" 2>&1
 if [ -n "$FS" ]; then
   step "image: FreeSWITCH 1.10.12 with mod_rst (the first time about 8-15 minutes: it compiles FreeSWITCH)" \
-    "read $LOG/build-freeswitch.log (the recipe is the project's FREESWITCH.md)"
+    "read $LOG/build-freeswitch.log (the recipe is the project's FREESWITCH.md)" "$LOG/build-freeswitch.log"
   "${DC[@]}" --profile freeswitch build freeswitch >"$LOG/build-freeswitch.log" 2>&1
 fi
 
@@ -160,7 +165,9 @@ run_part() { # profile target tap sipp check
   local p="$1" target="$2" tap="$3" sipp="$4" check="$5"
   export COMPOSE_PROFILES="$p"
   "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1 || true   # a clean start: no old recordings
-  step "$p: up receiver, $target, $tap" "read the logs above; ${DC[*]} --profile $p up reproduces it"
+  step "$p: up receiver, $target, $tap" \
+    "a port taken? RST_METRICS_PORT / RST_FEED_PORT choose others; ${DC[*]} --profile $p up reproduces it" \
+    "$LOG/up-$p.log"
   if [ "$target" = freeswitch ]; then
     "${DC[@]}" up -d receiver freeswitch >"$LOG/up-$p.log" 2>&1
     for _ in $(seq 90); do
@@ -174,7 +181,8 @@ run_part() { # profile target tap sipp check
   fi
   for _ in $(seq 30); do "${DC[@]}" logs --no-color "$tap" 2>&1 | grep -qi 'capturing' && break; sleep 0.5; done
   sleep 2   # the capture opens after the log line
-  step "$p: $CALLS calls, $RATE a second" "read $LOG/sipp-$p.log and the sipp errors it names"
+  step "$p: $CALLS calls, $RATE a second" \
+    "sipp's errors are in the shared volume: the logs below show why the peer did not answer"
   timeout 180 "${DC[@]}" run --rm --no-deps "$sipp" 2>&1 | tee "$LOG/sipp-$p.log" | sed 's/^/   /'
   step "$p: check" "each FAIL line names the call and what was wrong; the stack's logs follow"
   local args=(--expect "$CALLS")
