@@ -115,7 +115,7 @@ step "cargo build --profile $profile -p udp_server -p tap_daemon" \
 cargo build --quiet --profile "$profile" -p udp_server -p tap_daemon
 rm -rf "$BUILD/bin"; mkdir -p "$BUILD/bin"
 for b in udp_server tap_daemon; do objcopy --strip-debug "$tdir/$pdir/$b" "$BUILD/bin/$b"; done
-cp conf/udp_server.toml docker/tap-entrypoint.sh "$BUILD/bin/"
+cp conf/udp_server.toml docker/tap-entrypoint.sh docker/receiver-entrypoint.sh "$BUILD/bin/"
 
 # --- FreeSWITCH's context -----------------------------------------------------------------
 FS=""
@@ -158,6 +158,15 @@ if [ -n "$FS" ]; then
   "${DC[@]}" --profile freeswitch build freeswitch >"$LOG/build-freeswitch.log" 2>&1
 fi
 
+# The console is published too: checked with a token of this run's.
+export RST_HTTP_TOKEN="${RST_HTTP_TOKEN:-rst-docker-test-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}"
+console() {
+  local code
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $RST_HTTP_TOKEN" \
+    "http://127.0.0.1:$RST_METRICS_PORT/console/api/recordings" 2>/dev/null)"
+  [ "$code" = 200 ] && echo "console: answers on 127.0.0.1:$RST_METRICS_PORT/console/" \
+    || echo "console: HTTP $code"
+}
 metrics() { curl -fsS "http://127.0.0.1:$RST_METRICS_PORT/metrics" 2>/dev/null | \
   grep -E "^rst_(calls_started_total|calls_ended_total\{[^}]*\}|rtp_packets_total|datagrams_total) " | tr '\n' ' '; }
 
@@ -190,6 +199,9 @@ run_part() { # profile target tap sipp check
   local rc=0
   "${DC[@]}" run --rm --no-deps "$check" "${args[@]}" 2>&1 | tee "$LOG/check-$p.log" | sed 's/^/   /' || rc=$?
   say "$p: receiver metrics: $(metrics)"
+  local c; c="$(console)"; say "$p: $c"
+  case "$c" in *answers*) ;; *) step "$p: the console on the host" \
+    "the receiver's log (below) says why its HTTP port refused the token" ""; return 1 ;; esac
   [ "$rc" -eq 0 ] || return "$rc"   # the stack stays up for the logs; cleanup removes it
   "${DC[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
 }
