@@ -3,7 +3,8 @@
 # (clippy --all-targets also type-checks the benchmarks), every crate's tests
 # (real sockets, real files, sox, sipp, tshark, tcpreplay, network namespaces
 # when run as root) and the fuzz targets' build. Tests that need a real
-# FreeSWITCH run when FREESWITCH_PREFIX is set, and say SKIPPED otherwise.
+# FreeSWITCH run when FREESWITCH_PREFIX is set, and say SKIPPED otherwise. Last,
+# the docker-compose stack (scripts/docker-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -17,4 +18,12 @@ cargo test --workspace --no-fail-fast
 if [ -f fuzz/Cargo.toml ]; then
   echo "== fuzz targets build"
   cargo check --quiet --manifest-path fuzz/Cargo.toml --locked --bins
+fi
+# The docker-compose stack (receiver, tap_daemon and sipp in containers; FreeSWITCH
+# too when FREESWITCH_SRC names its source): it needs root for docker and debootstrap.
+if [ "$(id -u)" -eq 0 ]; then
+  echo "== docker test stack"
+  bash scripts/docker-test.sh
+else
+  echo "== docker test stack: SKIPPED (needs root: sudo bash scripts/docker-test.sh)"
 fi
