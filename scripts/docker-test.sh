@@ -118,6 +118,9 @@ for b in udp_server tap_daemon; do objcopy --strip-debug "$tdir/$pdir/$b" "$BUIL
 cp conf/udp_server.toml docker/tap-entrypoint.sh docker/receiver-entrypoint.sh "$BUILD/bin/"
 
 # --- FreeSWITCH's context -----------------------------------------------------------------
+# docker-compose 1.29 checks every service's build context, even for services it is not
+# asked to build: FreeSWITCH's must exist (empty) when FreeSWITCH is not part of the run.
+mkdir -p "$BUILD/freeswitch"
 FS=""
 if [ -n "${FREESWITCH_SRC:-}" ] || [ -n "${FREESWITCH_IMAGE:-}" ]; then
   step "FreeSWITCH: cargo build -p mod_rst and the image's context" \
