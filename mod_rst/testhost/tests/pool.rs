@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,27 +20,8 @@ use serde_json::Value;
 /// The debug build of udp_server as its own process, to be killed, on
 /// `addr` (or a free port).
 fn spawn_receiver(dir: &Path, addr: Option<SocketAddr>) -> (Child, SocketAddr) {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "udp_server"])
-        .current_dir(&workspace)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                workspace.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
+    cargo_build(&["-p", "udp_server"]);
+    let target = target_dir();
     let addr = addr.unwrap_or_else(|| {
         std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()

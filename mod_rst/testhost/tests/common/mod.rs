@@ -14,31 +14,45 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use udp_server::{Metrics, Settings};
 
+/// The workspace's target folder: `CARGO_TARGET_DIR` (relative to the
+/// workspace when relative) or `target/`.
+pub fn target_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                workspace.join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"))
+}
+
+/// `cargo build --quiet ARGS` in the workspace (a no-op when fresh); the
+/// test fails with cargo's errors when it does.
+pub fn cargo_build(args: &[&str]) {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--quiet"])
+        .args(args)
+        .current_dir(&workspace)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Builds mod_rst once per test binary and returns the path of the cdylib.
 pub fn module_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let output = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "mod_rst"])
-            .current_dir(&workspace)
-            .output()
-            .expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "cargo build -p mod_rst failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|dir| {
-                if dir.is_relative() {
-                    workspace.join(dir)
-                } else {
-                    dir
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
+        cargo_build(&["-p", "mod_rst"]);
+        let target = target_dir();
         let path = target.join("debug").join("libmod_rst.so");
         assert!(path.exists(), "{} was not built", path.display());
         path.canonicalize().unwrap()
@@ -59,30 +73,11 @@ pub fn release_module_path() -> PathBuf {
         );
         return path.canonicalize().unwrap();
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "-p", "mod_rst"])
-        .current_dir(&workspace)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build --release -p mod_rst failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cargo_build(&["--release", "-p", "mod_rst"]);
     let beside_host = Path::new(env!("CARGO_BIN_EXE_fs-testhost"))
         .parent()
         .map(|dir| dir.join("libmod_rst.so"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                workspace.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
+    let target = target_dir();
     let candidates: Vec<PathBuf> = beside_host
         .into_iter()
         .chain([target.join("release/libmod_rst.so")])
@@ -156,27 +151,8 @@ pub struct ExternalReceiver {
 
 impl ExternalReceiver {
     pub fn start() -> ExternalReceiver {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let output = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--release", "-p", "udp_server"])
-            .current_dir(&workspace)
-            .output()
-            .expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "cargo build --release -p udp_server failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|dir| {
-                if dir.is_relative() {
-                    workspace.join(dir)
-                } else {
-                    dir
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
+        cargo_build(&["--release", "-p", "udp_server"]);
+        let target = target_dir();
         let dir = tempfile::tempdir().unwrap();
         // A free port: bound and released (a tiny race, fine on a test machine).
         let addr = std::net::UdpSocket::bind("127.0.0.1:0")
