@@ -48,6 +48,7 @@ pub mod ceiling;
 pub mod g711;
 mod net;
 pub mod prom;
+pub mod results;
 
 /// The audio codec of every DATA frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
