@@ -16,7 +16,10 @@
 //! handed to the stream so far), and the audio follows: DATA at once, RTP
 //! once the new receiver's ACK names its ports. Frames held for the old
 //! receiver are dropped (counted), and ACKs from it are ignored from then
-//! on. After the last receiver of the order comes the first again. What a
+//! on; it gets one BYE, so a receiver that was only slow closes its part at
+//! once. A refresh is retransmitted like any INV, so one lost datagram does
+//! not look like a dead receiver. After the last receiver of the order comes
+//! the first again. What a
 //! failover costs: the audio between the receiver's death and its
 //! detection (up to the refresh interval plus `failover_after`), plus in
 //! RTP mode the new receiver's round trip.
@@ -86,7 +89,9 @@ pub enum Trouble {
 pub struct StreamStats {
     pub frames_sent: u64,
     /// RTP mode: frames that arrived while no ports were known and did not
-    /// fit the buffer, or were held for a receiver the call failed over from.
+    /// fit the buffer, or were held for a receiver the call failed over from;
+    /// any mode: frames of a direction that lagged the other when the call
+    /// failed over (they belong before the new part's start).
     pub frames_dropped_waiting: u64,
     /// Moves to another receiver of the pool.
     pub failovers: u64,
@@ -152,6 +157,12 @@ pub struct Stream {
     /// Samples of R handed to the stream (frames made, or the RTP
     /// timestamps forwarded): the call's media clock, at `event_clock`.
     media_samples: u64,
+    /// Samples of W handed to the stream as frames ([`Stream::frame`]).
+    write_samples: u64,
+    /// Where the current part begins on the media clock, in samples: frames
+    /// of a direction still short of it when the call moved are dropped, so
+    /// that both directions of the new part begin at its offset.
+    part_start: u64,
     /// Forwarded RTP of R: the last timestamp and the step before it.
     last_rtp: Option<(u32, u32)>,
     started_at: Instant,
@@ -249,6 +260,8 @@ impl Stream {
             extensions: start.extensions,
             part: 1,
             offset_ms: 0,
+            write_samples: 0,
+            part_start: 0,
             failover_after: start.failover_after,
             unacked_since: Some(now),
             media_samples: 0,
@@ -317,8 +330,15 @@ impl Stream {
         if self.is_closing() {
             return;
         }
-        if direction == Direction::Read {
-            self.media_samples += u64::from(rtp_clock_samples);
+        let handed = match direction {
+            Direction::Read => &mut self.media_samples,
+            Direction::Write => &mut self.write_samples,
+        };
+        let position = *handed;
+        *handed += u64::from(rtp_clock_samples);
+        if position < self.part_start {
+            self.stats.frames_dropped_waiting += 1;
+            return;
         }
         match self.mode {
             Mode::Data => {
@@ -494,11 +514,12 @@ impl Stream {
     }
 
     /// Where the call stands on its media clock, in ms: the audio handed
-    /// over so far, plus one packet's step for forwarded RTP (whose last
-    /// packet's own duration is not yet counted). Before any audio of R,
-    /// the time since the stream began.
+    /// over so far (of the direction ahead, for frames), plus one packet's
+    /// step for forwarded RTP (whose last packet's own duration is not yet
+    /// counted). Before any audio, the time since the stream began.
     fn media_ms(&self, now: Instant) -> u64 {
-        let samples = self.media_samples + self.last_rtp.map_or(0, |(_, step)| u64::from(step));
+        let samples = self.media_samples.max(self.write_samples)
+            + self.last_rtp.map_or(0, |(_, step)| u64::from(step));
         if samples == 0 {
             return now.saturating_duration_since(self.started_at).as_millis() as u64;
         }
@@ -591,8 +612,13 @@ impl Stream {
     /// part and its offset; the audio follows.
     fn fail_over(&mut self, now: Instant, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) -> Trouble {
         let from = self.target();
+        // A receiver that was only slow (alive, its ACK late) closes its
+        // part now rather than when the call times out there; a dead one
+        // never reads this. Sent once: its ACK is ignored like any other.
+        self.send_bye(emit);
         self.current = (self.current + 1) % self.targets.len();
         self.part += 1;
+        self.part_start = self.media_samples.max(self.write_samples);
         self.offset_ms = self.media_ms(now);
         self.stats.failovers += 1;
         self.stats.frames_dropped_waiting += self.pending.len() as u64;
@@ -702,10 +728,15 @@ impl Stream {
                 }) =>
             {
                 // Answered idempotently (same ports) by the receiver that has
-                // the call; its ACK finds the stream open.
+                // the call. Retransmitted as a declaration is: one lost
+                // datagram must not look like a dead receiver.
                 emit(Via::Control, self.target(), &self.inv);
                 self.inv_sent_at = now;
                 self.unacked_since.get_or_insert(now);
+                self.state = State::Updating {
+                    sent: 1,
+                    next: now + self.retransmit,
+                };
             }
             State::Inviting { sent, next } if now >= next => {
                 if sent >= self.tries {
@@ -1121,19 +1152,28 @@ mod tests {
         assert_eq!(invs(&sent).len(), 1);
         stream.poll(at(10), &mut emit);
         assert_eq!(invs(&sent).len(), 2);
+        assert!(stream.is_awaiting_ack());
+        stream.ack(Some(PORTS), &mut emit);
         stream.poll(at(19), &mut emit);
         assert_eq!(invs(&sent).len(), 2);
         stream.poll(at(20), &mut emit);
         assert_eq!(invs(&sent).len(), 3);
+        // A refresh not answered is sent again, as a first INV is.
+        stream.poll(at(20) + Duration::from_millis(100), &mut emit);
+        assert_eq!(invs(&sent).len(), 4);
         let all = invs(&sent);
         assert!(all.iter().all(|inv| *inv == all[0]));
         // The same ports back change nothing; a closing stream sends BYEs.
         stream.ack(Some(PORTS), &mut emit);
         assert!(!stream.is_awaiting_ack());
-        assert_eq!(stream.next_timeout(), Some(at(30)), "the next refresh");
+        assert_eq!(
+            stream.next_timeout(),
+            Some(at(30) + Duration::from_millis(100)),
+            "the next refresh, 10 s after the last INV sent"
+        );
         stream.stop(at(21), &mut emit);
         stream.poll(at(60), &mut emit);
-        assert_eq!(invs(&sent).len(), 3);
+        assert_eq!(invs(&sent).len(), 4);
     }
 
     #[test]
@@ -1367,6 +1407,13 @@ mod tests {
         );
         let (to, inv) = invs_to(&sent).pop().unwrap();
         assert_eq!(to, addr(B));
+        // A, perhaps only slow, is told the call left it (once).
+        let byes_to_a = sent
+            .borrow()
+            .iter()
+            .filter(|(_, to, bytes)| *to == addr(A) && bytes.starts_with(b"BYE :"))
+            .count();
+        assert_eq!(byes_to_a, 1);
         assert_eq!(
             inv,
             "INV :478525a8-8263-4550-b18c-d027d11c9865:1001:1002:call-id=x:part=2:offset-ms=2000"
@@ -1399,6 +1446,37 @@ mod tests {
         stream.stop(at + Duration::from_secs(2), &mut emit);
         assert_eq!(sent.borrow().last().unwrap().1, addr(B));
         assert!(sent.borrow().last().unwrap().2.starts_with(b"BYE :"));
+    }
+
+    #[test]
+    fn both_directions_of_the_new_part_begin_at_its_offset() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), None, &mut emit);
+        for _ in 0..10 {
+            stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+            stream.frame(Direction::Write, 0, 160, &[2; 160], &mut emit);
+        }
+        // The call moves after R's eleventh frame, before W's: W's eleventh
+        // belongs before the new part (at 220 ms) and does not go to B.
+        stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        let moved = stream.unreachable(addr(A), t0, &mut emit);
+        assert!(
+            matches!(moved, Some(Trouble::FailedOver { offset_ms: 220, .. })),
+            "{moved:?}"
+        );
+        let to_b = || {
+            sent.borrow()
+                .iter()
+                .filter(|(_, to, bytes)| *to == addr(B) && bytes.starts_with(b"DATA"))
+                .count()
+        };
+        stream.frame(Direction::Write, 0, 160, &[2; 160], &mut emit);
+        assert_eq!((to_b(), stream.stats.frames_dropped_waiting), (0, 1));
+        stream.frame(Direction::Read, 0, 160, &[1; 160], &mut emit);
+        stream.frame(Direction::Write, 0, 160, &[2; 160], &mut emit);
+        assert_eq!((to_b(), stream.stats.frames_dropped_waiting), (2, 1));
     }
 
     #[test]
