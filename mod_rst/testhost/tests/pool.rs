@@ -8,6 +8,8 @@
 //! Every step waits for an event (a counter, frames made), never for time.
 
 mod common;
+#[path = "pool/tap.rs"]
+mod tap;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +22,7 @@ use serde_json::Value;
 /// The debug build of udp_server as its own process, to be killed, on
 /// `addr` (or a free port).
 fn spawn_receiver(dir: &Path, addr: Option<SocketAddr>) -> (Child, SocketAddr) {
+    // The RTP ports of the tap's calls: its own range on this machine.
     cargo_build(&["-p", "udp_server"]);
     let target = target_dir();
     let addr = addr.unwrap_or_else(|| {
@@ -33,6 +36,7 @@ fn spawn_receiver(dir: &Path, addr: Option<SocketAddr>) -> (Child, SocketAddr) {
         .arg(addr.to_string())
         .arg("--record-dir")
         .arg(dir)
+        .args(["--rtp-ports", "21400-21599"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -63,7 +67,13 @@ fn frames_made(host: &mut Host, u: &str) -> usize {
 
 #[test]
 fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
-    let survivors = [Receiver::start(), Receiver::start()];
+    let with_ports = |ports: &str| {
+        Receiver::with(udp_server::Settings {
+            rtp_ports: Some(ports.parse().unwrap()),
+            ..udp_server::Settings::default()
+        })
+    };
+    let survivors = [with_ports("21000-21199"), with_ports("21200-21399")];
     let victim_dir = tempfile::tempdir().unwrap();
     let (mut victim, victim_addr) = spawn_receiver(victim_dir.path(), None);
     let addrs = [survivors[0].addr, survivors[1].addr, victim_addr];
@@ -76,6 +86,19 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
     let conf = conf_dir(&[("receivers", list.as_str()), ("failover-ms", "300")]);
     let mut host = Host::start();
     host.load(conf.path());
+    let from = [
+        survivors[0].dir.path().to_owned(),
+        survivors[1].dir.path().to_owned(),
+        victim_dir.path().to_owned(),
+    ];
+    let mut tap = match tap::Tap::start(&list) {
+        Ok(tap) => Some(tap),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("the tap's half cannot run: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED the tap's half of the pool test: {why}");
+            None
+        }
+    };
 
     // Thirty calls, about a third of them on the receiver that dies.
     let first = |u: &str| pool.order(u).next().unwrap();
@@ -98,6 +121,20 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
         let frames = frames_made(&mut host, &calls[calls.len() - 1]);
         (s["acks_received"].as_u64()? >= calls.len() as u64 && frames >= 50).then_some(())
     });
+    if let Some(tap) = &mut tap {
+        tap.replay();
+        wait_for(
+            "the tap's calls open, a receiver's with audio on disk",
+            || {
+                let tapped = tap::uuids_in(&from);
+                let on_victim = tap::uuids_in(std::slice::from_ref(&from[2]));
+                let flowing = on_victim
+                    .iter()
+                    .all(|u| tap::flushed(&from[2], u) >= 16_000);
+                (tapped.len() == tap::CALLS && !on_victim.is_empty() && flowing).then_some(())
+            },
+        );
+    }
     victim.kill().unwrap(); // SIGKILL
     victim.wait().unwrap();
     // At least those: on a loaded machine a live receiver's late ACK may move
@@ -133,6 +170,10 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
         (s["streams_active"] == 0).then_some(s)
     });
     assert_eq!(ended["frames_dropped_queue_full"], 0, "{ended}");
+    let tapped = tap.as_ref().map_or(0, |_| tap::CALLS);
+    if let Some(tap) = tap.take() {
+        tap.finish();
+    }
     // Every call's last part is on a survivor: all of them closed, none open.
     wait_for("every call's parts on the survivors closed", || {
         let records: usize = survivors
@@ -143,14 +184,9 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
             .iter()
             .map(|r| files_in(r.dir.path(), ".json.part").len())
             .sum();
-        (records >= calls.len() && open == 0).then_some(())
+        (records >= calls.len() + tapped && open == 0).then_some(())
     });
 
-    let from = [
-        survivors[0].dir.path().to_owned(),
-        survivors[1].dir.path().to_owned(),
-        victim_dir.path().to_owned(),
-    ];
     let began = Instant::now();
     let mut worst = 0;
     let mut extra_moves = 0;
@@ -190,6 +226,9 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
         began.elapsed(),
         moved.len()
     );
+    if tapped > 0 {
+        check_tapped_calls(&from);
+    }
 
     // The killed receiver, restarted on its address, gets new calls again
     // (once its time out of new calls' way is over: a call meanwhile goes
@@ -235,4 +274,101 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
     unsafe { libc::kill(back.id() as i32, libc::SIGTERM) };
     back.wait().unwrap();
     finish(host);
+}
+
+/// The tap's thirty calls carry the same audio. Those that never moved
+/// must be identical, sample for sample; each that moved may miss at most
+/// two seconds of each direction (see [`missing`]).
+fn check_tapped_calls(from: &[std::path::PathBuf]) {
+    let uuids = tap::uuids_in(from);
+    assert_eq!(uuids.len(), tap::CALLS, "{uuids:?}");
+    let out = tempfile::tempdir().unwrap();
+    let mut whole = Vec::new();
+    let mut moved = Vec::new();
+    for u in &uuids {
+        let assembled = udp_server::assemble::assemble(u, from, &out.path().join(u)).unwrap();
+        let audio: Vec<(Vec<i16>, usize)> = ["R", "W"]
+            .iter()
+            .map(|d| {
+                let direction = &assembled.directions[*d];
+                let resume = direction.gaps.iter().map(|g| g.start + g.samples).max();
+                (read_wav(&direction.wav).1, resume.unwrap_or(0) as usize)
+            })
+            .collect();
+        if assembled.parts.len() == 1 {
+            whole.push((u, audio));
+        } else {
+            moved.push((u, audio, assembled));
+        }
+    }
+    assert!(!moved.is_empty() && !whole.is_empty(), "moved {moved:?}");
+    let (first, reference) = &whole[0];
+    // Twelve seconds of the capture's audio: R throughout; W, the other
+    // party, speaks less.
+    assert!(
+        reference[0].0.len() >= 8000 * 10,
+        "{first} R: {}",
+        reference[0].0.len()
+    );
+    assert!(!reference[1].0.is_empty(), "{first} W: no audio");
+    for (u, audio) in &whole {
+        assert!(
+            audio == reference,
+            "{u} differs from {first}, neither moved"
+        );
+    }
+    let (mut worst, mut shifts) = (0, std::collections::BTreeSet::new());
+    for (u, audio, assembled) in &moved {
+        for ((direction, (got, resume)), (expected, _)) in
+            ["R", "W"].iter().zip(audio).zip(reference)
+        {
+            let (lost, shift) = missing(got, expected, *resume);
+            worst = worst.max(lost);
+            shifts.insert(shift);
+            assert!(
+                lost <= 16_000,
+                "{u} {direction}: {lost} samples of {first} missing: {assembled:?}"
+            );
+        }
+    }
+    eprintln!(
+        "tap: {} calls whole, {} moved; the most samples lost in a moved call: {worst}; \
+         the last parts sat {shifts:?} samples from where an unbroken recording has them",
+        whole.len(),
+        moved.len()
+    );
+}
+
+/// Samples of `expected` that `got` lacks, counted in its 20 ms frames
+/// (those with sound: silence is not a word) found nowhere in `got`, and
+/// where the last part's audio sits against an unbroken recording (the
+/// shift of at most a second that matches most of what follows `resume`).
+///
+/// Frames, not places: a tapped call's part lands where the new receiver
+/// anchors its first packet, by arrival, while an unbroken recording may
+/// have squeezed a long silence (its timeline re-anchors on a timestamp
+/// step of more than a second a packet) or not; the offset is exact for
+/// the module's frames, within that silence for tapped RTP.
+fn missing(got: &[i16], expected: &[i16], resume: usize) -> (usize, i64) {
+    const FRAME: usize = 160;
+    let heard: std::collections::HashSet<&[i16]> = got.windows(FRAME).collect();
+    let lost = expected
+        .chunks_exact(FRAME)
+        .filter(|frame| frame.iter().any(|&s| s != frame[0]))
+        .filter(|frame| !heard.contains(frame))
+        .count()
+        * FRAME;
+    let matching = |shift: i64| {
+        (resume..expected.len().min(resume + 8000))
+            .filter(|&i| {
+                let at = i as i64 + shift;
+                at >= 0 && got.get(at as usize) == Some(&expected[i])
+            })
+            .count()
+    };
+    let shift = (-8000..=8000)
+        .step_by(20)
+        .max_by_key(|&shift| (matching(shift), -shift.abs()))
+        .unwrap();
+    (lost, shift)
 }
