@@ -122,7 +122,12 @@ fn status_of(addr: SocketAddr, path: &str, headers: &str) -> u16 {
 /// Runs `script` until it returns true, or fails after [`DEADLINE`].
 async fn until(browser: &Client, what: &str, script: &str) -> Duration {
     let started = Instant::now();
-    until_some(browser, what, &format!("return ((() => {{ {script} }})()) === true || null;")).await;
+    until_some(
+        browser,
+        what,
+        &format!("return ((() => {{ {script} }})()) === true || null;"),
+    )
+    .await;
     started.elapsed()
 }
 
@@ -151,10 +156,7 @@ async fn click(browser: &Client, css: &str) {
         };
         match clicked {
             Ok(()) => return,
-            Err(error) => assert!(
-                started.elapsed() < DEADLINE,
-                "cannot click {css}: {error}"
-            ),
+            Err(error) => assert!(started.elapsed() < DEADLINE, "cannot click {css}: {error}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -388,9 +390,11 @@ async fn the_console_in_a_real_browser() {
     until(
         &browser,
         "the tap's call shows its tap",
-        &format!("const row = document.querySelector('#calls tr[data-uuid=\"{tapped_uuid}\"]'); \
+        &format!(
+            "const row = document.querySelector('#calls tr[data-uuid=\"{tapped_uuid}\"]'); \
                   return !!row && row.cells[3].textContent === 'tap edge-berlin (data)' \
-                  && row.cells[2].textContent === 'a84b4c76e66710@pc33.example.com';"),
+                  && row.cells[2].textContent === 'a84b4c76e66710@pc33.example.com';"
+        ),
     )
     .await;
     // rst-load's call is from 1000 to 500000: loss above 0 % each way, and jitter.
@@ -412,7 +416,10 @@ async fn the_console_in_a_real_browser() {
         .await
         .unwrap();
     assert!(
-        source_of_first.as_str().unwrap().starts_with("mod_rst 127.0.0.1:"),
+        source_of_first
+            .as_str()
+            .unwrap()
+            .starts_with("mod_rst 127.0.0.1:"),
         "{source_of_first}"
     );
     until(
@@ -648,7 +655,10 @@ async fn the_console_in_a_real_browser() {
             .collect();
         assert_eq!(xs.len(), expected.len(), "{direction}: {marks}");
         for (x, want) in xs.iter().zip(&expected) {
-            assert!((x - want).abs() < 0.5, "{direction}: mark at {x}, gap at {want}");
+            assert!(
+                (x - want).abs() < 0.5,
+                "{direction}: mark at {x}, gap at {want}"
+            );
         }
     }
     screenshot(&browser, "loss").await;
@@ -723,5 +733,67 @@ async fn the_console_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(status_of(http, "/console/api/recordings", &session), 401);
+
+    // Guessing the token: after five wrong ones from an address, its
+    // sign-ins are refused unchecked, the right token too, and counted.
+    for _ in 0..5 {
+        assert_eq!(sign_in(http, "guess").0, 401);
+    }
+    let (status, response) = sign_in(http, TOKEN);
+    assert_eq!(status, 429, "{response}");
+    assert!(
+        response.contains("Retry-After: ") || response.contains("retry-after: "),
+        "{response}"
+    );
+    token_field(&browser).await.send_keys(TOKEN).await.unwrap();
+    click(&browser, "#signin").await;
+    let refused = browser
+        .wait()
+        .at_most(DEADLINE)
+        .for_element(Locator::Id("throttled"))
+        .await
+        .unwrap();
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many wrong tokens"));
+    assert!(browser.find(Locator::Id("calls")).await.is_err());
+    assert_eq!(
+        receiver.counter("rst_console_sign_in_throttled_total"),
+        2,
+        "the right token and the browser's try"
+    );
     browser.close().await.unwrap();
+}
+
+/// The token field of the sign-in page, once it shows.
+async fn token_field(browser: &Client) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(DEADLINE)
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap()
+}
+
+/// Posts `token` to the sign-in form: the status and the whole response.
+fn sign_in(addr: SocketAddr, token: &str) -> (u16, String) {
+    let body = format!("token={token}");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /console/login HTTP/1.1\r\nHost: rst\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
 }

@@ -121,6 +121,24 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<SignIn>,
 ) -> Response {
+    let sign_ins = &state.console.sign_ins;
+    if let Err(wait) = sign_ins.check(peer.ip(), Instant::now()) {
+        state
+            .metrics
+            .console_sign_in_throttled
+            .fetch_add(1, Relaxed);
+        tracing::warn!(%peer, "console sign-in refused unchecked: too many wrong tokens from this address");
+        let seconds = wait.as_secs() + 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            html(LOGIN_HTML.replace(
+                "<!--message-->",
+                &format!("<p class=error id=throttled>Too many wrong tokens from your address: try again in {seconds} s.</p>"),
+            )),
+        )
+            .into_response();
+    }
     let Some(token) = &state.token else {
         return (
             StatusCode::FORBIDDEN,
@@ -133,6 +151,7 @@ async fn login(
     };
     if !rst_control::secret::matches(token.as_bytes(), form.token.trim().as_bytes()) {
         state.metrics.http_refused.fetch_add(1, Relaxed);
+        sign_ins.failed(peer.ip(), Instant::now());
         tracing::warn!(%peer, "console sign-in refused: wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -143,6 +162,7 @@ async fn login(
         )
             .into_response();
     }
+    sign_ins.succeeded(peer.ip());
     let id = state.console.sessions.open(Instant::now());
     tracing::info!(%peer, session = %session_label(&id), "console sign-in");
     let cookie = format!(
