@@ -15,6 +15,7 @@ const state = {
   listen: null,          // {socket, context, analyser, uuid, tracks}
   recording: null,       // {uuid, record, envelope, buffer, source, startedAt, analysers}
   waveformDrawn: false,
+  live: null,            // {events, meters}: the live view's connection
   lossMarks: [],         // [{direction, x}] drawn on the open recording's waveform
   cursorX: null,         // where the playback cursor was last drawn
 };
@@ -33,13 +34,24 @@ function showPage() {
 
 // ---- live calls --------------------------------------------------------
 
+// The live view; with meters only while the live table is on screen: each
+// metered call costs the receiver a copy of its audio for this page.
+function wantMeters() {
+  return document.visibilityState === 'visible' && (location.hash || '#live') === '#live';
+}
+
 function connectLive() {
-  const events = new EventSource('/console/api/live');
+  const meters = wantMeters();
+  if (state.live && state.live.meters === meters) return;
+  if (state.live) state.live.events.close();
+  const events = new EventSource(`/console/api/live${meters ? '' : '?meters=0'}`);
+  state.live = { events, meters };
   events.onopen = () => { $('#status').textContent = 'live'; };
   events.onerror = () => { $('#status').textContent = 'reconnecting…'; };
   events.onmessage = (message) => {
     const view = JSON.parse(message.data);
     state.taps = view.taps;
+    state.unmetered = view.calls.filter((call) => !call.levels).length;
     renderCalls(view.calls);
     renderTaps(view.taps);
     $('#status').textContent = `live · ${view.calls.length} call(s) · ${view.recordings} recording(s)${view.indexed ? '' : ' (indexing…)'}`;
@@ -121,8 +133,10 @@ function renderCalls(calls) {
     cells[6].textContent = lossText(media);
     cells[7].textContent = media.dtmf || '';
     const peak = state.peaks.get(call.uuid) || { R: 0, W: 0 };
+    row.cells[8].classList.toggle('unmetered', !call.levels);
+    row.cells[8].title = call.levels ? '' : 'not metered (only the first 50 calls are)';
     for (const dir of ['R', 'W']) {
-      const level = call.levels[dir];
+      const level = call.levels ? call.levels[dir] : 0;
       peak[dir] = Math.max(peak[dir], level);
       row.querySelector(`.meter.${dir} span`).style.width = `${meterWidth(level)}%`;
       row.dataset[`level${dir}`] = level.toFixed(4);
@@ -444,6 +458,8 @@ window.rstConsole = {
   listenFrames: () => (state.listen ? state.listen.frames : 0),
   listenState: () => (state.listen ? state.listen.context.state : 'none'),
   meterPeaks: (uuid) => state.peaks.get(uuid) || null,
+  metering: () => !!(state.live && state.live.meters),
+  unmeteredCalls: () => state.unmetered,
   waveformDrawn: () => state.waveformDrawn,
   lossMarks: () => state.lossMarks,
   playback,
@@ -459,7 +475,8 @@ window.rstConsole = {
   stopListening,
 };
 
-window.addEventListener('hashchange', showPage);
+window.addEventListener('hashchange', () => { showPage(); connectLive(); });
+document.addEventListener('visibilitychange', connectLive);
 document.addEventListener('DOMContentLoaded', () => {
   showPage();
   $('#search').addEventListener('submit', search);

@@ -458,6 +458,30 @@ async fn the_console_in_a_real_browser() {
         .await
         .unwrap();
 
+    // Away from the live table the page asks for no meters, and the
+    // receiver sends none (it stops hearing the calls for it); back, they
+    // are metered again.
+    browser
+        .execute("location.hash = '#recordings';", vec![])
+        .await
+        .unwrap();
+    until(
+        &browser,
+        "no meters off the live table",
+        "return !window.rstConsole.metering() && window.rstConsole.unmeteredCalls() === 3;",
+    )
+    .await;
+    browser
+        .execute("location.hash = '#live';", vec![])
+        .await
+        .unwrap();
+    until(
+        &browser,
+        "meters again on the live table",
+        "return window.rstConsole.metering() && window.rstConsole.unmeteredCalls() === 0;",
+    )
+    .await;
+
     // The calls end; the first is found by the search.
     stop.store(true, Ordering::Relaxed);
     load.stop();
