@@ -104,19 +104,25 @@ impl Drop for Driver {
 
 /// `GET path` with headers: the status.
 fn status_of(addr: SocketAddr, path: &str, headers: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: rst\r\n{headers}Connection: close\r\n\r\n"
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: rst\r\n{headers}Connection: close\r\n\r\n"),
     )
-    .unwrap();
+    .0
+}
+
+/// Sends `text` as one HTTP request: the status and the whole response.
+fn request(addr: SocketAddr, text: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response
+    let status = response
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (status, response)
 }
 
 /// Runs `script` until it returns true, or fails after [`DEADLINE`].
@@ -143,6 +149,21 @@ async fn until_some(browser: &Client, what: &str, script: &str) -> serde_json::V
         assert!(started.elapsed() < DEADLINE, "{what}: never true: {script}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Searches the recordings for `number` until the call `uuid` is among the
+/// results, and opens it.
+async fn open_found(browser: &Client, number: &str, uuid: &str) {
+    until(
+        browser,
+        "the search finds the call",
+        &format!(
+            "document.querySelector('#search [name=number]').value = '{number}'; window.rstConsole.search(); \
+             return !!document.querySelector('#results tr[data-uuid=\"{uuid}\"]');"
+        ),
+    )
+    .await;
+    click(browser, &format!("#results tr[data-uuid=\"{uuid}\"]")).await;
 }
 
 /// Clicks what `css` selects, again if a search replaced it between finding
@@ -299,21 +320,10 @@ async fn the_console_in_a_real_browser() {
         );
     }
     browser.goto(&format!("{base}/console/")).await.unwrap();
-    let token = browser
-        .wait()
-        .at_most(DEADLINE)
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    let token = token_field(&browser).await;
     screenshot(&browser, "login").await;
     token.send_keys("not-the-token").await.unwrap();
-    browser
-        .find(Locator::Id("signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signin").await;
     browser
         .wait()
         .at_most(DEADLINE)
@@ -328,13 +338,7 @@ async fn the_console_in_a_real_browser() {
     // Signed in.
     let token = browser.find(Locator::Id("token")).await.unwrap();
     token.send_keys(TOKEN).await.unwrap();
-    browser
-        .find(Locator::Id("signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signin").await;
     browser
         .wait()
         .at_most(DEADLINE)
@@ -437,15 +441,11 @@ async fn the_console_in_a_real_browser() {
     screenshot(&browser, "live").await;
 
     // Listen-in: non-silent audio through the page's analyser.
-    browser
-        .find(Locator::Css(&format!(
-            "#calls tr[data-uuid=\"{uuid}\"] button.listen-both"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        &format!("#calls tr[data-uuid=\"{uuid}\"] button.listen-both"),
+    )
+    .await;
     until(
         &browser,
         "listen-in hears the call",
@@ -509,16 +509,7 @@ async fn the_console_in_a_real_browser() {
         .goto(&format!("{base}/console/#recordings"))
         .await
         .unwrap();
-    until(
-        &browser,
-        "the search finds the call",
-        &format!(
-            "document.querySelector('#search [name=number]').value = '40333'; window.rstConsole.search(); \
-             return !!document.querySelector('#results tr[data-uuid=\"{uuid}\"]');"
-        ),
-    )
-    .await;
-    click(&browser, &format!("#results tr[data-uuid=\"{uuid}\"]")).await;
+    open_found(&browser, "40333", &uuid).await;
     until(
         &browser,
         "the waveform draws",
@@ -528,13 +519,7 @@ async fn the_console_in_a_real_browser() {
 
     // It plays: two channels, both heard by the page's analysers, the cursor
     // and the time shown moving on.
-    browser
-        .find(Locator::Id("play"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#play").await;
     let first = until_some(
         &browser,
         "playback starts and the cursor is drawn",
@@ -558,13 +543,7 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     screenshot(&browser, "recordings").await;
-    browser
-        .find(Locator::Id("play"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#play").await;
     until(
         &browser,
         "playback stops",
@@ -623,22 +602,7 @@ async fn the_console_in_a_real_browser() {
         );
         gaps += first.len();
     }
-    until(
-        &browser,
-        "the RTP call is found",
-        &format!(
-            "document.querySelector('#search [name=number]').value = '500000'; window.rstConsole.search(); \
-             return !!document.querySelector('#results tr[data-uuid=\"{rtp_uuid}\"]');"
-        ),
-    )
-    .await;
-    browser
-        .execute(
-            &format!("window.rstConsole.openRecording('{rtp_uuid}');"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    open_found(&browser, "500000", &rtp_uuid).await;
     // Every gap of the record marked, in time order per direction, each
     // mark red on the canvas.
     let marks = until_some(
@@ -743,19 +707,8 @@ async fn the_console_in_a_real_browser() {
     let session = format!("Cookie: rst_session={}\r\n", cookie.value());
     assert_eq!(status_of(http, "/console/api/recordings", &session), 200);
     assert_eq!(status_of(http, "/api/calls", &session), 200);
-    browser
-        .find(Locator::Css("header form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(DEADLINE)
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    click(&browser, "header form button").await;
+    token_field(&browser).await;
     assert_eq!(status_of(http, "/console/api/recordings", &session), 401);
 
     // Guessing the token: after five wrong ones from an address, its
@@ -804,20 +757,12 @@ async fn token_field(browser: &Client) -> fantoccini::elements::Element {
 /// Posts `token` to the sign-in form: the status and the whole response.
 fn sign_in(addr: SocketAddr, token: &str) -> (u16, String) {
     let body = format!("token={token}");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST /console/login HTTP/1.1\r\nHost: rst\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    request(
+        addr,
+        &format!(
+            "POST /console/login HTTP/1.1\r\nHost: rst\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }
