@@ -13,8 +13,11 @@ const state = {
   taps: [],
   peaks: new Map(),      // uuid -> {R, W}: the highest level the meters showed
   listen: null,          // {socket, context, analyser, uuid, tracks}
-  recording: null,       // {uuid, record, envelope, buffer, source, startedAt}
+  recording: null,       // {uuid, record, envelope, buffer, source, startedAt, analysers}
   waveformDrawn: false,
+  live: null,            // {events, meters}: the live view's connection
+  lossMarks: [],         // [{direction, x}] drawn on the open recording's waveform
+  cursorX: null,         // where the playback cursor was last drawn
 };
 
 // ---- pages -------------------------------------------------------------
@@ -31,13 +34,24 @@ function showPage() {
 
 // ---- live calls --------------------------------------------------------
 
+// The live view; with meters only while the live table is on screen: each
+// metered call costs the receiver a copy of its audio for this page.
+function wantMeters() {
+  return document.visibilityState === 'visible' && (location.hash || '#live') === '#live';
+}
+
 function connectLive() {
-  const events = new EventSource('/console/api/live');
+  const meters = wantMeters();
+  if (state.live && state.live.meters === meters) return;
+  if (state.live) state.live.events.close();
+  const events = new EventSource(`/console/api/live${meters ? '' : '?meters=0'}`);
+  state.live = { events, meters };
   events.onopen = () => { $('#status').textContent = 'live'; };
   events.onerror = () => { $('#status').textContent = 'reconnecting…'; };
   events.onmessage = (message) => {
     const view = JSON.parse(message.data);
     state.taps = view.taps;
+    state.unmetered = view.calls.filter((call) => !call.levels).length;
     renderCalls(view.calls);
     renderTaps(view.taps);
     $('#status').textContent = `live · ${view.calls.length} call(s) · ${view.recordings} recording(s)${view.indexed ? '' : ' (indexing…)'}`;
@@ -50,10 +64,17 @@ function meterWidth(level) {
   return Math.max(0, Math.min(100, (20 * Math.log10(level) + 60) / 60 * 100));
 }
 
+// Where a call comes from: the tap its INV names (`tap=`), else a tap this
+// receiver drives at the sender's address, else a guess from the Call-ID
+// (taps learn it from SIP; mod_rst does not send one).
 function source(call) {
   const ip = call.sender.replace(/:\d+$/, '');
-  const tap = state.taps.find((t) => t.address && t.address.replace(/:\d+$/, '') === ip);
-  const from = tap ? `tap ${tap.tap}` : (call.call_id ? `tap ${call.sender}` : `mod_rst ${call.sender}`);
+  const driven = state.taps.find((t) => t.address && t.address.replace(/:\d+$/, '') === ip);
+  let from;
+  if (call.tap) from = `tap ${call.tap}`;
+  else if (driven) from = `tap ${driven.tap}`;
+  else if (call.call_id) from = `tap? ${call.sender}`;
+  else from = `mod_rst ${call.sender}`;
   return `${from} (${call.mode})`;
 }
 
@@ -112,8 +133,10 @@ function renderCalls(calls) {
     cells[6].textContent = lossText(media);
     cells[7].textContent = media.dtmf || '';
     const peak = state.peaks.get(call.uuid) || { R: 0, W: 0 };
+    row.cells[8].classList.toggle('unmetered', !call.levels);
+    row.cells[8].title = call.levels ? '' : 'not metered (only the first 50 calls are)';
     for (const dir of ['R', 'W']) {
-      const level = call.levels[dir];
+      const level = call.levels ? call.levels[dir] : 0;
       peak[dir] = Math.max(peak[dir], level);
       row.querySelector(`.meter.${dir} span`).style.width = `${meterWidth(level)}%`;
       row.dataset[`level${dir}`] = level.toFixed(4);
@@ -188,13 +211,7 @@ function play(listen, pcm) {
 }
 
 function listenLevel() {
-  const listen = state.listen;
-  if (!listen) return 0;
-  const data = new Float32Array(listen.analyser.fftSize);
-  listen.analyser.getFloatTimeDomainData(data);
-  let sum = 0;
-  for (const v of data) sum += v * v;
-  return Math.sqrt(sum / data.length);
+  return state.listen ? rms(state.listen.analyser) : 0;
 }
 
 function drawScope(listen) {
@@ -251,6 +268,11 @@ function fileUrl(uuid, kind) {
 
 async function openRecording(uuid, tr) {
   stopPlayback();
+  if (state.recording && state.recording.context) state.recording.context.close();
+  state.cursorX = null;
+  $('#play-time').textContent = '0.0 s';
+  const cursor = $('#cursor');
+  cursor.getContext('2d').clearRect(0, 0, cursor.width, cursor.height);
   for (const row of $('#results tbody').rows) row.classList.toggle('selected', row === tr);
   state.waveformDrawn = false;
   const base = `/console/api/recordings/${encodeURIComponent(uuid)}`;
@@ -295,7 +317,23 @@ function drawWaveform() {
   });
   g.fillStyle = '#888';
   g.fillRect(0, half, canvas.width, 1);
+  state.lossMarks = [];
   if (record && envelope.duration > 0) {
+    // Where packets were lost (RTP calls): a red tick on the direction's half,
+    // at least 2 px wide however short the gap.
+    ['R', 'W'].forEach((dir, channel) => {
+      const gaps = record.directions && record.directions[dir] && record.directions[dir].gaps;
+      for (const gap of (gaps && gaps.first) || []) {
+        const x = gap.offset / envelope.duration * canvas.width;
+        const width = Math.max(2, (gap.rate ? gap.samples / gap.rate : 0) / envelope.duration * canvas.width);
+        g.fillStyle = '#b3261e';
+        g.fillRect(x, half * channel, width, 8);
+        g.fillRect(x, half * channel + half - 8, width, 8);
+        g.fillStyle = 'rgba(179,38,30,0.25)';
+        g.fillRect(x, half * channel + 8, width, half - 16);
+        state.lossMarks.push({ direction: dir, x });
+      }
+    });
     g.font = '12px system-ui';
     for (const key of record.dtmf || []) {
       const x = key.offset / envelope.duration * canvas.width;
@@ -305,15 +343,43 @@ function drawWaveform() {
     }
     let y = canvas.height - 6;
     for (const dir of ['R', 'W']) {
-      const rtp = record.directions && record.directions[dir] && record.directions[dir].rtp;
+      const d = record.directions && record.directions[dir];
+      const rtp = d && d.rtp;
       if (rtp && rtp.lost > 0) {
+        const gaps = d.gaps;
+        const marked = gaps && gaps.count > gaps.first.length ? `; the first ${gaps.first.length} of ${gaps.count} gaps marked` : '';
         g.fillStyle = '#b3261e';
-        g.fillText(`${dir}: ${rtp.lost} packet(s) lost of ${rtp.expected}`, 6, y);
+        g.fillText(`${dir}: ${rtp.lost} packet(s) lost of ${rtp.expected}${marked}`, 6, y);
         y -= 14;
       }
     }
   }
   state.waveformDrawn = true;
+}
+
+function rms(analyser) {
+  const data = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(data);
+  let sum = 0;
+  for (const v of data) sum += v * v;
+  return Math.sqrt(sum / data.length);
+}
+
+// What the page's playback is doing, as the test reads it.
+function playback() {
+  const rec = state.recording;
+  if (!rec || !rec.context) return { playing: false };
+  const playing = !!rec.source;
+  return {
+    playing,
+    state: rec.context.state,
+    channels: rec.buffer ? rec.buffer.numberOfChannels : 0,
+    duration: rec.buffer ? rec.buffer.duration : 0,
+    position: playing ? rec.context.currentTime - rec.startedAt : 0,
+    shown: $('#play-time').textContent,
+    cursorX: state.cursorX,
+    levels: rec.analysers ? rec.analysers.map(rms) : [0, 0],
+  };
 }
 
 function stopPlayback() {
@@ -335,9 +401,22 @@ async function togglePlayback() {
     const bytes = await fetch(`${fileUrl(rec.uuid, 'stereo')}?play=1`).then((r) => r.arrayBuffer());
     rec.buffer = await rec.context.decodeAudioData(bytes);
   }
+  if (!rec.analysers) {
+    // One analyser per channel (left R, right W): the page can tell that
+    // both sides of the call are playing.
+    const splitter = rec.context.createChannelSplitter(2);
+    rec.analysers = [0, 1].map((channel) => {
+      const analyser = rec.context.createAnalyser();
+      analyser.fftSize = 2048;
+      splitter.connect(analyser, channel);
+      return analyser;
+    });
+    rec.splitter = splitter;
+  }
   const source = rec.context.createBufferSource();
   source.buffer = rec.buffer;
   source.connect(rec.context.destination);
+  source.connect(rec.splitter);
   source.onended = () => { if (rec.source === source) stopPlayback(); };
   rec.source = source;
   rec.startedAt = rec.context.currentTime;
@@ -353,6 +432,7 @@ async function togglePlayback() {
     const x = at / rec.buffer.duration * cursor.width;
     g.fillStyle = '#000';
     g.fillRect(x, 0, 2, cursor.height);
+    state.cursorX = x;
     requestAnimationFrame(frame);
   };
   requestAnimationFrame(frame);
@@ -378,7 +458,11 @@ window.rstConsole = {
   listenFrames: () => (state.listen ? state.listen.frames : 0),
   listenState: () => (state.listen ? state.listen.context.state : 'none'),
   meterPeaks: (uuid) => state.peaks.get(uuid) || null,
+  metering: () => !!(state.live && state.live.meters),
+  unmeteredCalls: () => state.unmetered,
   waveformDrawn: () => state.waveformDrawn,
+  lossMarks: () => state.lossMarks,
+  playback,
   waveformInk: () => {
     const canvas = $('#waveform');
     const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
@@ -391,7 +475,8 @@ window.rstConsole = {
   stopListening,
 };
 
-window.addEventListener('hashchange', showPage);
+window.addEventListener('hashchange', () => { showPage(); connectLive(); });
+document.addEventListener('visibilitychange', connectLive);
 document.addEventListener('DOMContentLoaded', () => {
   showPage();
   $('#search').addEventListener('submit', search);

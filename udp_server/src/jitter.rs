@@ -21,6 +21,8 @@ pub struct Held {
     pub ssrc: u32,
     pub payload_type: u8,
     pub payload: Vec<u8>,
+    /// Packets given up on just before this one: where the loss is.
+    pub lost_before: u64,
 }
 
 /// Per-direction RTP figures for the call's record.
@@ -133,6 +135,7 @@ impl JitterBuffer {
                 ssrc: packet.ssrc,
                 payload_type: packet.payload_type,
                 payload: packet.payload.to_vec(),
+                lost_before: 0,
             },
         );
         self.update_expected();
@@ -150,7 +153,8 @@ impl JitterBuffer {
         if self.held.len() > self.depth {
             let (&sequence, _) = self.held.first_key_value()?;
             self.stats.lost += sequence - next;
-            let held = self.held.remove(&sequence)?;
+            let mut held = self.held.remove(&sequence)?;
+            held.lost_before = sequence - next;
             return Some(self.release(held));
         }
         None
@@ -172,9 +176,10 @@ impl JitterBuffer {
     }
 
     fn drain_into_ready(&mut self) {
-        while let Some((sequence, held)) = self.held.pop_first() {
+        while let Some((sequence, mut held)) = self.held.pop_first() {
             if let Some(next) = self.next {
-                self.stats.lost += sequence.saturating_sub(next);
+                held.lost_before = sequence.saturating_sub(next);
+                self.stats.lost += held.lost_before;
             }
             self.next = Some(sequence + 1);
             self.ready.push_back(held);
@@ -350,6 +355,33 @@ mod tests {
     }
 
     #[test]
+    fn a_released_packet_says_how_many_were_given_up_before_it() {
+        let mut buffer = JitterBuffer::new(2);
+        let mut released = Vec::new();
+        for seq in [1u16, 2, 5, 6, 7, 9] {
+            let (payload, sequence, timestamp, ssrc) = packet(seq, u32::from(seq) * 160, 1);
+            let rtp = RtpPacket {
+                marker: false,
+                payload_type: 0,
+                sequence,
+                timestamp,
+                ssrc,
+                payload: &payload,
+            };
+            buffer.push(&rtp, Duration::from_millis(u64::from(seq) * 20), 8000);
+            released.extend(std::iter::from_fn(|| buffer.pop()));
+        }
+        released.extend(buffer.finish());
+        let holes: Vec<(u16, u64)> = released
+            .iter()
+            .map(|h| (h.sequence as u16, h.lost_before))
+            .collect();
+        // 3 and 4 given up on when 7 arrived, 8 when the call ended.
+        assert_eq!(holes, [(1, 0), (2, 0), (5, 2), (6, 0), (7, 0), (9, 1)]);
+        assert_eq!(buffer.stats.lost, 3);
+    }
+
+    #[test]
     fn sequence_numbers_wrap() {
         let mut buffer = JitterBuffer::new(3);
         let mut released = Vec::new();
@@ -383,6 +415,7 @@ mod tests {
             ssrc,
             payload_type: 0,
             payload: Vec::new(),
+            lost_before: 0,
         }
     }
 

@@ -86,6 +86,9 @@ pub struct CallInfo {
     pub caller: Option<String>,
     pub callee: Option<String>,
     pub call_id: Option<String>,
+    /// The tap that captured the call, when its INV says (`tap=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
     pub sender: String,
     pub mode: &'static str,
     #[serde(with = "time::serde::rfc3339")]
@@ -105,6 +108,7 @@ impl CallInfo {
             caller: record.caller.clone(),
             callee: record.callee.clone(),
             call_id: record.call_id.clone(),
+            tap: record.tap.clone(),
             sender: record.sender.clone(),
             mode: record.mode,
             start: record.start,

@@ -115,6 +115,8 @@ pub struct Metrics {
     /// `listen` clients connected now, and connections refused (a bad token).
     pub listeners: AtomicI64,
     pub http_refused: AtomicU64,
+    /// Console sign-ins refused unchecked: too many wrong tokens from the address.
+    pub console_sign_in_throttled: AtomicU64,
     /// Audio consumers sent to be played that was dropped (queue full), in ms.
     pub play_dropped_ms: AtomicU64,
     /// Consumers' audio, clears and marks refused (a passive call, one that ended).
@@ -274,7 +276,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 25] = [
+        let counters: [(&str, &str, &AtomicU64); 26] = [
             (
                 "rst_storage_calls_stored_total",
                 "Calls whose files and record are stored in object storage, verified.",
@@ -324,6 +326,11 @@ impl Metrics {
                 "rst_http_refused_total",
                 "HTTP requests refused for a missing or wrong token.",
                 &self.http_refused,
+            ),
+            (
+                "rst_console_sign_in_throttled_total",
+                "Console sign-ins refused unchecked: too many wrong tokens from the address.",
+                &self.console_sign_in_throttled,
             ),
             (
                 "rst_datagrams_total",

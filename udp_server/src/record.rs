@@ -61,6 +61,10 @@ pub struct CallRecord {
     pub callee: Option<String>,
     /// The SIP Call-ID, when the sender gave it (tap_daemon does, `call-id=` in the INV).
     pub call_id: Option<String>,
+    /// The tap that captured the call, when the sender is one and names
+    /// itself (`tap=` in the INV).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
     pub sender: String,
     /// `data` (DATA datagrams) or `rtp` (RTP per direction).
     pub mode: &'static str,
@@ -117,6 +121,50 @@ pub struct DirectionRecord {
     pub bare: Option<PathBuf>,
     /// RTP mode: loss, reordering and jitter.
     pub rtp: Option<RtpStats>,
+    /// RTP mode: where the lost packets were, as silence in this direction's
+    /// audio. DATA carries no sequence numbers, so DATA mode knows no loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gaps: Option<Gaps>,
+}
+
+/// Where a direction lost audio: the first [`MAX_GAPS`] gaps, and how many
+/// there were, so that a terrible call does not bloat its record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Gaps {
+    /// Gaps in all, the ones not in `first` included.
+    pub count: u64,
+    /// Packets lost in all (the `rtp` figures' `lost`, as placed in the audio).
+    pub packets: u64,
+    pub first: Vec<GapRecord>,
+}
+
+/// One stretch of lost packets, filled with silence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GapRecord {
+    /// Seconds from the call's start, on the call's media clock (as DTMF
+    /// `offset`, and as the stereo file's time).
+    pub offset: f64,
+    /// Where the silence starts in this direction's audio, in samples from
+    /// the start of its first WAV (segments follow one another), at `rate`.
+    pub sample: u64,
+    /// Samples of silence; 0 when the stream jumped and the loss has no length.
+    pub samples: u64,
+    pub rate: u32,
+    /// Packets lost here.
+    pub packets: u64,
+}
+
+/// Gaps a direction's record lists; the rest are only counted.
+pub const MAX_GAPS: usize = 100;
+
+impl Gaps {
+    fn add(&mut self, gap: GapRecord) {
+        self.count += 1;
+        self.packets += gap.packets;
+        if self.first.len() < MAX_GAPS {
+            self.first.push(gap);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -171,6 +219,9 @@ struct RtpLane {
     media_end: Duration,
     /// The telephone-event being received: its SSRC, start timestamp and record index.
     event: Option<(u32, u32, usize)>,
+    /// Packets given up on since this direction's audio was last written:
+    /// the silence before its next audio is their gap.
+    pending_loss: u64,
 }
 
 impl RtpLane {
@@ -180,6 +231,7 @@ impl RtpLane {
             timeline: Timeline::default(),
             media_end: Duration::ZERO,
             event: None,
+            pending_loss: 0,
         }
     }
 }
@@ -340,6 +392,10 @@ impl CallRecording {
         if Extensions::parse(extensions).is_ok_and(|e| e.fax()) {
             self.record.fax = true;
         }
+        // A call DATA started names its tap once its INV comes.
+        if self.record.tap.is_none() {
+            self.record.tap = Extensions::parse(extensions).ok().and_then(|e| e.tap());
+        }
         // A continuation whose DATA came before its INV: the INV says which part.
         if let Some(c) = Extensions::parse(extensions)
             .ok()
@@ -491,6 +547,7 @@ impl CallRecording {
         let Some(rtp) = &mut self.lanes[index].rtp else {
             return;
         };
+        rtp.pending_loss += held.lost_before;
         let (at, jumped) = rtp.timeline.place(&held, clock, arrival, rtp.media_end);
         if jumped {
             rtp.jitter.stats.timestamp_jumps += 1;
@@ -645,6 +702,8 @@ impl CallRecording {
                     .get_mut(direction)
                     .expect("both directions");
                 stats.rtp = Some(rtp.jitter.stats.clone());
+                // An RTP direction says where its loss was, even when it had none.
+                stats.gaps.get_or_insert_with(Gaps::default);
             }
         }
     }
@@ -810,6 +869,22 @@ impl CallRecording {
             let gap = position.saturating_sub(lane.segment_samples);
             write_silence(wav, gap)?;
             written += gap;
+            if let Some(rtp) = lane.rtp.as_mut().filter(|rtp| rtp.pending_loss > 0) {
+                let stats = self
+                    .record
+                    .directions
+                    .get_mut(lane.direction.as_str())
+                    .expect("both directions");
+                let starts = lane.segment_start
+                    + Duration::from_secs_f64(lane.segment_samples as f64 / f64::from(rate));
+                stats.gaps.get_or_insert_with(Gaps::default).add(GapRecord {
+                    offset: starts.as_secs_f64(),
+                    sample: stats.samples,
+                    samples: gap,
+                    rate,
+                    packets: std::mem::take(&mut rtp.pending_loss),
+                });
+            }
         }
         wav.write(&lane.samples)?;
         lane.segment_samples += written;
@@ -981,6 +1056,7 @@ fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecor
         caller: start.caller.clone(),
         callee: start.callee.clone(),
         call_id: extensions.as_ref().and_then(Extensions::call_id),
+        tap: extensions.as_ref().and_then(Extensions::tap),
         sender: start.sender.to_string(),
         mode: if start.sender_rtp_ports.is_some() {
             "rtp"

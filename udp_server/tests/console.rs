@@ -3,9 +3,14 @@
 //! `chromium-driver` (`scripts/setup.sh --test` installs them).
 //!
 //! One walk through every page, as an operator would: a wrong token sees
-//! nothing; signed in, a call appears live, its meters move, listening to it
-//! plays non-silent audio through the page's own analyser; ended, it is found
-//! by the search, its waveform draws, and its files download byte for byte.
+//! nothing; signed in, three calls appear live (DATA from a mod_rst-like
+//! sender, DATA from a tap that names itself in its INV, RTP from rst-load
+//! with every 50th packet left out), the meters move, the RTP call shows its
+//! loss and jitter, the tap's call its tap; listening plays non-silent audio
+//! through the page's own analyser; ended, a call is found by the search, its
+//! waveform draws, it plays in stereo with a cursor that moves (the page's
+//! analysers, one per channel), its files download byte for byte, and the
+//! RTP call's waveform marks its loss where the record says it was.
 //! Screenshots of each page go to `docs/console/`.
 
 mod common;
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use rst_proto::Direction;
+use rst_proto::{Direction, Extensions};
 use serde_json::json;
 use udp_server::Settings;
 
@@ -99,30 +104,81 @@ impl Drop for Driver {
 
 /// `GET path` with headers: the status.
 fn status_of(addr: SocketAddr, path: &str, headers: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: rst\r\n{headers}Connection: close\r\n\r\n"
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: rst\r\n{headers}Connection: close\r\n\r\n"),
     )
-    .unwrap();
+    .0
+}
+
+/// Sends `text` as one HTTP request: the status and the whole response.
+fn request(addr: SocketAddr, text: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response
+    let status = response
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (status, response)
 }
 
 /// Runs `script` until it returns true, or fails after [`DEADLINE`].
 async fn until(browser: &Client, what: &str, script: &str) -> Duration {
     let started = Instant::now();
+    until_some(
+        browser,
+        what,
+        &format!("return ((() => {{ {script} }})()) === true || null;"),
+    )
+    .await;
+    started.elapsed()
+}
+
+/// Runs `script` until it returns something other than null (or false), which
+/// it gives back; fails after [`DEADLINE`].
+async fn until_some(browser: &Client, what: &str, script: &str) -> serde_json::Value {
+    let started = Instant::now();
     loop {
         let value = browser.execute(script, vec![]).await.unwrap();
-        if value.as_bool() == Some(true) {
-            return started.elapsed();
+        if !value.is_null() && value != json!(false) {
+            return value;
         }
         assert!(started.elapsed() < DEADLINE, "{what}: never true: {script}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Searches the recordings for `number` until the call `uuid` is among the
+/// results, and opens it.
+async fn open_found(browser: &Client, number: &str, uuid: &str) {
+    until(
+        browser,
+        "the search finds the call",
+        &format!(
+            "document.querySelector('#search [name=number]').value = '{number}'; window.rstConsole.search(); \
+             return !!document.querySelector('#results tr[data-uuid=\"{uuid}\"]');"
+        ),
+    )
+    .await;
+    click(browser, &format!("#results tr[data-uuid=\"{uuid}\"]")).await;
+}
+
+/// Clicks what `css` selects, again if a search replaced it between finding
+/// and clicking (the search results are redrawn as answers come).
+async fn click(browser: &Client, css: &str) {
+    let started = Instant::now();
+    loop {
+        let clicked = match browser.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.map(drop),
+            Err(error) => Err(error),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) => assert!(started.elapsed() < DEADLINE, "cannot click {css}: {error}"),
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -134,11 +190,23 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
-/// A call in real time: a tone each way in 20 ms µ-law frames until `stop`.
-fn call(addr: SocketAddr, uuid: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// A call in real time: a tone each way in 20 ms µ-law frames until `stop`,
+/// from `caller` to `callee`, its INV with `extensions`.
+fn call(
+    addr: SocketAddr,
+    uuid: String,
+    (caller, callee): (&'static str, &'static str),
+    extensions: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut sender = Sender::new(addr);
-        sender.inv(&uuid, "+4930111222", "+4940333444");
+        sender.inv_with(
+            &uuid,
+            caller,
+            callee,
+            Extensions::parse(&extensions).unwrap(),
+        );
         let r = tone(440.0, 12000.0, 8000, 1.0);
         let w = tone(660.0, 8000.0, 8000, 1.0);
         let started = Instant::now();
@@ -224,6 +292,7 @@ async fn the_console_in_a_real_browser() {
         // A tap nobody answers at: the taps page shows it down.
         tap: vec!["127.0.0.1:9".parse().unwrap()],
         tap_secret_file: Some(tap_secret),
+        rtp_ports: Some("25600-25609".parse().unwrap()),
         ..Settings::default()
     });
     let http = receiver.http_addr().unwrap();
@@ -251,21 +320,10 @@ async fn the_console_in_a_real_browser() {
         );
     }
     browser.goto(&format!("{base}/console/")).await.unwrap();
-    let token = browser
-        .wait()
-        .at_most(DEADLINE)
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    let token = token_field(&browser).await;
     screenshot(&browser, "login").await;
     token.send_keys("not-the-token").await.unwrap();
-    browser
-        .find(Locator::Id("signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signin").await;
     browser
         .wait()
         .at_most(DEADLINE)
@@ -280,13 +338,7 @@ async fn the_console_in_a_real_browser() {
     // Signed in.
     let token = browser.find(Locator::Id("token")).await.unwrap();
     token.send_keys(TOKEN).await.unwrap();
-    browser
-        .find(Locator::Id("signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signin").await;
     browser
         .wait()
         .at_most(DEADLINE)
@@ -300,13 +352,80 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
 
-    // A call appears, its meters move.
+    // Three calls: DATA as mod_rst sends it, DATA from a tap that names
+    // itself, and RTP from rst-load that loses every 50th packet.
     let uuid = uuid(1601);
     let stop = Arc::new(AtomicBool::new(false));
-    let caller = call(receiver.addr, uuid.clone(), stop.clone());
+    let caller = call(
+        receiver.addr,
+        uuid.clone(),
+        ("+4930111222", "+4940333444"),
+        String::new(),
+        stop.clone(),
+    );
     let row = format!("return !!document.querySelector('#calls tr[data-uuid=\"{uuid}\"]');");
     let appeared = until(&browser, "the call appears", &row).await;
     eprintln!("the call appeared in the live table after {appeared:?} (goal: within a second)");
+    let tapped_uuid = common::uuid(1602);
+    let tapped = call(
+        receiver.addr,
+        tapped_uuid.clone(),
+        ("+4930555666", "+4940777888"),
+        rst_proto::ExtensionsBuilder::new()
+            .call_id("a84b4c76e66710@pc33.example.com")
+            .tap("edge-berlin")
+            .build(),
+        stop.clone(),
+    );
+    let load = Arc::new(rst_load::Live::default());
+    let rtp_call = {
+        let load = load.clone();
+        let config = rst_load::Config {
+            target: receiver.addr,
+            calls: 1,
+            // Until `load.stop()`.
+            duration: Duration::from_secs(600),
+            mode: rst_load::Mode::Rtp,
+            drop_every: Some(50),
+            ..rst_load::Config::default()
+        };
+        std::thread::spawn(move || rst_load::run_with(&config, &load).unwrap())
+    };
+    until(
+        &browser,
+        "the tap's call shows its tap",
+        &format!(
+            "const row = document.querySelector('#calls tr[data-uuid=\"{tapped_uuid}\"]'); \
+                  return !!row && row.cells[3].textContent === 'tap edge-berlin (data)' \
+                  && row.cells[2].textContent === 'a84b4c76e66710@pc33.example.com';"
+        ),
+    )
+    .await;
+    // rst-load's call is from 1000 to 500000: loss above 0 % each way, and jitter.
+    let rtp_uuid = until_some(
+        &browser,
+        "the RTP call shows loss and jitter",
+        r"const row = [...document.querySelectorAll('#calls tbody tr')].find((r) => r.cells[0].textContent === '1000');
+          if (!row || !row.cells[3].textContent.endsWith('(rtp)')) return null;
+          const shown = [...row.cells[6].textContent.matchAll(/([RW]) ([\d.]+)% · ([\d.]+) ms/g)];
+          return shown.length === 2 && shown.every((m) => parseFloat(m[2]) > 0) ? row.dataset.uuid : null;",
+    )
+    .await;
+    let rtp_uuid = rtp_uuid.as_str().unwrap().to_owned();
+    let source_of_first = browser
+        .execute(
+            &format!("return document.querySelector('#calls tr[data-uuid=\"{uuid}\"]').cells[3].textContent;"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        source_of_first
+            .as_str()
+            .unwrap()
+            .starts_with("mod_rst 127.0.0.1:"),
+        "{source_of_first}"
+    );
     until(
         &browser,
         "the meters move",
@@ -322,15 +441,11 @@ async fn the_console_in_a_real_browser() {
     screenshot(&browser, "live").await;
 
     // Listen-in: non-silent audio through the page's analyser.
-    browser
-        .find(Locator::Css(&format!(
-            "#calls tr[data-uuid=\"{uuid}\"] button.listen-both"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        &format!("#calls tr[data-uuid=\"{uuid}\"] button.listen-both"),
+    )
+    .await;
     until(
         &browser,
         "listen-in hears the call",
@@ -343,44 +458,98 @@ async fn the_console_in_a_real_browser() {
         .await
         .unwrap();
 
-    // The call ends, and is found by the search.
-    stop.store(true, Ordering::Relaxed);
-    caller.join().unwrap();
+    // Away from the live table the page asks for no meters, and the
+    // receiver sends none (it stops hearing the calls for it); back, they
+    // are metered again.
+    browser
+        .execute("location.hash = '#recordings';", vec![])
+        .await
+        .unwrap();
     until(
         &browser,
-        "the call leaves the live table",
-        &format!("return !document.querySelector('#calls tr[data-uuid=\"{uuid}\"]');"),
+        "no meters off the live table",
+        "return !window.rstConsole.metering() && window.rstConsole.unmeteredCalls() === 3;",
     )
     .await;
-    let records = receiver.wait_records(1);
-    let record = &records[0];
+    browser
+        .execute("location.hash = '#live';", vec![])
+        .await
+        .unwrap();
+    until(
+        &browser,
+        "meters again on the live table",
+        "return window.rstConsole.metering() && window.rstConsole.unmeteredCalls() === 0;",
+    )
+    .await;
+
+    // The calls end; the first is found by the search.
+    stop.store(true, Ordering::Relaxed);
+    load.stop();
+    caller.join().unwrap();
+    tapped.join().unwrap();
+    let report = rtp_call.join().unwrap();
+    assert_eq!((report.inv_acked, report.bye_acked), (1, 1), "{report}");
+    until(
+        &browser,
+        "the calls leave the live table",
+        "return document.querySelectorAll('#calls tbody tr').length === 0;",
+    )
+    .await;
+    let records = receiver.wait_records(3);
+    let find = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["uuid"] == id)
+            .unwrap_or_else(|| panic!("no record of {id}: {records:?}"))
+    };
+    let record = find(&uuid);
+    assert_eq!(find(&tapped_uuid)["tap"], "edge-berlin");
+    assert!(record.get("tap").is_none(), "{record}");
     browser
         .goto(&format!("{base}/console/#recordings"))
         .await
         .unwrap();
-    until(
-        &browser,
-        "the search finds the call",
-        &format!(
-            "document.querySelector('#search [name=number]').value = '40333'; window.rstConsole.search(); \
-             return !!document.querySelector('#results tr[data-uuid=\"{uuid}\"]');"
-        ),
-    )
-    .await;
-    browser
-        .find(Locator::Css(&format!("#results tr[data-uuid=\"{uuid}\"]")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    open_found(&browser, "40333", &uuid).await;
     until(
         &browser,
         "the waveform draws",
         "return window.rstConsole.waveformDrawn() && window.rstConsole.waveformInk() > 1000;",
     )
     .await;
+
+    // It plays: two channels, both heard by the page's analysers, the cursor
+    // and the time shown moving on.
+    click(&browser, "#play").await;
+    let first = until_some(
+        &browser,
+        "playback starts and the cursor is drawn",
+        "const p = window.rstConsole.playback(); return p.playing && p.state === 'running' && p.position > 0.2 && p.cursorX > 0 ? p : null;",
+    )
+    .await;
+    assert_eq!(first["channels"], 2, "{first}");
+    until(
+        &browser,
+        "the cursor moves on",
+        &format!(
+            "const p = window.rstConsole.playback(); return p.playing && p.position > {} + 0.3 && p.cursorX > {} && p.shown !== '{}';",
+            first["position"], first["cursorX"], first["shown"].as_str().unwrap()
+        ),
+    )
+    .await;
+    until(
+        &browser,
+        "both channels play",
+        "const p = window.rstConsole.playback(); return p.playing && p.levels[0] > 0.05 && p.levels[1] > 0.03;",
+    )
+    .await;
     screenshot(&browser, "recordings").await;
+    click(&browser, "#play").await;
+    until(
+        &browser,
+        "playback stops",
+        "return !window.rstConsole.playback().playing;",
+    )
+    .await;
 
     // Downloads are the files on disk, byte for byte.
     let files: [(&str, PathBuf); 4] = [
@@ -415,6 +584,70 @@ async fn the_console_in_a_real_browser() {
             .unwrap();
         assert_eq!(status, json!(404), "{path}");
     }
+
+    // The RTP call's recording marks its loss where the record says.
+    let rtp_record = find(&rtp_uuid);
+    let mut gaps = 0;
+    for direction in ["R", "W"] {
+        let d = &rtp_record["directions"][direction];
+        let lost = d["rtp"]["lost"].as_u64().unwrap();
+        assert!(lost > 0, "{d}");
+        assert_eq!(d["gaps"]["packets"], lost, "{d}");
+        let first = d["gaps"]["first"].as_array().unwrap();
+        assert!(!first.is_empty() && first.len() <= 100, "{d}");
+        // One packet per gap as sent; fewer gaps if the kernel also dropped a neighbour.
+        let count = d["gaps"]["count"].as_u64().unwrap();
+        assert!(count >= 1 && count <= lost, "{d}");
+        gaps += first.len();
+    }
+    open_found(&browser, "500000", &rtp_uuid).await;
+    // Every gap of the record marked, in time order per direction, each
+    // mark red on the canvas.
+    let marks = until_some(
+        &browser,
+        "the loss is marked on the waveform",
+        &format!(
+            "if (!window.rstConsole.waveformDrawn()) return null; \
+             const marks = window.rstConsole.lossMarks(); \
+             if (marks.length !== {gaps}) return null; \
+             const g = document.querySelector('#waveform').getContext('2d'); \
+             const red = marks.every((m) => {{ const [r, gr, b] = g.getImageData(Math.floor(m.x) + 1, m.direction === 'R' ? 2 : 112, 1, 1).data; return r > 150 && gr < 80 && b < 80; }}); \
+             return red ? marks : null;"
+        ),
+    )
+    .await;
+    let envelope_duration = browser
+        .execute_async(
+            &format!("const done = arguments[0]; fetch('/console/api/recordings/{rtp_uuid}/envelope?buckets=1000').then((r) => r.json()).then((e) => done(e.duration));"),
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    for direction in ["R", "W"] {
+        let xs: Vec<f64> = marks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["direction"] == direction)
+            .map(|m| m["x"].as_f64().unwrap())
+            .collect();
+        let expected: Vec<f64> = rtp_record["directions"][direction]["gaps"]["first"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|gap| gap["offset"].as_f64().unwrap() / envelope_duration * 1000.0)
+            .collect();
+        assert_eq!(xs.len(), expected.len(), "{direction}: {marks}");
+        for (x, want) in xs.iter().zip(&expected) {
+            assert!(
+                (x - want).abs() < 0.5,
+                "{direction}: mark at {x}, gap at {want}"
+            );
+        }
+    }
+    screenshot(&browser, "loss").await;
 
     // Who listened and downloaded, and when, on the metadata feed.
     let logged = |event: &str, file: Option<&str>| {
@@ -472,19 +705,62 @@ async fn the_console_in_a_real_browser() {
     let session = format!("Cookie: rst_session={}\r\n", cookie.value());
     assert_eq!(status_of(http, "/console/api/recordings", &session), 200);
     assert_eq!(status_of(http, "/api/calls", &session), 200);
-    browser
-        .find(Locator::Css("header form button"))
-        .await
-        .unwrap()
-        .click()
+    click(&browser, "header form button").await;
+    token_field(&browser).await;
+    assert_eq!(status_of(http, "/console/api/recordings", &session), 401);
+
+    // Guessing the token: after five wrong ones from an address, its
+    // sign-ins are refused unchecked, the right token too, and counted.
+    for _ in 0..5 {
+        assert_eq!(sign_in(http, "guess").0, 401);
+    }
+    let (status, response) = sign_in(http, TOKEN);
+    assert_eq!(status, 429, "{response}");
+    assert!(
+        response.contains("Retry-After: ") || response.contains("retry-after: "),
+        "{response}"
+    );
+    token_field(&browser).await.send_keys(TOKEN).await.unwrap();
+    click(&browser, "#signin").await;
+    let refused = browser
+        .wait()
+        .at_most(DEADLINE)
+        .for_element(Locator::Id("throttled"))
         .await
         .unwrap();
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many wrong tokens"));
+    assert!(browser.find(Locator::Id("calls")).await.is_err());
+    assert_eq!(
+        receiver.counter("rst_console_sign_in_throttled_total"),
+        2,
+        "the right token and the browser's try"
+    );
+    browser.close().await.unwrap();
+}
+
+/// The token field of the sign-in page, once it shows.
+async fn token_field(browser: &Client) -> fantoccini::elements::Element {
     browser
         .wait()
         .at_most(DEADLINE)
         .for_element(Locator::Id("token"))
         .await
-        .unwrap();
-    assert_eq!(status_of(http, "/console/api/recordings", &session), 401);
-    browser.close().await.unwrap();
+        .unwrap()
+}
+
+/// Posts `token` to the sign-in form: the status and the whole response.
+fn sign_in(addr: SocketAddr, token: &str) -> (u16, String) {
+    let body = format!("token={token}");
+    request(
+        addr,
+        &format!(
+            "POST /console/login HTTP/1.1\r\nHost: rst\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }

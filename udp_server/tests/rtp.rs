@@ -174,6 +174,29 @@ fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_e
         record["directions"]["R"]["codecs"],
         serde_json::json!(["PCMU"])
     );
+    // Where the loss was: packet 5's 160 samples, 0.2 s before the key press.
+    let gaps = &record["directions"]["R"]["gaps"];
+    assert_eq!(gaps["count"], 1, "{gaps}");
+    assert_eq!(gaps["packets"], 1, "{gaps}");
+    let gap = &gaps["first"][0];
+    assert_eq!(
+        (
+            &gap["sample"],
+            &gap["samples"],
+            &gap["rate"],
+            &gap["packets"]
+        ),
+        (
+            &serde_json::json!(800),
+            &serde_json::json!(160),
+            &serde_json::json!(8000),
+            &serde_json::json!(1)
+        ),
+        "{gap}"
+    );
+    let before_key = dtmf[0]["offset"].as_f64().unwrap() - gap["offset"].as_f64().unwrap();
+    assert!((before_key - 0.2).abs() < 1e-6, "{gap} {dtmf}");
+    assert_eq!(record["directions"]["W"]["gaps"]["count"], 0, "{record}");
     receiver.stop();
 }
 

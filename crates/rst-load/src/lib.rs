@@ -165,6 +165,9 @@ pub struct Config {
     pub codec: Codec,
     /// DATA datagrams or RTP.
     pub mode: Mode,
+    /// RTP mode: leave out every Nth frame of each direction (frames N-1,
+    /// 2N-1, ...), as a lossy network would; the receiver counts them lost.
+    pub drop_every: Option<u64>,
     /// First INV/BYE retransmission timeout; it doubles on each retransmission.
     pub rto: Duration,
     /// Retransmissions of an INV or BYE before it counts as lost.
@@ -185,6 +188,7 @@ impl Default for Config {
             rate: None,
             codec: Codec::Pcmu,
             mode: Mode::Data,
+            drop_every: None,
             rto: Duration::from_millis(200),
             retries: 4,
             progress: false,
@@ -324,9 +328,17 @@ pub struct Live {
     acks_unexpected: AtomicU64,
     send_errors: AtomicU64,
     calls: AtomicU64,
+    /// Set by [`Live::stop`]: the calls stop sending and say BYE.
+    stop: AtomicBool,
 }
 
 impl Live {
+    /// Ends the run early: no more audio, every call says BYE (real-time
+    /// runs whose length a test cannot know in advance).
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+
     /// The counters now (`elapsed` and `data_elapsed` left at zero).
     pub fn snapshot(&self) -> Report {
         Report {
@@ -559,9 +571,19 @@ impl Leg {
 
     /// Sends frames `k .. k + count` (at most [`RTP_BURST`]); returns how many the
     /// kernel took and how many failed.
-    fn send(&self, k: u64, count: usize, scratch: &mut [Vec<u8>; RTP_BURST]) -> net::Sent {
+    fn send(
+        &self,
+        k: u64,
+        count: usize,
+        drop_every: Option<u64>,
+        scratch: &mut [Vec<u8>; RTP_BURST],
+    ) -> net::Sent {
         let count = count.min(RTP_BURST);
+        let dropped = |k: u64| drop_every.is_some_and(|n| n > 0 && (k + 1) % n == 0);
         if count == 1 {
+            if dropped(k) {
+                return net::Sent { sent: 0, errors: 0 };
+            }
             self.frame(k, &mut scratch[0]);
             return match self.socket.send(&scratch[0]) {
                 Ok(_) => net::Sent { sent: 1, errors: 0 },
@@ -573,14 +595,15 @@ impl Leg {
                 },
             };
         }
-        for (j, buffer) in scratch.iter_mut().enumerate().take(count) {
-            self.frame(k + j as u64, buffer);
+        let kept: Vec<u64> = (k..k + count as u64).filter(|&k| !dropped(k)).collect();
+        for (&k, buffer) in kept.iter().zip(scratch.iter_mut()) {
+            self.frame(k, buffer);
         }
         let mut batch: [&[u8]; RTP_BURST] = [&[]; RTP_BURST];
         for (slot, buffer) in batch.iter_mut().zip(scratch.iter()) {
             *slot = buffer;
         }
-        net::send_batch(&self.socket, &batch[..count], |_| {})
+        net::send_batch(&self.socket, &batch[..kept.len()], |_| {})
     }
 }
 
@@ -1024,7 +1047,7 @@ fn play(
 
     let mut k = 0u64;
     'frames: loop {
-        if frames.is_some_and(|frames| k >= frames) {
+        if frames.is_some_and(|frames| k >= frames) || live.stop.load(Relaxed) {
             break;
         }
         for (i, call) in calls.iter().enumerate() {
@@ -1060,7 +1083,7 @@ fn play(
                         pacer.wait(2 * count as u64);
                     }
                     for leg in legs {
-                        let result = leg.send(k, count, &mut scratch);
+                        let result = leg.send(k, count, config.drop_every, &mut scratch);
                         live.rtp_sent.fetch_add(result.sent as u64, Relaxed);
                         if result.errors > 0 {
                             live.send_errors.fetch_add(result.errors as u64, Relaxed);
@@ -1084,7 +1107,7 @@ fn play(
     }
     out.flush();
 
-    // Every call not ended yet (fast mode on a deadline) ends now.
+    // Every call not ended yet (fast mode on a deadline, or stopped) ends now.
     let ended: Vec<bool> = {
         let mut ended = vec![false; n];
         for &call in &control.waiting_for_bye {
@@ -1092,7 +1115,7 @@ fn play(
         }
         ended
     };
-    if frames.is_none() {
+    if frames.is_none() || live.stop.load(Relaxed) {
         control
             .waiting_for_bye
             .extend((0..n).filter(|&call| !ended[call]));

@@ -48,6 +48,9 @@ struct Load {
     /// sockets per call to the ports the ACK names (`INV` carries the local ports)
     #[arg(long, value_enum, default_value_t = Mode::Data)]
     mode: Mode,
+    /// RTP mode: leave out every Nth frame of each direction, as a lossy network would
+    #[arg(long, value_name = "N")]
+    drop_every: Option<u64>,
     /// First INV/BYE retransmission timeout in milliseconds (doubles each time)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     rto_ms: u64,
@@ -130,6 +133,7 @@ fn load(args: Load) -> anyhow::Result<()> {
         rate: args.rate,
         codec: args.codec,
         mode: args.mode,
+        drop_every: args.drop_every,
         rto: Duration::from_millis(args.rto_ms),
         retries: args.retries,
         progress: !args.quiet,

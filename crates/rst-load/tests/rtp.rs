@@ -205,3 +205,43 @@ fn an_exhausted_port_range_leaves_the_call_unanswered_and_silent() {
     assert_eq!(receiver.counter("rst_rtp_packets_total"), 2 * 5);
     assert!(receiver.counter("rst_refused_total{reason=\"no_ports\"}") >= 1);
 }
+
+#[test]
+fn left_out_frames_are_lost_where_they_were_left_out() {
+    let mut receiver = Receiver::start("24300-24399");
+    // Every tenth frame left out: 9, 19, 29 and 39 of 41 (the 41st shows the last hole).
+    let config = Config {
+        target: receiver.addr,
+        calls: 1,
+        frames: Some(41),
+        fast: true,
+        mode: Mode::Rtp,
+        drop_every: Some(10),
+        ..Config::default()
+    };
+    let (report, records) = play_and_check(&mut receiver, &config);
+    assert_eq!(report.rtp_sent, 2 * 37, "{report}");
+    for direction in ["R", "W"] {
+        let d = &records[0]["directions"][direction];
+        assert_eq!(d["rtp"]["expected"], 41, "{direction}: {d}");
+        assert_eq!(d["rtp"]["lost"], 4, "{direction}: {d}");
+        assert_eq!(d["samples"], 41 * 160, "{direction}: {d}");
+        assert_eq!(d["gaps"]["count"], 4, "{direction}: {d}");
+        let at: Vec<(u64, u64)> = d["gaps"]["first"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|gap| {
+                (
+                    gap["sample"].as_u64().unwrap(),
+                    gap["samples"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [9, 19, 29, 39].map(|k| (k * 160, 160)),
+            "{direction}: {d}"
+        );
+    }
+}

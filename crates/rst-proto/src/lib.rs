@@ -25,6 +25,7 @@ pub use error::{EncodeError, ParseError};
 pub use message::{
     is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Continuation, Data, Dtmf,
     Extensions, ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts, MAX_CALL_ID, MAX_MARK_NAME,
+    MAX_TAP_NAME,
 };
 pub use pool::{Health, Pool, PoolError, ReceiverHealth};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};

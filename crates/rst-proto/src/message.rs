@@ -247,6 +247,21 @@ impl<'a> Extensions<'a> {
         self.get(Self::CALL_ID).map(Self::unescape)
     }
 
+    /// The key of the `tap=NAME` extension: the call was captured off the
+    /// network by the tap of this name (tap_daemon), escaped as a Call-ID is.
+    pub const TAP: &'static str = "tap";
+
+    /// The name of the tap that captured the call (`tap=`), unescaped; `None`
+    /// when the sender is no tap, or says nothing printable.
+    pub fn tap(&self) -> Option<String> {
+        let name: String = Self::unescape(self.get(Self::TAP)?)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_TAP_NAME)
+            .collect();
+        (!name.trim().is_empty()).then_some(name)
+    }
+
     /// The key of the `play=1` extension: the sender can play audio into the
     /// call (PLAY, CLR and MARK); a receiver sends them to no other.
     pub const PLAY: &'static str = "play";
@@ -314,6 +329,9 @@ pub fn is_stream_name(name: &str) -> bool {
 /// Longest Call-ID an INV carries; a longer one is cut.
 pub const MAX_CALL_ID: usize = 512;
 
+/// Longest tap name an INV carries (`tap=`), in characters; a longer one is cut.
+pub const MAX_TAP_NAME: usize = 64;
+
 /// Writes an INV's extension fields, each value made safe for the wire: the
 /// one place senders (mod_rst, tap_daemon) spell the vocabulary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -359,6 +377,21 @@ impl ExtensionsBuilder {
                 Extensions::CALL_ID,
                 Extensions::escape(&printable)
             ));
+        }
+        self
+    }
+
+    /// `tap=NAME`: the call was captured by the tap `name`; escaped, without
+    /// control characters, cut at [`MAX_TAP_NAME`] characters.
+    pub fn tap(mut self, name: &str) -> Self {
+        let name: String = name
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_TAP_NAME)
+            .collect();
+        if !name.trim().is_empty() {
+            self.fields
+                .push(format!("{}={}", Extensions::TAP, Extensions::escape(&name)));
         }
         self
     }
@@ -940,6 +973,30 @@ mod tests {
             Extensions::unescape(extensions.get("call-id").unwrap()),
             call_id
         );
+    }
+
+    #[test]
+    fn a_tap_names_itself_safely() {
+        let text = ExtensionsBuilder::new()
+            .call_id("x@y")
+            .tap("edge:1 \u{7}Berlin%")
+            .build();
+        let extensions = Extensions::parse(&text).unwrap();
+        assert_eq!(extensions.tap().as_deref(), Some("edge:1 Berlin%"));
+        assert_eq!(extensions.call_id().as_deref(), Some("x@y"));
+        assert_eq!(ExtensionsBuilder::new().tap(" \n").build(), "");
+        let long = "t".repeat(100);
+        let text = ExtensionsBuilder::new().tap(&long).build();
+        assert_eq!(
+            Extensions::parse(&text).unwrap().tap().map(|n| n.len()),
+            Some(MAX_TAP_NAME)
+        );
+        // A forged, over-long or control-laden value is cut and cleaned on reading too.
+        let forged = format!("tap={}%07", "u".repeat(200));
+        let tap = Extensions::parse(&forged).unwrap().tap().unwrap();
+        assert_eq!(tap, "u".repeat(MAX_TAP_NAME));
+        assert_eq!(Extensions::parse("tap=").unwrap().tap(), None);
+        assert_eq!(Extensions::parse("rate=8000").unwrap().tap(), None);
     }
 
     #[test]

@@ -33,6 +33,16 @@ const CONSOLE_CSS: &str = include_str!("../../console/console.css");
 const LIVE_TICK: Duration = Duration::from_millis(200);
 /// Envelope buckets when the page does not say.
 const DEFAULT_BUCKETS: usize = 1000;
+/// Calls one console meters at most (the first in start order): each metered
+/// call's audio is decoded and copied for the console, so a page open on a
+/// busy receiver must not cost a subscription per call.
+const MAX_METERED_CALLS: usize = 50;
+
+#[derive(Deserialize)]
+struct LiveOptions {
+    /// `0`: no meters (the page is not showing the live table).
+    meters: Option<u8>,
+}
 
 /// The console's routes, under `/console`.
 pub fn routes() -> Router<HttpState> {
@@ -121,6 +131,24 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<SignIn>,
 ) -> Response {
+    let sign_ins = &state.console.sign_ins;
+    if let Err(wait) = sign_ins.check(peer.ip(), Instant::now()) {
+        state
+            .metrics
+            .console_sign_in_throttled
+            .fetch_add(1, Relaxed);
+        tracing::warn!(%peer, "console sign-in refused unchecked: too many wrong tokens from this address");
+        let seconds = wait.as_secs() + 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            html(LOGIN_HTML.replace(
+                "<!--message-->",
+                &format!("<p class=error id=throttled>Too many wrong tokens from your address: try again in {seconds} s.</p>"),
+            )),
+        )
+            .into_response();
+    }
     let Some(token) = &state.token else {
         return (
             StatusCode::FORBIDDEN,
@@ -133,6 +161,7 @@ async fn login(
     };
     if !rst_control::secret::matches(token.as_bytes(), form.token.trim().as_bytes()) {
         state.metrics.http_refused.fetch_add(1, Relaxed);
+        sign_ins.failed(peer.ip(), Instant::now());
         tracing::warn!(%peer, "console sign-in refused: wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -143,6 +172,7 @@ async fn login(
         )
             .into_response();
     }
+    sign_ins.succeeded(peer.ip());
     let id = state.console.sessions.open(Instant::now());
     tracing::info!(%peer, session = %session_label(&id), "console sign-in");
     let cookie = format!(
@@ -195,6 +225,7 @@ async fn live(
     State(state): State<HttpState>,
     headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(options): Query<LiveOptions>,
 ) -> Response {
     signed_in!(state, headers, peer);
     let mut tick = tokio::time::interval(LIVE_TICK);
@@ -202,6 +233,11 @@ async fn live(
     let watch = Watch {
         live: state.live.clone(),
         calls: HashMap::new(),
+        metered: if options.meters == Some(0) {
+            0
+        } else {
+            MAX_METERED_CALLS
+        },
     };
     let stream = futures_util::stream::unfold(
         (watch, tick, state),
@@ -225,17 +261,18 @@ async fn live(
         .into_response()
 }
 
-/// One console's view of the calls in progress: it hears each call's audio
-/// to move the meters.
+/// One console's view of the calls in progress: it hears the audio of the
+/// first `metered` calls to move their meters.
 struct Watch {
     live: Arc<LiveCalls>,
     calls: HashMap<String, Watched>,
+    metered: usize,
 }
 
 struct Watched {
     call: Arc<LiveCall>,
-    events: broadcast::Receiver<LiveEvent>,
-    meters: [Meter; 2],
+    /// The call's audio and its meters, when this console meters it.
+    heard: Option<(broadcast::Receiver<LiveEvent>, [Meter; 2])>,
 }
 
 impl Watch {
@@ -244,39 +281,38 @@ impl Watch {
         self.calls
             .retain(|uuid, _| infos.iter().any(|info| info.uuid == *uuid));
         let mut view = Vec::with_capacity(infos.len());
-        for info in infos {
+        for (n, info) in infos.into_iter().enumerate() {
             if !self.calls.contains_key(&info.uuid) {
                 let Some(call) = self.live.find(&info.uuid) else {
                     continue;
                 };
-                let events = call.subscribe();
-                self.calls.insert(
-                    info.uuid.clone(),
-                    Watched {
-                        call,
-                        events,
-                        meters: [Meter::default(); 2],
-                    },
-                );
+                self.calls
+                    .insert(info.uuid.clone(), Watched { call, heard: None });
             }
             let Some(watched) = self.calls.get_mut(&info.uuid) else {
                 continue;
             };
-            loop {
-                match watched.events.try_recv() {
-                    Ok(LiveEvent::Audio(frame)) => {
-                        watched.meters[frame.direction as usize].add(&frame.samples)
-                    }
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
+            // Calls ending make room for later ones.
+            if n < self.metered && watched.heard.is_none() {
+                watched.heard = Some((watched.call.subscribe(), [Meter::default(); 2]));
             }
             let mut call = serde_json::to_value(&info).unwrap_or_default();
             call["media"] = serde_json::to_value(watched.call.media()).unwrap_or_default();
-            call["levels"] = serde_json::json!({
-                "R": watched.meters[0].take(),
-                "W": watched.meters[1].take(),
-            });
+            call["levels"] = match &mut watched.heard {
+                Some((events, meters)) => {
+                    loop {
+                        match events.try_recv() {
+                            Ok(LiveEvent::Audio(frame)) => {
+                                meters[frame.direction as usize].add(&frame.samples)
+                            }
+                            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                        }
+                    }
+                    serde_json::json!({ "R": meters[0].take(), "W": meters[1].take() })
+                }
+                None => serde_json::Value::Null,
+            };
             view.push(call);
         }
         view
@@ -486,6 +522,64 @@ async fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_console_hears_only_the_calls_it_meters() {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let live = Arc::new(LiveCalls::new(
+            socket,
+            Arc::new(crate::metrics::Metrics::default()),
+            0,
+        ));
+        let info = |n: u64| crate::live::CallInfo {
+            uuid: format!("call-{n}"),
+            caller: None,
+            callee: None,
+            call_id: None,
+            tap: None,
+            sender: "127.0.0.1:1".into(),
+            mode: "data",
+            start: time::OffsetDateTime::UNIX_EPOCH,
+            streams: Vec::new(),
+            listeners: 0,
+            duration: 0.0,
+        };
+        let calls: Vec<_> = (0..MAX_METERED_CALLS as u64 + 10)
+            .map(|n| live.open(n, info(n), None))
+            .collect();
+        let watch = |metered| Watch {
+            live: live.clone(),
+            calls: HashMap::new(),
+            metered,
+        };
+        let metered = |view: &[serde_json::Value]| {
+            view.iter().filter(|call| !call["levels"].is_null()).count()
+        };
+        let mut unmetered = watch(0);
+        let view = unmetered.look();
+        assert_eq!((view.len(), metered(&view)), (calls.len(), 0));
+        assert!(
+            calls.iter().all(|call| !call.wanted()),
+            "nobody hears a call"
+        );
+
+        let mut console = watch(MAX_METERED_CALLS);
+        let view = console.look();
+        assert_eq!(metered(&view), MAX_METERED_CALLS);
+        assert!(calls[..MAX_METERED_CALLS].iter().all(|call| call.wanted()));
+        assert!(!calls[MAX_METERED_CALLS].wanted());
+        // A call ends: the next one is metered.
+        live.close(0);
+        let view = console.look();
+        assert_eq!(metered(&view), MAX_METERED_CALLS);
+        assert!(calls[MAX_METERED_CALLS].wanted());
+        assert!(!calls[MAX_METERED_CALLS + 1].wanted());
+        drop(console);
+        assert!(
+            calls.iter().all(|call| !call.wanted()),
+            "a closed page hears nothing"
+        );
+    }
 
     #[test]
     fn only_files_a_record_names_are_served() {

@@ -10,6 +10,9 @@
 //!   Sessions end after [`SESSION_IDLE`] unused or [`SESSION_MAX`] in all.
 //! * Every listen and every download goes to the log and the metadata feed,
 //!   with who (session prefix, remote address) and when.
+//! * An address that gives [`SIGN_IN_FAILURES`] wrong tokens within
+//!   [`SIGN_IN_WINDOW`] is refused unchecked until the window is over
+//!   ([`SignInLimiter`]): guessing the token costs a minute per five tries.
 //! * The pieces that think — sessions, the recordings [`index`], the meters and
 //!   waveforms of [`audio`] — are plain types with time passed in; `http`
 //!   only wires them to requests.
@@ -19,6 +22,7 @@ mod http;
 pub mod index;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,11 +39,18 @@ pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 1024;
 /// The session cookie's name.
 pub const COOKIE: &str = "rst_session";
+/// Wrong tokens an address may give within [`SIGN_IN_WINDOW`].
+pub const SIGN_IN_FAILURES: u32 = 5;
+/// How long an address's wrong tokens count against it.
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses whose wrong tokens are remembered at once: past it the oldest go.
+const MAX_SIGN_IN_ADDRESSES: usize = 4096;
 
 /// What the console's pages need beyond the HTTP port's state.
 #[derive(Debug)]
 pub struct Console {
     pub sessions: Sessions,
+    pub sign_ins: SignInLimiter,
     pub index: Arc<index::Index>,
     pub taps: Arc<TapBoard>,
     /// The record folder, canonical: no file outside it is ever served.
@@ -52,6 +63,7 @@ impl Console {
         let index = Arc::new(index::Index::default());
         let console = Arc::new(Console {
             sessions: Sessions::default(),
+            sign_ins: SignInLimiter::default(),
             index: index.clone(),
             taps,
             record_dir: record_dir.clone(),
@@ -127,6 +139,73 @@ impl Sessions {
     }
 }
 
+/// Wrong tokens per address, sans-IO: the caller says what time it is.
+#[derive(Debug, Default)]
+pub struct SignInLimiter {
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    /// The first wrong token of the window.
+    since: Instant,
+}
+
+impl SignInLimiter {
+    /// Whether `peer` may try a token at `now`; if not, how long until it may.
+    pub fn check(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+        let failures = self.lock();
+        match failures.get(&peer) {
+            Some(f) if f.count >= SIGN_IN_FAILURES => {
+                let over = f.since + SIGN_IN_WINDOW;
+                match over.checked_duration_since(now) {
+                    Some(wait) if !wait.is_zero() => Err(wait),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `peer` gave a wrong token at `now`.
+    pub fn failed(&self, peer: IpAddr, now: Instant) {
+        let mut failures = self.lock();
+        if failures.len() >= MAX_SIGN_IN_ADDRESSES && !failures.contains_key(&peer) {
+            failures.retain(|_, f| now.saturating_duration_since(f.since) < SIGN_IN_WINDOW);
+            if failures.len() >= MAX_SIGN_IN_ADDRESSES {
+                if let Some(oldest) = failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.since)
+                    .map(|(a, _)| *a)
+                {
+                    failures.remove(&oldest);
+                }
+            }
+        }
+        let entry = failures.entry(peer).or_insert(Failures {
+            count: 0,
+            since: now,
+        });
+        if now.saturating_duration_since(entry.since) >= SIGN_IN_WINDOW {
+            *entry = Failures {
+                count: 0,
+                since: now,
+            };
+        }
+        entry.count += 1;
+    }
+
+    /// `peer` signed in: its wrong tokens are forgotten.
+    pub fn succeeded(&self, peer: IpAddr) {
+        self.lock().remove(&peer);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 fn alive(session: &Session, now: Instant) -> bool {
     now.saturating_duration_since(session.used) < SESSION_IDLE
         && now.saturating_duration_since(session.opened) < SESSION_MAX
@@ -173,6 +252,37 @@ mod tests {
         sessions.close(&closed);
         assert!(!sessions.check(&closed, t0));
         assert_ne!(sessions.open(t0), sessions.open(t0));
+    }
+
+    #[test]
+    fn wrong_tokens_lock_an_address_out_for_the_window() {
+        let limiter = SignInLimiter::default();
+        let (peer, other): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        for n in 0..SIGN_IN_FAILURES {
+            assert_eq!(limiter.check(peer, t0 + s(n.into())), Ok(()));
+            limiter.failed(peer, t0 + s(n.into()));
+        }
+        assert_eq!(limiter.check(peer, t0 + s(10)), Err(s(50)));
+        assert_eq!(limiter.check(other, t0 + s(10)), Ok(()), "per address");
+        assert_eq!(limiter.check(peer, t0 + SIGN_IN_WINDOW), Ok(()));
+        // A new window starts with the next wrong token.
+        limiter.failed(peer, t0 + SIGN_IN_WINDOW);
+        assert_eq!(limiter.check(peer, t0 + SIGN_IN_WINDOW), Ok(()));
+        // Signing in forgets.
+        for _ in 0..SIGN_IN_FAILURES {
+            limiter.failed(other, t0);
+        }
+        assert!(limiter.check(other, t0).is_err());
+        limiter.succeeded(other);
+        assert_eq!(limiter.check(other, t0), Ok(()));
+        // Bounded: many addresses, each remembered until pushed out.
+        for n in 0..(MAX_SIGN_IN_ADDRESSES as u32 + 10) {
+            limiter.failed(IpAddr::from(n.to_be_bytes()), t0);
+        }
+        assert!(limiter.lock().len() <= MAX_SIGN_IN_ADDRESSES);
     }
 
     #[test]

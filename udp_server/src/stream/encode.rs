@@ -466,6 +466,7 @@ mod tests {
             caller: Some("1001".into()),
             callee: Some("1002".into()),
             call_id: None,
+            tap: None,
             sender: "127.0.0.1:5000".into(),
             mode: "data",
             start: time::OffsetDateTime::UNIX_EPOCH,
