@@ -13,15 +13,27 @@
 //! written down in `UUID.assembled.json`, so a joined call never loses
 //! words without saying so.
 //!
+//! The parts may also be in object storage ([`Source::Store`], `--from
+//! s3://BUCKET/PREFIX`): the records of the UUID found there and the WAVs they
+//! name are downloaded into a folder in `out` (removed afterwards) and joined
+//! like local ones; see [`store`] for how they are found. Folders and stores
+//! mix; a part found twice (a local record whose call was also stored) is
+//! joined once.
+//!
 //! The joining ([`join`]) is sans-IO: samples and offsets in, samples and
-//! gaps out. The shell ([`assemble`]) finds the records and reads and writes
-//! WAV files.
+//! gaps out. The shell ([`assemble`], [`assemble_from`]) finds the records
+//! and reads and writes WAV files.
+
+mod store;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use time::Date;
+
+use crate::storage::StorageConfig;
 
 /// One part's audio of one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +130,35 @@ struct RecordFile {
     offset_ms: u64,
     #[serde(default)]
     directions: BTreeMap<String, DirectionFile>,
+    /// RFC 3339: its day is where the store keeps the part.
+    #[serde(default)]
+    start: Option<String>,
+    /// Set once the receiver stored the call.
+    #[serde(default)]
+    stored: Option<StoredFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredFile {
+    record_key: String,
+    #[serde(default)]
+    objects: Vec<StoredObjectFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredObjectFile {
+    key: String,
+    size: Option<u64>,
+}
+
+impl RecordFile {
+    /// The day the part started (UTC), from `start`.
+    fn day(&self) -> Option<Date> {
+        let start = self.start.as_deref()?;
+        time::OffsetDateTime::parse(start, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|at| at.to_offset(time::UtcOffset::UTC).date())
+    }
 }
 
 fn first_part() -> u32 {
@@ -145,7 +186,8 @@ pub struct Assembled {
 pub struct AssembledPart {
     pub part: u32,
     pub offset_ms: u64,
-    pub record: PathBuf,
+    /// The record's path, or `s3://BUCKET/KEY`.
+    pub record: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,9 +202,22 @@ pub struct AssembledDirection {
 /// Why a call cannot be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
-    /// No record of the UUID under the folders.
-    #[error("no record of call {0} under the given folders")]
+    /// No record of the UUID under the folders or in the stores.
+    #[error("no record of call {0} under the given folders or in the given stores")]
     NotFound(String),
+    /// A store that could not be listed or read (down, refusing, unknown bucket).
+    #[error("{location}: {error}")]
+    Store {
+        location: String,
+        error: object_store::Error,
+    },
+    /// An object a stored record names is not in the store.
+    #[error("{location} is not in the store, though the record {record} names it")]
+    MissingObject { location: String, record: String },
+    /// A stored record that does not say what it should: another call's, no
+    /// objects named, an object of another size than it says.
+    #[error("{record}: {why}")]
+    RecordLies { record: String, why: String },
     /// Not a UUID (it becomes a file name).
     #[error("{0:?} is not a call UUID")]
     BadUuid(String),
@@ -189,32 +244,198 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AssembleError + '_ {
     }
 }
 
+/// Where `assemble` looks for a call's parts.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A receiver's record folder (or a copy of it).
+    Dir(PathBuf),
+    /// A bucket the receivers store their calls in, under its prefix.
+    Store(StorageConfig),
+}
+
+/// A `--from` as given: a folder, or `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    Dir(PathBuf),
+    /// `s3://BUCKET/PREFIX`; `None` for `s3://` alone: the bucket and prefix
+    /// of the `[storage]` settings.
+    Store(Option<(String, String)>),
+}
+
+impl Place {
+    pub fn parse(from: &str) -> Place {
+        let Some(rest) = from.strip_prefix("s3://") else {
+            return Place::Dir(PathBuf::from(from));
+        };
+        let rest = rest.trim_matches('/');
+        if rest.is_empty() {
+            return Place::Store(None);
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        Place::Store(Some((
+            bucket.to_owned(),
+            prefix.trim_matches('/').to_owned(),
+        )))
+    }
+}
+
+/// `YYYY-MM-DD`.
+pub fn parse_day(day: &str) -> Result<Date, String> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(day, &format).map_err(|error| format!("{day:?} is not a YYYY-MM-DD day: {error}"))
+}
+
 /// Finds every record of `uuid` under `from` (the receivers' record
 /// folders), joins each direction's parts, and writes `UUID.R.wav`,
 /// `UUID.W.wav`, `UUID.stereo.wav` (left R, right W) and
 /// `UUID.assembled.json` into `out`.
 pub fn assemble(uuid: &str, from: &[PathBuf], out: &Path) -> Result<Assembled, AssembleError> {
-    if rst_proto::Uuid::new(uuid).is_err() {
-        return Err(AssembleError::BadUuid(uuid.to_owned()));
+    check_uuid(uuid)?;
+    let found = find_local(uuid, from)?;
+    write_joined(uuid, found, out)
+}
+
+/// [`assemble`] from folders and stores. In a store, the parts are looked
+/// for on `days` (and their neighbours) and on the days of the parts found
+/// in the folders; when none is there, on every day, newest first (see
+/// [`store`]). What a store has is downloaded into a folder in `out`,
+/// removed once the call is joined.
+pub async fn assemble_from(
+    uuid: &str,
+    from: &[Source],
+    days: &[Date],
+    out: &Path,
+) -> Result<Assembled, AssembleError> {
+    check_uuid(uuid)?;
+    let dirs: Vec<PathBuf> = from
+        .iter()
+        .filter_map(|source| match source {
+            Source::Dir(dir) => Some(dir.clone()),
+            Source::Store(_) => None,
+        })
+        .collect();
+    let mut found = find_local(uuid, &dirs)?;
+    let mut hints: std::collections::BTreeSet<Date> = days.iter().copied().collect();
+    hints.extend(found.iter().filter_map(|(_, record)| record.day()));
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
+    let downloads = Downloads::new(out.join(format!(".{uuid}.download")))?;
+    for (n, source) in from.iter().enumerate() {
+        if let Source::Store(config) = source {
+            let into = downloads.0.join(n.to_string());
+            found.extend(store::fetch(config, uuid, &hints, &into).await?);
+        }
     }
+    write_joined(uuid, found, out)
+}
+
+fn check_uuid(uuid: &str) -> Result<(), AssembleError> {
+    match rst_proto::Uuid::new(uuid) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(AssembleError::BadUuid(uuid.to_owned())),
+    }
+}
+
+/// A folder of downloads, removed with what is in it when dropped.
+struct Downloads(PathBuf);
+
+impl Downloads {
+    fn new(dir: PathBuf) -> Result<Downloads, AssembleError> {
+        // Left by a run that was killed.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        Ok(Downloads(dir))
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), %error, "cannot remove the downloaded parts");
+        }
+    }
+}
+
+/// One record of the call, read, with where it was found.
+struct Found {
+    /// The record's file here (a download's, for a store's).
+    path: PathBuf,
+    /// Where it was found, as the summary says it.
+    origin: String,
+}
+
+/// The records of `uuid` under the folders, read.
+fn find_local(uuid: &str, from: &[PathBuf]) -> Result<Vec<(Found, RecordFile)>, AssembleError> {
     let mut records = Vec::new();
     for dir in from {
         find_records(dir, uuid, 0, &mut records)?;
     }
     records.sort();
     records.dedup();
+    let mut found = Vec::new();
+    for path in records {
+        let record = read_record(&path)?;
+        if record.uuid == uuid {
+            let origin = path.display().to_string();
+            found.push((Found { path, origin }, record));
+        }
+    }
+    Ok(found)
+}
+
+fn read_record(path: &Path) -> Result<RecordFile, AssembleError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    serde_json::from_str(&text).map_err(|error| AssembleError::BadRecord {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Whether every WAV the record names is at hand.
+fn audio_at_hand(found: &Found, record: &RecordFile) -> bool {
+    record
+        .directions
+        .values()
+        .flat_map(|files| &files.wav)
+        .all(|wav| locate(wav, &found.path).exists())
+}
+
+/// A part found twice (a receiver's local record, and the same record in
+/// the store: the same `stored.record_key`) is joined once, from where its
+/// audio is (the local audio goes with `keep-local = false`).
+fn once_each(found: Vec<(Found, RecordFile)>) -> Vec<(Found, RecordFile)> {
+    let mut kept: Vec<(Found, RecordFile)> = Vec::new();
+    for (found, record) in found {
+        let key = record.stored.as_ref().map(|s| s.record_key.clone());
+        let twin = key.and_then(|key| {
+            kept.iter().position(|(_, k)| {
+                k.stored
+                    .as_ref()
+                    .is_some_and(|stored| stored.record_key == key)
+            })
+        });
+        match twin {
+            None => kept.push((found, record)),
+            Some(i) => {
+                let (first, first_record) = &kept[i];
+                if !audio_at_hand(first, first_record) && audio_at_hand(&found, &record) {
+                    kept[i] = (found, record);
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// Joins each direction of the records' parts and writes the files.
+fn write_joined(
+    uuid: &str,
+    found: Vec<(Found, RecordFile)>,
+    out: &Path,
+) -> Result<Assembled, AssembleError> {
     let mut parts = Vec::new();
     let mut by_direction: BTreeMap<String, Vec<PartAudio>> = BTreeMap::new();
-    for path in records {
-        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-        let record: RecordFile =
-            serde_json::from_str(&text).map_err(|error| AssembleError::BadRecord {
-                path: path.clone(),
-                error,
-            })?;
-        if record.uuid != uuid {
-            continue;
-        }
+    for (found, record) in once_each(found) {
+        let path = found.path;
         for (direction, files) in &record.directions {
             let mut audio: Option<PartAudio> = None;
             for wav in &files.wav {
@@ -246,7 +467,7 @@ pub fn assemble(uuid: &str, from: &[PathBuf], out: &Path) -> Result<Assembled, A
         parts.push(AssembledPart {
             part: record.part,
             offset_ms: record.offset_ms,
-            record: path,
+            record: found.origin,
         });
     }
     if parts.is_empty() {
@@ -532,5 +753,35 @@ mod tests {
         assert_eq!(read_wav(&path).unwrap(), (8000, vec![1, -2, 3, 4]));
         std::fs::write(&path, b"RIFF\0\0\0\0WAVEdata").unwrap();
         assert!(read_wav(&path).is_err());
+    }
+
+    #[test]
+    fn from_is_a_folder_or_a_bucket_and_its_prefix() {
+        assert_eq!(Place::parse("/rec/a"), Place::Dir("/rec/a".into()));
+        assert_eq!(
+            Place::parse("s3://calls/recordings/pool/"),
+            Place::Store(Some(("calls".into(), "recordings/pool".into())))
+        );
+        assert_eq!(
+            Place::parse("s3://calls"),
+            Place::Store(Some(("calls".into(), String::new())))
+        );
+        assert_eq!(Place::parse("s3://"), Place::Store(None));
+        assert_eq!(
+            parse_day("2026-12-04"),
+            Ok(Date::from_calendar_date(2026, time::Month::December, 4).unwrap())
+        );
+        assert!(parse_day("2026-13-04").is_err() && parse_day("04/12/2026").is_err());
+    }
+
+    #[test]
+    fn the_parts_after_the_first_have_their_own_object_names() {
+        use crate::storage::object_name;
+        let uuid = "478525a8-8263-4550-b18c-000000000011";
+        let name = |part, file: &str| object_name(uuid, part, &format!("{uuid}{file}"));
+        assert_eq!(name(1, ".R.wav"), format!("{uuid}.R.wav"));
+        assert_eq!(name(2, ".json"), format!("{uuid}.part2.json"));
+        assert_eq!(name(3, ".2.W.wav"), format!("{uuid}.part3.2.W.wav"));
+        assert_eq!(object_name(uuid, 2, "x.wav"), "part2.x.wav");
     }
 }

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use udp_server::assemble::{Place, Source};
+use udp_server::storage::StorageSettings;
 use udp_server::taps::TapsConfig;
 use udp_server::{Config, Metrics, Settings};
 
@@ -23,6 +25,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per run: the size of `Assemble`'s storage settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Taps (tap_daemon) on the network: find them, see the configured ones
@@ -35,12 +39,21 @@ enum Command {
     Assemble {
         /// The call's UUID
         uuid: String,
-        /// The receivers' record folders (or copies of them)
+        /// The receivers' record folders (or copies of them), and buckets
+        /// they store in: s3://BUCKET/PREFIX (s3:// alone: the [storage]
+        /// bucket and prefix), reached with the --storage-* settings
         #[arg(long, required = true, num_args = 1..)]
-        from: Vec<PathBuf>,
+        from: Vec<String>,
         /// Where UUID.R.wav, UUID.W.wav, UUID.stereo.wav and UUID.assembled.json go
         #[arg(long)]
         out: PathBuf,
+        /// Day (YYYY-MM-DD, UTC) the call began, so that a store is searched
+        /// that day and its neighbours [default: the days of the parts found
+        /// in the folders, else every day, newest first]
+        #[arg(long, value_parser = udp_server::assemble::parse_day)]
+        day: Vec<time::Date>,
+        #[command(flatten)]
+        storage: StorageSettings,
     },
 }
 
@@ -73,10 +86,15 @@ fn main() -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let settings = cli.settings.over(file);
-    if let Some(Command::Assemble { uuid, from, out }) = &cli.command {
-        let assembled = udp_server::assemble::assemble(uuid, from, out)?;
-        println!("{}", serde_json::to_string_pretty(&assembled)?);
-        return Ok(());
+    if let Some(Command::Assemble {
+        uuid,
+        from,
+        out,
+        day,
+        storage,
+    }) = cli.command
+    {
+        return assemble(&uuid, &from, &out, &day, storage.over(settings.storage));
     }
     // Finding taps needs no secrets: the rest of the configuration may be unfinished.
     if let Some(Command::Taps {
@@ -95,6 +113,52 @@ fn main() -> anyhow::Result<()> {
         }) => status(&config),
         _ => receive(config),
     }
+}
+
+/// `assemble`: each store opened as the receiver opens its own (endpoint,
+/// region, addressing, credentials from `storage`), with the bucket and
+/// prefix of its `s3://`.
+fn assemble(
+    uuid: &str,
+    from: &[String],
+    out: &std::path::Path,
+    days: &[time::Date],
+    storage: StorageSettings,
+) -> anyhow::Result<()> {
+    let mut sources = Vec::new();
+    for from in from {
+        let source = match Place::parse(from) {
+            Place::Dir(dir) => Source::Dir(dir),
+            Place::Store(named) => {
+                let mut settings = storage.clone();
+                if let Some((bucket, prefix)) = named {
+                    settings.bucket = Some(bucket);
+                    settings.prefix = Some(prefix);
+                }
+                anyhow::ensure!(
+                    settings.bucket.is_some(),
+                    "--from {from}: no bucket (give s3://BUCKET/PREFIX, or set the storage bucket)"
+                );
+                let config = settings
+                    .resolve()
+                    .with_context(|| format!("--from {from}"))?
+                    .context("no bucket")?;
+                Source::Store(config)
+            }
+        };
+        sources.push(source);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let assembled = runtime
+        .block_on(udp_server::assemble::assemble_from(
+            uuid, &sources, days, out,
+        ))
+        .with_context(|| format!("cannot assemble call {uuid}"))?;
+    println!("{}", serde_json::to_string_pretty(&assembled)?);
+    Ok(())
 }
 
 #[tokio::main]

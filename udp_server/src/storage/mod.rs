@@ -3,7 +3,8 @@
 //!
 //! When a call's record is written, the recorder thread puts a job in the
 //! upload queue on disk ([`queue`]); the uploader task takes the jobs in
-//! order and stores each call's files under `PREFIX/YYYY/MM/DD/<file name>`,
+//! order and stores each call's files under `PREFIX/YYYY/MM/DD/<file name>`
+//! (a continuation part's with `.partN` after the UUID: [`object_name`]),
 //! the WAVs and raw payloads first, multipart above [`etag::PART_SIZE`], each
 //! verified against the checksum the store gives back ([`etag`]). Then the
 //! JSON record, with a `stored` section naming the objects, is written again
@@ -209,17 +210,40 @@ impl PartialEq for StorageConfig {
 }
 
 impl StorageConfig {
-    fn key(&self, day: &str, file: &FsPath) -> Key {
+    fn key(&self, job: &Job, file: &FsPath) -> Key {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let key = if self.prefix.is_empty() {
-            format!("{day}/{name}")
+        self.under(&format!(
+            "{}/{}",
+            job.day,
+            object_name(&job.uuid, job.part, &name)
+        ))
+    }
+
+    /// `PREFIX/rest`, or `rest` without a prefix.
+    pub fn under(&self, rest: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rest)
         } else {
-            format!("{}/{day}/{name}", self.prefix)
-        };
-        Key::from(key)
+            Key::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+}
+
+/// The object name of a call's local file `name`: the same, except for the
+/// parts 2 and more of a call that failed over, whose files `.partN` follows
+/// the UUID in (`UUID.part2.R.wav`). Each receiver of a pool names its part
+/// `UUID.*` locally; in a bucket the pool shares, the parts would otherwise
+/// overwrite each other.
+pub fn object_name(uuid: &str, part: u32, name: &str) -> String {
+    if part <= 1 {
+        return name.to_owned();
+    }
+    match name.strip_prefix(uuid) {
+        Some(rest) => format!("{uuid}.part{part}{rest}"),
+        None => format!("part{part}.{name}"),
     }
 }
 
@@ -296,6 +320,7 @@ impl Uploads {
                 u8::from(record.start.month()),
                 record.start.day()
             ),
+            part: record.part,
         };
         match self.queue.push(&job) {
             Ok(()) => self.wake.notify_one(),
@@ -403,7 +428,7 @@ async fn store_call(
     let mut objects = Vec::new();
     for file in &job.files {
         match tokio::fs::metadata(file).await {
-            Ok(_) => objects.push(put_file(config, &config.key(&job.day, file), file).await?),
+            Ok(_) => objects.push(put_file(config, &config.key(job, file), file).await?),
             // Removed by hand, or by an earlier run of this very job.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(uuid = %job.uuid, file = %file.display(), "a file of the call is gone; stored without it");
@@ -431,7 +456,7 @@ async fn store_call(
     };
     let mut record: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|_| StoreError::RecordUnreadable(job.record.clone()))?;
-    let record_key = config.key(&job.day, &job.record);
+    let record_key = config.key(job, &job.record);
     // An earlier run may have stored objects this one found gone: keep them.
     let earlier: Vec<serde_json::Value> = record["stored"]["objects"]
         .as_array()

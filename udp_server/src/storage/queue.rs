@@ -22,6 +22,14 @@ pub struct Job {
     pub files: Vec<PathBuf>,
     /// `YYYY/MM/DD` of the call's start (UTC): part of every key.
     pub day: String,
+    /// The call's part (a pool's failover): 2 and more go under their own
+    /// names (see [`super::object_name`]). Jobs queued before parts existed are part 1.
+    #[serde(default = "first_part")]
+    pub part: u32,
+}
+
+fn first_part() -> u32 {
+    1
 }
 
 /// A job waiting in the queue, with its file.
@@ -120,6 +128,7 @@ mod tests {
 
     fn job(uuid: &str) -> Job {
         Job {
+            part: 1,
             uuid: uuid.into(),
             record: format!("/r/{uuid}.json").into(),
             files: vec![format!("/r/{uuid}.R.wav").into()],

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consumer;
+pub mod seaweed;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -274,6 +275,68 @@ pub fn sox_decode(kind: &str, bytes: &[u8]) -> Vec<i16> {
         .chunks(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect()
+}
+
+/// The sample a ramp call sends at the call's sample `i` (R; W is its negative):
+/// every sample of a joined call can be told from its place.
+pub fn ramp(i: usize) -> i16 {
+    (i % 20_000) as i16 + 1
+}
+
+/// `frames` 20 ms frames of the L16 ramp from the call's frame `first` on, in real time.
+pub fn send_ramp(sender: &mut Sender, id: &str, first: usize, frames: usize) {
+    let started = std::time::Instant::now();
+    for f in 0..frames {
+        let due = started + Duration::from_millis(20 * (f as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let at = (first + f) * 160;
+        let r: Vec<u8> = (at..at + 160).flat_map(|i| ramp(i).to_le_bytes()).collect();
+        let w: Vec<u8> = (at..at + 160)
+            .flat_map(|i| (-ramp(i)).to_le_bytes())
+            .collect();
+        sender.data(id, Direction::Read, 10, &r);
+        sender.data(id, Direction::Write, 10, &w);
+    }
+}
+
+/// A call of two ramp parts joined by `assemble`: frames 0..50 and 75..125
+/// (part 2 at 1500 ms), 0.5 s of silence between, in R, W (negated) and
+/// stereo; the summary lists two parts and the gap.
+pub fn assert_joined_ramp(summary: &serde_json::Value, out: &Path, id: &str) {
+    assert_eq!(summary["parts"].as_array().unwrap().len(), 2, "{summary}");
+    for (direction, sign) in [("R", 1i16), ("W", -1)] {
+        let (spec, samples) = read_wav(&out.join(format!("{id}.{direction}.wav")));
+        assert_eq!(spec.sample_rate, 8000);
+        let mut expected: Vec<i16> = (0..8000).map(|i| sign * ramp(i)).collect();
+        expected.extend([0; 4000]);
+        expected.extend((12_000..20_000).map(|i| sign * ramp(i)));
+        assert_eq!(samples.len(), expected.len(), "{direction}");
+        let wrong = samples
+            .iter()
+            .zip(&expected)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(wrong, 0, "{direction}: {wrong} samples differ");
+        assert_eq!(
+            summary["directions"][direction]["gaps"],
+            serde_json::json!([{"start": 8000, "samples": 4000}])
+        );
+    }
+    let (spec, stereo) = read_wav(&out.join(format!("{id}.stereo.wav")));
+    assert_eq!((spec.channels, stereo.len()), (2, 40_000));
+}
+
+/// Waits (120 s at most) until the receiver's counter `metric` reaches `at_least`.
+pub fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while receiver.counter(metric) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{metric} stayed below {at_least}: {}",
+            receiver.counter(metric)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn uuid(n: u32) -> String {
