@@ -232,3 +232,47 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
     back.wait().unwrap();
     finish(host);
 }
+
+/// A receiver of the pool with nothing listening (its port answers ICMP port
+/// unreachable): the call moves to the next receiver on that error, long
+/// before `failover-ms` (set to its most, 60 s, so that only the ICMP error
+/// can explain the move), and the next receiver records it.
+#[test]
+fn a_receiver_with_nothing_listening_fails_over_on_the_icmp_error() {
+    let live = Receiver::start();
+    // A port just freed: nothing listens there.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = format!("{gone},{}", live.addr);
+    let pool = rst_proto::Pool::parse(&list).unwrap();
+    let conf = conf_dir(&[("receivers", list.as_str()), ("failover-ms", "60000")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    // A call whose first receiver is the one with nothing listening.
+    let u = (0x1800..0x1900)
+        .map(uuid)
+        .find(|u| pool.order(u).next() == Some(gone))
+        .expect("some UUID goes to the first receiver first");
+    let started = Instant::now();
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!("media {u} 100 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
+    let s = wait_for("the call to fail over", || {
+        let s = status(&mut host);
+        (s["failovers"] == 1).then_some(s)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "moved only after {:?}: failover-ms (60 s) explains it, not the ICMP error",
+        started.elapsed()
+    );
+    assert!(s["icmp_errors"].as_u64().unwrap() >= 1, "{s}");
+    host.ok(&format!("stop_media {u}"));
+    host.ok("wait");
+    host.ok(&format!("hangup {u}"));
+    let record = live.record(&u);
+    assert_eq!(record["end_reason"], "bye", "{record:#}");
+    finish(host);
+}
