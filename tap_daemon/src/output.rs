@@ -254,7 +254,8 @@ impl UdpOutput {
             let (len, from) = match self.control.recv_from(&mut self.ack_buffer) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // ICMP port unreachable and the like, reported on the next call.
+                // An ICMP error come since the error queue was read
+                // (read_icmp_errors): the datagrams behind it are still there.
                 Err(_) => continue,
             };
             let Ok(Message::Ack(ack)) = Message::parse(&self.ack_buffer[..len]) else {

@@ -54,7 +54,11 @@ pub fn bind_rtp_pair(target: SocketAddr, blocking: bool) -> io::Result<([UdpSock
 
 /// The socket a datagram of `via` leaves from: the control socket, or the
 /// call's RTP socket of the direction (when the call has RTP sockets).
-pub fn route<'a>(via: Via, control: &'a UdpSocket, rtp: Option<&'a [UdpSocket; 2]>) -> &'a UdpSocket {
+pub fn route<'a>(
+    via: Via,
+    control: &'a UdpSocket,
+    rtp: Option<&'a [UdpSocket; 2]>,
+) -> &'a UdpSocket {
     match (via, rtp) {
         (Via::Rtp(Direction::Read), Some([read, _])) => read,
         (Via::Rtp(Direction::Write), Some([_, write])) => write,
@@ -200,7 +204,13 @@ mod tests {
             let from = if n % 70 < 35 { &a } else { &b };
             outbox.push(from, to, &n.to_be_bytes());
         }
-        assert_eq!(outbox.flush(), Flushed { sent: 200, failed: 0 });
+        assert_eq!(
+            outbox.flush(),
+            Flushed {
+                sent: 200,
+                failed: 0
+            }
+        );
         assert!(outbox.is_empty());
         let mut buffer = [0u8; 16];
         for n in 0..200u16 {
@@ -214,7 +224,10 @@ mod tests {
     #[test]
     fn a_port_with_nothing_listening_comes_back_as_an_icmp_error() {
         // A port just freed: nothing listens there.
-        let gone = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let gone = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let socket = control_socket(gone).unwrap();
         let mut outbox = Outbox::new();
         outbox.push(&socket, gone, b"INV");

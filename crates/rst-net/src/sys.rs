@@ -73,7 +73,8 @@ fn to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Opt
     match i32::from(storage.ss_family) {
         libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says sockaddr_in, and it was written whole.
-            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
                 u16::from_be(sin.sin_port),
@@ -81,7 +82,9 @@ fn to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Opt
         }
         libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: the family says sockaddr_in6, and it was written whole.
-            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),
@@ -124,7 +127,11 @@ pub fn enable_recverr(fd: RawFd, ipv6: bool) -> io::Result<()> {
 fn is_earlier_error(errno: i32) -> bool {
     matches!(
         errno,
-        libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN
+        libc::ECONNREFUSED
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::EHOSTDOWN
+            | libc::ENETDOWN
     )
 }
 
@@ -132,7 +139,10 @@ fn is_earlier_error(errno: i32) -> bool {
 /// many went. A datagram that fails is counted and skipped (tried once more
 /// first when the error was an earlier datagram's); a full buffer of a
 /// non-blocking socket drops the rest.
-pub fn send_batch<'a>(fd: RawFd, datagrams: impl Iterator<Item = (&'a Address, &'a [u8])>) -> usize {
+pub fn send_batch<'a>(
+    fd: RawFd,
+    datagrams: impl Iterator<Item = (&'a Address, &'a [u8])>,
+) -> usize {
     // SAFETY: all-zero iovec and mmsghdr are valid (null pointers, zero lengths).
     let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
     // SAFETY: as above.
@@ -223,7 +233,9 @@ pub fn recv_error(fd: RawFd) -> io::Result<Option<(SocketAddr, i32)>> {
             if (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
                 || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR)
             {
-                let error = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>());
+                let error = std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>(),
+                );
                 errno = error.ee_errno as i32;
             }
             cmsg = libc::CMSG_NXTHDR(&header, cmsg);

@@ -225,11 +225,9 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
         ..udp_server::Settings::default()
     });
     let sip_port = free_port();
-    let fs = start_freeswitch(
-        &prefix,
-        &module_path(),
-        &|esl_port, logfile| config(receiver.addr.port(), esl_port, sip_port, logfile),
-    );
+    let fs = start_freeswitch(&prefix, &module_path(), &|esl_port, logfile| {
+        config(receiver.addr.port(), esl_port, sip_port, logfile)
+    });
     assert_eq!(
         fs.cli("module_exists mod_rst"),
         "true",

@@ -258,7 +258,9 @@ fn a_receiver_with_nothing_listening_fails_over_on_the_icmp_error() {
     let started = Instant::now();
     session(&mut host, &u);
     host.ok(&format!("app {u} rst"));
-    host.ok(&format!("media {u} 100 read_hz={READ_HZ} write_hz={WRITE_HZ}"));
+    host.ok(&format!(
+        "media {u} 100 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
     let s = wait_for("the call to fail over", || {
         let s = status(&mut host);
         (s["failovers"] == 1).then_some(s)

@@ -124,4 +124,3 @@ pub fn start_freeswitch(
     }
     fs
 }
-
