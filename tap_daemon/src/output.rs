@@ -549,10 +549,7 @@ fn send(
     to: SocketAddr,
     bytes: &[u8],
 ) {
-    if rst_net::route(via, control, Some(rtp))
-        .send_to(bytes, to)
-        .is_err()
-    {
+    if rst_net::send_now(rst_net::route(via, control, Some(rtp)), to, bytes).is_err() {
         stats.send_errors += 1;
     }
 }

@@ -66,6 +66,16 @@ pub fn route<'a>(
     }
 }
 
+/// Sends one datagram at once. On a socket made by [`control_socket`], a
+/// send can fail with an ICMP error of an earlier datagram (to another
+/// receiver, perhaps): the datagram at hand did not go, and is sent once more.
+pub fn send_now(socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> io::Result<usize> {
+    match socket.send_to(bytes, to) {
+        Err(e) if e.raw_os_error().is_some_and(sys::is_earlier_error) => socket.send_to(bytes, to),
+        result => result,
+    }
+}
+
 /// An ICMP error a receiver's host sent back: `to` was where the datagram
 /// went (the receiver), `error` what came back (port unreachable is
 /// `ConnectionRefused`).

@@ -124,7 +124,7 @@ pub fn enable_recverr(fd: RawFd, ipv6: bool) -> io::Result<()> {
 
 /// Errors that a send reports for an earlier datagram (an ICMP error queued
 /// on the socket): the datagram at hand was not sent, and may be sent again.
-fn is_earlier_error(errno: i32) -> bool {
+pub fn is_earlier_error(errno: i32) -> bool {
     matches!(
         errno,
         libc::ECONNREFUSED
