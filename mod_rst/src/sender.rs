@@ -89,6 +89,8 @@ pub struct Counters {
     pub acks_received: AtomicU64,
     /// Calls moved to another receiver of the pool.
     pub failovers: AtomicU64,
+    /// ICMP errors from receivers (port unreachable and the like).
+    pub icmp_errors: AtomicU64,
     /// Audio back into calls (PLAY, CLR, MARK).
     pub play: Arc<PlayCounters>,
     /// The pool of receivers' health (`receivers` in rst.conf), when there is
@@ -133,8 +135,9 @@ impl Counters {
             })
             .unwrap_or_default();
         format!(
-            ",\"failovers\":{},\"receivers\":[{list}]",
-            self.failovers.load(Relaxed)
+            ",\"failovers\":{},\"icmp_errors\":{},\"receivers\":[{list}]",
+            self.failovers.load(Relaxed),
+            self.icmp_errors.load(Relaxed)
         )
     }
 
@@ -273,24 +276,6 @@ pub fn channel(queue_frames: usize) -> (Sender, Receiver<Command>) {
     )
 }
 
-/// Binds the two RTP sockets of a stream (sender thread only) and gives their ports.
-pub fn bind_rtp_pair(target: SocketAddr) -> io::Result<([UdpSocket; 2], RtpPorts)> {
-    let any: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    let read = UdpSocket::bind(any)?;
-    let write = UdpSocket::bind(any)?;
-    read.set_nonblocking(true)?;
-    write.set_nonblocking(true)?;
-    let ports = RtpPorts {
-        read: read.local_addr()?.port(),
-        write: write.local_addr()?.port(),
-    };
-    Ok(([read, write], ports))
-}
-
 struct Live {
     stream: Stream,
     rtp: Option<[UdpSocket; 2]>,
@@ -298,8 +283,27 @@ struct Live {
     play: Option<Box<PlayFeed>>,
 }
 
-/// Longest sleep of the sender thread: how late an ACK can be noticed.
+/// Longest sleep of the sender thread while calls are open but none had
+/// audio in its last wake-up: how late an ACK or a PLAY is noticed then.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+/// While calls have audio, the sender wakes this often (not on every frame):
+/// each wake-up drains the queue and sends its datagrams with one `sendmmsg`
+/// per socket. A wake-up per frame cost most of the thread's time (a futex
+/// wake on the media thread, a context switch, a `sendto` each). The audio is
+/// at most this much later at the receiver, well within its jitter buffer.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// How the sender thread waits before its next wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Audio flows: sleep the batch window (or less, when a timer is due).
+    Batch,
+    /// Calls are open but quiet: wait for a command, at most `IDLE_WAIT`.
+    Quiet,
+    /// No call: wait for a command, or for a timer of a closing stream only.
+    Idle,
+}
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -329,22 +333,21 @@ pub fn run(
     // The earliest retransmission due, so the streams are walked only when one
     // is (a walk per wake-up costs too much with hundreds of calls).
     let mut next_due: Option<Instant> = None;
+    let mut wait = Wait::Idle;
     loop {
-        let now = Instant::now();
-        let wait = next_due
-            .map_or(IDLE_WAIT, |t| t.saturating_duration_since(now))
-            .min(IDLE_WAIT);
-        let first = match commands.recv_timeout(wait) {
-            Ok(command) => Some(command),
+        let first = match next_command(&commands, wait, next_due) {
+            Ok(command) => command,
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
         };
-        // Bounded work per wake-up, so timers and ACKs are never starved.
+        let now = Instant::now();
+        let mut frames = 0usize;
+        // Bounded work per wake-up (the queue's size at most), so timers and
+        // ACKs are never starved.
         for command in first
             .into_iter()
-            .chain(std::iter::from_fn(|| commands.try_recv().ok()).take(255))
+            .chain(std::iter::from_fn(|| commands.try_recv().ok()).take(MAX_COMMANDS))
         {
-            let now = Instant::now();
             match command {
                 Command::Start {
                     stream: id,
@@ -363,7 +366,7 @@ pub fn run(
                         }
                     }
                     let rtp = if start.mode == Mode::Rtp {
-                        match bind_rtp_pair(start.target) {
+                        match rst_net::bind_rtp_pair(start.target, false) {
                             Ok((sockets, ports)) => {
                                 start.local_ports = Some(ports);
                                 Some(sockets)
@@ -399,7 +402,10 @@ pub fn run(
                         Err(error) => report.socket_error(&uuid, &io::Error::other(error)),
                     }
                 }
-                Command::Frame(frame) => deliver(&mut live, &mut control, &counters, &frame),
+                Command::Frame(frame) => {
+                    frames += 1;
+                    deliver(&mut live, &mut control, &counters, &frame)
+                }
                 Command::Dtmf {
                     stream,
                     direction,
@@ -434,11 +440,42 @@ pub fn run(
             }
         }
 
+        // ICMP errors first: a receiver with nothing listening moves its calls
+        // on at once, without waiting `failover-ms` for an ACK.
+        let mut unreachable = Vec::new();
+        for socket in control.sockets() {
+            rst_net::ErrorQueue::drain(socket, |error| unreachable.push(error));
+        }
+        for error in unreachable {
+            counters.icmp_errors.fetch_add(1, Relaxed);
+            for entry in live.values_mut() {
+                let trouble = drive(entry, &mut control, &counters, |stream, emit| {
+                    stream.unreachable(error.to, now, emit)
+                });
+                if let Some(trouble) = trouble {
+                    count_trouble(&counters, &report, entry, &trouble, now);
+                }
+                next_due = earliest(next_due, entry.stream.next_timeout());
+            }
+        }
+
         // ACKs, and audio back, from the receiver(s).
         acks.clear();
         let mut marked = Vec::new();
         for socket in control.sockets() {
-            while let Ok((len, from)) = socket.recv_from(&mut ack_buffer) {
+            let mut errors = 0;
+            loop {
+                let (len, from) = match socket.recv_from(&mut ack_buffer) {
+                    Ok(received) => received,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // An ICMP error come since the error queue was read: the
+                    // datagrams behind it are still there.
+                    Err(_) if errors < 16 => {
+                        errors += 1;
+                        continue;
+                    }
+                    Err(_) => break,
+                };
                 let Ok(message) = Message::parse(&ack_buffer[..len]) else {
                     continue;
                 };
@@ -522,19 +559,7 @@ pub fn run(
                     stream.poll(now, emit)
                 });
                 if let Some(trouble) = trouble {
-                    match trouble {
-                        Trouble::NoAckForInv { .. } => {
-                            counters.invs_unacknowledged.fetch_add(1, Relaxed)
-                        }
-                        Trouble::NoAckForBye { .. } => {
-                            counters.byes_unacknowledged.fetch_add(1, Relaxed)
-                        }
-                        Trouble::FailedOver { from, .. } => {
-                            counters.with_health(|h| h.failed(from, now));
-                            counters.failovers.fetch_add(1, Relaxed)
-                        }
-                    };
-                    report.trouble(entry.stream.uuid(), &trouble);
+                    count_trouble(&counters, &report, entry, &trouble, now);
                 }
                 if entry.stream.is_closed() {
                     closed.push(id);
@@ -542,6 +567,8 @@ pub fn run(
                 next_due = earliest(next_due, entry.stream.next_timeout());
             }
         }
+        // Before any stream (and its RTP sockets) goes: what it queued leaves.
+        flush(&mut control, &counters);
         for id in closed {
             if let Some(entry) = live.remove(&id) {
                 counters
@@ -556,6 +583,70 @@ pub fn run(
                 return;
             }
         }
+        wait = match (frames, live.is_empty()) {
+            (_, true) => Wait::Idle,
+            (0, false) => Wait::Quiet,
+            _ => Wait::Batch,
+        };
+    }
+}
+
+/// Commands drained per wake-up at most.
+const MAX_COMMANDS: usize = 8192;
+
+/// Waits as `wait` says for the first command of the next wake-up (`None`:
+/// a timer is due, or the batch window is over).
+fn next_command(
+    commands: &Receiver<Command>,
+    wait: Wait,
+    next_due: Option<Instant>,
+) -> Result<Option<Command>, RecvTimeoutError> {
+    let until_due = next_due.map(|due| due.saturating_duration_since(Instant::now()));
+    match wait {
+        Wait::Batch => {
+            // Sleep, not a wait on the queue: a waiting receiver makes every
+            // media thread's send wake it, which is what batching avoids.
+            std::thread::sleep(until_due.map_or(BATCH_WINDOW, |d| d.min(BATCH_WINDOW)));
+            Ok(None)
+        }
+        Wait::Quiet => commands
+            .recv_timeout(until_due.map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT)))
+            .map(Some),
+        // Between calls nothing is due: the thread sleeps until a call starts.
+        Wait::Idle => match until_due {
+            Some(until) => commands.recv_timeout(until).map(Some),
+            None => commands
+                .recv()
+                .map(Some)
+                .map_err(|_| RecvTimeoutError::Disconnected),
+        },
+    }
+}
+
+/// Counts a stream's trouble and reports it.
+fn count_trouble(
+    counters: &Counters,
+    report: &impl Report,
+    entry: &Live,
+    trouble: &Trouble,
+    now: Instant,
+) {
+    match *trouble {
+        Trouble::NoAckForInv { .. } => counters.invs_unacknowledged.fetch_add(1, Relaxed),
+        Trouble::NoAckForBye { .. } => counters.byes_unacknowledged.fetch_add(1, Relaxed),
+        Trouble::FailedOver { from, .. } => {
+            counters.with_health(|h| h.failed(from, now));
+            counters.failovers.fetch_add(1, Relaxed)
+        }
+    };
+    report.trouble(entry.stream.uuid(), trouble);
+}
+
+/// Sends what this wake-up queued.
+fn flush(control: &mut Control, counters: &Counters) {
+    let flushed = control.outbox.flush();
+    if flushed.failed > 0 {
+        counters.send_errors.fetch_add(flushed.failed, Relaxed);
     }
 }
 
@@ -631,33 +722,23 @@ fn drive<R>(
     result
 }
 
-/// The module's control sockets, one per address family, made on first use.
+/// The module's control sockets, one per address family, made on first use
+/// (hearing ICMP errors), and the datagrams queued for this wake-up.
 #[derive(Default)]
 struct Control {
     v4: Option<UdpSocket>,
     v6: Option<UdpSocket>,
+    outbox: rst_net::Outbox,
 }
 
 impl Control {
-    fn socket_for(&mut self, to: SocketAddr) -> io::Result<&UdpSocket> {
-        let (slot, any) = if to.is_ipv4() {
-            (&mut self.v4, "0.0.0.0:0")
-        } else {
-            (&mut self.v6, "[::]:0")
-        };
-        if slot.is_none() {
-            let socket = UdpSocket::bind(any)?;
-            socket.set_nonblocking(true)?;
-            *slot = Some(socket);
-        }
-        Ok(slot.as_ref().expect("set above"))
-    }
-
     fn sockets(&self) -> impl Iterator<Item = &UdpSocket> {
         self.v4.iter().chain(self.v6.iter())
     }
 }
 
+/// Queues a datagram on its socket (sent at the wake-up's end, see
+/// [`BATCH_WINDOW`]); with `hex-dir`, writes it to the call's hex file.
 fn send(
     control: &mut Control,
     rtp: Option<&[UdpSocket; 2]>,
@@ -667,42 +748,33 @@ fn send(
     to: SocketAddr,
     bytes: &[u8],
 ) {
-    match control.socket_for(to) {
-        Ok(socket) => send_on(socket, rtp, hex, counters, via, to, bytes),
-        Err(_) => {
-            counters.send_errors.fetch_add(1, Relaxed);
+    let Control { v4, v6, outbox } = control;
+    let slot = if to.is_ipv4() { v4 } else { v6 };
+    if slot.is_none() {
+        match rst_net::control_socket(to) {
+            Ok(socket) => *slot = Some(socket),
+            Err(_) => {
+                counters.send_errors.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+    let Some(control_socket) = slot.as_ref() else {
+        return;
+    };
+    outbox.push(rst_net::route(via, control_socket, rtp), to, bytes);
+    if let Some(file) = hex {
+        if write_hex(file, bytes).is_err() {
+            *hex = None;
         }
     }
 }
 
-fn send_on(
-    control: &UdpSocket,
-    rtp: Option<&[UdpSocket; 2]>,
-    hex: &mut Option<io::BufWriter<std::fs::File>>,
-    counters: &Counters,
-    via: Via,
-    to: SocketAddr,
-    bytes: &[u8],
-) {
-    let socket = match (via, rtp) {
-        (Via::Rtp(Direction::Read), Some([read, _])) => read,
-        (Via::Rtp(Direction::Write), Some([_, write])) => write,
-        _ => control,
-    };
-    // Non-blocking: a receiver that is down or slow costs a counter, never a wait.
-    if socket.send_to(bytes, to).is_err() {
-        counters.send_errors.fetch_add(1, Relaxed);
+fn write_hex(file: &mut io::BufWriter<std::fs::File>, bytes: &[u8]) -> io::Result<()> {
+    for byte in bytes {
+        write!(file, "{byte:02x}")?;
     }
-    if let Some(file) = hex {
-        let mut line = String::with_capacity(bytes.len() * 2 + 1);
-        for byte in bytes {
-            line.push_str(&format!("{byte:02x}"));
-        }
-        line.push('\n');
-        if file.write_all(line.as_bytes()).is_err() {
-            *hex = None;
-        }
-    }
+    file.write_all(b"\n")
 }
 
 fn open_hex(dir: &str, uuid: &str) -> Option<io::BufWriter<std::fs::File>> {

@@ -23,7 +23,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use rst_proto::stream::{Mode, Stream, StreamStart, Trouble, Via};
-use rst_proto::{Direction, Health, Message, Pool, ReceiverHealth, RtpPorts};
+use rst_proto::{Direction, Health, Message, Pool, ReceiverHealth};
 
 use crate::pipeline::{CallStart, Output};
 use crate::sip::CallKey;
@@ -150,8 +150,7 @@ const SERVICE_EVERY: Duration = Duration::from_millis(2);
 
 impl UdpOutput {
     pub fn new(config: OutputConfig) -> io::Result<UdpOutput> {
-        let control = UdpSocket::bind(any_for(config.receiver))?;
-        control.set_nonblocking(true)?;
+        let control = rst_net::control_socket(config.receiver)?;
         let health = config
             .pool
             .clone()
@@ -191,6 +190,7 @@ impl UdpOutput {
 
     fn service_now(&mut self, now: Instant) {
         self.last_service = now;
+        self.read_icmp_errors(now);
         self.read_acks();
         let mut closed = Vec::new();
         let UdpOutput {
@@ -206,29 +206,8 @@ impl UdpOutput {
                 drive(live, control, stats, |s, emit| s.stop(now, emit));
             }
             let trouble = drive(live, control, stats, |s, emit| s.poll(now, emit));
-            match trouble {
-                Some(Trouble::NoAckForInv { tries }) => {
-                    stats.invs_unacknowledged += 1;
-                    tracing::warn!(uuid, tries, "the receiver did not answer the INV");
-                }
-                Some(Trouble::NoAckForBye { tries }) => {
-                    stats.byes_unacknowledged += 1;
-                    tracing::warn!(uuid, tries, "the receiver did not answer the BYE");
-                }
-                Some(Trouble::FailedOver {
-                    from,
-                    to,
-                    part,
-                    offset_ms,
-                }) => {
-                    if let Some(health) = health.as_mut() {
-                        health.failed(from, now);
-                        stats.receivers = health.receivers(now).to_vec();
-                    }
-                    stats.failovers += 1;
-                    tracing::warn!(uuid, %from, %to, part, offset_ms, "the receiver did not answer; the call failed over");
-                }
-                None => {}
+            if let Some(trouble) = trouble {
+                count_trouble(uuid, &trouble, stats, health, now);
             }
             if live.stream.is_closed() {
                 closed.push(uuid.clone());
@@ -245,12 +224,38 @@ impl UdpOutput {
         }
     }
 
+    /// A receiver with nothing listening (ICMP port unreachable) moves its
+    /// calls on at once, without waiting `failover` for an ACK.
+    fn read_icmp_errors(&mut self, now: Instant) {
+        let mut unreachable = Vec::new();
+        rst_net::ErrorQueue::drain(&self.control, |error| unreachable.push(error));
+        let UdpOutput {
+            streams,
+            control,
+            stats,
+            health,
+            ..
+        } = self;
+        for error in unreachable {
+            tracing::debug!(to = %error.to, error = %error.error, "ICMP error from a receiver");
+            for (uuid, live) in streams.iter_mut() {
+                let trouble = drive(live, control, stats, |s, emit| {
+                    s.unreachable(error.to, now, emit)
+                });
+                if let Some(trouble) = trouble {
+                    count_trouble(uuid, &trouble, stats, health, now);
+                }
+            }
+        }
+    }
+
     fn read_acks(&mut self) {
         loop {
             let (len, from) = match self.control.recv_from(&mut self.ack_buffer) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // ICMP port unreachable and the like, reported on the next call.
+                // An ICMP error come since the error queue was read
+                // (read_icmp_errors): the datagrams behind it are still there.
                 Err(_) => continue,
             };
             let Ok(Message::Ack(ack)) = Message::parse(&self.ack_buffer[..len]) else {
@@ -360,7 +365,7 @@ impl Output for UdpOutput {
             );
             return;
         }
-        let (rtp, ports) = match bind_rtp_pair(self.config.receiver, self.config.offline) {
+        let (rtp, ports) = match rst_net::bind_rtp_pair(self.config.receiver, self.config.offline) {
             Ok(pair) => pair,
             Err(error) => {
                 self.stats.streams_refused += 1;
@@ -483,6 +488,39 @@ impl Output for UdpOutput {
     }
 }
 
+/// Counts a stream's trouble and logs it.
+fn count_trouble(
+    uuid: &str,
+    trouble: &Trouble,
+    stats: &mut OutputStats,
+    health: &mut Option<Health>,
+    now: Instant,
+) {
+    match *trouble {
+        Trouble::NoAckForInv { tries } => {
+            stats.invs_unacknowledged += 1;
+            tracing::warn!(uuid, tries, "the receiver did not answer the INV");
+        }
+        Trouble::NoAckForBye { tries } => {
+            stats.byes_unacknowledged += 1;
+            tracing::warn!(uuid, tries, "the receiver did not answer the BYE");
+        }
+        Trouble::FailedOver {
+            from,
+            to,
+            part,
+            offset_ms,
+        } => {
+            if let Some(health) = health.as_mut() {
+                health.failed(from, now);
+                stats.receivers = health.receivers(now).to_vec();
+            }
+            stats.failovers += 1;
+            tracing::warn!(uuid, %from, %to, part, offset_ms, "the receiver did not answer; the call failed over");
+        }
+    }
+}
+
 /// Runs `action` on a stream with an `emit` that sends on the right socket.
 fn drive<R>(
     live: &mut Live,
@@ -501,6 +539,8 @@ fn drive<R>(
     result
 }
 
+/// Sends at once (a packet is forwarded as it is captured; offline, the
+/// pacing is per packet).
 fn send(
     control: &UdpSocket,
     rtp: &[UdpSocket; 2],
@@ -509,34 +549,7 @@ fn send(
     to: SocketAddr,
     bytes: &[u8],
 ) {
-    let socket = match via {
-        Via::Control => control,
-        Via::Rtp(Direction::Read) => &rtp[0],
-        Via::Rtp(Direction::Write) => &rtp[1],
-    };
-    if socket.send_to(bytes, to).is_err() {
+    if rst_net::send_now(rst_net::route(via, control, Some(rtp)), to, bytes).is_err() {
         stats.send_errors += 1;
     }
-}
-
-fn any_for(target: SocketAddr) -> SocketAddr {
-    if target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    }
-}
-
-/// The two RTP sockets of a call and their ports. Offline they block on send
-/// (a full send buffer waits rather than drops); live they never block.
-fn bind_rtp_pair(target: SocketAddr, blocking: bool) -> io::Result<([UdpSocket; 2], RtpPorts)> {
-    let read = UdpSocket::bind(any_for(target))?;
-    let write = UdpSocket::bind(any_for(target))?;
-    read.set_nonblocking(!blocking)?;
-    write.set_nonblocking(!blocking)?;
-    let ports = RtpPorts {
-        read: read.local_addr()?.port(),
-        write: write.local_addr()?.port(),
-    };
-    Ok(([read, write], ports))
 }

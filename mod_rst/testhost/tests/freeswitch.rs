@@ -18,56 +18,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::freeswitch::{free_port, start_freeswitch};
 use common::Script;
 use common::*;
-
-struct FreeSwitch {
-    prefix: PathBuf,
-    esl_port: u16,
-    child: Child,
-    _dirs: tempfile::TempDir,
-}
-
-impl FreeSwitch {
-    fn cli(&self, command: &str) -> String {
-        let output = Command::new(self.prefix.join("bin/fs_cli"))
-            .args([
-                "-H",
-                "127.0.0.1",
-                "-P",
-                &self.esl_port.to_string(),
-                "-p",
-                "ClueCon",
-                "-T",
-                "5000",
-                "-t",
-                "5000",
-                "-x",
-                command,
-            ])
-            .output()
-            .expect("fs_cli runs");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for FreeSwitch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> String {
     let logfile = logfile.display();
@@ -184,75 +140,6 @@ fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> S
     )
 }
 
-fn start_freeswitch(prefix: &Path, module: &Path, receiver_port: u16, sip_port: u16) -> FreeSwitch {
-    let dirs = tempfile::tempdir().unwrap();
-    let sub = |name: &str| {
-        let dir = dirs.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    };
-    let (conf, modules) = (sub("conf"), sub("mod"));
-    let esl_port = free_port();
-    std::fs::write(
-        conf.join("freeswitch.xml"),
-        config(
-            receiver_port,
-            esl_port,
-            sip_port,
-            &sub("log").join("freeswitch.log"),
-        ),
-    )
-    .unwrap();
-    // The installed modules plus ours, under the file name FreeSWITCH requires.
-    for entry in std::fs::read_dir(prefix.join("mod")).unwrap().flatten() {
-        let _ = std::os::unix::fs::symlink(entry.path(), modules.join(entry.file_name()));
-    }
-    std::fs::copy(module, modules.join("mod_rst.so")).unwrap();
-    let child = Command::new(prefix.join("bin/freeswitch"))
-        .args(["-nf", "-nc", "-nonat", "-nocal", "-nort"])
-        .arg("-conf")
-        .arg(&conf)
-        .arg("-mod")
-        .arg(&modules)
-        .arg("-log")
-        .arg(sub("log"))
-        .arg("-db")
-        .arg(sub("db"))
-        .arg("-run")
-        .arg(sub("run"))
-        .arg("-temp")
-        .arg(sub("temp"))
-        .arg("-storage")
-        .arg(sub("storage"))
-        .arg("-cache")
-        .arg(sub("cache"))
-        .arg("-recordings")
-        .arg(sub("recordings"))
-        .arg("-sounds")
-        .arg(sub("sounds"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("freeswitch starts");
-    let fs = FreeSwitch {
-        prefix: prefix.to_owned(),
-        esl_port,
-        child,
-        _dirs: dirs,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !fs.cli("status").contains("is ready") {
-        assert!(
-            Instant::now() < deadline,
-            "FreeSWITCH did not get ready; log in {}",
-            fs._dirs.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    fs
-}
-
 /// Power of `hz` in `samples` (Goertzel), normalised by the signal's energy.
 fn tone_share(samples: &[i16], rate: f64, hz: f64) -> f64 {
     let coefficient = 2.0 * (2.0 * std::f64::consts::PI * hz / rate).cos();
@@ -338,7 +225,9 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
         ..udp_server::Settings::default()
     });
     let sip_port = free_port();
-    let fs = start_freeswitch(&prefix, &module_path(), receiver.addr.port(), sip_port);
+    let fs = start_freeswitch(&prefix, &module_path(), &|esl_port, logfile| {
+        config(receiver.addr.port(), esl_port, sip_port, logfile)
+    });
     assert_eq!(
         fs.cli("module_exists mod_rst"),
         "true",

@@ -372,3 +372,45 @@ fn missing(got: &[i16], expected: &[i16], resume: usize) -> (usize, i64) {
         .unwrap();
     (lost, shift)
 }
+
+/// A receiver of the pool with nothing listening (its port answers ICMP port
+/// unreachable): the call moves to the next receiver on that error, long
+/// before `failover-ms` (set to its most, 60 s, so that only the ICMP error
+/// can explain the move), and the next receiver records it.
+#[test]
+fn a_receiver_with_nothing_listening_fails_over_on_the_icmp_error() {
+    let live = Receiver::start();
+    // A port just freed: nothing listens there.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = format!("{gone},{}", live.addr);
+    let pool = rst_proto::Pool::parse(&list).unwrap();
+    let conf = conf_dir(&[("receivers", list.as_str()), ("failover-ms", "60000")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    // A call whose first receiver is the one with nothing listening.
+    let u = (0x1800..0x1900)
+        .map(uuid)
+        .find(|u| pool.order(u).next() == Some(gone))
+        .expect("some UUID goes to the first receiver first");
+    session(&mut host, &u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!(
+        "media {u} 100 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
+    // wait_for gives up after 60 s, before failover-ms could move the call:
+    // only the ICMP error can.
+    let s = wait_for("the call to fail over", || {
+        let s = status(&mut host);
+        (s["failovers"] == 1).then_some(s)
+    });
+    assert!(s["icmp_errors"].as_u64().unwrap() >= 1, "{s}");
+    host.ok(&format!("stop_media {u}"));
+    host.ok("wait");
+    host.ok(&format!("hangup {u}"));
+    let record = live.record(&u);
+    assert_eq!(record["end_reason"], "bye", "{record:#}");
+    finish(host);
+}

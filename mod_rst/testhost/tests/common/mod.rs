@@ -3,6 +3,8 @@
 //! driven one command at a time.
 #![allow(dead_code)]
 
+pub mod freeswitch;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
