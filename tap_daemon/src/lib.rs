@@ -16,7 +16,8 @@ pub mod packet;
 pub mod pipeline;
 pub mod sip;
 
-/// The hash map of the per-packet look-ups (calls, dialogs, media endpoints):
+/// The hash map of the per-packet look-ups (calls, dialogs, media endpoints,
+/// TCP flows, IP fragments):
 /// foldhash rather than std's SipHash, several times cheaper on a
 /// `SocketAddr` or a 36-byte call id, with a per-process random seed so that
 /// crafted addresses cannot aim at one bucket.
