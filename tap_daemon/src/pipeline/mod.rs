@@ -533,7 +533,7 @@ impl Pipeline {
             Recording::Refused => return false,
             Recording::Pending => {}
         }
-        let Some((caller, callee, call_id)) = parties(call) else {
+        let Some((caller, callee, _)) = parties(call) else {
             return false;
         };
         if !self.config.filter.allows(&caller, &callee, &call.addresses) {
@@ -546,20 +546,14 @@ impl Pipeline {
         if call.sipless.is_some() {
             self.stats.sipless_calls += 1;
         }
-        out.call_started(&CallStart {
-            key,
-            call_id,
-            caller,
-            callee,
-            payload_types: call.declared.clone(),
-            fax: call.had_fax,
-            at: now,
-            clock_rate: call.clock_rate.unwrap_or(DEFAULT_CLOCK_RATE),
-        });
+        if let Some(start) = self.call_start(key, now) {
+            out.call_started(&start);
+        }
         true
     }
 
-    /// A started call as it stands, for [`Output::call_updated`].
+    /// A started call as it stands, for [`Output::call_started`] and
+    /// [`Output::call_updated`].
     fn call_start(&self, key: CallKey, now: Duration) -> Option<CallStart> {
         let call = self.calls.get(&key)?;
         if call.recording != Recording::Started {
