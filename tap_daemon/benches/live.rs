@@ -26,7 +26,8 @@
 //! until `RST_BENCH_PACKETS` packets (default 300,000). tcpreplay ignores its
 //! timestamps (it sends at the fixed rate), so the rounds' calls, whose
 //! Call-IDs repeat, overlap on the wire. The rates are `RST_LIVE_RATES`
-//! (default `50000,100000,200000`; `topspeed` for as fast as tcpreplay can).
+//! (default `50000,100000,200000,300000`; `topspeed` for as fast as tcpreplay
+//! can). The figures are kept with `rst_load::results` (`bench-results.jsonl`).
 //!
 //! Needs root (namespaces, raw sockets) and tcpreplay; prints SKIPPED and
 //! does nothing without them.
@@ -43,6 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{build, load, Frame};
+
+use rst_load::results::{self, Figure};
 
 use tokio_util::sync::CancellationToken;
 
@@ -662,7 +665,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
     let rates: Vec<Rate> = std::env::var("RST_LIVE_RATES")
-        .unwrap_or_else(|_| "50000,100000,200000".to_owned())
+        .unwrap_or_else(|_| "50000,100000,200000,300000".to_owned())
         .split(',')
         .filter_map(Rate::parse)
         .collect();
@@ -717,6 +720,7 @@ fn main() {
         }
     };
     let mut failures = Vec::new();
+    let mut figures = vec![Figure::new("packets", written as f64, "packets")];
     for rate in rates {
         if interrupted() {
             break;
@@ -726,10 +730,22 @@ fn main() {
                 let rate_text = o
                     .rated_pps
                     .map_or_else(|| "?".to_owned(), |r| format!("{r:.0}"));
-                let drop_rate = match (o.received, o.dropped) {
-                    (Some(r), Some(d)) if r > 0 => format!("{:.3} %", 100.0 * d as f64 / r as f64),
-                    _ => "?".to_owned(),
+                let dropped = match (o.received, o.dropped) {
+                    (Some(r), Some(d)) if r > 0 => Some(100.0 * d as f64 / r as f64),
+                    _ => None,
                 };
+                let drop_rate = dropped.map_or_else(|| "?".to_owned(), |d| format!("{d:.3} %"));
+                let name = rate.arg().trim_start_matches("--").replace('=', "_");
+                figures.push(Figure::new(
+                    format!("{name}_offered"),
+                    o.rated_pps.unwrap_or(f64::NAN),
+                    "packets/s",
+                ));
+                figures.push(Figure::new(
+                    format!("{name}_dropped"),
+                    dropped.unwrap_or(f64::NAN),
+                    "% of pcap received",
+                ));
                 println!(
                     "tcpreplay {:<14} offered {rate_text:>7} pps ({} sent, {} failed, {:.2} s) | \
                      pcap received {}, dropped {}, if_dropped {} | drop rate {drop_rate} | \
@@ -752,6 +768,12 @@ fn main() {
         }
     }
     println!("live bench: {:.1} s in all", began.elapsed().as_secs_f64());
+    if figures.len() > 1 {
+        match results::record("tap_daemon/live", &figures) {
+            Ok(path) => println!("figures appended to {}", path.display()),
+            Err(error) => println!("figures not kept: {error}"),
+        }
+    }
     drop(net);
     if interrupted() {
         println!("interrupted: namespaces deleted");

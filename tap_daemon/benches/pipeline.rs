@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use support::{build, load, timestamp, Frame};
 
+use rst_load::results::{self, Figure};
 use rst_proto::Direction;
 use tap_daemon::packet::LinkType;
 use tap_daemon::pipeline::{CallStart, Output, Pipeline, PipelineConfig};
@@ -245,7 +246,25 @@ fn main() {
         best.as_secs_f64(),
         human(b)
     );
+    let mut figures = vec![
+        Figure::new("packets", written as f64, "packets"),
+        Figure::new("bare_libpcap_read", a, "packets/s"),
+        Figure::new("pipeline", b, "packets/s"),
+        Figure::new("pipeline_ratio", b / a, "x bare libpcap read"),
+    ];
     let tshark = tshark(&file);
+    if let Some((time, _)) = tshark {
+        figures.push(Figure::new(
+            "tshark_rtp_streams",
+            rate(written, time),
+            "packets/s",
+        ));
+        figures.push(Figure::new(
+            "tshark_ratio",
+            b / rate(written, time),
+            "x tshark",
+        ));
+    }
     match tshark {
         Some((time, streams)) => {
             let c = rate(written, time);
@@ -272,5 +291,9 @@ fn main() {
                 human(a).trim_end()
             );
         }
+    }
+    match results::record("tap_daemon/pipeline", &figures) {
+        Ok(path) => println!("figures appended to {}", path.display()),
+        Err(error) => println!("figures not kept: {error}"),
     }
 }

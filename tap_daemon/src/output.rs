@@ -405,8 +405,10 @@ impl Output for UdpOutput {
             max_pending: self.config.max_pending,
             seed: self.seed,
             refresh: Some(refresh),
-            // Captured RTP carries its own telephone-events; none is made here.
-            event_clock: 8000,
+            // Captured RTP carries its own telephone-events (none is made
+            // here): this is the media clock of failover offsets, the rate of
+            // the call's audio codec.
+            event_clock: call.clock_rate,
         };
         let control = &self.control;
         let stats = &mut self.stats;

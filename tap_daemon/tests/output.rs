@@ -69,6 +69,7 @@ fn call_with_a_pause(refresh: Duration, rtp_ports: &str) -> Vec<serde_json::Valu
         payload_types: Vec::new(),
         fax: false,
         at: Duration::ZERO,
+        clock_rate: 8000,
     });
     quiet(&mut output, Duration::from_millis(100));
     talk(&mut output, key, 1);
@@ -121,6 +122,7 @@ fn a_restarted_receiver_takes_the_call_in_progress_up_again() {
         payload_types: Vec::new(),
         fax: false,
         at: Duration::ZERO,
+        clock_rate: 8000,
     });
     quiet(&mut output, Duration::from_millis(100));
     talk(&mut output, key, 1);

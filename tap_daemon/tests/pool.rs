@@ -35,6 +35,7 @@ fn start(output: &mut UdpOutput, key: CallKey) {
         payload_types: Vec::new(),
         fax: false,
         at: Duration::ZERO,
+        clock_rate: 8000,
     });
 }
 

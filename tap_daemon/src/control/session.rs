@@ -17,17 +17,18 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rst_control::control::{Counters, Drops, PcapCounters, ReceiverStatus};
 use rst_proto::Direction;
 
-use crate::capture::{self, CaptureError, RunConfig, Source, Summary, BATCH, CHANNEL_BATCHES};
+use crate::capture::{
+    self, CaptureError, LiveTimes, PcapStats, RunConfig, Serviced, Source, Summary,
+};
 use crate::output::{OutputConfig, OutputStats, UdpOutput};
-use crate::packet::LinkType;
 use crate::pipeline::{CallStart, Filter, Output, Pipeline, PipelineStats};
 use crate::sip::CallKey;
 
@@ -101,20 +102,8 @@ impl Session {
                 snaplen,
                 buffer_size,
             } => {
-                let mut cap = pcap::Capture::from_device(interface.as_str())
-                    .map_err(pcap_error(format!("no interface {interface}")))?
-                    .promisc(true)
-                    .snaplen(snaplen)
-                    .buffer_size(buffer_size)
-                    .timeout(100)
-                    .immediate_mode(true)
-                    .open()
-                    .and_then(|cap| cap.setnonblock())
-                    .map_err(pcap_error(format!("cannot capture on {interface}")))?;
-                if let Some(filter) = &run.filter {
-                    cap.filter(filter, true)
-                        .map_err(pcap_error(format!("bad filter {filter:?}")))?;
-                }
+                let cap =
+                    capture::open_live(&interface, snaplen, buffer_size, run.filter.as_deref())?;
                 let output = Routed::new(run.output.clone())?;
                 tracing::info!(interface, "capturing (control)");
                 let (stop, counters) = (stop.clone(), counters.clone());
@@ -171,142 +160,61 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn pcap_error(what: String) -> impl FnOnce(pcap::Error) -> CaptureError {
-    move |source| CaptureError::Pcap { what, source }
-}
-
-fn timestamp(header: &pcap::PacketHeader) -> Duration {
-    #[allow(clippy::unnecessary_cast)]
-    let (sec, usec) = (header.ts.tv_sec as i64, header.ts.tv_usec as i64);
-    Duration::from_secs(sec.max(0) as u64) + Duration::from_micros(usec.clamp(0, 999_999) as u64)
-}
-
-fn wall_clock() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-type Batch = Vec<(Duration, Vec<u8>)>;
-
-/// The live loop of [`capture::live`], plus updates and published counters.
+/// A control client's capture: [`capture::live_loop`] with its updates
+/// applied between batches and its counters published.
 fn live(
-    mut cap: pcap::Capture<pcap::Active>,
+    cap: pcap::Capture<pcap::Active>,
     run: RunConfig,
     mut output: Routed,
     stop: &AtomicBool,
     inbox: Receiver<Update>,
     counters: &Mutex<Counters>,
 ) -> Ended {
-    let link = LinkType(cap.get_datalink().0 as u32);
     let mut pipeline = Pipeline::new(run.pipeline.clone());
-    let (batches, queue) = sync_channel::<Batch>(CHANNEL_BATCHES);
-    let bpf: Mutex<Option<Option<String>>> = Mutex::new(None);
-    let pcap_stats: Mutex<PcapCounters> = Mutex::new(PcapCounters::default());
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let mut frames = 0u64;
-    std::thread::scope(|scope| {
-        let (bpf, pcap_stats, failure) = (&bpf, &pcap_stats, &failure);
-        scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut last_send = Instant::now();
-            let mut last_stats = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(filter) = lock(bpf).take() {
-                    let result = match &filter {
-                        Some(f) => cap.filter(f, true),
-                        None => cap.filter("", true),
-                    };
-                    match result {
-                        Ok(()) => tracing::info!(filter = ?filter, "capture filter changed"),
-                        Err(error) => tracing::warn!(%error, "capture filter not changed"),
-                    }
-                }
-                // Non-blocking: a blocking read on a quiet interface can wait
-                // forever (TPACKET_V3 ignores the timeout), and stop must not.
-                match cap.next_packet() {
-                    Ok(packet) => batch.push((timestamp(packet.header), packet.data.to_vec())),
-                    Err(pcap::Error::TimeoutExpired) => capture::wait_readable(&cap, IDLE_WAIT),
-                    Err(error) => {
-                        tracing::error!(%error, "capture failed");
-                        *lock(failure) = Some(format!("capture failed: {error}"));
-                        break;
-                    }
-                }
-                if batch.len() >= BATCH
-                    || (!batch.is_empty() && last_send.elapsed() > capture::FLUSH_AFTER)
-                {
-                    last_send = Instant::now();
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if batches.send(full).is_err() {
-                        break;
-                    }
-                }
-                if last_stats.elapsed() >= PUBLISH_EVERY {
-                    last_stats = Instant::now();
-                    if let Ok(s) = cap.stats() {
-                        *lock(pcap_stats) = pcap_counters(s);
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                let _ = batches.send(batch);
-            }
-            if let Ok(s) = cap.stats() {
-                *lock(pcap_stats) = pcap_counters(s);
-            }
-        });
-        let mut now = wall_clock();
-        let mut last_publish = Instant::now();
-        loop {
-            match queue.recv_timeout(Duration::from_millis(50)) {
-                Ok(batch) => {
-                    for (at, frame) in batch {
-                        frames += 1;
-                        now = at;
-                        pipeline.frame(link, at, &frame, &mut output);
-                        output.service();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    now = now.max(wall_clock());
-                    pipeline.tick(now, &mut output);
-                    output.service();
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+    let ended = capture::live_loop(
+        cap,
+        &mut pipeline,
+        &mut output,
+        stop,
+        LiveTimes {
+            idle_wait: IDLE_WAIT,
+            report_every: PUBLISH_EVERY,
+        },
+        |pipeline, output, _| {
+            let mut bpf = None;
             while let Ok(update) = inbox.try_recv() {
                 match update {
                     Update::Filter(filter) => pipeline.set_filter(filter),
                     Update::Receiver(receiver, pool) => output.switch(receiver, pool),
-                    Update::Bpf(filter) => *lock(bpf) = Some(filter),
+                    Update::Bpf(filter) => bpf = Some(filter),
                 }
             }
-            if last_publish.elapsed() >= PUBLISH_EVERY {
-                last_publish = Instant::now();
-                *lock(counters) = publish(frames, &pipeline, &output, *lock(pcap_stats));
-            }
-        }
-        pipeline.finish(now.max(wall_clock()), &mut output);
-    });
+            bpf
+        },
+        |frames, pipeline, output, pcap| {
+            *lock(counters) = publish(frames, pipeline, output, pcap_counters(pcap));
+        },
+    );
     output.close(run.close_grace);
-    let pcap = *lock(&pcap_stats);
-    *lock(counters) = publish(frames, &pipeline, &output, pcap);
+    let pcap = ended.pcap;
+    *lock(counters) = publish(ended.frames, &pipeline, &output, pcap_counters(pcap));
     tracing::info!(
-        frames,
+        frames = ended.frames,
         received = pcap.received,
         dropped = pcap.dropped,
         if_dropped = pcap.if_dropped,
         "capture stopped (control)"
     );
-    let failed = lock(&failure).take();
-    match failed {
-        Some(error) => Ended::Failed(error),
+    match ended.failure {
+        Some(error) => {
+            tracing::error!(%error, "capture failed");
+            Ended::Failed(error)
+        }
         None => Ended::Stopped,
     }
 }
 
-fn pcap_counters(s: pcap::Stat) -> PcapCounters {
+fn pcap_counters(s: PcapStats) -> PcapCounters {
     PcapCounters {
         received: s.received.into(),
         dropped: s.dropped.into(),
@@ -444,7 +352,7 @@ impl Routed {
         &mut self.current.0
     }
 
-    fn service(&mut self) {
+    fn service_all(&mut self) {
         self.current.0.service();
         let now = Instant::now();
         let retired = &mut self.retired;
@@ -492,6 +400,12 @@ fn add(total: &mut OutputStats, s: &OutputStats) {
     total.invs_unacknowledged += s.invs_unacknowledged;
     total.byes_unacknowledged += s.byes_unacknowledged;
     total.failovers += s.failovers;
+}
+
+impl Serviced for Routed {
+    fn service(&mut self) {
+        self.service_all();
+    }
 }
 
 impl Output for Routed {

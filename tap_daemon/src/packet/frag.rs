@@ -8,7 +8,7 @@
 //! different "last" fragments, pieces past the end. Time is an argument; this
 //! module never reads a clock.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -76,7 +76,7 @@ struct Partial {
 #[derive(Debug)]
 pub struct Reassembler {
     limits: FragmentLimits,
-    table: HashMap<Key, Partial>,
+    table: FastMap<Key, Partial>,
     expired: u64,
     duplicates: u64,
 }
@@ -85,7 +85,7 @@ impl Reassembler {
     pub fn new(limits: FragmentLimits) -> Self {
         Reassembler {
             limits,
-            table: HashMap::new(),
+            table: FastMap::default(),
             expired: 0,
             duplicates: 0,
         }

@@ -9,7 +9,9 @@
 //! State is bounded: flows, bytes held per flow, idle time.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::FastMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -115,7 +117,7 @@ struct Flow {
 #[derive(Debug)]
 pub struct StreamReassembler {
     limits: StreamLimits,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FastMap<FlowKey, Flow>,
     /// Sum of `buffered` over all flows.
     total_buffered: usize,
     gaps: u64,
@@ -126,7 +128,7 @@ impl StreamReassembler {
     pub fn new(limits: StreamLimits) -> Self {
         StreamReassembler {
             limits,
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             total_buffered: 0,
             gaps: 0,
             retransmitted: 0,

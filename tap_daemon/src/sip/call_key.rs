@@ -19,8 +19,22 @@ const NAMESPACE: [u8; 16] = [
 /// A call's stable id: 36 characters `xxxxxxxx-xxxx-5xxx-yxxx-xxxxxxxxxxxx`,
 /// lowercase hex, valid as an [`rst_proto::Uuid`]. `Copy`, so it can key maps
 /// and travel in events without allocation.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CallKey([u8; 36]);
+
+/// A key is 32 hex digits of SHA-1: its first eight characters and its last
+/// eight (64 of its bits) are as good a hash input as all 36 bytes, and the
+/// maps of every RTP packet's look-ups hash it for a fraction of the cost.
+/// Equal keys hash equally, as `Eq` requires.
+impl std::hash::Hash for CallKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (head, tail) = (self.0.first_chunk::<8>(), self.0.last_chunk::<8>());
+        if let (Some(head), Some(tail)) = (head, tail) {
+            state.write_u64(u64::from_le_bytes(*head));
+            state.write_u64(u64::from_le_bytes(*tail));
+        }
+    }
+}
 
 impl CallKey {
     /// Derives the id of a Call-ID (compared byte for byte, as RFC 3261 8.1.1.4

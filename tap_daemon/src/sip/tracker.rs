@@ -27,7 +27,9 @@
 //! unanswered one (an INVITE flood never displaces answered calls), and only
 //! when every slot holds an answered call is a new INVITE refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -269,9 +271,9 @@ impl Dialog {
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    dialogs: HashMap<CallKey, Dialog>,
+    dialogs: FastMap<CallKey, Dialog>,
     /// Audio endpoint -> dialogs and the side that receives there.
-    endpoints: HashMap<SocketAddr, Vec<(CallKey, Side)>>,
+    endpoints: FastMap<SocketAddr, Vec<(CallKey, Side)>>,
     /// Unanswered dialogs in creation order (stale entries skipped lazily).
     unanswered: VecDeque<CallKey>,
     /// Ended dialogs in end order (stale entries skipped lazily).
@@ -284,8 +286,8 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Tracker {
         Tracker {
             config,
-            dialogs: HashMap::new(),
-            endpoints: HashMap::new(),
+            dialogs: FastMap::default(),
+            endpoints: FastMap::default(),
             unanswered: VecDeque::new(),
             ended: VecDeque::new(),
             media_seq: 0,
@@ -434,7 +436,9 @@ impl Tracker {
         // In progress, score, current endpoint, media order: higher is better.
         type Rank = (bool, u8, bool, u64);
         let mut best: Option<(Rank, CallKey, Direction)> = None;
-        let mut consider = |key: CallKey, direction: Direction, score: u8, current: bool| {
+        // Every RTP packet comes here: one look-up per address and one per
+        // dialog considered.
+        let mut consider = |key: CallKey, side: Side, addr: SocketAddr, direction, score: u8| {
             let Some(d) = self.dialogs.get(&key) else {
                 return;
             };
@@ -443,11 +447,13 @@ impl Tracker {
             {
                 return;
             }
+            let current = d.media(side).is_some_and(|m| m.audio == Some(addr));
             let rank = (d.ended_at.is_none(), score, current, d.media_seq);
             if best.as_ref().map_or(true, |(r, _, _)| rank > *r) {
                 best = Some((rank, key, direction));
             }
         };
+        let from = self.endpoints.get(&src);
         if let Some(list) = self.endpoints.get(&dst) {
             for &(key, side) in list {
                 // Sent to the callee: caller to callee, R.
@@ -455,34 +461,24 @@ impl Tracker {
                     Side::Callee => Direction::Read,
                     Side::Caller => Direction::Write,
                 };
-                let from_other = self.endpoint_side(key, src) == Some(side.other());
-                let current = self.is_current(key, side, dst);
-                consider(key, direction, if from_other { 3 } else { 2 }, current);
+                let from_other = from.is_some_and(|from| {
+                    from.iter()
+                        .find(|(k, _)| *k == key)
+                        .is_some_and(|&(_, s)| s == side.other())
+                });
+                consider(key, side, dst, direction, if from_other { 3 } else { 2 });
             }
         }
-        if let Some(list) = self.endpoints.get(&src) {
+        if let Some(list) = from {
             for &(key, side) in list {
                 let direction = match side {
                     Side::Caller => Direction::Read,
                     Side::Callee => Direction::Write,
                 };
-                let current = self.is_current(key, side, src);
-                consider(key, direction, 1, current);
+                consider(key, side, src, direction, 1);
             }
         }
         best.map(|(_, key, direction)| (key, direction))
-    }
-
-    fn endpoint_side(&self, key: CallKey, addr: SocketAddr) -> Option<Side> {
-        let list = self.endpoints.get(&addr)?;
-        list.iter().find(|(k, _)| *k == key).map(|&(_, s)| s)
-    }
-
-    fn is_current(&self, key: CallKey, side: Side, addr: SocketAddr) -> bool {
-        self.dialogs
-            .get(&key)
-            .and_then(|d| d.media(side))
-            .is_some_and(|m| m.audio == Some(addr))
     }
 
     fn start(
