@@ -422,7 +422,9 @@ impl CallRecording {
             .rtp
             .get_or_insert_with(|| RtpLane::new(jitter_packets));
         self.record.mode = "rtp";
-        rtp.jitter.push(packet, arrival, clock);
+        if let Some(held) = rtp.jitter.push_in_order(packet, arrival, clock) {
+            self.play(index, held, arrival, metrics);
+        }
         while let Some(held) = self.lanes[index]
             .rtp
             .as_mut()
@@ -469,10 +471,10 @@ impl CallRecording {
         indices.into_iter().filter_map(|i| self.record.dtmf.get(i))
     }
 
-    fn play(
+    fn play<P: AsRef<[u8]>>(
         &mut self,
         index: usize,
-        held: crate::jitter::Held,
+        held: crate::jitter::Held<P>,
         arrival: Duration,
         metrics: &Metrics,
     ) {
@@ -483,7 +485,7 @@ impl CallRecording {
             .get_mut(direction.as_str())
             .expect("both directions");
         stats.packets += 1;
-        stats.bytes += held.payload.len() as u64;
+        stats.bytes += held.payload.as_ref().len() as u64;
         let clock = self.clock_rate(held.payload_type);
         let is_event = self
             .declared(held.payload_type)
@@ -505,21 +507,21 @@ impl CallRecording {
         let result = self.write_audio(
             index,
             payload_type,
-            &held.payload,
+            held.payload.as_ref(),
             Timing::Media(at),
             metrics,
         );
         self.check(result, "write audio", Some(metrics));
     }
 
-    fn telephone_event(
+    fn telephone_event<P: AsRef<[u8]>>(
         &mut self,
         index: usize,
-        held: &crate::jitter::Held,
+        held: &crate::jitter::Held<P>,
         at: Duration,
         clock: u32,
     ) {
-        let Some(event) = TelephoneEvent::parse(&held.payload) else {
+        let Some(event) = TelephoneEvent::parse(held.payload.as_ref()) else {
             return;
         };
         let direction = self.lanes[index].direction;
