@@ -16,6 +16,10 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(200);
 /// How much audio one direction may hold waiting for the other before the quiet
 /// one is given silence; bounds memory per call.
 const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Samples of room a lane keeps once what waited has gone out: a silence
+/// padded in one go (a direction quiet for a second) should not keep its
+/// size in every call.
+const KEEP_PENDING: usize = 1024;
 /// The same for live streams, where waiting is latency.
 const LIVE_MAX_WAIT: Duration = Duration::from_millis(300);
 
@@ -163,6 +167,11 @@ impl StereoAligner {
         {
             out.push(l);
             out.push(r);
+        }
+        for lane in &mut self.lanes {
+            if lane.pending.capacity() > KEEP_PENDING && lane.pending.len() <= KEEP_PENDING / 2 {
+                lane.pending.shrink_to(KEEP_PENDING);
+            }
         }
     }
 

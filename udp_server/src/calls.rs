@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use rst_proto::{Ack, Direction, Message, ParseError, PayloadType, RtpPacket, RtpPorts, Uuid};
 
 use crate::metrics::{Metrics, Refusal};
-use crate::record::EndReason;
+use crate::end::EndReason;
 
 /// The receiver's own number for a call, unique for the life of the process
 /// (a UUID can be reused: `uuid_rst stop`, then start again).

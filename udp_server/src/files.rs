@@ -13,6 +13,16 @@ pub fn part_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Bytes a file buffers before they go to the kernel. Small, because every
+/// active call holds three (its two directions and the stereo file) and
+/// memory per call is what bounds how many calls one receiver records; 4 KiB
+/// still makes a real-time call's writes a few a second per file.
+const FILE_BUFFER: usize = 4096;
+/// Samples hound is handed at once: its sample buffer grows to the largest
+/// write and stays, so a long silence written in one go would keep tens of KiB
+/// per call.
+const WRITE_CHUNK: usize = 1024;
+
 /// A 16-bit PCM WAV file being written.
 pub struct WavFile {
     final_path: PathBuf,
@@ -38,7 +48,8 @@ impl WavFile {
             sample_format: hound::SampleFormat::Int,
         };
         let file = File::create(part_path(&final_path))?;
-        let writer = hound::WavWriter::new(BufWriter::new(file), spec).map_err(io_error)?;
+        let writer = hound::WavWriter::new(BufWriter::with_capacity(FILE_BUFFER, file), spec)
+            .map_err(io_error)?;
         Ok(WavFile {
             final_path,
             writer,
@@ -51,11 +62,14 @@ impl WavFile {
     }
 
     pub fn write(&mut self, samples: &[i16]) -> io::Result<()> {
-        let mut writer = self.writer.get_i16_writer(samples.len() as u32);
-        for &sample in samples {
-            writer.write_sample(sample);
+        for chunk in samples.chunks(WRITE_CHUNK) {
+            let mut writer = self.writer.get_i16_writer(chunk.len() as u32);
+            for &sample in chunk {
+                writer.write_sample(sample);
+            }
+            writer.flush().map_err(io_error)?;
         }
-        writer.flush().map_err(io_error)
+        Ok(())
     }
 
     /// Brings the header up to date and pushes buffered samples to the file, so a
@@ -85,7 +99,7 @@ impl RawFile {
         let file = File::create(part_path(&final_path))?;
         Ok(RawFile {
             final_path,
-            writer: BufWriter::new(file),
+            writer: BufWriter::with_capacity(FILE_BUFFER, file),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod calls;
 pub mod config;
 pub mod console;
 pub mod embed;
+pub mod end;
 pub mod feed;
 pub mod files;
 pub mod http;

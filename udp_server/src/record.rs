@@ -15,43 +15,12 @@ use time::OffsetDateTime;
 
 use crate::align::StereoAligner;
 use crate::calls::CallStart;
+use crate::end::EndReason;
 use crate::files::{part_path, RawFile, WavFile};
 use crate::jitter::{JitterBuffer, RtpStats, Timeline};
 use crate::live::{AudioFrame, LiveCall, LiveEvent, Timing};
 use crate::metrics::Metrics;
 use crate::stream::{StreamRecord, StreamStats};
-
-/// Why a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndReason {
-    /// The sender said BYE.
-    Bye,
-    /// Nothing arrived for the idle timeout.
-    Timeout,
-    /// The receiver was stopped.
-    Shutdown,
-    /// Recording failed (a full disk, say) or the receiver died mid-call.
-    Error,
-}
-
-impl EndReason {
-    pub const ALL: [EndReason; 4] = [
-        EndReason::Bye,
-        EndReason::Timeout,
-        EndReason::Shutdown,
-        EndReason::Error,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EndReason::Bye => "bye",
-            EndReason::Timeout => "timeout",
-            EndReason::Shutdown => "shutdown",
-            EndReason::Error => "error",
-        }
-    }
-}
 
 /// The JSON record of a call, written beside its audio.
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +157,17 @@ impl RtpLane {
 /// memory (and record) without bound.
 const MAX_DTMF_PER_CALL: usize = 10_000;
 
+/// What an RTP payload type means to a call, for each of its packets.
+#[derive(Debug, Clone, Copy)]
+struct PayloadFacts {
+    clock: u32,
+    event: bool,
+}
+
+/// Samples of room a call keeps for its stereo frames between writes (20 ms
+/// of 16 kHz stereo).
+const STEREO_FRAMES_KEPT: usize = 640;
+
 /// Options that apply to every recording.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -225,6 +205,9 @@ pub struct CallRecording {
     dtmf_seen: Vec<(Direction, u32)>,
     stereo: Option<(StereoAligner, WavFile)>,
     stereo_frames: Vec<i16>,
+    /// What the last RTP payload type met means, so that a packet does not
+    /// search the declarations (and parse encoding names) again and again.
+    payload_facts: Option<(u8, PayloadFacts)>,
     /// Once a write fails the call stops writing; what was written stays valid.
     failed: bool,
     /// Where the call's audio goes live, and the streams that take it.
@@ -283,6 +266,7 @@ impl CallRecording {
             dtmf_seen: Vec::new(),
             stereo: None,
             stereo_frames: Vec::new(),
+            payload_facts: None,
             failed: false,
             live: None,
             streams: Vec::new(),
@@ -356,6 +340,7 @@ impl CallRecording {
             }
             tracing::debug!(uuid = %self.record.uuid, pt, name, rate, "payload type declared mid-call");
             self.declared.push((pt, name, rate));
+            self.payload_facts = None;
             // A lane that already met this payload type, undeclared then,
             // picks the declared codec for its next packet.
             for lane in &mut self.lanes {
@@ -415,7 +400,7 @@ impl CallRecording {
     ) {
         let index = direction as usize;
         let arrival = now.saturating_duration_since(self.started);
-        let clock = self.clock_rate(packet.payload_type);
+        let clock = self.payload_facts(packet.payload_type).clock;
         // A call DATA started that an RTP-mode INV then gave ports to.
         let jitter_packets = self.jitter_packets;
         let rtp = self.lanes[index]
@@ -486,10 +471,10 @@ impl CallRecording {
             .expect("both directions");
         stats.packets += 1;
         stats.bytes += held.payload.as_ref().len() as u64;
-        let clock = self.clock_rate(held.payload_type);
-        let is_event = self
-            .declared(held.payload_type)
-            .is_some_and(|(name, _)| name.eq_ignore_ascii_case("telephone-event"));
+        let PayloadFacts {
+            clock,
+            event: is_event,
+        } = self.payload_facts(held.payload_type);
         let Some(rtp) = &mut self.lanes[index].rtp else {
             return;
         };
@@ -551,6 +536,22 @@ impl CallRecording {
                 Some((u64::from(event.duration) * 1000 / u64::from(clock.max(1))) as u32);
             self.new_dtmf.push(record_index);
         }
+    }
+
+    /// `pt`'s RTP clock and whether it is a telephone-event, looked up once
+    /// for a run of packets of one payload type.
+    fn payload_facts(&mut self, pt: u8) -> PayloadFacts {
+        if let Some((_, facts)) = self.payload_facts.filter(|(known, _)| *known == pt) {
+            return facts;
+        }
+        let facts = PayloadFacts {
+            clock: self.clock_rate(pt),
+            event: self
+                .declared(pt)
+                .is_some_and(|(name, _)| name.eq_ignore_ascii_case("telephone-event")),
+        };
+        self.payload_facts = Some((pt, facts));
+        facts
     }
 
     /// What the sender declared `pt` to be, in its INV, or else what the
@@ -852,7 +853,11 @@ impl CallRecording {
                 &mut self.stereo_frames,
             ),
         }
-        wav.write(&self.stereo_frames)
+        let result = wav.write(&self.stereo_frames);
+        // A long silence comes out in one go: its room is not kept per call.
+        self.stereo_frames.clear();
+        self.stereo_frames.shrink_to(STEREO_FRAMES_KEPT);
+        result
     }
 
     fn write_provisional_record(&self) -> io::Result<()> {
