@@ -32,15 +32,17 @@ use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 use crate::stream::Streams;
 use crate::taps::TapLinks;
 
-/// Datagrams handled per wake-up before the batch goes to the recorder: one
-/// `recvmmsg` ([`rst_udp::BATCH`]) bounds the work per wake-up and the batch size.
-const BATCH_DATAGRAMS: usize = rst_udp::BATCH;
+/// `recvmmsg` calls (of [`rst_udp::BATCH`] datagrams each) per wake-up at most,
+/// before the batches go to the recorders: bounds the work per wake-up, and
+/// so the size of a recorder batch.
+const RECEIVES_PER_WAKE_UP: usize = 4;
 /// The largest datagram the receiver's port takes (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
 /// The largest RTP packet a call's port takes; longer ones are cut (and fail to parse).
 const MAX_RTP_PACKET: usize = 4096;
-/// Payload bytes a recorder batch is made with room for (PCMU 20 ms frames).
-const BATCH_BYTES: usize = BATCH_DATAGRAMS * 256;
+/// Payload bytes a recorder batch is made with room for (64 PCMU 20 ms frames;
+/// it grows when more come).
+const BATCH_BYTES: usize = rst_udp::BATCH * 256;
 /// Batches queued for each recorder thread; when the disk is slower than the
 /// network the receive loop waits here and the socket buffer absorbs the burst.
 const RECORDER_QUEUE: usize = 1024;
@@ -575,11 +577,23 @@ impl Receiver {
                         tracing::debug!(%error, "receive error");
                         continue;
                     }
-                    match self.socket.try_io(Interest::READABLE, || datagrams.try_recv(&*self.socket)) {
-                        Ok(_) => self.handle_all(&datagrams, &mut outbox),
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                        // ICMP errors from earlier sends surface here on some systems.
-                        Err(error) => tracing::debug!(%error, "receive error"),
+                    // A few batches while they come full: the recorders are
+                    // woken once for all of them, not once per `recvmmsg`.
+                    for _ in 0..RECEIVES_PER_WAKE_UP {
+                        match self.socket.try_io(Interest::READABLE, || datagrams.try_recv(&*self.socket)) {
+                            Ok(count) => {
+                                self.handle_all(&datagrams, &mut outbox);
+                                if count < rst_udp::BATCH {
+                                    break; // the queue is empty (or nearly)
+                                }
+                            }
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                            // ICMP errors from earlier sends surface here on some systems.
+                            Err(error) => {
+                                tracing::debug!(%error, "receive error");
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -683,7 +697,7 @@ impl Outbox {
     fn batch(&mut self, shard: usize) -> &mut Batch {
         let batch = &mut self.batches[shard];
         if batch.commands.capacity() == 0 {
-            batch.commands.reserve(BATCH_DATAGRAMS);
+            batch.commands.reserve(rst_udp::BATCH);
             batch.bytes.reserve(BATCH_BYTES);
         }
         batch
