@@ -13,11 +13,12 @@ pub fn part_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Bytes a file buffers before they go to the kernel. Small, because every
-/// active call holds three (its two directions and the stereo file) and
-/// memory per call is what bounds how many calls one receiver records; 4 KiB
-/// still makes a real-time call's writes a few a second per file.
-const FILE_BUFFER: usize = 4096;
+/// Bytes a WAV file buffers per channel before they go to the kernel. Small,
+/// because every active call holds three files (its two directions and the
+/// stereo file) and memory per call is what bounds how many calls one receiver
+/// records; 2 KiB is still six 20 ms frames per write, about eight writes a
+/// second per file of a real-time call.
+const FILE_BUFFER_PER_CHANNEL: usize = 2048;
 /// Bytes of the canonical PCM WAV header: RIFF, `fmt ` (16 bytes) and `data`.
 const HEADER_BYTES: u64 = 44;
 /// The most audio a WAV file holds: its sizes are 32-bit.
@@ -53,7 +54,8 @@ impl std::fmt::Debug for WavFile {
 impl WavFile {
     pub fn create(final_path: PathBuf, channels: u16, rate: u32) -> io::Result<Self> {
         let file = File::create(part_path(&final_path))?;
-        let mut writer = BufWriter::with_capacity(FILE_BUFFER, file);
+        let capacity = FILE_BUFFER_PER_CHANNEL * usize::from(channels.max(1));
+        let mut writer = BufWriter::with_capacity(capacity, file);
         writer.write_all(&header(channels, rate, 0))?;
         Ok(WavFile {
             final_path,
@@ -137,7 +139,7 @@ impl RawFile {
         let file = File::create(part_path(&final_path))?;
         Ok(RawFile {
             final_path,
-            writer: BufWriter::with_capacity(FILE_BUFFER, file),
+            writer: BufWriter::with_capacity(FILE_BUFFER_PER_CHANNEL, file),
         })
     }
 

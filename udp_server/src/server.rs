@@ -40,9 +40,6 @@ const RECEIVES_PER_WAKE_UP: usize = 4;
 const MAX_DATAGRAM: usize = 65_536;
 /// The largest RTP packet a call's port takes; longer ones are cut (and fail to parse).
 const MAX_RTP_PACKET: usize = 4096;
-/// Payload bytes a recorder batch is made with room for (64 PCMU 20 ms frames;
-/// it grows when more come).
-const BATCH_BYTES: usize = rst_udp::BATCH * 256;
 /// Batches queued for each recorder thread; when the disk is slower than the
 /// network the receive loop waits here and the socket buffer absorbs the burst.
 const RECORDER_QUEUE: usize = 1024;
@@ -663,8 +660,9 @@ impl Receiver {
 }
 
 /// The commands of one wake-up, one batch per recorder thread. Kept from
-/// wake-up to wake-up; a recorder's batch is made (with room for a full
-/// wake-up) only when a command for it comes.
+/// wake-up to wake-up; a recorder's batch grows only as its commands come (a
+/// batch made with room for a full wake-up costs tens of KiB while it waits in
+/// the recorder's queue, one per datagram when datagrams come one by one).
 struct Outbox {
     batches: Vec<Batch>,
 }
@@ -691,21 +689,12 @@ impl Outbox {
             | Output::End { call, .. } => *call,
         };
         let shard = (call % self.batches.len() as u64) as usize;
-        push_output(self.batch(shard), output, now);
-    }
-
-    fn batch(&mut self, shard: usize) -> &mut Batch {
-        let batch = &mut self.batches[shard];
-        if batch.commands.capacity() == 0 {
-            batch.commands.reserve(rst_udp::BATCH);
-            batch.bytes.reserve(BATCH_BYTES);
-        }
-        batch
+        push_output(&mut self.batches[shard], output, now);
     }
 
     fn flush_all(&mut self) {
-        for shard in 0..self.batches.len() {
-            self.batch(shard).commands.push(Command::Flush);
+        for batch in &mut self.batches {
+            batch.commands.push(Command::Flush);
         }
     }
 
