@@ -135,8 +135,16 @@ fn main() -> anyhow::Result<()> {
             "ms per call",
         ),
         Figure::new("streamed_over_recorded", ratio, "x"),
-        Figure::new("latency_p50", p50.as_secs_f64() / FRAME.as_secs_f64(), "x frame"),
-        Figure::new("latency_p99", p99.as_secs_f64() / FRAME.as_secs_f64(), "x frame"),
+        Figure::new(
+            "latency_p50",
+            p50.as_secs_f64() / FRAME.as_secs_f64(),
+            "x frame",
+        ),
+        Figure::new(
+            "latency_p99",
+            p99.as_secs_f64() / FRAME.as_secs_f64(),
+            "x frame",
+        ),
         Figure::new("frames_lost", lost as f64, "frames"),
     ];
     if lost == 0 {

@@ -15,10 +15,11 @@
 //! (c) memory per active call: VmRSS of a fresh udp_server before and while 1000
 //!     calls are up (INV, then one frame per direction per call every second),
 //!     divided by `rst_calls_active`: the most seen while all are up, and the first
-//!     sample (right after every call sent two frames). Then the same with the
-//!     malloc of jemalloc and of mimalloc put in front of glibc's (`LD_PRELOAD`,
-//!     when the system has them: `apt-get install libjemalloc2 libmimalloc2.0`),
-//!     to choose the allocator by measurement, and with 10,000 calls;
+//!     sample (right after every call sent two frames). The receiver allocates
+//!     with mimalloc (linked in); the same is measured with glibc's malloc
+//!     (`RST_ALLOCATOR=system`) and jemalloc's (that and `LD_PRELOAD`, when the
+//!     system has it: `apt-get install libjemalloc2`), to keep the allocator
+//!     chosen by measurement; then mimalloc with 10,000 calls;
 //! (d) RTP mode's highest lossless rate while recording: as (b), but the 50 calls
 //!     are RTP-mode calls (`--mode rtp`: each INV names two local ports, the ACK the
 //!     receiver's, then RFC 3550 PCMU RTP from two sockets per call), and a step is
@@ -53,10 +54,14 @@ const PRECISION: f64 = 1.05;
 const MEMORY_CALLS: usize = 1000;
 /// The second, larger measure of memory per call.
 const MANY_CALLS: usize = 10_000;
-/// Other allocators tried in front of glibc's malloc, where installed.
-const ALLOCATORS: [(&str, &str); 2] = [
-    ("jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
-    ("mimalloc", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+/// Other allocators than the receiver's own (mimalloc): glibc's malloc, and
+/// jemalloc's put in front of it, where installed.
+const ALLOCATORS: [(&str, Option<&str>); 2] = [
+    ("glibc", None),
+    (
+        "jemalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ),
 ];
 /// Keep-alive frames per direction per call, one a second.
 const MEMORY_FRAMES: u64 = 6;
@@ -107,18 +112,24 @@ fn main() -> anyhow::Result<()> {
     let mut many = None;
     let mut allocators = Vec::new();
     if wanted("memory") {
-        println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server (glibc malloc)");
-        memory = Some(memory_per_call(MEMORY_CALLS, None)?);
+        println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server (mimalloc)");
+        memory = Some(memory_per_call(MEMORY_CALLS, Malloc::Own)?);
         for (name, library) in ALLOCATORS {
-            if !std::path::Path::new(library).exists() {
+            if let Some(library) = library.filter(|l| !std::path::Path::new(l).exists()) {
                 println!("    ({name}: {library} is not installed; skipped)");
                 continue;
             }
-            println!("    the same with {name} ({library} preloaded):");
-            allocators.push((name, memory_per_call(MEMORY_CALLS, Some(library))?));
+            println!(
+                "    the same with {name} (RST_ALLOCATOR=system{}):",
+                library.map_or(String::new(), |l| format!(", LD_PRELOAD={l}"))
+            );
+            allocators.push((
+                name,
+                memory_per_call(MEMORY_CALLS, Malloc::System(library))?,
+            ));
         }
-        println!("    {MANY_CALLS} active calls (glibc malloc):");
-        many = Some(memory_per_call(MANY_CALLS, None)?);
+        println!("    {MANY_CALLS} active calls (mimalloc):");
+        many = Some(memory_per_call(MANY_CALLS, Malloc::Own)?);
     }
     let mut rtp = None;
     if wanted("rtp") {
@@ -146,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(memory) = memory {
         println!(
-            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MEMORY_CALLS} calls, glibc)",
+            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MEMORY_CALLS} calls, mimalloc)",
             memory.peak_kib, memory.opened_kib
         );
     }
@@ -158,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(many) = many {
         println!(
-            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MANY_CALLS} calls, glibc)",
+            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MANY_CALLS} calls, mimalloc)",
             many.peak_kib, many.opened_kib
         );
     }
@@ -200,16 +211,21 @@ fn main() -> anyhow::Result<()> {
     }
     let memory_figures = [(format!("memory_per_call_{MEMORY_CALLS}"), memory)]
         .into_iter()
-        .chain(
-            allocators
-                .iter()
-                .map(|(name, memory)| (format!("memory_per_call_{MEMORY_CALLS}_{name}"), Some(*memory))),
-        )
+        .chain(allocators.iter().map(|(name, memory)| {
+            (
+                format!("memory_per_call_{MEMORY_CALLS}_{name}"),
+                Some(*memory),
+            )
+        }))
         .chain([(format!("memory_per_call_{MANY_CALLS}"), many)]);
     for (name, memory) in memory_figures {
         let Some(memory) = memory else { continue };
         figures.push(Figure::new(&name, memory.peak_kib, "KiB"));
-        figures.push(Figure::new(format!("{name}_opened"), memory.opened_kib, "KiB"));
+        figures.push(Figure::new(
+            format!("{name}_opened"),
+            memory.opened_kib,
+            "KiB",
+        ));
     }
     match results::record("udp_server/throughput", &figures) {
         Ok(path) => println!("\nfigures appended to {}", path.display()),
@@ -405,10 +421,20 @@ fn print_step(step: &Step, retrying: bool) {
     );
 }
 
+/// Which malloc the receiver uses.
+#[derive(Debug, Clone, Copy)]
+enum Malloc {
+    /// Its own (mimalloc).
+    Own,
+    /// The system's (`RST_ALLOCATOR=system`), with this library in front of
+    /// glibc's (`LD_PRELOAD`), if any.
+    System(Option<&'static str>),
+}
+
 /// (c): memory per active call, with `calls` calls kept alive by one frame per
-/// direction per second; `preload`: a malloc library put in front of glibc's.
-fn memory_per_call(calls: usize, preload: Option<&str>) -> anyhow::Result<Memory> {
-    let server = Server::start_with("memory", preload)?;
+/// direction per second.
+fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
+    let server = Server::start_with("memory", malloc)?;
     // One short call first, so what the first call initialises once is not counted.
     let warm_up = rst_load::run(&Config {
         target: server.listen,
@@ -481,11 +507,14 @@ struct Server {
 
 impl Server {
     fn start(name: &str) -> anyhow::Result<Server> {
-        Server::start_with(name, None)
+        Server::start_with(name, Malloc::Own)
     }
 
-    /// `preload`: a malloc library to put in front of glibc's (`LD_PRELOAD`).
-    fn start_with(name: &str, preload: Option<&str>) -> anyhow::Result<Server> {
+    fn start_with(name: &str, malloc: Malloc) -> anyhow::Result<Server> {
+        let (system, preload) = match malloc {
+            Malloc::Own => (false, None),
+            Malloc::System(preload) => (true, preload),
+        };
         let dir = tempfile::Builder::new()
             .prefix(&format!("rst-bench-{name}-"))
             .tempdir()?;
@@ -503,6 +532,7 @@ impl Server {
             // The memory part opens MANY_CALLS calls as fast as it can.
             .arg("--new-calls-per-second")
             .arg("0")
+            .envs(system.then_some(("RST_ALLOCATOR", "system")))
             .envs(preload.map(|library| ("LD_PRELOAD", library)))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

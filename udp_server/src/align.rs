@@ -166,7 +166,10 @@ impl StereoAligner {
         // queues: this loop is most of the stereo file's cost.
         let start = out.len();
         out.resize(start + 2 * ready, 0);
-        let (l, r) = (left.pending.make_contiguous(), right.pending.make_contiguous());
+        let (l, r) = (
+            left.pending.make_contiguous(),
+            right.pending.make_contiguous(),
+        );
         for (frame, (&l, &r)) in out[start..].chunks_exact_mut(2).zip(l.iter().zip(r.iter())) {
             frame[0] = l;
             frame[1] = r;
@@ -193,7 +196,8 @@ fn lane_index(direction: Direction) -> usize {
 }
 
 fn pad(lane: &mut Lane, silence: u64) {
-    lane.pending.resize(lane.pending.len() + silence as usize, 0);
+    lane.pending
+        .resize(lane.pending.len() + silence as usize, 0);
     lane.cursor += silence;
 }
 

@@ -224,8 +224,14 @@ mod tests {
         let read = |path: &Path| {
             let reader = hound::WavReader::open(path).unwrap();
             let spec = reader.spec();
-            assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (2, 16000, 16));
-            reader.into_samples().map(Result::unwrap).collect::<Vec<i16>>()
+            assert_eq!(
+                (spec.channels, spec.sample_rate, spec.bits_per_sample),
+                (2, 16000, 16)
+            );
+            reader
+                .into_samples()
+                .map(Result::unwrap)
+                .collect::<Vec<i16>>()
         };
         assert_eq!(read(&part_path(&path)), samples[..600]);
         wav.write(&samples[600..]).unwrap();

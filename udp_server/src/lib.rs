@@ -6,6 +6,7 @@
 //! [`recorder`] (the thread that owns them) and [`server`] (the tokio shell).
 
 pub mod align;
+pub mod allocator;
 pub mod assemble;
 pub mod bus;
 pub mod calls;

@@ -20,8 +20,8 @@ use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::play::PlayTarget;
 use crate::record::{
-    write_final, write_record, CallRecord, CallRecording, DtmfRecord, Finished,
-    OpenError, RecordOptions,
+    write_final, write_record, CallRecord, CallRecording, DtmfRecord, Finished, OpenError,
+    RecordOptions,
 };
 use crate::stream::{StreamStats, Streams};
 

@@ -3,18 +3,18 @@
 //! endpoint, the metadata feed and the periodic summary.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rst_proto::{Direction, RtpPorts};
-use time::OffsetDateTime;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use rst_proto::{Direction, RtpPorts};
 use rst_udp::RecvBatch;
+use time::OffsetDateTime;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::calls::{CallId, CallTable, Limits, Output, RtpBinder};
 use crate::config::Config;
+use crate::end::EndReason;
 use crate::feed::Feed;
 use crate::http::HttpState;
 use crate::live::LiveCalls;
 use crate::metrics::Metrics;
-use crate::end::EndReason;
 use crate::record::RecordOptions;
 use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 use crate::stream::Streams;
