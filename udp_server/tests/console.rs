@@ -367,13 +367,18 @@ async fn the_console_in_a_real_browser() {
         ),
     )
     .await;
-    browser
-        .find(Locator::Css(&format!("#results tr[data-uuid=\"{uuid}\"]")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // Clicked from the page itself: each poll above started a search whose
+    // results may replace the row between a WebDriver find and its click
+    // (a stale element).
+    until(
+        &browser,
+        "the call's row is clicked",
+        &format!(
+            "const row = document.querySelector('#results tr[data-uuid=\"{uuid}\"]'); \
+             if (!row) return false; row.click(); return true;"
+        ),
+    )
+    .await;
     until(
         &browser,
         "the waveform draws",
