@@ -20,6 +20,13 @@
 //! The ratio printed is the receiver's CPU time per streamed call over a
 //! recorded-only call. Sender, receiver and consumer share the machine's
 //! cores: the figures are for this machine as loaded.
+//!
+//! Capacity per core: the real-time calls (both directions, recorded and
+//! streamed) one core of this machine sustains, from the receiver's CPU time
+//! in the streamed run: CALLS x SECONDS / CPU seconds. Printed only when that
+//! run lost no media frame; it assumes CPU time grows in proportion to the
+//! calls (it does not find the knee). Every figure also goes to
+//! `bench-results.jsonl` ([`rst_load::results`]).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -31,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use rst_load::results::{self, Figure};
 use rst_proto::{Data, Direction, Message, PayloadType, Uuid};
 
 const CALLS: usize = 200;
@@ -103,10 +111,49 @@ fn main() -> anyhow::Result<()> {
         p99.as_secs_f64() * 1000.0,
         p99.as_secs_f64() / FRAME.as_secs_f64()
     );
-    println!(
-        "CPU per streamed call / per recorded-only call: {:.2} x",
-        streamed.as_secs_f64() / recorded.as_secs_f64().max(1e-9)
-    );
+    let ratio = streamed.as_secs_f64() / recorded.as_secs_f64().max(1e-9);
+    println!("CPU per streamed call / per recorded-only call: {ratio:.2} x");
+    let lost = expected.saturating_sub(received);
+    let per_core = (CALLS as f64 * SECONDS as f64) / streamed.as_secs_f64().max(1e-9);
+    if lost == 0 {
+        println!(
+            "capacity: {per_core:.0} real-time calls per core (both directions, recorded and streamed; {CALLS} calls used {:.1} % of a core, no frame lost)",
+            100.0 * streamed.as_secs_f64() / SECONDS as f64
+        );
+    } else {
+        println!("capacity: not given, {lost} media frames were lost");
+    }
+    let mut figures = vec![
+        Figure::new(
+            "cpu_per_recorded_call",
+            recorded.as_secs_f64() * 1000.0 / CALLS as f64,
+            "ms per call",
+        ),
+        Figure::new(
+            "cpu_per_streamed_call",
+            streamed.as_secs_f64() * 1000.0 / CALLS as f64,
+            "ms per call",
+        ),
+        Figure::new("streamed_over_recorded", ratio, "x"),
+        Figure::new(
+            "latency_p50",
+            p50.as_secs_f64() / FRAME.as_secs_f64(),
+            "x frame",
+        ),
+        Figure::new(
+            "latency_p99",
+            p99.as_secs_f64() / FRAME.as_secs_f64(),
+            "x frame",
+        ),
+        Figure::new("frames_lost", lost as f64, "frames"),
+    ];
+    if lost == 0 {
+        figures.push(Figure::new("calls_per_core", per_core, "real-time calls"));
+    }
+    match results::record("udp_server/stream", &figures) {
+        Ok(path) => println!("figures appended to {}", path.display()),
+        Err(error) => println!("cannot append the figures to the results file: {error}"),
+    }
     Ok(())
 }
 

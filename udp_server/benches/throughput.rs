@@ -15,14 +15,19 @@
 //! (c) memory per active call: VmRSS of a fresh udp_server before and while 1000
 //!     calls are up (INV, then one frame per direction per call every second),
 //!     divided by `rst_calls_active`: the most seen while all are up, and the first
-//!     sample (right after every call sent two frames);
+//!     sample (right after every call sent two frames). The receiver allocates
+//!     with mimalloc (linked in); the same is measured with glibc's malloc
+//!     (`RST_ALLOCATOR=system`) and jemalloc's (that and `LD_PRELOAD`, when the
+//!     system has it: `apt-get install libjemalloc2`), to keep the allocator
+//!     chosen by measurement; then mimalloc with 10,000 calls;
 //! (d) RTP mode's highest lossless rate while recording: as (b), but the 50 calls
 //!     are RTP-mode calls (`--mode rtp`: each INV names two local ports, the ACK the
 //!     receiver's, then RFC 3550 PCMU RTP from two sockets per call), and a step is
 //!     lossless when `rst_rtp_packets_total` grew by exactly the RTP packets sent.
 //!
 //! Sender, receiver and recorder share the machine's cores: the figures are for
-//! this machine as loaded, not absolute.
+//! this machine as loaded, not absolute. Every figure also goes to
+//! `bench-results.jsonl` ([`rst_load::results`]).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rst_load::ceiling::{self, Options, Receiver};
+use rst_load::results::{self, Figure};
 use rst_load::{prom, Codec, Config, Live, Mode};
 
 /// Size of the blaster's datagrams for the ceiling.
@@ -46,6 +52,17 @@ const MAX_STEPS: usize = 14;
 /// Bisection stops when the lossy rate is within this factor of the lossless one.
 const PRECISION: f64 = 1.05;
 const MEMORY_CALLS: usize = 1000;
+/// The second, larger measure of memory per call.
+const MANY_CALLS: usize = 10_000;
+/// Other allocators than the receiver's own (mimalloc): glibc's malloc, and
+/// jemalloc's put in front of it, where installed.
+const ALLOCATORS: [(&str, Option<&str>); 2] = [
+    ("glibc", None),
+    (
+        "jemalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ),
+];
 /// Keep-alive frames per direction per call, one a second.
 const MEMORY_FRAMES: u64 = 6;
 const DATA_SERIES: &str = "rst_messages_total{command=\"data\"}";
@@ -70,8 +87,12 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    // RTP mode takes two sockets per call, in rst-load and in the server it starts.
-    rst_load::raise_fd_limit()?;
+    // RTP mode takes two sockets per call, in rst-load and in the server it
+    // starts; the memory part's MANY_CALLS calls three files each in the server.
+    let files = rst_load::raise_fd_limit_to(4 * MANY_CALLS as u64 + 1024)?;
+    if files < 3 * MANY_CALLS as u64 {
+        println!("(open files limited to {files}: the {MANY_CALLS}-call memory part may fail; raise `ulimit -n`)");
+    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "udp_server throughput bench ({cores} cores; sender, receiver and recorder share them)\n"
@@ -88,9 +109,27 @@ fn main() -> anyhow::Result<()> {
         lossless = Some(lossless_rate(ceiling, Mode::Data)?);
     }
     let mut memory = None;
+    let mut many = None;
+    let mut allocators = Vec::new();
     if wanted("memory") {
-        println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server");
-        memory = Some(memory_per_call()?);
+        println!("\n(c) memory: {MEMORY_CALLS} active calls on a fresh udp_server (mimalloc)");
+        memory = Some(memory_per_call(MEMORY_CALLS, Malloc::Own)?);
+        for (name, library) in ALLOCATORS {
+            if let Some(library) = library.filter(|l| !std::path::Path::new(l).exists()) {
+                println!("    ({name}: {library} is not installed; skipped)");
+                continue;
+            }
+            println!(
+                "    the same with {name} (RST_ALLOCATOR=system{}):",
+                library.map_or(String::new(), |l| format!(", LD_PRELOAD={l}"))
+            );
+            allocators.push((
+                name,
+                memory_per_call(MEMORY_CALLS, Malloc::System(library))?,
+            ));
+        }
+        println!("    {MANY_CALLS} active calls (mimalloc):");
+        many = Some(memory_per_call(MANY_CALLS, Malloc::Own)?);
     }
     let mut rtp = None;
     if wanted("rtp") {
@@ -118,8 +157,20 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(memory) = memory {
         println!(
-            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)",
+            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MEMORY_CALLS} calls, mimalloc)",
             memory.peak_kib, memory.opened_kib
+        );
+    }
+    for (name, memory) in &allocators {
+        println!(
+            "  with {name:<27}: {:.1} KiB ({:.1} KiB just after opening)",
+            memory.peak_kib, memory.opened_kib
+        );
+    }
+    if let Some(many) = many {
+        println!(
+            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MANY_CALLS} calls, mimalloc)",
+            many.peak_kib, many.opened_kib
         );
     }
     if let Some(rtp) = &rtp {
@@ -136,6 +187,49 @@ fn main() -> anyhow::Result<()> {
         .any(|lossless| lossless.sender_bound)
     {
         println!("(a figure with >= is a lower bound: rst-load could not send faster)");
+    }
+
+    let mut figures = Vec::new();
+    if let Some(ceiling) = ceiling {
+        figures.push(Figure::new("loopback_ceiling", ceiling, "datagrams/s"));
+    }
+    for (name, lossless) in [("lossless_data", &lossless), ("lossless_rtp", &rtp)] {
+        let Some(lossless) = lossless else { continue };
+        let unit = if lossless.sender_bound {
+            "datagrams/s (at least: sender-bound)"
+        } else {
+            "datagrams/s"
+        };
+        figures.push(Figure::new(name, lossless.rate, unit));
+        if let Some(ceiling) = ceiling {
+            figures.push(Figure::new(
+                format!("{name}_ratio"),
+                lossless.rate / ceiling,
+                "x ceiling",
+            ));
+        }
+    }
+    let memory_figures = [(format!("memory_per_call_{MEMORY_CALLS}"), memory)]
+        .into_iter()
+        .chain(allocators.iter().map(|(name, memory)| {
+            (
+                format!("memory_per_call_{MEMORY_CALLS}_{name}"),
+                Some(*memory),
+            )
+        }))
+        .chain([(format!("memory_per_call_{MANY_CALLS}"), many)]);
+    for (name, memory) in memory_figures {
+        let Some(memory) = memory else { continue };
+        figures.push(Figure::new(&name, memory.peak_kib, "KiB"));
+        figures.push(Figure::new(
+            format!("{name}_opened"),
+            memory.opened_kib,
+            "KiB",
+        ));
+    }
+    match results::record("udp_server/throughput", &figures) {
+        Ok(path) => println!("\nfigures appended to {}", path.display()),
+        Err(error) => println!("\ncannot append the figures to the results file: {error}"),
     }
     Ok(())
 }
@@ -327,10 +421,20 @@ fn print_step(step: &Step, retrying: bool) {
     );
 }
 
-/// (c): memory per active call, with the calls kept alive by one frame per direction
-/// per second.
-fn memory_per_call() -> anyhow::Result<Memory> {
-    let server = Server::start("memory")?;
+/// Which malloc the receiver uses.
+#[derive(Debug, Clone, Copy)]
+enum Malloc {
+    /// Its own (mimalloc).
+    Own,
+    /// The system's (`RST_ALLOCATOR=system`), with this library in front of
+    /// glibc's (`LD_PRELOAD`), if any.
+    System(Option<&'static str>),
+}
+
+/// (c): memory per active call, with `calls` calls kept alive by one frame per
+/// direction per second.
+fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
+    let server = Server::start_with("memory", malloc)?;
     // One short call first, so what the first call initialises once is not counted.
     let warm_up = rst_load::run(&Config {
         target: server.listen,
@@ -345,15 +449,15 @@ fn memory_per_call() -> anyhow::Result<Memory> {
     std::thread::sleep(Duration::from_millis(200));
     let before = server.rss_kib()?;
 
-    let calls = MEMORY_CALLS as u64;
     let config = Config {
         target: server.listen,
-        calls: MEMORY_CALLS,
+        calls,
         // One frame per direction per call every second, calls spread over the second.
         interval: Duration::from_secs(1),
         frames: Some(MEMORY_FRAMES),
         ..Config::default()
     };
+    let calls = calls as u64;
     let live = Live::default();
     // (VmRSS KiB, rst_calls_active) samples while every call is up.
     let mut samples: Vec<(u64, u64)> = Vec::new();
@@ -373,7 +477,7 @@ fn memory_per_call() -> anyhow::Result<Memory> {
     })?;
     let log = server.stop();
     let (Some(&opened), Some(&peak)) = (samples.first(), samples.iter().max()) else {
-        anyhow::bail!("the {MEMORY_CALLS} calls never all came up:\n{report}\n{log}");
+        anyhow::bail!("the {calls} calls never all came up:\n{report}\n{log}");
     };
     let per_call =
         |(rss, active): (u64, u64)| rss.saturating_sub(before) as f64 / active.max(1) as f64;
@@ -403,6 +507,14 @@ struct Server {
 
 impl Server {
     fn start(name: &str) -> anyhow::Result<Server> {
+        Server::start_with(name, Malloc::Own)
+    }
+
+    fn start_with(name: &str, malloc: Malloc) -> anyhow::Result<Server> {
+        let (system, preload) = match malloc {
+            Malloc::Own => (false, None),
+            Malloc::System(preload) => (true, preload),
+        };
         let dir = tempfile::Builder::new()
             .prefix(&format!("rst-bench-{name}-"))
             .tempdir()?;
@@ -416,7 +528,12 @@ impl Server {
             .arg("--metrics")
             .arg(metrics.to_string())
             .arg("--max-calls")
-            .arg((10 * MEMORY_CALLS).to_string())
+            .arg((2 * MANY_CALLS).to_string())
+            // The memory part opens MANY_CALLS calls as fast as it can.
+            .arg("--new-calls-per-second")
+            .arg("0")
+            .envs(system.then_some(("RST_ALLOCATOR", "system")))
+            .envs(preload.map(|library| ("LD_PRELOAD", library)))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

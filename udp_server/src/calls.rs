@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use rst_proto::{Ack, Direction, Message, ParseError, PayloadType, RtpPacket, RtpPorts, Uuid};
 
+use crate::end::EndReason;
 use crate::metrics::{Metrics, Refusal};
-use crate::record::EndReason;
 
 /// The receiver's own number for a call, unique for the life of the process
 /// (a UUID can be reused: `uuid_rst stop`, then start again).

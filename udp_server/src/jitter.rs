@@ -13,14 +13,16 @@ use std::time::Duration;
 use rst_proto::RtpPacket;
 use serde::Serialize;
 
-/// A packet waiting in, or released from, the buffer.
+/// A packet waiting in, or released from, the buffer: its payload owned
+/// while it waits, borrowed from the datagram when it goes straight through
+/// ([`JitterBuffer::push_in_order`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+pub struct Held<P = Vec<u8>> {
     pub sequence: u64,
     pub timestamp: u32,
     pub ssrc: u32,
     pub payload_type: u8,
-    pub payload: Vec<u8>,
+    pub payload: P,
     /// Packets given up on just before this one: where the loss is.
     pub lost_before: u64,
 }
@@ -141,6 +143,43 @@ impl JitterBuffer {
         self.update_expected();
     }
 
+    /// The in-order fast path. When `packet` is the very one due next and
+    /// nothing waits (a healthy stream, nearly every packet), it is counted
+    /// exactly as [`push`](Self::push) then [`pop`](Self::pop) would, and
+    /// handed straight back with its payload borrowed: no copy, no map.
+    /// Otherwise it is pushed, `None` comes back, and `pop` releases what can go.
+    pub fn push_in_order<'a>(
+        &mut self,
+        packet: &RtpPacket<'a>,
+        arrival: Duration,
+        clock: u32,
+    ) -> Option<Held<&'a [u8]>> {
+        let due = self.next.filter(|_| {
+            self.held.is_empty() && self.ready.is_empty() && self.ssrc == Some(packet.ssrc)
+        });
+        match due {
+            Some(next) if extend(self.highest, packet.sequence) == next => {
+                self.stats.received += 1;
+                self.highest = self.highest.max(next);
+                self.update_jitter(packet.timestamp, arrival, clock);
+                self.update_expected();
+                self.released(next);
+                Some(Held {
+                    sequence: next,
+                    timestamp: packet.timestamp,
+                    ssrc: packet.ssrc,
+                    payload_type: packet.payload_type,
+                    payload: packet.payload,
+                    lost_before: 0,
+                })
+            }
+            _ => {
+                self.push(packet, arrival, clock);
+                None
+            }
+        }
+    }
+
     /// The next packet in order, if it can be released now.
     pub fn pop(&mut self) -> Option<Held> {
         if let Some(held) = self.ready.pop_front() {
@@ -167,12 +206,16 @@ impl JitterBuffer {
     }
 
     fn release(&mut self, held: Held) -> Held {
-        self.next = Some(held.sequence + 1);
+        self.released(held.sequence);
+        held
+    }
+
+    fn released(&mut self, sequence: u64) {
+        self.next = Some(sequence + 1);
         if self.recently_released.len() == RECENT {
             self.recently_released.pop_front();
         }
-        self.recently_released.push_back(held.sequence);
-        held
+        self.recently_released.push_back(sequence);
     }
 
     fn drain_into_ready(&mut self) {
@@ -252,9 +295,9 @@ impl Timeline {
     /// Media time of `packet`. `arrival` anchors a new stream; `end_of_audio` is
     /// where this direction's audio so far ends, where a jump re-anchors.
     /// Returns the time and whether the stream was re-anchored by a jump.
-    pub fn place(
+    pub fn place<P>(
         &mut self,
-        packet: &Held,
+        packet: &Held<P>,
         clock: u32,
         arrival: Duration,
         end_of_audio: Duration,
@@ -283,7 +326,7 @@ impl Timeline {
         (anchor.at + Duration::from_secs_f64(offset.max(0.0)), false)
     }
 
-    fn anchor_at(&mut self, packet: &Held, clock: u32, at: Duration) -> Duration {
+    fn anchor_at<P>(&mut self, packet: &Held<P>, clock: u32, at: Duration) -> Duration {
         let timestamp = i64::from(packet.timestamp);
         self.anchor = Some(Anchor {
             ssrc: packet.ssrc,
@@ -379,6 +422,38 @@ mod tests {
         // 3 and 4 given up on when 7 arrived, 8 when the call ended.
         assert_eq!(holes, [(1, 0), (2, 0), (5, 2), (6, 0), (7, 0), (9, 1)]);
         assert_eq!(buffer.stats.lost, 3);
+    }
+
+    #[test]
+    fn the_in_order_fast_path_releases_and_counts_as_push_and_pop() {
+        let arrivals = [
+            10u16, 11, 12, 14, 13, 13, 15, 20, 21, 22, 23, 24, 16, 25, 65535, 0,
+        ];
+        let (mut slow, mut fast) = (JitterBuffer::new(3), JitterBuffer::new(3));
+        let (mut slow_out, mut fast_out) = (Vec::new(), Vec::new());
+        for (i, &seq) in arrivals.iter().enumerate() {
+            let ssrc = if i < 14 { 1 } else { 2 };
+            let payload = [seq as u8];
+            let rtp = RtpPacket {
+                marker: false,
+                payload_type: 0,
+                sequence: seq,
+                timestamp: u32::from(seq) * 160,
+                ssrc,
+                payload: &payload,
+            };
+            let arrival = Duration::from_millis(20 * i as u64);
+            slow.push(&rtp, arrival, 8000);
+            slow_out.extend(std::iter::from_fn(|| slow.pop()).map(|h| (h.sequence, h.payload)));
+            if let Some(held) = fast.push_in_order(&rtp, arrival, 8000) {
+                fast_out.push((held.sequence, held.payload.to_vec()));
+            }
+            fast_out.extend(std::iter::from_fn(|| fast.pop()).map(|h| (h.sequence, h.payload)));
+        }
+        slow_out.extend(slow.finish().map(|h| (h.sequence, h.payload)));
+        fast_out.extend(fast.finish().map(|h| (h.sequence, h.payload)));
+        assert_eq!(fast_out, slow_out);
+        assert_eq!(fast.stats, slow.stats);
     }
 
     #[test]

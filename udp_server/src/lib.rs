@@ -6,12 +6,14 @@
 //! [`recorder`] (the thread that owns them) and [`server`] (the tokio shell).
 
 pub mod align;
+pub mod allocator;
 pub mod assemble;
 pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod console;
 pub mod embed;
+pub mod end;
 pub mod feed;
 pub mod files;
 pub mod http;

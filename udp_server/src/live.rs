@@ -8,7 +8,7 @@
 //! for a call nobody listens to.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use rst_proto::Direction;
@@ -147,12 +147,14 @@ pub struct LiveCall {
     info: Mutex<CallInfo>,
     media: Mutex<LiveMedia>,
     started: Instant,
-    events: broadcast::Sender<LiveEvent>,
+    /// Made by the first subscriber: its slots (`EVENTS_PER_CALL` of them,
+    /// some 30 KiB) would otherwise be most of an unheard call's memory.
+    events: OnceLock<broadcast::Sender<LiveEvent>>,
     listeners: std::sync::atomic::AtomicUsize,
     /// Where audio back goes, when the call's sender can play (`play=1`).
     play: Option<PlayTarget>,
     /// Started by the first consumer that speaks.
-    player: std::sync::OnceLock<Player>,
+    player: OnceLock<Player>,
     /// Cancelled when the call ends: its player stops.
     ended: CancellationToken,
 }
@@ -200,17 +202,23 @@ impl LiveCall {
 
     /// Everything published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
-        self.events.subscribe()
+        self.events
+            .get_or_init(|| broadcast::channel(EVENTS_PER_CALL).0)
+            .subscribe()
     }
 
     /// Whether anyone hears this call: frames are built only then.
     pub fn wanted(&self) -> bool {
-        self.events.receiver_count() > 0
+        self.events
+            .get()
+            .is_some_and(|events| events.receiver_count() > 0)
     }
 
     pub fn publish(&self, event: LiveEvent) {
         // No subscriber is not an error: the call is simply not heard.
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     /// Counts a `listen` client for as long as the guard lives.
@@ -254,15 +262,14 @@ impl LiveCalls {
     }
 
     pub fn open(&self, call: CallId, info: CallInfo, play: Option<PlayTarget>) -> Arc<LiveCall> {
-        let (events, _) = broadcast::channel(EVENTS_PER_CALL);
         let live = Arc::new(LiveCall {
             info: Mutex::new(info),
             media: Mutex::default(),
             started: Instant::now(),
-            events,
+            events: OnceLock::new(),
             listeners: Default::default(),
             play,
-            player: std::sync::OnceLock::new(),
+            player: OnceLock::new(),
             ended: CancellationToken::new(),
         });
         self.lock().insert(call, live.clone());

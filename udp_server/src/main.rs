@@ -12,6 +12,9 @@ use udp_server::storage::StorageSettings;
 use udp_server::taps::TapsConfig;
 use udp_server::{Config, Metrics, Settings};
 
+#[global_allocator]
+static ALLOCATOR: udp_server::allocator::Allocator = udp_server::allocator::Allocator;
+
 /// The rst receiver: records the calls that mod_rst and tap_daemon send.
 #[derive(Debug, Parser)]
 #[command(version, about)]

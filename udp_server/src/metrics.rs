@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use rst_proto::ParseError;
 
-use crate::record::EndReason;
+use crate::end::EndReason;
 
 /// Why a well-formed datagram was not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,43 +15,12 @@ use time::OffsetDateTime;
 
 use crate::align::StereoAligner;
 use crate::calls::CallStart;
+use crate::end::EndReason;
 use crate::files::{part_path, RawFile, WavFile};
 use crate::jitter::{JitterBuffer, RtpStats, Timeline};
 use crate::live::{AudioFrame, LiveCall, LiveEvent, Timing};
 use crate::metrics::Metrics;
 use crate::stream::{StreamRecord, StreamStats};
-
-/// Why a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndReason {
-    /// The sender said BYE.
-    Bye,
-    /// Nothing arrived for the idle timeout.
-    Timeout,
-    /// The receiver was stopped.
-    Shutdown,
-    /// Recording failed (a full disk, say) or the receiver died mid-call.
-    Error,
-}
-
-impl EndReason {
-    pub const ALL: [EndReason; 4] = [
-        EndReason::Bye,
-        EndReason::Timeout,
-        EndReason::Shutdown,
-        EndReason::Error,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EndReason::Bye => "bye",
-            EndReason::Timeout => "timeout",
-            EndReason::Shutdown => "shutdown",
-            EndReason::Error => "error",
-        }
-    }
-}
 
 /// The JSON record of a call, written beside its audio.
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +209,17 @@ impl RtpLane {
 /// memory (and record) without bound.
 const MAX_DTMF_PER_CALL: usize = 10_000;
 
+/// What an RTP payload type means to a call, for each of its packets.
+#[derive(Debug, Clone, Copy)]
+struct PayloadFacts {
+    clock: u32,
+    event: bool,
+}
+
+/// Samples of room a call keeps for its stereo frames between writes (20 ms
+/// of 16 kHz stereo).
+const STEREO_FRAMES_KEPT: usize = 640;
+
 /// Options that apply to every recording.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -277,6 +257,9 @@ pub struct CallRecording {
     dtmf_seen: Vec<(Direction, u32)>,
     stereo: Option<(StereoAligner, WavFile)>,
     stereo_frames: Vec<i16>,
+    /// What the last RTP payload type met means, so that a packet does not
+    /// search the declarations (and parse encoding names) again and again.
+    payload_facts: Option<(u8, PayloadFacts)>,
     /// Once a write fails the call stops writing; what was written stays valid.
     failed: bool,
     /// Where the call's audio goes live, and the streams that take it.
@@ -335,6 +318,7 @@ impl CallRecording {
             dtmf_seen: Vec::new(),
             stereo: None,
             stereo_frames: Vec::new(),
+            payload_facts: None,
             failed: false,
             live: None,
             streams: Vec::new(),
@@ -412,6 +396,7 @@ impl CallRecording {
             }
             tracing::debug!(uuid = %self.record.uuid, pt, name, rate, "payload type declared mid-call");
             self.declared.push((pt, name, rate));
+            self.payload_facts = None;
             // A lane that already met this payload type, undeclared then,
             // picks the declared codec for its next packet.
             for lane in &mut self.lanes {
@@ -471,14 +456,16 @@ impl CallRecording {
     ) {
         let index = direction as usize;
         let arrival = now.saturating_duration_since(self.started);
-        let clock = self.clock_rate(packet.payload_type);
+        let clock = self.payload_facts(packet.payload_type).clock;
         // A call DATA started that an RTP-mode INV then gave ports to.
         let jitter_packets = self.jitter_packets;
         let rtp = self.lanes[index]
             .rtp
             .get_or_insert_with(|| RtpLane::new(jitter_packets));
         self.record.mode = "rtp";
-        rtp.jitter.push(packet, arrival, clock);
+        if let Some(held) = rtp.jitter.push_in_order(packet, arrival, clock) {
+            self.play(index, held, arrival, metrics);
+        }
         while let Some(held) = self.lanes[index]
             .rtp
             .as_mut()
@@ -525,10 +512,10 @@ impl CallRecording {
         indices.into_iter().filter_map(|i| self.record.dtmf.get(i))
     }
 
-    fn play(
+    fn play<P: AsRef<[u8]>>(
         &mut self,
         index: usize,
-        held: crate::jitter::Held,
+        held: crate::jitter::Held<P>,
         arrival: Duration,
         metrics: &Metrics,
     ) {
@@ -539,11 +526,11 @@ impl CallRecording {
             .get_mut(direction.as_str())
             .expect("both directions");
         stats.packets += 1;
-        stats.bytes += held.payload.len() as u64;
-        let clock = self.clock_rate(held.payload_type);
-        let is_event = self
-            .declared(held.payload_type)
-            .is_some_and(|(name, _)| name.eq_ignore_ascii_case("telephone-event"));
+        stats.bytes += held.payload.as_ref().len() as u64;
+        let PayloadFacts {
+            clock,
+            event: is_event,
+        } = self.payload_facts(held.payload_type);
         let Some(rtp) = &mut self.lanes[index].rtp else {
             return;
         };
@@ -562,21 +549,21 @@ impl CallRecording {
         let result = self.write_audio(
             index,
             payload_type,
-            &held.payload,
+            held.payload.as_ref(),
             Timing::Media(at),
             metrics,
         );
         self.check(result, "write audio", Some(metrics));
     }
 
-    fn telephone_event(
+    fn telephone_event<P: AsRef<[u8]>>(
         &mut self,
         index: usize,
-        held: &crate::jitter::Held,
+        held: &crate::jitter::Held<P>,
         at: Duration,
         clock: u32,
     ) {
-        let Some(event) = TelephoneEvent::parse(&held.payload) else {
+        let Some(event) = TelephoneEvent::parse(held.payload.as_ref()) else {
             return;
         };
         let direction = self.lanes[index].direction;
@@ -606,6 +593,22 @@ impl CallRecording {
                 Some((u64::from(event.duration) * 1000 / u64::from(clock.max(1))) as u32);
             self.new_dtmf.push(record_index);
         }
+    }
+
+    /// `pt`'s RTP clock and whether it is a telephone-event, looked up once
+    /// for a run of packets of one payload type.
+    fn payload_facts(&mut self, pt: u8) -> PayloadFacts {
+        if let Some((_, facts)) = self.payload_facts.filter(|(known, _)| *known == pt) {
+            return facts;
+        }
+        let facts = PayloadFacts {
+            clock: self.clock_rate(pt),
+            event: self
+                .declared(pt)
+                .is_some_and(|(name, _)| name.eq_ignore_ascii_case("telephone-event")),
+        };
+        self.payload_facts = Some((pt, facts));
+        facts
     }
 
     /// What the sender declared `pt` to be, in its INV, or else what the
@@ -925,7 +928,11 @@ impl CallRecording {
                 &mut self.stereo_frames,
             ),
         }
-        wav.write(&self.stereo_frames)
+        let result = wav.write(&self.stereo_frames);
+        // A long silence comes out in one go: its room is not kept per call.
+        self.stereo_frames.clear();
+        self.stereo_frames.shrink_to(STEREO_FRAMES_KEPT);
+        result
     }
 
     fn write_provisional_record(&self) -> io::Result<()> {

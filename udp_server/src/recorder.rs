@@ -14,13 +14,14 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::calls::{CallId, CallStart};
+use crate::end::EndReason;
 use crate::files::repair_wav;
 use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::play::PlayTarget;
 use crate::record::{
-    write_final, write_record, CallRecord, CallRecording, DtmfRecord, EndReason, Finished,
-    OpenError, RecordOptions,
+    write_final, write_record, CallRecord, CallRecording, DtmfRecord, Finished, OpenError,
+    RecordOptions,
 };
 use crate::stream::{StreamStats, Streams};
 

@@ -3,33 +3,43 @@
 //! endpoint, the metadata feed and the periodic summary.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rst_proto::{Direction, RtpPorts};
+use rst_udp::RecvBatch;
 use time::OffsetDateTime;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::{CallId, CallTable, Limits, Output, RtpBinder};
 use crate::config::Config;
+use crate::end::EndReason;
 use crate::feed::Feed;
 use crate::http::HttpState;
 use crate::live::LiveCalls;
 use crate::metrics::Metrics;
-use crate::record::{EndReason, RecordOptions};
+use crate::record::RecordOptions;
 use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 use crate::stream::Streams;
 use crate::taps::TapLinks;
 
-/// Datagrams handled per wake-up before the batch goes to the recorder; bounds
-/// the work per wake-up and the batch size.
-const BATCH_DATAGRAMS: usize = 64;
+/// `recvmmsg` calls (of [`rst_udp::BATCH`] datagrams each) per wake-up at most,
+/// before the batches go to the recorders: bounds the work per wake-up, and
+/// so the size of a recorder batch.
+const RECEIVES_PER_WAKE_UP: usize = 4;
+/// The largest datagram the receiver's port takes (the UDP maximum).
+const MAX_DATAGRAM: usize = 65_536;
+/// The largest RTP packet a call's port takes; longer ones are cut (and fail to parse).
+const MAX_RTP_PACKET: usize = 4096;
 /// Batches queued for each recorder thread; when the disk is slower than the
 /// network the receive loop waits here and the socket buffer absorbs the burst.
 const RECORDER_QUEUE: usize = 1024;
@@ -39,8 +49,6 @@ const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// Headers and buffers go to disk once a second: what a `kill -9` can lose.
 const FLUSH_EVERY_TICKS: u32 = 10;
-/// RTP packets in flight from the per-call sockets to the receive loop.
-const RTP_QUEUE: usize = 8192;
 
 /// Binds the receiver's UDP socket with a large receive buffer.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
@@ -309,7 +317,6 @@ pub async fn run_with(
         bind_sender: config.bind_sender,
         new_calls_per_second: config.new_calls_per_second,
     };
-    let (rtp_arrivals, rtp_queue) = mpsc::channel(RTP_QUEUE);
     let mut receiver = Receiver {
         socket,
         table: CallTable::new(limits, metrics.clone()),
@@ -317,10 +324,9 @@ pub async fn run_with(
         ack: Vec::new(),
         rtp: RtpSockets {
             ip: config.listen.ip(),
-            arrivals: rtp_arrivals,
             open: HashMap::new(),
+            ready: FuturesUnordered::new(),
         },
-        rtp_queue,
         ended: Vec::new(),
     };
     // Taps are stopped before the receive loop ends, so that the BYEs of the
@@ -423,21 +429,25 @@ fn publish(feed: &Feed, uploads: Option<&crate::storage::Uploads>, event: Event<
     }
 }
 
-/// An RTP packet as it came off one of a call's ports.
+/// One of an RTP-mode call's two ports.
 #[derive(Debug)]
-struct RtpArrival {
+struct RtpPort {
     call: CallId,
     direction: Direction,
-    from: SocketAddr,
-    bytes: Vec<u8>,
-    at: Instant,
+    socket: UdpSocket,
 }
 
-/// The receive ports of RTP-mode calls, each read by a task of its own.
+/// An [`RtpPort`] that has packets to read, or `None` once its call closed it.
+type RtpReady = Pin<Box<dyn Future<Output = Option<RtpPort>> + Send>>;
+
+/// The receive ports of RTP-mode calls, read by the receive loop itself: each
+/// port waits for packets in `ready`, and the loop reads what came with one
+/// `recvmmsg` into its own buffer (no task, copy or channel per packet).
 struct RtpSockets {
     ip: IpAddr,
-    arrivals: mpsc::Sender<RtpArrival>,
-    open: HashMap<CallId, [AbortHandle; 2]>,
+    /// Cancelled when the call ends: its ports close.
+    open: HashMap<CallId, CancellationToken>,
+    ready: FuturesUnordered<RtpReady>,
 }
 
 impl RtpBinder for RtpSockets {
@@ -456,50 +466,56 @@ impl RtpSockets {
     fn bind(&mut self, call: CallId, ports: RtpPorts) -> std::io::Result<()> {
         let read = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.read))?)?;
         let write = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.write))?)?;
-        let spawn = |socket, direction| {
-            tokio::spawn(receive_rtp(socket, call, direction, self.arrivals.clone())).abort_handle()
-        };
-        self.open.insert(
-            call,
-            [spawn(read, Direction::Read), spawn(write, Direction::Write)],
-        );
+        let closed = CancellationToken::new();
+        for (socket, direction) in [(read, Direction::Read), (write, Direction::Write)] {
+            self.wait(
+                RtpPort {
+                    call,
+                    direction,
+                    socket,
+                },
+                closed.clone(),
+            );
+        }
+        self.open.insert(call, closed);
         Ok(())
     }
 
+    /// Waits for `port`'s next packets (until its call closes it).
+    fn wait(&self, port: RtpPort, closed: CancellationToken) {
+        self.ready.push(Box::pin(async move {
+            tokio::select! {
+                biased;
+                () = closed.cancelled() => None,
+                readable = port.socket.readable() => match readable {
+                    Ok(()) => Some(port),
+                    Err(error) => {
+                        tracing::warn!(%error, "an RTP port failed; the call's RTP on it is no longer read");
+                        None
+                    }
+                },
+            }
+        }));
+    }
+
+    /// Waits for more of `port`'s packets, unless its call ended meanwhile.
+    fn rearm(&self, port: RtpPort) {
+        if let Some(closed) = self.open.get(&port.call) {
+            self.wait(port, closed.clone());
+        }
+    }
+
     fn close(&mut self, call: CallId) {
-        for task in self.open.remove(&call).into_iter().flatten() {
-            task.abort();
+        if let Some(closed) = self.open.remove(&call) {
+            closed.cancel();
         }
     }
 
     fn close_all(&mut self) {
-        for (_, tasks) in self.open.drain() {
-            tasks.iter().for_each(AbortHandle::abort);
+        for (_, closed) in self.open.drain() {
+            closed.cancel();
         }
-    }
-}
-
-async fn receive_rtp(
-    socket: UdpSocket,
-    call: CallId,
-    direction: Direction,
-    arrivals: mpsc::Sender<RtpArrival>,
-) {
-    let mut buffer = vec![0u8; 4096];
-    loop {
-        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
-            continue;
-        };
-        let arrival = RtpArrival {
-            call,
-            direction,
-            from,
-            bytes: buffer[..len].to_vec(),
-            at: Instant::now(),
-        };
-        if arrivals.send(arrival).await.is_err() {
-            return;
-        }
+        self.ready.clear();
     }
 }
 
@@ -509,7 +525,6 @@ struct Receiver {
     metrics: Arc<Metrics>,
     ack: Vec<u8>,
     rtp: RtpSockets,
-    rtp_queue: mpsc::Receiver<RtpArrival>,
     /// Calls a datagram ended, whose RTP sockets close once it is handled.
     ended: Vec<CallId>,
 }
@@ -520,12 +535,13 @@ impl Receiver {
         batches: &[mpsc::Sender<Batch>],
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut buffer = vec![0u8; 65536];
+        let mut datagrams = RecvBatch::new(MAX_DATAGRAM);
+        let mut packets = RecvBatch::new(MAX_RTP_PACKET);
+        let mut outbox = Outbox::new(batches.len());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
         loop {
-            let mut batch = Outbox::new(batches.len());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -536,46 +552,63 @@ impl Receiver {
                         if let Output::End { call, .. } = output {
                             rtp.close(call);
                         }
-                        batch.push(output, now);
+                        outbox.push(output, now);
                     });
                     ticks = ticks.wrapping_add(1);
                     if ticks % FLUSH_EVERY_TICKS == 0 {
-                        batch.flush_all();
+                        outbox.flush_all();
                     }
                 }
-                Some(arrival) = self.rtp_queue.recv() => {
-                    self.handle_rtp(arrival, &mut batch);
-                    for _ in 1..BATCH_DATAGRAMS {
-                        match self.rtp_queue.try_recv() {
-                            Ok(arrival) => self.handle_rtp(arrival, &mut batch),
-                            Err(_) => break,
-                        }
+                Some(ready) = self.rtp.ready.next() => {
+                    // `None`: the port's call ended, and the port is closed.
+                    let Some(port) = ready else { continue };
+                    match port.socket.try_io(Interest::READABLE, || packets.try_recv(&port.socket)) {
+                        Ok(_) => self.handle_rtp(&port, &packets, &mut outbox),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(error) => tracing::debug!(%error, "RTP receive error"),
                     }
+                    self.rtp.rearm(port);
                 }
-                received = self.socket.recv_from(&mut buffer) => {
-                    let (len, from) = match received {
-                        Ok(received) => received,
-                        Err(error) => {
+                readable = self.socket.readable() => {
+                    if let Err(error) = readable {
+                        tracing::debug!(%error, "receive error");
+                        continue;
+                    }
+                    // A few batches while they come full: the recorders are
+                    // woken once for all of them, not once per `recvmmsg`.
+                    for _ in 0..RECEIVES_PER_WAKE_UP {
+                        match self.socket.try_io(Interest::READABLE, || datagrams.try_recv(&*self.socket)) {
+                            Ok(count) => {
+                                self.handle_all(&datagrams, &mut outbox);
+                                if count < rst_udp::BATCH {
+                                    break; // the queue is empty (or nearly)
+                                }
+                            }
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                             // ICMP errors from earlier sends surface here on some systems.
-                            tracing::debug!(%error, "receive error");
-                            continue;
-                        }
-                    };
-                    self.handle(from, &buffer[..len], &mut batch);
-                    for _ in 1..BATCH_DATAGRAMS {
-                        match self.socket.try_recv_from(&mut buffer) {
-                            Ok((len, from)) => self.handle(from, &buffer[..len], &mut batch),
-                            Err(_) => break,
+                            Err(error) => {
+                                tracing::debug!(%error, "receive error");
+                                break;
+                            }
                         }
                     }
                 }
             }
-            batch.send(batches).await?;
+            outbox.send(batches).await?;
         }
     }
 
-    fn handle(&mut self, from: SocketAddr, datagram: &[u8], batch: &mut Outbox) {
+    /// Handles the datagrams of one `recvmmsg`, all taken at one instant.
+    fn handle_all(&mut self, datagrams: &RecvBatch, outbox: &mut Outbox) {
         let now = Instant::now();
+        for i in 0..datagrams.len() {
+            if let Some(from) = datagrams.sender(i) {
+                self.handle(now, from, datagrams.datagram(i), outbox);
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], batch: &mut Outbox) {
         let Receiver {
             socket,
             table,
@@ -607,22 +640,29 @@ impl Receiver {
         }
     }
 
-    fn handle_rtp(&mut self, arrival: RtpArrival, batch: &mut Outbox) {
-        let RtpArrival {
-            call,
-            direction,
-            from,
-            bytes,
-            at,
-        } = arrival;
-        self.table
-            .handle_rtp(at, call, direction, from, &bytes, &mut |output| {
-                batch.push(output, at)
-            });
+    /// Handles the packets one `recvmmsg` took from one of a call's RTP ports.
+    fn handle_rtp(&mut self, port: &RtpPort, packets: &RecvBatch, batch: &mut Outbox) {
+        let at = Instant::now();
+        for i in 0..packets.len() {
+            let Some(from) = packets.sender(i) else {
+                continue;
+            };
+            self.table.handle_rtp(
+                at,
+                port.call,
+                port.direction,
+                from,
+                packets.datagram(i),
+                &mut |output| batch.push(output, at),
+            );
+        }
     }
 }
 
-/// The commands of one wake-up, one batch per recorder thread.
+/// The commands of one wake-up, one batch per recorder thread. Kept from
+/// wake-up to wake-up; a recorder's batch grows only as its commands come (a
+/// batch made with room for a full wake-up costs tens of KiB while it waits in
+/// the recorder's queue, one per datagram when datagrams come one by one).
 struct Outbox {
     batches: Vec<Batch>,
 }
@@ -658,9 +698,10 @@ impl Outbox {
         }
     }
 
-    async fn send(self, senders: &[mpsc::Sender<Batch>]) -> anyhow::Result<()> {
-        for (batch, sender) in self.batches.into_iter().zip(senders) {
-            if !batch.is_empty() && sender.send(batch).await.is_err() {
+    /// Hands each recorder its batch, if it has one, and starts afresh.
+    async fn send(&mut self, senders: &[mpsc::Sender<Batch>]) -> anyhow::Result<()> {
+        for (batch, sender) in self.batches.iter_mut().zip(senders) {
+            if !batch.is_empty() && sender.send(std::mem::take(batch)).await.is_err() {
                 anyhow::bail!("a recorder thread stopped");
             }
         }

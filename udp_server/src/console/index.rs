@@ -12,7 +12,8 @@ use std::sync::{PoisonError, RwLock};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::record::{CallRecord, EndReason};
+use crate::end::EndReason;
+use crate::record::CallRecord;
 
 /// Rows a search answers at most.
 pub const MAX_RESULTS: usize = 500;
