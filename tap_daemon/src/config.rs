@@ -221,6 +221,7 @@ impl Settings {
             return Err(ConfigError::StreamName(bad.clone()));
         }
         output.streams = self.stream;
+        output.tap = Some(self.name.clone().unwrap_or_else(crate::control::hostname));
         Ok(RunConfig {
             source,
             filter: self.filter,

@@ -60,6 +60,9 @@ pub struct OutputConfig {
     pub pool: Option<Pool>,
     /// With a pool: how long an INV may go unanswered before the call moves on.
     pub failover: Duration,
+    /// The tap's name, in every call's INV (`tap=`): the receiver's records
+    /// and console say which tap a call came from.
+    pub tap: Option<String>,
 }
 
 impl OutputConfig {
@@ -81,6 +84,7 @@ impl OutputConfig {
             streams: Vec::new(),
             pool: None,
             failover: Duration::from_millis(500),
+            tap: None,
         }
     }
 }
@@ -397,7 +401,7 @@ impl Output for UdpOutput {
             target,
             mode: Mode::Rtp,
             local_ports: Some(ports),
-            extensions: call.extensions(&self.config.streams),
+            extensions: call.extensions(&self.config.streams, self.config.tap.as_deref()),
             fallbacks,
             failover_after: self.config.failover,
             retransmit: self.config.retransmit,
@@ -457,7 +461,7 @@ impl Output for UdpOutput {
         let Some(live) = self.streams.get_mut(uuid) else {
             return;
         };
-        let extensions = call.extensions(&self.config.streams);
+        let extensions = call.extensions(&self.config.streams, self.config.tap.as_deref());
         let declared = drive(live, &self.control, &mut self.stats, |s, emit| {
             s.declare(&extensions, Instant::now(), emit)
         });

@@ -4,13 +4,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rst_proto::Direction::{Read, Write};
 
-fn spawn_receiver(dir: &std::path::Path) -> (Child, SocketAddr) {
+fn spawn_receiver(dir: &std::path::Path) -> (Process, SocketAddr) {
     spawn_receiver_process(dir, &[], None)
 }
 
@@ -138,7 +138,7 @@ fn calls_beyond_the_open_file_limit_still_get_their_records() {
 
 /// SIGTERM, then the receiver's exit: it must finish its calls and exit
 /// cleanly within a generous deadline (killed, and the test failed, if not).
-fn stop(mut child: Child) {
+fn stop(mut child: Process) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

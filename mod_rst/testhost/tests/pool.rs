@@ -287,6 +287,11 @@ fn check_tapped_calls(from: &[std::path::PathBuf]) {
     let mut moved = Vec::new();
     for u in &uuids {
         let assembled = udp_server::assemble::assemble(u, from, &out.path().join(u)).unwrap();
+        for part in &assembled.parts {
+            let record: Value =
+                serde_json::from_slice(&std::fs::read(&part.record).unwrap()).unwrap();
+            assert_eq!(record["tap"], tap::NAME, "{}", part.record);
+        }
         let audio: Vec<(Vec<i16>, usize)> = ["R", "W"]
             .iter()
             .map(|d| {

@@ -152,7 +152,8 @@ impl ControlConfig {
     }
 }
 
-fn hostname() -> String {
+/// The machine's host name: a tap's name unless `name` gives one.
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -114,8 +114,13 @@ impl CallStart {
     /// The INV's extension fields: `ptN=NAME/CLOCK` for each declared payload
     /// type, `call-id=` when there is one, `fax=1` once the call had a fax
     /// phase, `stream=` for the receiver's stream profiles `streams`.
-    pub fn extensions(&self, streams: &[String]) -> String {
+    /// The INV's extensions: payload types, Call-ID, fax, the stream profiles
+    /// asked for and the tap's name (`tap=`, shown by the receiver's console).
+    pub fn extensions(&self, streams: &[String], tap: Option<&str>) -> String {
         let mut fields = rst_proto::ExtensionsBuilder::new();
+        if let Some(tap) = tap {
+            fields = fields.tap(tap);
+        }
         for (pt, name, clock) in &self.payload_types {
             fields = fields.payload_type(*pt, name, *clock);
         }

@@ -212,7 +212,7 @@ fn answered_call_forwards_audio_and_dtmf_not_comfort_noise_or_repeats() {
     assert_eq!(start.caller, "1001");
     assert_eq!(start.callee, "1002");
     assert_eq!(
-        start.extensions(&[]),
+        start.extensions(&[], None),
         "pt101=telephone-event/8000:call-id=abc%3A1@10.0.0.1"
     );
     let key = start.key;
@@ -557,9 +557,9 @@ fn t38_on_the_audios_ports_never_becomes_audio_and_audio_comes_back() {
     assert_eq!(out.updated.len(), 1);
     assert!(out.updated[0].fax);
     assert!(
-        out.updated[0].extensions(&[]).ends_with(":fax=1"),
+        out.updated[0].extensions(&[], None).ends_with(":fax=1"),
         "{}",
-        out.updated[0].extensions(&[])
+        out.updated[0].extensions(&[], None)
     );
     // Back to audio.
     let back = Duration::from_secs(3);
@@ -641,7 +641,7 @@ fn a_reinvite_to_a_new_dynamic_codec_declares_it_to_the_output() {
     let update = &out.updated[0];
     assert_eq!(update.key, key);
     assert_eq!(
-        update.extensions(&[]),
+        update.extensions(&[], None),
         "pt101=telephone-event/8000:pt96=opus/48000:call-id=abc%3A1@10.0.0.1"
     );
     // Its answer declares nothing new: no second update.

@@ -415,7 +415,7 @@ pub fn spawn_process(
     args: &[&str],
     dir: &Path,
     max_files: Option<u32>,
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (Process, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead as _;
     let limit = max_files.map_or(String::from("true"), |n| format!("ulimit -n {n}"));
     let mut child = Command::new("sh")
@@ -439,7 +439,34 @@ pub fn spawn_process(
             let _ = tx.send(line);
         }
     });
-    (child, rx)
+    (Process(child), rx)
+}
+
+/// A child process that is killed when dropped: a test that fails midway
+/// leaves no receiver behind (holding its ports, or the pipe of whoever ran
+/// the suite).
+pub struct Process(pub std::process::Child);
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The receiver binary on a free loopback port, with `args` (see
@@ -448,7 +475,7 @@ pub fn spawn_receiver_process(
     dir: &Path,
     args: &[&str],
     max_files: Option<u32>,
-) -> (std::process::Child, SocketAddr) {
+) -> (Process, SocketAddr) {
     let mut all = vec!["--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let (child, lines) = spawn_process(&all, dir, max_files);

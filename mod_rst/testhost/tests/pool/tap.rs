@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use crate::common::*;
 
 pub const CALLS: usize = 30;
+/// The tap's name, which every call's record must carry (`tap`).
+pub const NAME: &str = "pool-tap";
 const CAPTURE: &str = "SIP_CALL_RTP_G711.pcap";
 /// Seconds of the capture: its call is answered at 8.48 s.
 const RINGING_ENDS: f64 = 8.4;
@@ -65,7 +67,7 @@ impl Tap {
         cargo_build(&["-p", "tap_daemon"]);
         let daemon = Command::new(target_dir().join("debug/tap_daemon"))
             .args(["--interface", &veth.capture, "--receivers", receivers])
-            .args(["--failover-ms", "300"])
+            .args(["--failover-ms", "300", "--name", NAME])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
