@@ -194,14 +194,23 @@ impl Signals {
         })
     }
 
-    /// Either signal: finish every call and exit.
+    /// Either signal: finish every call and exit. A second one while that
+    /// takes long (a store or disk that hangs): exit at once; the files are
+    /// valid as they are, and the next start completes them.
     async fn stop(mut self, shutdown: CancellationToken) {
+        self.next().await;
+        tracing::info!("stopping: finishing every call (a second SIGTERM or SIGINT stops at once)");
+        shutdown.cancel();
+        self.next().await;
+        tracing::warn!("stopping at once: the next start completes the calls left open");
+        std::process::exit(1);
+    }
+
+    async fn next(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
-        tracing::info!("stopping: finishing every call");
-        shutdown.cancel();
     }
 }
 
