@@ -44,7 +44,7 @@ impl Output for Checked {
         assert!(self.open.insert(call.key), "{call:?} started twice");
         assert!(!call.caller.is_empty() && !call.caller.contains(':'));
         assert!(!call.callee.is_empty() && !call.callee.contains(':'));
-        let _ = call.extensions(&[]);
+        let _ = call.extensions(&[], Some("fuzz"));
     }
 
     fn rtp(&mut self, key: CallKey, _direction: Direction, packet: &[u8]) {
