@@ -69,8 +69,9 @@ use crate::FastMap;
 pub trait Output {
     /// A call is to be recorded from now on.
     fn call_started(&mut self, call: &CallStart);
-    /// One captured RTP packet of a started call, unchanged.
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]);
+    /// One captured RTP packet of a started call, unchanged, captured at
+    /// `at` (the capture's clock: since the Unix epoch, for a live one).
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], at: Duration);
     /// A started call's SDP declared dynamic payload types it had not (a
     /// re-INVITE switching to another codec): `call` is the call as it now
     /// stands, every declaration included. The real output sends the INV
@@ -719,7 +720,7 @@ impl Pipeline {
         if after_bye {
             self.stats.rtp_after_bye += 1;
         }
-        out.rtp(key, direction, bytes);
+        out.rtp(key, direction, bytes, now);
     }
 }
 

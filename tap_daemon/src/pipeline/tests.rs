@@ -14,7 +14,7 @@ impl Output for Collect {
     fn call_started(&mut self, call: &CallStart) {
         self.started.push(call.clone());
     }
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], _at: Duration) {
         self.rtp.push((key, direction, packet.to_vec()));
     }
     fn call_updated(&mut self, call: &CallStart) {
