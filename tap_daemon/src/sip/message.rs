@@ -688,8 +688,24 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
 
 /// RFC 3261 25.1 `token` characters.
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN[usize::from(b)]
 }
+
+/// [`is_token_char`] of every byte: one load per byte of every header name.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError> {
     // Room for a typical message's headers at once, rather than growing
@@ -831,7 +847,7 @@ fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAd
             None => (None, value, ""),
         }
     };
-    if uri.is_empty() || uri.contains(char::is_whitespace) {
+    if uri.is_empty() || has_whitespace(uri) {
         return Err(bad());
     }
     let colon = uri.find(':').ok_or_else(bad)?;
@@ -851,6 +867,23 @@ fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAd
         host: Cow::Borrowed(host),
         tag: header_param(params, "tag").map(Cow::Borrowed),
     })
+}
+
+/// Whether `s` has a whitespace character (Unicode's, as
+/// `char::is_whitespace` says). A pass over the bytes settles it for ASCII
+/// text, which URIs nearly always are; only other text is decoded.
+fn has_whitespace(s: &str) -> bool {
+    let suspect = s
+        .bytes()
+        .any(|b| matches!(b, b'\t'..=b'\r' | b' ') || !b.is_ascii());
+    suspect && s.contains(char::is_whitespace)
+}
+
+/// `s` up to the first of the ASCII `stops`, or all of it.
+fn until<'s>(s: &'s str, stops: &[u8]) -> &'s str {
+    // An ASCII byte is always a character boundary.
+    let end = s.bytes().position(|b| stops.contains(&b));
+    end.map_or(s, |end| &s[..end])
 }
 
 fn find_unquoted(s: &str, wanted: u8) -> Option<usize> {
@@ -904,16 +937,16 @@ fn uri_user_host<'a>(scheme: &str, rest: &'a str) -> (Option<Cow<'a, str>>, &'a 
     let (user, hostport) = match rest.find('@') {
         Some(at) => {
             let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
+            let user = until(userinfo, b":");
             (Some(percent_decode(user)), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let hostport = hostport.split([';', '?']).next().unwrap_or("");
+    let hostport = until(hostport, b";?");
     let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
+        until(v6, b"]")
     } else {
-        hostport.split(':').next().unwrap_or("")
+        until(hostport, b":")
     };
     (user, host)
 }
