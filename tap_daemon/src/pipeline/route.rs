@@ -68,9 +68,16 @@ impl Route {
 
 /// [`Tracker::classify`] with its answers kept per flow. See the module
 /// documentation.
-#[derive(Debug)]
 pub(super) struct Routes {
     slots: Box<[Option<(Flow, Route)>]>,
+}
+
+/// How many flows are held, not a thousand slots.
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.slots.iter().filter(|slot| slot.is_some()).count();
+        f.debug_struct("Routes").field("held", &held).finish()
+    }
 }
 
 impl Default for Routes {
