@@ -646,7 +646,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
     let a = parts.next().ok_or_else(bad)?;
     let b = parts.next().ok_or_else(bad)?;
     let c = parts.next().ok_or_else(bad)?;
-    if a.len() >= 4 && a[..4].eq_ignore_ascii_case("SIP/") {
+    if starts_with_sip_slash(a) {
         if !a.eq_ignore_ascii_case("SIP/2.0") {
             return Err(SipError::BadVersion {
                 version: a.chars().take(16).collect(),
@@ -673,7 +673,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
     }
     let version = c.trim_end();
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        if version.len() >= 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        if starts_with_sip_slash(version) {
             return Err(SipError::BadVersion {
                 version: version.chars().take(16).collect(),
             });
@@ -684,6 +684,15 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
         method: Method::parse(a),
         uri: b,
     })
+}
+
+/// Whether `part` begins `SIP/` in any case. Compared as bytes: cutting
+/// the text at its fourth byte panics when that falls inside a character
+/// (`S\u{f1}\u{e9}/2.0` on the wire).
+fn starts_with_sip_slash(part: &str) -> bool {
+    part.as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
 }
 
 /// RFC 3261 25.1 `token` characters.
