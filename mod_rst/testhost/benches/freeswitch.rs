@@ -41,7 +41,7 @@ use serde_json::Value;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::freeswitch::{free_port, start_freeswitch, FreeSwitch};
+use common::freeswitch::{free_port, start_freeswitch, FreeSwitch, Setup};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -50,8 +50,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> String {
-    let logfile = logfile.display();
+/// The bench's dialplan: `plain` answers and plays a tone; `rst` does the
+/// same with rst started on answer.
+fn extensions(receiver_port: u16) -> String {
     let tone = "tone_stream://%(1000,0,800);loops=-1";
     let extension = |name: &str, rst: bool| {
         let start = if rst {
@@ -72,77 +73,7 @@ fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> S
       </extension>"#
         )
     };
-    let extensions = [extension("plain", false), extension("rst", true)].join("\n");
-    format!(
-        r#"<?xml version="1.0"?>
-<document type="freeswitch/xml">
-  <section name="configuration">
-    <configuration name="switch.conf">
-      <settings>
-        <param name="max-sessions" value="2000"/>
-        <param name="sessions-per-second" value="1000"/>
-        <param name="loglevel" value="warning"/>
-        <param name="rtp-start-port" value="24000"/>
-        <param name="rtp-end-port" value="25999"/>
-      </settings>
-    </configuration>
-    <configuration name="modules.conf">
-      <modules>
-        <load module="mod_logfile"/>
-        <load module="mod_event_socket"/>
-        <load module="mod_commands"/>
-        <load module="mod_dptools"/>
-        <load module="mod_dialplan_xml"/>
-        <load module="mod_loopback"/>
-        <load module="mod_sofia"/>
-        <load module="mod_tone_stream"/>
-        <load module="mod_rst"/>
-      </modules>
-    </configuration>
-    <configuration name="logfile.conf">
-      <settings><param name="rotate-on-hup" value="true"/></settings>
-      <profiles><profile name="default"><settings>
-        <param name="logfile" value="{logfile}"/>
-      </settings><mappings><map name="all" value="warning,err,crit,alert"/></mappings></profile></profiles>
-    </configuration>
-    <configuration name="event_socket.conf">
-      <settings>
-        <param name="listen-ip" value="127.0.0.1"/>
-        <param name="listen-port" value="{esl_port}"/>
-        <param name="password" value="ClueCon"/>
-      </settings>
-    </configuration>
-    <configuration name="sofia.conf">
-      <global_settings><param name="log-level" value="0"/></global_settings>
-      <profiles>
-        <profile name="bench">
-          <settings>
-            <param name="sip-ip" value="127.0.0.1"/>
-            <param name="rtp-ip" value="127.0.0.1"/>
-            <param name="sip-port" value="{sip_port}"/>
-            <param name="context" value="default"/>
-            <param name="dialplan" value="XML"/>
-            <param name="inbound-codec-prefs" value="PCMU,PCMA"/>
-            <param name="auth-calls" value="false"/>
-          </settings>
-        </profile>
-      </profiles>
-    </configuration>
-    <configuration name="rst.conf">
-      <settings>
-        <param name="udp-server-ip" value="127.0.0.1"/>
-        <param name="udp-server-port" value="{receiver_port}"/>
-      </settings>
-    </configuration>
-  </section>
-  <section name="dialplan">
-    <context name="default">
-      {extensions}
-    </context>
-  </section>
-</document>
-"#
-    )
+    [extension("plain", false), extension("rst", true)].join("\n")
 }
 
 /// sipp's `uac_pcap` scenario (its PCMA recording, sent as RTP from each
@@ -572,8 +503,18 @@ fn main() {
     let receiver = common::Receiver::start();
     let sip_port = free_port();
     let port = receiver.addr.port();
+    let extensions = extensions(port);
+    let setup = Setup {
+        receiver_port: port,
+        sip_port,
+        max_sessions: 2000,
+        loglevel: "warning",
+        rtp_ports: (24000, 25999),
+        sofia: &[("inbound-codec-prefs", "PCMU,PCMA")],
+        extensions: &extensions,
+    };
     let fs = start_freeswitch(&prefix, &module, &|esl_port, logfile| {
-        config(port, esl_port, sip_port, logfile)
+        setup.xml(esl_port, logfile)
     });
     assert_eq!(
         fs.cli("module_exists mod_rst"),

@@ -17,83 +17,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::freeswitch::{free_port, start_freeswitch};
+use common::freeswitch::{free_port, start_freeswitch, Setup};
 use common::Script;
 use common::*;
 
-fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> String {
-    let logfile = logfile.display();
+/// The dialplan of the test's calls (see `Setup`): `1000` answers with rst
+/// on answer and plays a tone, `1001` a tone without rst, `service` parks
+/// a call streamed to the `bot` profile, `1003` streams to `playbot` while
+/// a tone plays, `1002` starts rst with quoted arguments.
+fn extensions(receiver_port: u16) -> String {
     format!(
-        r#"<?xml version="1.0"?>
-<document type="freeswitch/xml">
-  <section name="configuration">
-    <configuration name="switch.conf">
-      <settings>
-        <param name="max-sessions" value="100"/>
-        <param name="loglevel" value="debug"/>
-        <param name="rtp-start-port" value="23000"/>
-        <param name="rtp-end-port" value="23999"/>
-      </settings>
-    </configuration>
-    <configuration name="modules.conf">
-      <modules>
-        <load module="mod_logfile"/>
-        <load module="mod_event_socket"/>
-        <load module="mod_commands"/>
-        <load module="mod_dptools"/>
-        <load module="mod_dialplan_xml"/>
-        <load module="mod_loopback"/>
-        <load module="mod_sofia"/>
-        <load module="mod_tone_stream"/>
-        <load module="mod_rst"/>
-      </modules>
-    </configuration>
-    <configuration name="logfile.conf">
-      <settings><param name="rotate-on-hup" value="true"/></settings>
-      <profiles><profile name="default"><settings>
-        <param name="logfile" value="{logfile}"/>
-      </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
-    </configuration>
-    <configuration name="event_socket.conf">
-      <settings>
-        <param name="listen-ip" value="127.0.0.1"/>
-        <param name="listen-port" value="{esl_port}"/>
-        <param name="password" value="ClueCon"/>
-      </settings>
-    </configuration>
-    <configuration name="sofia.conf">
-      <global_settings><param name="log-level" value="0"/></global_settings>
-      <profiles>
-        <profile name="test">
-          <settings>
-            <param name="sip-ip" value="127.0.0.1"/>
-            <param name="rtp-ip" value="127.0.0.1"/>
-            <param name="sip-port" value="{sip_port}"/>
-            <param name="context" value="default"/>
-            <param name="dialplan" value="XML"/>
-            <param name="inbound-codec-prefs" value="PCMA,PCMU"/>
-            <param name="outbound-codec-prefs" value="PCMA,PCMU"/>
-            <param name="dtmf-type" value="rfc2833"/>
-            <param name="rfc2833-pt" value="101"/>
-            <param name="auth-calls" value="false"/>
-          </settings>
-        </profile>
-      </profiles>
-    </configuration>
-    <configuration name="rst.conf">
-      <settings>
-        <param name="udp-server-ip" value="127.0.0.1"/>
-        <param name="udp-server-port" value="{receiver_port}"/>
-      </settings>
-    </configuration>
-  </section>
-  <section name="dialplan">
-    <context name="default">
-      <extension name="rst_on_answer">
+        r#"<extension name="rst_on_answer">
         <condition field="destination_number" expression="^1000$">
           <action application="set" data="execute_on_answer=rst 127.0.0.1 {receiver_port}"/>
           <action application="answer"/>
@@ -132,12 +70,25 @@ fn config(receiver_port: u16, esl_port: u16, sip_port: u16, logfile: &Path) -> S
           <action application="playback" data="tone_stream://%(3000,0,600)"/>
           <action application="hangup"/>
         </condition>
-      </extension>
-    </context>
-  </section>
-</document>
-"#
+      </extension>"#
     )
+}
+
+fn setup(receiver_port: u16, sip_port: u16, extensions: &str) -> Setup<'_> {
+    Setup {
+        receiver_port,
+        sip_port,
+        max_sessions: 100,
+        loglevel: "debug",
+        rtp_ports: (23000, 23999),
+        sofia: &[
+            ("inbound-codec-prefs", "PCMA,PCMU"),
+            ("outbound-codec-prefs", "PCMA,PCMU"),
+            ("dtmf-type", "rfc2833"),
+            ("rfc2833-pt", "101"),
+        ],
+        extensions,
+    }
 }
 
 /// Power of `hz` in `samples` (Goertzel), normalised by the signal's energy.
@@ -225,8 +176,10 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
         ..udp_server::Settings::default()
     });
     let sip_port = free_port();
+    let extensions = extensions(receiver.addr.port());
+    let setup = setup(receiver.addr.port(), sip_port, &extensions);
     let fs = start_freeswitch(&prefix, &module_path(), &|esl_port, logfile| {
-        config(receiver.addr.port(), esl_port, sip_port, logfile)
+        setup.xml(esl_port, logfile)
     });
     assert_eq!(
         fs.cli("module_exists mod_rst"),

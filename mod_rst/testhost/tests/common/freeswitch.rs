@@ -53,6 +53,119 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What the gated test and the bench each give FreeSWITCH; [`Setup::xml`]
+/// writes the rest, which they share: the modules (mod_rst among them),
+/// logging, the event socket fs_cli uses, one SIP profile on loopback,
+/// and `rst.conf` naming the receiver.
+pub struct Setup<'a> {
+    pub receiver_port: u16,
+    pub sip_port: u16,
+    pub max_sessions: u32,
+    /// The lowest level FreeSWITCH logs and writes to its log file.
+    pub loglevel: &'a str,
+    /// FreeSWITCH's RTP port range.
+    pub rtp_ports: (u16, u16),
+    /// `(name, value)` settings of the SIP profile beyond the shared ones.
+    pub sofia: &'a [(&'a str, &'a str)],
+    /// The `default` context's extensions (XML).
+    pub extensions: &'a str,
+}
+
+impl Setup<'_> {
+    /// `freeswitch.xml`, for [`start_freeswitch`]'s `config`.
+    pub fn xml(&self, esl_port: u16, logfile: &Path) -> String {
+        const LEVELS: [&str; 7] = ["debug", "info", "notice", "warning", "err", "crit", "alert"];
+        let from = LEVELS.iter().position(|l| *l == self.loglevel).unwrap_or(0);
+        let logged = LEVELS[from..].join(",");
+        let Setup {
+            receiver_port,
+            sip_port,
+            max_sessions,
+            loglevel,
+            rtp_ports: (rtp_start, rtp_end),
+            extensions,
+            ..
+        } = self;
+        let logfile = logfile.display();
+        let sofia: String = self
+            .sofia
+            .iter()
+            .map(|(name, value)| {
+                format!("\n            <param name=\"{name}\" value=\"{value}\"/>")
+            })
+            .collect();
+        format!(
+            r#"<?xml version="1.0"?>
+<document type="freeswitch/xml">
+  <section name="configuration">
+    <configuration name="switch.conf">
+      <settings>
+        <param name="max-sessions" value="{max_sessions}"/>
+        <param name="sessions-per-second" value="1000"/>
+        <param name="loglevel" value="{loglevel}"/>
+        <param name="rtp-start-port" value="{rtp_start}"/>
+        <param name="rtp-end-port" value="{rtp_end}"/>
+      </settings>
+    </configuration>
+    <configuration name="modules.conf">
+      <modules>
+        <load module="mod_logfile"/>
+        <load module="mod_event_socket"/>
+        <load module="mod_commands"/>
+        <load module="mod_dptools"/>
+        <load module="mod_dialplan_xml"/>
+        <load module="mod_loopback"/>
+        <load module="mod_sofia"/>
+        <load module="mod_tone_stream"/>
+        <load module="mod_rst"/>
+      </modules>
+    </configuration>
+    <configuration name="logfile.conf">
+      <settings><param name="rotate-on-hup" value="true"/></settings>
+      <profiles><profile name="default"><settings>
+        <param name="logfile" value="{logfile}"/>
+      </settings><mappings><map name="all" value="{logged}"/></mappings></profile></profiles>
+    </configuration>
+    <configuration name="event_socket.conf">
+      <settings>
+        <param name="listen-ip" value="127.0.0.1"/>
+        <param name="listen-port" value="{esl_port}"/>
+        <param name="password" value="ClueCon"/>
+      </settings>
+    </configuration>
+    <configuration name="sofia.conf">
+      <global_settings><param name="log-level" value="0"/></global_settings>
+      <profiles>
+        <profile name="rst">
+          <settings>
+            <param name="sip-ip" value="127.0.0.1"/>
+            <param name="rtp-ip" value="127.0.0.1"/>
+            <param name="sip-port" value="{sip_port}"/>
+            <param name="context" value="default"/>
+            <param name="dialplan" value="XML"/>
+            <param name="auth-calls" value="false"/>{sofia}
+          </settings>
+        </profile>
+      </profiles>
+    </configuration>
+    <configuration name="rst.conf">
+      <settings>
+        <param name="udp-server-ip" value="127.0.0.1"/>
+        <param name="udp-server-port" value="{receiver_port}"/>
+      </settings>
+    </configuration>
+  </section>
+  <section name="dialplan">
+    <context name="default">
+      {extensions}
+    </context>
+  </section>
+</document>
+"#
+        )
+    }
+}
+
 /// Starts `prefix`'s FreeSWITCH with `module` as mod_rst and the configuration
 /// `config(esl_port, logfile)` gives (it must load mod_event_socket on
 /// `esl_port` with password ClueCon), in a folder of its own; returns once it
