@@ -3,7 +3,7 @@
 //! call ends, and repaired at start-up if the receiver died first.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The name a file has while it is being written.
@@ -17,7 +17,8 @@ pub fn part_path(final_path: &Path) -> PathBuf {
 /// because every active call holds three files (its two directions and the
 /// stereo file) and memory per call is what bounds how many calls one receiver
 /// records; 2 KiB is still six 20 ms frames per write, about eight writes a
-/// second per file of a real-time call.
+/// second per file of a real-time call. A buffer is only as large as what it
+/// holds, and is freed at each flush ([`Pending`]).
 const FILE_BUFFER_PER_CHANNEL: usize = 2048;
 /// Bytes of the canonical PCM WAV header: RIFF, `fmt ` (16 bytes) and `data`.
 const HEADER_BYTES: u64 = 44;
@@ -35,7 +36,7 @@ const SAMPLES_PER_COPY: usize = 256;
 /// two sizes are rewritten in place (`pwrite`) at each flush.
 pub struct WavFile {
     final_path: PathBuf,
-    writer: BufWriter<File>,
+    writer: Pending,
     rate: u32,
     /// Audio bytes written so far: the data chunk's size.
     data_bytes: u64,
@@ -53,10 +54,12 @@ impl std::fmt::Debug for WavFile {
 
 impl WavFile {
     pub fn create(final_path: PathBuf, channels: u16, rate: u32) -> io::Result<Self> {
-        let file = File::create(part_path(&final_path))?;
+        let mut file = File::create(part_path(&final_path))?;
+        // Straight to the file: a buffer held from here to the first flush
+        // would be held by every call that has not spoken yet.
+        file.write_all(&header(channels, rate, 0))?;
         let capacity = FILE_BUFFER_PER_CHANNEL * usize::from(channels.max(1));
-        let mut writer = BufWriter::with_capacity(capacity, file);
-        writer.write_all(&header(channels, rate, 0))?;
+        let writer = Pending::new(file, capacity);
         Ok(WavFile {
             final_path,
             writer,
@@ -80,7 +83,7 @@ impl WavFile {
             for (pair, sample) in bytes.chunks_exact_mut(2).zip(run) {
                 pair.copy_from_slice(&sample.to_le_bytes());
             }
-            self.writer.write_all(bytes)?;
+            self.writer.write(bytes)?;
         }
         self.data_bytes = total;
         Ok(())
@@ -93,7 +96,7 @@ impl WavFile {
 
         self.writer.flush()?;
         let data = self.data_bytes as u32;
-        let file = self.writer.get_ref();
+        let file = self.writer.file();
         file.write_all_at(&(data + 36).to_le_bytes(), 4)?;
         file.write_all_at(&data.to_le_bytes(), 40)
     }
@@ -131,7 +134,7 @@ fn header(channels: u16, rate: u32, data_bytes: u32) -> [u8; HEADER_BYTES as usi
 #[derive(Debug)]
 pub struct RawFile {
     final_path: PathBuf,
-    writer: BufWriter<File>,
+    writer: Pending,
 }
 
 impl RawFile {
@@ -139,12 +142,12 @@ impl RawFile {
         let file = File::create(part_path(&final_path))?;
         Ok(RawFile {
             final_path,
-            writer: BufWriter::with_capacity(FILE_BUFFER_PER_CHANNEL, file),
+            writer: Pending::new(file, FILE_BUFFER_PER_CHANNEL),
         })
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)
+        self.writer.write(bytes)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -155,6 +158,79 @@ impl RawFile {
         let result = self.writer.flush();
         std::fs::rename(part_path(&self.final_path), &self.final_path)?;
         result.map(|()| self.final_path)
+    }
+}
+
+/// A file and the bytes written to it that have not reached the kernel yet.
+///
+/// Unlike a `BufWriter`, which keeps its whole capacity from the file's creation
+/// to its end, the buffer grows with what is pending (up to `capacity`) and is
+/// freed at each flush: a quiet call, or one between its first flush and its
+/// next audio, holds no buffer at all; a real-time call fills its buffer within
+/// the second, and writes in `capacity` runs as a `BufWriter` would.
+#[derive(Debug)]
+struct Pending {
+    file: File,
+    buffer: Vec<u8>,
+    /// The most bytes held before they are written.
+    capacity: usize,
+}
+
+impl Pending {
+    fn new(file: File, capacity: usize) -> Self {
+        Pending {
+            file,
+            buffer: Vec::new(),
+            capacity,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + bytes.len() > self.capacity {
+            self.write_out()?;
+        }
+        if bytes.len() >= self.capacity {
+            return self.file.write_all(bytes);
+        }
+        let needed = self.buffer.len() + bytes.len();
+        if needed > self.buffer.capacity() {
+            // Doubling as a Vec would, but never past `capacity`.
+            let room = (2 * self.buffer.capacity()).clamp(needed, self.capacity);
+            self.buffer.reserve_exact(room - self.buffer.len());
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Hands what is pending to the kernel, keeping the buffer's room. After a
+    /// failure, what the kernel took is gone from the buffer and the rest
+    /// stays, for the last flush to try again (as a `BufWriter` does).
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.buffer.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.buffer[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        self.buffer.drain(..written);
+        result
+    }
+
+    /// Hands what is pending to the kernel and frees the buffer.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.buffer = Vec::new();
+        Ok(())
+    }
+
+    fn file(&self) -> &File {
+        &self.file
     }
 }
 
