@@ -316,6 +316,29 @@ mod tests {
     }
 
     #[test]
+    fn a_file_buffers_only_what_is_pending_and_frees_it_at_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending.raw");
+        let mut pending = Pending::new(File::create(&path).unwrap(), 1000);
+        assert_eq!(pending.buffer.capacity(), 0, "no buffer before any write");
+        pending.write(&[1; 300]).unwrap();
+        assert!(pending.buffer.capacity() < 1000, "sized to what is pending");
+        pending.write(&[2; 600]).unwrap();
+        // Past the capacity: what was pending goes out first, in order.
+        pending.write(&[3; 200]).unwrap();
+        assert!(pending.buffer.capacity() <= 1000);
+        // As large as the capacity: straight to the file.
+        pending.write(&[4; 1000]).unwrap();
+        pending.flush().unwrap();
+        assert_eq!(pending.buffer.capacity(), 0, "freed at the flush");
+        let expected: Vec<u8> = [(1, 300), (2, 600), (3, 200), (4, 1000)]
+            .iter()
+            .flat_map(|&(byte, n)| std::iter::repeat_n(byte, n))
+            .collect();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
     fn a_wav_cut_mid_sample_is_repaired_to_whole_frames() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cut.wav");

@@ -1210,3 +1210,25 @@ fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_are_written_as_the_map_of_r_and_w_they_were() {
+        let mut directions = PerDirection::<DirectionRecord>::default();
+        directions.get_mut("W").unwrap().packets = 7;
+        assert!(directions.get("X").is_none());
+        let map: std::collections::BTreeMap<&str, DirectionRecord> = directions
+            .iter()
+            .map(|(name, d)| (name, d.clone()))
+            .collect();
+        assert_eq!(
+            serde_json::to_string(&directions).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        assert_eq!(map["W"].packets, 7);
+        assert_eq!(map["R"].packets, 0);
+    }
+}
