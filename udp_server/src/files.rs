@@ -24,8 +24,11 @@ const FILE_BUFFER_PER_CHANNEL: usize = 2048;
 const HEADER_BYTES: u64 = 44;
 /// The most audio a WAV file holds: its sizes are 32-bit.
 const MAX_DATA_BYTES: u64 = u32::MAX as u64 - HEADER_BYTES;
-/// Samples converted to bytes at once, on the stack.
-const SAMPLES_PER_COPY: usize = 256;
+/// Samples converted to bytes at once, on the stack: as many as a stereo
+/// file's buffer holds (two channels' bytes, two bytes a sample), so that a
+/// write that goes past the buffer takes as few system calls as a
+/// `BufWriter` would.
+const SAMPLES_PER_COPY: usize = FILE_BUFFER_PER_CHANNEL;
 
 /// A 16-bit PCM WAV file being written.
 ///
@@ -77,13 +80,21 @@ impl WavFile {
         if total > MAX_DATA_BYTES {
             return Err(io::Error::other("the WAV file is full (4 GiB)"));
         }
+        // A write as large as the buffer (the silence before a quiet
+        // direction's audio, say) goes straight to the file, all of it: its
+        // tail would otherwise wait in a buffer grown to full size.
+        let through = 2 * samples.len() >= self.writer.capacity;
         let mut bytes = [0u8; 2 * SAMPLES_PER_COPY];
         for run in samples.chunks(SAMPLES_PER_COPY) {
             let bytes = &mut bytes[..2 * run.len()];
             for (pair, sample) in bytes.chunks_exact_mut(2).zip(run) {
                 pair.copy_from_slice(&sample.to_le_bytes());
             }
-            self.writer.write(bytes)?;
+            if through {
+                self.writer.write_through(bytes)?;
+            } else {
+                self.writer.write(bytes)?;
+            }
         }
         self.data_bytes = total;
         Ok(())
@@ -200,6 +211,12 @@ impl Pending {
         }
         self.buffer.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// Writes `bytes` to the file after what is pending, holding none of them.
+    fn write_through(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_out()?;
+        self.file.write_all(bytes)
     }
 
     /// Hands what is pending to the kernel, keeping the buffer's room. After a
@@ -329,13 +346,39 @@ mod tests {
         assert!(pending.buffer.capacity() <= 1000);
         // As large as the capacity: straight to the file.
         pending.write(&[4; 1000]).unwrap();
+        pending.write(&[5; 10]).unwrap();
+        pending.write_through(&[6; 20]).unwrap();
+        assert!(pending.buffer.is_empty());
         pending.flush().unwrap();
         assert_eq!(pending.buffer.capacity(), 0, "freed at the flush");
-        let expected: Vec<u8> = [(1, 300), (2, 600), (3, 200), (4, 1000)]
+        let expected: Vec<u8> = [(1, 300), (2, 600), (3, 200), (4, 1000), (5, 10), (6, 20)]
             .iter()
             .flat_map(|&(byte, n)| std::iter::repeat_n(byte, n))
             .collect();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_long_write_leaves_nothing_in_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silence.wav");
+        let mut wav = WavFile::create(path.clone(), 2, 8000).unwrap();
+        wav.write(&[7; 100]).unwrap();
+        // A second of stereo silence after it: past the buffer, all written.
+        wav.write(&[0; 16000]).unwrap();
+        assert!(wav.writer.buffer.is_empty());
+        wav.write(&[9; 100]).unwrap();
+        wav.finish().unwrap();
+        let samples: Vec<i16> = hound::WavReader::open(&path)
+            .unwrap()
+            .into_samples()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<i16> = [(7, 100), (0, 16000), (9, 100)]
+            .iter()
+            .flat_map(|&(sample, n)| std::iter::repeat_n(sample, n))
+            .collect();
+        assert_eq!(samples, expected);
     }
 
     #[test]
