@@ -47,7 +47,7 @@ impl Output for Checked {
         let _ = call.extensions(&[], Some("fuzz"));
     }
 
-    fn rtp(&mut self, key: CallKey, _direction: Direction, packet: &[u8]) {
+    fn rtp(&mut self, key: CallKey, _direction: Direction, packet: &[u8], _at: Duration) {
         assert!(self.open.contains(&key), "RTP for {key} not started");
         assert!(packet.len() >= 12, "forwarded {packet:?} is not RTP");
     }

@@ -69,7 +69,7 @@ impl Output for Count {
     fn call_started(&mut self, _call: &CallStart) {
         self.started += 1;
     }
-    fn rtp(&mut self, _key: CallKey, _direction: Direction, packet: &[u8]) {
+    fn rtp(&mut self, _key: CallKey, _direction: Direction, packet: &[u8], _at: Duration) {
         self.rtp += 1;
         self.rtp_bytes += packet.len() as u64;
     }

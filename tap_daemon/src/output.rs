@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rst_proto::stream::{Mode, Stream, StreamStart, Trouble, Via};
 use rst_proto::{Direction, Health, Message, Pool, ReceiverHealth};
@@ -442,14 +442,18 @@ impl Output for UdpOutput {
         }
     }
 
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], at: Duration) {
         let Some(live) = self.streams.get_mut(key.as_str()) else {
             self.stats.rtp_no_stream += 1;
             return;
         };
         let before = live.stream.stats.frames_sent;
+        // The stream keeps a forwarded call's time by the clock (see
+        // `Stream::forward_rtp`): the capture's, not when this thread got
+        // to the packet, which a busy machine delays by tens of ms.
+        let now = captured_at(at);
         drive(live, &self.control, &mut self.stats, |s, emit| {
-            s.forward_rtp(direction, packet, emit)
+            s.forward_rtp(direction, packet, now, emit)
         });
         if live.stream.stats.frames_sent > before {
             self.pace();
@@ -557,5 +561,19 @@ fn send(
 ) {
     if rst_net::send_now(rst_net::route(via, control, Some(rtp)), to, bytes).is_err() {
         stats.send_errors += 1;
+    }
+}
+
+/// A live capture's time of a packet (since the Unix epoch) on this
+/// process's monotonic clock. A time not from the last minute (a capture
+/// file's) is taken as now: a file's call keeps the time it is sent in.
+fn captured_at(at: Duration) -> Instant {
+    let now = Instant::now();
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    match wall.checked_sub(at) {
+        Some(ago) if ago < Duration::from_secs(60) => now.checked_sub(ago).unwrap_or(now),
+        _ => now,
     }
 }

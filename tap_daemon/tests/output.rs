@@ -46,7 +46,7 @@ fn talk(output: &mut UdpOutput, key: CallKey, first_seq: u16) {
             payload: &[0xFF; 160],
         }
         .encode(&mut packet);
-        output.rtp(key, Direction::Read, &packet);
+        output.rtp(key, Direction::Read, &packet, Duration::ZERO);
         output.service();
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -63,7 +63,7 @@ fn talk(output: &mut UdpOutput, keys: &[CallKey], first: u32, frames: u32) {
                     payload: &[0x10; 160],
                 }
                 .encode(&mut packet);
-                output.rtp(*key, direction, &packet);
+                output.rtp(*key, direction, &packet, Duration::ZERO);
             }
         }
         output.service();

@@ -167,6 +167,9 @@ fn hostile_and_malformed_messages_are_refused_with_a_kind() {
         ("INVITE sip:a@b SIP/2.0\r\nCall-ID: x\r\n".into(), "sip_unterminated_headers"),
         ("HELLO\r\n\r\n".into(), "sip_bad_start_line"),
         ("INVITE sip:a@b SIP/7.0\r\n\r\n".into(), "sip_bad_version"),
+        // A character across the fourth byte of the version or first word.
+        ("INVITE sip:a@b S\u{f1}\u{e9}/2.0\r\n\r\n".into(), "sip_bad_start_line"),
+        ("S\u{f1}\u{e9}/2.0 200 OK\r\n\r\n".into(), "sip_bad_start_line"),
         ("SIP/2.0 20 OK\r\n\r\n".into(), "sip_bad_status"),
         ("SIP/2.0 999 OK\r\n\r\n".into(), "sip_bad_status"),
         (with_headers(&huge, ""), "sip_header_too_long"),

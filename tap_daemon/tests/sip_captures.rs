@@ -431,7 +431,7 @@ fn replay(
         match SipMessage::parse(bytes) {
             Ok(msg) => {
                 r.parsed += 1;
-                r.frames.insert(*frame, msg.call_id.clone());
+                r.frames.insert(*frame, msg.call_id.to_string());
                 let events = tracker.handle(*time, *src, *dst, &msg);
                 record(&mut r, events);
             }

@@ -129,6 +129,8 @@ struct RecordFile {
     #[serde(default)]
     offset_ms: u64,
     #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
     directions: BTreeMap<String, DirectionFile>,
     /// RFC 3339: its day is where the store keeps the part.
     #[serde(default)]
@@ -152,6 +154,25 @@ struct StoredObjectFile {
 }
 
 impl RecordFile {
+    /// How long `direction`'s audio began after the part's first audio (of
+    /// either direction), in seconds: a part's offset is where its first
+    /// audio is. RTP only, whose audio the receiver placed by timestamps
+    /// (a tap's two directions seldom begin together); DATA frames begin
+    /// together, and their arrival says nothing finer.
+    fn lead(&self, direction: &DirectionFile) -> f64 {
+        if self.mode.as_deref() != Some("rtp") {
+            return 0.0;
+        }
+        let first = self
+            .directions
+            .values()
+            .filter_map(|d| d.begins)
+            .fold(f64::INFINITY, f64::min);
+        direction
+            .begins
+            .map_or(0.0, |begins| (begins - first).max(0.0))
+    }
+
     /// The day the part started (UTC), from `start`.
     fn day(&self) -> Option<Date> {
         let start = self.start.as_deref()?;
@@ -169,6 +190,8 @@ fn first_part() -> u32 {
 struct DirectionFile {
     #[serde(default)]
     wav: Vec<PathBuf>,
+    #[serde(default)]
+    begins: Option<f64>,
 }
 
 /// What `assemble` wrote and found.
@@ -426,6 +449,10 @@ fn once_each(found: Vec<(Found, RecordFile)>) -> Vec<(Found, RecordFile)> {
     kept
 }
 
+/// The most silence put before a direction that began after the other
+/// (see [`RecordFile::lead`]): a record cannot make a call absurdly long.
+const MAX_LEAD_SECONDS: usize = 3600;
+
 /// Joins each direction of the records' parts and writes the files.
 fn write_joined(
     uuid: &str,
@@ -448,11 +475,14 @@ fn write_joined(
                         break;
                     }
                     None => {
+                        let lead = (record.lead(files) * f64::from(rate)).round() as usize;
+                        let mut placed = vec![0; lead.min(MAX_LEAD_SECONDS * rate as usize)];
+                        placed.extend(samples);
                         audio = Some(PartAudio {
                             part: record.part,
                             offset_ms: record.offset_ms,
                             rate,
-                            samples,
+                            samples: placed,
                         })
                     }
                 }
@@ -713,6 +743,26 @@ mod tests {
                 samples: 10
             }]
         );
+    }
+
+    #[test]
+    fn an_rtp_direction_that_began_later_is_laid_that_much_later() {
+        let record = |mode: &str| -> RecordFile {
+            serde_json::from_value(serde_json::json!({
+                "uuid": "u", "mode": mode,
+                "directions": {
+                    "R": { "wav": ["u.R.wav"], "begins": 0.06 },
+                    "W": { "wav": ["u.W.wav"], "begins": 0.01 }
+                }
+            }))
+            .unwrap()
+        };
+        let rtp = record("rtp");
+        let lead = |r: &RecordFile, d: &str| (r.lead(&r.directions[d]) * 8000.0).round();
+        assert_eq!((lead(&rtp, "R"), lead(&rtp, "W")), (400.0, 0.0));
+        // DATA frames begin together: arrival says nothing finer.
+        let data = record("data");
+        assert_eq!((lead(&data, "R"), lead(&data, "W")), (0.0, 0.0));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! [`JitterBuffer`] puts packets back in sequence order, drops duplicates and
 //! stragglers, and gives up on a missing packet once `depth` later ones wait
 //! behind it. [`Timeline`] turns RTP timestamps into media time since the call
-//! started, so a lost packet becomes silence of its length and both directions
-//! share one clock; SSRC changes and timestamp jumps re-anchor it instead of
-//! inserting hours of silence.
+//! started, so a lost packet, or a silence the sender suppressed, becomes
+//! silence of its length and both directions share one clock; SSRC changes
+//! and timestamp jumps re-anchor it instead of inserting hours of silence.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -270,14 +270,24 @@ fn extend(highest: u64, sequence: u16) -> u64 {
     .unwrap_or(candidate)
 }
 
-/// How far a timestamp may move past what the sequence numbers explain before
-/// it is taken as a jump: one second per packet.
+/// How far a timestamp may move past what the sequence numbers explain
+/// before the time it took is checked: one second per packet.
 const MAX_TIMESTAMP_STEP_PER_PACKET: Duration = Duration::from_secs(1);
+
+/// How far a longer step (a silence the sender suppressed: RFC 3551 section
+/// 4.1 lets it send nothing) may differ from the time the packet took to
+/// come before it is a jump instead: network jitter, plus a tenth of it.
+fn silence_tolerance(silence: f64) -> f64 {
+    0.25 + silence / 10.0
+}
 
 /// Media time of one direction's RTP timestamps.
 #[derive(Debug, Default)]
 pub struct Timeline {
     anchor: Option<Anchor>,
+    /// Where the first packet's clock stands at media time zero, when the
+    /// sender said (a pool's continuation: `ts-r`/`ts-w` in its INV).
+    preset: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -289,12 +299,27 @@ struct Anchor {
     at: Duration,
     last_timestamp: i64,
     last_sequence: u64,
+    last_arrival: Duration,
 }
 
 impl Timeline {
+    /// A timeline whose media time zero is RTP timestamp `timestamp`, in
+    /// whichever SSRC comes first: the part of a call a pool's sender moved
+    /// here, placed by its timestamps from the part's start.
+    pub fn starting_at(timestamp: u32) -> Timeline {
+        Timeline {
+            anchor: None,
+            preset: Some(timestamp),
+        }
+    }
+
     /// Media time of `packet`. `arrival` anchors a new stream; `end_of_audio` is
     /// where this direction's audio so far ends, where a jump re-anchors.
     /// Returns the time and whether the stream was re-anchored by a jump.
+    ///
+    /// A step of the timestamps longer than the packets in between explain
+    /// is a silence when the packet took about as long to come, and a jump
+    /// otherwise (a replay faster than real time squeezes its silences).
     pub fn place<P>(
         &mut self,
         packet: &Held<P>,
@@ -303,11 +328,24 @@ impl Timeline {
         end_of_audio: Duration,
     ) -> (Duration, bool) {
         let clock = clock.max(1);
+        if self.anchor.is_none() {
+            if let Some(timestamp) = self.preset.take() {
+                self.anchor = Some(Anchor {
+                    ssrc: packet.ssrc,
+                    clock,
+                    timestamp: i64::from(timestamp),
+                    at: Duration::ZERO,
+                    last_timestamp: i64::from(timestamp),
+                    last_sequence: packet.sequence.saturating_sub(1),
+                    last_arrival: Duration::ZERO,
+                });
+            }
+        }
         let anchor = match &mut self.anchor {
             Some(anchor) if anchor.ssrc == packet.ssrc && anchor.clock == clock => anchor,
             _ => {
                 return (
-                    self.anchor_at(packet, clock, arrival.max(end_of_audio)),
+                    self.anchor_at(packet, clock, arrival, arrival.max(end_of_audio)),
                     false,
                 );
             }
@@ -318,15 +356,26 @@ impl Timeline {
         let max_step =
             MAX_TIMESTAMP_STEP_PER_PACKET.as_secs_f64() * f64::from(clock) * packets as f64;
         if step < 0 || step as f64 > max_step {
-            return (self.anchor_at(packet, clock, end_of_audio), true);
+            let silence = step as f64 / f64::from(clock);
+            let waited = arrival.saturating_sub(anchor.last_arrival).as_secs_f64();
+            if step < 0 || (silence - waited).abs() > silence_tolerance(silence) {
+                return (self.anchor_at(packet, clock, arrival, end_of_audio), true);
+            }
         }
         anchor.last_timestamp = timestamp;
         anchor.last_sequence = packet.sequence;
+        anchor.last_arrival = arrival;
         let offset = (timestamp - anchor.timestamp) as f64 / f64::from(clock);
         (anchor.at + Duration::from_secs_f64(offset.max(0.0)), false)
     }
 
-    fn anchor_at<P>(&mut self, packet: &Held<P>, clock: u32, at: Duration) -> Duration {
+    fn anchor_at<P>(
+        &mut self,
+        packet: &Held<P>,
+        clock: u32,
+        arrival: Duration,
+        at: Duration,
+    ) -> Duration {
         let timestamp = i64::from(packet.timestamp);
         self.anchor = Some(Anchor {
             ssrc: packet.ssrc,
@@ -335,6 +384,7 @@ impl Timeline {
             at,
             last_timestamp: timestamp,
             last_sequence: packet.sequence,
+            last_arrival: arrival,
         });
         at
     }
@@ -521,12 +571,53 @@ mod tests {
             timeline.place(&held(9, 5, 2), 8000, ms(150), ms(140)),
             (ms(150), false)
         );
+        // A silence the sender suppressed: 3 s of timestamps in one packet's
+        // step, which took about as long to come, is kept.
+        assert_eq!(
+            timeline.place(&held(10, 5 + 8000 * 3, 2), 8000, ms(3200), ms(170)),
+            (ms(3150), false)
+        );
+        // The same step coming at once (a replay faster than real time) is a
+        // jump: the audio goes on where it ends.
+        assert_eq!(
+            timeline.place(&held(11, 5 + 8000 * 6, 2), 8000, ms(3220), ms(3170)),
+            (ms(3170), true)
+        );
         // Timestamps wrap.
         let mut timeline = Timeline::default();
         timeline.place(&held(1, u32::MAX - 79, 1), 8000, ms(0), ms(0));
         assert_eq!(
             timeline.place(&held(2, 80, 1), 8000, ms(20), ms(20)).0,
             ms(20)
+        );
+    }
+
+    #[test]
+    fn a_continued_call_is_placed_by_its_timestamps_from_the_parts_start() {
+        let ms = Duration::from_millis;
+        // The sender moved the call 2 s into a 3 s silence: the packet after
+        // it belongs 1 s into the part, wherever it arrives (here at once,
+        // held until the receiver answered).
+        let mut timeline = Timeline::starting_at(u32::MAX - 3999);
+        assert_eq!(
+            timeline.place(&held(500, 4000, 7), 8000, ms(1005), ms(0)),
+            (ms(1000), false)
+        );
+        assert_eq!(
+            timeline.place(&held(501, 4160, 7), 8000, ms(1010), ms(1020)),
+            (ms(1020), false)
+        );
+        // In speech, the next packet is about at the part's start.
+        let mut timeline = Timeline::starting_at(8000);
+        assert_eq!(
+            timeline.place(&held(9, 8160, 7), 8000, ms(3), ms(0)),
+            (ms(20), false)
+        );
+        // A packet from before the part's start goes at its start.
+        let mut timeline = Timeline::starting_at(8000);
+        assert_eq!(
+            timeline.place(&held(9, 7840, 7), 8000, ms(3), ms(0)),
+            (ms(0), true)
         );
     }
 

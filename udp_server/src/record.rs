@@ -139,6 +139,12 @@ pub struct DirectionRecord {
     pub decode_errors: u64,
     /// WAV files, one per sample rate the direction used, in order.
     pub wav: Vec<PathBuf>,
+    /// Where the first WAV file begins on the call's timeline, in seconds
+    /// from the call's start (its INV): RTP mode by the timestamps, from
+    /// the first packet's arrival; DATA by arrival. A tap's two directions
+    /// seldom begin together: this is how far apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub begins: Option<f64>,
     /// Payloads kept as they came because they could not be decoded.
     pub raw: Vec<RawRecord>,
     /// The bare payload of every DATA, when the `raw` option is on.
@@ -245,16 +251,23 @@ struct RtpLane {
     /// Packets given up on since this direction's audio was last written:
     /// the silence before its next audio is their gap.
     pending_loss: u64,
+    /// The direction's audio is placed from the part's start (its timeline
+    /// [`Timeline::starting_at`] the sender's timestamp there), so its file
+    /// begins there too, with silence until its first audio.
+    from_part_start: bool,
 }
 
 impl RtpLane {
-    fn new(jitter_packets: usize) -> RtpLane {
+    /// `preset`: the direction's RTP timestamp at the start of the part of
+    /// the call (a pool's continuation of forwarded RTP), if the INV said.
+    fn new(jitter_packets: usize, preset: Option<u32>) -> RtpLane {
         RtpLane {
             jitter: JitterBuffer::new(jitter_packets),
-            timeline: Timeline::default(),
+            timeline: preset.map_or_else(Timeline::default, Timeline::starting_at),
             media_end: Duration::ZERO,
             event: None,
             pending_loss: 0,
+            from_part_start: preset.is_some(),
         }
     }
 }
@@ -353,7 +366,11 @@ impl CallRecording {
             }
         };
         let rtp_mode = start.sender_rtp_ports.is_some();
-        let lane = |direction| Lane {
+        let presets = Extensions::parse(&start.extensions)
+            .ok()
+            .and_then(|e| e.continuation())
+            .map_or([None; 2], |c| c.timestamps);
+        let lane = |direction: Direction| Lane {
             direction,
             payload_type: None,
             decoder: None,
@@ -362,7 +379,8 @@ impl CallRecording {
             segment_samples: 0,
             raw: Vec::new(),
             bare: None,
-            rtp: rtp_mode.then(|| RtpLane::new(options.jitter_packets)),
+            rtp: rtp_mode
+                .then(|| RtpLane::new(options.jitter_packets, presets[direction as usize])),
         };
         let mut recording = CallRecording {
             record: new_record(start, wall, &base),
@@ -520,7 +538,7 @@ impl CallRecording {
         let jitter_packets = self.jitter_packets;
         let rtp = self.lanes[index]
             .rtp
-            .get_or_insert_with(|| RtpLane::new(jitter_packets));
+            .get_or_insert_with(|| RtpLane::new(jitter_packets, None));
         self.record.mode = "rtp";
         if let Some(held) = rtp.jitter.push_in_order(packet, arrival, clock) {
             self.play(index, held, arrival, metrics);
@@ -933,7 +951,12 @@ impl CallRecording {
             };
             let path = with_suffix(&self.base, &suffix);
             lane.wav = Some(WavFile::create(path.clone(), 1, rate)?);
-            lane.segment_start = at;
+            // A continued call's first file begins at the part's start when
+            // its audio is placed from there; any other file at its audio.
+            let from_part_start =
+                segment == 1 && lane.rtp.as_ref().is_some_and(|rtp| rtp.from_part_start);
+            lane.segment_start = if from_part_start { Duration::ZERO } else { at };
+            stats.begins.get_or_insert(lane.segment_start.as_secs_f64());
             lane.segment_samples = 0;
             stats.wav.push(path);
             write_json(&part_path(&self.record.record), &self.record)?;

@@ -29,7 +29,7 @@ fn assemble(id: &str, from: &[&Path], out: &Path) -> serde_json::Value {
 
 fn continuation(part: u32, offset_ms: u64) -> String {
     ExtensionsBuilder::new()
-        .continuation(part, offset_ms)
+        .continuation(&rst_proto::Continuation::new(part, offset_ms))
         .build()
 }
 

@@ -283,6 +283,13 @@ impl<'a> Extensions<'a> {
     /// was lost in between.
     pub const OFFSET_MS: &'static str = "offset-ms";
 
+    /// The keys of the `ts-r=T` and `ts-w=T` extensions of a continuation
+    /// whose RTP is forwarded (a tap's): each direction's RTP timestamp at
+    /// the part's offset, so the receiver places the part's packets by
+    /// their timestamps from its start. Without them, the part's audio
+    /// begins at its offset (a sender that makes its own frames).
+    pub const TIMESTAMPS: [&'static str; 2] = ["ts-r", "ts-w"];
+
     /// The continuation this INV announces (`part=N:offset-ms=MS`), if any:
     /// the part's number (2 or more) and its offset. A `part` without a
     /// sane number, or of 1, is no continuation; a missing offset is 0.
@@ -295,7 +302,12 @@ impl<'a> Extensions<'a> {
             .get(Self::OFFSET_MS)
             .and_then(|ms| ms.parse().ok())
             .unwrap_or(0);
-        Some(Continuation { part, offset_ms })
+        let timestamps = Self::TIMESTAMPS.map(|key| self.get(key).and_then(|t| t.parse().ok()));
+        Some(Continuation {
+            part,
+            offset_ms,
+            timestamps,
+        })
     }
 
     /// The `rate` extension: the sample rate of PT 10 audio, if given and sane.
@@ -315,6 +327,20 @@ pub struct Continuation {
     pub part: u32,
     /// Milliseconds from the call's start (media clock) to the part's first audio.
     pub offset_ms: u64,
+    /// Forwarded RTP: each direction's (R, W) RTP timestamp at the offset
+    /// (`ts-r=T:ts-w=T`), when that direction had any packet before it.
+    pub timestamps: [Option<u32>; 2],
+}
+
+impl Continuation {
+    /// Part `part` from `offset_ms`, its audio beginning there (frames).
+    pub fn new(part: u32, offset_ms: u64) -> Self {
+        Continuation {
+            part,
+            offset_ms,
+            timestamps: [None; 2],
+        }
+    }
 }
 
 /// Whether `name` can be a stream profile's name (`stream=NAME`): letters,
@@ -423,15 +449,25 @@ impl ExtensionsBuilder {
         self
     }
 
-    /// `part=N:offset-ms=MS`: the INV continues the call on another
-    /// receiver (a first part, `part` 1 or less, writes nothing).
-    pub fn continuation(mut self, part: u32, offset_ms: u64) -> Self {
-        if part >= 2 {
+    /// `part=N:offset-ms=MS[:ts-r=T][:ts-w=T]`: the INV continues the call
+    /// on another receiver (a first part, `part` 1 or less, writes nothing).
+    pub fn continuation(mut self, continuation: &Continuation) -> Self {
+        let Continuation {
+            part,
+            offset_ms,
+            timestamps,
+        } = continuation;
+        if *part >= 2 {
             self.fields.push(format!(
                 "{}={part}:{}={offset_ms}",
                 Extensions::PART,
                 Extensions::OFFSET_MS
             ));
+            for (key, timestamp) in Extensions::TIMESTAMPS.iter().zip(timestamps) {
+                if let Some(timestamp) = timestamp {
+                    self.fields.push(format!("{key}={timestamp}"));
+                }
+            }
         }
         self
     }
@@ -1116,22 +1152,31 @@ mod tests {
 
     #[test]
     fn a_continuation_is_written_and_read_back() {
+        let third = Continuation::new(3, 61_240);
         let built = ExtensionsBuilder::new()
             .raw("rate=16000")
-            .continuation(3, 61_240)
+            .continuation(&third)
             .build();
         assert_eq!(built, "rate=16000:part=3:offset-ms=61240");
         let extensions = Extensions::parse(&built).unwrap();
-        assert_eq!(
-            extensions.continuation(),
-            Some(Continuation {
-                part: 3,
-                offset_ms: 61_240
-            })
-        );
+        assert_eq!(extensions.continuation(), Some(third));
         assert_eq!(extensions.l16_rate(), Some(16000));
+        // A forwarding sender's timestamps, of the directions it has seen.
+        let tapped = Continuation {
+            timestamps: [None, Some(u32::MAX)],
+            ..third
+        };
+        let built = ExtensionsBuilder::new().continuation(&tapped).build();
+        assert_eq!(built, "part=3:offset-ms=61240:ts-w=4294967295");
+        let extensions = Extensions::parse(&built).unwrap();
+        assert_eq!(extensions.continuation(), Some(tapped));
         // A first part writes nothing; nonsense is no continuation.
-        assert_eq!(ExtensionsBuilder::new().continuation(1, 5).build(), "");
+        let first = Continuation {
+            part: 1,
+            offset_ms: 5,
+            timestamps: [Some(1); 2],
+        };
+        assert_eq!(ExtensionsBuilder::new().continuation(&first).build(), "");
         for text in ["part=1:offset-ms=5", "part=x", "offset-ms=5", ""] {
             assert_eq!(Extensions::parse(text).unwrap().continuation(), None);
         }

@@ -29,8 +29,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::{
-    Bye, Data, Direction, Dtmf, Extensions, Inv, Message, PayloadType, RtpPacket, RtpPorts,
-    TelephoneEvent, Uuid,
+    Bye, Continuation, Data, Direction, Dtmf, Extensions, Inv, Message, PayloadType, RtpPacket,
+    RtpPorts, TelephoneEvent, Uuid,
 };
 
 /// How audio goes to the receiver.
@@ -148,14 +148,14 @@ pub struct Stream {
     current: usize,
     /// The extensions the sender gave (the last [`Stream::declare`]'s), without `part`.
     extensions: String,
-    /// The part of the call the current receiver records (1: the first).
-    part: u32,
-    offset_ms: u64,
+    /// The part of the call the current receiver records (1: the first),
+    /// where it begins, and the forwarded RTP's timestamps there.
+    part: Continuation,
     failover_after: Duration,
     /// The first INV the current receiver has not acknowledged yet.
     unacked_since: Option<Instant>,
-    /// Samples of R handed to the stream (frames made, or the RTP
-    /// timestamps forwarded): the call's media clock, at `event_clock`.
+    /// Samples of R handed to the stream as frames: the call's media
+    /// clock, at `event_clock`.
     media_samples: u64,
     /// Samples of W handed to the stream as frames ([`Stream::frame`]).
     write_samples: u64,
@@ -163,8 +163,11 @@ pub struct Stream {
     /// of a direction still short of it when the call moved are dropped, so
     /// that both directions of the new part begin at its offset.
     part_start: u64,
-    /// Forwarded RTP of R: the last timestamp and the step before it.
-    last_rtp: Option<(u32, u32)>,
+    /// Forwarded RTP: when the first packet came, and per direction the
+    /// newest timestamp and when it came. Forwarded audio keeps time by
+    /// the clock: its silences (packets not sent) are real time too.
+    first_forwarded: Option<Instant>,
+    last_forwarded: [Option<(u32, Instant)>; 2],
     started_at: Instant,
     mode: Mode,
     inv: Vec<u8>,
@@ -258,14 +261,18 @@ impl Stream {
             targets,
             current: 0,
             extensions: start.extensions,
-            part: 1,
-            offset_ms: 0,
+            part: Continuation {
+                part: 1,
+                offset_ms: 0,
+                timestamps: [None; 2],
+            },
             write_samples: 0,
             part_start: 0,
             failover_after: start.failover_after,
             unacked_since: Some(now),
             media_samples: 0,
-            last_rtp: None,
+            first_forwarded: None,
+            last_forwarded: [None; 2],
             started_at: now,
             mode: start.mode,
             inv,
@@ -307,7 +314,7 @@ impl Stream {
 
     /// The part of the call the current receiver records (1 until a failover).
     pub fn part(&self) -> u32 {
-        self.part
+        self.part.part
     }
 
     pub fn is_closed(&self) -> bool {
@@ -465,19 +472,19 @@ impl Stream {
     }
 
     /// RTP mode: forwards a captured RTP packet unchanged (its sequence numbers,
-    /// timestamps and SSRC carry the wire's loss and jitter to the recording).
+    /// timestamps and SSRC carry the wire's loss and jitter to the recording),
+    /// captured at `now`.
     pub fn forward_rtp(
         &mut self,
         direction: Direction,
         packet: &[u8],
+        now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
         if self.is_closing() || self.mode != Mode::Rtp {
             return;
         }
-        if direction == Direction::Read {
-            self.clock_rtp(packet);
-        }
+        self.clock_rtp(direction, packet, now);
         match self.server_ports {
             Some(ports) => {
                 emit(
@@ -491,39 +498,47 @@ impl Stream {
         }
     }
 
-    /// Advances the media clock by a forwarded packet's timestamp step; a
-    /// jump of more than a minute (a new SSRC's timestamps) counts as one
-    /// packet's step.
-    fn clock_rtp(&mut self, packet: &[u8]) {
+    /// Keeps the newest timestamp of a direction's forwarded RTP and when it
+    /// came: a failover tells the next receiver where each direction stood
+    /// ([`Stream::timestamps_at`]). A late packet (less than a minute
+    /// behind) changes nothing; any other step, a new SSRC's too, is news.
+    fn clock_rtp(&mut self, direction: Direction, packet: &[u8], now: Instant) {
         let Ok(rtp) = RtpPacket::parse(packet) else {
             return;
         };
-        let limit = self.event_clock.saturating_mul(60);
-        match self.last_rtp {
-            Some((last, step)) => {
-                let delta = rtp.timestamp.wrapping_sub(last);
-                if delta == 0 || delta > u32::MAX / 2 {
-                    return; // the same frame's timestamp, or a late packet
-                }
-                let delta = if delta > limit { step } else { delta };
-                self.media_samples += u64::from(delta);
-                self.last_rtp = Some((rtp.timestamp, delta));
+        self.first_forwarded.get_or_insert(now);
+        let last = &mut self.last_forwarded[direction as usize];
+        if let Some((timestamp, _)) = *last {
+            let behind = timestamp.wrapping_sub(rtp.timestamp);
+            if behind < self.event_clock.saturating_mul(60) {
+                return; // this frame's timestamp again, or a late packet
             }
-            None => self.last_rtp = Some((rtp.timestamp, 0)),
         }
+        *last = Some((rtp.timestamp, now));
+    }
+
+    /// Each direction's forwarded RTP timestamp at `now`: its newest, moved
+    /// on by the time since (a direction in silence keeps its clock).
+    fn timestamps_at(&self, now: Instant) -> [Option<u32>; 2] {
+        self.last_forwarded.map(|last| {
+            let (timestamp, at) = last?;
+            let since = now.saturating_duration_since(at).as_secs_f64();
+            let step = (since * f64::from(self.event_clock)).round() as u64;
+            Some(timestamp.wrapping_add(step as u32))
+        })
     }
 
     /// Where the call stands on its media clock, in ms: the audio handed
-    /// over so far (of the direction ahead, for frames), plus one packet's
-    /// step for forwarded RTP (whose last packet's own duration is not yet
-    /// counted). Before any audio, the time since the stream began.
+    /// over so far (of the direction ahead) for frames; for forwarded RTP,
+    /// the time since its first packet; before any audio, the time since
+    /// the stream began.
     fn media_ms(&self, now: Instant) -> u64 {
-        let samples = self.media_samples.max(self.write_samples)
-            + self.last_rtp.map_or(0, |(_, step)| u64::from(step));
-        if samples == 0 {
-            return now.saturating_duration_since(self.started_at).as_millis() as u64;
+        let samples = self.media_samples.max(self.write_samples);
+        if samples > 0 {
+            return samples * 1000 / u64::from(self.event_clock);
         }
-        samples * 1000 / u64::from(self.event_clock)
+        let since = self.first_forwarded.unwrap_or(self.started_at);
+        now.saturating_duration_since(since).as_millis() as u64
     }
 
     fn hold(&mut self, direction: Direction, frame: Option<(u8, u32)>, payload: &[u8]) {
@@ -554,7 +569,7 @@ impl Stream {
             &self.caller,
             &self.callee,
             self.local_ports,
-            &with_continuation(extensions, self.part, self.offset_ms),
+            &with_continuation(extensions, &self.part),
         )?;
         match self.state {
             State::Closing { .. } | State::Closed => return Ok(()),
@@ -617,9 +632,12 @@ impl Stream {
         // never reads this. Sent once: its ACK is ignored like any other.
         self.send_bye(emit);
         self.current = (self.current + 1) % self.targets.len();
-        self.part += 1;
+        self.part = Continuation {
+            part: self.part.part + 1,
+            offset_ms: self.media_ms(now),
+            timestamps: self.timestamps_at(now),
+        };
         self.part_start = self.media_samples.max(self.write_samples);
-        self.offset_ms = self.media_ms(now);
         self.stats.failovers += 1;
         self.stats.frames_dropped_waiting += self.pending.len() as u64;
         self.pending.clear();
@@ -631,7 +649,7 @@ impl Stream {
             &self.caller,
             &self.callee,
             self.local_ports,
-            &with_continuation(&self.extensions, self.part, self.offset_ms),
+            &with_continuation(&self.extensions, &self.part),
         ) {
             self.inv = inv;
         }
@@ -645,8 +663,8 @@ impl Stream {
         Trouble::FailedOver {
             from,
             to: self.target(),
-            part: self.part,
-            offset_ms: self.offset_ms,
+            part: self.part.part,
+            offset_ms: self.part.offset_ms,
         }
     }
 
@@ -888,10 +906,10 @@ fn encode_inv(
 }
 
 /// The sender's extensions with the continuation of part `part` after them.
-fn with_continuation(extensions: &str, part: u32, offset_ms: u64) -> String {
+fn with_continuation(extensions: &str, part: &Continuation) -> String {
     crate::ExtensionsBuilder::new()
         .raw(extensions)
-        .continuation(part, offset_ms)
+        .continuation(part)
         .build()
 }
 
@@ -1093,7 +1111,7 @@ mod tests {
             payload: &[1, 2],
         }
         .encode(&mut packet);
-        stream.forward_rtp(Direction::Write, &packet, &mut emit);
+        stream.forward_rtp(Direction::Write, &packet, t0, &mut emit);
         stream.ack(
             Some(RtpPorts {
                 read: 6004,
@@ -1101,7 +1119,7 @@ mod tests {
             }),
             &mut emit,
         );
-        stream.forward_rtp(Direction::Read, &packet, &mut emit);
+        stream.forward_rtp(Direction::Read, &packet, t0, &mut emit);
         let rtp: Vec<_> = sent
             .iter()
             .filter(|(via, ..)| *via != Via::Control)
@@ -1302,7 +1320,7 @@ mod tests {
         assert!(invs[1].ends_with(b":5004:5005:pt96=opus/48000"));
         assert_eq!(invs[1], invs[2]);
         stream.ack(Some(PORTS), &mut emit);
-        stream.forward_rtp(Direction::Read, &[0x80; 12], &mut emit);
+        stream.forward_rtp(Direction::Read, &[0x80; 12], t0, &mut emit);
         assert_eq!(sent.borrow().last().unwrap().1.port(), 6004);
     }
 
@@ -1425,7 +1443,8 @@ mod tests {
             parsed.extensions.continuation(),
             Some(crate::Continuation {
                 part: 2,
-                offset_ms: 2000
+                offset_ms: 2000,
+                timestamps: [None; 2],
             })
         );
         // DATA follows at once; a late ACK from A changes nothing, B's does.
@@ -1558,41 +1577,62 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_rtp_keeps_the_media_clock_by_its_timestamps() {
+    fn forwarded_rtp_keeps_time_by_the_clock_and_tells_the_next_receiver_its_timestamps() {
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let (mut stream, sent) = start_pooled(Mode::Rtp, t0);
         let mut emit = emitter(&sent);
         stream.ack_from(addr(A), Some(PORTS), &mut emit);
         let mut packet = Vec::new();
-        // 1 s of 20 ms packets, one lost, a repeat, a timestamp wrap; W is not counted.
-        for (i, ts) in (0u32..50).map(|i| (i, 0xFFFF_F000u32.wrapping_add(i * 160))) {
-            if i == 20 {
-                continue;
-            }
+        let mut forward = |stream: &mut Stream, direction, sequence: u16, timestamp: u32, at| {
             packet.clear();
             RtpPacket {
                 marker: false,
                 payload_type: 0,
-                sequence: i as u16,
-                timestamp: ts,
+                sequence,
+                timestamp,
                 ssrc: 1,
                 payload: &[0; 160],
             }
             .encode(&mut packet);
-            stream.forward_rtp(Direction::Read, &packet, &mut emit);
-            stream.forward_rtp(Direction::Read, &packet, &mut emit);
-            stream.forward_rtp(Direction::Write, &packet, &mut emit);
+            stream.forward_rtp(direction, &packet, at, &mut emit);
+        };
+        // The first packet 100 ms in (after ringing), then R for 1 s across a
+        // timestamp wrap, repeated and with one lost; W talks for 200 ms, its
+        // last packet at 380 ms.
+        for i in 0u32..50 {
+            let at = ms(100 + 20 * u64::from(i));
+            let timestamp = 0xFFFF_F000u32.wrapping_add(i * 160);
+            if i != 20 {
+                forward(&mut stream, Direction::Read, i as u16, timestamp, at);
+                forward(&mut stream, Direction::Read, i as u16, timestamp, at);
+            }
+            if (5..15).contains(&i) {
+                forward(&mut stream, Direction::Write, i as u16, 5000 + i * 160, at);
+            }
         }
-        let moved = stream.unreachable(addr(A), t0, &mut emit);
+        // A late packet of W (behind its newest) changes nothing.
+        forward(&mut stream, Direction::Write, 4, 5000 + 4 * 160, ms(1000));
+        // R falls silent too; the receiver goes 400 ms after R's last packet.
+        let moved = stream.unreachable(addr(A), ms(1480), &mut emit);
         assert!(
             matches!(
                 moved,
                 Some(Trouble::FailedOver {
-                    offset_ms: 1000,
+                    offset_ms: 1380,
                     ..
                 })
             ),
             "{moved:?}"
+        );
+        // Each direction's clock moved on through its silence: R 400 ms
+        // (3200 samples) past its last packet, W 1100 ms (8800).
+        let (_, inv) = invs_to(&sent).pop().unwrap();
+        let r = 0xFFFF_F000u32.wrapping_add(49 * 160 + 3200);
+        let w = 5000 + 14 * 160 + 8800;
+        assert!(
+            inv.ends_with(&format!(":part=2:offset-ms=1380:ts-r={r}:ts-w={w}")),
+            "{inv}"
         );
     }
 

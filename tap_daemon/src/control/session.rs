@@ -414,8 +414,8 @@ impl Output for Routed {
         self.current.0.call_started(call);
     }
 
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
-        self.owner(key).rtp(key, direction, packet);
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], at: Duration) {
+        self.owner(key).rtp(key, direction, packet, at);
     }
 
     /// A re-INVITE's new codec is declared to the receiver the call goes to.

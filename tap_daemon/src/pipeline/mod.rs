@@ -43,6 +43,7 @@
 
 mod call;
 mod filter;
+mod route;
 mod sipless;
 mod sniff;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub use filter::{Filter, Pattern};
 pub use sniff::looks_like_sip;
 
 use call::{pair, parties, Call, FlowPair, Recording, MAX_ENCRYPTED_FLOWS};
+use route::Routes;
 use sipless::Candidate;
 use sniff::{find, is_rtcp_range, looks_like_rtp, static_audio, zrtp_message};
 use std::collections::VecDeque;
@@ -69,8 +71,9 @@ use crate::FastMap;
 pub trait Output {
     /// A call is to be recorded from now on.
     fn call_started(&mut self, call: &CallStart);
-    /// One captured RTP packet of a started call, unchanged.
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]);
+    /// One captured RTP packet of a started call, unchanged, captured at
+    /// `at` (the capture's clock: since the Unix epoch, for a live one).
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], at: Duration);
     /// A started call's SDP declared dynamic payload types it had not (a
     /// re-INVITE switching to another codec): `call` is the call as it now
     /// stands, every declaration included. The real output sends the INV
@@ -247,6 +250,8 @@ pub struct Pipeline {
     config: PipelineConfig,
     decoder: Decoder,
     tracker: Tracker,
+    /// The tracker's answers per RTP flow.
+    routes: Routes,
     calls: FastMap<CallKey, Call>,
     sipless: FastMap<FlowPair, CallKey>,
     candidates: FastMap<(SocketAddr, SocketAddr), Candidate>,
@@ -265,6 +270,7 @@ impl Pipeline {
             decoder: Decoder::new(config.decoder),
             tracker: Tracker::new(config.tracker.clone()),
             config,
+            routes: Routes::default(),
             calls: FastMap::default(),
             sipless: FastMap::default(),
             candidates: FastMap::default(),
@@ -304,8 +310,9 @@ impl Pipeline {
 
     /// One captured frame of link type `link`, captured at `now`.
     pub fn frame(&mut self, link: LinkType, now: Duration, bytes: &[u8], out: &mut impl Output) {
-        // One vector for every frame: its allocation lives on in `scratch`.
-        let mut datagrams = recycle(std::mem::take(&mut self.scratch));
+        // One vector for every frame: its allocation lives on in `scratch`
+        // (empty, and a `'static` vector serves as a shorter-lived one).
+        let mut datagrams: Vec<Datagram<'_>> = std::mem::take(&mut self.scratch);
         // A frame that does not decode is counted by the decoder; what it
         // yielded before the error (idle stream ends) is still handled.
         let _ = self.decoder.decode(link, now, bytes, &mut datagrams);
@@ -371,6 +378,7 @@ impl Pipeline {
             self.end(key, out);
         }
         self.candidates.clear();
+        self.routes.clear();
         self.tcp.clear();
         self.lingering.clear();
     }
@@ -389,7 +397,9 @@ impl Pipeline {
 
     fn udp(&mut self, d: &Datagram<'_>, out: &mut impl Output) {
         let payload: &[u8] = &d.payload;
-        if looks_like_sip(payload) || (self.is_sip_port(d) && !looks_like_rtp(payload)) {
+        // RTP is nearly every packet: its first byte settles both tests
+        // before the port list is looked at.
+        if looks_like_sip(payload) || (!looks_like_rtp(payload) && self.is_sip_port(d)) {
             if payload.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
                 return; // keep-alive
             }
@@ -632,7 +642,7 @@ impl Pipeline {
             self.stats.rtcp += 1;
             return;
         }
-        let (key, direction) = match self.tracker.classify(now, src, dst) {
+        let (key, direction) = match self.routes.classify(&self.tracker, now, src, dst) {
             Some((key, classified)) => (key, Leg::Classified(classified)),
             None => match self.sipless_call(now, src, dst, bytes, packet, out) {
                 Some((key, direction)) => (key, Leg::Known(direction)),
@@ -719,7 +729,7 @@ impl Pipeline {
         if after_bye {
             self.stats.rtp_after_bye += 1;
         }
-        out.rtp(key, direction, bytes);
+        out.rtp(key, direction, bytes, now);
     }
 }
 

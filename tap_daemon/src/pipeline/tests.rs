@@ -14,7 +14,7 @@ impl Output for Collect {
     fn call_started(&mut self, call: &CallStart) {
         self.started.push(call.clone());
     }
-    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8]) {
+    fn rtp(&mut self, key: CallKey, direction: Direction, packet: &[u8], _at: Duration) {
         self.rtp.push((key, direction, packet.to_vec()));
     }
     fn call_updated(&mut self, call: &CallStart) {
@@ -910,4 +910,60 @@ fn a_call_of_rtp_alone_takes_the_clock_of_its_static_payload_type() {
     }
     assert_eq!(out.started.len(), 1);
     assert_eq!(out.started[0].clock_rate, 44100);
+}
+
+/// The pipeline's per-flow cache of the tracker's answers ([`Routes`])
+/// answers as the tracker itself does: before and after a call's BYE,
+/// within and past its `rtp_linger`, and when capture time goes backwards.
+#[test]
+fn cached_routes_answer_as_the_tracker_does() {
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut out = Collect::default();
+    call_setup(&mut p, &mut out, true);
+    let flows: Vec<(SocketAddr, SocketAddr)> = [
+        ("10.0.0.1:4000", "10.0.0.2:6000"),
+        ("10.0.0.2:6000", "10.0.0.1:4000"),
+        ("10.0.0.9:1000", "10.0.0.2:6000"),
+        ("10.0.0.1:4000", "10.0.0.3:7000"),
+    ]
+    .iter()
+    .map(|(s, d)| (s.parse().unwrap(), d.parse().unwrap()))
+    .collect();
+    let check = |p: &mut Pipeline, at: Duration| {
+        let mut matched = 0;
+        for &(src, dst) in &flows {
+            let want = p.tracker.classify(at, src, dst);
+            // Twice: the second answer comes from the cache.
+            for _ in 0..2 {
+                let got = p.routes.classify(&p.tracker, at, src, dst);
+                assert_eq!(got, want, "{src} -> {dst} at {at:?}");
+            }
+            matched += usize::from(want.is_some());
+        }
+        matched
+    };
+    let t = Duration::from_secs(2);
+    assert_eq!(check(&mut p, t), 4, "the call's flows before its BYE");
+    let bye = sip("BYE sip:1002@10.0.0.2 SIP/2.0", A, B_TAG, "2 BYE", None);
+    p.frame(
+        LinkType::RAW,
+        t,
+        &udp("10.0.0.1:5060", "10.0.0.2:5060", &bye),
+        &mut out,
+    );
+    let linger = PipelineConfig::default().tracker.rtp_linger;
+    let ms = Duration::from_millis(1);
+    let times = [
+        t,
+        t + linger / 2,
+        t + linger - ms,
+        t + linger,
+        t + linger + ms,
+        // Backwards: within the linger again, then before the BYE.
+        t + linger / 2,
+        t - ms,
+        t + linger * 3,
+    ];
+    let matched: Vec<usize> = times.iter().map(|&at| check(&mut p, at)).collect();
+    assert_eq!(matched, [4, 4, 4, 0, 0, 4, 4, 0]);
 }

@@ -217,24 +217,37 @@ pub struct CSeq {
 
 /// A From or To header: an optional display name, the URI and its parts a
 /// recorder cares about, and the tag that identifies the dialog's side.
-/// Owned: a few short strings per message cost nothing next to the RTP rate,
-/// and the tracker keeps them beyond the packet's lifetime anyway.
+/// Borrowed from the message wherever the text is as written (nearly
+/// always): parsing a message allocates no string for it. What the tracker
+/// keeps beyond the packet, it copies ([`NameAddr::into_owned`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NameAddr {
+pub struct NameAddr<'a> {
     /// The display name, unquoted and unescaped; `None` when absent or empty.
-    pub display_name: Option<String>,
+    pub display_name: Option<Cow<'a, str>>,
     /// The URI as written, without angle brackets.
-    pub uri: String,
+    pub uri: Cow<'a, str>,
     /// The user part of a `sip:`/`sips:` URI (percent-decoded, without a
     /// password), or the number of a `tel:` URI. `None` for `sip:host`.
-    pub user: Option<String>,
+    pub user: Option<Cow<'a, str>>,
     /// The host of the URI, without port or brackets; empty if the URI has none.
-    pub host: String,
+    pub host: Cow<'a, str>,
     /// The `tag` header parameter.
-    pub tag: Option<String>,
+    pub tag: Option<Cow<'a, str>>,
 }
 
-impl NameAddr {
+impl NameAddr<'_> {
+    /// Detached from the message.
+    pub fn into_owned(self) -> NameAddr<'static> {
+        let owned = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        NameAddr {
+            display_name: self.display_name.map(owned),
+            uri: owned(self.uri),
+            user: self.user.map(owned),
+            host: owned(self.host),
+            tag: self.tag.map(owned),
+        }
+    }
+
     /// The best label for this party: the user part, else the display name,
     /// else the host. A From like `<sip:200.57.7.195:55061;user=phone>` has
     /// no user, and a recording still needs a name for the caller.
@@ -264,12 +277,12 @@ pub struct Header<'a> {
 pub struct SipMessage<'a> {
     pub start: StartLine<'a>,
     /// The Call-ID, as written (it may contain `@`, `:` and more).
-    pub call_id: String,
+    pub call_id: Cow<'a, str>,
     pub cseq: CSeq,
-    pub from: NameAddr,
-    pub to: NameAddr,
+    pub from: NameAddr<'a>,
+    pub to: NameAddr<'a>,
     /// The Content-Type value as written, parameters included.
-    pub content_type: Option<String>,
+    pub content_type: Option<Cow<'a, str>>,
     /// The Content-Length value, when present.
     pub content_length: Option<usize>,
     /// The body: `content_length` bytes when given (RFC 3261 18.3: extra
@@ -299,20 +312,29 @@ impl<'a> SipMessage<'a> {
         let mut lines = Lines { rest: head };
         let first_line = lines.next().ok_or(SipError::Empty)?;
         let start = parse_start_line(first_line)?;
-        let headers = parse_headers(&mut lines)?;
+        let head = Head::new(head);
+        let headers = parse_headers(&head, &mut lines)?;
+        let wanted = Wanted::find(&headers);
 
-        let call_id = single(&headers, "Call-ID")?
+        let call_id = wanted
+            .single(CALL_ID)?
             .filter(|v| !v.is_empty())
             .ok_or(SipError::MissingHeader { name: "Call-ID" })?
-            .to_owned();
-        let cseq = single(&headers, "CSeq")?.ok_or(SipError::MissingHeader { name: "CSeq" })?;
+            .clone();
+        let cseq = wanted
+            .single(CSEQ)?
+            .ok_or(SipError::MissingHeader { name: "CSeq" })?;
         let cseq = parse_cseq(cseq)?;
-        let from = single(&headers, "From")?.ok_or(SipError::MissingHeader { name: "From" })?;
+        let from = wanted
+            .single(FROM)?
+            .ok_or(SipError::MissingHeader { name: "From" })?;
         let from = parse_name_addr(from, "From")?;
-        let to = single(&headers, "To")?.ok_or(SipError::MissingHeader { name: "To" })?;
+        let to = wanted
+            .single(TO)?
+            .ok_or(SipError::MissingHeader { name: "To" })?;
         let to = parse_name_addr(to, "To")?;
-        let content_type = first(&headers, "Content-Type").map(str::to_owned);
-        let content_length = match single(&headers, "Content-Length")? {
+        let content_type = wanted.values[CONTENT_TYPE].cloned();
+        let content_length = match wanted.single(CONTENT_LENGTH)? {
             None => None,
             Some(value) => Some(parse_content_length(value)?),
         };
@@ -457,19 +479,60 @@ fn first<'h>(headers: &'h [Header<'_>], name: &str) -> Option<&'h str> {
         .map(|h| h.value.as_ref())
 }
 
-/// The value of a header that must not appear twice with different values:
-/// two Call-IDs or two Content-Lengths are how a hostile message would make
-/// the tap and the phone disagree about what it says.
-fn single<'h>(headers: &'h [Header<'_>], name: &'static str) -> Result<Option<&'h str>, SipError> {
-    let mut found: Option<&str> = None;
-    for h in headers.iter().filter(|h| same_header(h.name, name)) {
-        match found {
-            None => found = Some(h.value.as_ref()),
-            Some(prev) if prev == h.value.as_ref() => {}
-            Some(_) => return Err(SipError::ConflictingHeader { name }),
+/// The headers [`SipMessage::parse`] reads itself, by their index in
+/// [`WANTED`].
+const CALL_ID: usize = 0;
+const CSEQ: usize = 1;
+const FROM: usize = 2;
+const TO: usize = 3;
+const CONTENT_TYPE: usize = 4;
+const CONTENT_LENGTH: usize = 5;
+const WANTED: [&str; 6] = [
+    "Call-ID",
+    "CSeq",
+    "From",
+    "To",
+    "Content-Type",
+    "Content-Length",
+];
+
+/// The first value of each [`WANTED`] header, and whether a later one
+/// differed: found in one pass over the headers rather than one per name.
+#[derive(Debug)]
+struct Wanted<'h, 'a> {
+    values: [Option<&'h Cow<'a, str>>; WANTED.len()],
+    conflicts: [bool; WANTED.len()],
+}
+
+impl<'h, 'a> Wanted<'h, 'a> {
+    fn find(headers: &'h [Header<'a>]) -> Wanted<'h, 'a> {
+        let mut wanted = Wanted {
+            values: [None; WANTED.len()],
+            conflicts: [false; WANTED.len()],
+        };
+        for h in headers {
+            let name = canonical(h.name);
+            let Some(i) = WANTED.iter().position(|w| w.eq_ignore_ascii_case(name)) else {
+                continue;
+            };
+            match wanted.values[i] {
+                None => wanted.values[i] = Some(&h.value),
+                Some(prev) if *prev == h.value => {}
+                Some(_) => wanted.conflicts[i] = true,
+            }
         }
+        wanted
     }
-    Ok(found)
+
+    /// The value of a header that must not appear twice with different
+    /// values: two Call-IDs or two Content-Lengths are how a hostile message
+    /// would make the tap and the phone disagree about what it says.
+    fn single(&self, i: usize) -> Result<Option<&'h Cow<'a, str>>, SipError> {
+        if self.conflicts[i] {
+            return Err(SipError::ConflictingHeader { name: WANTED[i] });
+        }
+        Ok(self.values[i])
+    }
 }
 
 fn skip_leading_newlines(mut bytes: &[u8]) -> &[u8] {
@@ -498,8 +561,10 @@ pub(crate) fn find_header_end(bytes: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// Line ends are found a vector at a time: a SIP message is hundreds of
+/// bytes of headers, and a byte-at-a-time scan was the dearest part of parsing it.
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 /// Lines of the header section, split on LF with a trailing CR removed.
@@ -523,8 +588,48 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
+/// The text of `bytes`, borrowed when it is UTF-8 (nearly always: SIP
+/// headers are ASCII); `from_utf8`'s ASCII fast path is several times
+/// cheaper than the lossy conversion's chunk walk.
+/// The header section of a message, and its text when all of it is UTF-8
+/// (nearly always: SIP headers are ASCII), validated once: each header's
+/// name and value are then slices of that text, with no check of their own.
+struct Head<'a> {
+    bytes: &'a [u8],
+    text: Option<&'a str>,
+}
+
+impl<'a> Head<'a> {
+    fn new(bytes: &'a [u8]) -> Head<'a> {
+        Head {
+            bytes,
+            text: std::str::from_utf8(bytes).ok(),
+        }
+    }
+
+    /// `part`, a slice of the section, as text when it is UTF-8.
+    fn str(&self, part: &'a [u8]) -> Option<&'a str> {
+        let start = (part.as_ptr() as usize).wrapping_sub(self.bytes.as_ptr() as usize);
+        let within = start <= self.bytes.len() && part.len() <= self.bytes.len() - start;
+        match self.text {
+            // Parts are cut at ASCII bytes, so at character boundaries;
+            // `get` checks that anyway.
+            Some(text) if within => text.get(start..start + part.len()),
+            _ => std::str::from_utf8(part).ok(),
+        }
+    }
+
+    /// `part` as text, invalid UTF-8 replaced.
+    fn text(&self, part: &'a [u8]) -> Cow<'a, str> {
+        self.str(part).map_or_else(|| lossy(part), Cow::Borrowed)
+    }
+}
+
 fn lossy(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 fn shorten(bytes: &[u8]) -> String {
@@ -541,7 +646,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
     let a = parts.next().ok_or_else(bad)?;
     let b = parts.next().ok_or_else(bad)?;
     let c = parts.next().ok_or_else(bad)?;
-    if a.len() >= 4 && a[..4].eq_ignore_ascii_case("SIP/") {
+    if starts_with_sip_slash(a) {
         if !a.eq_ignore_ascii_case("SIP/2.0") {
             return Err(SipError::BadVersion {
                 version: a.chars().take(16).collect(),
@@ -568,7 +673,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
     }
     let version = c.trim_end();
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        if version.len() >= 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        if starts_with_sip_slash(version) {
             return Err(SipError::BadVersion {
                 version: version.chars().take(16).collect(),
             });
@@ -581,13 +686,40 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, SipError> {
     })
 }
 
-/// RFC 3261 25.1 `token` characters.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+/// Whether `part` begins `SIP/` in any case. Compared as bytes: cutting
+/// the text at its fourth byte panics when that falls inside a character
+/// (`S\u{f1}\u{e9}/2.0` on the wire).
+fn starts_with_sip_slash(part: &str) -> bool {
+    part.as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
 }
 
-fn parse_headers<'a>(lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError> {
-    let mut headers: Vec<Header<'a>> = Vec::new();
+/// RFC 3261 25.1 `token` characters.
+fn is_token_char(b: u8) -> bool {
+    TOKEN[usize::from(b)]
+}
+
+/// [`is_token_char`] of every byte: one load per byte of every header name.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError> {
+    // Room for a typical message's headers at once, rather than growing
+    // four times on the way.
+    let mut headers: Vec<Header<'a>> = Vec::with_capacity(32);
     for line in lines {
         if let [b' ' | b'\t', ..] = line {
             // A folded continuation (RFC 3261 7.3.1): joined with one space.
@@ -596,7 +728,7 @@ fn parse_headers<'a>(lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError>
                     line: shorten(line),
                 });
             };
-            let more = lossy(line);
+            let more = head.text(line);
             let more = more.trim();
             let len = last.name.len() + 2 + last.value.len() + 1 + more.len();
             if len > MAX_HEADER_LEN {
@@ -636,10 +768,10 @@ fn parse_headers<'a>(lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError>
             });
         }
         // Token characters are ASCII, so this cannot fail.
-        let name = std::str::from_utf8(name).map_err(|_| SipError::BadHeader {
+        let name = head.str(name).ok_or_else(|| SipError::BadHeader {
             line: shorten(line),
         })?;
-        let value = lossy(trim_ws(&line[colon + 1..]));
+        let value = head.text(trim_ws(&line[colon + 1..]));
         headers.push(Header { name, value });
     }
     Ok(headers)
@@ -690,7 +822,15 @@ fn parse_content_length(value: &str) -> Result<usize, SipError> {
 /// Parses `"Name" <uri>;params`, `Name <uri>;params`, `<uri>;params` or a
 /// bare `uri;params` (where, per RFC 3261 20.10, everything after the first
 /// `;` is a header parameter).
-fn parse_name_addr(value: &str, name: &'static str) -> Result<NameAddr, SipError> {
+fn parse_name_addr<'a>(value: &Cow<'a, str>, name: &'static str) -> Result<NameAddr<'a>, SipError> {
+    match value {
+        Cow::Borrowed(text) => parse_name_addr_text(text, name),
+        // A folded header: its parts are copied out of the unfolded value.
+        Cow::Owned(text) => parse_name_addr_text(text, name).map(NameAddr::into_owned),
+    }
+}
+
+fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAddr<'a>, SipError> {
     let bad = || SipError::BadAddress {
         name,
         value: value.chars().take(80).collect(),
@@ -704,7 +844,7 @@ fn parse_name_addr(value: &str, name: &'static str) -> Result<NameAddr, SipError
             let inner = inner.strip_suffix('"').ok_or_else(bad)?;
             Some(unescape_quoted(inner))
         } else {
-            Some(display.to_owned())
+            Some(Cow::Borrowed(display))
         };
         (display, after[..gt].trim(), &after[gt + 1..])
     } else {
@@ -716,7 +856,7 @@ fn parse_name_addr(value: &str, name: &'static str) -> Result<NameAddr, SipError
             None => (None, value, ""),
         }
     };
-    if uri.is_empty() || uri.contains(char::is_whitespace) {
+    if uri.is_empty() || has_whitespace(uri) {
         return Err(bad());
     }
     let colon = uri.find(':').ok_or_else(bad)?;
@@ -731,11 +871,28 @@ fn parse_name_addr(value: &str, name: &'static str) -> Result<NameAddr, SipError
     let (user, host) = uri_user_host(scheme, &uri[colon + 1..]);
     Ok(NameAddr {
         display_name: display.filter(|d| !d.is_empty()),
-        uri: uri.to_owned(),
+        uri: Cow::Borrowed(uri),
         user,
-        host,
-        tag: header_param(params, "tag").map(str::to_owned),
+        host: Cow::Borrowed(host),
+        tag: header_param(params, "tag").map(Cow::Borrowed),
     })
+}
+
+/// Whether `s` has a whitespace character (Unicode's, as
+/// `char::is_whitespace` says). A pass over the bytes settles it for ASCII
+/// text, which URIs nearly always are; only other text is decoded.
+fn has_whitespace(s: &str) -> bool {
+    let suspect = s
+        .bytes()
+        .any(|b| matches!(b, b'\t'..=b'\r' | b' ') || !b.is_ascii());
+    suspect && s.contains(char::is_whitespace)
+}
+
+/// `s` up to the first of the ASCII `stops`, or all of it.
+fn until<'s>(s: &'s str, stops: &[u8]) -> &'s str {
+    // An ASCII byte is always a character boundary.
+    let end = s.bytes().position(|b| stops.contains(&b));
+    end.map_or(s, |end| &s[..end])
 }
 
 fn find_unquoted(s: &str, wanted: u8) -> Option<usize> {
@@ -756,7 +913,11 @@ fn find_unquoted(s: &str, wanted: u8) -> Option<usize> {
     None
 }
 
-fn unescape_quoted(s: &str) -> String {
+/// The text of a quoted string, borrowed when it has no escapes.
+fn unescape_quoted(s: &str) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s.trim());
+    }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -768,16 +929,16 @@ fn unescape_quoted(s: &str) -> String {
             out.push(c);
         }
     }
-    out.trim().to_owned()
+    Cow::Owned(out.trim().to_owned())
 }
 
 /// The user and host of a URI, given its scheme and what follows `scheme:`.
 /// `sip:user:password@host:port;params?headers` gives the percent-decoded
 /// user and the bare host; `tel:+123;phone-context=x` gives the number.
-fn uri_user_host(scheme: &str, rest: &str) -> (Option<String>, String) {
+fn uri_user_host<'a>(scheme: &str, rest: &'a str) -> (Option<Cow<'a, str>>, &'a str) {
     if scheme.eq_ignore_ascii_case("tel") {
         let number = rest.split(';').next().unwrap_or("");
-        return (Some(percent_decode(number)), String::new());
+        return (Some(percent_decode(number)), "");
     }
     // The user part may itself contain ';' and '?' (RFC 3261 19.1.1 allows
     // them in `user`), so split on the last '@' before any URI parameter of
@@ -785,25 +946,25 @@ fn uri_user_host(scheme: &str, rest: &str) -> (Option<String>, String) {
     let (user, hostport) = match rest.find('@') {
         Some(at) => {
             let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
+            let user = until(userinfo, b":");
             (Some(percent_decode(user)), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let hostport = hostport.split([';', '?']).next().unwrap_or("");
+    let hostport = until(hostport, b";?");
     let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
+        until(v6, b"]")
     } else {
-        hostport.split(':').next().unwrap_or("")
+        until(hostport, b":")
     };
-    (user, host.to_owned())
+    (user, host)
 }
 
 /// Decodes `%XX` escapes (RFC 3261 25.1 `escaped`); anything malformed is kept
 /// as written, and invalid UTF-8 becomes U+FFFD.
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -820,7 +981,7 @@ fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn header_param<'p>(params: &'p str, wanted: &str) -> Option<&'p str> {

@@ -21,6 +21,6 @@ pub use framer::{frame, Frame, FrameError, SipStream};
 pub use message::{CSeq, Header, Method, NameAddr, SipError, SipMessage, StartLine};
 pub use sdp::{Media, MediaDirection, MediaKind, RtpMap, Sdp, SdpError};
 pub use tracker::{
-    CallEvent, CallInfo, EndReason, MediaDesc, PayloadMapping, Side, Tracker, TrackerConfig,
-    TrackerStats,
+    CallEvent, CallInfo, Classified, EndReason, MediaDesc, PayloadMapping, Side, Tracker,
+    TrackerConfig, TrackerStats,
 };

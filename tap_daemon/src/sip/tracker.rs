@@ -98,9 +98,9 @@ pub struct CallInfo {
     /// The raw Call-ID, for the record.
     pub call_id: String,
     /// The From of the first INVITE seen.
-    pub caller: NameAddr,
+    pub caller: NameAddr<'static>,
     /// The To of the first INVITE seen.
-    pub callee: NameAddr,
+    pub callee: NameAddr<'static>,
     /// Where that INVITE came from and went to (signalling, not media).
     pub caller_signalling: SocketAddr,
     pub callee_signalling: SocketAddr,
@@ -272,6 +272,9 @@ impl Dialog {
 pub struct Tracker {
     config: TrackerConfig,
     dialogs: FastMap<CallKey, Dialog>,
+    /// Call-ID -> key of every dialog held: a message of a known call finds
+    /// it without the SHA-1 of [`CallKey::from_call_id`].
+    keys: FastMap<String, CallKey>,
     /// Audio endpoint -> dialogs and the side that receives there.
     endpoints: FastMap<SocketAddr, Vec<(CallKey, Side)>>,
     /// Unanswered dialogs in creation order (stale entries skipped lazily).
@@ -279,7 +282,23 @@ pub struct Tracker {
     /// Ended dialogs in end order (stale entries skipped lazily).
     ended: VecDeque<CallKey>,
     media_seq: u64,
+    /// Bumped whenever [`Tracker::classify`]'s answer may change other than
+    /// by the passing of time: a dialog added, removed or ended, a party's
+    /// media changed. Callers caching answers compare it ([`Tracker::generation`]).
+    generation: u64,
     stats: TrackerStats,
+}
+
+/// [`Tracker::classify_until`]'s answer and how long it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// The call and direction, as [`Tracker::classify`] gives them.
+    pub call: Option<(CallKey, Direction)>,
+    /// While [`Tracker::generation`] stays the same, the answer holds from
+    /// the `now` it was asked at until (not including) this capture time:
+    /// the end of the `rtp_linger` of an ended dialog it took into account.
+    /// `None`: no such end.
+    pub until: Option<Duration>,
 }
 
 impl Tracker {
@@ -287,12 +306,19 @@ impl Tracker {
         Tracker {
             config,
             dialogs: FastMap::default(),
+            keys: FastMap::default(),
             endpoints: FastMap::default(),
             unanswered: VecDeque::new(),
             ended: VecDeque::new(),
             media_seq: 0,
+            generation: 0,
             stats: TrackerStats::default(),
         }
+    }
+
+    /// See [`Classified`]: changes whenever the dialogs or their media do.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn stats(&self) -> &TrackerStats {
@@ -336,19 +362,17 @@ impl Tracker {
     ) -> Vec<CallEvent> {
         self.stats.messages += 1;
         let mut events = Vec::new();
-        let key = CallKey::from_call_id(&msg.call_id);
-        let known = self
-            .dialogs
-            .get(&key)
-            .is_some_and(|d| d.info.call_id == msg.call_id);
-        if !known {
+        let Some(&key) = self.keys.get(msg.call_id.as_ref()) else {
+            // Not a call held (a key held under another Call-ID is another
+            // call's, whose key this one's collides with).
+            let key = CallKey::from_call_id(&msg.call_id);
             if msg.method() == Some(&Method::Invite) && !self.dialogs.contains_key(&key) {
                 self.start(now, src, dst, key, msg, &mut events);
             } else {
                 self.stats.not_in_call += 1;
             }
             return events;
-        }
+        };
         let Some(dialog) = self.dialogs.get_mut(&key) else {
             return events;
         };
@@ -433,19 +457,34 @@ impl Tracker {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Option<(CallKey, Direction)> {
+        self.classify_until(now, src, dst).call
+    }
+
+    /// [`Tracker::classify`], and until when its answer holds for the same
+    /// flow, so that a caller can keep it per flow instead of asking again
+    /// for every packet.
+    pub fn classify_until(&self, now: Duration, src: SocketAddr, dst: SocketAddr) -> Classified {
         // In progress, score, current endpoint, media order: higher is better.
         type Rank = (bool, u8, bool, u64);
         let mut best: Option<(Rank, CallKey, Direction)> = None;
+        let linger = self.config.rtp_linger;
+        // The earliest end of an ended dialog's linger that counted: from
+        // then on the answer may be another. Dialogs already past theirs
+        // stay out as time goes forward.
+        let mut until: Option<Duration> = None;
         // Every RTP packet comes here: one look-up per address and one per
         // dialog considered.
         let mut consider = |key: CallKey, side: Side, addr: SocketAddr, direction, score: u8| {
             let Some(d) = self.dialogs.get(&key) else {
                 return;
             };
-            if d.ended_at
-                .is_some_and(|ended| now.saturating_sub(ended) >= self.config.rtp_linger)
-            {
-                return;
+            if let Some(ended) = d.ended_at {
+                if now.saturating_sub(ended) >= linger {
+                    return;
+                }
+                if let Some(end) = ended.checked_add(linger) {
+                    until = Some(until.map_or(end, |u| u.min(end)));
+                }
             }
             let current = d.media(side).is_some_and(|m| m.audio == Some(addr));
             let rank = (d.ended_at.is_none(), score, current, d.media_seq);
@@ -478,7 +517,10 @@ impl Tracker {
                 consider(key, side, src, direction, 1);
             }
         }
-        best.map(|(_, key, direction)| (key, direction))
+        Classified {
+            call: best.map(|(_, key, direction)| (key, direction)),
+            until,
+        }
     }
 
     fn start(
@@ -496,9 +538,9 @@ impl Tracker {
         }
         let info = CallInfo {
             key,
-            call_id: msg.call_id.clone(),
-            caller: msg.from.clone(),
-            callee: msg.to.clone(),
+            call_id: msg.call_id.to_string(),
+            caller: msg.from.clone().into_owned(),
+            callee: msg.to.clone().into_owned(),
             caller_signalling: src,
             callee_signalling: dst,
             started: now,
@@ -507,8 +549,8 @@ impl Tracker {
         // start the tap missed; it is followed from here on.
         let dialog = Dialog {
             info: info.clone(),
-            caller_tag: msg.from.tag.clone(),
-            callee_tag: msg.to.tag.clone(),
+            caller_tag: msg.from.tag.as_deref().map(str::to_owned),
+            callee_tag: msg.to.tag.as_deref().map(str::to_owned),
             state: State::Calling,
             invite_cseq: msg.cseq.number,
             caller_media: None,
@@ -519,6 +561,8 @@ impl Tracker {
             media_seq: 0,
         };
         self.dialogs.insert(key, dialog);
+        self.keys.insert(msg.call_id.to_string(), key);
+        self.generation += 1;
         self.unanswered.push_back(key);
         let bound = 2 * self.config.max_dialogs + 16;
         if self.unanswered.len() > bound || self.ended.len() > bound {
@@ -620,7 +664,7 @@ impl Tracker {
                 if dialog.state != State::Confirmed {
                     dialog.state = State::Confirmed;
                     if dialog.callee_tag.is_none() {
-                        dialog.callee_tag = msg.to.tag.clone();
+                        dialog.callee_tag = msg.to.tag.as_deref().map(str::to_owned);
                     }
                     events.push(CallEvent::CallAnswered { key, at: now });
                 }
@@ -678,6 +722,7 @@ impl Tracker {
         }
         self.media_seq += 1;
         dialog.media_seq = self.media_seq;
+        self.generation += 1;
         events.push(CallEvent::MediaUpdated {
             key,
             caller: dialog.caller_media.clone(),
@@ -715,12 +760,15 @@ impl Tracker {
             return;
         }
         dialog.ended_at = Some(now);
+        self.generation += 1;
         self.ended.push_back(key);
         events.push(CallEvent::CallEnded { key, reason });
     }
 
     fn remove(&mut self, key: CallKey) {
         if let Some(dialog) = self.dialogs.remove(&key) {
+            self.keys.remove(&dialog.info.call_id);
+            self.generation += 1;
             for (_, addr, _) in dialog.endpoints() {
                 if let Some(list) = self.endpoints.get_mut(&addr) {
                     list.retain(|(k, _)| *k != key);
