@@ -19,7 +19,13 @@
 //!     with mimalloc (linked in); the same is measured with glibc's malloc
 //!     (`RST_ALLOCATOR=system`) and jemalloc's (that and `LD_PRELOAD`, when the
 //!     system has it: `apt-get install libjemalloc2`), to keep the allocator
-//!     chosen by measurement; then mimalloc with 10,000 calls;
+//!     chosen by measurement; then mimalloc with 10,000 calls. Each call holds
+//!     three files open in the receiver: the bench raises its open-file limit
+//!     (the hard one too, where it may: root with CAP_SYS_RESOURCE), and where
+//!     the limit still cannot hold 10,000 calls' files it says so and measures
+//!     the most calls that fit instead. A run in which any call could not create
+//!     its files (`rst_write_errors_total` grew) prints no figure: those calls
+//!     hold no buffers, and would make memory per call look smaller than it is;
 //! (d) RTP mode's highest lossless rate while recording: as (b), but the 50 calls
 //!     are RTP-mode calls (`--mode rtp`: each INV names two local ports, the ACK the
 //!     receiver's, then RFC 3550 PCMU RTP from two sockets per call), and a step is
@@ -54,6 +60,11 @@ const PRECISION: f64 = 1.05;
 const MEMORY_CALLS: usize = 1000;
 /// The second, larger measure of memory per call.
 const MANY_CALLS: usize = 10_000;
+/// Files a call holds open in the receiver: a WAV per direction and the stereo WAV.
+const FILES_PER_CALL: u64 = 3;
+/// Descriptors the receiver needs besides its calls' files (sockets, the
+/// record being rewritten, the metrics and console listeners, libraries).
+const FILES_SPARE: u64 = 1024;
 /// Other allocators than the receiver's own (mimalloc): glibc's malloc, and
 /// jemalloc's put in front of it, where installed.
 const ALLOCATORS: [(&str, Option<&str>); 2] = [
@@ -67,6 +78,8 @@ const ALLOCATORS: [(&str, Option<&str>); 2] = [
 const MEMORY_FRAMES: u64 = 6;
 const DATA_SERIES: &str = "rst_messages_total{command=\"data\"}";
 const RTP_SERIES: &str = "rst_rtp_packets_total";
+/// Files the receiver could not create or write.
+const WRITE_ERRORS: &str = "rst_write_errors_total";
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`. Other arguments pick parts: `ceiling`,
@@ -89,9 +102,18 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     // RTP mode takes two sockets per call, in rst-load and in the server it
     // starts; the memory part's MANY_CALLS calls three files each in the server.
-    let files = rst_load::raise_fd_limit_to(4 * MANY_CALLS as u64 + 1024)?;
-    if files < 3 * MANY_CALLS as u64 {
-        println!("(open files limited to {files}: the {MANY_CALLS}-call memory part may fail; raise `ulimit -n`)");
+    let files = rst_load::raise_fd_limit_to(4 * MANY_CALLS as u64 + FILES_SPARE)?;
+    let many_calls = calls_that_fit(files);
+    if many_calls < MANY_CALLS {
+        println!(
+            "(open files limited to {files}, and the hard limit cannot be raised here (it takes root with \
+             CAP_SYS_RESOURCE): {MANY_CALLS} calls need {} in the receiver; the memory part measures \
+             {many_calls} calls instead. Raise it before the bench, e.g. `ulimit -Hn {}` as root or \
+             `docker run --ulimit nofile={}`)",
+            FILES_PER_CALL * MANY_CALLS as u64 + FILES_SPARE,
+            4 * MANY_CALLS as u64 + FILES_SPARE,
+            4 * MANY_CALLS as u64 + FILES_SPARE,
+        );
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -128,8 +150,8 @@ fn main() -> anyhow::Result<()> {
                 memory_per_call(MEMORY_CALLS, Malloc::System(library))?,
             ));
         }
-        println!("    {MANY_CALLS} active calls (mimalloc):");
-        many = Some(memory_per_call(MANY_CALLS, Malloc::Own)?);
+        println!("    {many_calls} active calls (mimalloc):");
+        many = Some(memory_per_call(many_calls, Malloc::Own)?);
     }
     let mut rtp = None;
     if wanted("rtp") {
@@ -155,22 +177,20 @@ fn main() -> anyhow::Result<()> {
             ratio(lossless.rate)
         );
     }
-    if let Some(memory) = memory {
+    if let Some(memory) = &memory {
         println!(
-            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MEMORY_CALLS} calls, mimalloc)",
-            memory.peak_kib, memory.opened_kib
+            "memory per active call          : {}   ({MEMORY_CALLS} calls, mimalloc)",
+            memory.summary()
         );
     }
     for (name, memory) in &allocators {
-        println!(
-            "  with {name:<27}: {:.1} KiB ({:.1} KiB just after opening)",
-            memory.peak_kib, memory.opened_kib
-        );
+        println!("  with {name:<27}: {}", memory.summary());
     }
-    if let Some(many) = many {
+    if let Some(many) = &many {
         println!(
-            "memory per active call          : {:.1} KiB ({:.1} KiB just after opening)   ({MANY_CALLS} calls, mimalloc)",
-            many.peak_kib, many.opened_kib
+            "memory per active call          : {}   ({} calls, mimalloc)",
+            many.summary(),
+            many.calls
         );
     }
     if let Some(rtp) = &rtp {
@@ -209,17 +229,20 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let memory_figures = [(format!("memory_per_call_{MEMORY_CALLS}"), memory)]
+    let memory_figures = [(String::new(), memory)]
         .into_iter()
-        .chain(allocators.iter().map(|(name, memory)| {
-            (
-                format!("memory_per_call_{MEMORY_CALLS}_{name}"),
-                Some(*memory),
-            )
-        }))
-        .chain([(format!("memory_per_call_{MANY_CALLS}"), many)]);
-    for (name, memory) in memory_figures {
-        let Some(memory) = memory else { continue };
+        .chain(
+            allocators
+                .into_iter()
+                .map(|(name, memory)| (format!("_{name}"), Some(memory))),
+        )
+        .chain([(String::new(), many)]);
+    for (allocator, memory) in memory_figures {
+        // A figure with calls that had no files is not one.
+        let Some(memory) = memory.filter(|memory| memory.file_errors == 0) else {
+            continue;
+        };
+        let name = format!("memory_per_call_{}{allocator}", memory.calls);
         figures.push(Figure::new(&name, memory.peak_kib, "KiB"));
         figures.push(Figure::new(
             format!("{name}_opened"),
@@ -380,10 +403,41 @@ fn lossless_rate(ceiling: Option<f64>, mode: Mode) -> anyhow::Result<Lossless> {
 /// Per-call memory: (VmRSS with the calls up - VmRSS before) / active calls.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
+    calls: usize,
     /// Right after every call has sent its INV and two frames per direction.
     opened_kib: f64,
     /// The most seen while every call was still up (before the first BYE).
     peak_kib: f64,
+    /// Files the receiver could not create or write during the run
+    /// (`rst_write_errors_total`): each is a call without its buffers.
+    file_errors: u64,
+}
+
+impl Memory {
+    fn summary(&self) -> String {
+        if self.file_errors > 0 {
+            return format!(
+                "not measured: {} file errors (calls without their files; open-file limit?)",
+                self.file_errors
+            );
+        }
+        format!(
+            "{:.1} KiB ({:.1} KiB just after opening)",
+            self.peak_kib, self.opened_kib
+        )
+    }
+}
+
+/// The most calls (in whole thousands, at most MANY_CALLS) whose files the
+/// receiver can hold open under an open-file limit of `files`.
+fn calls_that_fit(files: u64) -> usize {
+    let calls = files.saturating_sub(FILES_SPARE) / FILES_PER_CALL;
+    let calls = (calls as usize).min(MANY_CALLS);
+    if calls >= 1000 {
+        calls - calls % 1000
+    } else {
+        calls
+    }
 }
 
 fn print_step(step: &Step, retrying: bool) {
@@ -448,6 +502,7 @@ fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
     );
     std::thread::sleep(Duration::from_millis(200));
     let before = server.rss_kib()?;
+    let errors_before = server.value(WRITE_ERRORS)?;
 
     let config = Config {
         target: server.listen,
@@ -457,6 +512,7 @@ fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
         frames: Some(MEMORY_FRAMES),
         ..Config::default()
     };
+    let wanted = calls;
     let calls = calls as u64;
     let live = Live::default();
     // (VmRSS KiB, rst_calls_active) samples while every call is up.
@@ -475,6 +531,7 @@ fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
         }
         load.join().expect("load generator panicked")
     })?;
+    let file_errors = server.value(WRITE_ERRORS)?.saturating_sub(errors_before);
     let log = server.stop();
     let (Some(&opened), Some(&peak)) = (samples.first(), samples.iter().max()) else {
         anyhow::bail!("the {calls} calls never all came up:\n{report}\n{log}");
@@ -489,10 +546,18 @@ fn memory_per_call(calls: usize, malloc: Malloc) -> anyhow::Result<Memory> {
         "    INV acked {}/{}, BYE acked {}/{}, DATA sent {}",
         report.inv_acked, report.calls, report.bye_acked, report.calls, report.data_sent
     );
+    if file_errors > 0 {
+        println!("    {file_errors} file errors: some calls could not create their files; no figure from this run. The receiver's log:");
+        for line in log.lines().filter(|line| line.contains("cannot")).take(3) {
+            println!("      {line}");
+        }
+    }
     anyhow::ensure!(opened.1 > 0, "udp_server reports no active call");
     Ok(Memory {
+        calls: wanted,
         opened_kib: per_call(opened),
         peak_kib: per_call(peak),
+        file_errors,
     })
 }
 

@@ -5,6 +5,7 @@
 //! other channel out of step; instead its channel gets silence for as long as it
 //! was quiet. Sans-IO: samples and elapsed time in, interleaved frames out.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -16,9 +17,9 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(200);
 /// How much audio one direction may hold waiting for the other before the quiet
 /// one is given silence; bounds memory per call.
 const MAX_WAIT: Duration = Duration::from_secs(2);
-/// Samples of room a lane keeps once what waited has gone out: a silence
-/// padded in one go (a direction quiet for a second) should not keep its
-/// size in every call.
+/// Samples of room a lane keeps while some still wait: a silence padded in
+/// one go (a direction quiet for a second) should not keep its size in every
+/// call. A lane with nothing waiting keeps no room at all.
 const KEEP_PENDING: usize = 1024;
 /// The same for live streams, where waiting is latency.
 const LIVE_MAX_WAIT: Duration = Duration::from_millis(300);
@@ -35,13 +36,18 @@ struct Lane {
     resample_phase: u64,
 }
 
+thread_local! {
+    /// Resampled audio on its way into a lane: one buffer per thread rather
+    /// than one per call, since it holds nothing between two pushes.
+    static RESAMPLED: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
+}
+
 /// Interleaves R (left) and W (right) at one sample rate.
 #[derive(Debug)]
 pub struct StereoAligner {
     rate: u32,
     max_wait: Duration,
     lanes: [Lane; 2],
-    scratch: Vec<i16>,
 }
 
 impl StereoAligner {
@@ -50,7 +56,6 @@ impl StereoAligner {
             rate,
             max_wait: MAX_WAIT,
             lanes: Default::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -75,7 +80,7 @@ impl StereoAligner {
         out: &mut Vec<i16>,
     ) {
         let own = lane_index(direction);
-        let mut resampled = std::mem::take(&mut self.scratch);
+        let mut resampled = RESAMPLED.take();
         resampled.clear();
         resample(
             samples,
@@ -95,7 +100,7 @@ impl StereoAligner {
         lane.resuming = false;
         lane.pending.extend(&resampled);
         lane.cursor += resampled.len() as u64;
-        self.scratch = resampled;
+        RESAMPLED.set(resampled);
 
         self.bound_wait(own);
         self.drain(out);
@@ -126,7 +131,7 @@ impl StereoAligner {
     ) {
         let own = lane_index(direction);
         let position = self.position(at);
-        let mut resampled = std::mem::take(&mut self.scratch);
+        let mut resampled = RESAMPLED.take();
         resampled.clear();
         let lane = &mut self.lanes[own];
         resample(
@@ -142,7 +147,7 @@ impl StereoAligner {
         lane.resuming = false;
         lane.pending.extend(&resampled);
         lane.cursor += resampled.len() as u64;
-        self.scratch = resampled;
+        RESAMPLED.set(resampled);
         self.bound_wait(own);
         self.drain(out);
     }
@@ -177,7 +182,13 @@ impl StereoAligner {
         left.pending.drain(..ready);
         right.pending.drain(..ready);
         for lane in &mut self.lanes {
-            if lane.pending.capacity() > KEEP_PENDING && lane.pending.len() <= KEEP_PENDING / 2 {
+            if lane.pending.is_empty() {
+                // Most of the time one lane has just been emptied: between two
+                // frames of a call it holds nothing, and keeps no room.
+                lane.pending = VecDeque::new();
+            } else if lane.pending.capacity() > KEEP_PENDING
+                && lane.pending.len() <= KEEP_PENDING / 2
+            {
                 lane.pending.shrink_to(KEEP_PENDING);
             }
         }
@@ -284,6 +295,20 @@ mod tests {
         assert_eq!(right.len(), 400 * 160);
         assert!(right[50 * 160..300 * 160].iter().all(|&s| s == 0));
         assert!(right[300 * 160..].iter().all(|&s| s == 2));
+    }
+
+    #[test]
+    fn lanes_with_nothing_waiting_keep_no_room() {
+        let mut aligner = StereoAligner::new(8000);
+        let mut out = Vec::new();
+        // A quiet call: one frame a second per direction, so a second of
+        // silence is padded before each.
+        for i in 1..=3u32 {
+            aligner.push(Direction::Read, &frame(1), 8000, MS * 1000 * i, &mut out);
+            aligner.push(Direction::Write, &frame(2), 8000, MS * 1000 * i, &mut out);
+            assert!(aligner.lanes.iter().all(|l| l.pending.capacity() == 0));
+        }
+        assert_eq!(out.len(), 2 * 3 * 8000);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! call ends, and repaired at start-up if the receiver died first.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The name a file has while it is being written.
@@ -17,14 +17,18 @@ pub fn part_path(final_path: &Path) -> PathBuf {
 /// because every active call holds three files (its two directions and the
 /// stereo file) and memory per call is what bounds how many calls one receiver
 /// records; 2 KiB is still six 20 ms frames per write, about eight writes a
-/// second per file of a real-time call.
+/// second per file of a real-time call. A buffer is only as large as what it
+/// holds, and is freed at each flush ([`Pending`]).
 const FILE_BUFFER_PER_CHANNEL: usize = 2048;
 /// Bytes of the canonical PCM WAV header: RIFF, `fmt ` (16 bytes) and `data`.
 const HEADER_BYTES: u64 = 44;
 /// The most audio a WAV file holds: its sizes are 32-bit.
 const MAX_DATA_BYTES: u64 = u32::MAX as u64 - HEADER_BYTES;
-/// Samples converted to bytes at once, on the stack.
-const SAMPLES_PER_COPY: usize = 256;
+/// Samples converted to bytes at once, on the stack: as many as a stereo
+/// file's buffer holds (two channels' bytes, two bytes a sample), so that a
+/// write that goes past the buffer takes as few system calls as a
+/// `BufWriter` would.
+const SAMPLES_PER_COPY: usize = FILE_BUFFER_PER_CHANNEL;
 
 /// A 16-bit PCM WAV file being written.
 ///
@@ -35,7 +39,7 @@ const SAMPLES_PER_COPY: usize = 256;
 /// two sizes are rewritten in place (`pwrite`) at each flush.
 pub struct WavFile {
     final_path: PathBuf,
-    writer: BufWriter<File>,
+    writer: Pending,
     rate: u32,
     /// Audio bytes written so far: the data chunk's size.
     data_bytes: u64,
@@ -53,10 +57,12 @@ impl std::fmt::Debug for WavFile {
 
 impl WavFile {
     pub fn create(final_path: PathBuf, channels: u16, rate: u32) -> io::Result<Self> {
-        let file = File::create(part_path(&final_path))?;
+        let mut file = File::create(part_path(&final_path))?;
+        // Straight to the file: a buffer held from here to the first flush
+        // would be held by every call that has not spoken yet.
+        file.write_all(&header(channels, rate, 0))?;
         let capacity = FILE_BUFFER_PER_CHANNEL * usize::from(channels.max(1));
-        let mut writer = BufWriter::with_capacity(capacity, file);
-        writer.write_all(&header(channels, rate, 0))?;
+        let writer = Pending::new(file, capacity);
         Ok(WavFile {
             final_path,
             writer,
@@ -74,13 +80,21 @@ impl WavFile {
         if total > MAX_DATA_BYTES {
             return Err(io::Error::other("the WAV file is full (4 GiB)"));
         }
+        // A write as large as the buffer (the silence before a quiet
+        // direction's audio, say) goes straight to the file, all of it: its
+        // tail would otherwise wait in a buffer grown to full size.
+        let through = 2 * samples.len() >= self.writer.capacity;
         let mut bytes = [0u8; 2 * SAMPLES_PER_COPY];
         for run in samples.chunks(SAMPLES_PER_COPY) {
             let bytes = &mut bytes[..2 * run.len()];
             for (pair, sample) in bytes.chunks_exact_mut(2).zip(run) {
                 pair.copy_from_slice(&sample.to_le_bytes());
             }
-            self.writer.write_all(bytes)?;
+            if through {
+                self.writer.write_through(bytes)?;
+            } else {
+                self.writer.write(bytes)?;
+            }
         }
         self.data_bytes = total;
         Ok(())
@@ -93,7 +107,7 @@ impl WavFile {
 
         self.writer.flush()?;
         let data = self.data_bytes as u32;
-        let file = self.writer.get_ref();
+        let file = self.writer.file();
         file.write_all_at(&(data + 36).to_le_bytes(), 4)?;
         file.write_all_at(&data.to_le_bytes(), 40)
     }
@@ -131,7 +145,7 @@ fn header(channels: u16, rate: u32, data_bytes: u32) -> [u8; HEADER_BYTES as usi
 #[derive(Debug)]
 pub struct RawFile {
     final_path: PathBuf,
-    writer: BufWriter<File>,
+    writer: Pending,
 }
 
 impl RawFile {
@@ -139,12 +153,12 @@ impl RawFile {
         let file = File::create(part_path(&final_path))?;
         Ok(RawFile {
             final_path,
-            writer: BufWriter::with_capacity(FILE_BUFFER_PER_CHANNEL, file),
+            writer: Pending::new(file, FILE_BUFFER_PER_CHANNEL),
         })
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)
+        self.writer.write(bytes)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -155,6 +169,85 @@ impl RawFile {
         let result = self.writer.flush();
         std::fs::rename(part_path(&self.final_path), &self.final_path)?;
         result.map(|()| self.final_path)
+    }
+}
+
+/// A file and the bytes written to it that have not reached the kernel yet.
+///
+/// Unlike a `BufWriter`, which keeps its whole capacity from the file's creation
+/// to its end, the buffer grows with what is pending (up to `capacity`) and is
+/// freed at each flush: a quiet call, or one between its first flush and its
+/// next audio, holds no buffer at all; a real-time call fills its buffer within
+/// the second, and writes in `capacity` runs as a `BufWriter` would.
+#[derive(Debug)]
+struct Pending {
+    file: File,
+    buffer: Vec<u8>,
+    /// The most bytes held before they are written.
+    capacity: usize,
+}
+
+impl Pending {
+    fn new(file: File, capacity: usize) -> Self {
+        Pending {
+            file,
+            buffer: Vec::new(),
+            capacity,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + bytes.len() > self.capacity {
+            self.write_out()?;
+        }
+        if bytes.len() >= self.capacity {
+            return self.file.write_all(bytes);
+        }
+        let needed = self.buffer.len() + bytes.len();
+        if needed > self.buffer.capacity() {
+            // Doubling as a Vec would, but never past `capacity`.
+            let room = (2 * self.buffer.capacity()).clamp(needed, self.capacity);
+            self.buffer.reserve_exact(room - self.buffer.len());
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Writes `bytes` to the file after what is pending, holding none of them.
+    fn write_through(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_out()?;
+        self.file.write_all(bytes)
+    }
+
+    /// Hands what is pending to the kernel, keeping the buffer's room. After a
+    /// failure, what the kernel took is gone from the buffer and the rest
+    /// stays, for the last flush to try again (as a `BufWriter` does).
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.buffer.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.buffer[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        self.buffer.drain(..written);
+        result
+    }
+
+    /// Hands what is pending to the kernel and frees the buffer.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.buffer = Vec::new();
+        Ok(())
+    }
+
+    fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -237,6 +330,55 @@ mod tests {
         wav.write(&samples[600..]).unwrap();
         assert_eq!(wav.finish().unwrap(), path);
         assert_eq!(read(&path), samples);
+    }
+
+    #[test]
+    fn a_file_buffers_only_what_is_pending_and_frees_it_at_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending.raw");
+        let mut pending = Pending::new(File::create(&path).unwrap(), 1000);
+        assert_eq!(pending.buffer.capacity(), 0, "no buffer before any write");
+        pending.write(&[1; 300]).unwrap();
+        assert!(pending.buffer.capacity() < 1000, "sized to what is pending");
+        pending.write(&[2; 600]).unwrap();
+        // Past the capacity: what was pending goes out first, in order.
+        pending.write(&[3; 200]).unwrap();
+        assert!(pending.buffer.capacity() <= 1000);
+        // As large as the capacity: straight to the file.
+        pending.write(&[4; 1000]).unwrap();
+        pending.write(&[5; 10]).unwrap();
+        pending.write_through(&[6; 20]).unwrap();
+        assert!(pending.buffer.is_empty());
+        pending.flush().unwrap();
+        assert_eq!(pending.buffer.capacity(), 0, "freed at the flush");
+        let expected: Vec<u8> = [(1, 300), (2, 600), (3, 200), (4, 1000), (5, 10), (6, 20)]
+            .iter()
+            .flat_map(|&(byte, n)| std::iter::repeat_n(byte, n))
+            .collect();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_long_write_leaves_nothing_in_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silence.wav");
+        let mut wav = WavFile::create(path.clone(), 2, 8000).unwrap();
+        wav.write(&[7; 100]).unwrap();
+        // A second of stereo silence after it: past the buffer, all written.
+        wav.write(&[0; 16000]).unwrap();
+        assert!(wav.writer.buffer.is_empty());
+        wav.write(&[9; 100]).unwrap();
+        wav.finish().unwrap();
+        let samples: Vec<i16> = hound::WavReader::open(&path)
+            .unwrap()
+            .into_samples()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<i16> = [(7, 100), (0, 16000), (9, 100)]
+            .iter()
+            .flat_map(|&(sample, n)| std::iter::repeat_n(sample, n))
+            .collect();
+        assert_eq!(samples, expected);
     }
 
     #[test]

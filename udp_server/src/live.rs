@@ -125,7 +125,7 @@ impl CallInfo {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LiveMedia {
     /// Per direction, `R` and `W`.
-    pub directions: std::collections::BTreeMap<&'static str, LiveDirection>,
+    pub directions: crate::record::PerDirection<LiveDirection>,
     /// The keys pressed so far, in order.
     pub dtmf: String,
 }

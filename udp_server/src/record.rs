@@ -1,7 +1,7 @@
 //! One call's recording: a mono WAV per direction, the stereo WAV, raw payload
 //! files for what cannot be decoded, and the JSON record that describes them.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,7 +49,7 @@ pub struct CallRecord {
     /// Malformed datagrams that named this call.
     pub malformed: u64,
     /// Per direction, `R` and `W`.
-    pub directions: BTreeMap<&'static str, DirectionRecord>,
+    pub directions: PerDirection<DirectionRecord>,
     /// RFC 4733 telephone-events, in the order they started.
     pub dtmf: Vec<DtmfRecord>,
     /// The call had a fax (T.38) phase, whose media is not in the audio
@@ -69,6 +69,61 @@ pub struct CallRecord {
     pub streams: Vec<StreamRecord>,
     /// This record's own path.
     pub record: PathBuf,
+}
+
+/// One value per direction, written as a map of `R` and `W` (as a
+/// `BTreeMap` by name would be), without a map's room for eleven entries:
+/// every call in progress holds two of these.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PerDirection<T>([T; 2]);
+
+impl<T> PerDirection<T> {
+    /// The value of the direction named `name` (`R` or `W`).
+    pub fn get(&self, name: &str) -> Option<&T> {
+        Some(&self.0[slot(name)?])
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+        Some(&mut self.0[slot(name)?])
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    /// Each direction's name and value, `R` first.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        Direction::BOTH.iter().map(|d| d.as_str()).zip(&self.0)
+    }
+}
+
+/// Where the direction named `name` is in a [`PerDirection`].
+fn slot(name: &str) -> Option<usize> {
+    Direction::BOTH.iter().position(|d| d.as_str() == name)
+}
+
+impl<'a, T> IntoIterator for &'a PerDirection<T> {
+    type Item = (&'static str, &'a T);
+    type IntoIter = std::iter::Zip<
+        std::iter::Map<std::slice::Iter<'static, Direction>, fn(&Direction) -> &'static str>,
+        std::slice::Iter<'a, T>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let name: fn(&Direction) -> &'static str = |d| d.as_str();
+        Direction::BOTH.iter().map(name).zip(&self.0)
+    }
+}
+
+impl<T: Serialize> Serialize for PerDirection<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(2))?;
+        for (name, value) in self {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// What one direction of a call carried and where it went.
@@ -181,7 +236,6 @@ struct Lane {
     segment_samples: u64,
     raw: Vec<(u8, RawFile)>,
     bare: Option<RawFile>,
-    samples: Vec<i16>,
     rtp: Option<RtpLane>,
 }
 
@@ -229,9 +283,17 @@ struct PayloadFacts {
     event: bool,
 }
 
-/// Samples of room a call keeps for its stereo frames between writes (20 ms
-/// of 16 kHz stereo).
+/// Samples of room the recorder thread keeps for stereo frames between
+/// writes (20 ms of 16 kHz stereo).
 const STEREO_FRAMES_KEPT: usize = 640;
+
+thread_local! {
+    /// A payload's decoded samples, and the stereo frames they complete: they
+    /// live only while one payload is written, so the recorder thread keeps
+    /// one of each rather than every call its own.
+    static DECODED: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
+    static STEREO_FRAMES: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
+}
 
 /// Options that apply to every recording.
 #[derive(Debug, Clone)]
@@ -269,7 +331,6 @@ pub struct CallRecording {
     /// DTMF datagrams taken (direction, sequence): each comes three times.
     dtmf_seen: Vec<(Direction, u32)>,
     stereo: Option<(StereoAligner, WavFile)>,
-    stereo_frames: Vec<i16>,
     /// What the last RTP payload type met means, so that a packet does not
     /// search the declarations (and parse encoding names) again and again.
     payload_facts: Option<(u8, PayloadFacts)>,
@@ -318,7 +379,6 @@ impl CallRecording {
             segment_samples: 0,
             raw: Vec::new(),
             bare: None,
-            samples: Vec::new(),
             rtp: rtp_mode
                 .then(|| RtpLane::new(options.jitter_packets, presets[direction as usize])),
         };
@@ -335,7 +395,6 @@ impl CallRecording {
             new_dtmf: Vec::new(),
             dtmf_seen: Vec::new(),
             stereo: None,
-            stereo_frames: Vec::new(),
             payload_facts: None,
             failed: false,
             live: None,
@@ -669,16 +728,16 @@ impl CallRecording {
                 continue;
             };
             let rtp = lane.rtp.as_ref().map(|rtp| &rtp.jitter.stats);
-            media.directions.insert(
-                name,
-                crate::live::LiveDirection {
-                    codecs: stats.codecs.clone(),
-                    packets: stats.packets,
-                    lost: rtp.map(|rtp| rtp.lost),
-                    expected: rtp.map(|rtp| rtp.expected),
-                    jitter_ms: rtp.map(|rtp| rtp.jitter_ms),
-                },
-            );
+            let Some(live) = media.directions.get_mut(name) else {
+                continue;
+            };
+            *live = crate::live::LiveDirection {
+                codecs: stats.codecs.clone(),
+                packets: stats.packets,
+                lost: rtp.map(|rtp| rtp.lost),
+                expected: rtp.map(|rtp| rtp.expected),
+                jitter_ms: rtp.map(|rtp| rtp.jitter_ms),
+            };
         }
         media
     }
@@ -745,10 +804,10 @@ impl CallRecording {
             live.publish(LiveEvent::End);
         }
         if let Some((mut aligner, mut wav)) = self.stereo.take() {
-            self.stereo_frames.clear();
-            aligner.finish(&mut self.stereo_frames);
+            let mut frames = Vec::new();
+            aligner.finish(&mut frames);
             if !self.failed {
-                let result = wav.write(&self.stereo_frames);
+                let result = wav.write(&frames);
                 self.check(result, "write the stereo file", Some(metrics));
             }
             let result = wav.finish();
@@ -786,6 +845,24 @@ impl CallRecording {
         payload: &[u8],
         timing: Timing,
         metrics: &Metrics,
+    ) -> io::Result<()> {
+        let mut samples = DECODED.take();
+        samples.clear();
+        let result =
+            self.write_decoded(index, payload_type, payload, timing, metrics, &mut samples);
+        DECODED.set(samples);
+        result
+    }
+
+    /// [`CallRecording::write_audio`], with `samples` (empty) to decode into.
+    fn write_decoded(
+        &mut self,
+        index: usize,
+        payload_type: PayloadType,
+        payload: &[u8],
+        timing: Timing,
+        metrics: &Metrics,
+        samples: &mut Vec<i16>,
     ) -> io::Result<()> {
         if self.lanes[index].payload_type != Some(payload_type) {
             let codec = self.codec_for(payload_type.number());
@@ -830,11 +907,10 @@ impl CallRecording {
                 "no decoder for this payload type",
             );
         };
-        lane.samples.clear();
-        if decoder.decode(payload, &mut lane.samples).is_err() {
+        if decoder.decode(payload, samples).is_err() {
             stats.decode_errors += 1;
             metrics.decode_errors.fetch_add(1, Relaxed);
-            if lane.samples.is_empty() {
+            if samples.is_empty() {
                 if self.failed {
                     return Ok(());
                 }
@@ -853,7 +929,7 @@ impl CallRecording {
                 direction: lane.direction,
                 timing,
                 rate,
-                samples: lane.samples.clone(),
+                samples: samples.clone(),
                 ulaw: (decoder.codec() == Codec::Pcmu).then(|| payload.to_vec()),
             })));
         }
@@ -887,7 +963,7 @@ impl CallRecording {
         }
         let lane = &mut self.lanes[index];
         let wav = lane.wav.as_mut().expect("opened above");
-        let mut written = lane.samples.len() as u64;
+        let mut written = samples.len() as u64;
         if let Timing::Media(at) = timing {
             // A lost packet, or the other side's silence: fill to where this audio belongs.
             let position = (at.saturating_sub(lane.segment_start).as_secs_f64() * f64::from(rate))
@@ -912,11 +988,10 @@ impl CallRecording {
                 });
             }
         }
-        wav.write(&lane.samples)?;
+        wav.write(samples)?;
         lane.segment_samples += written;
         if let (Timing::Media(at), Some(rtp)) = (timing, &mut lane.rtp) {
-            rtp.media_end =
-                at + Duration::from_secs_f64(lane.samples.len() as f64 / f64::from(rate));
+            rtp.media_end = at + Duration::from_secs_f64(samples.len() as f64 / f64::from(rate));
         }
         self.record
             .directions
@@ -934,27 +1009,17 @@ impl CallRecording {
             self.record.stereo = Some(path);
         }
         let (aligner, wav) = self.stereo.as_mut().expect("opened above");
-        self.stereo_frames.clear();
+        let mut frames = STEREO_FRAMES.take();
+        frames.clear();
         match timing {
-            Timing::Arrival(at) => aligner.push(
-                lane.direction,
-                &lane.samples,
-                rate,
-                at,
-                &mut self.stereo_frames,
-            ),
-            Timing::Media(at) => aligner.place(
-                lane.direction,
-                &lane.samples,
-                rate,
-                at,
-                &mut self.stereo_frames,
-            ),
+            Timing::Arrival(at) => aligner.push(lane.direction, samples, rate, at, &mut frames),
+            Timing::Media(at) => aligner.place(lane.direction, samples, rate, at, &mut frames),
         }
-        let result = wav.write(&self.stereo_frames);
-        // A long silence comes out in one go: its room is not kept per call.
-        self.stereo_frames.clear();
-        self.stereo_frames.shrink_to(STEREO_FRAMES_KEPT);
+        let result = wav.write(&frames);
+        // A long silence comes out in one go: its room is not kept.
+        frames.clear();
+        frames.shrink_to(STEREO_FRAMES_KEPT);
+        STEREO_FRAMES.set(frames);
         result
     }
 
@@ -1101,10 +1166,7 @@ fn new_record(start: &CallStart, wall: OffsetDateTime, base: &Path) -> CallRecor
         end_reason: None,
         error: None,
         malformed: 0,
-        directions: Direction::BOTH
-            .iter()
-            .map(|d| (d.as_str(), DirectionRecord::default()))
-            .collect(),
+        directions: PerDirection::default(),
         dtmf: Vec::new(),
         fax: extensions.as_ref().is_some_and(Extensions::fax),
         part: continuation.map_or(1, |c| c.part),
@@ -1170,4 +1232,26 @@ fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     let temporary = with_suffix(path, "tmp");
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_are_written_as_the_map_of_r_and_w_they_were() {
+        let mut directions = PerDirection::<DirectionRecord>::default();
+        directions.get_mut("W").unwrap().packets = 7;
+        assert!(directions.get("X").is_none());
+        let map: std::collections::BTreeMap<&str, DirectionRecord> = directions
+            .iter()
+            .map(|(name, d)| (name, d.clone()))
+            .collect();
+        assert_eq!(
+            serde_json::to_string(&directions).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        assert_eq!(map["W"].packets, 7);
+        assert_eq!(map["R"].packets, 0);
+    }
 }

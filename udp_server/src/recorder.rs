@@ -162,7 +162,9 @@ pub fn run(
     metrics: Arc<Metrics>,
     mut on_event: impl FnMut(Event<'_>),
 ) {
-    let mut calls: HashMap<CallId, CallRecording> = HashMap::new();
+    // Boxed: a map keeps room for more entries than it holds (up to twice as
+    // many), and a recording is large; the room costs a pointer each so.
+    let mut calls: HashMap<CallId, Box<CallRecording>> = HashMap::new();
     let mut pending = PendingRecords::default();
     let mut streaming = StreamingRecords::default();
     // Calls whose files could not be created: no audio, but a record at their end.
@@ -176,7 +178,7 @@ pub fn run(
                             tracing::info!(uuid = %start.uuid, record = %recording.record().record.display(), "call started");
                             go_live(&live, &start, &mut recording);
                             on_event(Event::Started(recording.record()));
-                            calls.insert(start.call, recording);
+                            calls.insert(start.call, Box::new(recording));
                         }
                         Err(OpenError { error, mut record }) => {
                             metrics.write_errors.fetch_add(1, Relaxed);
@@ -265,7 +267,7 @@ pub fn run(
                     name,
                     cleared,
                 } => {
-                    if let Some(live) = calls.get(&call).and_then(CallRecording::live) {
+                    if let Some(live) = calls.get(&call).and_then(|recording| recording.live()) {
                         live.publish(LiveEvent::Mark {
                             name: Arc::from(name),
                             cleared,
@@ -281,7 +283,7 @@ pub fn run(
                     if let Some(recording) = calls.remove(&call) {
                         live.calls.close(call);
                         if let Some(finished) = finish(
-                            recording,
+                            *recording,
                             reason,
                             wall,
                             &metrics,
@@ -314,7 +316,7 @@ pub fn run(
     for (call, recording) in calls.drain() {
         live.calls.close(call);
         if let Some(finished) = finish(
-            recording,
+            *recording,
             EndReason::Shutdown,
             wall,
             &metrics,

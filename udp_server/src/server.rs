@@ -242,7 +242,12 @@ pub async fn run_with(
                 feed_server.run(listener, feed_shutdown.clone()),
             ))
         }
-        None => None,
+        None => {
+            // Nobody serves the feed: its events must not queue up unread
+            // (every call's start and end, for as long as the receiver runs).
+            drop(feed_server);
+            None
+        }
     };
 
     // Recordings to object storage: queued on disk as calls end, stored by
