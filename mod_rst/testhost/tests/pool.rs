@@ -13,46 +13,17 @@ mod tap;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
 
 /// The debug build of udp_server as its own process, to be killed, on
-/// `addr` (or a free port).
+/// `addr` (or a free port), with the tap's calls' RTP ports: its own range
+/// on this machine.
 fn spawn_receiver(dir: &Path, addr: Option<SocketAddr>) -> (Child, SocketAddr) {
-    // The RTP ports of the tap's calls: its own range on this machine.
-    cargo_build(&["-p", "udp_server"]);
-    let target = target_dir();
-    let addr = addr.unwrap_or_else(|| {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    });
-    let child = Command::new(target.join("debug/udp_server"))
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--record-dir")
-        .arg(dir)
-        .args(["--rtp-ports", "21400-21599"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("udp_server starts");
-    // Ready when it answers (a BYE of no call is ACKed and records nothing).
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    wait_for("udp_server to answer", || {
-        probe.send_to(b"BYE :probe", addr).ok()?;
-        let mut reply = [0u8; 64];
-        probe.recv_from(&mut reply).ok().map(|_| ())
-    });
-    (child, addr)
+    spawn_udp_server(Build::Debug, dir, addr, &["--rtp-ports", "21400-21599"])
 }
 
 fn status(host: &mut Host) -> Value {

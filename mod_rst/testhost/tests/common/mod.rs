@@ -143,6 +143,60 @@ impl Receiver {
     }
 }
 
+/// Which build of udp_server [`spawn_udp_server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Debug,
+    Release,
+}
+
+/// udp_server as its own process (built first, a no-op when fresh),
+/// recording into `dir`, on `addr` or a free port, with `args` added;
+/// returned once it answers. The caller kills it.
+pub fn spawn_udp_server(
+    build: Build,
+    dir: &Path,
+    addr: Option<SocketAddr>,
+    args: &[&str],
+) -> (Child, SocketAddr) {
+    let (flags, folder): (&[&str], _) = match build {
+        Build::Debug => (&["-p", "udp_server"], "debug"),
+        Build::Release => (&["--release", "-p", "udp_server"], "release"),
+    };
+    cargo_build(flags);
+    // A free port: bound and released (a tiny race, fine on a test machine).
+    let addr = addr.unwrap_or_else(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    });
+    let child = Command::new(target_dir().join(folder).join("udp_server"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--record-dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("udp_server starts");
+    // Ready when it answers an INV... of a call that must not be recorded:
+    // so probe with a BYE, which is ACKed without creating anything.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    wait_for("udp_server to answer", || {
+        probe.send_to(b"BYE :probe", addr).ok()?;
+        let mut reply = [0u8; 64];
+        probe.recv_from(&mut reply).ok().map(|_| ())
+    });
+    (child, addr)
+}
+
 /// The release build of udp_server as its own process: what a load test sends
 /// to (the receiver built for tests, in this process, is the bottleneck there).
 pub struct ExternalReceiver {
@@ -153,40 +207,8 @@ pub struct ExternalReceiver {
 
 impl ExternalReceiver {
     pub fn start() -> ExternalReceiver {
-        cargo_build(&["--release", "-p", "udp_server"]);
-        let target = target_dir();
         let dir = tempfile::tempdir().unwrap();
-        // A free port: bound and released (a tiny race, fine on a test machine).
-        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = Command::new(target.join("release/udp_server"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--record-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("udp_server starts");
-        // Ready when it answers an INV... of a call that must not be recorded:
-        // so probe with a BYE, which is ACKed without creating anything.
-        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            probe.send_to(b"BYE :probe", addr).unwrap();
-            let mut reply = [0u8; 64];
-            if probe.recv_from(&mut reply).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "udp_server did not start");
-        }
+        let (child, addr) = spawn_udp_server(Build::Release, dir.path(), None, &[]);
         ExternalReceiver { addr, dir, child }
     }
 
