@@ -10,13 +10,7 @@ use tap_daemon::config::{self, Settings};
 use tap_daemon::control::ControlConfig;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _log = rst_log::init();
     let flags = Settings::parse();
     let file = match &flags.config {
         Some(path) => config::load(path).context("configuration file")?,

@@ -76,13 +76,7 @@ enum TapsCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _log = rst_log::init();
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(path) => Settings::load(path)?,

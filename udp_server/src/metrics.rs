@@ -412,6 +412,12 @@ impl Metrics {
                 &mut std::iter::once((String::new(), counter.load(Relaxed))),
             );
         }
+        family(
+            "rst_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr was not taking them (a pipe nobody reads).",
+            &mut std::iter::once((String::new(), rst_log::lines_dropped())),
+        );
         self.bus.render_prometheus(&mut out);
         out
     }
