@@ -232,6 +232,40 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_of_several_sizes_and_receivers_arrive_whole_and_in_order() {
+        let receivers = [(); 2].map(|()| {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            socket
+        });
+        let to = receivers.each_ref().map(|r| r.local_addr().unwrap());
+        let socket = control_socket(to[0]).unwrap();
+        let mut outbox = Outbox::new();
+        // Runs of equal datagrams (sent as one GSO message each), broken by
+        // another size or another receiver, and more than a batch (not so
+        // many that the receivers' buffers, read only afterwards, overflow).
+        let datagram = |n: usize| -> (usize, Vec<u8>) {
+            let receiver = usize::from(n % 50 >= 40);
+            let len = if n % 7 == 6 { 300 } else { 211 };
+            (receiver, vec![n as u8; len])
+        };
+        for n in 0..150 {
+            let (receiver, bytes) = datagram(n);
+            outbox.push(&socket, to[receiver], &bytes);
+        }
+        assert_eq!(outbox.flush().sent, 150);
+        let mut buffer = [0u8; 2048];
+        for (index, receiver) in receivers.iter().enumerate() {
+            for n in (0..150).filter(|&n| datagram(n).0 == index) {
+                let len = receiver.recv(&mut buffer).unwrap();
+                assert_eq!(&buffer[..len], datagram(n).1, "datagram {n}");
+            }
+        }
+    }
+
+    #[test]
     fn a_port_with_nothing_listening_comes_back_as_an_icmp_error() {
         // A port just freed: nothing listens there.
         let gone = UdpSocket::bind("127.0.0.1:0")

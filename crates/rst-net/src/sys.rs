@@ -7,6 +7,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// Datagrams per `sendmmsg` call (the kernel takes up to 1024; the arrays
 /// live on the stack, 64 keeps them at a few KiB).
@@ -17,6 +18,15 @@ pub const BATCH: usize = 64;
 pub struct Address {
     storage: libc::sockaddr_in6,
     len: libc::socklen_t,
+    /// The same address, to compare (libc's structs are not `PartialEq`).
+    address: SocketAddr,
+}
+
+impl Address {
+    /// Whether `self` and `other` are the same destination.
+    fn same(&self, other: &Address) -> bool {
+        self.address == other.address
+    }
 }
 
 impl std::fmt::Debug for Address {
@@ -63,6 +73,7 @@ impl From<SocketAddr> for Address {
         Address {
             storage,
             len: len as libc::socklen_t,
+            address,
         }
     }
 }
@@ -135,47 +146,119 @@ pub fn is_earlier_error(errno: i32) -> bool {
     )
 }
 
+/// Whether the kernel takes UDP generic segmentation offload (`UDP_SEGMENT`,
+/// Linux 4.18): cleared, for good, by the first GSO send it refuses.
+static GSO_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS`),
+/// and their bytes (under an IP packet's 64 KiB).
+const GSO_SEGMENTS: usize = 64;
+const GSO_BYTES: usize = 60_000;
+
+/// Room for one control message carrying a `u16` (`CMSG_SPACE(2)`), aligned.
+type SegmentControl = [u64; 4];
+
 /// Sends `datagrams` (up to [`BATCH`]) from `fd` with `sendmmsg`; returns how
-/// many went. A datagram that fails is counted and skipped (tried once more
-/// first when the error was an earlier datagram's); a full buffer of a
-/// non-blocking socket drops the rest.
+/// many went. Consecutive datagrams of the same length to the same address
+/// go as one message with `UDP_SEGMENT` (the kernel cuts it into datagrams):
+/// one trip through the network stack for a wake-up's frames of every call,
+/// where each datagram was one before. A datagram that fails is counted and
+/// skipped (tried once more first when the error was an earlier datagram's);
+/// a full buffer of a non-blocking socket drops the rest.
 pub fn send_batch<'a>(
     fd: RawFd,
     datagrams: impl Iterator<Item = (&'a Address, &'a [u8])>,
 ) -> usize {
-    // SAFETY: all-zero iovec and mmsghdr are valid (null pointers, zero lengths).
+    let datagrams: Vec<(&Address, &[u8])> = datagrams.take(BATCH).collect();
+    let mut sent = 0;
+    let mut next = 0;
+    while next < datagrams.len() {
+        let gso = GSO_WORKS.load(Relaxed);
+        match send_messages(fd, &datagrams[next..], gso) {
+            Ok(count) => {
+                sent += count;
+                next += count;
+            }
+            Err(Refused::Gso) => GSO_WORKS.store(false, Relaxed),
+            Err(Refused::Stop { sent: count }) => return sent + count,
+            Err(Refused::Skip { sent: count }) => {
+                sent += count;
+                next += count + 1;
+            }
+        }
+    }
+    sent
+}
+
+/// Why [`send_messages`] stopped before the end.
+enum Refused {
+    /// A GSO message was refused: the kernel or the route cannot do it.
+    Gso,
+    /// The socket's buffer is full: the rest is dropped.
+    Stop { sent: usize },
+    /// The datagram after `sent` failed on its own: skip it.
+    Skip { sent: usize },
+}
+
+/// One `sendmmsg` loop over `datagrams`, grouped into GSO messages when
+/// `gso`: the datagrams sent, or why it stopped.
+fn send_messages(fd: RawFd, datagrams: &[(&Address, &[u8])], gso: bool) -> Result<usize, Refused> {
+    // SAFETY: all-zero iovec, mmsghdr and control room are valid (null
+    // pointers, zero lengths).
     let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    let mut count = 0;
-    for (address, bytes) in datagrams.take(BATCH) {
-        iovecs[count] = libc::iovec {
+    let mut controls: [SegmentControl; BATCH] = [[0; 4]; BATCH];
+    // Datagrams in each message, in order.
+    let mut sizes = [0usize; BATCH];
+    let mut messages = 0;
+    let mut first = 0;
+    for (i, (_, bytes)) in datagrams.iter().enumerate() {
+        iovecs[i] = libc::iovec {
             iov_base: bytes.as_ptr() as *mut libc::c_void,
             iov_len: bytes.len(),
         };
-        let header = &mut headers[count].msg_hdr;
+    }
+    while first < datagrams.len() {
+        let (address, bytes) = datagrams[first];
+        let run = if gso {
+            datagrams[first..]
+                .iter()
+                .take(GSO_SEGMENTS.min(GSO_BYTES / bytes.len().max(1)))
+                .take_while(|(to, b)| b.len() == bytes.len() && to.same(address))
+                .count()
+                .max(1)
+        } else {
+            1
+        };
+        let header = &mut headers[messages].msg_hdr;
         header.msg_name = (&address.storage as *const libc::sockaddr_in6) as *mut libc::c_void;
         header.msg_namelen = address.len;
-        header.msg_iov = &mut iovecs[count];
-        header.msg_iovlen = 1;
-        count += 1;
+        header.msg_iov = &mut iovecs[first];
+        header.msg_iovlen = run as _;
+        if run > 1 {
+            segment_size(header, &mut controls[messages], bytes.len() as u16);
+        }
+        sizes[messages] = run;
+        messages += 1;
+        first += run;
     }
     let mut sent = 0;
     let mut next = 0;
     let mut retried = false;
-    while next < count {
-        // SAFETY: headers[next..count] point into `iovecs`, the addresses and
-        // the byte slices, all alive until this function returns.
+    while next < messages {
+        // SAFETY: headers[next..messages] point into `iovecs`, `controls`,
+        // the addresses and the byte slices, all alive until this returns.
         let result = unsafe {
             libc::sendmmsg(
                 fd,
-                headers[next..].as_mut_ptr(),
-                (count - next) as libc::c_uint,
+                headers[next..messages].as_mut_ptr(),
+                (messages - next) as libc::c_uint,
                 libc::MSG_NOSIGNAL,
             )
         };
         if result > 0 {
-            sent += result as usize;
+            sent += sizes[next..next + result as usize].iter().sum::<usize>();
             next += result as usize;
             retried = false;
             continue;
@@ -183,15 +266,34 @@ pub fn send_batch<'a>(
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         match errno {
             libc::EINTR => {}
-            libc::EAGAIN | libc::ENOBUFS => break,
+            libc::EAGAIN | libc::ENOBUFS => return Err(Refused::Stop { sent }),
             errno if is_earlier_error(errno) && !retried => retried = true,
-            _ => {
-                next += 1;
-                retried = false;
+            libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT if sizes[next] > 1 => {
+                return Err(Refused::Gso)
             }
+            // A message of several that fails alone: its datagrams again, one
+            // by one (the caller skips only the one that fails).
+            _ if sizes[next] > 1 => return Err(Refused::Gso),
+            _ => return Err(Refused::Skip { sent }),
         }
     }
-    sent
+    Ok(sent)
+}
+
+/// Puts `UDP_SEGMENT = size` in `header`'s control room `control`.
+fn segment_size(header: &mut libc::msghdr, control: &mut SegmentControl, size: u16) {
+    header.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    header.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+    // SAFETY: msg_control points to `control`, which has room for one
+    // control message with a u16 (CMSG_SPACE(2) <= 32 bytes), aligned to u64.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(header);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+    }
 }
 
 /// One error off `fd`'s error queue: the destination of the datagram that
