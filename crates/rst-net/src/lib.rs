@@ -170,6 +170,7 @@ impl Outbox {
     /// Sends everything queued, in order, and empties the outbox.
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
+        let mut batch = Vec::with_capacity(sys::BATCH);
         let mut first = 0;
         while first < self.items.len() {
             let fd = self.items[first].fd;
@@ -178,13 +179,13 @@ impl Outbox {
                 .take(sys::BATCH)
                 .take_while(|item| item.fd == fd)
                 .count();
-            let run_items = &self.items[first..first + run];
-            let sent = sys::send_batch(
-                fd,
-                run_items
+            batch.clear();
+            batch.extend(
+                self.items[first..first + run]
                     .iter()
                     .map(|item| (&item.to, &self.bytes[item.start..item.end])),
             );
+            let sent = sys::send_batch(fd, &batch);
             flushed.sent += sent as u64;
             flushed.failed += (run - sent) as u64;
             first += run;

@@ -165,44 +165,52 @@ type SegmentControl = [u64; 4];
 /// where each datagram was one before. A datagram that fails is counted and
 /// skipped (tried once more first when the error was an earlier datagram's);
 /// a full buffer of a non-blocking socket drops the rest.
-pub fn send_batch<'a>(
-    fd: RawFd,
-    datagrams: impl Iterator<Item = (&'a Address, &'a [u8])>,
-) -> usize {
-    let datagrams: Vec<(&Address, &[u8])> = datagrams.take(BATCH).collect();
+pub fn send_batch<'a>(fd: RawFd, datagrams: &[(&'a Address, &'a [u8])]) -> usize {
+    let datagrams = &datagrams[..datagrams.len().min(BATCH)];
     let mut sent = 0;
     let mut next = 0;
+    // Off for the rest of the batch once a message of several failed.
+    let mut grouping = true;
     while next < datagrams.len() {
-        let gso = GSO_WORKS.load(Relaxed);
-        match send_messages(fd, &datagrams[next..], gso) {
-            Ok(count) => {
-                sent += count;
-                next += count;
-            }
-            Err(Refused::Gso) => GSO_WORKS.store(false, Relaxed),
-            Err(Refused::Stop { sent: count }) => return sent + count,
-            Err(Refused::Skip { sent: count }) => {
-                sent += count;
-                next += count + 1;
-            }
+        let gso = grouping && GSO_WORKS.load(Relaxed);
+        let (count, refused) = match send_messages(fd, &datagrams[next..], gso) {
+            Ok(count) => (count, None),
+            Err((count, refused)) => (count, Some(refused)),
+        };
+        sent += count;
+        next += count;
+        match refused {
+            None => {}
+            Some(Refused::Gso) => GSO_WORKS.store(false, Relaxed),
+            Some(Refused::Split) => grouping = false,
+            Some(Refused::Stop) => break,
+            Some(Refused::Skip) => next += 1,
         }
     }
     sent
 }
 
-/// Why [`send_messages`] stopped before the end.
+/// Why [`send_messages`] stopped before the end (after the datagrams it
+/// says it sent).
 enum Refused {
-    /// A GSO message was refused: the kernel or the route cannot do it.
+    /// A GSO message was refused as such: the kernel cannot do it.
     Gso,
+    /// A message of several failed otherwise (a receiver's ICMP error, say):
+    /// its datagrams go again one by one, so that only the failing one is lost.
+    Split,
     /// The socket's buffer is full: the rest is dropped.
-    Stop { sent: usize },
-    /// The datagram after `sent` failed on its own: skip it.
-    Skip { sent: usize },
+    Stop,
+    /// The next datagram failed on its own: skip it.
+    Skip,
 }
 
 /// One `sendmmsg` loop over `datagrams`, grouped into GSO messages when
-/// `gso`: the datagrams sent, or why it stopped.
-fn send_messages(fd: RawFd, datagrams: &[(&Address, &[u8])], gso: bool) -> Result<usize, Refused> {
+/// `gso`: the datagrams sent, or those sent and why it stopped.
+fn send_messages(
+    fd: RawFd,
+    datagrams: &[(&Address, &[u8])],
+    gso: bool,
+) -> Result<usize, (usize, Refused)> {
     // SAFETY: all-zero iovec, mmsghdr and control room are valid (null
     // pointers, zero lengths).
     let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
@@ -266,15 +274,13 @@ fn send_messages(fd: RawFd, datagrams: &[(&Address, &[u8])], gso: bool) -> Resul
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         match errno {
             libc::EINTR => {}
-            libc::EAGAIN | libc::ENOBUFS => return Err(Refused::Stop { sent }),
+            libc::EAGAIN | libc::ENOBUFS => return Err((sent, Refused::Stop)),
             errno if is_earlier_error(errno) && !retried => retried = true,
             libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT if sizes[next] > 1 => {
-                return Err(Refused::Gso)
+                return Err((sent, Refused::Gso))
             }
-            // A message of several that fails alone: its datagrams again, one
-            // by one (the caller skips only the one that fails).
-            _ if sizes[next] > 1 => return Err(Refused::Gso),
-            _ => return Err(Refused::Skip { sent }),
+            _ if sizes[next] > 1 => return Err((sent, Refused::Split)),
+            _ => return Err((sent, Refused::Skip)),
         }
     }
     Ok(sent)
