@@ -93,7 +93,7 @@ impl<T> PerDirection<T> {
 
     /// Each direction's name and value, `R` first.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
-        Direction::BOTH.iter().map(|d| d.as_str()).zip(&self.0)
+        self.into_iter()
     }
 }
 
