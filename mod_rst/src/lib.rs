@@ -20,14 +20,15 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use args::{ApiCommand, Target};
 use config::{Mode, Settings};
 use ffi::*;
 use fs::{LocatedSession, SessionRef};
-use play::{PlayEvent, PlayFeed, PlayMode, PlayTap};
+use play::{PlayCounters, PlayEvent, PlayFeed, PlayLater, PlayTap};
 use rst_proto::stream::{StreamStart, Trouble, RTP_EVENT_PAYLOAD_TYPE, RTP_L16_PAYLOAD_TYPE};
 use rst_proto::ExtensionsBuilder;
 use sender::{Command, Sender, StreamId};
@@ -128,7 +129,7 @@ unsafe extern "C" fn module_load(
         }
         let thread = match std::thread::Builder::new()
             .name("rst-sender".into())
-            .spawn(move || sender::run(commands, counters, hex_dir, EventReport))
+            .spawn(move || sender::run(commands, counters, hex_dir, FreeSwitch))
         {
             Ok(thread) => thread,
             Err(error) => {
@@ -463,11 +464,14 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     // The receiver's stream profiles the call goes to live (`rst_stream=bot,asr`).
     let streams = session.variable("rst_stream").unwrap_or_default();
     let extensions = extensions.streams(streams.split(','));
-    // Audio back (a bot's voice) goes through a bug of its own, first in the
-    // channel's list, so the recording bug's W sees what the caller hears.
-    let play = settings
-        .play
-        .and_then(|mode| add_play_bug(session, mode, rate, &sender, &uuid));
+    // Audio back (a bot's voice) goes through a bug of its own, attached by
+    // the sender thread when the first of it comes (PlayLater).
+    let stopped = Arc::new(AtomicBool::new(false));
+    let play = settings.play.map(|mode| PlayLater {
+        mode,
+        rate,
+        stopped: stopped.clone(),
+    });
     let extensions = match play {
         Some(_) => extensions.play(),
         None => extensions,
@@ -495,7 +499,6 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         start: Box::new(start),
         play,
     }) {
-        remove_play_bug(session);
         return Err("the sender is not running".to_owned());
     }
     let tap = Box::into_raw(Tap::new(
@@ -503,7 +506,17 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         uuid.clone(),
         settings.audio,
         sender.clone(),
+        stopped.clone(),
     ));
+    // Hooked before the bug goes on: the bug's CLOSE (a hangup may come the
+    // moment it is on) unhooks, so no hook outlives its stream.
+    if !session.add_recv_dtmf_hook(Some(recv_dtmf_hook)) {
+        fs::log(
+            SWITCH_LOG_WARNING,
+            Some(&uuid),
+            "rst: cannot hook the channel's DTMF; its digits are not sent",
+        );
+    }
     // SAFETY: `tap` stays valid until CLOSE, where bug_callback frees it exactly once.
     match unsafe {
         session.add_bug(
@@ -515,13 +528,6 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     } {
         Ok(bug) => {
             session.set_private(PRIVATE_KEY, bug as *const c_void);
-            if !session.add_recv_dtmf_hook(Some(recv_dtmf_hook)) {
-                fs::log(
-                    SWITCH_LOG_WARNING,
-                    Some(&uuid),
-                    "rst: cannot hook the channel's DTMF; its digits are not sent",
-                );
-            }
             if let Some(module) = module().as_mut() {
                 module.active.insert(uuid.clone(), stream_id);
             }
@@ -535,6 +541,8 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         Err(status) => {
             // SAFETY: the bug was not added, so nothing else holds `tap`.
             drop(unsafe { Box::from_raw(tap) });
+            session.remove_recv_dtmf_hook(Some(recv_dtmf_hook));
+            stopped.store(true, SeqCst);
             remove_play_bug(session);
             sender.control(Command::Stop { stream: stream_id });
             let message = format!("cannot attach a media bug (status {status})");
@@ -547,17 +555,17 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
     }
 }
 
-/// Adds the playback bug (WRITE_REPLACE, first in the list): returns the
-/// sender thread's side of the playback, or `None` (logged) when FreeSWITCH
-/// refuses the bug; the call then streams without audio back.
+/// Adds the playback bug (WRITE_REPLACE, first in the channel's list, so the
+/// recording bug's W sees what the caller hears): returns the sender
+/// thread's side of the playback, or `None` (logged, counted) when
+/// FreeSWITCH refuses the bug; the call then goes on without audio back.
 fn add_play_bug(
     session: &SessionRef,
-    mode: PlayMode,
-    rate: u32,
-    sender: &Sender,
+    later: &PlayLater,
+    counters: &Arc<PlayCounters>,
     uuid: &str,
 ) -> Option<Box<PlayFeed>> {
-    let (feed, tap) = play::channel(mode, rate, sender.counters.play.clone());
+    let (feed, tap) = play::channel(later.mode, later.rate, counters.clone());
     let tap = Box::into_raw(Box::new(tap));
     // SAFETY: `tap` stays valid until CLOSE, where play_bug_callback frees it exactly once.
     match unsafe {
@@ -572,6 +580,9 @@ fn add_play_bug(
         Err(status) => {
             // SAFETY: the bug was not added, so nothing else holds `tap`.
             drop(unsafe { Box::from_raw(tap) });
+            counters
+                .bugs_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             fs::log(
                 SWITCH_LOG_WARNING,
                 Some(uuid),
@@ -595,9 +606,10 @@ fn stop_stream(session: &SessionRef) -> Result<String, String> {
     if bug.is_null() {
         return Err(format!("{uuid} is not streaming"));
     }
-    remove_play_bug(session);
     // SAFETY: the private holds this session's bug, cleared at its CLOSE.
     unsafe { session.remove_bug(bug) };
+    // After the recording bug's CLOSE set `stopped`: no playback bug comes after this.
+    remove_play_bug(session);
     Ok(format!("{uuid} stopped"))
 }
 
@@ -682,6 +694,8 @@ unsafe extern "C" fn bug_callback(
 }
 
 fn close(bug: *mut switch_media_bug_t, tap: &Tap) {
+    // First: the sender thread attaches no playback bug after this (PlayLater).
+    tap.stopped.store(true, SeqCst);
     tap.sender.control(Command::Stop { stream: tap.stream });
     // SAFETY: inside the bug's CLOSE its session is still live.
     if let Some(session) = unsafe { SessionRef::new(switch_core_media_bug_get_session(bug)) } {
@@ -745,10 +759,32 @@ fn seed(uuid: &str, stream: StreamId) -> u64 {
     hasher.finish()
 }
 
-/// The sender thread's troubles become log lines and `rst::error` events.
-struct EventReport;
+/// The sender thread's troubles become log lines and `rst::error` events;
+/// its playback bugs go on the channel here.
+struct FreeSwitch;
 
-impl sender::Report for EventReport {
+impl sender::Host for FreeSwitch {
+    fn attach_play(
+        &self,
+        uuid: &str,
+        later: &PlayLater,
+        counters: &Arc<PlayCounters>,
+    ) -> Option<Box<PlayFeed>> {
+        // Gone (hung up) is no error: nobody is left to hear it.
+        let located = LocatedSession::locate(uuid)?;
+        let feed = add_play_bug(located.session(), later, counters, uuid)?;
+        // The stream stopped while the bug went on: close() set `stopped`
+        // before stop_stream removes playback bugs, so either that removal
+        // saw this bug or this sees `stopped` (a hangup removes every bug
+        // under the lock this add took). The bug is removed by callback: a
+        // hangup may be removing it right now.
+        if later.stopped.load(SeqCst) {
+            remove_play_bug(located.session());
+            return None;
+        }
+        Some(feed)
+    }
+
     fn trouble(&self, uuid: &str, trouble: &Trouble) {
         let message = match trouble {
             Trouble::NoAckForInv { tries } => {

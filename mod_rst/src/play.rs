@@ -15,7 +15,7 @@
 //! takes effect on the next frame written.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use rst_codec::Resampler;
@@ -38,6 +38,22 @@ pub enum PlayMode {
     Mix,
     /// Instead of it.
     Replace,
+}
+
+/// A call's playback before anything came back: no bug on the channel yet.
+/// The `rst_play` bug (WRITE_REPLACE) costs FreeSWITCH a copy of every frame
+/// written, in and out of the bug, for every call; most calls never hear
+/// anything back, so the sender thread attaches it at the first PLAY, CLR or
+/// MARK of the call.
+#[derive(Debug, Clone)]
+pub struct PlayLater {
+    pub mode: PlayMode,
+    /// The rate of the call's 16-bit linear PLAY audio (the rate its INV declared).
+    pub rate: u32,
+    /// Set when the call's stream stops (its recording bug's CLOSE), before
+    /// the playback bug is removed: a bug the sender thread attached after
+    /// that is removed again by the sender thread itself.
+    pub stopped: Arc<AtomicBool>,
 }
 
 /// One slot of the ring.
@@ -86,6 +102,9 @@ pub struct PlayCounters {
     pub marks: AtomicU64,
     /// PLAY, CLR or MARK from another address than the call's receiver: ignored.
     pub foreign: AtomicU64,
+    /// Calls whose playback bug FreeSWITCH refused (another module's
+    /// WRITE_REPLACE bug on the channel, say): their audio back is dropped.
+    pub bugs_refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rst_proto::{Direction, Health, Message, Pool, RtpPorts};
 
 use crate::config::Mode;
-use crate::play::{PlayCounters, PlayEvent, PlayFeed};
+use crate::play::{PlayCounters, PlayEvent, PlayFeed, PlayLater};
 use rst_proto::stream::{Stream, StreamStart, Trouble, Via};
 
 /// Largest frame a media thread hands over: 20 ms of 48 kHz L16.
@@ -50,8 +50,8 @@ pub enum Command {
     Start {
         stream: StreamId,
         start: Box<StreamStart>,
-        /// The sender thread's side of the call's playback, when it can play.
-        play: Option<Box<PlayFeed>>,
+        /// How to start the call's playback, when it can play.
+        play: Option<PlayLater>,
     },
     /// Inline, so that queueing a frame allocates nothing: see [`Sender::try_frame`].
     Frame(Frame),
@@ -167,7 +167,7 @@ impl Counters {
         let p = &self.play;
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            ",\"play\":{{\"frames_played\":{},\"frames_late\":{},\"gap_frames\":{},\"frames_dropped_full\":{},\"frames_unsupported\":{},\"clears\":{},\"marks\":{},\"foreign\":{}}}}}",
+            ",\"play\":{{\"frames_played\":{},\"frames_late\":{},\"gap_frames\":{},\"frames_dropped_full\":{},\"frames_unsupported\":{},\"clears\":{},\"marks\":{},\"foreign\":{},\"bugs_refused\":{}}}}}",
             c(&p.frames_played),
             c(&p.frames_late),
             c(&p.gap_frames),
@@ -176,16 +176,27 @@ impl Counters {
             c(&p.clears),
             c(&p.marks),
             c(&p.foreign),
+            c(&p.bugs_refused),
         )
     }
 }
 
-/// What the sender thread reports to the module (for logs and events).
-pub trait Report: Send + 'static {
+/// What the sender thread needs of the module: reports (log lines and
+/// events), and the playback bug, which only FreeSWITCH can attach.
+pub trait Host: Send + 'static {
     fn trouble(&self, uuid: &str, trouble: &Trouble);
     fn socket_error(&self, uuid: &str, error: &io::Error);
     /// Playback started or stopped, or a mark was played (or cleared).
     fn play(&self, uuid: &str, event: &PlayEvent);
+    /// Attaches the call's playback bug (its first audio back came): the
+    /// sender thread's side of the playback, or `None` (counted, logged)
+    /// when the call is gone or FreeSWITCH refuses the bug.
+    fn attach_play(
+        &self,
+        uuid: &str,
+        later: &PlayLater,
+        counters: &Arc<PlayCounters>,
+    ) -> Option<Box<PlayFeed>>;
 }
 
 /// The media threads' side: cheap to clone, never blocks.
@@ -280,7 +291,11 @@ struct Live {
     stream: Stream,
     rtp: Option<[UdpSocket; 2]>,
     hex: Option<io::BufWriter<std::fs::File>>,
+    /// The call's playback once its bug is on the channel.
     play: Option<Box<PlayFeed>>,
+    /// Until then: how to attach it (`None` once tried, or when the call
+    /// cannot play).
+    play_later: Option<PlayLater>,
 }
 
 /// Longest sleep of the sender thread while calls are open but none had
@@ -320,7 +335,7 @@ pub fn run(
     commands: Receiver<Command>,
     counters: Arc<Counters>,
     hex_dir: Option<String>,
-    report: impl Report,
+    host: impl Host,
 ) {
     let mut control = Control::default();
     let mut live: HashMap<StreamId, Live> = HashMap::new();
@@ -372,7 +387,7 @@ pub fn run(
                                 Some(sockets)
                             }
                             Err(error) => {
-                                report.socket_error(&uuid, &error);
+                                host.socket_error(&uuid, &error);
                                 continue;
                             }
                         }
@@ -395,11 +410,12 @@ pub fn run(
                                     stream,
                                     rtp,
                                     hex,
-                                    play,
+                                    play: None,
+                                    play_later: play,
                                 },
                             );
                         }
-                        Err(error) => report.socket_error(&uuid, &io::Error::other(error)),
+                        Err(error) => host.socket_error(&uuid, &io::Error::other(error)),
                     }
                 }
                 Command::Frame(frame) => {
@@ -420,7 +436,7 @@ pub fn run(
                 }
                 Command::Stop { stream } => {
                     if let Some(entry) = live.get_mut(&stream) {
-                        finish_play(entry, &mut control, &counters, &report);
+                        finish_play(entry, &mut control, &counters, &host);
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
@@ -429,7 +445,7 @@ pub fn run(
                 }
                 Command::Shutdown => {
                     for entry in live.values_mut() {
-                        finish_play(entry, &mut control, &counters, &report);
+                        finish_play(entry, &mut control, &counters, &host);
                         drive(entry, &mut control, &counters, |stream, emit| {
                             stream.stop(now, emit)
                         });
@@ -453,7 +469,7 @@ pub fn run(
                     stream.unreachable(error.to, now, emit)
                 });
                 if let Some(trouble) = trouble {
-                    count_trouble(&counters, &report, entry, &trouble, now);
+                    count_trouble(&counters, &host, entry, &trouble, now);
                 }
                 next_due = earliest(next_due, entry.stream.next_timeout());
             }
@@ -491,6 +507,12 @@ pub fn run(
                         // Only the call's receiver may speak into it.
                         counters.play.foreign.fetch_add(1, Relaxed);
                         continue;
+                    }
+                    if let Some(entry) = live.get_mut(&id) {
+                        if let Some(later) = entry.play_later.take() {
+                            entry.play =
+                                host.attach_play(entry.stream.uuid(), &later, &counters.play);
+                        }
                     }
                     playing.insert(id);
                 }
@@ -535,7 +557,7 @@ pub fn run(
                 !feed.is_idle()
             });
             if !events.is_empty() {
-                play_events(entry, &mut control, &counters, &report, events);
+                play_events(entry, &mut control, &counters, &host, events);
             }
             busy
         });
@@ -559,7 +581,7 @@ pub fn run(
                     stream.poll(now, emit)
                 });
                 if let Some(trouble) = trouble {
-                    count_trouble(&counters, &report, entry, &trouble, now);
+                    count_trouble(&counters, &host, entry, &trouble, now);
                 }
                 if entry.stream.is_closed() {
                     closed.push(id);
@@ -626,7 +648,7 @@ fn next_command(
 /// Counts a stream's trouble and reports it.
 fn count_trouble(
     counters: &Counters,
-    report: &impl Report,
+    host: &impl Host,
     entry: &Live,
     trouble: &Trouble,
     now: Instant,
@@ -639,7 +661,7 @@ fn count_trouble(
             counters.failovers.fetch_add(1, Relaxed)
         }
     };
-    report.trouble(entry.stream.uuid(), trouble);
+    host.trouble(entry.stream.uuid(), trouble);
 }
 
 /// Sends what this wake-up queued.
@@ -652,11 +674,11 @@ fn flush(control: &mut Control, counters: &Counters) {
 
 /// A stream's playback ends: marks never played are reported cleared,
 /// before its BYE.
-fn finish_play(entry: &mut Live, control: &mut Control, counters: &Counters, report: &impl Report) {
+fn finish_play(entry: &mut Live, control: &mut Control, counters: &Counters, host: &impl Host) {
     if let Some(mut feed) = entry.play.take() {
         let mut events = Vec::new();
         feed.finish(&mut |event| events.push(event));
-        play_events(entry, control, counters, report, events);
+        play_events(entry, control, counters, host, events);
     }
 }
 
@@ -666,7 +688,7 @@ fn play_events(
     entry: &mut Live,
     control: &mut Control,
     counters: &Counters,
-    report: &impl Report,
+    host: &impl Host,
     events: Vec<PlayEvent>,
 ) {
     for event in events {
@@ -676,7 +698,7 @@ fn play_events(
                 stream.mark(&wire_name, *cleared, emit)
             });
         }
-        report.play(entry.stream.uuid(), &event);
+        host.play(entry.stream.uuid(), &event);
     }
 }
 

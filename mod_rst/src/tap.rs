@@ -3,6 +3,8 @@
 //! panics into C.
 
 use std::ffi::c_void;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use rst_proto::{Direction, PayloadType};
 
@@ -21,18 +23,27 @@ pub struct Tap {
     pub uuid: String,
     pub audio: Audio,
     pub sender: Sender,
+    /// Set at CLOSE: the call's playback bug must not be attached after it.
+    pub stopped: Arc<AtomicBool>,
     read_buffer: Box<[u8; READ_BUFFER_BYTES]>,
     left: Box<[u8; MAX_FRAME_BYTES]>,
     right: Box<[u8; MAX_FRAME_BYTES]>,
 }
 
 impl Tap {
-    pub fn new(stream: StreamId, uuid: String, audio: Audio, sender: Sender) -> Box<Tap> {
+    pub fn new(
+        stream: StreamId,
+        uuid: String,
+        audio: Audio,
+        sender: Sender,
+        stopped: Arc<AtomicBool>,
+    ) -> Box<Tap> {
         Box::new(Tap {
             stream,
             uuid,
             audio,
             sender,
+            stopped,
             read_buffer: Box::new([0; READ_BUFFER_BYTES]),
             left: Box::new([0; MAX_FRAME_BYTES]),
             right: Box::new([0; MAX_FRAME_BYTES]),

@@ -446,3 +446,80 @@ fn ulaw_play_into_a_wideband_call_is_resampled() {
         "500 Hz: {periods} periods in a quarter second"
     );
 }
+
+/// The functions of the bugs on `u`'s channel, first to last.
+fn bug_functions(host: &mut Host, u: &str) -> Vec<String> {
+    let stats = host.ok(&format!("stats {u}"));
+    stats["bugs"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|bug| bug["function"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The playback bug costs FreeSWITCH a copy of every frame written, and most
+/// calls never hear anything back: it goes on the channel at the call's
+/// first audio back, not when the stream starts, and first in the list (so
+/// the recording's W has what the caller hears).
+#[test]
+fn the_playback_bug_goes_on_at_the_first_audio_back() {
+    let u = uuid(0x906);
+    let (peer, mut host, _conf) = BarePeer::call(&u, "");
+    host.ok(&format!("media {u} 0.5 write_hz=500"));
+    host.ok("wait");
+    assert_eq!(bug_functions(&mut host, &u), ["rst"], "no playback bug yet");
+    let stats = host.ok(&format!("stats {u}"));
+    let replaced = stats["callbacks"]["WRITE_REPLACE"]["count"].as_u64();
+    assert_eq!(replaced.unwrap_or(0), 0, "{stats}");
+
+    let frame = vec![ulaw(4000); 160];
+    peer.play(0, &frame);
+    wait_for("the playback bug", || {
+        (bug_functions(&mut host, &u) == ["rst_play", "rst"]).then_some(())
+    });
+    host.ok(&format!("media {u} 0.5 write_hz=500"));
+    host.ok("wait");
+    let caller_heard = heard(&mut host, &u);
+    let decoded: Vec<i16> = frame
+        .iter()
+        .map(|&b| rst_codec::ulaw_to_linear(b))
+        .collect();
+    assert!(
+        find(&caller_heard, &decoded).is_some(),
+        "the PLAY was heard"
+    );
+    host.ok(&format!("hangup {u}"));
+    assert_eq!(host.ok(&format!("stats {u}"))["bugs_added"], 2);
+    finish(host);
+}
+
+/// The first PLAY comes after the stream was stopped (the receiver did not
+/// know yet): the sender thread attaches the playback bug, sees the stream
+/// stopped, and takes it off again; nothing is left on the channel (an
+/// orphaned bug would call into the module after unload: `finish` checks).
+#[test]
+fn a_play_after_the_stream_stopped_leaves_no_playback_bug() {
+    let u = uuid(0x907);
+    let (peer, mut host, _conf) = BarePeer::call(&u, "");
+    // The INV's ACK taken first (an ACK while closing acknowledges the BYE).
+    wait_for("the module to take the ACK", || {
+        let status = host.ok("api rst_status");
+        let text = status["output"].as_str().unwrap_or("").to_owned();
+        text.contains("\"acks_received\":1,").then_some(())
+    });
+    let stopped = host.ok(&format!("api uuid_rst {u} stop"));
+    assert!(
+        stopped["output"].as_str().unwrap_or("").starts_with("+OK"),
+        "{stopped}"
+    );
+    // The module's stream lives on until its BYE is acknowledged (never,
+    // here), so the PLAY reaches it.
+    peer.play(0, &[ulaw(4000); 160]);
+    wait_for("the late playback bug added and taken off", || {
+        let stats = host.ok(&format!("stats {u}"));
+        (stats["bugs_added"] == 2 && stats["bugs"] == serde_json::json!([])).then_some(())
+    });
+    host.ok(&format!("hangup {u}"));
+    finish(host);
+}

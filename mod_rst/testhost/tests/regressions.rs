@@ -125,8 +125,8 @@ fn original_defect_application_ignored_host_and_port() {
     let answer = host.ok(&format!("api uuid_rst {c} 127.0.0.1 {port}"));
     assert!(output(&answer).starts_with("+OK"), "{answer}");
     for u in [&a, &b, &c] {
-        // One stream each: its recording bug and its playback bug.
-        assert_eq!(host.ok(&format!("stats {u}"))["bugs_added"], 2);
+        // One stream each: its recording bug (no audio came back).
+        assert_eq!(host.ok(&format!("stats {u}"))["bugs_added"], 1);
         host.ok(&format!("media {u} 0.5"));
     }
     host.ok("wait");
@@ -313,8 +313,8 @@ fn original_defect_init_callback_waited_for_the_ack() {
     session(&mut host, &u);
     host.ok(&format!("app {u} rst"));
     let stats = host.ok(&format!("stats {u}"));
-    // The recording bug's and the playback bug's.
-    assert_eq!(stats["callbacks"]["INIT"]["count"], 2, "{stats}");
+    // The recording bug's (the playback bug waits for audio back).
+    assert_eq!(stats["callbacks"]["INIT"]["count"], 1, "{stats}");
     let invs = wait_for("the first INV", || {
         let invs = count_heard(b"INV ");
         (invs > 0).then_some(invs)
