@@ -138,6 +138,8 @@ struct Pending {
 
 #[derive(Debug)]
 pub struct Stream {
+    /// Checked as a [`Uuid`] by `start` (the INV's encoding), so each
+    /// datagram after it uses it unchecked ([`Uuid::trusted`]).
     uuid: String,
     /// The INV's fields, `:` removed, for [`Stream::declare`] to send it again.
     caller: String,
@@ -349,12 +351,17 @@ impl Stream {
         }
         match self.mode {
             Mode::Data => {
-                let (Ok(uuid), Some(pt)) = (Uuid::new(&self.uuid), PayloadType::new(payload_type))
-                else {
+                let Some(pt) = PayloadType::new(payload_type) else {
                     return;
                 };
                 self.buffer.clear();
-                Data::encode_header(uuid, direction, pt, payload.len(), &mut self.buffer);
+                Data::encode_header(
+                    Uuid::trusted(&self.uuid),
+                    direction,
+                    pt,
+                    payload.len(),
+                    &mut self.buffer,
+                );
                 self.buffer.extend_from_slice(payload);
                 emit(Via::Control, self.target(), &self.buffer);
                 self.stats.frames_sent += 1;
@@ -391,12 +398,9 @@ impl Stream {
         self.dtmf_sent += 1;
         match self.mode {
             Mode::Data => {
-                let Ok(uuid) = Uuid::new(&self.uuid) else {
-                    return;
-                };
                 self.buffer.clear();
                 let message = Message::Dtmf(Dtmf {
-                    uuid,
+                    uuid: Uuid::trusted(&self.uuid),
                     direction,
                     sequence,
                     digit,
@@ -457,12 +461,9 @@ impl Stream {
         cleared: bool,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
-        let Ok(uuid) = Uuid::new(&self.uuid) else {
-            return;
-        };
         self.buffer.clear();
         let mark = Message::Mark(crate::Mark {
-            uuid,
+            uuid: Uuid::trusted(&self.uuid),
             wire_name,
             cleared,
         });
@@ -828,11 +829,13 @@ impl Stream {
     }
 
     fn send_bye(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
-        let Ok(uuid) = Uuid::new(&self.uuid) else {
-            return;
-        };
         self.buffer.clear();
-        if Message::Bye(Bye { uuid }).encode(&mut self.buffer).is_ok() {
+        if Message::Bye(Bye {
+            uuid: Uuid::trusted(&self.uuid),
+        })
+        .encode(&mut self.buffer)
+        .is_ok()
+        {
             emit(Via::Control, self.target(), &self.buffer);
         }
     }
@@ -934,10 +937,14 @@ mod tests {
     type Sent = Vec<(Via, SocketAddr, Vec<u8>)>;
 
     fn start(mode: Mode, now: Instant) -> (Stream, Sent) {
+        start_as("478525a8-8263-4550-b18c-d027d11c9865", mode, now).unwrap()
+    }
+
+    fn start_as(uuid: &str, mode: Mode, now: Instant) -> Result<(Stream, Sent), String> {
         let mut sent = Sent::new();
         let stream = Stream::start(
             StreamStart {
-                uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+                uuid: uuid.into(),
                 caller: "1001".into(),
                 callee: "sip:1002".into(),
                 target: "127.0.0.1:9527".parse().unwrap(),
@@ -958,9 +965,20 @@ mod tests {
             },
             now,
             &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
-        )
-        .unwrap();
-        (stream, sent)
+        )?;
+        Ok((stream, sent))
+    }
+
+    /// The UUID is checked once, here: every datagram after the INV uses it
+    /// unchecked, so a start with one that is no safe file name must fail.
+    #[test]
+    fn a_uuid_that_is_no_safe_file_name_is_refused_at_the_start() {
+        for uuid in ["../etc/passwd", "a b", "", "-x", &"a".repeat(65)] {
+            assert!(
+                start_as(uuid, Mode::Data, Instant::now()).is_err(),
+                "{uuid:?}"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,13 @@ impl<'a> Uuid<'a> {
         }
     }
 
+    /// An identifier checked before: a [`crate::stream::Stream`] checks its
+    /// UUID once, at its start, so the per-frame path does not scan it again.
+    pub(crate) fn trusted(text: &'a str) -> Self {
+        debug_assert!(Self::is_valid(text.as_bytes()), "{text:?}");
+        Uuid(text)
+    }
+
     pub(crate) fn from_bytes(bytes: &'a [u8]) -> Result<Self, ParseError> {
         if Self::is_valid(bytes) {
             // Validity implies ASCII, so this cannot fail.
