@@ -12,6 +12,8 @@
 
 mod sys;
 
+pub use sys::gso_in_use;
+
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};

@@ -150,6 +150,12 @@ pub fn is_earlier_error(errno: i32) -> bool {
 /// Linux 4.18): cleared, for good, by the first GSO send it refuses.
 static GSO_WORKS: AtomicBool = AtomicBool::new(true);
 
+/// Whether sends still group equal datagrams into UDP GSO messages: false
+/// once the kernel refused one (for the rest of the process).
+pub fn gso_in_use() -> bool {
+    GSO_WORKS.load(Relaxed)
+}
+
 /// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS`),
 /// and their bytes (under an IP packet's 64 KiB).
 const GSO_SEGMENTS: usize = 64;
