@@ -113,6 +113,11 @@ enum State {
     Closing {
         sent: u32,
         next: Instant,
+        /// The BYE went while an INV was unanswered: the first ACK may be
+        /// that INV's (an ACK does not say what it answers), so it takes a
+        /// second to close. Should the first have been the BYE's, the BYE
+        /// goes again and the receiver answers it again (it answers every BYE).
+        inv_unanswered: bool,
     },
     Closed,
 }
@@ -684,6 +689,17 @@ impl Stream {
                     self.flush_pending(emit);
                 }
             }
+            State::Closing {
+                sent,
+                next,
+                inv_unanswered: true,
+            } => {
+                self.state = State::Closing {
+                    sent,
+                    next,
+                    inv_unanswered: false,
+                }
+            }
             State::Closing { .. } => self.state = State::Closed,
             State::Closed => {}
         }
@@ -722,6 +738,7 @@ impl Stream {
         self.state = State::Closing {
             sent: 1,
             next: now + self.retransmit,
+            inv_unanswered: matches!(self.state, State::Inviting { .. } | State::Updating { .. }),
         };
         self.send_bye(emit);
     }
@@ -783,7 +800,11 @@ impl Stream {
                     next: now + self.backoff(sent),
                 };
             }
-            State::Closing { sent, next } if now >= next => {
+            State::Closing {
+                sent,
+                next,
+                inv_unanswered,
+            } if now >= next => {
                 if sent >= self.tries {
                     self.state = State::Closed;
                     return Some(Trouble::NoAckForBye { tries: sent });
@@ -792,6 +813,7 @@ impl Stream {
                 self.state = State::Closing {
                     sent: sent + 1,
                     next: now + self.backoff(sent),
+                    inv_unanswered,
                 };
             }
             _ => {}
@@ -1356,6 +1378,33 @@ mod tests {
         assert!(stream.is_closed());
         let byes = sent.iter().filter(|s| s.2.starts_with(b"BYE :")).count();
         assert_eq!((byes, sent.len()), (2, 3));
+    }
+
+    /// Stopped while its INV was unanswered: the first ACK may be the
+    /// INV's (an ACK does not say what it answers), so it does not end the
+    /// stream; the BYE's does. Had the first been the BYE's, the BYE goes
+    /// again and its second ACK ends the stream.
+    #[test]
+    fn an_ack_of_the_inv_coming_after_the_bye_does_not_end_the_stream() {
+        let t0 = Instant::now();
+        let (mut stream, mut sent) = start(Mode::Data, t0);
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        stream.stop(t0, &mut emit);
+        stream.ack(None, &mut emit); // The INV's, late.
+        assert!(!stream.is_closed());
+        stream.ack(None, &mut emit); // The BYE's.
+        assert!(stream.is_closed());
+
+        let (mut stream, mut sent) = start(Mode::Data, t0);
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        stream.stop(t0, &mut emit);
+        stream.ack(None, &mut emit); // The BYE's: the INV's was lost.
+        stream.poll(t0 + Duration::from_millis(100), &mut emit);
+        assert!(!stream.is_closed());
+        stream.ack(None, &mut emit); // The repeated BYE's.
+        assert!(stream.is_closed());
+        let byes = sent.iter().filter(|s| s.2.starts_with(b"BYE :")).count();
+        assert_eq!(byes, 2, "the BYE went again");
     }
 
     const A: &str = "127.0.0.1:9527";

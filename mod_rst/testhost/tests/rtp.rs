@@ -98,8 +98,8 @@ fn rtp_call(audio: &str, codec: &str, rate: u32, u: &str) -> RtpCall {
     ));
     host.ok("wait");
     let hangup = host.ok(&format!("hangup {u}"));
-    // The recording bug and the playback bug.
-    assert_eq!(hangup["bugs_closed"], 2, "{hangup}");
+    // The recording bug (no audio came back, so no playback bug).
+    assert_eq!(hangup["bugs_closed"], 1, "{hangup}");
     let record = receiver.record(u);
     let datagrams = sent_datagrams(hex.path(), u);
     let stats = host.ok(&format!("stats {u}"));
