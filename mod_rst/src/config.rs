@@ -46,6 +46,11 @@ pub struct Settings {
     /// With several receivers: how long an INV may go unanswered before the
     /// call moves to the next receiver.
     pub failover: Duration,
+    /// DATA mode: frames of a direction sent as one datagram (1 to 5). More
+    /// costs FreeSWITCH and the receiver fewer datagrams and delays the
+    /// audio by up to that many frames less one: for recording, not for
+    /// live bots.
+    pub frames_per_datagram: u32,
 }
 
 impl Default for Settings {
@@ -65,6 +70,7 @@ impl Default for Settings {
             play: Some(PlayMode::Mix),
             receivers: None,
             failover: Duration::from_millis(500),
+            frames_per_datagram: 1,
         }
     }
 }
@@ -161,6 +167,12 @@ impl Settings {
                     }
                     _ => bad(),
                 },
+                "frames-per-datagram" => match value.parse() {
+                    Ok(frames) if (1..=5).contains(&frames) => {
+                        settings.frames_per_datagram = frames
+                    }
+                    _ => bad(),
+                },
                 _ => problems.push(format!("rst.conf: unknown parameter {name:?} ignored")),
             }
         }
@@ -194,6 +206,21 @@ mod tests {
             Settings::from_params([("receivers", "10.0.0.1:9527,rec2"), ("failover-ms", "5")]);
         assert_eq!((settings.receivers, problems.len()), (None, 2));
         assert_eq!(settings.failover, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn frames_per_datagram_is_1_to_5() {
+        assert_eq!(Settings::default().frames_per_datagram, 1);
+        let (settings, problems) = Settings::from_params([("frames-per-datagram", "3")]);
+        assert_eq!((settings.frames_per_datagram, problems.len()), (3, 0));
+        for bad in ["0", "6", "x"] {
+            let (settings, problems) = Settings::from_params([("frames-per-datagram", bad)]);
+            assert_eq!(
+                (settings.frames_per_datagram, problems.len()),
+                (1, 1),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -493,6 +493,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         seed: seed(&uuid, stream_id),
         refresh,
         event_clock: rate,
+        frames_per_datagram: settings.frames_per_datagram,
     };
     if !sender.control(Command::Start {
         stream: stream_id,

@@ -82,6 +82,8 @@ pub struct Counters {
     pub dtmf_queued: AtomicU64,
     pub dtmf_dropped: AtomicU64,
     pub frames_sent: AtomicU64,
+    /// The audio datagrams they went in (fewer with `frames-per-datagram`).
+    pub datagrams_sent: AtomicU64,
     pub frames_dropped_waiting: AtomicU64,
     pub send_errors: AtomicU64,
     pub invs_unacknowledged: AtomicU64,
@@ -144,7 +146,7 @@ impl Counters {
     pub fn to_json(&self) -> String {
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}",
+            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"datagrams_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{}",
             c(&self.streams_started),
             c(&self.streams_active),
             c(&self.frames_queued),
@@ -153,6 +155,7 @@ impl Counters {
             c(&self.dtmf_queued),
             c(&self.dtmf_dropped),
             c(&self.frames_sent),
+            c(&self.datagrams_sent),
             c(&self.frames_dropped_waiting),
             c(&self.send_errors),
             c(&self.invs_unacknowledged),
@@ -734,13 +737,16 @@ fn drive<R>(
         stream, rtp, hex, ..
     } = entry;
     // Frames go out from `frame` and, in RTP mode, from `ack` (those held until then).
-    let before = stream.stats.frames_sent;
+    let before = (stream.stats.frames_sent, stream.stats.datagrams_sent);
     let mut emit =
         |via, to, bytes: &[u8]| send(control, rtp.as_ref(), hex, counters, via, to, bytes);
     let result = action(stream, &mut emit);
     counters
         .frames_sent
-        .fetch_add(stream.stats.frames_sent - before, Relaxed);
+        .fetch_add(stream.stats.frames_sent - before.0, Relaxed);
+    counters
+        .datagrams_sent
+        .fetch_add(stream.stats.datagrams_sent - before.1, Relaxed);
     result
 }
 

@@ -413,6 +413,8 @@ impl Output for UdpOutput {
             // here): this is the media clock of failover offsets, the rate of
             // the call's audio codec.
             event_clock: call.clock_rate,
+            // RTP mode: captured packets go as they came.
+            frames_per_datagram: 1,
         };
         let control = &self.control;
         let stats = &mut self.stats;

@@ -88,6 +88,9 @@ pub enum Trouble {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamStats {
     pub frames_sent: u64,
+    /// The datagrams they went in: as many in RTP mode, fewer in DATA mode
+    /// with `frames_per_datagram` above 1.
+    pub datagrams_sent: u64,
     /// RTP mode: frames that arrived while no ports were known and did not
     /// fit the buffer, or were held for a receiver the call failed over from;
     /// any mode: frames of a direction that lagged the other when the call
@@ -194,6 +197,24 @@ pub struct Stream {
     dtmf_sent: u32,
     /// When the INV was last sent.
     inv_sent_at: Instant,
+    /// DATA mode: frames per datagram (1: each frame at once).
+    frames_per_datagram: u32,
+    /// DATA frames of each direction held to go as one datagram.
+    gathered: [Gathered; 2],
+}
+
+/// Payload bytes one gathered DATA datagram carries at most: with its
+/// headers it stays inside a 1500-byte Ethernet frame, so it is never
+/// fragmented on its way to a receiver on another host.
+pub const MAX_GATHERED_PAYLOAD: usize = 1400;
+
+/// DATA frames of one direction held back to go as one datagram
+/// ([`StreamStart::frames_per_datagram`]): the same payload type, back to back.
+#[derive(Debug, Default)]
+struct Gathered {
+    payload_type: Option<PayloadType>,
+    frames: u32,
+    payload: Vec<u8>,
 }
 
 /// Everything a stream needs to begin.
@@ -229,6 +250,14 @@ pub struct StreamStart {
     /// on [`RTP_EVENT_PAYLOAD_TYPE`], the audio's own (RFC 4733 section 2.1);
     /// the INV declares it.
     pub event_clock: u32,
+    /// DATA mode: consecutive frames of a direction (one payload type, at
+    /// most [`MAX_GATHERED_PAYLOAD`] bytes) that go as one datagram; the
+    /// wire format takes any `LENGTH`. 1: each frame at once. More costs
+    /// the sender and the receiver fewer datagrams, and holds each frame
+    /// back up to `frames_per_datagram - 1` frames' time (what a recording
+    /// does not mind, a live bot does). Held frames go before a key press,
+    /// a new INV, a failover and the BYE.
+    pub frames_per_datagram: u32,
 }
 
 impl Stream {
@@ -299,6 +328,8 @@ impl Stream {
             inv_sent_at: now,
             event_clock: start.event_clock.max(1),
             dtmf_sent: 0,
+            frames_per_datagram: start.frames_per_datagram.max(1),
+            gathered: Default::default(),
         };
         emit(Via::Control, stream.target(), &stream.inv);
         Ok(stream)
@@ -356,20 +387,9 @@ impl Stream {
         }
         match self.mode {
             Mode::Data => {
-                let Some(pt) = PayloadType::new(payload_type) else {
-                    return;
-                };
-                self.buffer.clear();
-                Data::encode_header(
-                    Uuid::trusted(&self.uuid),
-                    direction,
-                    pt,
-                    payload.len(),
-                    &mut self.buffer,
-                );
-                self.buffer.extend_from_slice(payload);
-                emit(Via::Control, self.target(), &self.buffer);
-                self.stats.frames_sent += 1;
+                if let Some(pt) = PayloadType::new(payload_type) {
+                    self.gather(direction, pt, payload, emit);
+                }
             }
             Mode::Rtp => match self.server_ports {
                 Some(ports) => self.send_rtp(
@@ -399,6 +419,8 @@ impl Stream {
         if self.is_closing() {
             return;
         }
+        // The audio before the key press goes before it.
+        self.send_gathered(emit);
         let sequence = self.dtmf_sent;
         self.dtmf_sent += 1;
         match self.mode {
@@ -499,6 +521,7 @@ impl Stream {
                     packet,
                 );
                 self.stats.frames_sent += 1;
+                self.stats.datagrams_sent += 1;
             }
             None => self.hold(direction, None, packet),
         }
@@ -588,6 +611,8 @@ impl Stream {
                 };
             }
         }
+        // The audio before the new INV (another rate, say) goes before it.
+        self.send_gathered(emit);
         self.inv = inv;
         self.extensions = extensions.to_owned();
         emit(Via::Control, self.target(), &self.inv);
@@ -632,6 +657,8 @@ impl Stream {
     /// Moves the call to the next receiver of its order: INV there with the
     /// part and its offset; the audio follows.
     fn fail_over(&mut self, now: Instant, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) -> Trouble {
+        // What the old receiver's part holds still goes there, before its BYE.
+        self.send_gathered(emit);
         let from = self.target();
         // A receiver that was only slow (alive, its ACK late) closes its
         // part now rather than when the call times out there; a dead one
@@ -724,6 +751,7 @@ impl Stream {
                     let to = SocketAddr::new(self.target().ip(), port_of(ports, held.direction));
                     emit(Via::Rtp(held.direction), to, &held.payload);
                     self.stats.frames_sent += 1;
+                    self.stats.datagrams_sent += 1;
                 }
             }
         }
@@ -734,6 +762,7 @@ impl Stream {
         if self.is_closing() {
             return;
         }
+        self.send_gathered(emit);
         self.pending.clear();
         self.state = State::Closing {
             sent: 1,
@@ -850,6 +879,77 @@ impl Stream {
         self.retransmit.saturating_mul(1 << sent.min(6))
     }
 
+    /// A DATA frame joins the direction's held ones; they go as one datagram
+    /// once there are `frames_per_datagram` (at once when it is 1), or
+    /// before a frame that cannot join them (another payload type, or more
+    /// bytes than [`MAX_GATHERED_PAYLOAD`]).
+    fn gather(
+        &mut self,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload: &[u8],
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        let held = &self.gathered[direction as usize];
+        if held.frames > 0
+            && (held.payload_type != Some(payload_type)
+                || held.payload.len() + payload.len() > MAX_GATHERED_PAYLOAD)
+        {
+            self.send_direction(direction, emit);
+        }
+        let held = &mut self.gathered[direction as usize];
+        held.payload_type = Some(payload_type);
+        held.payload.extend_from_slice(payload);
+        held.frames += 1;
+        // Full: as many frames as asked, or no room for another like it.
+        if held.frames >= self.frames_per_datagram
+            || held.payload.len() + payload.len() > MAX_GATHERED_PAYLOAD
+        {
+            self.send_direction(direction, emit);
+        }
+    }
+
+    /// Sends the frames held back in both directions.
+    fn send_gathered(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
+        for direction in Direction::BOTH {
+            self.send_direction(direction, emit);
+        }
+    }
+
+    /// Sends `direction`'s frames held back, as one DATA datagram.
+    fn send_direction(
+        &mut self,
+        direction: Direction,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        let to = self.target();
+        let Stream {
+            uuid,
+            gathered,
+            buffer,
+            stats,
+            ..
+        } = self;
+        let held = &mut gathered[direction as usize];
+        let Some(payload_type) = held.payload_type.filter(|_| held.frames > 0) else {
+            return;
+        };
+        buffer.clear();
+        Data::encode_header(
+            Uuid::trusted(uuid),
+            direction,
+            payload_type,
+            held.payload.len(),
+            buffer,
+        );
+        buffer.extend_from_slice(&held.payload);
+        emit(Via::Control, to, buffer);
+        stats.frames_sent += u64::from(held.frames);
+        stats.datagrams_sent += 1;
+        held.frames = 0;
+        held.payload.clear();
+    }
+
     fn send_bye(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
         self.buffer.clear();
         if Message::Bye(Bye {
@@ -907,6 +1007,7 @@ impl Stream {
             &self.buffer,
         );
         self.stats.frames_sent += 1;
+        self.stats.datagrams_sent += 1;
     }
 }
 
@@ -984,6 +1085,7 @@ mod tests {
                 seed: 42,
                 refresh: None,
                 event_clock: 8000,
+                frames_per_datagram: 1,
             },
             now,
             &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
@@ -1407,6 +1509,89 @@ mod tests {
         assert_eq!(byes, 2, "the BYE went again");
     }
 
+    /// DATA frames gathered three to a datagram, per direction; a frame of
+    /// another payload type, a key press and the BYE send what is held
+    /// first, so nothing is lost and the order stays.
+    #[test]
+    fn data_frames_gathered_go_whole_in_order_before_what_follows_them() {
+        let t0 = Instant::now();
+        let (mut stream, _) = start(Mode::Data, t0);
+        stream.frames_per_datagram = 3;
+        let mut sent = Sent::new();
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        stream.ack(None, &mut emit);
+        for k in 0..4u8 {
+            stream.frame(Direction::Read, 0, 160, &[k; 160], &mut emit);
+            stream.frame(Direction::Write, 0, 160, &[100 + k; 160], &mut emit);
+        }
+        stream.frame(Direction::Read, 8, 160, &[9; 160], &mut emit); // PCMA
+        stream.dtmf(Direction::Read, '5', 100, &mut emit);
+        stream.frame(Direction::Write, 0, 160, &[104; 160], &mut emit);
+        stream.stop(t0, &mut emit);
+        let messages: Vec<String> = sent
+            .iter()
+            .map(|(_, _, bytes)| match Message::parse(bytes).unwrap() {
+                Message::Data(data) => format!(
+                    "{}{}:{}",
+                    data.direction.as_str(),
+                    data.payload_type.number(),
+                    data.payload
+                        .chunks(160)
+                        .map(|frame| {
+                            assert!(frame.iter().all(|&b| b == frame[0]), "a frame whole");
+                            frame[0].to_string()
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Message::Dtmf(_) => "DTMF".into(),
+                Message::Bye(_) => "BYE".into(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "R0:0,1,2",
+                "W0:100,101,102", // three each
+                "R0:3",
+                "R8:9", // another payload type: the held one first
+                "W0:103",
+                "DTMF", // a key press (three copies): every held frame first
+                "DTMF",
+                "DTMF",
+                "W0:104",
+                "BYE", // the BYE: the same
+            ]
+        );
+        assert_eq!(stream.stats.frames_sent, 10);
+        assert_eq!(stream.stats.datagrams_sent, 6);
+    }
+
+    /// Frames gathered never make a datagram of more than
+    /// MAX_GATHERED_PAYLOAD bytes (no IP fragments): 16 kHz L16 frames of
+    /// 640 bytes go two to a datagram even when three are asked for.
+    #[test]
+    fn gathered_frames_stay_within_one_ethernet_frame() {
+        let t0 = Instant::now();
+        let (mut stream, _) = start(Mode::Data, t0);
+        stream.frames_per_datagram = 3;
+        let mut sent = Sent::new();
+        let mut emit = |via, to, bytes: &[u8]| sent.push((via, to, bytes.to_vec()));
+        for _ in 0..6 {
+            stream.frame(Direction::Read, 10, 320, &[1; 640], &mut emit);
+        }
+        let sizes: Vec<usize> = sent
+            .iter()
+            .map(|(_, _, bytes)| match Message::parse(bytes).unwrap() {
+                Message::Data(data) => data.payload.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [1280, 1280, 1280]);
+        assert!(sent.iter().all(|(_, _, bytes)| bytes.len() < 1472));
+    }
+
     const A: &str = "127.0.0.1:9527";
     const B: &str = "127.0.0.2:9527";
     const C: &str = "127.0.0.3:9527";
@@ -1434,6 +1619,7 @@ mod tests {
                 seed: 42,
                 refresh: Some(Duration::from_secs(1)),
                 event_clock: 8000,
+                frames_per_datagram: 1,
             },
             now,
             &mut emitter(&sent),

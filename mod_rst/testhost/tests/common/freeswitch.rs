@@ -69,6 +69,8 @@ pub struct Setup<'a> {
     pub sofia: &'a [(&'a str, &'a str)],
     /// The `default` context's extensions (XML).
     pub extensions: &'a str,
+    /// `(name, value)` params of `rst.conf` beyond the receiver's address.
+    pub rst: &'a [(&'a str, &'a str)],
 }
 
 impl Setup<'_> {
@@ -87,13 +89,16 @@ impl Setup<'_> {
             ..
         } = self;
         let logfile = logfile.display();
-        let sofia: String = self
-            .sofia
-            .iter()
-            .map(|(name, value)| {
-                format!("\n            <param name=\"{name}\" value=\"{value}\"/>")
-            })
-            .collect();
+        let params = |params: &[(&str, &str)], indent: &str| -> String {
+            params
+                .iter()
+                .map(|(name, value)| {
+                    format!("\n{indent}<param name=\"{name}\" value=\"{value}\"/>")
+                })
+                .collect()
+        };
+        let sofia = params(self.sofia, "            ");
+        let rst = params(self.rst, "        ");
         format!(
             r#"<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -151,7 +156,7 @@ impl Setup<'_> {
     <configuration name="rst.conf">
       <settings>
         <param name="udp-server-ip" value="127.0.0.1"/>
-        <param name="udp-server-port" value="{receiver_port}"/>
+        <param name="udp-server-port" value="{receiver_port}"/>{rst}
       </settings>
     </configuration>
   </section>
