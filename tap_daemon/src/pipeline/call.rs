@@ -12,18 +12,43 @@ use crate::sip::sdp::{static_payload_type, MediaKind};
 use crate::sip::{CallInfo, MediaDesc};
 
 /// One direction's recently forwarded packets, for spotting repeats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Dedup {
     /// Per slot: SSRC, sequence number and the timestamp's low bits packed,
-    /// so that the scan of every forwarded packet compares one word a slot.
+    /// so that a scan compares one word a slot.
     ids: [u64; DEDUP_SLOTS],
     /// Per slot: the whole timestamp, the payload's fingerprint, when seen.
     rest: [(u32, u64, Duration); DEDUP_SLOTS],
+    /// How many of the filled slots hold a sequence number of each bucket
+    /// ([`bucket`]): a packet whose bucket is empty is in no slot, and that
+    /// is nearly every packet, told without a scan of the slots.
+    buckets: [u8; DEDUP_BUCKETS],
     next: usize,
     filled: usize,
 }
 
 pub(super) const DEDUP_SLOTS: usize = 32;
+
+/// Twice the slots: the last [`DEDUP_SLOTS`] packets of one stream, of
+/// consecutive sequence numbers, leave the next one's bucket empty.
+const DEDUP_BUCKETS: usize = 2 * DEDUP_SLOTS;
+
+/// The bucket of a packed id: its sequence number's low bits.
+fn bucket(id: u64) -> usize {
+    (id >> 16) as usize % DEDUP_BUCKETS
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup {
+            ids: [0; DEDUP_SLOTS],
+            rest: [(0, 0, Duration::ZERO); DEDUP_SLOTS],
+            buckets: [0; DEDUP_BUCKETS],
+            next: 0,
+            filled: 0,
+        }
+    }
+}
 
 impl Dedup {
     /// True if this packet was already seen within `window`; remembers it otherwise.
@@ -32,43 +57,52 @@ impl Dedup {
             | u64::from(packet.sequence) << 16
             | u64::from(packet.timestamp & 0xffff);
         let hash = fingerprint(packet.payload);
-        let ids = &self.ids[..self.filled];
-        // Nearly every packet matches no slot: a branch-free pass over the
-        // ids (which the compiler vectorises) settles that, and only a
-        // match looks further.
-        let any = ids.iter().fold(false, |any, &slot| any | (slot == id));
-        let repeat = any
-            && ids
-                .iter()
-                .zip(&self.rest)
-                .any(|(&slot, &(timestamp, h, at))| {
+        let repeat = self.buckets[bucket(id)] != 0
+            && self.ids[..self.filled].iter().zip(&self.rest).any(
+                |(&slot, &(timestamp, h, at))| {
                     slot == id
                         && (timestamp, h) == (packet.timestamp, hash)
                         && now.saturating_sub(at) <= window
                         && at.saturating_sub(now) <= window
-                });
+                },
+            );
         if !repeat {
+            if self.filled == DEDUP_SLOTS {
+                self.buckets[bucket(self.ids[self.next])] -= 1;
+            } else {
+                self.filled += 1;
+            }
+            self.buckets[bucket(id)] += 1;
             self.ids[self.next] = id;
             self.rest[self.next] = (packet.timestamp, hash, now);
             self.next = (self.next + 1) % DEDUP_SLOTS;
-            self.filled = (self.filled + 1).min(DEDUP_SLOTS);
         }
         repeat
     }
 }
 
-/// A payload's fingerprint for [`Dedup`]: foldhash, which takes the bytes
-/// eight and sixteen at a time (a byte-at-a-time FNV-1a over a 160-byte
-/// G.711 payload was the dearest step of forwarding a packet). The seed is
-/// fixed: a fingerprint is only compared within the process.
+/// A payload's fingerprint for [`Dedup`]. A repeat already has the packet's
+/// SSRC, sequence number and timestamp, seen within the window; the
+/// fingerprint only has to tell the same payload from another one under
+/// the same header (two senders that chose one SSRC). So instead of a hash
+/// that mixes every byte in turn (foldhash was half of forwarding a
+/// packet), it adds up the payload's eight-byte words, which the compiler
+/// does several at a time, and mixes the sum with the length and the last
+/// few bytes: any change to a byte changes it; only the same words in
+/// another order would not. Fixed: a fingerprint is only compared within
+/// the process.
 pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    const STATE: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5254_5354);
-    // The bytes alone, without the length prefix `hash_one` adds for a
-    // slice: one pass of the hasher instead of two.
-    let mut hasher = STATE.build_hasher();
-    hasher.write(bytes);
-    hasher.finish()
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(29);
+    let words = bytes.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |w, &b| w << 8 | u64::from(b));
+    let sum = words
+        .map(|w| <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes))
+        .fold(0u64, u64::wrapping_add);
+    mix(mix(mix(0, bytes.len() as u64), sum), tail)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -967,3 +967,54 @@ fn cached_routes_answer_as_the_tracker_does() {
     let matched: Vec<usize> = times.iter().map(|&at| check(&mut p, at)).collect();
     assert_eq!(matched, [4, 4, 4, 0, 0, 4, 4, 0]);
 }
+
+#[test]
+fn dedup_tells_repeats_by_header_and_payload_and_forgets_the_oldest() {
+    let mut dedup = call::Dedup::default();
+    let window = Duration::from_millis(500);
+    let t = Duration::from_secs(5);
+    let a = rtp(0, 100, 16_000, 7, &[0xd5; 160]);
+    let seen = |dedup: &mut call::Dedup, bytes: &[u8], at: Duration| {
+        dedup.seen(&RtpPacket::parse(bytes).unwrap(), at, window)
+    };
+    assert!(!seen(&mut dedup, &a, t));
+    assert!(seen(&mut dedup, &a, t + Duration::from_millis(10)));
+    // Out of the window: new again (and remembered anew).
+    assert!(!seen(&mut dedup, &a, t + Duration::from_secs(1)));
+    // The same header with other audio, or another length, is not a repeat.
+    let mut other = vec![0xd5; 160];
+    other[80] = 0x55;
+    assert!(!seen(
+        &mut dedup,
+        &rtp(0, 100, 16_000, 7, &other),
+        t + Duration::from_secs(1)
+    ));
+    assert!(!seen(
+        &mut dedup,
+        &rtp(0, 100, 16_000, 7, &[0xd5; 80]),
+        t + Duration::from_secs(1)
+    ));
+    // Short payloads (events) count every byte.
+    let ev = rtp(101, 200, 16_000, 7, &[1, 0x80, 0, 160]);
+    assert!(!seen(&mut dedup, &ev, t));
+    assert!(!seen(
+        &mut dedup,
+        &rtp(101, 200, 16_000, 7, &[1, 0x80, 1, 64]),
+        t
+    ));
+    assert!(seen(&mut dedup, &ev, t));
+    // A stream's packets fill every slot, and several times over: the
+    // oldest are forgotten, the last DEDUP_SLOTS are still told.
+    for seq in 0..200u16 {
+        let p = rtp(0, seq, u32::from(seq) * 160, 9, &[seq as u8; 160]);
+        assert!(!seen(&mut dedup, &p, t), "{seq}");
+    }
+    let stream = |seq: u16| rtp(0, seq, u32::from(seq) * 160, 9, &[seq as u8; 160]);
+    let recent = 200 - call::DEDUP_SLOTS as u16;
+    // A repeat is not remembered again: the recent ones stay.
+    for seq in recent..200 {
+        assert!(seen(&mut dedup, &stream(seq), t), "{seq}");
+    }
+    assert!(!seen(&mut dedup, &stream(recent - 1), t));
+    assert!(!seen(&mut dedup, &stream(0), t));
+}
