@@ -1,7 +1,9 @@
 //! The I/O shell around [`rst_proto::stream::Stream`] that rst's two senders
 //! share (mod_rst's sender thread and tap_daemon's output): which socket a
 //! datagram leaves from, the two RTP sockets of a call, the control socket
-//! that hears ICMP errors, and sends batched with `sendmmsg`.
+//! that hears ICMP errors, and sends batched with `sendmmsg`. And, in
+//! [`batch`], the receiver's and the load generator's batched UDP I/O
+//! (`recvmmsg`, `sendmmsg` on a connected socket).
 //!
 //! The protocol (what to send, when, to whom, and failover) stays in the
 //! sans-IO [`Stream`](rst_proto::stream::Stream); this crate only moves bytes.
@@ -10,6 +12,7 @@
 //!
 //! Linux only: `sendmmsg`, `IP_RECVERR` and `MSG_ERRQUEUE` are Linux's.
 
+pub mod batch;
 mod sys;
 
 pub use sys::gso_in_use;
@@ -20,6 +23,11 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use rst_proto::stream::Via;
 use rst_proto::{Direction, RtpPorts};
+
+/// Datagrams handed to the kernel in one system call (`sendmmsg`,
+/// `recvmmsg`): the kernel takes up to 1024; the send paths' arrays live on
+/// the stack, and 64 keeps them at a few KiB.
+pub const BATCH: usize = 64;
 
 /// The wildcard address of `target`'s family, port 0.
 pub fn any_for(target: SocketAddr) -> SocketAddr {
@@ -172,13 +180,13 @@ impl Outbox {
     /// Sends everything queued, in order, and empties the outbox.
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
-        let mut batch = Vec::with_capacity(sys::BATCH);
+        let mut batch = Vec::with_capacity(BATCH);
         let mut first = 0;
         while first < self.items.len() {
             let fd = self.items[first].fd;
             let run = self.items[first..]
                 .iter()
-                .take(sys::BATCH)
+                .take(BATCH)
                 .take_while(|item| item.fd == fd)
                 .count();
             batch.clear();

@@ -9,9 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// Datagrams per `sendmmsg` call (the kernel takes up to 1024; the arrays
-/// live on the stack, 64 keeps them at a few KiB).
-pub const BATCH: usize = 64;
+use crate::BATCH;
 
 /// A socket address as the kernel takes it.
 #[derive(Clone, Copy)]
@@ -79,7 +77,10 @@ impl From<SocketAddr> for Address {
 }
 
 /// The address the kernel wrote into `storage` (`len` bytes), if IP.
-fn to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+pub fn to_socket_addr(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
     let len = len as usize;
     match i32::from(storage.ss_family) {
         libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
