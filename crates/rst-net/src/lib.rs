@@ -19,7 +19,7 @@ pub use sys::gso_in_use;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use rst_proto::stream::Via;
 use rst_proto::{Direction, RtpPorts};
@@ -135,20 +135,14 @@ pub struct Flushed {
 /// `sendmmsg` (one system call per run of datagrams leaving one socket).
 ///
 /// The datagrams are copied into buffers kept from flush to flush, so once
-/// they have grown to the busiest wake-up's size, queueing allocates nothing.
+/// they have grown to the busiest wake-up's size, queueing allocates nothing;
+/// a flush hands the kernel the datagrams where they lie, and allocates
+/// nothing either.
 /// The sockets must outlive the flush (the shell flushes before dropping any).
 #[derive(Debug, Default)]
 pub struct Outbox {
     bytes: Vec<u8>,
-    items: Vec<Item>,
-}
-
-#[derive(Debug)]
-struct Item {
-    fd: RawFd,
-    to: sys::Address,
-    start: usize,
-    end: usize,
+    items: Vec<sys::Queued>,
 }
 
 impl Outbox {
@@ -160,7 +154,7 @@ impl Outbox {
     pub fn push(&mut self, socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
-        self.items.push(Item {
+        self.items.push(sys::Queued {
             fd: socket.as_raw_fd(),
             to: sys::Address::from(to),
             start,
@@ -177,10 +171,11 @@ impl Outbox {
         self.items.len()
     }
 
-    /// Sends everything queued, in order, and empties the outbox.
+    /// Sends everything queued, in order, and empties the outbox (keeping
+    /// its buffers: the datagrams go to the kernel from where they were
+    /// queued, nothing is gathered anew).
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
-        let mut batch = Vec::with_capacity(BATCH);
         let mut first = 0;
         while first < self.items.len() {
             let fd = self.items[first].fd;
@@ -189,13 +184,7 @@ impl Outbox {
                 .take(BATCH)
                 .take_while(|item| item.fd == fd)
                 .count();
-            batch.clear();
-            batch.extend(
-                self.items[first..first + run]
-                    .iter()
-                    .map(|item| (&item.to, &self.bytes[item.start..item.end])),
-            );
-            let sent = sys::send_batch(fd, &batch);
+            let sent = sys::send_batch(fd, &self.bytes, &self.items[first..first + run]);
             flushed.sent += sent as u64;
             flushed.failed += (run - sent) as u64;
             first += run;
