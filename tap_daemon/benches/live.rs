@@ -32,6 +32,8 @@
 //! Needs root (namespaces, raw sockets) and tcpreplay; prints SKIPPED and
 //! does nothing without them.
 
+#[path = "../tests/live/netns.rs"]
+mod netns;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -43,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netns::{enter, logged, strip_ansi, Netns, Pair};
 use support::{build, load, Frame};
 
 use rst_load::results::{self, Figure};
@@ -82,117 +85,9 @@ fn interrupted() -> bool {
 
 // ---------------------------------------------------------------- namespaces
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace, deleted (with its end of the veth) when dropped.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn add(name: String) -> Result<Netns, String> {
-        ip(&["netns", "add", &name])?;
-        Ok(Netns { name })
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    fn sysctl(&self, settings: &[&str]) -> Result<(), String> {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sysctl", "-qw"])
-            .args(settings)
-            .status()
-            .map_err(|e| format!("sysctl: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("sysctl {settings:?} in {}: {status}", self.name))
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match ip(&["netns", "del", &self.name]) {
-            Ok(()) => eprintln!("deleted namespace {}", self.name),
-            Err(e) => eprintln!("cannot delete namespace {}: {e}", self.name),
-        }
-    }
-}
-
-/// Namespaces A and B joined by veth-a (A_ADDR) and veth-b (B_ADDR). The
-/// fields drop in order, B after A, each deleting its namespace.
-#[derive(Debug)]
-struct Pair {
-    a: Netns,
-    b: Netns,
-}
-
 fn pair() -> Result<Pair, String> {
     let tag = format!("rst-bench-live-{}", std::process::id());
-    let a = Netns::add(format!("{tag}-a"))?;
-    let b = Netns::add(format!("{tag}-b"))?;
-    let pair = Pair { a, b };
-    for ns in [&pair.a, &pair.b] {
-        ns.sysctl(&[
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ])?;
-    }
-    ip(&[
-        "link",
-        "add",
-        "veth-a",
-        "netns",
-        &pair.a.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-b",
-        "netns",
-        &pair.b.name,
-    ])?;
-    for (ns, dev, addr) in [(&pair.a, "veth-a", A_ADDR), (&pair.b, "veth-b", B_ADDR)] {
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-        ns.ip(&["link", "set", dev, "up"])?;
-    }
-    Ok(pair)
-}
-
-/// `setns(2)`: the calling thread joins a namespace made by `ip netns add`.
-fn enter(name: &str) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let file = File::open(Path::new("/var/run/netns").join(name))?;
-    // SAFETY: setns reads a descriptor that `file` keeps open across the
-    // call and changes only this thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Pair::new(&tag, A_ADDR, B_ADDR).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------- processes
@@ -295,47 +190,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `key=N` in the last line of `log` that contains `marker`.
-fn logged(log: &str, marker: &str, key: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains(marker))?;
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// One datagram from B to A across the veth (wakes a capture blocked on a
-/// quiet interface).
-fn poke(b: &Netns) {
-    let name = b.name.clone();
-    let _ = std::thread::spawn(move || -> std::io::Result<()> {
-        enter(&name)?;
-        let socket = UdpSocket::bind((B_ADDR, 0))?;
-        socket.send_to(b"poke", (A_ADDR, 9))?;
-        Ok(())
-    })
-    .join();
 }
 
 /// The tap_daemon binary: the one cargo built for this bench, else the
@@ -588,7 +442,7 @@ fn run(
     let mut status = daemon.wait(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     while status.is_none() && Instant::now() < deadline {
-        poke(&net.b);
+        net.poke();
         status = daemon.wait(Duration::from_millis(200));
     }
     let Some(status) = status else {
