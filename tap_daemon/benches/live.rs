@@ -37,15 +37,14 @@ mod netns;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netns::{enter, logged, strip_ansi, Netns, Pair};
+use netns::{enter, logged, Netns, Pair, Proc};
 use support::{build, load, Frame};
 
 use rst_load::results::{self, Figure};
@@ -91,106 +90,6 @@ fn pair() -> Result<Pair, String> {
 }
 
 // ---------------------------------------------------------------- processes
-
-/// A child run inside a namespace (`ip netns exec` execs it, so the child's
-/// id is the program's), killed if still running when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(ns: &Netns, name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).expect("a log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(program)
-            .args(args)
-            .current_dir(dir)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("a log file"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    /// Its output so far, ANSI colours removed.
-    fn log(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(
-            &std::fs::read(&self.log).unwrap_or_default(),
-        ))
-    }
-
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} (last lines)\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-    }
-
-    /// Waits (bounded) for the process to end.
-    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the log contains `text`.
-    fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(text) {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Err(format!(
-                    "{} exited ({status}) before {text:?}\n{}",
-                    self.name,
-                    self.tail()
-                ));
-            }
-            if Instant::now() >= deadline || interrupted() {
-                return Err(format!("{}: no {text:?}\n{}", self.name, self.tail()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn terminate(&self) {
-        // SAFETY: kill(2) only sends a signal, to a child of ours that has
-        // not been reaped (its id cannot have been reused).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// The tap_daemon binary: the one cargo built for this bench, else the
 /// release one next to this executable, else `cargo build --release`.
@@ -409,7 +308,7 @@ fn run(
         ],
         work.path(),
     );
-    daemon.wait_for_log("capturing interface", Duration::from_secs(15))?;
+    daemon.wait_for_log("capturing interface", Duration::from_secs(15), interrupted)?;
 
     let mut replay = Proc::spawn(
         &net.b,

@@ -23,16 +23,15 @@ mod common;
 mod netns;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
     capture, dtmf_digits, expected_samples, read_wav, rtp_packets, stream_packets, RtpRow,
 };
-use netns::{logged, strip_ansi, Netns, Pair, Unmade};
+use netns::{logged, Netns, Pair, Proc, Unmade};
 
 /// The two ends of the veth pair (the namespaces are the test's own, so the
 /// addresses cannot clash with anything).
@@ -104,135 +103,6 @@ fn workdir() -> Work {
 
 // ---------------------------------------------------------------- processes
 
-/// A child process run inside a namespace (`ip netns exec` execs it, so the
-/// child's id is the program's), killed if still running when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(ns: &Netns, name: &str, program: &str, args: &[String], dir: &Path) -> Proc {
-        let stdout = dir.join(format!("{name}.stdout"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, program])
-            .args(args)
-            .current_dir(dir)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// stdout and stderr so far, ANSI colours removed.
-    fn log(&self) -> String {
-        let mut text = String::new();
-        for path in [&self.stdout, &self.stderr] {
-            text += &String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default());
-        }
-        strip_ansi(&text)
-    }
-
-    /// The end of the log, for a failure message.
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} (last lines)\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    }
-
-    /// Waits until the log contains `text`; the process ending first, or
-    /// `timeout`, is a failure.
-    fn wait_for_log(&mut self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(text) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited ({status}) before {text:?}\n{}",
-                    self.name,
-                    self.tail()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {text:?} after {timeout:?}\n{}",
-                self.name,
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to end by itself; `timeout` is a failure.
-    fn finish(&mut self, timeout: Duration) -> ExitStatus {
-        match self.wait(timeout) {
-            Some(status) => status,
-            None => panic!(
-                "{} still running after {timeout:?}\n{}",
-                self.name,
-                self.tail()
-            ),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// SIGTERM, then waits (bounded) for the process to end.
-    fn stop(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            return status;
-        }
-        self.signal("TERM");
-        self.finish(timeout)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Whether the process `pid` sees UDP `port` bound (in its own namespace).
 fn udp_port_bound(pid: u32, port: u16) -> bool {
     let needle = format!(":{port:04X}");
@@ -262,7 +132,8 @@ fn dumpcap(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
         ],
         dir,
     );
-    proc.wait_for_log("Capturing on", Duration::from_secs(15));
+    proc.wait_for_log("Capturing on", Duration::from_secs(15), || false)
+        .unwrap_or_else(|e| panic!("{e}"));
     (proc, file)
 }
 
@@ -282,7 +153,8 @@ fn tap_daemon(ns: &Netns, receiver: SocketAddr, dir: &Path) -> Proc {
         ],
         dir,
     );
-    proc.wait_for_log("capturing", Duration::from_secs(15));
+    proc.wait_for_log("capturing", Duration::from_secs(15), || false)
+        .unwrap_or_else(|e| panic!("{e}"));
     proc
 }
 
@@ -295,7 +167,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 /// is a defect (noted in `defects`), and it is then woken by datagrams sent
 /// across the veth from B, so that the rest of the test still runs.
 fn stop_daemon(daemon: &mut Proc, net: &Pair, defects: &mut Vec<String>) -> String {
-    daemon.signal("TERM");
+    daemon.terminate();
     let asked = Instant::now();
     let mut status = daemon.wait(STOP_WITHIN);
     if status.is_none() {
@@ -585,7 +457,7 @@ fn live_sipp_calls_are_recorded() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !udp_port_bound(uas.pid(), 5060) {
-        if let Some(status) = uas.child.try_wait().unwrap() {
+        if let Some(status) = uas.wait(Duration::ZERO) {
             panic!("sipp uas exited: {status}\n{}", uas.tail());
         }
         assert!(

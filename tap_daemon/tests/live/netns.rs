@@ -7,11 +7,15 @@
 //! Shared by tests/live.rs and benches/live.rs (`#[path]`).
 //! Needs root.
 
+#![allow(dead_code)] // each user takes a different part
+
+use std::ffi::OsStr;
 use std::fs::File;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `ip args`; its error output on failure.
 pub fn ip(args: &[&str]) -> Result<(), String> {
@@ -175,6 +179,153 @@ pub fn enter(name: &str) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child run inside a namespace (`ip netns exec` execs it, so the child's
+/// id is the program's), its stdout and stderr in `{name}.log` of its
+/// folder; killed if still running when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(
+        ns: &Netns,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[String],
+        dir: &Path,
+    ) -> Proc {
+        let program = program.as_ref();
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).expect("a log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(program)
+            .args(args)
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("a log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.to_string_lossy()));
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its output so far, ANSI colours removed.
+    pub fn log(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&self.log).unwrap_or_default(),
+        ))
+    }
+
+    /// The end of the log, for a failure message.
+    pub fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} (last lines)\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+
+    /// Waits until the log contains `text`; the process ending first,
+    /// `timeout`, or `give_up()` turning true, is an error.
+    pub fn wait_for_log(
+        &mut self,
+        text: &str,
+        timeout: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Err(format!(
+                    "{} exited ({status}) before {text:?}\n{}",
+                    self.name,
+                    self.tail()
+                ));
+            }
+            if Instant::now() >= deadline || give_up() {
+                return Err(format!(
+                    "{}: no {text:?} after {timeout:?}\n{}",
+                    self.name,
+                    self.tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to end.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to end by itself; `timeout` is a failure.
+    pub fn finish(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait(timeout) {
+            Some(status) => status,
+            None => panic!(
+                "{} still running after {timeout:?}\n{}",
+                self.name,
+                self.tail()
+            ),
+        }
+    }
+
+    /// SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) only sends a signal, to a child of ours that has
+        // not been reaped (its id cannot have been reused).
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to end.
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            return status;
+        }
+        self.terminate();
+        self.finish(timeout)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
