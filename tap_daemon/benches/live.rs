@@ -32,17 +32,19 @@
 //! Needs root (namespaces, raw sockets) and tcpreplay; prints SKIPPED and
 //! does nothing without them.
 
+#[path = "../tests/live/netns.rs"]
+mod netns;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netns::{enter, logged, Netns, Pair, Proc};
 use support::{build, load, Frame};
 
 use rst_load::results::{self, Figure};
@@ -82,261 +84,12 @@ fn interrupted() -> bool {
 
 // ---------------------------------------------------------------- namespaces
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace, deleted (with its end of the veth) when dropped.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn add(name: String) -> Result<Netns, String> {
-        ip(&["netns", "add", &name])?;
-        Ok(Netns { name })
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    fn sysctl(&self, settings: &[&str]) -> Result<(), String> {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sysctl", "-qw"])
-            .args(settings)
-            .status()
-            .map_err(|e| format!("sysctl: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("sysctl {settings:?} in {}: {status}", self.name))
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match ip(&["netns", "del", &self.name]) {
-            Ok(()) => eprintln!("deleted namespace {}", self.name),
-            Err(e) => eprintln!("cannot delete namespace {}: {e}", self.name),
-        }
-    }
-}
-
-/// Namespaces A and B joined by veth-a (A_ADDR) and veth-b (B_ADDR). The
-/// fields drop in order, B after A, each deleting its namespace.
-#[derive(Debug)]
-struct Pair {
-    a: Netns,
-    b: Netns,
-}
-
 fn pair() -> Result<Pair, String> {
     let tag = format!("rst-bench-live-{}", std::process::id());
-    let a = Netns::add(format!("{tag}-a"))?;
-    let b = Netns::add(format!("{tag}-b"))?;
-    let pair = Pair { a, b };
-    for ns in [&pair.a, &pair.b] {
-        ns.sysctl(&[
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ])?;
-    }
-    ip(&[
-        "link",
-        "add",
-        "veth-a",
-        "netns",
-        &pair.a.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-b",
-        "netns",
-        &pair.b.name,
-    ])?;
-    for (ns, dev, addr) in [(&pair.a, "veth-a", A_ADDR), (&pair.b, "veth-b", B_ADDR)] {
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-        ns.ip(&["link", "set", dev, "up"])?;
-    }
-    Ok(pair)
-}
-
-/// `setns(2)`: the calling thread joins a namespace made by `ip netns add`.
-fn enter(name: &str) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let file = File::open(Path::new("/var/run/netns").join(name))?;
-    // SAFETY: setns reads a descriptor that `file` keeps open across the
-    // call and changes only this thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Pair::new(&tag, A_ADDR, B_ADDR).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------- processes
-
-/// A child run inside a namespace (`ip netns exec` execs it, so the child's
-/// id is the program's), killed if still running when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(ns: &Netns, name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).expect("a log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(program)
-            .args(args)
-            .current_dir(dir)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("a log file"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    /// Its output so far, ANSI colours removed.
-    fn log(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(
-            &std::fs::read(&self.log).unwrap_or_default(),
-        ))
-    }
-
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} (last lines)\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-    }
-
-    /// Waits (bounded) for the process to end.
-    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until the log contains `text`.
-    fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(text) {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Err(format!(
-                    "{} exited ({status}) before {text:?}\n{}",
-                    self.name,
-                    self.tail()
-                ));
-            }
-            if Instant::now() >= deadline || interrupted() {
-                return Err(format!("{}: no {text:?}\n{}", self.name, self.tail()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn terminate(&self) {
-        // SAFETY: kill(2) only sends a signal, to a child of ours that has
-        // not been reaped (its id cannot have been reused).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `key=N` in the last line of `log` that contains `marker`.
-fn logged(log: &str, marker: &str, key: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains(marker))?;
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// One datagram from B to A across the veth (wakes a capture blocked on a
-/// quiet interface).
-fn poke(b: &Netns) {
-    let name = b.name.clone();
-    let _ = std::thread::spawn(move || -> std::io::Result<()> {
-        enter(&name)?;
-        let socket = UdpSocket::bind((B_ADDR, 0))?;
-        socket.send_to(b"poke", (A_ADDR, 9))?;
-        Ok(())
-    })
-    .join();
-}
 
 /// The tap_daemon binary: the one cargo built for this bench, else the
 /// release one next to this executable, else `cargo build --release`.
@@ -555,7 +308,7 @@ fn run(
         ],
         work.path(),
     );
-    daemon.wait_for_log("capturing interface", Duration::from_secs(15))?;
+    daemon.wait_for_log("capturing interface", Duration::from_secs(15), interrupted)?;
 
     let mut replay = Proc::spawn(
         &net.b,
@@ -588,7 +341,7 @@ fn run(
     let mut status = daemon.wait(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     while status.is_none() && Instant::now() < deadline {
-        poke(&net.b);
+        net.poke();
         status = daemon.wait(Duration::from_millis(200));
     }
     let Some(status) = status else {

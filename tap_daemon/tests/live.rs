@@ -18,127 +18,40 @@
 //! are named after the test and this process's id and are deleted at the
 //! end, also on failure (a Drop guard), as is every child process.
 
+mod common;
+#[path = "live/netns.rs"]
+mod netns;
+
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{
+    capture, dtmf_digits, expected_samples, read_wav, rtp_packets, stream_packets, RtpRow,
+};
+use netns::{logged, Netns, Pair, Proc, Unmade};
 
 /// The two ends of the veth pair (the namespaces are the test's own, so the
 /// addresses cannot clash with anything).
 const A_ADDR: &str = "169.254.77.1";
 const B_ADDR: &str = "169.254.77.2";
 
-/// The tests each run calls in real time: one at a time, on two cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ---------------------------------------------------------------- namespaces
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace, deleted when dropped.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn add(name: String) -> Result<Netns, String> {
-        ip(&["netns", "add", &name])?;
-        Ok(Netns { name })
-    }
-
-    /// Runs `ip -n NS args`.
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all).unwrap();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("cannot delete namespace {}: {e}", self.name);
-        }
-    }
-}
-
-/// Namespaces A and B joined by veth-a (A_ADDR) and veth-b (B_ADDR).
-#[derive(Debug)]
-struct Pair {
-    a: Netns,
-    b: Netns,
-}
 
 /// The pair, named after `tag` and this process, or None (after a loud
 /// SKIPPED for `test`) without the right to make it.
 fn pair(test: &str, tag: &str) -> Option<Pair> {
     let tag = format!("rst-live-{}-{tag}", std::process::id());
-    let a = match Netns::add(format!("{tag}-a")) {
-        Ok(a) => a,
-        Err(e) => {
+    match Pair::new(&tag, A_ADDR, B_ADDR) {
+        Ok(pair) => Some(pair),
+        Err(Unmade::NoRight(e)) => {
             eprintln!("SKIPPED {test}: needs root (CI runs as root): {e}");
-            return None;
+            None
         }
-    };
-    let b = Netns::add(format!("{tag}-b")).unwrap();
-    let pair = Pair { a, b };
-    // No IPv6: no router solicitations or MLD reports on the veth at random
-    // moments; the wire carries only the test's traffic.
-    for ns in [&pair.a, &pair.b] {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
-            .args([
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "sysctl disable_ipv6 in {}", ns.name);
+        Err(e @ Unmade::Failed(_)) => panic!("{test}: {e}"),
     }
-    ip(&[
-        "link",
-        "add",
-        "veth-a",
-        "netns",
-        &pair.a.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-b",
-        "netns",
-        &pair.b.name,
-    ])
-    .unwrap();
-    for (ns, dev, addr) in [(&pair.a, "veth-a", A_ADDR), (&pair.b, "veth-b", B_ADDR)] {
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
-        ns.ip(&["link", "set", dev, "up"]);
-    }
-    Some(pair)
 }
 
 /// The first tool of `tools` that cannot be started.
@@ -190,153 +103,6 @@ fn workdir() -> Work {
 
 // ---------------------------------------------------------------- processes
 
-/// A child process run inside a namespace (`ip netns exec` execs it, so the
-/// child's id is the program's), killed if still running when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(ns: &Netns, name: &str, program: &str, args: &[String], dir: &Path) -> Proc {
-        let stdout = dir.join(format!("{name}.stdout"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, program])
-            .args(args)
-            .current_dir(dir)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// stdout and stderr so far, ANSI colours removed.
-    fn log(&self) -> String {
-        let mut text = String::new();
-        for path in [&self.stdout, &self.stderr] {
-            text += &String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default());
-        }
-        strip_ansi(&text)
-    }
-
-    /// The end of the log, for a failure message.
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} (last lines)\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    }
-
-    /// Waits until the log contains `text`; the process ending first, or
-    /// `timeout`, is a failure.
-    fn wait_for_log(&mut self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(text) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited ({status}) before {text:?}\n{}",
-                    self.name,
-                    self.tail()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {text:?} after {timeout:?}\n{}",
-                self.name,
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to end by itself; `timeout` is a failure.
-    fn finish(&mut self, timeout: Duration) -> ExitStatus {
-        match self.wait(timeout) {
-            Some(status) => status,
-            None => panic!(
-                "{} still running after {timeout:?}\n{}",
-                self.name,
-                self.tail()
-            ),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// SIGTERM, then waits (bounded) for the process to end.
-    fn stop(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            return status;
-        }
-        self.signal("TERM");
-        self.finish(timeout)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Whether the process `pid` sees UDP `port` bound (in its own namespace).
 fn udp_port_bound(pid: u32, port: u16) -> bool {
     let needle = format!(":{port:04X}");
@@ -366,7 +132,8 @@ fn dumpcap(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
         ],
         dir,
     );
-    proc.wait_for_log("Capturing on", Duration::from_secs(15));
+    proc.wait_for_log("Capturing on", Duration::from_secs(15), || false)
+        .unwrap_or_else(|e| panic!("{e}"));
     (proc, file)
 }
 
@@ -386,7 +153,8 @@ fn tap_daemon(ns: &Netns, receiver: SocketAddr, dir: &Path) -> Proc {
         ],
         dir,
     );
-    proc.wait_for_log("capturing", Duration::from_secs(15));
+    proc.wait_for_log("capturing", Duration::from_secs(15), || false)
+        .unwrap_or_else(|e| panic!("{e}"));
     proc
 }
 
@@ -398,8 +166,8 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 /// The wire is quiet by then; a daemon still running after [`STOP_WITHIN`]
 /// is a defect (noted in `defects`), and it is then woken by datagrams sent
 /// across the veth from B, so that the rest of the test still runs.
-fn stop_daemon(daemon: &mut Proc, b: &Netns, defects: &mut Vec<String>) -> String {
-    daemon.signal("TERM");
+fn stop_daemon(daemon: &mut Proc, net: &Pair, defects: &mut Vec<String>) -> String {
+    daemon.terminate();
     let asked = Instant::now();
     let mut status = daemon.wait(STOP_WITHIN);
     if status.is_none() {
@@ -410,7 +178,7 @@ fn stop_daemon(daemon: &mut Proc, b: &Netns, defects: &mut Vec<String>) -> Strin
         ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while status.is_none() && Instant::now() < deadline {
-            poke(b);
+            net.poke();
             status = daemon.wait(Duration::from_millis(200));
         }
     }
@@ -449,18 +217,6 @@ fn stop_daemon(daemon: &mut Proc, b: &Netns, defects: &mut Vec<String>) -> Strin
     log
 }
 
-/// One datagram from B to A across the veth (wakes a blocked capture).
-fn poke(b: &Netns) {
-    let name = b.name.clone();
-    let _ = std::thread::spawn(move || -> std::io::Result<()> {
-        netns_enter::enter(&name)?;
-        let socket = std::net::UdpSocket::bind((B_ADDR, 0))?;
-        socket.send_to(b"poke", (A_ADDR, 9))?;
-        Ok(())
-    })
-    .join();
-}
-
 /// Fails with every defect found, once everything else has been checked.
 fn assert_no_defects(name: &str, defects: &[String]) {
     assert!(
@@ -470,44 +226,7 @@ fn assert_no_defects(name: &str, defects: &[String]) {
     );
 }
 
-/// `key=N` in the last log line that has `marker`.
-fn logged(log: &str, marker: &str, key: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains(marker))?;
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 // ---------------------------------------------------------------- receiver
-
-/// `setns(2)`: the calling thread joins a namespace.
-mod netns_enter {
-    use std::os::raw::c_int;
-    use std::os::unix::io::AsRawFd;
-
-    extern "C" {
-        fn setns(fd: c_int, nstype: c_int) -> c_int;
-    }
-
-    const CLONE_NEWNET: c_int = 0x4000_0000;
-
-    /// Moves the calling thread (and the threads it starts later) into the
-    /// network namespace `name` made by `ip netns add`.
-    pub fn enter(name: &str) -> std::io::Result<()> {
-        let file = std::fs::File::open(std::path::Path::new("/var/run/netns").join(name))?;
-        // SAFETY: setns reads a descriptor that `file` keeps open across the
-        // call and changes only this thread's network namespace.
-        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-}
 
 /// A real receiver, on 127.0.0.1 inside a namespace: started from a thread
 /// in that namespace, so every thread it makes lives there too.
@@ -530,7 +249,7 @@ impl Receiver {
         let config = settings.resolve().unwrap();
         let name = ns.name.clone();
         let running = std::thread::spawn(move || {
-            netns_enter::enter(&name)?;
+            netns::enter(&name)?;
             udp_server::Running::start(config)
         })
         .join()
@@ -595,116 +314,6 @@ impl Receiver {
 
 // ---------------------------------------------------------------- tshark
 
-fn tshark(args: &[&str]) -> String {
-    let out = Command::new("tshark")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("tshark runs");
-    assert!(
-        out.status.success(),
-        "tshark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `tshark -z rtp,streams`: packets per (source, destination).
-fn stream_packets(file: &Path) -> HashMap<(String, String), u64> {
-    let text = tshark(&[
-        "-n",
-        "-r",
-        file.to_str().unwrap(),
-        "-q",
-        "-z",
-        "rtp,streams",
-    ]);
-    let mut streams = HashMap::new();
-    for line in text.lines() {
-        let t: Vec<&str> = line.split_whitespace().collect();
-        let Some(pct) = t
-            .iter()
-            .position(|w| w.starts_with('(') && w.ends_with("%)"))
-        else {
-            continue;
-        };
-        let packets: u64 = t[pct - 2].parse().unwrap();
-        let key = (format!("{}:{}", t[2], t[3]), format!("{}:{}", t[4], t[5]));
-        *streams.entry(key).or_default() += packets;
-    }
-    streams
-}
-
-/// One RTP packet as tshark dissects it.
-#[derive(Debug, Clone)]
-struct RtpRow {
-    src: String,
-    dst: String,
-    ssrc: u32,
-    seq: u16,
-    ts: u32,
-    pt: u8,
-    payload: Vec<u8>,
-    /// RFC 4733: event id and end bit.
-    event: Option<(u8, bool)>,
-}
-
-fn hex_bytes(text: &str) -> Vec<u8> {
-    let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-/// The RTP packets of `file` in capture order (not the copies quoted in
-/// ICMP errors). `heuristic`: also RTP that no SDP announced.
-fn rtp_rows(file: &Path, heuristic: bool) -> Vec<RtpRow> {
-    let mut args = vec!["-n", "-r", file.to_str().unwrap()];
-    if heuristic {
-        args.extend(["-o", "rtp.heuristic_rtp:TRUE"]);
-    }
-    args.extend(["-Y", "rtp && !icmp", "-T", "fields"]);
-    for field in [
-        "ip.src",
-        "udp.srcport",
-        "ip.dst",
-        "udp.dstport",
-        "rtp.ssrc",
-        "rtp.seq",
-        "rtp.timestamp",
-        "rtp.p_type",
-        "rtp.payload",
-        "rtpevent.event_id",
-        "rtpevent.end_of_event",
-    ] {
-        args.extend(["-e", field]);
-    }
-    tshark(&args)
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split('\t').collect();
-            if f.len() < 11 || f[5].is_empty() {
-                return None; // marked as RTP but too short to decode
-            }
-            Some(RtpRow {
-                src: format!("{}:{}", f[0], f[1]),
-                dst: format!("{}:{}", f[2], f[3]),
-                ssrc: u32::from_str_radix(f[4].trim_start_matches("0x"), 16).unwrap(),
-                seq: f[5].parse().unwrap(),
-                ts: f[6].parse().unwrap(),
-                pt: f[7].parse().unwrap(),
-                payload: hex_bytes(f[8]),
-                event: (!f[9].is_empty()).then(|| {
-                    (
-                        f[9].parse().unwrap(),
-                        f[10] == "1" || f[10].eq_ignore_ascii_case("true"),
-                    )
-                }),
-            })
-        })
-        .collect()
-}
-
 /// A SIP dialog with SDP on both sides, as tshark reads it.
 #[derive(Debug, Clone, Default)]
 struct Dialog {
@@ -717,7 +326,7 @@ struct Dialog {
 }
 
 fn dialogs(file: &Path) -> HashMap<String, Dialog> {
-    let text = tshark(&[
+    let text = common::tshark(&[
         "-n",
         "-r",
         file.to_str().unwrap(),
@@ -763,109 +372,12 @@ fn dialogs(file: &Path) -> HashMap<String, Dialog> {
 
 // ---------------------------------------------------------------- expected audio
 
-/// What the receiver must have written for one direction (tap_daemon's
-/// tests/pipeline.rs): packets in sequence order (repeats dropped), each
-/// placed by its timestamp so that a lost packet is silence of its length; a
-/// timestamp that goes backwards or jumps by more than a second per packet
-/// continues where the audio ended. `events` are payload types that are
-/// DTMF, not audio.
-fn expected_samples(rows: &[RtpRow], events: &[u8]) -> (u32, Vec<i16>) {
-    let mut sorted: Vec<(u64, &RtpRow)> = Vec::new();
-    let mut highest: Option<u64> = None;
-    for row in rows {
-        let ext = match highest {
-            None => u64::from(row.seq) + (1 << 16),
-            Some(h) => {
-                let c = (h & !0xFFFF) | u64::from(row.seq);
-                [c.wrapping_sub(1 << 16), c, c + (1 << 16)]
-                    .into_iter()
-                    .min_by_key(|&x| x.abs_diff(h))
-                    .unwrap()
-            }
-        };
-        highest = Some(highest.map_or(ext, |h| h.max(ext)));
-        sorted.push((ext, row));
-    }
-    sorted.sort_by_key(|(ext, _)| *ext);
-    sorted.dedup_by_key(|(ext, _)| *ext);
-
-    let audio_pt = rows
-        .iter()
-        .find(|r| !events.contains(&r.pt))
-        .map(|r| r.pt)
-        .unwrap();
-    let codec = rst_codec::Codec::for_payload_type(audio_pt, 8000);
-    let rate = codec.sample_rate().unwrap();
-    let clock = codec.rtp_clock_rate().unwrap();
-    let mut decoder = rst_codec::Decoder::new(codec);
-    let mut out: Vec<i16> = Vec::new();
-    let (mut anchor_at, mut anchor_ts, mut last_ts, mut last_seq) = (0.0f64, 0i64, 0i64, 0u64);
-    let mut started = false;
-    let mut segment_start: Option<f64> = None;
-    let mut media_end = 0.0f64;
-    for (ext, row) in sorted {
-        let ts = i64::from(row.ts);
-        let at = if !started {
-            started = true;
-            (anchor_at, anchor_ts, last_ts, last_seq) = (0.0, ts, ts, ext);
-            0.0
-        } else {
-            let c = (last_ts & !0xFFFF_FFFF) | ts;
-            let ts = [c - (1 << 32), c, c + (1 << 32)]
-                .into_iter()
-                .min_by_key(|x| x.abs_diff(last_ts))
-                .unwrap();
-            let packets = ext.saturating_sub(last_seq).max(1);
-            let step = ts - last_ts;
-            if step < 0 || step as f64 > f64::from(clock) * packets as f64 {
-                (anchor_at, anchor_ts, last_ts, last_seq) = (media_end, ts, ts, ext);
-                media_end
-            } else {
-                last_ts = ts;
-                last_seq = ext;
-                anchor_at + (ts - anchor_ts) as f64 / f64::from(clock)
-            }
-        };
-        if events.contains(&row.pt) {
-            continue;
-        }
-        let mut samples = Vec::new();
-        decoder.decode(&row.payload, &mut samples).unwrap();
-        let start = *segment_start.get_or_insert(at);
-        let position = ((at - start) * f64::from(rate)).round() as usize;
-        if position > out.len() {
-            out.resize(position, 0);
-        }
-        out.extend_from_slice(&samples);
-        media_end = at + samples.len() as f64 / f64::from(rate);
-    }
-    (rate, out)
-}
-
-fn read_wav(path: &str) -> (u32, Vec<i16>) {
-    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let rate = reader.spec().sample_rate;
-    (rate, reader.into_samples().map(Result::unwrap).collect())
-}
-
 /// Distinct (SSRC, sequence number) pairs: the packets a receiver counts.
 fn distinct(rows: &[&RtpRow]) -> usize {
     let mut keys: Vec<(u32, u16)> = rows.iter().map(|r| (r.ssrc, r.seq)).collect();
     keys.sort_unstable();
     keys.dedup();
     keys.len()
-}
-
-fn dtmf_digits(record: &serde_json::Value, direction: &str) -> String {
-    record["dtmf"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|d| d["direction"] == direction)
-                .map(|d| d["digit"].as_str().unwrap_or("?").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- sipp
@@ -908,7 +420,6 @@ fn live_sipp_calls_are_recorded() {
         );
         return;
     }
-    let _serial = serial();
     let began = Instant::now();
     let Some(net) = pair(NAME, "sipp") else {
         return;
@@ -917,7 +428,9 @@ fn live_sipp_calls_are_recorded() {
     std::os::unix::fs::symlink(SIPP_PCAPS, work.path().join("pcap")).unwrap();
 
     // What sipp plays, read independently: g711a.pcap's RTP.
-    let played = rtp_rows(&audio_pcap, true);
+    let played = rtp_packets(&audio_pcap, &["-o", "rtp.heuristic_rtp:TRUE"]);
+    assert_eq!(played.len(), 1, "RTP flows in {}", audio_pcap.display());
+    let played: Vec<RtpRow> = played.into_values().flatten().collect();
     assert_eq!(played.len(), 236, "RTP packets in {}", audio_pcap.display());
 
     let mut receiver = Receiver::start_in(&net.a, "20000-20099");
@@ -944,7 +457,7 @@ fn live_sipp_calls_are_recorded() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !udp_port_bound(uas.pid(), 5060) {
-        if let Some(status) = uas.child.try_wait().unwrap() {
+        if let Some(status) = uas.wait(Duration::ZERO) {
             panic!("sipp uas exited: {status}\n{}", uas.tail());
         }
         assert!(
@@ -995,13 +508,19 @@ fn live_sipp_calls_are_recorded() {
              a SIP BYE did not end its call"
         ));
     }
-    let log = stop_daemon(&mut daemon, &net.b, &mut defects);
+    let log = stop_daemon(&mut daemon, &net, &mut defects);
     wire.stop(Duration::from_secs(10));
     let records = receiver.finish();
 
     // The wire, as tshark reads it.
     let dialogs = dialogs(&wire_file);
-    let rows = rtp_rows(&wire_file, false);
+    let rtp = rtp_packets(&wire_file, &[]);
+    let flow_of = |src: &str, dst: &str| -> Vec<&RtpRow> {
+        rtp.get(&(src.to_owned(), dst.to_owned()))
+            .into_iter()
+            .flatten()
+            .collect()
+    };
     assert_eq!(dialogs.len(), CALLS, "dialogs on the wire: {dialogs:?}");
     assert_eq!(
         records.len(),
@@ -1029,10 +548,7 @@ fn live_sipp_calls_are_recorded() {
         );
 
         // R: the caller's (UAC's) RTP to the callee: the audio, then the DTMF.
-        let flow: Vec<&RtpRow> = rows
-            .iter()
-            .filter(|r| r.src == dialog.offer && r.dst == dialog.answer)
-            .collect();
+        let flow = flow_of(&dialog.offer, &dialog.answer);
         let audio: Vec<&RtpRow> = flow.iter().copied().filter(|r| r.pt == 8).collect();
         let events: Vec<&RtpRow> = flow.iter().copied().filter(|r| r.pt == 101).collect();
         assert_eq!(
@@ -1104,10 +620,7 @@ fn live_sipp_calls_are_recorded() {
         assert_eq!(dtmf_digits(record, "W"), "", "{call_id}");
 
         // W: the UAS sends no RTP.
-        let back = rows
-            .iter()
-            .filter(|r| r.src == dialog.answer && r.dst == dialog.offer)
-            .count();
+        let back = flow_of(&dialog.answer, &dialog.offer).len();
         assert_eq!(back, 0);
         assert_eq!(record["directions"]["W"]["packets"], 0, "{call_id}");
     }
@@ -1130,13 +643,6 @@ struct Expect {
     callee: &'static str,
     r: Option<(&'static str, &'static str)>,
     w: Option<(&'static str, &'static str)>,
-}
-
-fn capture(name: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/captures")
-        .join(name);
-    path.is_file().then_some(path)
 }
 
 #[test]
@@ -1169,11 +675,10 @@ fn live_tcpreplay_of_a_capture_is_recorded() {
         eprintln!("SKIPPED {NAME}: {tool} not found (apt-get install tcpreplay tshark)");
         return;
     }
+    // None: `capture` said SKIPPED.
     let Some(file) = capture(FILE) else {
-        eprintln!("SKIPPED {NAME}: shared/captures/{FILE} not found");
         return;
     };
-    let _serial = serial();
     let began = Instant::now();
     let Some(net) = pair(NAME, "replay") else {
         return;
@@ -1223,19 +728,19 @@ fn live_tcpreplay_of_a_capture_is_recorded() {
                 .collect::<Vec<_>>()
         ));
     }
-    let log = stop_daemon(&mut daemon, &net.b, &mut defects);
+    let log = stop_daemon(&mut daemon, &net, &mut defects);
     wire.stop(Duration::from_secs(10));
     let records = receiver.finish();
 
     // The reference capture on the wire is a second capture point competing
     // for the CPU: when it misses packets it says so, but the recording is
     // checked against the file, which tcpreplay sent whole.
-    let streams = stream_packets(&file);
-    let on_wire = stream_packets(&wire_file);
+    let streams = stream_packets(&file, &[]);
+    let on_wire = stream_packets(&wire_file, &[]);
     if on_wire != streams {
         eprintln!("note: the reference capture saw {on_wire:?} of the file's {streams:?}");
     }
-    let packets = rtp_rows(&file, false);
+    let packets = rtp_packets(&file, &[]);
 
     assert_eq!(
         records.len(),
@@ -1275,12 +780,7 @@ fn live_tcpreplay_of_a_capture_is_recorded() {
             assert_eq!(d["rtp"]["duplicates"], 0);
             assert_eq!(d["rtp"]["late"], 0);
             assert_eq!(d["rtp"]["lost"], 0);
-            let rows: Vec<RtpRow> = packets
-                .iter()
-                .filter(|r| r.src == src && r.dst == dst)
-                .cloned()
-                .collect();
-            let (rate, expected) = expected_samples(&rows, &[101]);
+            let (rate, expected) = expected_samples(&packets[&key], &[101]);
             let wav = d["wav"][0].as_str().unwrap();
             let (wav_rate, samples) = read_wav(wav);
             assert_eq!(wav_rate, rate, "{} {dir}", e.call_id);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use rst_net::batch::RecvBatch;
 use rst_proto::{Direction, RtpPorts};
-use rst_udp::RecvBatch;
 use time::OffsetDateTime;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
@@ -32,7 +32,7 @@ use crate::recorder::{self, Batch, Command, Event, RtpHeader};
 use crate::stream::Streams;
 use crate::taps::TapLinks;
 
-/// `recvmmsg` calls (of [`rst_udp::BATCH`] datagrams each) per wake-up at most,
+/// `recvmmsg` calls (of [`rst_net::BATCH`] datagrams each) per wake-up at most,
 /// before the batches go to the recorders: bounds the work per wake-up, and
 /// so the size of a recorder batch.
 const RECEIVES_PER_WAKE_UP: usize = 4;
@@ -43,8 +43,6 @@ const MAX_RTP_PACKET: usize = 4096;
 /// Batches queued for each recorder thread; when the disk is slower than the
 /// network the receive loop waits here and the socket buffer absorbs the burst.
 const RECORDER_QUEUE: usize = 1024;
-/// Receive buffer asked of the kernel, so bursts are not dropped while the loop is busy.
-const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
 /// How often idle calls and lingering BYEs are looked at.
 const TICK: Duration = Duration::from_millis(100);
 /// Headers and buffers go to disk once a second: what a `kill -9` can lose.
@@ -63,8 +61,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    if let Err(error) = socket.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER) {
+    // A large receive buffer, so bursts are not dropped while the loop is
+    // busy. Best effort: the kernel caps it at net.core.rmem_max.
+    if let Err(error) = socket.set_recv_buffer_size(rst_net::batch::SOCKET_BUFFER) {
         tracing::debug!(%error, "cannot enlarge the receive buffer");
     }
     socket.set_nonblocking(true)?;
@@ -585,7 +584,7 @@ impl Receiver {
                         match self.socket.try_io(Interest::READABLE, || datagrams.try_recv(&*self.socket)) {
                             Ok(count) => {
                                 self.handle_all(&datagrams, &mut outbox);
-                                if count < rst_udp::BATCH {
+                                if count < rst_net::BATCH {
                                     break; // the queue is empty (or nearly)
                                 }
                             }

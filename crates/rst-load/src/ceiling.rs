@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rst_proto::{Ack, Data, Direction, Message, PayloadType, Uuid};
 
-use crate::net::{self, RecvBatch};
+use rst_net::batch::{self as net, RecvBatch};
 
 /// What the bare receiver counted, by the first five bytes of each datagram.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,7 @@ pub fn blast(
 ) -> anyhow::Result<Blast> {
     let socket = net::connect(target).with_context(|| format!("cannot reach UDP {target}"))?;
     let datagram = data_datagram(datagram_len);
-    let batch = vec![datagram.as_slice(); net::BATCH];
+    let batch = vec![datagram.as_slice(); rst_net::BATCH];
     let start = Instant::now();
     let mut report = Blast::default();
     while start.elapsed() < duration && !stop.load(Relaxed) {

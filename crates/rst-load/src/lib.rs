@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use rst_net::batch as net;
 use rst_proto::{
     rtp::RTP_HEADER_LEN, Bye, Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket,
     RtpPorts, Uuid,
@@ -46,7 +47,6 @@ use rst_proto::{
 
 pub mod ceiling;
 pub mod g711;
-mod net;
 pub mod prom;
 pub mod results;
 
@@ -554,12 +554,8 @@ struct Leg {
 
 impl Leg {
     fn new(target: SocketAddr, codec: Codec, hz: u32, seed: &mut u64) -> anyhow::Result<Leg> {
-        let local: SocketAddr = if target.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).context("cannot open an RTP socket")?;
+        let socket =
+            UdpSocket::bind(rst_net::any_for(target)).context("cannot open an RTP socket")?;
         let random = splitmix64(seed);
         let sequence = random as u16;
         let timestamp = (random >> 16) as u32;
@@ -819,7 +815,7 @@ impl<'a> Out<'a> {
     fn push(&mut self, datagram: &'a [u8], kind: Kind) {
         self.pending.push(datagram);
         self.kinds.push(kind);
-        if self.pending.len() >= net::BATCH {
+        if self.pending.len() >= rst_net::BATCH {
             self.flush();
         }
     }
@@ -870,7 +866,7 @@ impl Pacer {
             per_datagram,
             base: Instant::now(),
             count: 0,
-            burst: Duration::from_secs_f64(per_datagram * net::BATCH as f64)
+            burst: Duration::from_secs_f64(per_datagram * rst_net::BATCH as f64)
                 .max(Duration::from_millis(1)),
         }
     }
@@ -1041,8 +1037,8 @@ fn play(
     let mut out = Out {
         socket,
         live,
-        pending: Vec::with_capacity(net::BATCH),
-        kinds: Vec::with_capacity(net::BATCH),
+        pending: Vec::with_capacity(rst_net::BATCH),
+        kinds: Vec::with_capacity(rst_net::BATCH),
         pacer: config.rate.filter(|_| config.fast).map(Pacer::new),
         first_data: None,
         last_data: None,

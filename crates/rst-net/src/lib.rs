@@ -1,7 +1,9 @@
 //! The I/O shell around [`rst_proto::stream::Stream`] that rst's two senders
 //! share (mod_rst's sender thread and tap_daemon's output): which socket a
 //! datagram leaves from, the two RTP sockets of a call, the control socket
-//! that hears ICMP errors, and sends batched with `sendmmsg`.
+//! that hears ICMP errors, and sends batched with `sendmmsg`. And, in
+//! [`batch`], the receiver's and the load generator's batched UDP I/O
+//! (`recvmmsg`, `sendmmsg` on a connected socket).
 //!
 //! The protocol (what to send, when, to whom, and failover) stays in the
 //! sans-IO [`Stream`](rst_proto::stream::Stream); this crate only moves bytes.
@@ -10,16 +12,22 @@
 //!
 //! Linux only: `sendmmsg`, `IP_RECVERR` and `MSG_ERRQUEUE` are Linux's.
 
+pub mod batch;
 mod sys;
 
 pub use sys::gso_in_use;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use rst_proto::stream::Via;
 use rst_proto::{Direction, RtpPorts};
+
+/// Datagrams handed to the kernel in one system call (`sendmmsg`,
+/// `recvmmsg`): the kernel takes up to 1024; the send paths' arrays live on
+/// the stack, and 64 keeps them at a few KiB.
+pub const BATCH: usize = 64;
 
 /// The wildcard address of `target`'s family, port 0.
 pub fn any_for(target: SocketAddr) -> SocketAddr {
@@ -127,20 +135,14 @@ pub struct Flushed {
 /// `sendmmsg` (one system call per run of datagrams leaving one socket).
 ///
 /// The datagrams are copied into buffers kept from flush to flush, so once
-/// they have grown to the busiest wake-up's size, queueing allocates nothing.
+/// they have grown to the busiest wake-up's size, queueing allocates nothing;
+/// a flush hands the kernel the datagrams where they lie, and allocates
+/// nothing either.
 /// The sockets must outlive the flush (the shell flushes before dropping any).
 #[derive(Debug, Default)]
 pub struct Outbox {
     bytes: Vec<u8>,
-    items: Vec<Item>,
-}
-
-#[derive(Debug)]
-struct Item {
-    fd: RawFd,
-    to: sys::Address,
-    start: usize,
-    end: usize,
+    items: Vec<sys::Queued>,
 }
 
 impl Outbox {
@@ -152,7 +154,7 @@ impl Outbox {
     pub fn push(&mut self, socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
-        self.items.push(Item {
+        self.items.push(sys::Queued {
             fd: socket.as_raw_fd(),
             to: sys::Address::from(to),
             start,
@@ -169,25 +171,20 @@ impl Outbox {
         self.items.len()
     }
 
-    /// Sends everything queued, in order, and empties the outbox.
+    /// Sends everything queued, in order, and empties the outbox (keeping
+    /// its buffers: the datagrams go to the kernel from where they were
+    /// queued, nothing is gathered anew).
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
-        let mut batch = Vec::with_capacity(sys::BATCH);
         let mut first = 0;
         while first < self.items.len() {
             let fd = self.items[first].fd;
             let run = self.items[first..]
                 .iter()
-                .take(sys::BATCH)
+                .take(BATCH)
                 .take_while(|item| item.fd == fd)
                 .count();
-            batch.clear();
-            batch.extend(
-                self.items[first..first + run]
-                    .iter()
-                    .map(|item| (&item.to, &self.bytes[item.start..item.end])),
-            );
-            let sent = sys::send_batch(fd, &batch);
+            let sent = sys::send_batch(fd, &self.bytes, &self.items[first..first + run]);
             flushed.sent += sent as u64;
             flushed.failed += (run - sent) as u64;
             first += run;

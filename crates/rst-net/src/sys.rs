@@ -9,9 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// Datagrams per `sendmmsg` call (the kernel takes up to 1024; the arrays
-/// live on the stack, 64 keeps them at a few KiB).
-pub const BATCH: usize = 64;
+use crate::BATCH;
 
 /// A socket address as the kernel takes it.
 #[derive(Clone, Copy)]
@@ -79,7 +77,10 @@ impl From<SocketAddr> for Address {
 }
 
 /// The address the kernel wrote into `storage` (`len` bytes), if IP.
-fn to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+pub fn to_socket_addr(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
     let len = len as usize;
     match i32::from(storage.ss_family) {
         libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
@@ -146,6 +147,28 @@ pub fn is_earlier_error(errno: i32) -> bool {
     )
 }
 
+/// A datagram queued to be sent: the socket it leaves from, where it goes,
+/// and where its bytes are in the queue's buffer (`start..end`).
+#[derive(Debug)]
+pub struct Queued {
+    pub fd: RawFd,
+    pub to: Address,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Queued {
+    /// The datagram's bytes, in the `buffer` it was queued in.
+    fn bytes<'a>(&self, buffer: &'a [u8]) -> &'a [u8] {
+        &buffer[self.start..self.end]
+    }
+
+    /// The datagram's length.
+    fn size(&self) -> usize {
+        self.end - self.start
+    }
+}
+
 /// Whether the kernel takes UDP generic segmentation offload (`UDP_SEGMENT`,
 /// Linux 4.18): cleared, for good, by the first GSO send it refuses.
 static GSO_WORKS: AtomicBool = AtomicBool::new(true);
@@ -164,14 +187,14 @@ const GSO_BYTES: usize = 60_000;
 /// Room for one control message carrying a `u16` (`CMSG_SPACE(2)`), aligned.
 type SegmentControl = [u64; 4];
 
-/// Sends `datagrams` (up to [`BATCH`]) from `fd` with `sendmmsg`; returns how
-/// many went. Consecutive datagrams of the same length to the same address
-/// go as one message with `UDP_SEGMENT` (the kernel cuts it into datagrams):
-/// one trip through the network stack for a wake-up's frames of every call,
-/// where each datagram was one before. A datagram that fails is counted and
+/// Sends `datagrams` (up to [`BATCH`], their bytes in `buffer`) from `fd`
+/// with `sendmmsg`; returns how many went. Consecutive datagrams of the same
+/// length to the same address go as one message with `UDP_SEGMENT` (the
+/// kernel cuts it into datagrams): one trip through the network stack for a
+/// wake-up's frames of every call, where each datagram was one before. A datagram that fails is counted and
 /// skipped (tried once more first when the error was an earlier datagram's);
 /// a full buffer of a non-blocking socket drops the rest.
-pub fn send_batch<'a>(fd: RawFd, datagrams: &[(&'a Address, &'a [u8])]) -> usize {
+pub fn send_batch(fd: RawFd, buffer: &[u8], datagrams: &[Queued]) -> usize {
     let datagrams = &datagrams[..datagrams.len().min(BATCH)];
     let mut sent = 0;
     let mut next = 0;
@@ -179,7 +202,7 @@ pub fn send_batch<'a>(fd: RawFd, datagrams: &[(&'a Address, &'a [u8])]) -> usize
     let mut grouping = true;
     while next < datagrams.len() {
         let gso = grouping && GSO_WORKS.load(Relaxed);
-        let (count, refused) = match send_messages(fd, &datagrams[next..], gso) {
+        let (count, refused) = match send_messages(fd, buffer, &datagrams[next..], gso) {
             Ok(count) => (count, None),
             Err((count, refused)) => (count, Some(refused)),
         };
@@ -214,7 +237,8 @@ enum Refused {
 /// `gso`: the datagrams sent, or those sent and why it stopped.
 fn send_messages(
     fd: RawFd,
-    datagrams: &[(&Address, &[u8])],
+    buffer: &[u8],
+    datagrams: &[Queued],
     gso: bool,
 ) -> Result<usize, (usize, Refused)> {
     // SAFETY: all-zero iovec, mmsghdr and control room are valid (null
@@ -227,19 +251,21 @@ fn send_messages(
     let mut sizes = [0usize; BATCH];
     let mut messages = 0;
     let mut first = 0;
-    for (i, (_, bytes)) in datagrams.iter().enumerate() {
+    for (i, datagram) in datagrams.iter().enumerate() {
+        let bytes = datagram.bytes(buffer);
         iovecs[i] = libc::iovec {
             iov_base: bytes.as_ptr() as *mut libc::c_void,
             iov_len: bytes.len(),
         };
     }
     while first < datagrams.len() {
-        let (address, bytes) = datagrams[first];
+        let address = &datagrams[first].to;
+        let len = datagrams[first].size();
         let run = if gso {
             datagrams[first..]
                 .iter()
-                .take(GSO_SEGMENTS.min(GSO_BYTES / bytes.len().max(1)))
-                .take_while(|(to, b)| b.len() == bytes.len() && to.same(address))
+                .take(GSO_SEGMENTS.min(GSO_BYTES / len.max(1)))
+                .take_while(|d| d.size() == len && d.to.same(address))
                 .count()
                 .max(1)
         } else {
@@ -251,7 +277,7 @@ fn send_messages(
         header.msg_iov = &mut iovecs[first];
         header.msg_iovlen = run as _;
         if run > 1 {
-            segment_size(header, &mut controls[messages], bytes.len() as u16);
+            segment_size(header, &mut controls[messages], len as u16);
         }
         sizes[messages] = run;
         messages += 1;
@@ -262,7 +288,8 @@ fn send_messages(
     let mut retried = false;
     while next < messages {
         // SAFETY: headers[next..messages] point into `iovecs`, `controls`,
-        // the addresses and the byte slices, all alive until this returns.
+        // the addresses in `datagrams` and the bytes in `buffer`, all alive
+        // (and borrowed) until this returns.
         let result = unsafe {
             libc::sendmmsg(
                 fd,

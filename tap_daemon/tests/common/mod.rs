@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -116,6 +116,7 @@ pub fn capture(name: &str) -> Option<PathBuf> {
 pub fn tshark(args: &[&str]) -> String {
     let out = Command::new("tshark")
         .args(args)
+        .stdin(Stdio::null())
         .output()
         .expect("tshark runs");
     assert!(
@@ -162,6 +163,8 @@ pub struct RtpRow {
     /// tshark took it for SRTP (its stream was set up by a ZRTP handshake):
     /// `payload` is empty, the ciphertext is not audio.
     pub srtp: bool,
+    /// RFC 4733: event id and end bit.
+    pub event: Option<(u8, bool)>,
 }
 
 /// The RTP packets tshark decodes, per (source, destination), in capture
@@ -182,6 +185,8 @@ pub fn rtp_packets(file: &Path, extra: &[&str]) -> HashMap<(String, String), Vec
         "rtp.p_type",
         "rtp.payload",
         "srtp.enc_payload",
+        "rtpevent.event_id",
+        "rtpevent.end_of_event",
     ] {
         args.extend_from_slice(&["-e", field]);
     }
@@ -189,7 +194,7 @@ pub fn rtp_packets(file: &Path, extra: &[&str]) -> HashMap<(String, String), Vec
     let mut flows: HashMap<(String, String), Vec<RtpRow>> = HashMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() < 11 || f[6].is_empty() {
+        if f.len() < 13 || f[6].is_empty() {
             // A datagram tshark marks as RTP but cannot decode (4 bytes), or
             // ZRTP, which it dissects beneath RTP but is not.
             continue;
@@ -205,6 +210,12 @@ pub fn rtp_packets(file: &Path, extra: &[&str]) -> HashMap<(String, String), Vec
                 pt: f[8].parse().unwrap(),
                 payload: hex(f[9]),
                 srtp: !f[10].is_empty(),
+                event: (!f[11].is_empty()).then(|| {
+                    (
+                        f[11].parse().unwrap(),
+                        f[12] == "1" || f[12].eq_ignore_ascii_case("true"),
+                    )
+                }),
             });
     }
     flows

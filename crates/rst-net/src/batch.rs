@@ -1,7 +1,9 @@
-//! Batched datagram I/O: `sendmmsg`/`recvmmsg` on Linux, one call per datagram
-//! elsewhere. One system call moves up to [`BATCH`] datagrams, which is most of
-//! what a receiver or a load generator at a few hundred thousand datagrams a
-//! second spends per datagram.
+//! Batched datagram I/O for the receiver and the load generator: plain
+//! sockets with large buffers ([`bind`], [`connect`]), `recvmmsg` into a
+//! [`RecvBatch`], `sendmmsg` on a connected socket ([`send_batch`]). One
+//! system call moves up to [`BATCH`] datagrams, which is most of what a
+//! receiver or a load generator at a few hundred thousand datagrams a second
+//! spends per datagram. No protocol here.
 //!
 //! Hand-written on `libc` rather than taken from `quinn-udp`: quinn-udp is made
 //! for QUIC and sets its options on every socket it reads (UDP GRO, which
@@ -9,15 +11,19 @@
 //! buffer per slot, and don't-fragment, which would make the receiver's large
 //! PLAY datagrams fail instead of fragmenting). The receiver and rst-load need
 //! plain datagrams, unchanged sockets, and one place that does it: here.
+//!
+//! The senders' [`Outbox`](crate::Outbox) is the other way out: it carries a
+//! destination per datagram and groups them with UDP GSO; [`send_batch`]
+//! sends on a connected socket, as fast as the kernel takes them.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd as _};
 
-/// Datagrams handed to the kernel in one system call.
-pub const BATCH: usize = 64;
+use crate::{sys, BATCH};
 
-/// Requested socket buffer size (the kernel caps it at `net.core.[rw]mem_max`);
-/// the same as udp_server asks for, so the ceiling is measured like for like.
+/// Requested socket buffer size (the kernel caps it at `net.core.[rw]mem_max`):
+/// the receiver's, and rst-load's, so the ceiling is measured like for like.
 pub const SOCKET_BUFFER: usize = 8 << 20;
 
 /// A UDP socket with enlarged buffers, bound to `addr`.
@@ -36,12 +42,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// A UDP socket on an ephemeral port, connected to `target`.
 pub fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if target.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = bind(local)?;
+    let socket = bind(crate::any_for(target))?;
     socket.connect(target)?;
     Ok(socket)
 }
@@ -88,10 +89,7 @@ pub fn send_batch(socket: &UdpSocket, batch: &[&[u8]], mut on_sent: impl FnMut(u
     result
 }
 
-#[cfg(target_os = "linux")]
 fn send_some(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd as _;
-
     let count = datagrams.len().min(BATCH);
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes are a
     // valid (empty) value.
@@ -122,11 +120,6 @@ fn send_some(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn send_some(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
-    socket.send(datagrams[0]).map(|_| 1)
-}
-
 /// Whether a receive waits for its first datagram.
 #[derive(Debug, Clone, Copy)]
 enum Wait {
@@ -142,21 +135,15 @@ pub struct RecvBatch {
     buffers: Vec<u8>,
     capacity: usize,
     lens: [usize; BATCH],
-    #[cfg(target_os = "linux")]
     addrs: Box<[libc::sockaddr_storage; BATCH]>,
-    #[cfg(target_os = "linux")]
     iovecs: Box<[libc::iovec; BATCH]>,
-    #[cfg(target_os = "linux")]
     headers: Box<[libc::mmsghdr; BATCH]>,
-    #[cfg(not(target_os = "linux"))]
-    addrs: Vec<Option<SocketAddr>>,
     count: usize,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `headers` point only into this
 // value's own heap blocks (`buffers`, `addrs`, `iovecs`), which move with it
 // and are never reallocated; nothing else holds them.
-#[cfg(target_os = "linux")]
 unsafe impl Send for RecvBatch {}
 
 impl std::fmt::Debug for RecvBatch {
@@ -170,25 +157,18 @@ impl std::fmt::Debug for RecvBatch {
 
 impl RecvBatch {
     pub fn new(capacity: usize) -> RecvBatch {
-        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
         let mut batch = RecvBatch {
             buffers: vec![0; capacity * BATCH],
             capacity,
             lens: [0; BATCH],
             // SAFETY: sockaddr_storage is a plain C struct; all-zero is valid.
-            #[cfg(target_os = "linux")]
             addrs: Box::new(unsafe { std::mem::zeroed() }),
             // SAFETY: all-zero iovec/mmsghdr values are valid, as in `send_some`.
-            #[cfg(target_os = "linux")]
             iovecs: Box::new(unsafe { std::mem::zeroed() }),
             // SAFETY: as above.
-            #[cfg(target_os = "linux")]
             headers: Box::new(unsafe { std::mem::zeroed() }),
-            #[cfg(not(target_os = "linux"))]
-            addrs: vec![None; BATCH],
             count: 0,
         };
-        #[cfg(target_os = "linux")]
         for (i, chunk) in batch.buffers.chunks_exact_mut(capacity).enumerate() {
             batch.iovecs[i].iov_base = chunk.as_mut_ptr() as *mut libc::c_void;
             batch.iovecs[i].iov_len = chunk.len();
@@ -208,15 +188,11 @@ impl RecvBatch {
     /// Takes the datagrams already queued on a non-blocking socket (a tokio
     /// one, say), up to [`BATCH`], without waiting: `WouldBlock` when there
     /// are none. Returns how many.
-    #[cfg(unix)]
-    pub fn try_recv(&mut self, socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
+    pub fn try_recv(&mut self, socket: &impl AsFd) -> io::Result<usize> {
         self.recv_with(socket, Wait::No)
     }
 
-    #[cfg(target_os = "linux")]
-    fn recv_with(&mut self, socket: &impl std::os::fd::AsFd, wait: Wait) -> io::Result<usize> {
-        use std::os::fd::AsRawFd as _;
-
+    fn recv_with(&mut self, socket: &impl AsFd, wait: Wait) -> io::Result<usize> {
         self.count = 0;
         // The kernel shortened the address lengths of the last receive.
         for header in self.headers.iter_mut() {
@@ -255,20 +231,6 @@ impl RecvBatch {
         Ok(self.count)
     }
 
-    #[cfg(all(unix, not(target_os = "linux")))]
-    fn recv_with(&mut self, socket: &impl std::os::fd::AsFd, _wait: Wait) -> io::Result<usize> {
-        // One datagram per call: borrow the descriptor as a std socket.
-        let socket = socket2::SockRef::from(socket);
-        let buffer = &mut self.buffers[..self.capacity];
-        // SAFETY: a `[u8]` is a valid `[MaybeUninit<u8>]`; recv only writes into it.
-        let uninit = unsafe { &mut *(buffer as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-        let (len, from) = socket.recv_from(uninit)?;
-        self.lens[0] = len;
-        self.addrs[0] = from.as_socket();
-        self.count = 1;
-        Ok(1)
-    }
-
     /// How many datagrams the last receive took.
     pub fn len(&self) -> usize {
         self.count
@@ -285,30 +247,8 @@ impl RecvBatch {
     }
 
     /// Who sent the `i`th datagram.
-    #[cfg(target_os = "linux")]
     pub fn sender(&self, i: usize) -> Option<SocketAddr> {
-        let storage = &self.addrs[i];
-        match i32::from(storage.ss_family) {
-            libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in, and
-                // sockaddr_storage is large and aligned enough for it.
-                let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                Some((ip, u16::from_be(sin.sin_port)).into())
-            }
-            libc::AF_INET6 => {
-                // SAFETY: as above, for sockaddr_in6.
-                let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                Some((ip, u16::from_be(sin6.sin6_port)).into())
-            }
-            _ => None,
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn sender(&self, i: usize) -> Option<SocketAddr> {
-        self.addrs[i]
+        sys::to_socket_addr(&self.addrs[i], self.headers[i].msg_hdr.msg_namelen)
     }
 }
 
