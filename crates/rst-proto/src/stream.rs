@@ -880,9 +880,10 @@ impl Stream {
     }
 
     /// A DATA frame joins the direction's held ones; they go as one datagram
-    /// once there are `frames_per_datagram` (at once when it is 1), or
-    /// before a frame that cannot join them (another payload type, or more
-    /// bytes than [`MAX_GATHERED_PAYLOAD`]).
+    /// once there are `frames_per_datagram`, or before a frame that cannot
+    /// join them (another payload type, or more bytes than
+    /// [`MAX_GATHERED_PAYLOAD`]). A frame that would be full alone (a frame
+    /// per datagram, the default) goes at once, straight from `payload`.
     fn gather(
         &mut self,
         direction: Direction,
@@ -890,6 +891,11 @@ impl Stream {
         payload: &[u8],
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
+        // Full: as many frames as asked, or no room for another like it.
+        let per_datagram = self.frames_per_datagram;
+        let full = |frames: u32, bytes: usize| {
+            frames >= per_datagram || bytes + payload.len() > MAX_GATHERED_PAYLOAD
+        };
         let held = &self.gathered[direction as usize];
         if held.frames > 0
             && (held.payload_type != Some(payload_type)
@@ -897,14 +903,15 @@ impl Stream {
         {
             self.send_direction(direction, emit);
         }
+        if self.gathered[direction as usize].frames == 0 && full(1, payload.len()) {
+            self.send_data(direction, payload_type, payload, 1, emit);
+            return;
+        }
         let held = &mut self.gathered[direction as usize];
         held.payload_type = Some(payload_type);
         held.payload.extend_from_slice(payload);
         held.frames += 1;
-        // Full: as many frames as asked, or no room for another like it.
-        if held.frames >= self.frames_per_datagram
-            || held.payload.len() + payload.len() > MAX_GATHERED_PAYLOAD
-        {
+        if full(held.frames, held.payload.len()) {
             self.send_direction(direction, emit);
         }
     }
@@ -922,32 +929,38 @@ impl Stream {
         direction: Direction,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
-        let to = self.target();
-        let Stream {
-            uuid,
-            gathered,
-            buffer,
-            stats,
-            ..
-        } = self;
-        let held = &mut gathered[direction as usize];
+        let held = &mut self.gathered[direction as usize];
         let Some(payload_type) = held.payload_type.filter(|_| held.frames > 0) else {
             return;
         };
-        buffer.clear();
+        let frames = std::mem::take(&mut held.frames);
+        let mut payload = std::mem::take(&mut held.payload);
+        self.send_data(direction, payload_type, &payload, frames, emit);
+        payload.clear();
+        self.gathered[direction as usize].payload = payload;
+    }
+
+    /// One DATA datagram of `frames` frames.
+    fn send_data(
+        &mut self,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload: &[u8],
+        frames: u32,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        self.buffer.clear();
         Data::encode_header(
-            Uuid::trusted(uuid),
+            Uuid::trusted(&self.uuid),
             direction,
             payload_type,
-            held.payload.len(),
-            buffer,
+            payload.len(),
+            &mut self.buffer,
         );
-        buffer.extend_from_slice(&held.payload);
-        emit(Via::Control, to, buffer);
-        stats.frames_sent += u64::from(held.frames);
-        stats.datagrams_sent += 1;
-        held.frames = 0;
-        held.payload.clear();
+        self.buffer.extend_from_slice(payload);
+        emit(Via::Control, self.target(), &self.buffer);
+        self.stats.frames_sent += u64::from(frames);
+        self.stats.datagrams_sent += 1;
     }
 
     fn send_bye(&mut self, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])) {
@@ -1590,6 +1603,21 @@ mod tests {
             .collect();
         assert_eq!(sizes, [1280, 1280, 1280]);
         assert!(sent.iter().all(|(_, _, bytes)| bytes.len() < 1472));
+
+        // A frame too big to be joined by another like it still goes after
+        // the smaller ones held before it, with them.
+        let mut later = Sent::new();
+        let mut emit = |via, to, bytes: &[u8]| later.push((via, to, bytes.to_vec()));
+        stream.frame(Direction::Write, 10, 50, &[2; 100], &mut emit);
+        stream.frame(Direction::Write, 10, 400, &[3; 800], &mut emit);
+        let datagrams: Vec<Vec<u8>> = later
+            .iter()
+            .map(|(_, _, bytes)| match Message::parse(bytes).unwrap() {
+                Message::Data(data) => data.payload.to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(datagrams, [[[2; 100].as_slice(), &[3; 800]].concat()]);
     }
 
     const A: &str = "127.0.0.1:9527";
