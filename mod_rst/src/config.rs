@@ -31,7 +31,8 @@ pub struct Settings {
     pub refresh: Option<Duration>,
     /// RTP mode: frames kept while waiting for the ACK's ports; more are dropped and counted.
     pub rtp_buffer_frames: usize,
-    /// Frames queued between the media threads and the sender thread.
+    /// Frames queued between the media threads and the sender thread (a frame
+    /// over 320 bytes, L16 above 8 kHz, takes a place per 320 bytes).
     pub queue_frames: usize,
     /// The original's debug dump: every datagram sent, in hex, one file per call.
     pub write_hex: bool,

@@ -66,6 +66,10 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     if let Err(error) = socket.set_recv_buffer_size(rst_net::batch::SOCKET_BUFFER) {
         tracing::debug!(%error, "cannot enlarge the receive buffer");
     }
+    // Senders' GSO messages arrive whole (see rst_net::batch); best effort too.
+    if let Err(error) = rst_net::batch::enable_gro(&socket) {
+        tracing::debug!(%error, "no UDP GRO: datagrams arrive one by one");
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
@@ -607,7 +611,9 @@ impl Receiver {
         let now = Instant::now();
         for i in 0..datagrams.len() {
             if let Some(from) = datagrams.sender(i) {
-                self.handle(now, from, datagrams.datagram(i), outbox);
+                for datagram in datagrams.datagrams(i) {
+                    self.handle(now, from, datagram, outbox);
+                }
             }
         }
     }

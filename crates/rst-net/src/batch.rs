@@ -6,11 +6,19 @@
 //! spends per datagram. No protocol here.
 //!
 //! Hand-written on `libc` rather than taken from `quinn-udp`: quinn-udp is made
-//! for QUIC and sets its options on every socket it reads (UDP GRO, which
-//! coalesces datagrams into one buffer and needs 64 maximum-size datagrams of
-//! buffer per slot, and don't-fragment, which would make the receiver's large
-//! PLAY datagrams fail instead of fragmenting). The receiver and rst-load need
-//! plain datagrams, unchanged sockets, and one place that does it: here.
+//! for QUIC and sets its options on every socket it reads (don't-fragment,
+//! which would make the receiver's large PLAY datagrams fail instead of
+//! fragmenting, and UDP GRO everywhere). The receiver and rst-load need plain
+//! datagrams, sockets changed only where asked, and one place that does it:
+//! here.
+//!
+//! UDP GRO ([`enable_gro`]) is asked for on the receiver's own port: the
+//! senders group their datagrams with GSO (one message of up to 64 equal
+//! datagrams), and with GRO the kernel hands such a message over whole (on
+//! loopback, and coalesced by the NIC's GRO across a network) instead of
+//! cutting it into one buffer, one socket enqueue and one wake-up per
+//! datagram, work the sending process pays for on loopback. [`RecvBatch`]
+//! gives the datagrams back one by one ([`RecvBatch::datagrams`]).
 //!
 //! The senders' [`Outbox`](crate::Outbox) is the other way out: it carries a
 //! destination per datagram and groups them with UDP GSO; [`send_batch`]
@@ -38,6 +46,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks the kernel for UDP GRO on `socket` (Linux 5.0): datagrams of one
+/// sender may come coalesced into one message, cut apart again by
+/// [`RecvBatch::datagrams`]. A message is then up to 64 KiB: read such a
+/// socket with a [`RecvBatch`] of 64 KiB buffers.
+pub fn enable_gro(socket: &impl AsFd) -> io::Result<()> {
+    sys::set_udp_gro(socket.as_fd().as_raw_fd())
 }
 
 /// A UDP socket on an ephemeral port, connected to `target`.
@@ -127,14 +143,19 @@ enum Wait {
     No,
 }
 
-/// Receive buffers for up to [`BATCH`] datagrams of up to `capacity` bytes each,
-/// with their senders' addresses. The `recvmmsg` headers are made once, here,
-/// pointing at the buffers: a receive that takes one datagram (a real-time
-/// call's pace) costs no more than `recvfrom`.
+/// Receive buffers for up to [`BATCH`] messages of up to `capacity` bytes each,
+/// with their senders' addresses. A message is one datagram, or, on a socket
+/// with [`enable_gro`], several of one sender. The `recvmmsg` headers are made
+/// once, here, pointing at the buffers: a receive that takes one datagram (a
+/// real-time call's pace) costs no more than `recvfrom`.
 pub struct RecvBatch {
     buffers: Vec<u8>,
     capacity: usize,
     lens: [usize; BATCH],
+    /// Each message's datagram size when GRO coalesced it (0: one datagram).
+    segments: [usize; BATCH],
+    /// Room for each message's control message (the GRO segment size).
+    controls: Box<[sys::Control; BATCH]>,
     addrs: Box<[libc::sockaddr_storage; BATCH]>,
     iovecs: Box<[libc::iovec; BATCH]>,
     headers: Box<[libc::mmsghdr; BATCH]>,
@@ -161,6 +182,8 @@ impl RecvBatch {
             buffers: vec![0; capacity * BATCH],
             capacity,
             lens: [0; BATCH],
+            segments: [0; BATCH],
+            controls: Box::new([sys::Control::default(); BATCH]),
             // SAFETY: sockaddr_storage is a plain C struct; all-zero is valid.
             addrs: Box::new(unsafe { std::mem::zeroed() }),
             // SAFETY: all-zero iovec/mmsghdr values are valid, as in `send_some`.
@@ -194,18 +217,21 @@ impl RecvBatch {
 
     fn recv_with(&mut self, socket: &impl AsFd, wait: Wait) -> io::Result<usize> {
         self.count = 0;
-        // The kernel shortened the address lengths of the last receive.
-        for header in self.headers.iter_mut() {
+        // The kernel shortened the address and control lengths of the last receive.
+        for (header, control) in self.headers.iter_mut().zip(self.controls.iter_mut()) {
             header.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = control.len();
         }
         let flags = match wait {
             Wait::ForOne => libc::MSG_WAITFORONE,
             Wait::No => libc::MSG_DONTWAIT,
         };
         // SAFETY: every header points (since `new`) at a distinct buffer of
-        // `capacity` bytes and a distinct sockaddr_storage of this value, all
-        // alive for the call; MSG_WAITFORONE makes the call return once at
+        // `capacity` bytes and a distinct sockaddr_storage of this value, and
+        // (set above) at a distinct control buffer of its length, all alive
+        // for the call; MSG_WAITFORONE makes the call return once at
         // least one datagram is in, MSG_DONTWAIT at once.
         let received = unsafe {
             libc::recvmmsg(
@@ -220,18 +246,20 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.count = received as usize;
-        for (len, header) in self
+        for ((len, segment), header) in self
             .lens
             .iter_mut()
+            .zip(self.segments.iter_mut())
             .zip(self.headers.iter())
             .take(self.count)
         {
             *len = header.msg_len as usize;
+            *segment = sys::gro_segment(&header.msg_hdr).unwrap_or(0);
         }
         Ok(self.count)
     }
 
-    /// How many datagrams the last receive took.
+    /// How many messages the last receive took (datagrams, but for GRO).
     pub fn len(&self) -> usize {
         self.count
     }
@@ -240,13 +268,29 @@ impl RecvBatch {
         self.count == 0
     }
 
-    /// The `i`th datagram of the last [`recv`](Self::recv) (truncated to the capacity).
+    /// The `i`th message of the last [`recv`](Self::recv) (truncated to the
+    /// capacity): one datagram, unless the socket has GRO on.
     pub fn datagram(&self, i: usize) -> &[u8] {
         let start = i * self.capacity;
         &self.buffers[start..start + self.lens[i].min(self.capacity)]
     }
 
-    /// Who sent the `i`th datagram.
+    /// The datagrams of the `i`th message, in the order they were sent: the
+    /// message itself, or, when GRO coalesced it, its datagrams (all of the
+    /// segment size but the last, which may be shorter).
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let message = self.datagram(i);
+        let size = match self.segments[i] {
+            // One datagram, an empty one too.
+            0 => message.len().max(1),
+            size => size,
+        };
+        message
+            .chunks(size)
+            .chain(message.is_empty().then_some(message))
+    }
+
+    /// Who sent the `i`th message.
     pub fn sender(&self, i: usize) -> Option<SocketAddr> {
         sys::to_socket_addr(&self.addrs[i], self.headers[i].msg_hdr.msg_namelen)
     }

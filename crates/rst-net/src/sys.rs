@@ -184,9 +184,6 @@ pub fn gso_in_use() -> bool {
 const GSO_SEGMENTS: usize = 64;
 const GSO_BYTES: usize = 60_000;
 
-/// Room for one control message carrying a `u16` (`CMSG_SPACE(2)`), aligned.
-type SegmentControl = [u64; 4];
-
 /// Sends `datagrams` (up to [`BATCH`], their bytes in `buffer`) from `fd`
 /// with `sendmmsg`; returns how many went. Consecutive datagrams of the same
 /// length to the same address go as one message with `UDP_SEGMENT` (the
@@ -246,7 +243,7 @@ fn send_messages(
     let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    let mut controls: [SegmentControl; BATCH] = [[0; 4]; BATCH];
+    let mut controls = [Control::default(); BATCH];
     // Datagrams in each message, in order.
     let mut sizes = [0usize; BATCH];
     let mut messages = 0;
@@ -319,8 +316,63 @@ fn send_messages(
     Ok(sent)
 }
 
+/// Room for one small control message (a GSO or GRO segment size), aligned
+/// for `cmsghdr`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Control([u64; 4]);
+
+impl Control {
+    pub fn as_mut_ptr(&mut self) -> *mut u64 {
+        self.0.as_mut_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        size_of_val(&self.0)
+    }
+}
+
+/// Turns UDP GRO on for `fd`.
+pub fn set_udp_gro(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a c_int value that lives for the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The GRO segment size a received message carries: present when the kernel
+/// coalesced several datagrams into it.
+pub fn gro_segment(header: &libc::msghdr) -> Option<usize> {
+    let mut size = None;
+    // SAFETY: the kernel filled the header's control buffer up to
+    // msg_controllen (0 when it put nothing there); the CMSG macros walk it
+    // within that length. The GRO value is an int.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::SOL_UDP && c.cmsg_type == libc::UDP_GRO {
+                let value = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                size = usize::try_from(value).ok().filter(|&size| size > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    size
+}
+
 /// Puts `UDP_SEGMENT = size` in `header`'s control room `control`.
-fn segment_size(header: &mut libc::msghdr, control: &mut SegmentControl, size: u16) {
+fn segment_size(header: &mut libc::msghdr, control: &mut Control, size: u16) {
     header.msg_control = control.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE only computes a length.
     header.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;

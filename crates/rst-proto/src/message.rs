@@ -784,8 +784,11 @@ impl<'a> Data<'a> {
         out.extend_from_slice(uuid.as_str().as_bytes());
         out.push(b':');
         out.push(direction.flag());
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, ":{payload_type}:{payload_len}:");
+        out.push(b':');
+        push_payload_type(out, payload_type);
+        out.push(b':');
+        push_decimal(out, payload_len);
+        out.push(b':');
     }
 }
 
@@ -824,9 +827,41 @@ impl<'a> Play<'a> {
     ) {
         out.extend_from_slice(PLAY);
         out.extend_from_slice(uuid.as_str().as_bytes());
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, ":{sequence}:{payload_type}:{payload_len}:");
+        out.push(b':');
+        push_decimal(out, sequence as usize);
+        out.push(b':');
+        push_payload_type(out, payload_type);
+        out.push(b':');
+        push_decimal(out, payload_len);
+        out.push(b':');
     }
+}
+
+/// `n` in decimal: what `write!(out, "{n}")` writes, without the formatting
+/// machinery (a DATA header is written per frame, in FreeSWITCH's process).
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// A payload type as the wire has it: two digits at least (`{:02}`, see
+/// [`PayloadType`]'s `Display`).
+fn push_payload_type(out: &mut Vec<u8>, payload_type: PayloadType) {
+    let number = payload_type.number();
+    if number < 10 {
+        out.push(b'0');
+    }
+    push_decimal(out, usize::from(number));
 }
 
 impl<'a> Clear<'a> {
@@ -978,6 +1013,30 @@ fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_written_by_hand_are_what_the_formatter_writes() {
+        let uuid = Uuid::new("6f1c2a3b-8263-4550-b18c-000000000001").unwrap();
+        for number in 0..=127u8 {
+            let payload_type = PayloadType::new(number).unwrap();
+            for len in [0usize, 1, 9, 10, 99, 100, 160, 1400, 65_535, usize::MAX] {
+                let mut data = Vec::new();
+                Data::encode_header(uuid, Direction::Write, payload_type, len, &mut data);
+                assert_eq!(
+                    String::from_utf8(data).unwrap(),
+                    format!("DATA:{}:W:{payload_type}:{len}:", uuid.as_str())
+                );
+                for sequence in [0u32, 7, 4_294_967_295] {
+                    let mut play = Vec::new();
+                    Play::encode_header(uuid, sequence, payload_type, len, &mut play);
+                    assert_eq!(
+                        String::from_utf8(play).unwrap(),
+                        format!("PLAY:{}:{sequence}:{payload_type}:{len}:", uuid.as_str())
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn declared_payload_types_are_found() {

@@ -427,7 +427,9 @@ fn sender_caught_up(limit: Duration) -> bool {
 
 fn check_codec(kind: CodecKind, rate: u32) -> Result<(), String> {
     match (kind, rate) {
-        (CodecKind::Pcmu | CodecKind::Pcma, 8000) | (CodecKind::L16, 8000 | 16000) => Ok(()),
+        (CodecKind::Pcmu | CodecKind::Pcma, 8000) | (CodecKind::L16, 8000 | 16000 | 48000) => {
+            Ok(())
+        }
         _ => Err(format!("{} at {rate} Hz is not simulated", kind.name())),
     }
 }

@@ -196,6 +196,13 @@ fn l16_mode_records_16khz_channel_at_16khz() {
     l16_recorded_exactly("L16", 16000);
 }
 
+/// 20 ms of 48 kHz L16 is 1,920 bytes a direction: each frame crosses the
+/// module's queue in six pieces (16 kHz: two) and is put together again.
+#[test]
+fn l16_mode_records_48khz_channel_at_48khz() {
+    l16_recorded_exactly("L16", 48000);
+}
+
 #[test]
 fn native_l16_16khz_channel_is_recorded_at_16khz() {
     let (_receiver, record, _) = one_call("native", "L16", 16000);
