@@ -52,6 +52,12 @@ const FLUSH_EVERY_TICKS: u32 = 10;
 pub fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = bind_udp(addr)
         .with_context(|| format!("cannot listen on UDP {addr}: is another receiver running?"))?;
+    // Senders' GSO messages arrive whole (see rst_net::batch), read in 64 KiB
+    // buffers. Only here: a call's RTP ports read packets one by one, into
+    // small buffers. Best effort.
+    if let Err(error) = rst_net::batch::enable_gro(&socket) {
+        tracing::debug!(%error, "no UDP GRO: datagrams arrive one by one");
+    }
     Ok(UdpSocket::from_std(socket)?)
 }
 
@@ -65,10 +71,6 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     // busy. Best effort: the kernel caps it at net.core.rmem_max.
     if let Err(error) = socket.set_recv_buffer_size(rst_net::batch::SOCKET_BUFFER) {
         tracing::debug!(%error, "cannot enlarge the receive buffer");
-    }
-    // Senders' GSO messages arrive whole (see rst_net::batch); best effort too.
-    if let Err(error) = rst_net::batch::enable_gro(&socket) {
-        tracing::debug!(%error, "no UDP GRO: datagrams arrive one by one");
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -19,6 +19,8 @@
 //! thread is rst's own, the rest of rst's cost is in the media threads (the
 //! bug callbacks), seen as the difference of FreeSWITCH's total between the
 //! runs without and with rst (noisy on a shared machine: both are printed).
+//! The four phases run `RST_FS_BENCH_ROUNDS` (2) times, alternating, and each
+//! figure takes the run of its phase in which FreeSWITCH used least CPU.
 //!
 //! Figures, recorded in `bench-results.jsonl` (rst_load::results):
 //! - the sender's CPU per datagram against a bare non-blocking `sendto` of a
@@ -505,6 +507,9 @@ fn main() {
     // mod_rst's frames-per-datagram in the rst phases (1: its default).
     let frames = env_u64("RST_FS_BENCH_FRAMES", 1);
     let frames_per_datagram = frames.to_string();
+    // Rounds of the four phases, alternating; each figure takes the round in
+    // which FreeSWITCH used least CPU (the least disturbed on a shared machine).
+    let rounds = env_u64("RST_FS_BENCH_ROUNDS", 2).max(1);
     let module = common::release_module_path();
     let receiver = common::Receiver::start();
     let sip_port = free_port();
@@ -537,7 +542,7 @@ fn main() {
         receiver: &receiver,
     };
     println!(
-        "FreeSWITCH {} with {}: {calls} calls, {} s windows, {} ticks/s",
+        "FreeSWITCH {} with {}: {calls} calls, {} s windows, {rounds} rounds, {} ticks/s",
         prefix.display(),
         module.display(),
         window.as_secs(),
@@ -545,13 +550,17 @@ fn main() {
     );
     let (idle_before, _) = bench.idle(idle_window);
     let mut phases = Vec::new();
-    for (kind, rst) in [
+    let order = [
         (Kind::Loopback, false),
         (Kind::Loopback, true),
         (Kind::Sip, false),
         (Kind::Sip, true),
-    ] {
-        println!("{kind:?} calls, rst {}:", if rst { "on" } else { "off" });
+    ];
+    for (round, (kind, rst)) in (1..=rounds).flat_map(|round| order.map(|phase| (round, phase))) {
+        println!(
+            "{kind:?} calls, rst {} (round {round}):",
+            if rst { "on" } else { "off" }
+        );
         let phase = bench.run(kind, rst);
         let mut top: Vec<(&String, &Cpu)> = phase.by_thread.iter().collect();
         top.sort_by_key(|(_, cpu)| std::cmp::Reverse(cpu.ns));
@@ -577,10 +586,12 @@ fn main() {
     let sendto_read_ns = bare_sendto_ns(true);
     fs.cli("shutdown");
 
+    // The least disturbed run of each phase.
     let find = |kind: Kind, rst: bool| {
         phases
             .iter()
-            .find(|p| p.kind == kind && p.rst == rst)
+            .filter(|p| p.kind == kind && p.rst == rst)
+            .min_by_key(|p| p.total.ns)
             .expect("every phase ran")
     };
     let mut figures = Vec::new();
@@ -705,6 +716,7 @@ fn main() {
         Figure::new("calls", calls as f64, "calls"),
         Figure::new("frames_per_datagram", frames as f64, "frames"),
         Figure::new("window_seconds", window.as_secs_f64(), "s"),
+        Figure::new("rounds", rounds as f64, "rounds"),
     ]);
     match record("mod_rst/freeswitch", &figures) {
         Ok(path) => println!("figures appended to {}", path.display()),
