@@ -165,12 +165,12 @@ impl Decoder {
         }
     }
 
-    /// Decode one frame of link type `link` captured at `now`, appending what
-    /// it yields to `out` (nothing, a UDP datagram, TCP bytes — possibly
+    /// Decode one frame of link type `link` captured at `now`, handing what
+    /// it yields to `out` in order (nothing, a UDP datagram, TCP bytes — possibly
     /// several chunks, when a segment fills a hole — and the ends of streams
     /// that went idle). A frame that yields nothing because of `DecodeError`
-    /// has it counted and returned, for logging; `out` may still have gained
-    /// idle-stream ends.
+    /// has it counted and returned, for logging; `out` may still have been
+    /// given idle-stream ends.
     pub fn decode<'a>(
         &mut self,
         link: LinkType,
