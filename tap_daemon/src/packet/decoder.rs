@@ -76,6 +76,19 @@ impl Datagram<'_> {
     }
 }
 
+/// Where a [`Decoder`] hands what it decodes, one [`Datagram`] at a time,
+/// as soon as it is decoded: a vector collects them; the capture pipeline
+/// handles each at once, with no vector to fill, walk and empty per frame.
+pub trait Sink<'a> {
+    fn datagram(&mut self, datagram: Datagram<'a>);
+}
+
+impl<'a> Sink<'a> for Vec<Datagram<'a>> {
+    fn datagram(&mut self, datagram: Datagram<'a>) {
+        self.push(datagram);
+    }
+}
+
 /// What the decoder saw, for metrics. Errors are per [`ErrorKind`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -152,18 +165,18 @@ impl Decoder {
         }
     }
 
-    /// Decode one frame of link type `link` captured at `now`, appending what
-    /// it yields to `out` (nothing, a UDP datagram, TCP bytes — possibly
+    /// Decode one frame of link type `link` captured at `now`, handing what
+    /// it yields to `out` in order (nothing, a UDP datagram, TCP bytes — possibly
     /// several chunks, when a segment fills a hole — and the ends of streams
     /// that went idle). A frame that yields nothing because of `DecodeError`
-    /// has it counted and returned, for logging; `out` may still have gained
-    /// idle-stream ends.
+    /// has it counted and returned, for logging; `out` may still have been
+    /// given idle-stream ends.
     pub fn decode<'a>(
         &mut self,
         link: LinkType,
         now: Duration,
         frame: &'a [u8],
-        out: &mut Vec<Datagram<'a>>,
+        out: &mut impl Sink<'a>,
     ) -> Result<(), DecodeError> {
         self.counters.frames += 1;
         self.sweep(now, out);
@@ -171,14 +184,16 @@ impl Decoder {
         if let Err(e) = &result {
             self.counters.count(e);
         }
-        self.sync_counters();
+        // The reassemblers' own counters are copied where they may have
+        // moved (after a fragment, a TCP segment, a sweep), not for every
+        // frame.
         result
     }
 
     /// Sweep timed-out fragments and idle TCP streams at `now` (also done by
     /// [`Decoder::decode`] every `sweep_interval`; call this when no frames
     /// arrive, so that stream ends are still reported).
-    pub fn expire(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+    pub fn expire<'a>(&mut self, now: Duration, out: &mut impl Sink<'a>) {
         self.frags.expire(now);
         let mut chunks = Vec::new();
         self.streams.expire(now, &mut chunks);
@@ -189,7 +204,7 @@ impl Decoder {
 
     /// The capture ended at `now`: deliver every byte still held behind a TCP
     /// hole and end every stream.
-    pub fn finish(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+    pub fn finish<'a>(&mut self, now: Duration, out: &mut impl Sink<'a>) {
         let mut chunks = Vec::new();
         self.streams.finish(&mut chunks);
         push_chunks(&mut self.counters, now, chunks, out);
@@ -201,7 +216,7 @@ impl Decoder {
         &self.counters
     }
 
-    fn sweep(&mut self, now: Duration, out: &mut Vec<Datagram<'_>>) {
+    fn sweep<'a>(&mut self, now: Duration, out: &mut impl Sink<'a>) {
         let due = match self.last_sweep {
             None => {
                 self.last_sweep = Some(now);
@@ -232,7 +247,7 @@ impl Decoder {
         link: LinkType,
         now: Duration,
         frame: &'a [u8],
-        out: &mut Vec<Datagram<'a>>,
+        out: &mut impl Sink<'a>,
     ) -> Result<(), DecodeError> {
         let (net, range) = link::network(link, frame)?;
         let ip = frame.get(range).unwrap_or_default();
@@ -245,7 +260,7 @@ impl Decoder {
         net: Network,
         data: &'b [u8],
         depth: usize,
-        out: &mut Vec<Datagram<'b>>,
+        out: &mut impl Sink<'b>,
     ) -> Result<(), DecodeError> {
         let ip = match net {
             Network::Ipv4 => parse_ipv4(data)?,
@@ -255,10 +270,11 @@ impl Decoder {
             return self.upper(now, ip.src, ip.dst, ip.protocol, ip.payload, depth, out);
         };
         self.counters.fragments += 1;
-        let Some(whole) =
-            self.frags
-                .insert(now, ip.src, ip.dst, ip.protocol, fragment, ip.payload)?
-        else {
+        let inserted = self
+            .frags
+            .insert(now, ip.src, ip.dst, ip.protocol, fragment, ip.payload);
+        self.sync_counters();
+        let Some(whole) = inserted? else {
             return Ok(());
         };
         self.counters.reassembled += 1;
@@ -282,7 +298,9 @@ impl Decoder {
                 Err(e) => Err(e),
             },
         };
-        out.extend(local.into_iter().map(|d: Datagram<'_>| d.into_owned()));
+        for datagram in local {
+            out.datagram(datagram.into_owned());
+        }
         result
     }
 
@@ -295,13 +313,13 @@ impl Decoder {
         protocol: u8,
         data: &'b [u8],
         depth: usize,
-        out: &mut Vec<Datagram<'b>>,
+        out: &mut impl Sink<'b>,
     ) -> Result<(), DecodeError> {
         match protocol {
             proto::UDP => {
                 let udp = parse_udp(data)?;
                 self.counters.udp_datagrams += 1;
-                out.push(Datagram {
+                out.datagram(Datagram {
                     time: now,
                     src: SocketAddr::new(src, udp.src_port),
                     dst: SocketAddr::new(dst, udp.dst_port),
@@ -321,6 +339,7 @@ impl Decoder {
                 };
                 let mut chunks = Vec::new();
                 let result = self.streams.segment(now, key, &seg, &mut chunks);
+                self.sync_counters();
                 push_chunks(&mut self.counters, now, chunks, out);
                 result
             }
@@ -355,11 +374,11 @@ fn push_chunks<'b>(
     counters: &mut Counters,
     now: Duration,
     chunks: Vec<Chunk<'b>>,
-    out: &mut Vec<Datagram<'b>>,
+    out: &mut impl Sink<'b>,
 ) {
     for c in chunks {
         counters.tcp_bytes += c.data.len() as u64;
-        out.push(Datagram {
+        out.datagram(Datagram {
             time: now,
             src: c.key.src,
             dst: c.key.dst,

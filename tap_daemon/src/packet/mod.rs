@@ -46,7 +46,7 @@ mod stream;
 mod transport;
 mod tunnel;
 
-pub use decoder::{fuzz_frames, Counters, Datagram, Decoder, Limits, Transport};
+pub use decoder::{fuzz_frames, Counters, Datagram, Decoder, Limits, Sink, Transport};
 pub use error::{DecodeError, ErrorKind, Layer};
 pub use frag::{FragmentLimits, Reassembled, Reassembler};
 pub use ip::{

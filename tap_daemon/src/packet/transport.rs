@@ -14,6 +14,7 @@ pub struct UdpPacket<'a> {
 /// Parse a UDP header over the whole IP payload `data`. The length field must
 /// fit: shorter than the IP payload is allowed (trailing bytes are dropped),
 /// longer means the datagram was cut or lies.
+#[inline]
 pub fn parse_udp(data: &[u8]) -> Result<UdpPacket<'_>, DecodeError> {
     let h = take(data, 0, 8, Layer::Udp)?;
     let length = usize::from(be16(h, 4, Layer::Udp)?);

@@ -154,7 +154,7 @@ pub(super) struct Call {
     /// The SDP made the audio SRTP (SDES or DTLS): all of it is ciphertext.
     pub(super) srtp: bool,
     /// SIP ended the call: its RTP is still forwarded for the tracker's
-    /// `rtp_linger` (its end is due in [`Pipeline::lingering`]).
+    /// `rtp_linger` (its end is due in [`super::Core::lingering`]).
     pub(super) sip_ended: bool,
     /// A party's current SDP has fax (T.38 `m=image`) and no audio: nothing
     /// of the call's media is audio now, whatever addresses it uses.
@@ -200,15 +200,16 @@ impl Call {
     pub(super) fn direction(
         &mut self,
         classified: Direction,
-        flow: (SocketAddr, SocketAddr),
+        (src, dst): (&SocketAddr, &SocketAddr),
         ssrc: u32,
         now: Duration,
         swapped: &mut u64,
     ) -> Direction {
+        let of_flow = |o: &Owner| o.flow.0 == *src && o.flow.1 == *dst;
         // Nearly every packet: its flow already owns the direction the
         // tracker said, and stays its owner.
         if let Some(owner) = &mut self.owners[classified as usize] {
-            if owner.flow == flow && owner.is_active(now) {
+            if of_flow(owner) && owner.is_active(now) {
                 owner.ssrc = ssrc;
                 owner.last = now;
                 return classified;
@@ -221,9 +222,9 @@ impl Call {
         };
         let direction = match active(&self.owners[classified as usize]) {
             Some(owner)
-                if owner.flow != flow
+                if !of_flow(&owner)
                     && owner.ssrc != ssrc
-                    && active(&self.owners[other as usize]).map_or(true, |o| o.flow == flow) =>
+                    && active(&self.owners[other as usize]).map_or(true, |o| of_flow(&o)) =>
             {
                 *swapped += 1;
                 other
@@ -231,11 +232,11 @@ impl Call {
             _ => classified,
         };
         let copy = active(&self.owners[direction as usize])
-            .is_some_and(|o| o.flow != flow && o.ssrc == ssrc);
+            .is_some_and(|o| !of_flow(&o) && o.ssrc == ssrc);
         // A copy from a second tap point leaves the first flow the owner.
         if !copy {
             self.owners[direction as usize] = Some(Owner {
-                flow,
+                flow: (*src, *dst),
                 ssrc,
                 last: now,
             });

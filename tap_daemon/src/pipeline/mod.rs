@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use rst_proto::{Direction, RtpPacket};
 
-use crate::packet::{Datagram, Decoder, Limits, LinkType, Transport};
+use crate::packet::{Datagram, Decoder, Limits, LinkType, Sink, Transport};
 use crate::sip::{CallEvent, CallKey, SipMessage, SipStream, Tracker, TrackerConfig};
 use crate::FastMap;
 
@@ -247,8 +247,17 @@ pub struct PipelineStats {
 /// The capture pipeline. See the module documentation.
 #[derive(Debug)]
 pub struct Pipeline {
-    config: PipelineConfig,
     decoder: Decoder,
+    /// Apart from the decoder, so that the decoder can hand it each datagram
+    /// as it is decoded ([`Handler`]).
+    core: Core,
+}
+
+/// Everything of a [`Pipeline`] but its packet decoder: what handles the
+/// decoded datagrams.
+#[derive(Debug)]
+struct Core {
+    config: PipelineConfig,
     tracker: Tracker,
     /// The tracker's answers per RTP flow.
     routes: Routes,
@@ -260,30 +269,42 @@ pub struct Pipeline {
     lingering: VecDeque<(Duration, CallKey)>,
     last_tick: Option<Duration>,
     stats: PipelineStats,
-    /// The datagrams of one frame, empty between frames (see [`recycle`]).
-    scratch: Vec<Datagram<'static>>,
+}
+
+/// The decoder's [`Sink`] while it decodes for a pipeline: each datagram
+/// goes to [`Core::datagram`] at once.
+struct Handler<'p, O> {
+    core: &'p mut Core,
+    out: &'p mut O,
+}
+
+impl<O: Output> Sink<'_> for Handler<'_, O> {
+    fn datagram(&mut self, datagram: Datagram<'_>) {
+        self.core.datagram(&datagram, self.out);
+    }
 }
 
 impl Pipeline {
     pub fn new(config: PipelineConfig) -> Pipeline {
         Pipeline {
             decoder: Decoder::new(config.decoder),
-            tracker: Tracker::new(config.tracker.clone()),
-            config,
-            routes: Routes::default(),
-            calls: FastMap::default(),
-            sipless: FastMap::default(),
-            candidates: FastMap::default(),
-            tcp: FastMap::default(),
-            lingering: VecDeque::new(),
-            last_tick: None,
-            stats: PipelineStats::default(),
-            scratch: Vec::new(),
+            core: Core {
+                tracker: Tracker::new(config.tracker.clone()),
+                config,
+                routes: Routes::default(),
+                calls: FastMap::default(),
+                sipless: FastMap::default(),
+                candidates: FastMap::default(),
+                tcp: FastMap::default(),
+                lingering: VecDeque::new(),
+                last_tick: None,
+                stats: PipelineStats::default(),
+            },
         }
     }
 
     pub fn stats(&self) -> &PipelineStats {
-        &self.stats
+        &self.core.stats
     }
 
     pub fn decoder(&self) -> &Decoder {
@@ -291,18 +312,19 @@ impl Pipeline {
     }
 
     pub fn tracker(&self) -> &Tracker {
-        &self.tracker
+        &self.core.tracker
     }
 
     /// Replaces the filter (a control client's new config): calls already
     /// being recorded go on; calls not started yet are judged by the new one.
     pub fn set_filter(&mut self, filter: Filter) {
-        self.config.filter = filter;
+        self.core.config.filter = filter;
     }
 
     /// Calls being recorded now.
     pub fn recording(&self) -> usize {
-        self.calls
+        self.core
+            .calls
             .values()
             .filter(|c| c.recording == Recording::Started)
             .count()
@@ -310,23 +332,56 @@ impl Pipeline {
 
     /// One captured frame of link type `link`, captured at `now`.
     pub fn frame(&mut self, link: LinkType, now: Duration, bytes: &[u8], out: &mut impl Output) {
-        // One vector for every frame: its allocation lives on in `scratch`
-        // (empty, and a `'static` vector serves as a shorter-lived one).
-        let mut datagrams: Vec<Datagram<'_>> = std::mem::take(&mut self.scratch);
         // A frame that does not decode is counted by the decoder; what it
         // yielded before the error (idle stream ends) is still handled.
-        let _ = self.decoder.decode(link, now, bytes, &mut datagrams);
-        for datagram in &datagrams {
-            self.datagram(datagram, out);
-        }
-        self.scratch = recycle(datagrams);
+        let _ = self.decoder.decode(
+            link,
+            now,
+            bytes,
+            &mut Handler {
+                core: &mut self.core,
+                out: &mut *out,
+            },
+        );
         self.tick(now, out);
     }
 
     /// Timers: call it when no frame came for a while (live capture), with the
     /// current time. Does its work at most once a second of `now`.
     pub fn tick(&mut self, now: Duration, out: &mut impl Output) {
-        self.end_lingered(now, out);
+        self.core.end_lingered(now, out);
+        if !self.core.tick_due(now) {
+            return;
+        }
+        self.decoder.expire(
+            now,
+            &mut Handler {
+                core: &mut self.core,
+                out,
+            },
+        );
+        self.core.timeouts(now, out);
+    }
+
+    /// The capture is over at `now`: TCP bytes still held are delivered and
+    /// every call still recording ends.
+    pub fn finish(&mut self, now: Duration, out: &mut impl Output) {
+        self.decoder.finish(
+            now,
+            &mut Handler {
+                core: &mut self.core,
+                out,
+            },
+        );
+        self.core.finish(out);
+    }
+}
+
+impl Core {
+    /// Whether the once-a-second timers are due at `now`. Asked after
+    /// every frame: inlined.
+    #[inline]
+    fn tick_due(&mut self, now: Duration) -> bool {
         let due = match self.last_tick {
             None => {
                 self.last_tick = Some(now);
@@ -338,15 +393,15 @@ impl Pipeline {
             }
             Some(last) => now - last >= Duration::from_secs(1),
         };
-        if !due {
-            return;
+        if due {
+            self.last_tick = Some(now);
         }
-        self.last_tick = Some(now);
-        let mut datagrams = Vec::new();
-        self.decoder.expire(now, &mut datagrams);
-        for datagram in &datagrams {
-            self.datagram(datagram, out);
-        }
+        due
+    }
+
+    /// The once-a-second timers, after the decoder's: SIP dialogs, calls
+    /// without SIP gone quiet, candidate flows.
+    fn timeouts(&mut self, now: Duration, out: &mut impl Output) {
         let events = self.tracker.handle_timeout(now);
         self.events(now, events, out);
         let idle: Vec<CallKey> = self
@@ -365,14 +420,8 @@ impl Pipeline {
             .retain(|_, c| now.saturating_sub(c.seen) < window);
     }
 
-    /// The capture is over at `now`: TCP bytes still held are delivered and
-    /// every call still recording ends.
-    pub fn finish(&mut self, now: Duration, out: &mut impl Output) {
-        let mut datagrams = Vec::new();
-        self.decoder.finish(now, &mut datagrams);
-        for datagram in &datagrams {
-            self.datagram(datagram, out);
-        }
+    /// Every call still recording ends; the rest is forgotten.
+    fn finish(&mut self, out: &mut impl Output) {
         let keys: Vec<CallKey> = self.calls.keys().copied().collect();
         for key in keys {
             self.end(key, out);
@@ -416,7 +465,7 @@ impl Pipeline {
             return;
         }
         match RtpPacket::parse(payload) {
-            Ok(packet) => self.rtp(d.time, d.src, d.dst, payload, &packet, out),
+            Ok(packet) => self.rtp(d, &packet, out),
             Err(_) => self.stats.udp_other += 1,
         }
     }
@@ -629,43 +678,39 @@ impl Pipeline {
         }
     }
 
-    fn rtp(
-        &mut self,
-        now: Duration,
-        src: SocketAddr,
-        dst: SocketAddr,
-        bytes: &[u8],
-        packet: &RtpPacket<'_>,
-        out: &mut impl Output,
-    ) {
+    /// One RTP packet: `d` is its datagram, `packet` its parse. The
+    /// datagram is passed by reference down to where its addresses are
+    /// compared: copying two socket addresses at each call was a tenth of
+    /// a packet's cost.
+    fn rtp(&mut self, d: &Datagram<'_>, packet: &RtpPacket<'_>, out: &mut impl Output) {
+        let bytes: &[u8] = &d.payload;
         if is_rtcp_range(packet.payload_type) && bytes.get(1).is_some_and(|b| b & 0x80 != 0) {
             self.stats.rtcp += 1;
             return;
         }
-        let (key, direction) = match self.routes.classify(&self.tracker, now, src, dst) {
+        let now = d.time;
+        let (key, direction) = match self.routes.classify(&self.tracker, now, &d.src, &d.dst) {
             Some((key, classified)) => (key, Leg::Classified(classified)),
-            None => match self.sipless_call(now, src, dst, bytes, packet, out) {
+            None => match self.sipless_call(now, d.src, d.dst, bytes, packet, out) {
                 Some((key, direction)) => (key, Leg::Known(direction)),
                 None => return,
             },
         };
-        self.forward(now, key, direction, (src, dst), bytes, packet, out);
+        self.forward(key, direction, d, packet, out);
     }
 
     /// Forwards one RTP packet of call `key` if it is the call's audio. The
     /// hot path: one look-up of the call, the tracker touched at most every
     /// [`TOUCH_EVERY`], nothing allocated.
-    #[allow(clippy::too_many_arguments)] // the packet and everything known of it
     fn forward(
         &mut self,
-        now: Duration,
         key: CallKey,
         leg: Leg,
-        (src, dst): (SocketAddr, SocketAddr),
-        bytes: &[u8],
+        d: &Datagram<'_>,
         packet: &RtpPacket<'_>,
         out: &mut impl Output,
     ) {
+        let (now, bytes): (Duration, &[u8]) = (d.time, &d.payload);
         let Some(call) = self.calls.get_mut(&key) else {
             self.stats.rtp_unmatched += 1;
             return;
@@ -674,7 +719,7 @@ impl Pipeline {
             Leg::Known(direction) => direction,
             Leg::Classified(classified) => call.direction(
                 classified,
-                (src, dst),
+                (&d.src, &d.dst),
                 packet.ssrc,
                 now,
                 &mut self.stats.rtp_direction_swapped,
@@ -716,7 +761,8 @@ impl Pipeline {
         }
         let after_bye = call.sip_ended;
         // Still the call's media (it keeps the call alive), but ciphertext.
-        if call.srtp || (!call.encrypted.is_empty() && call.encrypted.contains(&pair(src, dst))) {
+        if call.srtp || (!call.encrypted.is_empty() && call.encrypted.contains(&pair(d.src, d.dst)))
+        {
             self.stats.rtp_encrypted += 1;
             return;
         }
@@ -747,12 +793,3 @@ const DEFAULT_CLOCK_RATE: u32 = 8000;
 
 /// How often a forwarded packet tells the tracker its dialog is alive.
 const TOUCH_EVERY: Duration = Duration::from_millis(250);
-
-/// An empty vector of another lifetime on the same allocation: the
-/// datagrams of one frame borrow it, the next frame's borrow another. (In
-/// place: `Vec`'s `collect` reuses the buffer of an `into_iter` of a type of
-/// the same size; the vector is empty, so the closure never runs.)
-fn recycle<'a>(mut datagrams: Vec<Datagram<'_>>) -> Vec<Datagram<'a>> {
-    datagrams.clear();
-    datagrams.into_iter().map(|_| unreachable!()).collect()
-}

@@ -29,8 +29,8 @@ const _: () = assert!(SLOTS.is_power_of_two());
 struct Flow(SocketAddr, SocketAddr);
 
 impl Flow {
-    /// The flow's slot: a multiplicative hash of its addresses and ports.
-    fn slot(&self) -> usize {
+    /// The slot of the flow from `src` to `dst`: a multiplicative hash of its addresses and ports.
+    fn slot(src: &SocketAddr, dst: &SocketAddr) -> usize {
         let word = |addr: &SocketAddr| -> u64 {
             let ip = match addr.ip() {
                 IpAddr::V4(ip) => u64::from(u32::from(ip)),
@@ -41,8 +41,7 @@ impl Flow {
             };
             ip << 16 ^ u64::from(addr.port())
         };
-        let mixed =
-            (word(&self.0).rotate_left(29) ^ word(&self.1)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mixed = (word(src).rotate_left(29) ^ word(dst)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // The high bits are the well-mixed ones.
         (mixed >> (64 - SLOTS.trailing_zeros())) as usize
     }
@@ -95,20 +94,19 @@ impl Routes {
         &mut self,
         tracker: &Tracker,
         now: Duration,
-        src: SocketAddr,
-        dst: SocketAddr,
+        src: &SocketAddr,
+        dst: &SocketAddr,
     ) -> Option<(CallKey, Direction)> {
-        let flow = Flow(src, dst);
         let generation = tracker.generation();
-        let slot = &mut self.slots[flow.slot()];
+        let slot = &mut self.slots[Flow::slot(src, dst)];
         if let Some((held, route)) = slot {
-            if *held == flow && route.holds(generation, now) {
+            if held.0 == *src && held.1 == *dst && route.holds(generation, now) {
                 return route.call;
             }
         }
-        let Classified { call, until } = tracker.classify_until(now, src, dst);
+        let Classified { call, until } = tracker.classify_until(now, *src, *dst);
         *slot = Some((
-            flow,
+            Flow(*src, *dst),
             Route {
                 generation,
                 since: now,

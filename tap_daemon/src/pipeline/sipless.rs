@@ -1,6 +1,7 @@
 //! Calls without SIP: an RTP flow no SIP call claims becomes a call of its
 //! own once two packets of one SSRC show it is RTP.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use rst_proto::{Direction, RtpPacket};
 
 use super::call::{pair, Call};
 use super::sniff::static_audio;
-use super::{Leg, Output, Pipeline};
+use super::{Core, Leg, Output};
+use crate::packet::{Datagram, Transport};
 use crate::sip::sdp::static_payload_type;
 use crate::sip::CallKey;
 
@@ -29,7 +31,7 @@ pub(super) struct Candidate {
 /// whose first packets are parted by loss, little for a flood of flows.
 pub(super) const MAX_CANDIDATE_PACKETS: usize = 4;
 
-impl Pipeline {
+impl Core {
     /// The call of an RTP packet no SIP call claims, when such calls are
     /// recorded: an existing one of its flow pair, or a new one once the flow
     /// has shown itself to be RTP.
@@ -122,15 +124,16 @@ impl Pipeline {
         // The packets that made the flow a candidate go first.
         for (seen, bytes) in &first.packets {
             if let Ok(held) = RtpPacket::parse(bytes) {
-                self.forward(
-                    *seen,
-                    key,
-                    Leg::Known(Direction::Read),
-                    (src, dst),
-                    bytes,
-                    &held,
-                    out,
-                );
+                let d = Datagram {
+                    time: *seen,
+                    src,
+                    dst,
+                    transport: Transport::Udp,
+                    payload: Cow::Borrowed(bytes),
+                    gap: false,
+                    end: None,
+                };
+                self.forward(key, Leg::Known(Direction::Read), &d, &held, out);
             }
         }
         Some((key, Direction::Read))

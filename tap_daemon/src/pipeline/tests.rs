@@ -932,10 +932,10 @@ fn cached_routes_answer_as_the_tracker_does() {
     let check = |p: &mut Pipeline, at: Duration| {
         let mut matched = 0;
         for &(src, dst) in &flows {
-            let want = p.tracker.classify(at, src, dst);
+            let want = p.core.tracker.classify(at, src, dst);
             // Twice: the second answer comes from the cache.
             for _ in 0..2 {
-                let got = p.routes.classify(&p.tracker, at, src, dst);
+                let got = p.core.routes.classify(&p.core.tracker, at, &src, &dst);
                 assert_eq!(got, want, "{src} -> {dst} at {at:?}");
             }
             matched += usize::from(want.is_some());

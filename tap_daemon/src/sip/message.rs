@@ -16,6 +16,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+use super::{find_byte, split_at_byte};
+
 /// Largest SIP message accepted, in bytes: the largest UDP payload. A SIP
 /// message over TCP may in theory be larger, but no real signalling is, and a
 /// bound is what keeps a stream buffer from growing without end.
@@ -758,15 +760,21 @@ fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Heade
         if headers.len() >= MAX_HEADERS {
             return Err(SipError::TooManyHeaders { max: MAX_HEADERS });
         }
-        let colon = memchr(b':', line).ok_or_else(|| SipError::BadHeader {
-            line: shorten(line),
-        })?;
-        let name = trim_ws(&line[..colon]);
-        if name.is_empty() || !name.iter().copied().all(is_token_char) {
+        // `token [SP/HTAB] ":"`, the name read in the same pass that finds
+        // the colon (the line does not start with whitespace: that is a
+        // continuation, above).
+        let name_len = line.iter().take_while(|&&b| is_token_char(b)).count();
+        let colon = name_len
+            + line[name_len..]
+                .iter()
+                .take_while(|&&b| matches!(b, b' ' | b'\t'))
+                .count();
+        if name_len == 0 || line.get(colon) != Some(&b':') {
             return Err(SipError::BadHeader {
                 line: shorten(line),
             });
         }
+        let name = &line[..name_len];
         // Token characters are ASCII, so this cannot fail.
         let name = head.str(name).ok_or_else(|| SipError::BadHeader {
             line: shorten(line),
@@ -859,7 +867,7 @@ fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAd
     if uri.is_empty() || has_whitespace(uri) {
         return Err(bad());
     }
-    let colon = uri.find(':').ok_or_else(bad)?;
+    let colon = find_byte(uri, b':').ok_or_else(bad)?;
     let scheme = &uri[..colon];
     if scheme.is_empty()
         || !scheme
@@ -943,7 +951,7 @@ fn uri_user_host<'a>(scheme: &str, rest: &'a str) -> (Option<Cow<'a, str>>, &'a 
     // The user part may itself contain ';' and '?' (RFC 3261 19.1.1 allows
     // them in `user`), so split on the last '@' before any URI parameter of
     // the host part: the first '@' is the one, a user never contains a raw '@'.
-    let (user, hostport) = match rest.find('@') {
+    let (user, hostport) = match find_byte(rest, b'@') {
         Some(at) => {
             let userinfo = &rest[..at];
             let user = until(userinfo, b":");
@@ -986,7 +994,7 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
 
 fn header_param<'p>(params: &'p str, wanted: &str) -> Option<&'p str> {
     params.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let (k, v) = split_at_byte(p, b'=').unwrap_or((p, ""));
         k.trim().eq_ignore_ascii_case(wanted).then(|| v.trim())
     })
 }

@@ -16,6 +16,22 @@ pub mod message;
 pub mod sdp;
 pub mod tracker;
 
+/// Where the ASCII `byte` first is in `s`: `s.find(char)` as a plain scan.
+/// SIP and SDP pieces are short and their separators come within a few
+/// bytes (`a=`, `sip:`, `tag=`), where the general character search costs
+/// more to set up than the scan does.
+pub(crate) fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    debug_assert!(byte.is_ascii());
+    s.bytes().position(|b| b == byte)
+}
+
+/// `s.split_once(char)` for an ASCII `byte`, by [`find_byte`]. The byte
+/// being ASCII, both sides are cut at character boundaries.
+pub(crate) fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = find_byte(s, byte)?;
+    Some((&s[..at], &s[at + 1..]))
+}
+
 pub use call_key::CallKey;
 pub use framer::{frame, Frame, FrameError, SipStream};
 pub use message::{CSeq, Header, Method, NameAddr, SipError, SipMessage, StartLine};

@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
+use super::split_at_byte;
+
 /// Most `m=` sections kept. Real offers have one to three (audio, video,
 /// image); more are refused.
 pub const MAX_MEDIA: usize = 16;
@@ -174,7 +176,7 @@ impl Sdp {
         };
         for line in text.lines() {
             let line = line.trim_end();
-            let Some((kind, value)) = line.split_once('=') else {
+            let Some((kind, value)) = split_at_byte(line, b'=') else {
                 continue;
             };
             match kind {
@@ -201,7 +203,7 @@ impl Sdp {
     }
 
     fn attribute(&mut self, value: &str) -> Result<(), SdpError> {
-        let (name, arg) = value.split_once(':').unwrap_or((value, ""));
+        let (name, arg) = split_at_byte(value, b':').unwrap_or((value, ""));
         if let Some(dir) = MediaDirection::parse(name.trim()) {
             match self.media.last_mut() {
                 Some(m) => m.direction = Some(dir),
@@ -227,7 +229,7 @@ impl Sdp {
             if media.fmtps.len() >= MAX_FORMATS {
                 return Err(SdpError::TooMany { what: "fmtps" });
             }
-            let (pt, params) = arg.split_once(' ').unwrap_or((arg, ""));
+            let (pt, params) = split_at_byte(arg, b' ').unwrap_or((arg, ""));
             if let Ok(pt) = pt.trim().parse::<u8>() {
                 media
                     .fmtps
