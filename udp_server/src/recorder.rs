@@ -124,6 +124,9 @@ impl RtpHeader {
 pub enum Event<'a> {
     Started(&'a CallRecord),
     Dtmf(&'a CallRecord, &'a DtmfRecord),
+    /// The call's final record is about to be written: what must survive a
+    /// kill between the two (its upload job) is made now.
+    Ending(&'a CallRecord),
     Ended(&'a CallRecord),
 }
 
@@ -458,6 +461,7 @@ fn record_ended(
     on_event: &mut impl FnMut(Event<'_>),
 ) -> Finished {
     record.streams = streams.iter().map(|s| s.record()).collect();
+    on_event(Event::Ending(&record));
     let finished = write_final(record, metrics);
     let record = &finished.record;
     tracing::info!(
@@ -535,6 +539,7 @@ fn finish_unrecorded(
 ) -> Finished {
     record.end = Some(wall);
     record.end_reason = Some(EndReason::Error);
+    on_event(Event::Ending(&record));
     let written = write_record(&record).is_ok();
     tracing::info!(uuid = %record.uuid, record = %record.record.display(), written, "call ended unrecorded");
     on_event(Event::Ended(&record));
@@ -558,14 +563,15 @@ fn publish_dtmf(recording: &mut CallRecording, on_event: &mut impl FnMut(Event<'
 }
 
 /// Completes the files a previous run left unfinished (`.part`), so that a crash
-/// of the receiver costs at most the audio it had not yet flushed. Returns how
-/// many files were recovered.
-pub fn recover(record_dir: &Path, metrics: &Metrics) -> usize {
+/// of the receiver costs at most the audio it had not yet flushed. Returns the
+/// files recovered, under their final names (the records among them are calls
+/// the crash ended: still to be stored, when the receiver stores recordings).
+pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> {
     let mut parts = Vec::new();
     collect_parts(record_dir, 2, &mut parts);
     // Audio first, so a record is completed only after its files are.
     parts.sort_by_key(|path| path.to_string_lossy().ends_with(".json.part"));
-    let mut recovered = 0;
+    let mut recovered = Vec::new();
     for part in parts {
         let final_path = part.with_extension("");
         let result = if part.to_string_lossy().ends_with(".wav.part") {
@@ -577,9 +583,9 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> usize {
         };
         match result.and_then(|()| std::fs::rename(&part, &final_path)) {
             Ok(()) => {
-                recovered += 1;
                 metrics.recovered_files.fetch_add(1, Relaxed);
                 tracing::info!(path = %final_path.display(), "recovered a file left unfinished by an earlier run");
+                recovered.push(final_path);
             }
             Err(error) => {
                 tracing::warn!(path = %part.display(), %error, "cannot recover a file left unfinished by an earlier run; left as it is");

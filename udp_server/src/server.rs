@@ -164,9 +164,9 @@ pub async fn run_with(
     warn_of_exposure(&config);
     check_open_file_limit(config.max_calls);
     let recovered = recorder::recover(&record_dir, &metrics);
-    if recovered > 0 {
+    if !recovered.is_empty() {
         tracing::warn!(
-            recovered,
+            recovered = recovered.len(),
             "completed files left unfinished by an earlier run"
         );
     }
@@ -261,6 +261,9 @@ pub async fn run_with(
     let uploads = match &config.storage {
         Some(storage) => {
             let uploads = crate::storage::Uploads::open(&record_dir, metrics.clone())?;
+            // Calls a crash ended were never queued: their records, just
+            // completed, are stored like any other.
+            uploads.enqueue_recovered(&recovered);
             tracing::info!(endpoint = %storage.endpoint, bucket = %storage.bucket, prefix = %storage.prefix, keep_local = storage.keep_local, "storing recordings in object storage");
             Some(uploads)
         }
@@ -427,6 +430,11 @@ fn publish(feed: &Feed, uploads: Option<&crate::storage::Uploads>, event: Event<
             line["event"] = "dtmf".into();
             line["uuid"] = record.uuid.clone().into();
             feed.publish(line);
+        }
+        Event::Ending(record) => {
+            if let Some(uploads) = uploads {
+                uploads.prepare(record);
+            }
         }
         Event::Ended(record) => {
             if let Some(uploads) = uploads {

@@ -66,6 +66,45 @@ fn check_stored(reader: &Reader, record: &serde_json::Value) {
     }
 }
 
+/// What a record folder holds, for a failure to explain itself: each record
+/// (stored or not, how it ended), the upload queue's files with their
+/// content, and the files left unfinished (`.part`, `.tmp`).
+fn left_over(dir: &Path) -> String {
+    let mut out = Vec::new();
+    let records = records_in(dir);
+    let stored = records.iter().filter(|r| r.get("stored").is_some()).count();
+    out.push(format!(
+        "{} records, {stored} of them stored:",
+        records.len()
+    ));
+    for record in &records {
+        out.push(format!(
+            "  {} end_reason={} stored={}",
+            record["uuid"],
+            record["end_reason"],
+            record.get("stored").is_some()
+        ));
+    }
+    let queue = dir.join(".upload");
+    let mut queued: Vec<_> = std::fs::read_dir(&queue)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    queued.sort();
+    out.push(format!("{} files in {}:", queued.len(), queue.display()));
+    for path in queued {
+        let content = std::fs::read(&path).unwrap_or_default();
+        out.push(format!(
+            "  {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&content)
+        ));
+    }
+    let mut unfinished = files_in(dir, ".part");
+    unfinished.extend(files_in(dir, ".tmp"));
+    out.push(format!("unfinished files: {unfinished:?}"));
+    out.join("\n")
+}
+
 /// Two calls, one short and one whose WAV is past the multipart size (11 MiB
 /// of 48 kHz linear): both stored, verified by their ETags, named in their
 /// records, read back byte for byte; the feed says `recording_stored`.
@@ -163,6 +202,92 @@ fn calls_wait_while_the_store_is_down_and_are_stored_once_it_is_up() {
     assert_eq!(receiver.counter("rst_storage_bytes_waiting"), 0);
 }
 
+/// The storage flags of a receiver process storing into `ports`' SeaweedFS,
+/// local audio removed once stored.
+fn storage_args(ports: Ports, id: &Path, secret: &Path) -> Vec<String> {
+    [
+        "--storage-bucket",
+        BUCKET,
+        "--storage-endpoint",
+        &ports.endpoint(),
+        "--storage-prefix",
+        "recordings",
+        "--storage-access-key-id-file",
+        &id.display().to_string(),
+        "--storage-secret-access-key-file",
+        &secret.display().to_string(),
+        "--storage-keep-local",
+        "false",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The receiver as a process, `kill -9`'d in the middle of a call: the next
+/// start completes the call's files from what was flushed (its record says
+/// it ended in error), and stores them like any ended call's. The recovered
+/// call was once left out of the upload queue for good.
+#[test]
+fn a_call_the_receiver_was_killed_in_is_stored_after_its_restart() {
+    if !have_weed() {
+        return;
+    }
+    let ports = Ports::free();
+    let _seaweed = Seaweed::start(ports);
+    let (_secrets, id, secret) = credential_files();
+    let dir = tempfile::tempdir().unwrap();
+    let args = storage_args(ports, &id, &secret);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, addr, mut log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    let mut sender = Sender::new(addr);
+    let call = uuid(40);
+    sender.inv(&call, "+15551230001", "+15559870002");
+    for _ in 0..200 {
+        sender.data(&call, Read, 0, &[0x55; 160]);
+    }
+    // No BYE: the call is in progress, its provisional record on disk.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_in(dir.path(), ".json.part").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the call never started:\n{}",
+            left_over(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-call
+    child.wait().unwrap();
+    log.extend(lines.try_iter());
+
+    let (_child, _, restart_log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    log.push("---- restarted".into());
+    log.extend(restart_log);
+    let queue = dir.path().join(".upload");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let records = records_in(dir.path());
+        if records.len() == 1
+            && records[0].get("stored").is_some()
+            && files_in(&queue, ".job").is_empty()
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log.extend(lines.try_iter());
+            panic!(
+                "the call the receiver was killed in was not stored after the restart, 120 s on:\n{}\n---- the receivers' log:\n{}",
+                left_over(dir.path()),
+                log.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let record = &records_in(dir.path())[0];
+    assert_eq!(record["uuid"], call.as_str());
+    assert_eq!(record["end_reason"], "error", "{record}");
+    check_stored(&Reader::new(ports), record);
+}
+
 /// The receiver as a process, `kill -9`'d mid-upload (some calls stored,
 /// others still queued) with `keep-local = false`: the next start stores the
 /// rest, each call once under its keys; the audio read back from the store is
@@ -176,26 +301,9 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
     let _seaweed = Seaweed::start(ports);
     let (_secrets, id, secret) = credential_files();
     let dir = tempfile::tempdir().unwrap();
-    let (endpoint, id, secret) = (
-        ports.endpoint(),
-        id.display().to_string(),
-        secret.display().to_string(),
-    );
-    let args = [
-        "--storage-bucket",
-        BUCKET,
-        "--storage-endpoint",
-        &endpoint,
-        "--storage-prefix",
-        "recordings",
-        "--storage-access-key-id-file",
-        &id,
-        "--storage-secret-access-key-file",
-        &secret,
-        "--storage-keep-local",
-        "false",
-    ];
-    let (mut child, addr) = spawn_receiver_process(dir.path(), &args, None);
+    let args = storage_args(ports, &id, &secret);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, addr, mut log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
     let mut sender = Sender::new(addr);
     let mut sent = Vec::new();
     // Ten calls of 10 s each: about 1 MB of files apiece to store.
@@ -209,27 +317,48 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
             .filter(|r| r.get("stored").is_some())
             .count()
     };
+    // Killed once every call has ended (its record written, its upload
+    // queued) and the uploader is part way: on a busy machine the recorder
+    // can lag the uploader, and a kill then would end calls mid-way (that
+    // case is the next test's).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while stored(dir.path()) == 0 || files_in(&queue, ".job").is_empty() {
+    loop {
+        let records = records_in(dir.path()).len();
+        let (done, waiting) = (stored(dir.path()), files_in(&queue, ".job").len());
+        if records == 10 && done > 0 && waiting > 0 {
+            break;
+        }
         assert!(
-            Instant::now() < deadline,
-            "never saw some calls stored and others waiting ({} stored, {} waiting)",
-            stored(dir.path()),
-            files_in(&queue, ".job").len()
+            Instant::now() < deadline && !(records == 10 && waiting == 0),
+            "never saw all ten calls ended, some stored and others waiting:\n{}",
+            left_over(dir.path())
         );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL, mid-upload
     child.wait().unwrap();
-    assert!(stored(dir.path()) < 10, "killed with calls still to store");
+    log.push("---- killed (SIGKILL) with:".into());
+    log.push(left_over(dir.path()));
+    log.extend(lines.try_iter());
+    assert!(
+        stored(dir.path()) < 10,
+        "killed with calls still to store\n{}",
+        log.join("\n")
+    );
 
-    let (mut child, _) = spawn_receiver_process(dir.path(), &args, None);
+    let (mut child, _, restart_log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    log.push("---- restarted".into());
+    log.extend(restart_log);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !files_in(&queue, ".job").is_empty() || stored(dir.path()) < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the rest was not stored after the restart"
-        );
+        if Instant::now() >= deadline {
+            log.extend(lines.try_iter());
+            panic!(
+                "the rest was not stored after the restart, 120 s on:\n{}\n---- the receivers' log:\n{}",
+                left_over(dir.path()),
+                log.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();

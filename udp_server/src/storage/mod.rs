@@ -291,6 +291,8 @@ pub struct Uploads {
     queue: Arc<Queue>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Jobs prepared for calls whose records are being written, by record.
+    prepared: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>>,
 }
 
 impl Uploads {
@@ -303,13 +305,15 @@ impl Uploads {
             queue: Arc::new(queue),
             wake: Arc::new(Notify::new()),
             metrics,
+            prepared: Arc::default(),
         })
     }
 
-    /// A call's record is written: its files are to be stored. Never waits
-    /// on the network; a queue that cannot be written (a full disk) is
-    /// logged and counted, and the call's files stay where they are.
-    pub fn enqueue(&self, record: &CallRecord) {
+    /// A call's record is about to be written: its job is written first,
+    /// for the uploader to take once the record is ([`Uploads::enqueue`]).
+    /// Never waits on the network; a queue that cannot be written (a full
+    /// disk) is logged and counted, and the call's files stay where they are.
+    pub fn prepare(&self, record: &CallRecord) {
         let job = Job {
             uuid: record.uuid.clone(),
             record: record.record.clone(),
@@ -322,14 +326,106 @@ impl Uploads {
             ),
             part: record.part,
         };
-        match self.queue.push(&job) {
-            Ok(()) => self.wake.notify_one(),
+        match self.queue.prepare(&job) {
+            Ok(path) => {
+                let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+                prepared.insert(record.record.clone(), path);
+            }
             Err(error) => {
                 self.metrics.storage_failures.fetch_add(1, Relaxed);
                 tracing::error!(uuid = %record.uuid, %error, "cannot queue the call's upload; its files stay local only");
             }
         }
     }
+
+    /// A call's record is written (or kept to be written later): the
+    /// uploader takes its job, prepared by [`Uploads::prepare`].
+    pub fn enqueue(&self, record: &CallRecord) {
+        let path = {
+            let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            prepared.remove(&record.record)
+        };
+        // None: the job could not be written (logged then).
+        let Some(path) = path else { return };
+        match self.queue.commit(&path) {
+            Ok(()) => self.wake.notify_one(),
+            Err(error) => {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(uuid = %record.uuid, %error, "cannot queue the call's upload; it is stored after the next start");
+            }
+        }
+    }
+}
+
+impl Uploads {
+    /// Queues the calls whose records the start's recovery completed (the
+    /// receiver was killed before they ended, or between writing a record
+    /// and queueing it): nothing received stays unstored. A call already in
+    /// the queue is not queued twice.
+    pub fn enqueue_recovered(&self, recovered: &[PathBuf]) {
+        let records: Vec<&PathBuf> = recovered
+            .iter()
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let queued = match self.queue.pending() {
+            Ok((jobs, _)) => jobs,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the upload queue");
+                Vec::new()
+            }
+        };
+        for path in records {
+            if queued.iter().any(|q| &q.job.record == path) {
+                continue;
+            }
+            let job = std::fs::read(path)
+                .ok()
+                .and_then(|text| serde_json::from_slice(&text).ok())
+                .and_then(|record| recovered_job(path, &record));
+            let Some(job) = job else {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(record = %path.display(), "a recovered record cannot be read; its call stays local only");
+                continue;
+            };
+            match self.queue.push(&job) {
+                Ok(()) => {
+                    tracing::info!(uuid = %job.uuid, "a call the earlier run did not finish is queued for storage");
+                    self.wake.notify_one();
+                }
+                Err(error) => {
+                    self.metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing::error!(uuid = %job.uuid, %error, "cannot queue the call's upload; its files stay local only");
+                }
+            }
+        }
+    }
+}
+
+/// The upload job of a call from its record as written on disk (what
+/// [`Uploads::enqueue`] makes from the record in memory).
+fn recovered_job(path: &FsPath, record: &serde_json::Value) -> Option<Job> {
+    let path_of = |value: &serde_json::Value| value.as_str().map(PathBuf::from);
+    let mut files = Vec::new();
+    for direction in record["directions"].as_object()?.values() {
+        let wavs = direction["wav"].as_array().into_iter().flatten();
+        files.extend(wavs.filter_map(path_of));
+        let raws = direction["raw"].as_array().into_iter().flatten();
+        files.extend(raws.filter_map(|raw| path_of(&raw["path"])));
+        files.extend(path_of(&direction["bare"]));
+    }
+    files.extend(path_of(&record["stereo"]));
+    // `start` is RFC 3339, as written: its date is the day of the keys.
+    let day = record["start"].as_str()?.get(..10)?.replace('-', "/");
+    Some(Job {
+        uuid: record["uuid"].as_str()?.to_owned(),
+        record: path.to_owned(),
+        files,
+        day,
+        part: record["part"].as_u64().map_or(1, |p| p as u32),
+    })
 }
 
 /// The uploader: stores the queued calls in order until `shutdown`.

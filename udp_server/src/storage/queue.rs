@@ -47,11 +47,22 @@ pub struct Queue {
 }
 
 const SUFFIX: &str = ".job";
+/// A job whose call's record was being written: the uploader does not take
+/// it yet (the record may not be there), and the next start does.
+const PREPARED: &str = "next";
 
 impl Queue {
     /// Opens (creates) the queue in `dir`; new jobs are numbered after those there.
     pub fn open(dir: &Path) -> io::Result<Queue> {
         std::fs::create_dir_all(dir)?;
+        // Prepared by a run killed before its record was written: the start's
+        // recovery has completed the record by now (or it was written).
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == PREPARED) {
+                std::fs::rename(&path, path.with_extension(&SUFFIX[1..]))?;
+            }
+        }
         let queue = Queue {
             dir: dir.to_owned(),
             next: AtomicU64::new(0),
@@ -63,14 +74,28 @@ impl Queue {
 
     /// Adds a job (from any thread).
     pub fn push(&self, job: &Job) -> io::Result<()> {
+        let prepared = self.prepare(job)?;
+        self.commit(&prepared)
+    }
+
+    /// Writes a job the uploader does not take until [`Queue::commit`]
+    /// (or the next start): made before the call's record is written, so
+    /// that a kill between the two still leaves the call queued. Returns its file.
+    pub fn prepare(&self, job: &Job) -> io::Result<PathBuf> {
         let n = self.next.fetch_add(1, Relaxed);
-        let path = self.dir.join(format!("{n:020}{SUFFIX}"));
+        let path = self.dir.join(format!("{n:020}.{PREPARED}"));
         let temporary = self.dir.join(format!("{n:020}.tmp"));
         std::fs::write(
             &temporary,
             serde_json::to_vec(job).map_err(io::Error::other)?,
         )?;
-        std::fs::rename(&temporary, &path)
+        std::fs::rename(&temporary, &path)?;
+        Ok(path)
+    }
+
+    /// The prepared job's record is written: the uploader may take it.
+    pub fn commit(&self, prepared: &Path) -> io::Result<()> {
+        std::fs::rename(prepared, prepared.with_extension(&SUFFIX[1..]))
     }
 
     /// The jobs waiting, oldest first. A job file that cannot be read as a

@@ -476,10 +476,27 @@ pub fn spawn_receiver_process(
     args: &[&str],
     max_files: Option<u32>,
 ) -> (Process, SocketAddr) {
+    let (child, addr, _, _) = spawn_receiver_process_logged(dir, args, max_files);
+    (child, addr)
+}
+
+/// [`spawn_receiver_process`], with the receiver's log: the lines up to its
+/// address, and the others as they come.
+pub fn spawn_receiver_process_logged(
+    dir: &Path,
+    args: &[&str],
+    max_files: Option<u32>,
+) -> (
+    Process,
+    SocketAddr,
+    Vec<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
     let mut all = vec!["--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let (child, lines) = spawn_process(&all, dir, max_files);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = lines
@@ -487,8 +504,10 @@ pub fn spawn_receiver_process(
             .expect("the receiver printed its address");
         if let Some(rest) = line.split("listening on ").nth(1) {
             let addr = rest.split(' ').next().unwrap().parse().unwrap();
-            return (child, addr);
+            seen.push(line);
+            return (child, addr, seen, lines);
         }
+        seen.push(line);
     }
 }
 
