@@ -212,7 +212,9 @@ impl Counters {
         receivers.as_mut().map(action)
     }
 
-    /// `,"failovers":N,"receivers":[{"address":..,"up":..,"failures":..,"acks":..}]`.
+    /// `,"failovers":N,"icmp_errors":N,"gso":BOOL,"receivers":[{"address":..,"up":..,"failures":..,"acks":..}]`:
+    /// `gso` is false once the kernel refused a UDP GSO send (then every
+    /// datagram is its own message).
     fn receivers_json(&self) -> String {
         let now = Instant::now();
         let list = self
@@ -231,9 +233,10 @@ impl Counters {
             })
             .unwrap_or_default();
         format!(
-            ",\"failovers\":{},\"icmp_errors\":{},\"receivers\":[{list}]",
+            ",\"failovers\":{},\"icmp_errors\":{},\"gso\":{},\"receivers\":[{list}]",
             self.failovers.load(Relaxed),
-            self.icmp_errors.load(Relaxed)
+            self.icmp_errors.load(Relaxed),
+            rst_net::gso_in_use()
         )
     }
 
