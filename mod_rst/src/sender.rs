@@ -403,6 +403,13 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// at most this much later at the receiver, well within its jitter buffer.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
+/// The batch window while every call gathers frames ([`Stream::gathers`]):
+/// their audio waits 20 ms or more for its datagram anyway, and half the
+/// wake-ups cost the sender about a seventh less CPU (FreeSWITCH bench, 100
+/// SIP calls at `frames-per-datagram` 3, two alternating rounds: 4.3 and 4.8
+/// against 5.5 and 5.3 us per datagram).
+const GATHERING_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
 /// How the sender thread waits before its next wake-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -443,8 +450,16 @@ pub fn run(
     // is (a walk per wake-up costs too much with hundreds of calls).
     let mut next_due: Option<Instant> = None;
     let mut wait = Wait::Idle;
+    // Live streams that send each frame at once: while there is one, the
+    // sender wakes every `BATCH_WINDOW`.
+    let mut prompt_streams = 0usize;
     loop {
-        let first = match next_command(&commands, wait, next_due) {
+        let window = if prompt_streams > 0 {
+            BATCH_WINDOW
+        } else {
+            GATHERING_BATCH_WINDOW
+        };
+        let first = match next_command(&commands, wait, window, next_due) {
             Ok(command) => command,
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
@@ -497,6 +512,7 @@ pub fn run(
                             next_due = earliest(next_due, stream.next_timeout());
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
+                            prompt_streams += usize::from(!stream.gathers());
                             by_uuid.insert(uuid, id);
                             live.insert(
                                 id,
@@ -692,6 +708,7 @@ pub fn run(
                     .frames_dropped_waiting
                     .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
                 counters.streams_active.fetch_sub(1, Relaxed);
+                prompt_streams -= usize::from(!entry.stream.gathers());
                 by_uuid.remove(entry.stream.uuid());
             }
         }
@@ -712,10 +729,11 @@ pub fn run(
 const MAX_COMMANDS: usize = 8192;
 
 /// Waits as `wait` says for the first command of the next wake-up (`None`:
-/// a timer is due, or the batch window is over).
+/// a timer is due, or the batch `window` is over).
 fn next_command(
     commands: &Receiver<Command>,
     wait: Wait,
+    window: Duration,
     next_due: Option<Instant>,
 ) -> Result<Option<Command>, RecvTimeoutError> {
     let until_due = next_due.map(|due| due.saturating_duration_since(Instant::now()));
@@ -723,7 +741,7 @@ fn next_command(
         Wait::Batch => {
             // Sleep, not a wait on the queue: a waiting receiver makes every
             // media thread's send wake it, which is what batching avoids.
-            std::thread::sleep(until_due.map_or(BATCH_WINDOW, |d| d.min(BATCH_WINDOW)));
+            std::thread::sleep(until_due.map_or(window, |d| d.min(window)));
             Ok(None)
         }
         Wait::Quiet => commands

@@ -339,6 +339,13 @@ impl Stream {
         &self.uuid
     }
 
+    /// Whether frames wait for others to go with them (DATA mode with
+    /// `frames_per_datagram` above 1): the call's audio is late by a frame's
+    /// time or more anyway.
+    pub fn gathers(&self) -> bool {
+        self.mode == Mode::Data && self.frames_per_datagram > 1
+    }
+
     /// The receiver's address: where the INV went, and the only address audio
     /// back (PLAY, CLR, MARK) is taken from.
     pub fn target(&self) -> SocketAddr {
@@ -1579,6 +1586,21 @@ mod tests {
         );
         assert_eq!(stream.stats.frames_sent, 10);
         assert_eq!(stream.stats.datagrams_sent, 6);
+    }
+
+    #[test]
+    fn only_a_data_stream_of_several_frames_per_datagram_gathers() {
+        let t0 = Instant::now();
+        for (mode, frames, gathers) in [
+            (Mode::Data, 1, false),
+            (Mode::Data, 3, true),
+            (Mode::Rtp, 1, false),
+            (Mode::Rtp, 3, false),
+        ] {
+            let (mut stream, _) = start(mode, t0);
+            stream.frames_per_datagram = frames;
+            assert_eq!(stream.gathers(), gathers, "{mode:?} {frames}");
+        }
     }
 
     /// Frames gathered never make a datagram of more than
