@@ -23,7 +23,7 @@ use serde_json::Value;
 /// `addr` (or a free port), with the tap's calls' RTP ports: its own range
 /// on this machine.
 fn spawn_receiver(dir: &Path, addr: Option<SocketAddr>) -> (Child, SocketAddr) {
-    spawn_udp_server(Build::Debug, dir, addr, &["--rtp-ports", "21400-21599"])
+    spawn_udp_server(dir, addr, &["--rtp-ports", "21400-21599"])
 }
 
 fn status(host: &mut Host) -> Value {
