@@ -367,3 +367,65 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
         );
     }
 }
+
+/// A job left in the queue for a call whose record is not on disk (never
+/// written on a full disk, and not recoverable at the next start): it used
+/// to hold the whole queue in backoff for good. It is set aside as
+/// `.failed`, said and counted, and the call after it is stored.
+#[test]
+fn a_job_whose_record_is_missing_is_set_aside_and_the_calls_after_it_are_stored() {
+    if !have_weed() {
+        return;
+    }
+    let store = Store::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join(".upload");
+    std::fs::create_dir(&queue).unwrap();
+    let lost = uuid(60);
+    let day = dir.path().join("2026-12-04");
+    std::fs::create_dir(&day).unwrap();
+    // Its audio is there; its record is not.
+    let wav = day.join(format!("{lost}.R.wav"));
+    std::fs::write(&wav, b"RIFF").unwrap();
+    let job = serde_json::json!({
+        "uuid": lost,
+        "record": day.join(format!("{lost}.json")),
+        "files": [wav],
+        "day": "2026/12/04",
+        "part": 1,
+    });
+    let lost_job = queue.join(format!("{:020}.job", 0));
+    std::fs::write(&lost_job, job.to_string()).unwrap();
+
+    let receiver = Receiver::in_dir(
+        Settings {
+            storage: store.settings(true),
+            ..Settings::default()
+        },
+        dir,
+    );
+    let mut sender = Sender::new(receiver.addr);
+    let good = uuid(61);
+    ulaw_call(&mut sender, &good, 50);
+    wait_counter(&receiver, "rst_storage_calls_stored_total", 1);
+    let records = receiver.wait_records(1);
+    assert_eq!(records[0]["uuid"], good.as_str());
+    let reader = store.reader();
+    check_stored(&reader, &records[0]);
+
+    assert_eq!(receiver.counter("rst_storage_calls_failed_total"), 1);
+    assert!(!lost_job.exists(), "out of the queue");
+    assert!(
+        lost_job.with_extension("failed").exists(),
+        "set aside, for a person to look at:\n{}",
+        left_over(receiver.dir.path())
+    );
+    let wav_key = object_store::path::Path::from(format!("recordings/2026/12/04/{lost}.R.wav"));
+    assert!(
+        reader
+            .runtime
+            .block_on(reader.store.head(&wav_key))
+            .is_err(),
+        "the audio of a call without its record is not stored"
+    );
+}
