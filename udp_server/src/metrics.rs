@@ -130,6 +130,9 @@ pub struct Metrics {
     pub storage_calls_stored: AtomicU64,
     /// Tries to store a call that failed (each is tried again), and queue errors.
     pub storage_failures: AtomicU64,
+    /// Calls given up on: their record is not on disk, so their upload job
+    /// is set aside (`.upload/*.failed`) rather than hold the queue.
+    pub storage_calls_failed: AtomicU64,
     /// The message bus and webhook targets' counters.
     pub bus: crate::bus::BusStats,
 }
@@ -276,7 +279,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 26] = [
+        let counters: [(&str, &str, &AtomicU64); 27] = [
             (
                 "rst_storage_calls_stored_total",
                 "Calls whose files and record are stored in object storage, verified.",
@@ -286,6 +289,11 @@ impl Metrics {
                 "rst_storage_failures_total",
                 "Tries to store a call that failed (tried again), and upload queue errors.",
                 &self.storage_failures,
+            ),
+            (
+                "rst_storage_calls_failed_total",
+                "Calls never stored: their record is not on disk; upload job set aside as .failed.",
+                &self.storage_calls_failed,
             ),
             (
                 "rst_play_dropped_ms_total",

@@ -577,6 +577,10 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> 
         let result = if part.to_string_lossy().ends_with(".wav.part") {
             repair_wav(&part).map(drop)
         } else if part.to_string_lossy().ends_with(".json.part") {
+            if final_path.exists() {
+                remove_leftover_record(&part);
+                continue;
+            }
             complete_record(&part)
         } else {
             Ok(())
@@ -593,6 +597,22 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> 
         }
     }
     recovered
+}
+
+/// The provisional record of a call whose record was written: the run was
+/// killed between writing the record (whole, by a rename) and removing this.
+/// The record is the call's; completing this one would put an `error` ending
+/// over it. Its upload job, prepared before the record was written, is
+/// committed when the queue opens.
+fn remove_leftover_record(part: &Path) {
+    match std::fs::remove_file(part) {
+        Ok(()) => {
+            tracing::info!(path = %part.display(), "removed a provisional record left beside its call's written record")
+        }
+        Err(error) => {
+            tracing::warn!(path = %part.display(), %error, "cannot remove a provisional record left beside its call's written record; the record is kept")
+        }
+    }
 }
 
 fn collect_parts(dir: &Path, depth: u32, out: &mut Vec<std::path::PathBuf>) {
@@ -638,4 +658,60 @@ fn complete_record(part: &Path) -> std::io::Result<()> {
     let temporary = part.with_extension("tmp");
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as a call writes it: provisional while it lasts, final at its end.
+    fn record_text(uuid: &str, end_reason: Option<&str>) -> Vec<u8> {
+        let mut record = serde_json::json!({
+            "uuid": uuid,
+            "caller": "alice",
+            "callee": "bob",
+            "start": "2026-12-04T21:00:00Z",
+            "directions": {},
+        });
+        if let Some(reason) = end_reason {
+            record["end"] = "2026-12-04T21:01:00Z".into();
+            record["end_reason"] = reason.into();
+        }
+        serde_json::to_vec_pretty(&record).unwrap()
+    }
+
+    /// The receiver killed after a call's record was written but before its
+    /// provisional record was removed: the next start keeps the record as it
+    /// was and removes the leftover. A call the kill ended, beside it, is
+    /// still completed from its provisional record.
+    #[test]
+    fn recovery_keeps_a_written_record_and_removes_its_leftover_provisional_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("2026-12-04");
+        std::fs::create_dir(&day).unwrap();
+        let ended = day.join("ended.json");
+        let written = String::from_utf8(record_text("ended", Some("hangup"))).unwrap();
+        std::fs::write(&ended, &written).unwrap();
+        std::fs::write(crate::files::part_path(&ended), record_text("ended", None)).unwrap();
+        let cut = day.join("cut.json");
+        std::fs::write(crate::files::part_path(&cut), record_text("cut", None)).unwrap();
+
+        let metrics = Metrics::default();
+        let recovered = recover(dir.path(), &metrics);
+
+        assert_eq!(
+            std::fs::read_to_string(&ended).unwrap(),
+            written,
+            "the written record is kept as it was"
+        );
+        assert!(
+            !crate::files::part_path(&ended).exists(),
+            "the leftover goes"
+        );
+        assert_eq!(recovered, [cut.as_path()], "only the call the kill ended");
+        assert!(!crate::files::part_path(&cut).exists());
+        let cut: serde_json::Value = serde_json::from_slice(&std::fs::read(&cut).unwrap()).unwrap();
+        assert_eq!(cut["end_reason"], "error");
+        assert_eq!(metrics.recovered_files.load(Relaxed), 1);
+    }
 }

@@ -660,7 +660,8 @@ impl Receiver {
         }
     }
 
-    /// Handles the packets one `recvmmsg` took from one of a call's RTP ports.
+    /// Handles the packets one `recvmmsg` took from one of a call's RTP ports
+    /// (they have no GRO, unlike the main port: each message is one packet).
     fn handle_rtp(&mut self, port: &RtpPort, packets: &RecvBatch, batch: &mut Outbox) {
         let at = Instant::now();
         for i in 0..packets.len() {
@@ -672,7 +673,7 @@ impl Receiver {
                 port.call,
                 port.direction,
                 from,
-                packets.datagram(i),
+                packets.message(i),
                 &mut |output| batch.push(output, at),
             );
         }

@@ -20,16 +20,16 @@ use udp_server::Settings;
 /// The real command, with the store's settings as flags after `assemble`.
 /// It must end by itself: one still running after two minutes (a store
 /// that is down must give an error, not a hang) is killed, and the test fails.
-fn assemble(args: &[&str], ports: Ports, id_file: &Path, secret_file: &Path) -> Output {
+fn assemble(args: &[&str], store: &Store) -> Output {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_udp_server"))
         .arg("assemble")
         .args(args)
         .arg("--storage-endpoint")
-        .arg(ports.endpoint())
+        .arg(store.ports.endpoint())
         .arg("--storage-access-key-id-file")
-        .arg(id_file)
+        .arg(&store.id_file)
         .arg("--storage-secret-access-key-file")
-        .arg(secret_file)
+        .arg(&store.secret_file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -78,11 +78,9 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
     if !have_weed() {
         return;
     }
-    let ports = Ports::free();
-    let _seaweed = Seaweed::start(ports);
-    let (_secrets, id_file, secret_file) = credential_files();
+    let store = Store::start();
     let with_storage = || Settings {
-        storage: storage_settings(ports, &id_file, &secret_file, false),
+        storage: store.settings(false),
         ..Settings::default()
     };
     let (a, b) = (
@@ -141,9 +139,7 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
     let out_dir = out.path().to_str().unwrap();
     let summary = succeeded(&assemble(
         &[&id, "--from", "s3://calls/recordings", "--out", out_dir],
-        ports,
-        &id_file,
-        &secret_file,
+        &store,
     ));
     check_joined(&summary, out.path(), &id);
     let origins: Vec<&str> = summary["parts"]
@@ -176,9 +172,7 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
             "--out",
             mixed.path().to_str().unwrap(),
         ],
-        ports,
-        &id_file,
-        &secret_file,
+        &store,
     ));
     check_joined(&summary, mixed.path(), &id);
 
@@ -194,12 +188,12 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let output = assemble(&args, ports, &id_file, &secret_file);
+        let output = assemble(&args, &store);
         failed(&output, "no record of call");
     }
 
     // A missing object: the part 2's W.wav deleted.
-    let reader = Reader::new(ports);
+    let reader = store.reader();
     let part2 = records.iter().find(|r| r["part"] == 2).unwrap();
     let w_key = part2["stored"]["objects"]
         .as_array()
@@ -225,7 +219,7 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
         day,
     ];
     failed(
-        &assemble(&args, ports, &id_file, &secret_file),
+        &assemble(&args, &store),
         &format!("s3://calls/{w_key} is not in the store"),
     );
     // Put back shorter than the record says.
@@ -237,7 +231,7 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
         ))
         .unwrap();
     failed(
-        &assemble(&args, ports, &id_file, &secret_file),
+        &assemble(&args, &store),
         "bytes in the store, the record says",
     );
 
@@ -255,12 +249,11 @@ fn a_call_whose_parts_are_stored_by_two_receivers_is_joined_from_the_store() {
         ))
         .unwrap();
     failed(
-        &assemble(&args, ports, &id_file, &secret_file),
+        &assemble(&args, &store),
         &format!("it is the record of call {other}"),
     );
 
     // A store that is down: a clear error, not a hang (see `assemble`).
-    let down = Ports::free();
-    let output = assemble(&args, down, &id_file, &secret_file);
+    let output = assemble(&args, &Store::down());
     failed(&output, "s3://calls/recordings/");
 }

@@ -113,11 +113,9 @@ fn ended_calls_are_stored_verified_and_named_in_their_records() {
     if !have_weed() {
         return;
     }
-    let ports = Ports::free();
-    let _seaweed = Seaweed::start(ports);
-    let (_secrets, id, secret) = credential_files();
+    let store = Store::start();
     let receiver = Receiver::with(Settings {
-        storage: storage_settings(ports, &id, &secret, true),
+        storage: store.settings(true),
         ..Settings::default()
     });
     let mut sender = Sender::new(receiver.addr);
@@ -143,7 +141,7 @@ fn ended_calls_are_stored_verified_and_named_in_their_records() {
     }
     sender.bye(&long);
     wait_counter(&receiver, "rst_storage_calls_stored_total", 2);
-    let reader = Reader::new(ports);
+    let reader = store.reader();
     let records = receiver.wait_records(2);
     for record in &records {
         check_stored(&reader, record);
@@ -175,10 +173,9 @@ fn calls_wait_while_the_store_is_down_and_are_stored_once_it_is_up() {
     if !have_weed() {
         return;
     }
-    let ports = Ports::free();
-    let (_secrets, id, secret) = credential_files();
+    let mut store = Store::down();
     let receiver = Receiver::with(Settings {
-        storage: storage_settings(ports, &id, &secret, true),
+        storage: store.settings(true),
         ..Settings::default()
     });
     let mut sender = Sender::new(receiver.addr);
@@ -192,35 +189,14 @@ fn calls_wait_while_the_store_is_down_and_are_stored_once_it_is_up() {
     // after each failed try, 1 s doubling to 30 s apart).
     wait_counter(&receiver, "rst_storage_oldest_waiting_seconds", 30);
     assert!(receiver.counter("rst_storage_failures_total") >= 3);
-    let _seaweed = Seaweed::start(ports);
+    store.bring_up();
     wait_counter(&receiver, "rst_storage_calls_stored_total", 20);
-    let reader = Reader::new(ports);
+    let reader = store.reader();
     for record in receiver.wait_records(20) {
         check_stored(&reader, &record);
     }
     assert_eq!(receiver.counter("rst_storage_files_waiting"), 0);
     assert_eq!(receiver.counter("rst_storage_bytes_waiting"), 0);
-}
-
-/// The storage flags of a receiver process storing into `ports`' SeaweedFS,
-/// local audio removed once stored.
-fn storage_args(ports: Ports, id: &Path, secret: &Path) -> Vec<String> {
-    [
-        "--storage-bucket",
-        BUCKET,
-        "--storage-endpoint",
-        &ports.endpoint(),
-        "--storage-prefix",
-        "recordings",
-        "--storage-access-key-id-file",
-        &id.display().to_string(),
-        "--storage-secret-access-key-file",
-        &secret.display().to_string(),
-        "--storage-keep-local",
-        "false",
-    ]
-    .map(String::from)
-    .to_vec()
 }
 
 /// The receiver as a process, `kill -9`'d in the middle of a call: the next
@@ -232,13 +208,9 @@ fn a_call_the_receiver_was_killed_in_is_stored_after_its_restart() {
     if !have_weed() {
         return;
     }
-    let ports = Ports::free();
-    let _seaweed = Seaweed::start(ports);
-    let (_secrets, id, secret) = credential_files();
+    let store = Store::start();
     let dir = tempfile::tempdir().unwrap();
-    let args = storage_args(ports, &id, &secret);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut child, addr, mut log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    let (mut child, addr, mut log, lines) = store.spawn_receiver(dir.path());
     let mut sender = Sender::new(addr);
     let call = uuid(40);
     sender.inv(&call, "+15551230001", "+15559870002");
@@ -259,7 +231,7 @@ fn a_call_the_receiver_was_killed_in_is_stored_after_its_restart() {
     child.wait().unwrap();
     log.extend(lines.try_iter());
 
-    let (_child, _, restart_log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    let (_child, _, restart_log, lines) = store.spawn_receiver(dir.path());
     log.push("---- restarted".into());
     log.extend(restart_log);
     let queue = dir.path().join(".upload");
@@ -285,7 +257,7 @@ fn a_call_the_receiver_was_killed_in_is_stored_after_its_restart() {
     let record = &records_in(dir.path())[0];
     assert_eq!(record["uuid"], call.as_str());
     assert_eq!(record["end_reason"], "error", "{record}");
-    check_stored(&Reader::new(ports), record);
+    check_stored(&store.reader(), record);
 }
 
 /// The receiver as a process, `kill -9`'d mid-upload (some calls stored,
@@ -297,13 +269,9 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
     if !have_weed() {
         return;
     }
-    let ports = Ports::free();
-    let _seaweed = Seaweed::start(ports);
-    let (_secrets, id, secret) = credential_files();
+    let store = Store::start();
     let dir = tempfile::tempdir().unwrap();
-    let args = storage_args(ports, &id, &secret);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut child, addr, mut log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    let (mut child, addr, mut log, lines) = store.spawn_receiver(dir.path());
     let mut sender = Sender::new(addr);
     let mut sent = Vec::new();
     // Ten calls of 10 s each: about 1 MB of files apiece to store.
@@ -346,7 +314,7 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
         log.join("\n")
     );
 
-    let (mut child, _, restart_log, lines) = spawn_receiver_process_logged(dir.path(), &args, None);
+    let (mut child, _, restart_log, lines) = store.spawn_receiver(dir.path());
     log.push("---- restarted".into());
     log.extend(restart_log);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -364,7 +332,7 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
     let _ = child.kill();
     child.wait().unwrap();
 
-    let reader = Reader::new(ports);
+    let reader = store.reader();
     let records = records_in(dir.path());
     assert_eq!(records.len(), 10);
     for (uuid, r) in &sent {
@@ -398,4 +366,66 @@ fn a_receiver_killed_mid_upload_stores_everything_after_its_restart() {
             "keep-local = false: the local audio went"
         );
     }
+}
+
+/// A job left in the queue for a call whose record is not on disk (never
+/// written on a full disk, and not recoverable at the next start): it used
+/// to hold the whole queue in backoff for good. It is set aside as
+/// `.failed`, said and counted, and the call after it is stored.
+#[test]
+fn a_job_whose_record_is_missing_is_set_aside_and_the_calls_after_it_are_stored() {
+    if !have_weed() {
+        return;
+    }
+    let store = Store::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join(".upload");
+    std::fs::create_dir(&queue).unwrap();
+    let lost = uuid(60);
+    let day = dir.path().join("2026-12-04");
+    std::fs::create_dir(&day).unwrap();
+    // Its audio is there; its record is not.
+    let wav = day.join(format!("{lost}.R.wav"));
+    std::fs::write(&wav, b"RIFF").unwrap();
+    let job = serde_json::json!({
+        "uuid": lost,
+        "record": day.join(format!("{lost}.json")),
+        "files": [wav],
+        "day": "2026/12/04",
+        "part": 1,
+    });
+    let lost_job = queue.join(format!("{:020}.job", 0));
+    std::fs::write(&lost_job, job.to_string()).unwrap();
+
+    let receiver = Receiver::in_dir(
+        Settings {
+            storage: store.settings(true),
+            ..Settings::default()
+        },
+        dir,
+    );
+    let mut sender = Sender::new(receiver.addr);
+    let good = uuid(61);
+    ulaw_call(&mut sender, &good, 50);
+    wait_counter(&receiver, "rst_storage_calls_stored_total", 1);
+    let records = receiver.wait_records(1);
+    assert_eq!(records[0]["uuid"], good.as_str());
+    let reader = store.reader();
+    check_stored(&reader, &records[0]);
+
+    assert_eq!(receiver.counter("rst_storage_calls_failed_total"), 1);
+    assert!(!lost_job.exists(), "out of the queue");
+    assert!(
+        lost_job.with_extension("failed").exists(),
+        "set aside, for a person to look at:\n{}",
+        left_over(receiver.dir.path())
+    );
+    let wav_key = object_store::path::Path::from(format!("recordings/2026/12/04/{lost}.R.wav"));
+    assert!(
+        reader
+            .runtime
+            .block_on(reader.store.head(&wav_key))
+            .is_err(),
+        "the audio of a call without its record is not stored"
+    );
 }

@@ -149,7 +149,9 @@ fn receive(socket: &UdpSocket, options: Options, shared: &Shared) -> io::Result<
             ..Counts::default()
         };
         for i in 0..count {
-            let datagram = batch.datagram(i);
+            // No GRO on this socket (`net::bind` does not ask for it): a
+            // message is one datagram, as `datagrams: count` above counts.
+            let datagram = batch.message(i);
             counts.bytes += datagram.len() as u64;
             let kind = match datagram.get(..5) {
                 Some(b"DATA:") => &mut counts.data,

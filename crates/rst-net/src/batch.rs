@@ -268,9 +268,12 @@ impl RecvBatch {
         self.count == 0
     }
 
-    /// The `i`th message of the last [`recv`](Self::recv) (truncated to the
-    /// capacity): one datagram, unless the socket has GRO on.
-    pub fn datagram(&self, i: usize) -> &[u8] {
+    /// The `i`th message of the last [`recv`](Self::recv), truncated to the
+    /// capacity. On a socket without GRO it is one datagram; with GRO
+    /// ([`enable_gro`]) it can hold several datagrams of one sender, back to
+    /// back: read such a socket with [`datagrams`](Self::datagrams), which
+    /// splits them.
+    pub fn message(&self, i: usize) -> &[u8] {
         let start = i * self.capacity;
         &self.buffers[start..start + self.lens[i].min(self.capacity)]
     }
@@ -279,7 +282,7 @@ impl RecvBatch {
     /// message itself, or, when GRO coalesced it, its datagrams (all of the
     /// segment size but the last, which may be shorter).
     pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
-        let message = self.datagram(i);
+        let message = self.message(i);
         let size = match self.segments[i] {
             // One datagram, an empty one too.
             0 => message.len().max(1),
@@ -318,7 +321,7 @@ mod tests {
                 if let Ok(count) = batch.try_recv(&receiver) {
                     for i in 0..count {
                         assert_eq!(batch.sender(i), Some(sender.local_addr().unwrap()));
-                        got.push(batch.datagram(i).to_vec());
+                        got.push(batch.message(i).to_vec());
                     }
                 }
             }

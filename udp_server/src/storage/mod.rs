@@ -14,7 +14,11 @@
 //! growing backlog (metrics: files and bytes waiting, the oldest's age),
 //! tried again with backoff (1 s doubling to 30 s) in the same order; a
 //! receiver killed meanwhile resumes from the queue, storing again under the
-//! same keys what it may already have stored.
+//! same keys what it may already have stored. A job waits for its call's
+//! record (a full disk can hold it back) before the uploader takes it; one
+//! whose record is then not on disk (lost, or never written and not
+//! recoverable) can never be stored: it is set aside as `.failed`, with an
+//! error, so that it does not hold the calls after it.
 //!
 //! The client is the `object_store` crate (the Apache Arrow project's, used
 //! by DataFusion and delta-rs): a small async API over S3 that also speaks
@@ -247,7 +251,8 @@ pub fn object_name(uuid: &str, part: u32, name: &str) -> String {
     }
 }
 
-/// Why a call could not be stored (this time: it is tried again).
+/// Why a call could not be stored (this time: it is tried again, but for
+/// [`StoreError::RecordMissing`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot read {path}: {source}")]
@@ -260,7 +265,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the record {0} is not written yet")]
+    /// Never tried again: see [`run`].
+    #[error("the record {0} is not on disk")]
     RecordMissing(PathBuf),
     #[error("the record {0} is not JSON")]
     RecordUnreadable(PathBuf),
@@ -293,7 +299,23 @@ pub struct Uploads {
     metrics: Arc<Metrics>,
     /// Jobs prepared for calls whose records are being written, by record.
     prepared: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>>,
+    /// Jobs of ended calls whose records are not written yet (kept by the
+    /// recorder and tried again: a full disk), oldest first; the uploader
+    /// takes each once its record is there ([`Uploads::commit_written`]).
+    unwritten: Arc<std::sync::Mutex<std::collections::VecDeque<Unwritten>>>,
 }
+
+/// A prepared job waiting for its call's record.
+#[derive(Debug)]
+struct Unwritten {
+    uuid: String,
+    record: PathBuf,
+    job: PathBuf,
+}
+
+/// Jobs waiting for their records at once; past it the oldest is left to the
+/// next start (its job stays prepared on disk, as for a receiver killed).
+const MAX_UNWRITTEN: usize = 10_000;
 
 impl Uploads {
     /// The queue in `<record_dir>/.upload`, with whatever an earlier run left there.
@@ -306,6 +328,7 @@ impl Uploads {
             wake: Arc::new(Notify::new()),
             metrics,
             prepared: Arc::default(),
+            unwritten: Arc::default(),
         })
     }
 
@@ -339,7 +362,9 @@ impl Uploads {
     }
 
     /// A call's record is written (or kept to be written later): the
-    /// uploader takes its job, prepared by [`Uploads::prepare`].
+    /// uploader takes its job, prepared by [`Uploads::prepare`], once the
+    /// record is on disk. A job taken before would wait for a record that
+    /// may come only at the next start, and the calls after it with it.
     pub fn enqueue(&self, record: &CallRecord) {
         let path = {
             let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
@@ -347,11 +372,42 @@ impl Uploads {
         };
         // None: the job could not be written (logged then).
         let Some(path) = path else { return };
-        match self.queue.commit(&path) {
+        if !record.record.exists() {
+            tracing::info!(uuid = %record.uuid, record = %record.record.display(), "the call's record is not written yet; its upload waits for it");
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            if unwritten.len() >= MAX_UNWRITTEN {
+                unwritten.pop_front();
+            }
+            unwritten.push_back(Unwritten {
+                uuid: record.uuid.clone(),
+                record: record.record.clone(),
+                job: path,
+            });
+            return;
+        }
+        self.commit(&record.uuid, &path);
+    }
+
+    /// Lets the uploader take the jobs whose records have been written since
+    /// [`Uploads::enqueue`].
+    fn commit_written(&self) {
+        let written: std::collections::VecDeque<Unwritten> = {
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            let (written, waiting) = unwritten.drain(..).partition(|u| u.record.exists());
+            *unwritten = waiting;
+            written
+        };
+        for job in written {
+            self.commit(&job.uuid, &job.job);
+        }
+    }
+
+    fn commit(&self, uuid: &str, path: &FsPath) {
+        match self.queue.commit(path) {
             Ok(()) => self.wake.notify_one(),
             Err(error) => {
                 self.metrics.storage_failures.fetch_add(1, Relaxed);
-                tracing::error!(uuid = %record.uuid, %error, "cannot queue the call's upload; it is stored after the next start");
+                tracing::error!(uuid = %uuid, %error, "cannot queue the call's upload; it is stored after the next start");
             }
         }
     }
@@ -433,6 +489,7 @@ pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: 
     let metrics = uploads.metrics.clone();
     let mut backoff = Duration::from_secs(1);
     loop {
+        uploads.commit_written();
         let jobs = match uploads.queue.pending() {
             Ok((jobs, bad)) => {
                 for path in bad {
@@ -460,7 +517,7 @@ pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: 
                 result = store_call(&config, &queued.job) => result,
                 _ = shutdown.cancelled() => return,
             };
-            match result {
+            let error = match result {
                 Ok((record_key, objects)) => {
                     backoff = Duration::from_secs(1);
                     metrics.storage_calls_stored.fetch_add(1, Relaxed);
@@ -476,18 +533,38 @@ pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: 
                         "objects": objects,
                     }));
                     show_backlog(&jobs[done + 1..], &metrics);
+                    continue;
                 }
-                Err(error) => {
-                    metrics.storage_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(uuid = %queued.job.uuid, endpoint = %config.endpoint, bucket = %config.bucket, %error, retry_in_s = backoff.as_secs(), "cannot store the call yet; it waits, with the calls after it");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
+                // Jobs wait for their records before the uploader takes
+                // them: this one will not come (lost, or never written and
+                // not recoverable from the provisional one). Tried again, it
+                // would hold the calls after it for good.
+                Err(StoreError::RecordMissing(record)) => match uploads.queue.fail(queued) {
+                    Ok(aside) => {
+                        metrics.storage_failures.fetch_add(1, Relaxed);
+                        metrics.storage_calls_failed.fetch_add(1, Relaxed);
+                        tracing::error!(uuid = %queued.job.uuid, record = %record.display(), job = %aside.display(), "the call's record is not on disk, so the call cannot be stored; its upload job is set aside and the calls after it go on. To store it, put its record back and rename the job to .job");
+                        show_backlog(&jobs[done + 1..], &metrics);
+                        continue;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    break;
-                }
+                    Err(source) => {
+                        tracing::error!(uuid = %queued.job.uuid, record = %record.display(), job = %queued.path.display(), error = %source, "the call's record is not on disk, so the call cannot be stored, and its upload job cannot be set aside: remove the job by hand, or the calls after it wait");
+                        StoreError::Write {
+                            path: queued.path.clone(),
+                            source,
+                        }
+                    }
+                },
+                Err(error) => error,
+            };
+            metrics.storage_failures.fetch_add(1, Relaxed);
+            tracing::warn!(uuid = %queued.job.uuid, endpoint = %config.endpoint, bucket = %config.bucket, %error, retry_in_s = backoff.as_secs(), "cannot store the call yet; it waits, with the calls after it");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
             }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            break;
         }
     }
 }
@@ -521,6 +598,12 @@ async fn store_call(
     config: &StorageConfig,
     job: &Job,
 ) -> Result<(String, Vec<StoredObject>), StoreError> {
+    // Before any audio: without its record a call is not stored at all.
+    if let Err(error) = tokio::fs::metadata(&job.record).await {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return Err(StoreError::RecordMissing(job.record.clone()));
+        }
+    }
     let mut objects = Vec::new();
     for file in &job.files {
         match tokio::fs::metadata(file).await {
@@ -540,7 +623,6 @@ async fn store_call(
     let text = match tokio::fs::read(&job.record).await {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            // Still waiting for room on a full disk, or completed at the next start.
             return Err(StoreError::RecordMissing(job.record.clone()));
         }
         Err(source) => {
@@ -669,4 +751,56 @@ async fn put_file(
         size,
         etag: result.e_tag,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_record(record: PathBuf) -> CallRecord {
+        CallRecord {
+            uuid: "478525a8-8263-4550-b18c-000000000001".into(),
+            caller: None,
+            callee: None,
+            call_id: None,
+            tap: None,
+            sender: "127.0.0.1:5000".into(),
+            mode: "data",
+            sender_rtp_ports: None,
+            start: time::OffsetDateTime::UNIX_EPOCH,
+            end: None,
+            end_reason: None,
+            error: None,
+            malformed: 0,
+            directions: Default::default(),
+            dtmf: Vec::new(),
+            fax: false,
+            stereo: None,
+            part: 1,
+            offset_ms: 0,
+            streams: Vec::new(),
+            record,
+        }
+    }
+
+    /// A call ended on a full disk: its record is kept to be written, and
+    /// its job waits out of the uploader's sight (a job taken without its
+    /// record is given up on) until the record is on disk.
+    #[test]
+    fn a_job_waits_for_its_record_before_the_uploader_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Uploads::open(dir.path(), Arc::default()).unwrap();
+        let record = call_record(dir.path().join("call.json"));
+        uploads.prepare(&record);
+        uploads.enqueue(&record);
+        uploads.commit_written();
+        assert!(uploads.queue.pending().unwrap().0.is_empty());
+
+        std::fs::write(&record.record, b"{}").unwrap();
+        uploads.commit_written();
+        let (pending, _) = uploads.queue.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].job.record, record.record);
+        assert_eq!(pending[0].job.day, "1970/01/01");
+    }
 }

@@ -47,16 +47,20 @@ pub struct Queue {
 }
 
 const SUFFIX: &str = ".job";
-/// A job whose call's record was being written: the uploader does not take
-/// it yet (the record may not be there), and the next start does.
+/// A job whose call's record was being written, or is kept to be written
+/// (a full disk): the uploader does not take it until the record is there,
+/// and the next start does.
 const PREPARED: &str = "next";
+/// A job given up on ([`Queue::fail`]): kept for a person to look at.
+const FAILED: &str = "failed";
 
 impl Queue {
     /// Opens (creates) the queue in `dir`; new jobs are numbered after those there.
     pub fn open(dir: &Path) -> io::Result<Queue> {
         std::fs::create_dir_all(dir)?;
-        // Prepared by a run killed before its record was written: the start's
-        // recovery has completed the record by now (or it was written).
+        // Prepared by a run killed, or stopped, before its record was
+        // written: the start's recovery has completed the record by now (or
+        // it was written; or it cannot be, and the uploader gives up on it).
         for entry in std::fs::read_dir(dir)?.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == PREPARED) {
@@ -67,7 +71,12 @@ impl Queue {
             dir: dir.to_owned(),
             next: AtomicU64::new(0),
         };
-        let last = queue.files()?.last().and_then(|path| sequence_of(path));
+        // After the jobs set aside too (`.bad`, `.failed`): one set aside
+        // again under its number would take the place of the first.
+        let last = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|entry| entry.path().file_stem()?.to_str()?.parse::<u64>().ok())
+            .max();
         queue.next.store(last.map_or(0, |n| n + 1), Relaxed);
         Ok(queue)
     }
@@ -118,6 +127,15 @@ impl Queue {
             }
         }
         Ok((jobs, bad))
+    }
+
+    /// The job can never be done (its record is not on disk): set aside as
+    /// `.failed`, out of the queue, so that the jobs after it go on. Returns
+    /// where it is now.
+    pub fn fail(&self, queued: &Queued) -> io::Result<PathBuf> {
+        let aside = queued.path.with_extension(FAILED);
+        std::fs::rename(&queued.path, &aside)?;
+        Ok(aside)
     }
 
     /// The job is done: its file goes.
@@ -180,5 +198,30 @@ mod tests {
         assert_eq!(pending[0].job, job("c"));
         assert_eq!(bad.len(), 1);
         assert!(bad[0].exists(), "kept for a person to look at");
+    }
+
+    #[test]
+    fn a_failed_job_leaves_the_queue_and_stays_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        for uuid in ["a", "b"] {
+            queue.push(&job(uuid)).unwrap();
+        }
+        let (pending, _) = queue.pending().unwrap();
+        let aside = queue.fail(&pending[0]).unwrap();
+        assert!(aside.exists(), "kept for a person to look at");
+        // Across a restart too.
+        let queue = Queue::open(dir.path()).unwrap();
+        let (pending, bad) = queue.pending().unwrap();
+        let uuids: Vec<&str> = pending.iter().map(|q| q.job.uuid.as_str()).collect();
+        assert_eq!(uuids, ["b"]);
+        assert!(bad.is_empty());
+        // The last one set aside too: new jobs are numbered after it.
+        let again = queue.fail(&pending[0]).unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        queue.push(&job("c")).unwrap();
+        let (pending, _) = queue.pending().unwrap();
+        assert!(queue.fail(&pending[0]).unwrap() != again);
+        assert!(aside.exists() && again.exists());
     }
 }

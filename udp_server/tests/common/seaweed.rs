@@ -3,7 +3,7 @@
 //! bucket made; and a reader that gets objects back over S3 as another
 //! program would.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use udp_server::storage::StorageSettings;
 
-use super::installed;
+use super::{installed, spawn_receiver_process_logged, Process};
 
 pub const ACCESS_KEY: &str = "rst-test-access";
 pub const SECRET_KEY: &str = "rst-test-secret-0123456789";
@@ -160,29 +160,102 @@ impl Drop for Seaweed {
     }
 }
 
-/// The credentials in files, as a deployment keeps them.
-pub fn credential_files() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let (id, secret) = (dir.path().join("key-id"), dir.path().join("secret"));
-    std::fs::write(&id, format!("{ACCESS_KEY}\n")).unwrap();
-    std::fs::write(&secret, format!("{SECRET_KEY}\n")).unwrap();
-    (dir, id, secret)
+/// What a storing receiver needs: SeaweedFS on free ports (not running
+/// when made with [`Store::down`] until [`Store::bring_up`]) and the
+/// credentials in files, as a deployment keeps them.
+pub struct Store {
+    pub ports: Ports,
+    pub id_file: PathBuf,
+    pub secret_file: PathBuf,
+    seaweed: Option<Seaweed>,
+    _secrets: tempfile::TempDir,
 }
 
-pub fn storage_settings(
-    ports: Ports,
-    id: &Path,
-    secret: &Path,
-    keep_local: bool,
-) -> StorageSettings {
-    StorageSettings {
-        bucket: Some(BUCKET.into()),
-        endpoint: Some(ports.endpoint()),
-        prefix: Some("recordings".into()),
-        access_key_id_file: Some(id.to_owned()),
-        secret_access_key_file: Some(secret.to_owned()),
-        keep_local: Some(keep_local),
-        ..StorageSettings::default()
+impl Store {
+    /// SeaweedFS up, with the bucket made.
+    pub fn start() -> Store {
+        let mut store = Store::down();
+        store.bring_up();
+        store
+    }
+
+    /// The ports and credentials, SeaweedFS not started: uploads fail until
+    /// [`Store::bring_up`].
+    pub fn down() -> Store {
+        let secrets = tempfile::tempdir().unwrap();
+        let (id_file, secret_file) = (secrets.path().join("key-id"), secrets.path().join("secret"));
+        std::fs::write(&id_file, format!("{ACCESS_KEY}\n")).unwrap();
+        std::fs::write(&secret_file, format!("{SECRET_KEY}\n")).unwrap();
+        Store {
+            ports: Ports::free(),
+            id_file,
+            secret_file,
+            seaweed: None,
+            _secrets: secrets,
+        }
+    }
+
+    /// Starts SeaweedFS (once) and makes the bucket.
+    pub fn bring_up(&mut self) {
+        if self.seaweed.is_none() {
+            self.seaweed = Some(Seaweed::start(self.ports));
+        }
+    }
+
+    /// The storage settings of a receiver in this process.
+    pub fn settings(&self, keep_local: bool) -> StorageSettings {
+        StorageSettings {
+            bucket: Some(BUCKET.into()),
+            endpoint: Some(self.ports.endpoint()),
+            prefix: Some("recordings".into()),
+            access_key_id_file: Some(self.id_file.clone()),
+            secret_access_key_file: Some(self.secret_file.clone()),
+            keep_local: Some(keep_local),
+            ..StorageSettings::default()
+        }
+    }
+
+    /// The storage flags of a receiver process: [`Store::settings`] with
+    /// local audio removed once stored.
+    pub fn args(&self) -> Vec<String> {
+        [
+            "--storage-bucket",
+            BUCKET,
+            "--storage-endpoint",
+            &self.ports.endpoint(),
+            "--storage-prefix",
+            "recordings",
+            "--storage-access-key-id-file",
+            &self.id_file.display().to_string(),
+            "--storage-secret-access-key-file",
+            &self.secret_file.display().to_string(),
+            "--storage-keep-local",
+            "false",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The receiver binary recording into `dir` and storing here with
+    /// [`Store::args`]; see [`spawn_receiver_process_logged`]. Called again
+    /// on the same `dir`, it is the restart.
+    pub fn spawn_receiver(
+        &self,
+        dir: &Path,
+    ) -> (
+        Process,
+        SocketAddr,
+        Vec<String>,
+        std::sync::mpsc::Receiver<String>,
+    ) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_receiver_process_logged(dir, &args, None)
+    }
+
+    /// A reader of what is stored here.
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.ports)
     }
 }
 
