@@ -39,8 +39,8 @@ pub fn cargo_build(args: &[&str]) {
     let mut cargo = Command::new(env!("CARGO"));
     // Without what cargo set for this test (`CARGO_MANIFEST_DIR`, `OUT_DIR`,
     // `CARGO_PKG_*`, ...): `ring`'s build script reruns when those change, so
-    // a build with this test's rebuilt ring and everything above it (udp_server
-    // too), and the next plain `cargo` rebuilt them again: 40 s each time.
+    // a build with them rebuilt ring and everything above it (udp_server too),
+    // and the next plain `cargo` rebuilt them again: 40 s each time.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let set_by_cargo = ["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_MANIFEST_"]
