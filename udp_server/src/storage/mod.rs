@@ -255,11 +255,13 @@ pub fn object_name(uuid: &str, part: u32, name: &str) -> String {
 /// [`StoreError::RecordMissing`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A local file of the call (audio, record or job) could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The record (with where the audio went) or a job could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -268,13 +270,17 @@ pub enum StoreError {
     /// Never tried again: see [`run`].
     #[error("the record {0} is not on disk")]
     RecordMissing(PathBuf),
+    /// The record is there but is not JSON (cut short, or not ours).
     #[error("the record {0} is not JSON")]
     RecordUnreadable(PathBuf),
+    /// The object store did not take an object (down, refused, credentials).
     #[error("the store refused {key}: {source}")]
     Store {
         key: String,
         source: object_store::Error,
     },
+    /// The stored object is not what was sent (by its ETag, or by its size
+    /// where the ETag tells nothing): not verified, so the local audio stays.
     #[error("{key} was stored with other bytes than sent (ETag {got}, expected {expected})")]
     Mismatch {
         key: String,
