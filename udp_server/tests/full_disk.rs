@@ -193,6 +193,52 @@ fn records_of_calls_ended_on_a_full_disk_are_written_when_room_returns() {
     receiver.stop();
 }
 
+/// Calls that end while the disk is full are stored once room returns:
+/// their upload jobs, which could not be written then either, wait in memory
+/// with their records and reach the store after them.
+#[test]
+fn calls_ended_on_a_full_disk_are_stored_once_room_returns() {
+    if !common::seaweed::have_weed() {
+        return;
+    }
+    let Some((mount, filler)) = small_disk("calls_ended_on_a_full_disk_are_stored") else {
+        return;
+    };
+    let store = common::seaweed::Store::start();
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let settings = Settings {
+        storage: store.settings(true),
+        ..Settings::default()
+    };
+    let mut receiver = Receiver::in_dir(settings, dir);
+    let mut sender = Sender::new(receiver.addr);
+    let (ids, _) = fill_and_end(&receiver, &mut sender, 3);
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(mount.0.path().join("topping")).unwrap();
+    let records = receiver.wait_records(3);
+    assert_failed_records(&records, &ids, "No space left");
+    wait_for_counter(&receiver, "rst_storage_calls_stored_total", |n| n == 3);
+    let reader = store.reader();
+    // Read again: a stored call's record says where it went.
+    for record in receiver.wait_records(3) {
+        let key = record["stored"]["record_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the record says where it is stored: {record}"));
+        assert_eq!(
+            reader.get(key),
+            std::fs::read(record["record"].as_str().unwrap()).unwrap(),
+            "{key}: the record, as stored"
+        );
+    }
+    assert_eq!(receiver.counter("rst_storage_calls_failed_total"), 0);
+    let torn = files_in(receiver.dir.path(), ".tmp");
+    assert!(
+        torn.is_empty(),
+        "job files the full disk cut short: {torn:?}"
+    );
+    receiver.stop();
+}
+
 /// Still full when the receiver stops: the records are left to the next
 /// start, which completes them from their provisional records.
 #[test]

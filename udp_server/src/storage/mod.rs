@@ -304,11 +304,21 @@ pub struct Uploads {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     /// Jobs prepared for calls whose records are being written, by record.
-    prepared: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>>,
+    prepared: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, Prepared>>>,
     /// Jobs of ended calls whose records are not written yet (kept by the
     /// recorder and tried again: a full disk), oldest first; the uploader
     /// takes each once its record is there ([`Uploads::commit_written`]).
     unwritten: Arc<std::sync::Mutex<std::collections::VecDeque<Unwritten>>>,
+}
+
+/// A call's job before the uploader may take it.
+#[derive(Debug)]
+enum Prepared {
+    /// Written as `.next` ([`Queue::prepare`]).
+    OnDisk(PathBuf),
+    /// Not written: the disk was full. Written once its record is, which
+    /// means there is room again.
+    InMemory(Job),
 }
 
 /// A prepared job waiting for its call's record.
@@ -316,11 +326,12 @@ pub struct Uploads {
 struct Unwritten {
     uuid: String,
     record: PathBuf,
-    job: PathBuf,
+    job: Prepared,
 }
 
 /// Jobs waiting for their records at once; past it the oldest is left to the
-/// next start (its job stays prepared on disk, as for a receiver killed).
+/// next start (its job stays prepared on disk, as for a receiver killed; one
+/// only in memory is not stored, logged).
 const MAX_UNWRITTEN: usize = 10_000;
 
 impl Uploads {
@@ -340,8 +351,8 @@ impl Uploads {
 
     /// A call's record is about to be written: its job is written first,
     /// for the uploader to take once the record is ([`Uploads::enqueue`]).
-    /// Never waits on the network; a queue that cannot be written (a full
-    /// disk) is logged and counted, and the call's files stay where they are.
+    /// Never waits on the network; a job that cannot be written (a full
+    /// disk) is kept in memory, logged, and written after its record.
     pub fn prepare(&self, record: &CallRecord) {
         let job = Job {
             uuid: record.uuid.clone(),
@@ -355,16 +366,15 @@ impl Uploads {
             ),
             part: record.part,
         };
-        match self.queue.prepare(&job) {
-            Ok(path) => {
-                let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
-                prepared.insert(record.record.clone(), path);
-            }
+        let prepared = match self.queue.prepare(&job) {
+            Ok(path) => Prepared::OnDisk(path),
             Err(error) => {
-                self.metrics.storage_failures.fetch_add(1, Relaxed);
-                tracing::error!(uuid = %record.uuid, %error, "cannot queue the call's upload; its files stay local only");
+                tracing::warn!(uuid = %record.uuid, %error, "cannot write the call's upload job yet; it waits in memory for its record");
+                Prepared::InMemory(job)
             }
-        }
+        };
+        let mut jobs = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.insert(record.record.clone(), prepared);
     }
 
     /// A call's record is written (or kept to be written later): the
@@ -372,30 +382,46 @@ impl Uploads {
     /// record is on disk. A job taken before would wait for a record that
     /// may come only at the next start, and the calls after it with it.
     pub fn enqueue(&self, record: &CallRecord) {
-        let path = {
+        let job = {
             let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
             prepared.remove(&record.record)
         };
-        // None: the job could not be written (logged then).
-        let Some(path) = path else { return };
+        // None: never prepared (not a call of this run).
+        let Some(job) = job else { return };
+        let waiting = Unwritten {
+            uuid: record.uuid.clone(),
+            record: record.record.clone(),
+            job,
+        };
         if !record.record.exists() {
             tracing::info!(uuid = %record.uuid, record = %record.record.display(), "the call's record is not written yet; its upload waits for it");
-            let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
-            if unwritten.len() >= MAX_UNWRITTEN {
-                unwritten.pop_front();
-            }
-            unwritten.push_back(Unwritten {
-                uuid: record.uuid.clone(),
-                record: record.record.clone(),
-                job: path,
-            });
+            self.wait(waiting);
             return;
         }
-        self.commit(&record.uuid, &path);
+        if let Some(waiting) = self.commit(waiting) {
+            self.wait(waiting);
+        }
+    }
+
+    /// Keeps `job` until its record is written (and its job can be).
+    fn wait(&self, job: Unwritten) {
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        if unwritten.len() >= MAX_UNWRITTEN {
+            if let Some(Unwritten {
+                uuid,
+                job: Prepared::InMemory(_),
+                ..
+            }) = unwritten.pop_front()
+            {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(%uuid, "too many uploads wait for room on the disk: this call's is dropped, and its files stay local only");
+            }
+        }
+        unwritten.push_back(job);
     }
 
     /// Lets the uploader take the jobs whose records have been written since
-    /// [`Uploads::enqueue`].
+    /// [`Uploads::enqueue`]; a job that still cannot be written waits on.
     fn commit_written(&self) {
         let written: std::collections::VecDeque<Unwritten> = {
             let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,18 +430,33 @@ impl Uploads {
             written
         };
         for job in written {
-            self.commit(&job.uuid, &job.job);
+            if let Some(job) = self.commit(job) {
+                self.wait(job);
+            }
         }
     }
 
-    fn commit(&self, uuid: &str, path: &FsPath) {
-        match self.queue.commit(path) {
+    /// Lets the uploader take `job`, writing it first if it is only in
+    /// memory; gives it back when it still cannot be written.
+    fn commit(&self, job: Unwritten) -> Option<Unwritten> {
+        let path = match &job.job {
+            Prepared::OnDisk(path) => path.clone(),
+            Prepared::InMemory(queued) => match self.queue.prepare(queued) {
+                Ok(path) => path,
+                Err(error) => {
+                    tracing::warn!(uuid = %job.uuid, %error, "cannot write the call's upload job yet; it waits in memory");
+                    return Some(job);
+                }
+            },
+        };
+        match self.queue.commit(&path) {
             Ok(()) => self.wake.notify_one(),
             Err(error) => {
                 self.metrics.storage_failures.fetch_add(1, Relaxed);
-                tracing::error!(uuid = %uuid, %error, "cannot queue the call's upload; it is stored after the next start");
+                tracing::error!(uuid = %job.uuid, %error, "cannot queue the call's upload; it is stored after the next start");
             }
         }
+        None
     }
 }
 

@@ -94,11 +94,15 @@ impl Queue {
         let n = self.next.fetch_add(1, Relaxed);
         let path = self.dir.join(format!("{n:020}.{PREPARED}"));
         let temporary = self.dir.join(format!("{n:020}.tmp"));
-        std::fs::write(
-            &temporary,
-            serde_json::to_vec(job).map_err(io::Error::other)?,
-        )?;
-        std::fs::rename(&temporary, &path)?;
+        let written = serde_json::to_vec(job)
+            .map_err(io::Error::other)
+            .and_then(|bytes| std::fs::write(&temporary, bytes))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            // A full disk leaves what it took of the file: not a job.
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
         Ok(path)
     }
 
