@@ -35,6 +35,23 @@ pub fn target_dir() -> PathBuf {
 /// `cargo build --quiet ARGS` in the workspace (a no-op when fresh); the
 /// test fails with cargo's errors when it does.
 pub fn cargo_build(args: &[&str]) {
+    cargo(&[&["build", "--quiet"], args].concat());
+}
+
+/// A binary of the workspace (`udp_server`, `tap_daemon`), built as
+/// `cargo test --workspace` builds it: after that command (CI's) a no-op. A
+/// narrower `cargo build -p udp_server` resolves other features for the
+/// dependencies it shares with the rest (the tests' dev-dependencies add
+/// some), so it rebuilt them all (CI: two and a half minutes in the first
+/// test that asked, and again for tap_daemon).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| cargo(&["test", "--workspace", "--no-run", "--quiet"]));
+    target_dir().join("debug").join(name)
+}
+
+/// `cargo ARGS` in the workspace; the test fails with cargo's errors when it does.
+fn cargo(args: &[&str]) {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut cargo = Command::new(env!("CARGO"));
     // Without what cargo set for this test (`CARGO_MANIFEST_DIR`, `OUT_DIR`,
@@ -58,14 +75,13 @@ pub fn cargo_build(args: &[&str]) {
         }
     }
     let output = cargo
-        .args(["build", "--quiet"])
         .args(args)
         .current_dir(&workspace)
         .output()
         .expect("cargo runs");
     assert!(
         output.status.success(),
-        "cargo build {args:?} failed:\n{}",
+        "cargo {args:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
@@ -164,7 +180,7 @@ impl Receiver {
     }
 }
 
-/// udp_server as its own process (built first, a no-op when fresh),
+/// udp_server as its own process ([`workspace_binary`]),
 /// recording into `dir`, on `addr` or a free port, with `args` added;
 /// returned once it answers. The caller kills it.
 pub fn spawn_udp_server(
@@ -172,7 +188,7 @@ pub fn spawn_udp_server(
     addr: Option<SocketAddr>,
     args: &[&str],
 ) -> (Child, SocketAddr) {
-    cargo_build(&["-p", "udp_server"]);
+    let udp_server = workspace_binary("udp_server");
     // A free port: bound and released (a tiny race, fine on a test machine).
     let addr = addr.unwrap_or_else(|| {
         std::net::UdpSocket::bind("127.0.0.1:0")
@@ -180,7 +196,7 @@ pub fn spawn_udp_server(
             .local_addr()
             .unwrap()
     });
-    let child = Command::new(target_dir().join("debug").join("udp_server"))
+    let child = Command::new(udp_server)
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--record-dir")

@@ -64,8 +64,7 @@ impl Tap {
         let work = tempfile::tempdir().unwrap();
         std::fs::write(work.path().join("pool.pcap"), thirty_calls(&original)).unwrap();
         let veth = Veth::create()?;
-        cargo_build(&["-p", "tap_daemon"]);
-        let daemon = Command::new(target_dir().join("debug/tap_daemon"))
+        let daemon = Command::new(workspace_binary("tap_daemon"))
             .args(["--interface", &veth.capture, "--receivers", receivers])
             .args(["--failover-ms", "300", "--name", NAME])
             .env("RUST_LOG", "warn")
