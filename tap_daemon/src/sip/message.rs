@@ -16,7 +16,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use super::{find_byte, split_at_byte};
+use super::{find_byte, split_at_byte, trim};
 
 /// Largest SIP message accepted, in bytes: the largest UDP payload. A SIP
 /// message over TCP may in theory be larger, but no real signalling is, and a
@@ -498,6 +498,31 @@ const WANTED: [&str; 6] = [
     "Content-Length",
 ];
 
+/// Which of [`WANTED`] header `name` is, in any case or compact form: what
+/// `WANTED.iter().position(|w| w.eq_ignore_ascii_case(canonical(name)))`
+/// says, told by the name's length first, since every header of every
+/// message comes here and most are none of them.
+fn wanted_index(name: &str) -> Option<usize> {
+    let is = |i: usize| name.eq_ignore_ascii_case(WANTED[i]).then_some(i);
+    match name.len() {
+        // The compact forms (see [`COMPACT`]): `i`, `f`, `t`, `c`, `l`.
+        1 => match name.as_bytes()[0].to_ascii_lowercase() {
+            b'i' => Some(CALL_ID),
+            b'f' => Some(FROM),
+            b't' => Some(TO),
+            b'c' => Some(CONTENT_TYPE),
+            b'l' => Some(CONTENT_LENGTH),
+            _ => None,
+        },
+        2 => is(TO),
+        4 => is(CSEQ).or_else(|| is(FROM)),
+        7 => is(CALL_ID),
+        12 => is(CONTENT_TYPE),
+        14 => is(CONTENT_LENGTH),
+        _ => None,
+    }
+}
+
 /// The first value of each [`WANTED`] header, and whether a later one
 /// differed: found in one pass over the headers rather than one per name.
 #[derive(Debug)]
@@ -513,8 +538,7 @@ impl<'h, 'a> Wanted<'h, 'a> {
             conflicts: [false; WANTED.len()],
         };
         for h in headers {
-            let name = canonical(h.name);
-            let Some(i) = WANTED.iter().position(|w| w.eq_ignore_ascii_case(name)) else {
+            let Some(i) = wanted_index(h.name) else {
                 continue;
             };
             match wanted.values[i] {
@@ -610,6 +634,7 @@ impl<'a> Head<'a> {
     }
 
     /// `part`, a slice of the section, as text when it is UTF-8.
+    #[inline]
     fn str(&self, part: &'a [u8]) -> Option<&'a str> {
         let start = (part.as_ptr() as usize).wrapping_sub(self.bytes.as_ptr() as usize);
         let within = start <= self.bytes.len() && part.len() <= self.bytes.len() - start;
@@ -622,6 +647,7 @@ impl<'a> Head<'a> {
     }
 
     /// `part` as text, invalid UTF-8 replaced.
+    #[inline]
     fn text(&self, part: &'a [u8]) -> Cow<'a, str> {
         self.str(part).map_or_else(|| lossy(part), Cow::Borrowed)
     }
@@ -799,11 +825,32 @@ fn parse_cseq(value: &str) -> Result<CSeq, SipError> {
     let bad = || SipError::BadCSeq {
         value: value.chars().take(64).collect(),
     };
-    let mut parts = value.split_whitespace();
-    let number = parts.next().ok_or_else(bad)?;
-    let method = parts.next().ok_or_else(bad)?;
-    if parts.next().is_some()
-        || number.len() > 10
+    // `NUMBER SP METHOD`, as nearly every CSeq is written, is cut where
+    // its one space is; anything else goes the general way.
+    let simple = match split_at_byte(value, b' ') {
+        Some((number, method))
+            if !number.is_empty()
+                && !method.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && method.bytes().all(is_token_char) =>
+        {
+            Some((number, method))
+        }
+        _ => None,
+    };
+    let (number, method) = match simple {
+        Some(parts) => parts,
+        None => {
+            let mut parts = value.split_whitespace();
+            let number = parts.next().ok_or_else(bad)?;
+            let method = parts.next().ok_or_else(bad)?;
+            if parts.next().is_some() {
+                return Err(bad());
+            }
+            (number, method)
+        }
+    };
+    if number.len() > 10
         || !number.bytes().all(|b| b.is_ascii_digit())
         || !method.bytes().all(is_token_char)
     {
@@ -843,24 +890,24 @@ fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAd
         name,
         value: value.chars().take(80).collect(),
     };
-    let value = value.trim();
+    let value = trim(value);
     let (display, uri, params) = if let Some(lt) = find_unquoted(value, b'<') {
-        let display = value[..lt].trim();
+        let display = trim(&value[..lt]);
         let after = &value[lt + 1..];
-        let gt = after.find('>').ok_or_else(bad)?;
+        let gt = find_byte(after, b'>').ok_or_else(bad)?;
         let display = if let Some(inner) = display.strip_prefix('"') {
             let inner = inner.strip_suffix('"').ok_or_else(bad)?;
             Some(unescape_quoted(inner))
         } else {
             Some(Cow::Borrowed(display))
         };
-        (display, after[..gt].trim(), &after[gt + 1..])
+        (display, trim(&after[..gt]), &after[gt + 1..])
     } else {
         if value.starts_with('"') {
             return Err(bad());
         }
-        match value.find(';') {
-            Some(semi) => (None, value[..semi].trim(), &value[semi..]),
+        match find_byte(value, b';') {
+            Some(semi) => (None, trim(&value[..semi]), &value[semi..]),
             None => (None, value, ""),
         }
     };
@@ -872,7 +919,7 @@ fn parse_name_addr_text<'a>(value: &'a str, name: &'static str) -> Result<NameAd
     if scheme.is_empty()
         || !scheme
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
     {
         return Err(bad());
     }
@@ -896,10 +943,13 @@ fn has_whitespace(s: &str) -> bool {
     suspect && s.contains(char::is_whitespace)
 }
 
-/// `s` up to the first of the ASCII `stops`, or all of it.
-fn until<'s>(s: &'s str, stops: &[u8]) -> &'s str {
-    // An ASCII byte is always a character boundary.
-    let end = s.bytes().position(|b| stops.contains(&b));
+/// `s` up to the first byte that is a `stop` (which only ASCII bytes may
+/// be), or all of it. A predicate rather than a list of stops:
+/// `list.contains(&b)` for each byte was a call to the general byte search.
+fn until(s: &str, stop: impl Fn(u8) -> bool) -> &str {
+    // An ASCII byte is always a character boundary (and `&s[..end]`
+    // checks it).
+    let end = s.bytes().position(stop);
     end.map_or(s, |end| &s[..end])
 }
 
@@ -923,8 +973,8 @@ fn find_unquoted(s: &str, wanted: u8) -> Option<usize> {
 
 /// The text of a quoted string, borrowed when it has no escapes.
 fn unescape_quoted(s: &str) -> Cow<'_, str> {
-    if !s.contains('\\') {
-        return Cow::Borrowed(s.trim());
+    if find_byte(s, b'\\').is_none() {
+        return Cow::Borrowed(trim(s));
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -954,16 +1004,16 @@ fn uri_user_host<'a>(scheme: &str, rest: &'a str) -> (Option<Cow<'a, str>>, &'a 
     let (user, hostport) = match find_byte(rest, b'@') {
         Some(at) => {
             let userinfo = &rest[..at];
-            let user = until(userinfo, b":");
+            let user = until(userinfo, |b| b == b':');
             (Some(percent_decode(user)), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let hostport = until(hostport, b";?");
+    let hostport = until(hostport, |b| matches!(b, b';' | b'?'));
     let host = if let Some(v6) = hostport.strip_prefix('[') {
-        until(v6, b"]")
+        until(v6, |b| b == b']')
     } else {
-        until(hostport, b":")
+        until(hostport, |b| b == b':')
     };
     (user, host)
 }
@@ -971,7 +1021,7 @@ fn uri_user_host<'a>(scheme: &str, rest: &'a str) -> (Option<Cow<'a, str>>, &'a 
 /// Decodes `%XX` escapes (RFC 3261 25.1 `escaped`); anything malformed is kept
 /// as written, and invalid UTF-8 becomes U+FFFD.
 fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
+    if find_byte(s, b'%').is_none() {
         return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
@@ -992,11 +1042,22 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The value of parameter `wanted` in `params` (`;name=value;...`; what
+/// precedes the first `;` is not a parameter): what
+/// `params.split(';').skip(1)` finds, cut by a plain byte scan.
 fn header_param<'p>(params: &'p str, wanted: &str) -> Option<&'p str> {
-    params.split(';').skip(1).find_map(|p| {
+    let (_, mut rest) = split_at_byte(params, b';')?;
+    loop {
+        let (p, next) = match split_at_byte(rest, b';') {
+            Some((p, next)) => (p, Some(next)),
+            None => (rest, None),
+        };
         let (k, v) = split_at_byte(p, b'=').unwrap_or((p, ""));
-        k.trim().eq_ignore_ascii_case(wanted).then(|| v.trim())
-    })
+        if trim(k).eq_ignore_ascii_case(wanted) {
+            return Some(trim(v));
+        }
+        rest = next?;
+    }
 }
 
 fn media_type(content_type: &str) -> &str {
@@ -1047,4 +1108,62 @@ fn multipart_sdp<'b>(body: &'b [u8], boundary: &str) -> Option<&'b [u8]> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_headers_are_told_by_name_in_any_form() {
+        let mut names: Vec<String> = Vec::new();
+        for (short, long) in COMPACT {
+            for name in [short, long] {
+                names.push(name.to_owned());
+                names.push(name.to_ascii_lowercase());
+                names.push(name.to_ascii_uppercase());
+            }
+        }
+        names.extend(
+            [
+                "Via", "CSeqs", "Fro", "Tom", "Call-IDs", "X", "To-", "cseq", "FROM",
+            ]
+            .map(String::from),
+        );
+        for name in &names {
+            let general = WANTED
+                .iter()
+                .position(|w| w.eq_ignore_ascii_case(canonical(name)));
+            assert_eq!(wanted_index(name), general, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn header_params_are_found_as_split_finds_them() {
+        let general = |params: &str, wanted: &str| -> Option<String> {
+            params.split(';').skip(1).find_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                k.trim()
+                    .eq_ignore_ascii_case(wanted)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        for params in [
+            "",
+            "tag",
+            ";tag=abc",
+            " ; TAG = x ;tag=y",
+            ";a=1;b;tag",
+            ";a=1;;tag=;",
+            "x;y=z",
+            ";tag=a=b",
+            ";\u{a0}tag=\u{e9}",
+        ] {
+            assert_eq!(
+                header_param(params, "tag").map(str::to_owned),
+                general(params, "tag"),
+                "{params:?}"
+            );
+        }
+    }
 }

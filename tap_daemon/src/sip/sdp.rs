@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
-use super::split_at_byte;
+use super::{fields, split_at_byte, trim, trim_end};
 
 /// Most `m=` sections kept. Real offers have one to three (audio, video,
 /// image); more are refused.
@@ -70,14 +70,19 @@ pub enum MediaDirection {
 
 impl MediaDirection {
     fn parse(attr: &str) -> Option<MediaDirection> {
-        // Case-insensitive: X-Lite writes `a=SendRecv`.
-        match attr.to_ascii_lowercase().as_str() {
-            "sendrecv" => Some(MediaDirection::SendRecv),
-            "sendonly" => Some(MediaDirection::SendOnly),
-            "recvonly" => Some(MediaDirection::RecvOnly),
-            "inactive" => Some(MediaDirection::Inactive),
-            _ => None,
-        }
+        // Case-insensitive: X-Lite writes `a=SendRecv`. Compared in place:
+        // every `a=` line comes here, and a lowercase copy of each was the
+        // dearest part of an SDP.
+        const NAMES: [(&str, MediaDirection); 4] = [
+            ("sendrecv", MediaDirection::SendRecv),
+            ("sendonly", MediaDirection::SendOnly),
+            ("recvonly", MediaDirection::RecvOnly),
+            ("inactive", MediaDirection::Inactive),
+        ];
+        NAMES
+            .iter()
+            .find(|(name, _)| attr.eq_ignore_ascii_case(name))
+            .map(|&(_, direction)| direction)
     }
 }
 
@@ -97,14 +102,17 @@ pub enum MediaKind {
 
 impl MediaKind {
     fn parse(s: &str) -> MediaKind {
-        match s.to_ascii_lowercase().as_str() {
-            "audio" => MediaKind::Audio,
-            "video" => MediaKind::Video,
-            "image" => MediaKind::Image,
-            "application" => MediaKind::Application,
-            "text" => MediaKind::Text,
-            "message" => MediaKind::Message,
-            _ => MediaKind::Other(s.chars().take(32).collect()),
+        const NAMES: [(&str, MediaKind); 6] = [
+            ("audio", MediaKind::Audio),
+            ("video", MediaKind::Video),
+            ("image", MediaKind::Image),
+            ("application", MediaKind::Application),
+            ("text", MediaKind::Text),
+            ("message", MediaKind::Message),
+        ];
+        match NAMES.iter().find(|(name, _)| s.eq_ignore_ascii_case(name)) {
+            Some((_, kind)) => kind.clone(),
+            None => MediaKind::Other(first_chars(s, 32).to_owned()),
         }
     }
 }
@@ -146,7 +154,12 @@ impl Media {
     /// Whether its RTP is SRTP: a secure profile (`RTP/SAVP`, `RTP/SAVPF`,
     /// DTLS-SRTP's `UDP/TLS/RTP/SAVPF`) or SDES keys.
     pub fn is_encrypted(&self) -> bool {
-        self.crypto || self.proto.to_ascii_uppercase().contains("SAVP")
+        self.crypto
+            || self
+                .proto
+                .as_bytes()
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"SAVP"))
     }
 }
 
@@ -174,20 +187,30 @@ impl Sdp {
             direction: None,
             media: Vec::new(),
         };
-        for line in text.lines() {
-            let line = line.trim_end();
-            let Some((kind, value)) = split_at_byte(line, b'=') else {
-                continue;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let line;
+            (line, rest) = match memchr::memchr(b'\n', rest.as_bytes()) {
+                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+                None => (rest, ""),
             };
+            // Only `c=`, `m=` and `a=` lines are read: the rest (`o=`,
+            // `s=`, `t=`...) is passed over without being trimmed or cut.
+            // Trimming the value trims the line's end, its CR included.
+            let kind = match line.as_bytes() {
+                [kind @ (b'c' | b'm' | b'a'), b'=', ..] => *kind,
+                _ => continue,
+            };
+            let value = trim_end(&line[2..]);
             match kind {
-                "c" => {
+                b'c' => {
                     let addr = parse_connection(value)?;
                     match sdp.media.last_mut() {
                         Some(m) => m.connection = Some(addr),
                         None => sdp.connection = Some(addr),
                     }
                 }
-                "m" => {
+                b'm' => {
                     if sdp.media.len() >= MAX_MEDIA {
                         return Err(SdpError::TooMany {
                             what: "media sections",
@@ -195,7 +218,7 @@ impl Sdp {
                     }
                     sdp.media.push(parse_media(value)?);
                 }
-                "a" => sdp.attribute(value)?,
+                b'a' => sdp.attribute(value)?,
                 _ => {}
             }
         }
@@ -204,7 +227,7 @@ impl Sdp {
 
     fn attribute(&mut self, value: &str) -> Result<(), SdpError> {
         let (name, arg) = split_at_byte(value, b':').unwrap_or((value, ""));
-        if let Some(dir) = MediaDirection::parse(name.trim()) {
+        if let Some(dir) = MediaDirection::parse(trim(name)) {
             match self.media.last_mut() {
                 Some(m) => m.direction = Some(dir),
                 None => self.direction = Some(dir),
@@ -230,10 +253,10 @@ impl Sdp {
                 return Err(SdpError::TooMany { what: "fmtps" });
             }
             let (pt, params) = split_at_byte(arg, b' ').unwrap_or((arg, ""));
-            if let Ok(pt) = pt.trim().parse::<u8>() {
+            if let Ok(pt) = trim(pt).parse::<u8>() {
                 media
                     .fmtps
-                    .push((pt, params.trim().chars().take(256).collect()));
+                    .push((pt, first_chars(trim(params), 256).to_owned()));
             }
         }
         Ok(())
@@ -327,7 +350,7 @@ fn parse_connection(value: &str) -> Result<IpAddr, SdpError> {
     let bad = || SdpError::BadConnection {
         line: value.chars().take(80).collect(),
     };
-    let mut parts = value.split_whitespace();
+    let mut parts = fields(value);
     let (net, family, addr) = (
         parts.next().ok_or_else(bad)?,
         parts.next().ok_or_else(bad)?,
@@ -352,7 +375,7 @@ fn parse_media(value: &str) -> Result<Media, SdpError> {
     let bad = || SdpError::BadMedia {
         line: value.chars().take(80).collect(),
     };
-    let mut parts = value.split_whitespace();
+    let mut parts = fields(value);
     let kind = MediaKind::parse(parts.next().ok_or_else(bad)?);
     let port = parts.next().ok_or_else(bad)?;
     let port: u16 = port
@@ -361,7 +384,7 @@ fn parse_media(value: &str) -> Result<Media, SdpError> {
         .unwrap_or("")
         .parse()
         .map_err(|_| bad())?;
-    let proto = parts.next().ok_or_else(bad)?.chars().take(32).collect();
+    let proto = first_chars(parts.next().ok_or_else(bad)?, 32).to_owned();
     let mut payload_types = Vec::new();
     for fmt in parts {
         if payload_types.len() >= MAX_FORMATS {
@@ -386,13 +409,27 @@ fn parse_media(value: &str) -> Result<Media, SdpError> {
     })
 }
 
+/// The first `n` characters of `s` (all of it when shorter): what
+/// `s.chars().take(n).collect()` keeps, without building it a character at
+/// a time.
+fn first_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        // No more characters than bytes.
+        return s;
+    }
+    match s.char_indices().nth(n) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
-    let (pt, rest) = arg.trim().split_once(char::is_whitespace)?;
+    let (pt, rest) = trim(arg).split_once(char::is_whitespace)?;
     let payload_type: u8 = pt.parse().ok().filter(|pt| *pt < 128)?;
-    let mut parts = rest.trim().split('/');
-    let encoding: String = parts.next()?.trim().chars().take(32).collect();
-    let clock_rate: u32 = parts.next()?.trim().parse().ok()?;
-    let channels = parts.next().and_then(|c| c.trim().parse().ok());
+    let mut parts = trim(rest).split('/');
+    let encoding = first_chars(trim(parts.next()?), 32).to_owned();
+    let clock_rate: u32 = trim(parts.next()?).parse().ok()?;
+    let channels = parts.next().and_then(|c| trim(c).parse().ok());
     if encoding.is_empty() {
         return None;
     }

@@ -705,12 +705,15 @@ impl Tracker {
         let Some(dialog) = self.dialogs.get_mut(&key) else {
             return;
         };
-        let previous = dialog.media(side).cloned();
-        let desc = media_desc(&sdp, previous.as_ref());
-        if previous.as_ref() == Some(&desc) {
+        // Compared with the media in place: a copy of it for each SDP
+        // (retransmissions and the far side of a proxy repeat most) cost
+        // more than the comparison.
+        let previous = dialog.media(side);
+        let desc = media_desc(&sdp, previous);
+        if previous == Some(&desc) {
             return;
         }
-        let old_audio = previous.as_ref().and_then(|m| m.audio);
+        let old_audio = previous.and_then(|m| m.audio);
         if desc.audio.is_none() {
             // No audio any more (T.38 switch): nothing at the old ports is
             // audio now, even if the fax reuses them.
