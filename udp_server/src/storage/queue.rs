@@ -61,10 +61,13 @@ impl Queue {
         // Prepared by a run killed, or stopped, before its record was
         // written: the start's recovery has completed the record by now (or
         // it was written; or it cannot be, and the uploader gives up on it).
+        // A `.tmp` is a job a run was killed writing: never a whole one.
         for entry in std::fs::read_dir(dir)?.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == PREPARED) {
-                std::fs::rename(&path, path.with_extension(&SUFFIX[1..]))?;
+            match path.extension().and_then(|e| e.to_str()) {
+                Some(PREPARED) => std::fs::rename(&path, path.with_extension(&SUFFIX[1..]))?,
+                Some("tmp") => std::fs::remove_file(&path)?,
+                _ => {}
             }
         }
         let queue = Queue {
@@ -202,6 +205,20 @@ mod tests {
         assert_eq!(pending[0].job, job("c"));
         assert_eq!(bad.len(), 1);
         assert!(bad[0].exists(), "kept for a person to look at");
+    }
+
+    #[test]
+    fn a_job_a_run_was_killed_writing_is_removed_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        queue.push(&job("a")).unwrap();
+        let torn = dir.path().join(format!("{:020}.tmp", 1));
+        std::fs::write(&torn, b"{\"uuid\":\"b").unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        assert!(!torn.exists());
+        let (pending, bad) = queue.pending().unwrap();
+        let uuids: Vec<&str> = pending.iter().map(|q| q.job.uuid.as_str()).collect();
+        assert_eq!((uuids, bad.len()), (vec!["a"], 0));
     }
 
     #[test]
