@@ -577,7 +577,11 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> 
         let result = if part.to_string_lossy().ends_with(".wav.part") {
             repair_wav(&part).map(drop)
         } else if part.to_string_lossy().ends_with(".json.part") {
-            if final_path.exists() {
+            // Written whole, or empty: a name reserved by a run killed
+            // before it wrote the call's first provisional record (nothing
+            // of the call was recorded then).
+            let reserved_only = std::fs::metadata(&part).is_ok_and(|m| m.len() == 0);
+            if final_path.exists() || reserved_only {
                 remove_leftover_record(&part);
                 continue;
             }
@@ -599,18 +603,18 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> 
     recovered
 }
 
-/// The provisional record of a call whose record was written: the run was
-/// killed between writing the record (whole, by a rename) and removing this.
-/// The record is the call's; completing this one would put an `error` ending
-/// over it. Its upload job, prepared before the record was written, is
-/// committed when the queue opens.
+/// A provisional record not to complete: that of a call whose record was
+/// written (the run was killed between writing the record, whole, by a
+/// rename, and removing this; completing it would put an `error` ending over
+/// the record, whose upload job is committed when the queue opens), or an
+/// empty one, a name reserved by a run killed before it wrote anything in it.
 fn remove_leftover_record(part: &Path) {
     match std::fs::remove_file(part) {
         Ok(()) => {
-            tracing::info!(path = %part.display(), "removed a provisional record left beside its call's written record")
+            tracing::info!(path = %part.display(), "removed a provisional record left by an earlier run: its call's record is written, or it was empty")
         }
         Err(error) => {
-            tracing::warn!(path = %part.display(), %error, "cannot remove a provisional record left beside its call's written record; the record is kept")
+            tracing::warn!(path = %part.display(), %error, "cannot remove a provisional record left by an earlier run: its call's record is written, or it was empty")
         }
     }
 }
@@ -685,7 +689,7 @@ mod tests {
     /// was and removes the leftover. A call the kill ended, beside it, is
     /// still completed from its provisional record.
     #[test]
-    fn recovery_keeps_a_written_record_and_removes_its_leftover_provisional_one() {
+    fn recovery_keeps_a_written_record_and_removes_leftover_and_empty_provisional_ones() {
         let dir = tempfile::tempdir().unwrap();
         let day = dir.path().join("2026-12-04");
         std::fs::create_dir(&day).unwrap();
@@ -695,6 +699,10 @@ mod tests {
         std::fs::write(crate::files::part_path(&ended), record_text("ended", None)).unwrap();
         let cut = day.join("cut.json");
         std::fs::write(crate::files::part_path(&cut), record_text("cut", None)).unwrap();
+        // A name reserved (the empty provisional record) by a run killed
+        // before it wrote the call's first provisional record.
+        let reserved = crate::files::part_path(&day.join("reserved.json"));
+        std::fs::write(&reserved, b"").unwrap();
 
         let metrics = Metrics::default();
         let recovered = recover(dir.path(), &metrics);
@@ -709,6 +717,8 @@ mod tests {
             "the leftover goes"
         );
         assert_eq!(recovered, [cut.as_path()], "only the call the kill ended");
+        assert!(!reserved.exists(), "an empty reservation goes");
+        assert!(!day.join("reserved.json").exists());
         assert!(!crate::files::part_path(&cut).exists());
         let cut: serde_json::Value = serde_json::from_slice(&std::fs::read(&cut).unwrap()).unwrap();
         assert_eq!(cut["end_reason"], "error");

@@ -217,9 +217,10 @@ fn a_call_the_receiver_was_killed_in_is_stored_after_its_restart() {
     for _ in 0..200 {
         sender.data(&call, Read, 0, &[0x55; 160]);
     }
-    // No BYE: the call is in progress, its provisional record on disk.
+    // No BYE: the call is in progress, its audio begun (and so its
+    // provisional record written: its name is reserved by an empty one first).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while files_in(dir.path(), ".json.part").is_empty() {
+    while files_in(dir.path(), ".wav.part").is_empty() {
         assert!(
             Instant::now() < deadline,
             "the call never started:\n{}",
