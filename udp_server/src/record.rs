@@ -1201,7 +1201,6 @@ pub fn write_final(mut record: CallRecord, metrics: &Metrics) -> Finished {
     Finished { record, written }
 }
 
-/// Writes a call's final record and removes its provisional one.
 impl CallRecord {
     /// The call's files other than its record: WAVs, raw payloads, the stereo file.
     pub fn files(&self) -> Vec<PathBuf> {
@@ -1216,6 +1215,7 @@ impl CallRecord {
     }
 }
 
+/// Writes a call's final record and removes its provisional one.
 pub fn write_record(record: &CallRecord) -> io::Result<()> {
     write_json(&record.record, record)?;
     match std::fs::remove_file(part_path(&record.record)) {

@@ -354,18 +354,13 @@ impl Uploads {
     /// Never waits on the network; a job that cannot be written (a full
     /// disk) is kept in memory, logged, and written after its record.
     pub fn prepare(&self, record: &CallRecord) {
-        let job = Job {
-            uuid: record.uuid.clone(),
-            record: record.record.clone(),
-            files: record.files(),
-            day: format!(
-                "{:04}/{:02}/{:02}",
-                record.start.year(),
-                u8::from(record.start.month()),
-                record.start.day()
-            ),
-            part: record.part,
-        };
+        let job = Job::new(
+            record.uuid.clone(),
+            record.record.clone(),
+            record.files(),
+            record.start,
+            record.part,
+        );
         let prepared = match self.queue.prepare(&job) {
             Ok(path) => Prepared::OnDisk(path),
             Err(error) => {
@@ -508,7 +503,7 @@ impl Uploads {
 }
 
 /// The upload job of a call from its record as written on disk (what
-/// [`Uploads::enqueue`] makes from the record in memory).
+/// [`Uploads::prepare`] makes from the record in memory).
 fn recovered_job(path: &FsPath, record: &serde_json::Value) -> Option<Job> {
     let path_of = |value: &serde_json::Value| value.as_str().map(PathBuf::from);
     let mut files = Vec::new();
@@ -520,15 +515,18 @@ fn recovered_job(path: &FsPath, record: &serde_json::Value) -> Option<Job> {
         files.extend(path_of(&direction["bare"]));
     }
     files.extend(path_of(&record["stereo"]));
-    // `start` is RFC 3339, as written: its date is the day of the keys.
-    let day = record["start"].as_str()?.get(..10)?.replace('-', "/");
-    Some(Job {
-        uuid: record["uuid"].as_str()?.to_owned(),
-        record: path.to_owned(),
+    let start = time::OffsetDateTime::parse(
+        record["start"].as_str()?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some(Job::new(
+        record["uuid"].as_str()?.to_owned(),
+        path.to_owned(),
         files,
-        day,
-        part: record["part"].as_u64().map_or(1, |p| p as u32),
-    })
+        start,
+        record["part"].as_u64().map_or(1, |p| p as u32),
+    ))
 }
 
 /// The uploader: stores the queued calls in order until `shutdown`.
@@ -849,5 +847,44 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].job.record, record.record);
         assert_eq!(pending[0].job.day, "1970/01/01");
+    }
+
+    /// A start's recovery makes the same job from a record on disk as the
+    /// call's end made from it in memory: the same files, day and part, so
+    /// the objects go under the same keys either way.
+    #[test]
+    fn a_record_read_back_gives_the_job_its_call_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = call_record(dir.path().join("call.json"));
+        // 23:30 at UTC-2 is the next day in UTC, the day of the keys.
+        record.start = time::macros::datetime!(2026-11-23 23:30 -2);
+        record.part = 2;
+        record.stereo = Some(dir.path().join("call.stereo.wav"));
+        let read = record.directions.get_mut("R").unwrap();
+        read.wav = vec![
+            dir.path().join("call.R.wav"),
+            dir.path().join("call.R.2.wav"),
+        ];
+        read.raw = vec![crate::record::RawRecord {
+            payload_type: 4,
+            path: dir.path().join("call.R.pt04.raw"),
+            reason: "no decoder",
+        }];
+        record.directions.get_mut("W").unwrap().bare = Some(dir.path().join("call.W.raw"));
+        crate::record::write_record(&record).unwrap();
+
+        let from_memory = Job::new(
+            record.uuid.clone(),
+            record.record.clone(),
+            record.files(),
+            record.start,
+            record.part,
+        );
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record.record).unwrap()).unwrap();
+        let recovered = recovered_job(&record.record, &on_disk).unwrap();
+        assert_eq!(recovered, from_memory);
+        assert_eq!(recovered.day, "2026/11/24");
+        assert_eq!(recovered.files.len(), 5);
     }
 }

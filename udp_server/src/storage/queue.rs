@@ -32,6 +32,33 @@ fn first_part() -> u32 {
     1
 }
 
+impl Job {
+    /// The job of the call whose record is at `record`: every job is made
+    /// here, from the record in memory or, at a start, from one on disk, so
+    /// both give the same keys.
+    pub fn new(
+        uuid: String,
+        record: PathBuf,
+        files: Vec<PathBuf>,
+        start: time::OffsetDateTime,
+        part: u32,
+    ) -> Job {
+        let start = start.to_offset(time::UtcOffset::UTC);
+        Job {
+            uuid,
+            record,
+            files,
+            day: format!(
+                "{:04}/{:02}/{:02}",
+                start.year(),
+                u8::from(start.month()),
+                start.day()
+            ),
+            part,
+        }
+    }
+}
+
 /// A job waiting in the queue, with its file.
 #[derive(Debug, Clone)]
 pub struct Queued {
