@@ -15,7 +15,7 @@
 #      existing FreeSWITCH image of yours to add mod_rst to (FS_PREFIX: where FreeSWITCH
 #      is in it, /opt/freeswitch). Otherwise: SKIPPED.
 #   Everything it started is stopped and removed on exit (images are kept for the next run).
-# Environment: CALLS (20), RATE (5 a second), RST_PROFILE (dev: reuses `cargo test`'s
+# Environment: CALLS (20), RATE (5 a second), RST_PROFILE (dev: reuses `cargo test --workspace`'s
 #   build; or release), RST_METRICS_PORT / RST_FEED_PORT (29528 / 29529 on 127.0.0.1),
 #   DEBIAN_MIRROR (the mirror apt uses), KEEP_BASE_DIR (keep debootstrap's folder),
 #   RST_BASE (the local base image's name, rst-base:bookworm).
@@ -110,9 +110,19 @@ fi
 # --- the binaries -------------------------------------------------------------------------
 profile="${RST_PROFILE:-dev}"; pdir=debug; [ "$profile" = dev ] || pdir="$profile"
 tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
-step "cargo build --profile $profile -p udp_server -p tap_daemon" \
-  "run bash scripts/setup.sh (build dependencies), then cargo build -p udp_server -p tap_daemon"
-cargo build --quiet --profile "$profile" -p udp_server -p tap_daemon
+if [ "$profile" = dev ]; then
+  # The binaries exactly as `cargo test --workspace` builds them: a no-op after the test
+  # command (scripts/test.sh), where `cargo build -p udp_server -p tap_daemon` resolves a
+  # narrower feature set and rebuilds dozens of dependencies (about a minute of CI). Run
+  # alone, this builds the tests too; RST_PROFILE=release builds only the two binaries.
+  step "cargo test --workspace --no-run (the binaries as the tests build them)" \
+    "run bash scripts/setup.sh (build dependencies), then cargo test --workspace --no-run"
+  cargo test --quiet --workspace --no-run
+else
+  step "cargo build --profile $profile -p udp_server -p tap_daemon" \
+    "run bash scripts/setup.sh (build dependencies), then cargo build -p udp_server -p tap_daemon"
+  cargo build --quiet --profile "$profile" -p udp_server -p tap_daemon
+fi
 rm -rf "$BUILD/bin"; mkdir -p "$BUILD/bin"
 for b in udp_server tap_daemon; do objcopy --strip-debug "$tdir/$pdir/$b" "$BUILD/bin/$b"; done
 cp conf/udp_server.toml docker/tap-entrypoint.sh docker/receiver-entrypoint.sh "$BUILD/bin/"

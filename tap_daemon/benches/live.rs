@@ -92,33 +92,25 @@ fn pair() -> Result<Pair, String> {
 // ---------------------------------------------------------------- processes
 
 /// The tap_daemon binary: the one cargo built for this bench, else the
-/// release one next to this executable, else `cargo build --release`.
+/// release one next to this executable (a bench binary run by hand).
 fn daemon_binary() -> Result<PathBuf, String> {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_tap_daemon"));
     if built.is_file() {
         return Ok(built);
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("tap_daemon");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "tap_daemon"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .map_err(|e| format!("cargo build: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo build --release -p tap_daemon: {status}"));
-    }
     exe.ancestors()
         .skip(1)
         .take(2)
         .map(|dir| dir.join("tap_daemon"))
         .find(|p| p.is_file())
-        .ok_or_else(|| "no tap_daemon binary after cargo build".to_owned())
+        .ok_or_else(|| {
+            format!(
+                "no tap_daemon binary at {} or next to this bench: run it with \
+                 `cargo bench -p tap_daemon --bench live`, or `cargo build --release -p tap_daemon` first",
+                built.display()
+            )
+        })
 }
 
 // ---------------------------------------------------------------- receivers
