@@ -10,6 +10,8 @@
 //! Run alone: `cargo test -p tap_daemon --test control_netns`.
 
 mod control_support;
+#[path = "live/netns.rs"]
+mod netns;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,116 +20,55 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use control_support::{captures, wait_records_in, Receiver, SECRET};
+use netns::{enter, Netns, Pair, Unmade};
 use rst_control::control::Secret;
 use rst_control::discovery::{Nonce, Reply, Request};
 use serde_json::Value;
 
-/// Two namespaces and a veth between them; deleted on drop, also when the
-/// test fails.
-struct Net {
-    tap_ns: String,
-    client_ns: String,
-    tap_if: String,
-    client_if: String,
-}
+/// The tap's namespace (A, 10.231.0.1, capturing on `veth-a`) and the
+/// client's (B, 10.231.0.2, `veth-b`), joined by a veth; deleted on drop,
+/// also when the test fails.
+struct Net(Pair);
+
+const TAP_IF: &str = "veth-a";
+const CLIENT_IF: &str = "veth-b";
 
 impl Net {
-    /// `tag` (one letter) keeps the names of tests running at once apart.
+    /// `tag` (one letter) keeps the names of tests running at once apart;
+    /// `None` without the right to make namespaces (not root).
     fn create(tag: char) -> Option<Net> {
-        let id = std::process::id() % 100_000;
-        let net = Net {
-            tap_ns: format!("rstctl-tap-{tag}{id}"),
-            client_ns: format!("rstctl-cli-{tag}{id}"),
-            tap_if: format!("rcta{tag}{id}"),
-            client_if: format!("rctb{tag}{id}"),
-        };
-        if !ip(&["netns", "add", &net.tap_ns]) {
-            return None;
+        let name = format!("rstctl-{tag}{}", std::process::id() % 100_000);
+        match Pair::new(&name, "10.231.0.1", "10.231.0.2") {
+            Ok(pair) => Some(Net(pair)),
+            Err(Unmade::NoRight(_)) => None,
+            Err(Unmade::Failed(error)) => panic!("could not set up the namespaces: {error}"),
         }
-        // From here on, drop cleans up.
-        let ok = ip(&["netns", "add", &net.client_ns])
-            && ip(&[
-                "link",
-                "add",
-                &net.tap_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &net.client_if,
-            ])
-            && ip(&["link", "set", &net.tap_if, "netns", &net.tap_ns])
-            && ip(&["link", "set", &net.client_if, "netns", &net.client_ns])
-            && net.exec_ip(
-                &net.tap_ns,
-                &[
-                    "addr",
-                    "add",
-                    "10.231.0.1/24",
-                    "brd",
-                    "+",
-                    "dev",
-                    &net.tap_if,
-                ],
-            )
-            && net.exec_ip(
-                &net.client_ns,
-                &[
-                    "addr",
-                    "add",
-                    "10.231.0.2/24",
-                    "brd",
-                    "+",
-                    "dev",
-                    &net.client_if,
-                ],
-            )
-            && net.exec_ip(&net.tap_ns, &["link", "set", &net.tap_if, "up"])
-            && net.exec_ip(&net.client_ns, &["link", "set", &net.client_if, "up"])
-            && net.exec_ip(&net.tap_ns, &["link", "set", "lo", "up"])
-            && net.exec_ip(&net.client_ns, &["link", "set", "lo", "up"]);
-        assert!(ok, "could not set up the namespaces");
-        Some(net)
     }
 
-    fn exec_ip(&self, ns: &str, args: &[&str]) -> bool {
-        let mut all = vec!["netns", "exec", ns, "ip"];
-        all.extend_from_slice(args);
-        ip(&all)
+    fn client_ns(&self) -> String {
+        self.0.b.name.clone()
     }
 
-    /// A command run in namespace `ns`.
-    fn command(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
+    /// `program` run in the tap's namespace.
+    fn in_tap(&self, program: &str) -> Command {
+        in_namespace(&self.0.a, program)
+    }
+
+    /// `program` run in the client's namespace.
+    fn in_client(&self, program: &str) -> Command {
+        in_namespace(&self.0.b, program)
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its end of the veth, and so the pair.
-        ip(&["netns", "del", &self.tap_ns]);
-        ip(&["netns", "del", &self.client_ns]);
-    }
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+fn in_namespace(ns: &Netns, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", &ns.name, program]);
+    command
 }
 
 /// Moves the calling thread into namespace `ns` (threads it starts follow).
-fn enter(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on a valid namespace file descriptor only changes this
-    // thread's network namespace; the file outlives the call.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+fn join(ns: &str) {
+    enter(ns).unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
 }
 
 /// The tap daemon, killed on drop.
@@ -142,12 +83,12 @@ impl Daemon {
             &config,
             format!(
                 "secret = \"{SECRET}\"\nname = \"{name}\"\ninterface = \"{}\"\n",
-                net.tap_if
+                TAP_IF
             ),
         )
         .unwrap();
         Daemon(
-            net.command(&net.tap_ns, env!("CARGO_BIN_EXE_tap_daemon"))
+            net.in_tap(env!("CARGO_BIN_EXE_tap_daemon"))
                 .arg("--config")
                 .arg(&config)
                 .stderr(Stdio::inherit())
@@ -167,8 +108,8 @@ impl Drop for Daemon {
 /// Puts `capture` on the wire from the client's end of the veth (4x speed).
 fn replay(net: &Net, capture: &Path) {
     let replay = net
-        .command(&net.client_ns, "tcpreplay")
-        .args(["-q", "-x", "4", "-i", &net.client_if])
+        .in_client("tcpreplay")
+        .args(["-q", "-x", "4", "-i", CLIENT_IF])
         .arg(capture)
         .output()
         .unwrap();
@@ -181,7 +122,7 @@ fn replay(net: &Net, capture: &Path) {
 
 fn tapctl(net: &Net, args: &[&str]) -> (bool, String, String) {
     let out = net
-        .command(&net.client_ns, env!("CARGO_BIN_EXE_tapctl"))
+        .in_client(env!("CARGO_BIN_EXE_tapctl"))
         .args(args)
         .env("TAPCTL_SECRET", SECRET)
         .output()
@@ -209,12 +150,12 @@ fn seed_sequence_between_namespaces_by_broadcast_and_live_capture() {
 
     // 1. Who is there: a real broadcast from the client's namespace, by the
     // library (with the default port) ...
-    let client_ns = net.client_ns.clone();
-    let receiver = Receiver::start("10.231.0.2:0".parse().unwrap(), move || enter(&client_ns));
+    let client_ns = net.client_ns();
+    let receiver = Receiver::start("10.231.0.2:0".parse().unwrap(), move || join(&client_ns));
     let found = {
-        let client_ns = net.client_ns.clone();
+        let client_ns = net.client_ns();
         std::thread::spawn(move || {
-            enter(&client_ns);
+            join(&client_ns);
             let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
             socket.set_broadcast(true).unwrap();
             socket
@@ -244,7 +185,7 @@ fn seed_sequence_between_namespaces_by_broadcast_and_live_capture() {
     assert_eq!(from.ip().to_string(), "10.231.0.1", "unicast from the tap");
     assert_eq!(reply.name, "veth-tap");
     assert_eq!(reply.control_port, rst_control::CONTROL_PORT);
-    assert_eq!(reply.interfaces, vec![net.tap_if.clone()]);
+    assert_eq!(reply.interfaces, vec![TAP_IF.to_owned()]);
 
     // ... and by the operator's tool.
     let (ok, out, err) = tapctl(&net, &["discover", "--broadcast", "10.231.0.255"]);
@@ -338,9 +279,9 @@ fn the_receiver_finds_the_tap_by_broadcast_and_drives_it() {
     let config = settings.resolve().unwrap();
     // Threads started from inside the namespace (the receiver's, its tap
     // link's) stay in it.
-    let client_ns = net.client_ns.clone();
+    let client_ns = net.client_ns();
     let running = std::thread::spawn(move || {
-        enter(&client_ns);
+        join(&client_ns);
         udp_server::Running::start(config)
     })
     .join()
@@ -398,14 +339,14 @@ fn a_config_change_mid_call_keeps_the_call_in_progress() {
     };
     let dir = tempfile::tempdir().unwrap();
     let _daemon = Daemon::start(&net, dir.path(), "veth-tap-c");
-    let enter_client = |ns: String| move || enter(&ns);
+    let enter_client = |ns: String| move || join(&ns);
     let first = Receiver::start(
         "10.231.0.2:0".parse().unwrap(),
-        enter_client(net.client_ns.clone()),
+        enter_client(net.client_ns()),
     );
     let second = Receiver::start(
         "10.231.0.2:0".parse().unwrap(),
-        enter_client(net.client_ns.clone()),
+        enter_client(net.client_ns()),
     );
     let tap = "10.231.0.1";
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -433,17 +374,27 @@ fn a_config_change_mid_call_keeps_the_call_in_progress() {
 
     // The call (8.5 s on the wire) at twice its speed, in the background.
     let mut replaying = net
-        .command(&net.client_ns, "tcpreplay")
-        .args(["-q", "-x", "2", "-i", &net.client_if])
+        .in_client("tcpreplay")
+        .args(["-q", "-x", "2", "-i", CLIENT_IF])
         .arg(&capture)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let (ok, out, err) = tapctl(&net, &["status", "--tap", tap]);
-    assert!(ok, "{err}");
-    let status: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(status["counters"]["calls_active"], 1, "mid-call: {status}");
+    // Mid-call: the tap has seen the INVITE (the call lasts 4 s more).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = tapctl(&net, &["status", "--tap", tap]);
+        assert!(ok, "{err}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        if status["counters"]["calls_active"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tap never saw the call start: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let second_addr = second.addr.to_string();
     let (ok, out, err) = tapctl(
         &net,

@@ -2,13 +2,15 @@
 //! with tshark and `SOURCES.md`: message counts, INVITE dialogs, parties,
 //! media endpoints, RTP stream classification, TCP framing.
 
+#[path = "common/mod.rs"]
+mod shared;
+
 mod common {
     #![allow(dead_code)]
 
     use std::collections::HashMap;
     use std::net::{IpAddr, SocketAddr};
     use std::path::{Path, PathBuf};
-    use std::process::Command;
     use std::time::Duration;
 
     /// The shared captures directory, or `None` (with a note) when this work tree
@@ -23,20 +25,7 @@ mod common {
         }
     }
 
-    /// Runs tshark and returns its standard output. tshark is installed by
-    /// `scripts/setup.sh --test`; a missing tshark fails the test loudly.
-    pub fn tshark(args: &[&str]) -> String {
-        let out = Command::new("tshark")
-            .args(args)
-            .output()
-            .expect("tshark must be installed (scripts/setup.sh --test installs it)");
-        assert!(
-            out.status.success(),
-            "tshark {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("tshark prints UTF-8")
-    }
+    pub use super::shared::tshark;
 
     /// One transport payload as tshark saw it.
     #[derive(Debug, Clone)]

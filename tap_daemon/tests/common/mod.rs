@@ -113,12 +113,14 @@ pub fn capture(name: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// Runs tshark and returns its standard output; a missing tshark fails the
+/// test loudly (`scripts/setup.sh --test` installs it).
 pub fn tshark(args: &[&str]) -> String {
     let out = Command::new("tshark")
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("tshark runs");
+        .expect("tshark must be installed (scripts/setup.sh --test installs it)");
     assert!(
         out.status.success(),
         "tshark {args:?}: {}",

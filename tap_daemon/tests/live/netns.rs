@@ -148,7 +148,7 @@ impl Pair {
             (&self.b, "veth-b", self.b_addr),
         ] {
             ns.ip(&["link", "set", "lo", "up"])?;
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "brd", "+", "dev", dev])?;
             ns.ip(&["link", "set", dev, "up"])?;
         }
         Ok(())
