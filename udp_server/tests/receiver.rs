@@ -210,7 +210,7 @@ fn a_call_whose_bye_is_lost_ends_by_idle_timeout() {
     assert_eq!(record["directions"]["R"]["samples"], 160);
     // A straggler after the end does not start a one-frame call of its own.
     sender.data(&id, Read, 0, &[0xFFu8; 160]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_counter(&receiver, "rst_refused_total{reason=\"after_end\"}", 1);
     assert_eq!(
         receiver.counter("rst_refused_total{reason=\"after_end\"}"),
         1
@@ -475,7 +475,7 @@ fn shutdown_finishes_every_open_call() {
         sender.inv(&uuid(20 + n), "a", "b");
         sender.data(&uuid(20 + n), Read, 0, &[0xFF; 160]);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_counter(&receiver, "rst_datagrams_total", 6);
     receiver.stop();
     let records = records_in(receiver.dir.path());
     assert_eq!(records.len(), 3);

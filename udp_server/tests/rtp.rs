@@ -65,8 +65,10 @@ fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_e
     let id = uuid(10);
     let (server_read, _) = sender.inv(&id, "pt101=telephone-event/8000").unwrap();
     let to = SocketAddr::from(([127, 0, 0, 1], server_read));
+    let sent = std::cell::Cell::new(0);
     let send = |bytes: &[u8]| {
         sender.read.send_to(bytes, to).unwrap();
+        sent.set(sent.get() + 1);
     };
     let audio = |k: u8| vec![0x80 + k; 160];
     let (ssrc_a, ssrc_b) = (0x1111_1111, 0x2222_2222);
@@ -126,7 +128,8 @@ fn loss_reordering_duplicates_ssrc_change_timestamp_jump_and_dtmf_are_recorded_e
         let timestamp = 999_999 + 160 * u32::from(i) + jump;
         send(&rtp(7 + u16::from(i), timestamp, ssrc_b, 0, &audio(20 + i)));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Every packet in before the BYE (they come on another socket).
+    wait_counter(&receiver, "rst_rtp_packets_total", sent.get());
     sender.control.bye(&id);
 
     let record = receiver.wait_records(1).pop().unwrap();
@@ -223,7 +226,10 @@ fn rtp_from_anyone_but_the_calls_sender_is_ignored_and_counted() {
         .read
         .send_to(b"not rtp", ("127.0.0.1", server_read))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // All four judged before the BYE.
+    wait_counter(&receiver, "rst_refused_total{reason=\"wrong_source\"}", 2);
+    wait_counter(&receiver, "rst_rtp_packets_total", 1);
+    wait_counter(&receiver, "rst_rtp_malformed_total", 1);
     sender.control.bye(&id);
     let record = receiver.wait_records(1).pop().unwrap();
     assert_eq!(
@@ -328,7 +334,7 @@ fn a_payload_type_declared_by_a_repeated_inv_is_decoded_from_then_on() {
         .collect();
     // Before the declaration, PT 96 is nothing the receiver can decode.
     send(&rtp(100, 0, 2, 96, &opus[0]));
-    std::thread::sleep(Duration::from_millis(100));
+    wait_counter(&receiver, "rst_rtp_packets_total", 6);
     assert_eq!(
         sender.inv(&id, "pt101=telephone-event/8000:pt96=opus/48000/2"),
         Some(ports),
@@ -347,7 +353,7 @@ fn a_payload_type_declared_by_a_repeated_inv_is_decoded_from_then_on() {
     }
     .encode();
     send(&rtp(110, 960 * 10, 2, 101, &event));
-    std::thread::sleep(Duration::from_millis(200));
+    wait_counter(&receiver, "rst_rtp_packets_total", 6 + 9 + 1);
     sender.control.bye(&id);
 
     let record = receiver.wait_records(1).pop().unwrap();
@@ -399,7 +405,7 @@ fn rtp_for_a_call_that_data_started_is_recorded() {
         let packet = rtp(i + 1, u32::from(i) * 160, 0x77, 0, &[0xFF; 160]);
         sender.read.send_to(&packet, to).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_counter(&receiver, "rst_rtp_packets_total", 10);
     sender.control.bye(&u);
     let records = receiver.wait_records(1);
     receiver.stop();

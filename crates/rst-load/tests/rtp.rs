@@ -44,6 +44,19 @@ impl Receiver {
             .unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
     }
 
+    /// Waits (60 s at most) until the counter `series` reaches `at_least`.
+    fn wait_counter(&self, series: &str, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.counter(series) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {}, below {at_least}",
+                self.counter(series)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `count` records exist (the calls end a moment after their BYE).
     fn wait_records(&self, count: usize) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -200,7 +213,7 @@ fn an_exhausted_port_range_leaves_the_call_unanswered_and_silent() {
     let report = rst_load::run(&config).unwrap();
     assert_eq!((report.inv_acked, report.inv_lost), (1, 1), "{report}");
     assert_eq!(report.rtp_sent, 2 * 5, "{report}");
-    std::thread::sleep(Duration::from_millis(500));
+    receiver.wait_counter("rst_rtp_packets_total", 2 * 5);
     receiver.stop();
     assert_eq!(receiver.counter("rst_rtp_packets_total"), 2 * 5);
     assert!(receiver.counter("rst_refused_total{reason=\"no_ports\"}") >= 1);
