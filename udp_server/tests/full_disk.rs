@@ -239,6 +239,55 @@ fn calls_ended_on_a_full_disk_are_stored_once_room_returns() {
     receiver.stop();
 }
 
+/// Still full when a storing receiver stops, with the calls' upload jobs
+/// waiting in memory: the next start, with room again, stores every call
+/// whose record was left to it, and the stop logged and counted each call
+/// whose record fit but whose job did not. No call goes unaccounted for.
+#[test]
+fn calls_waiting_on_a_full_disk_at_a_stop_are_stored_or_counted() {
+    if !common::seaweed::have_weed() {
+        return;
+    }
+    let Some((mount, filler)) = small_disk("calls_waiting_on_a_full_disk_at_a_stop") else {
+        return;
+    };
+    let store = common::seaweed::Store::start();
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let settings = || Settings {
+        storage: store.settings(true),
+        recorder_threads: Some(1),
+        ..Settings::default()
+    };
+    let mut receiver = Receiver::in_dir(settings(), dir);
+    let mut sender = Sender::new(receiver.addr);
+    let (ids, _) = fill_and_end(&receiver, &mut sender, 3);
+    receiver.stop();
+    let lost = receiver.counter("rst_storage_failures_total");
+    assert_eq!(receiver.counter("rst_storage_calls_stored_total"), 0);
+    let dir = std::mem::replace(&mut receiver.dir, tempfile::tempdir().unwrap());
+    drop(receiver);
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(mount.0.path().join("topping")).unwrap();
+
+    let mut restarted = Receiver::in_dir(settings(), dir);
+    let records = restarted.wait_records(3);
+    assert_failed_records(&records, &ids, "");
+    wait_for_counter(&restarted, "rst_storage_calls_stored_total", |n| {
+        n + lost >= 3
+    });
+    let reader = store.reader();
+    let stored: Vec<_> = restarted
+        .wait_records(3)
+        .into_iter()
+        .filter_map(|record| record["stored"]["record_key"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stored.len() as u64 + lost, 3, "stored: {stored:?}");
+    for key in &stored {
+        assert!(!reader.get(key).is_empty(), "{key} is in the store");
+    }
+    restarted.stop();
+}
+
 /// Still full when the receiver stops: the records are left to the next
 /// start, which completes them from their provisional records.
 #[test]

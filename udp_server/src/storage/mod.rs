@@ -456,6 +456,24 @@ impl Uploads {
 }
 
 impl Uploads {
+    /// At the receiver's stop, once every recorder thread is done: the jobs
+    /// still waiting are written if they can be. One that stays only in
+    /// memory (a full disk) while its call's record was written is lost with
+    /// this run: nothing on disk tells the next start to store that call
+    /// (a record not written yet is completed and queued by the next
+    /// start's recovery). Each is logged and counted.
+    pub fn stop(&self) {
+        self.commit_written();
+        let unwritten =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+        for Unwritten { uuid, record, job } in unwritten {
+            if matches!(job, Prepared::InMemory(_)) && record.exists() {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(%uuid, record = %record.display(), "the call's upload job could not be written (a full disk) before the receiver stopped: the call stays local only");
+            }
+        }
+    }
+
     /// Queues the calls whose records the start's recovery completed (the
     /// receiver was killed before they ended, or between writing a record
     /// and queueing it): nothing received stays unstored. A call already in
@@ -529,8 +547,19 @@ fn recovered_job(path: &FsPath, record: &serde_json::Value) -> Option<Job> {
     ))
 }
 
-/// The uploader: stores the queued calls in order until `shutdown`.
+/// The uploader: stores the queued calls in order until `shutdown`; then
+/// says which calls' jobs could only be kept in memory ([`Uploads::stop`]).
 pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: CancellationToken) {
+    store_until(&config, &uploads, &feed, &shutdown).await;
+    uploads.stop();
+}
+
+async fn store_until(
+    config: &StorageConfig,
+    uploads: &Uploads,
+    feed: &Feed,
+    shutdown: &CancellationToken,
+) {
     let metrics = uploads.metrics.clone();
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -559,7 +588,7 @@ pub async fn run(config: StorageConfig, uploads: Uploads, feed: Feed, shutdown: 
         }
         for (done, queued) in jobs.iter().enumerate() {
             let result = tokio::select! {
-                result = store_call(&config, &queued.job) => result,
+                result = store_call(config, &queued.job) => result,
                 _ = shutdown.cancelled() => return,
             };
             let error = match result {
