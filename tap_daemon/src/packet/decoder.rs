@@ -2,7 +2,7 @@
 //! TCP bytes out, with a counter for every reason a frame gave nothing.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use super::error::{DecodeError, ErrorKind, Layer};
@@ -251,6 +251,25 @@ impl Decoder {
     ) -> Result<(), DecodeError> {
         let (net, range) = link::network(link, frame)?;
         let ip = frame.get(range).unwrap_or_default();
+        // Nearly every frame a tap sees is one whole IPv4 UDP datagram (RTP):
+        // read straight off the header, it skips the general path's
+        // `IpPacket` and `Result`s, which handle every address family,
+        // fragments, TCP and tunnels.
+        if net == Network::Ipv4 {
+            if let Some((src, dst, payload)) = plain_udp(ip) {
+                self.counters.udp_datagrams += 1;
+                out.datagram(Datagram {
+                    time: now,
+                    src: SocketAddr::V4(src),
+                    dst: SocketAddr::V4(dst),
+                    transport: Transport::Udp,
+                    payload: Cow::Borrowed(payload),
+                    gap: false,
+                    end: None,
+                });
+                return Ok(());
+            }
+        }
         self.network(now, net, ip, 0, out)
     }
 
@@ -368,6 +387,40 @@ impl Decoder {
             other => Err(DecodeError::OtherProtocol(other)),
         }
     }
+}
+
+/// An IPv4 packet that is a whole UDP datagram, valid by the same checks
+/// as [`parse_ipv4`] and [`parse_udp`]: its endpoints and payload. `None`
+/// for anything else (a fragment, another protocol, a header either would
+/// refuse), which the general path then decodes or refuses with its error.
+#[inline]
+fn plain_udp(ip: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, &[u8])> {
+    let h = ip.first_chunk::<20>()?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    // Version 4; no more fragments and offset 0 (DF may be set); UDP.
+    if h[0] >> 4 != 4
+        || header_len < 20
+        || total_len < header_len
+        || total_len > ip.len()
+        || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+        || h[9] != super::ip::proto::UDP
+    {
+        return None;
+    }
+    let udp = ip.get(header_len..total_len)?;
+    let u = udp.first_chunk::<8>()?;
+    let length = usize::from(u16::from_be_bytes([u[4], u[5]]));
+    if length < 8 || length > udp.len() {
+        return None;
+    }
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    Some((
+        SocketAddrV4::new(src, u16::from_be_bytes([u[0], u[1]])),
+        SocketAddrV4::new(dst, u16::from_be_bytes([u[2], u[3]])),
+        udp.get(8..length)?,
+    ))
 }
 
 fn push_chunks<'b>(
