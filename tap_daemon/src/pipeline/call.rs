@@ -180,6 +180,7 @@ pub(super) const OWNER_IDLE: Duration = Duration::from_secs(1);
 
 impl Owner {
     /// Whether the owner had a packet within [`OWNER_IDLE`] of `now`.
+    #[inline]
     fn is_active(&self, now: Duration) -> bool {
         now.saturating_sub(self.last) < OWNER_IDLE && self.last.saturating_sub(now) < OWNER_IDLE
     }
@@ -197,6 +198,10 @@ impl Call {
     /// second point (deduplicated later), and a flow that takes over after
     /// the owner went quiet is media moved by a re-INVITE: both keep the
     /// tracker's direction.
+    /// Inlined into the pipeline's RTP path (see [`super::route`]): the
+    /// common case, a flow that keeps its direction, is a few compares; the
+    /// rest is [`Call::redirect`], out of line.
+    #[inline]
     pub(super) fn direction(
         &mut self,
         classified: Direction,
@@ -205,16 +210,30 @@ impl Call {
         now: Duration,
         swapped: &mut u64,
     ) -> Direction {
-        let of_flow = |o: &Owner| o.flow.0 == *src && o.flow.1 == *dst;
         // Nearly every packet: its flow already owns the direction the
         // tracker said, and stays its owner.
         if let Some(owner) = &mut self.owners[classified as usize] {
-            if of_flow(owner) && owner.is_active(now) {
+            if owner.flow.0 == *src && owner.flow.1 == *dst && owner.is_active(now) {
                 owner.ssrc = ssrc;
                 owner.last = now;
                 return classified;
             }
         }
+        self.redirect(classified, (src, dst), ssrc, now, swapped)
+    }
+
+    /// [`Call::direction`] for a flow that does not own the direction the
+    /// tracker said, or whose ownership lapsed.
+    #[inline(never)]
+    fn redirect(
+        &mut self,
+        classified: Direction,
+        (src, dst): (&SocketAddr, &SocketAddr),
+        ssrc: u32,
+        now: Duration,
+        swapped: &mut u64,
+    ) -> Direction {
+        let of_flow = |o: &Owner| o.flow.0 == *src && o.flow.1 == *dst;
         let active = |o: &Option<Owner>| o.filter(|o| o.is_active(now));
         let other = match classified {
             Direction::Read => Direction::Write,

@@ -5,6 +5,7 @@ use crate::sip::sdp::static_payload_type;
 
 /// Payload type numbers that, with the marker bit, are RTCP packet types
 /// 200 to 204 (RFC 5761).
+#[inline]
 pub(super) fn is_rtcp_range(pt: u8) -> bool {
     (72..=76).contains(&pt)
 }
@@ -37,6 +38,7 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
 /// 0001 (an RTP version of 0, so never taken for RTP), the magic cookie
 /// `ZRTP` at bytes 4..8, then the message: preamble 0x505a, length, and the
 /// 8-byte type block (`Hello   `, `Commit  `, ..., `Conf2ACK`).
+#[inline]
 pub(super) fn zrtp_message(bytes: &[u8]) -> Option<&[u8]> {
     let fixed = bytes.get(..24)?;
     (fixed[0] >> 4 == 1 && &fixed[4..8] == b"ZRTP" && fixed[12..14] == [0x50, 0x5a])
