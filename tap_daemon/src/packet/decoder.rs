@@ -249,8 +249,15 @@ impl Decoder {
         frame: &'a [u8],
         out: &mut impl Sink<'a>,
     ) -> Result<(), DecodeError> {
-        let (net, range) = link::network(link, frame)?;
-        let ip = frame.get(range).unwrap_or_default();
+        // Untagged Ethernet carrying IPv4 is told here, without a call to
+        // the link layer's general walk.
+        let (net, ip) = match frame.get(12..) {
+            Some([0x08, 0x00, ip @ ..]) if link == LinkType::ETHERNET => (Network::Ipv4, ip),
+            _ => {
+                let (net, range) = link::network(link, frame)?;
+                (net, frame.get(range).unwrap_or_default())
+            }
+        };
         // Nearly every frame a tap sees is one whole IPv4 UDP datagram (RTP):
         // read straight off the header, it skips the general path's
         // `IpPacket` and `Result`s, which handle every address family,
