@@ -34,6 +34,7 @@ pub(super) const DEDUP_SLOTS: usize = 32;
 const DEDUP_BUCKETS: usize = 2 * DEDUP_SLOTS;
 
 /// The bucket of a packed id: its sequence number's low bits.
+#[inline]
 fn bucket(id: u64) -> usize {
     (id >> 16) as usize % DEDUP_BUCKETS
 }
@@ -51,7 +52,10 @@ impl Default for Dedup {
 }
 
 impl Dedup {
-    /// True if this packet was already seen within `window`; remembers it otherwise.
+    /// True if this packet was already seen within `window`; remembers it
+    /// otherwise. Inlined into the pipeline's RTP path, like the route
+    /// cache's hit: it runs once for every packet forwarded.
+    #[inline]
     pub(super) fn seen(&mut self, packet: &RtpPacket<'_>, now: Duration, window: Duration) -> bool {
         let id = u64::from(packet.ssrc) << 32
             | u64::from(packet.sequence) << 16
@@ -91,6 +95,7 @@ impl Dedup {
 /// few bytes: any change to a byte changes it; only the same words in
 /// another order would not. Fixed: a fingerprint is only compared within
 /// the process.
+#[inline]
 pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(29);
