@@ -20,7 +20,16 @@ pub(super) fn static_audio(pt: u8) -> bool {
 /// Whether bytes start like a SIP request or response line: `SIP/2.0 ` or an
 /// upper-case method token followed by ` sip:`, ` sips:` or ` tel:`. RTP
 /// starts with a byte of 0x80 or more, so it never passes.
+///
+/// Both start with an upper-case letter, which RTP's first byte never is:
+/// that test is inlined where every datagram is sniffed, the rest is not.
+#[inline]
 pub fn looks_like_sip(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(u8::is_ascii_uppercase) && sip_start_line(bytes)
+}
+
+/// [`looks_like_sip`] past its first byte.
+fn sip_start_line(bytes: &[u8]) -> bool {
     if bytes.starts_with(b"SIP/2.0 ") {
         return true;
     }
