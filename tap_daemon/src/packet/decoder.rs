@@ -502,3 +502,54 @@ pub fn fuzz_frames(data: &[u8]) -> usize {
     decoder.finish(now, &mut out);
     count + out.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the general path makes of an IPv4 packet, when it is a whole
+    /// UDP datagram: the answer [`plain_udp`] must give.
+    fn general(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        let packet = parse_ipv4(ip).ok()?;
+        if packet.fragment.is_some() || packet.protocol != proto::UDP {
+            return None;
+        }
+        let udp = parse_udp(packet.payload).ok()?;
+        Some((
+            SocketAddr::new(packet.src, udp.src_port),
+            SocketAddr::new(packet.dst, udp.dst_port),
+            udp.payload,
+        ))
+    }
+
+    fn fast(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        plain_udp(ip).map(|(src, dst, payload)| (SocketAddr::V4(src), SocketAddr::V4(dst), payload))
+    }
+
+    /// Every byte of the IPv4 and UDP headers set to values that matter
+    /// (lengths, version, flags, protocol), and every cut: the shortcut
+    /// agrees with the general path, datagram for datagram.
+    #[test]
+    fn plain_udp_agrees_with_the_general_path() {
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[0x13, 0xc4, 0x27, 0x10, 0, 12, 0, 0, 1, 2, 3, 4]);
+        ip.extend_from_slice(&[0xee; 6]); // link padding
+        assert!(fast(&ip).is_some());
+        let values = [
+            0u8, 1, 4, 5, 6, 7, 8, 11, 12, 17, 20, 24, 32, 0x20, 0x3f, 0x40, 0x45, 0x46, 0x4f,
+            0x55, 0x80, 0xff,
+        ];
+        for at in 0..28 {
+            for &value in &values {
+                let mut mutated = ip.clone();
+                mutated[at] = value;
+                assert_eq!(fast(&mutated), general(&mutated), "byte {at} = {value:#x}");
+            }
+        }
+        for len in 0..ip.len() {
+            assert_eq!(fast(&ip[..len]), general(&ip[..len]), "cut at {len}");
+        }
+    }
+}
