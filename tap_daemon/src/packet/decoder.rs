@@ -2,7 +2,7 @@
 //! TCP bytes out, with a counter for every reason a frame gave nothing.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use super::error::{DecodeError, ErrorKind, Layer};
@@ -249,8 +249,34 @@ impl Decoder {
         frame: &'a [u8],
         out: &mut impl Sink<'a>,
     ) -> Result<(), DecodeError> {
-        let (net, range) = link::network(link, frame)?;
-        let ip = frame.get(range).unwrap_or_default();
+        // Untagged Ethernet carrying IPv4 is told here, without a call to
+        // the link layer's general walk.
+        let (net, ip) = match frame.get(12..) {
+            Some([0x08, 0x00, ip @ ..]) if link == LinkType::ETHERNET => (Network::Ipv4, ip),
+            _ => {
+                let (net, range) = link::network(link, frame)?;
+                (net, frame.get(range).unwrap_or_default())
+            }
+        };
+        // Nearly every frame a tap sees is one whole IPv4 UDP datagram (RTP):
+        // read straight off the header, it skips the general path's
+        // `IpPacket` and `Result`s, which handle every address family,
+        // fragments, TCP and tunnels.
+        if net == Network::Ipv4 {
+            if let Some((src, dst, payload)) = plain_udp(ip) {
+                self.counters.udp_datagrams += 1;
+                out.datagram(Datagram {
+                    time: now,
+                    src: SocketAddr::V4(src),
+                    dst: SocketAddr::V4(dst),
+                    transport: Transport::Udp,
+                    payload: Cow::Borrowed(payload),
+                    gap: false,
+                    end: None,
+                });
+                return Ok(());
+            }
+        }
         self.network(now, net, ip, 0, out)
     }
 
@@ -370,6 +396,40 @@ impl Decoder {
     }
 }
 
+/// An IPv4 packet that is a whole UDP datagram, valid by the same checks
+/// as [`parse_ipv4`] and [`parse_udp`]: its endpoints and payload. `None`
+/// for anything else (a fragment, another protocol, a header either would
+/// refuse), which the general path then decodes or refuses with its error.
+#[inline]
+fn plain_udp(ip: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, &[u8])> {
+    let h = ip.first_chunk::<20>()?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    // Version 4; no more fragments and offset 0 (DF may be set); UDP.
+    if h[0] >> 4 != 4
+        || header_len < 20
+        || total_len < header_len
+        || total_len > ip.len()
+        || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+        || h[9] != super::ip::proto::UDP
+    {
+        return None;
+    }
+    let udp = ip.get(header_len..total_len)?;
+    let u = udp.first_chunk::<8>()?;
+    let length = usize::from(u16::from_be_bytes([u[4], u[5]]));
+    if length < 8 || length > udp.len() {
+        return None;
+    }
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    Some((
+        SocketAddrV4::new(src, u16::from_be_bytes([u[0], u[1]])),
+        SocketAddrV4::new(dst, u16::from_be_bytes([u[2], u[3]])),
+        udp.get(8..length)?,
+    ))
+}
+
 fn push_chunks<'b>(
     counters: &mut Counters,
     now: Duration,
@@ -441,4 +501,55 @@ pub fn fuzz_frames(data: &[u8]) -> usize {
     let mut out = Vec::new();
     decoder.finish(now, &mut out);
     count + out.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the general path makes of an IPv4 packet, when it is a whole
+    /// UDP datagram: the answer [`plain_udp`] must give.
+    fn general(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        let packet = parse_ipv4(ip).ok()?;
+        if packet.fragment.is_some() || packet.protocol != proto::UDP {
+            return None;
+        }
+        let udp = parse_udp(packet.payload).ok()?;
+        Some((
+            SocketAddr::new(packet.src, udp.src_port),
+            SocketAddr::new(packet.dst, udp.dst_port),
+            udp.payload,
+        ))
+    }
+
+    fn fast(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        plain_udp(ip).map(|(src, dst, payload)| (SocketAddr::V4(src), SocketAddr::V4(dst), payload))
+    }
+
+    /// Every byte of the IPv4 and UDP headers set to values that matter
+    /// (lengths, version, flags, protocol), and every cut: the shortcut
+    /// agrees with the general path, datagram for datagram.
+    #[test]
+    fn plain_udp_agrees_with_the_general_path() {
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[0x13, 0xc4, 0x27, 0x10, 0, 12, 0, 0, 1, 2, 3, 4]);
+        ip.extend_from_slice(&[0xee; 6]); // link padding
+        assert!(fast(&ip).is_some());
+        let values = [
+            0u8, 1, 4, 5, 6, 7, 8, 11, 12, 17, 20, 24, 32, 0x20, 0x3f, 0x40, 0x45, 0x46, 0x4f,
+            0x55, 0x80, 0xff,
+        ];
+        for at in 0..28 {
+            for &value in &values {
+                let mut mutated = ip.clone();
+                mutated[at] = value;
+                assert_eq!(fast(&mutated), general(&mutated), "byte {at} = {value:#x}");
+            }
+        }
+        for len in 0..ip.len() {
+            assert_eq!(fast(&ip[..len]), general(&ip[..len]), "cut at {len}");
+        }
+    }
 }

@@ -59,10 +59,30 @@ impl Default for StreamLimits {
 pub const SEGMENT_COST: usize = 64;
 
 /// One direction of a TCP connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+}
+
+/// An address and port as one word each (two for IPv6), instead of the
+/// derived hash's variant tag, length-prefixed octets and port written one
+/// by one: a segment looks its flow up three times. Equal keys hash
+/// equally, as `Eq` requires (IPv6 flow info and scope only narrow equality).
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for addr in [&self.src, &self.dst] {
+            match addr {
+                SocketAddr::V4(a) => {
+                    state.write_u64(u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()));
+                }
+                SocketAddr::V6(a) => {
+                    state.write_u128(a.ip().to_bits());
+                    state.write_u16(a.port());
+                }
+            }
+        }
+    }
 }
 
 /// Why a direction of a stream ended.

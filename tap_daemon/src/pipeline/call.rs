@@ -34,6 +34,7 @@ pub(super) const DEDUP_SLOTS: usize = 32;
 const DEDUP_BUCKETS: usize = 2 * DEDUP_SLOTS;
 
 /// The bucket of a packed id: its sequence number's low bits.
+#[inline]
 fn bucket(id: u64) -> usize {
     (id >> 16) as usize % DEDUP_BUCKETS
 }
@@ -51,7 +52,10 @@ impl Default for Dedup {
 }
 
 impl Dedup {
-    /// True if this packet was already seen within `window`; remembers it otherwise.
+    /// True if this packet was already seen within `window`; remembers it
+    /// otherwise. Inlined into the pipeline's RTP path, like the route
+    /// cache's hit: it runs once for every packet forwarded.
+    #[inline]
     pub(super) fn seen(&mut self, packet: &RtpPacket<'_>, now: Duration, window: Duration) -> bool {
         let id = u64::from(packet.ssrc) << 32
             | u64::from(packet.sequence) << 16
@@ -91,6 +95,7 @@ impl Dedup {
 /// few bytes: any change to a byte changes it; only the same words in
 /// another order would not. Fixed: a fingerprint is only compared within
 /// the process.
+#[inline]
 pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(29);
@@ -180,6 +185,7 @@ pub(super) const OWNER_IDLE: Duration = Duration::from_secs(1);
 
 impl Owner {
     /// Whether the owner had a packet within [`OWNER_IDLE`] of `now`.
+    #[inline]
     fn is_active(&self, now: Duration) -> bool {
         now.saturating_sub(self.last) < OWNER_IDLE && self.last.saturating_sub(now) < OWNER_IDLE
     }
@@ -197,6 +203,10 @@ impl Call {
     /// second point (deduplicated later), and a flow that takes over after
     /// the owner went quiet is media moved by a re-INVITE: both keep the
     /// tracker's direction.
+    /// Inlined into the pipeline's RTP path (see [`super::route`]): the
+    /// common case, a flow that keeps its direction, is a few compares; the
+    /// rest is [`Call::redirect`], out of line.
+    #[inline]
     pub(super) fn direction(
         &mut self,
         classified: Direction,
@@ -205,34 +215,49 @@ impl Call {
         now: Duration,
         swapped: &mut u64,
     ) -> Direction {
-        let of_flow = |o: &Owner| o.flow.0 == *src && o.flow.1 == *dst;
         // Nearly every packet: its flow already owns the direction the
         // tracker said, and stays its owner.
         if let Some(owner) = &mut self.owners[classified as usize] {
-            if of_flow(owner) && owner.is_active(now) {
+            if owner.flow.0 == *src && owner.flow.1 == *dst && owner.is_active(now) {
                 owner.ssrc = ssrc;
                 owner.last = now;
                 return classified;
             }
         }
-        let active = |o: &Option<Owner>| o.filter(|o| o.is_active(now));
+        self.redirect(classified, (src, dst), ssrc, now, swapped)
+    }
+
+    /// [`Call::direction`] for a flow that does not own the direction the
+    /// tracker said, or whose ownership lapsed.
+    #[inline(never)]
+    fn redirect(
+        &mut self,
+        classified: Direction,
+        (src, dst): (&SocketAddr, &SocketAddr),
+        ssrc: u32,
+        now: Duration,
+        swapped: &mut u64,
+    ) -> Direction {
+        let of_flow = |o: &Owner| o.flow.0 == *src && o.flow.1 == *dst;
+        // The owners are looked at in place: copying one out (two socket
+        // addresses) at each question cost more than the rest together, on
+        // the one packet in ten that comes here.
+        let owners = &self.owners;
+        let active = |d: Direction| owners[d as usize].as_ref().filter(|o| o.is_active(now));
         let other = match classified {
             Direction::Read => Direction::Write,
             Direction::Write => Direction::Read,
         };
-        let direction = match active(&self.owners[classified as usize]) {
+        let direction = match active(classified) {
             Some(owner)
-                if !of_flow(&owner)
-                    && owner.ssrc != ssrc
-                    && active(&self.owners[other as usize]).map_or(true, |o| of_flow(&o)) =>
+                if !of_flow(owner) && owner.ssrc != ssrc && active(other).map_or(true, of_flow) =>
             {
                 *swapped += 1;
                 other
             }
             _ => classified,
         };
-        let copy = active(&self.owners[direction as usize])
-            .is_some_and(|o| !of_flow(&o) && o.ssrc == ssrc);
+        let copy = active(direction).is_some_and(|o| !of_flow(o) && o.ssrc == ssrc);
         // A copy from a second tap point leaves the first flow the owner.
         if !copy {
             self.owners[direction as usize] = Some(Owner {

@@ -753,9 +753,7 @@ impl Core {
         call.last_packet = now;
         // The tracker's idle timeout counts in seconds: telling it of every
         // packet would cost a look-up each for nothing.
-        if call.info.is_some()
-            && (now.saturating_sub(call.touched) >= TOUCH_EVERY || now < call.touched)
-        {
+        if call.info.is_some() && (now < call.touched || now - call.touched >= TOUCH_EVERY) {
             call.touched = now;
             self.tracker.touch(key, now);
         }

@@ -30,6 +30,7 @@ struct Flow(SocketAddr, SocketAddr);
 
 impl Flow {
     /// The slot of the flow from `src` to `dst`: a multiplicative hash of its addresses and ports.
+    #[inline]
     fn slot(src: &SocketAddr, dst: &SocketAddr) -> usize {
         let word = |addr: &SocketAddr| -> u64 {
             let ip = match addr.ip() {
@@ -58,6 +59,7 @@ struct Route {
 }
 
 impl Route {
+    #[inline]
     fn holds(&self, generation: u64, now: Duration) -> bool {
         // Time going backwards (merged captures) may bring an ended dialog
         // back within its linger: ask again.
@@ -89,7 +91,11 @@ impl Default for Routes {
 
 impl Routes {
     /// What `tracker.classify(now, src, dst)` answers, from the cache when
-    /// it still holds.
+    /// it still holds. Inlined into the pipeline's RTP path, which is
+    /// generic over its output (so built in the crate that names it): the
+    /// hit, nearly every packet, is a hash and two compares; the tracker is
+    /// asked out of line.
+    #[inline]
     pub(super) fn classify(
         &mut self,
         tracker: &Tracker,
@@ -98,17 +104,30 @@ impl Routes {
         dst: &SocketAddr,
     ) -> Option<(CallKey, Direction)> {
         let generation = tracker.generation();
-        let slot = &mut self.slots[Flow::slot(src, dst)];
-        if let Some((held, route)) = slot {
+        let index = Flow::slot(src, dst);
+        if let Some((held, route)) = &self.slots[index] {
             if held.0 == *src && held.1 == *dst && route.holds(generation, now) {
                 return route.call;
             }
         }
+        self.ask(tracker, now, src, dst, index)
+    }
+
+    /// A miss of [`Routes::classify`]: the tracker's answer, kept in slot `index`.
+    #[inline(never)]
+    fn ask(
+        &mut self,
+        tracker: &Tracker,
+        now: Duration,
+        src: &SocketAddr,
+        dst: &SocketAddr,
+        index: usize,
+    ) -> Option<(CallKey, Direction)> {
         let Classified { call, until } = tracker.classify_until(now, *src, *dst);
-        *slot = Some((
+        self.slots[index] = Some((
             Flow(*src, *dst),
             Route {
-                generation,
+                generation: tracker.generation(),
                 since: now,
                 until,
                 call,
