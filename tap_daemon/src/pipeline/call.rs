@@ -203,6 +203,7 @@ impl Call {
     /// second point (deduplicated later), and a flow that takes over after
     /// the owner went quiet is media moved by a re-INVITE: both keep the
     /// tracker's direction.
+    ///
     /// Inlined into the pipeline's RTP path (see [`super::route`]): the
     /// common case, a flow that keeps its direction, is a few compares; the
     /// rest is [`Call::redirect`], out of line.
