@@ -19,8 +19,11 @@
 //! thread is rst's own, the rest of rst's cost is in the media threads (the
 //! bug callbacks), seen as the difference of FreeSWITCH's total between the
 //! runs without and with rst (noisy on a shared machine: both are printed).
-//! The four phases run `RST_FS_BENCH_ROUNDS` (2) times, alternating, and each
-//! figure takes the run of its phase in which FreeSWITCH used least CPU.
+//! The four phases run `RST_FS_BENCH_ROUNDS` (3) times, alternating. Each
+//! round compares its own two runs of a kind (without rst, then with), so a
+//! slow drift of the shared machine's load falls on both; each figure is the
+//! median of the rounds' figures, and every round's share is printed.
+//! `RST_FS_BENCH_KINDS=sip` (or `loopback`) runs one kind only.
 //!
 //! Figures, recorded in `bench-results.jsonl` (rst_load::results):
 //! - the sender's CPU per datagram against a bare non-blocking `sendto` of a
@@ -437,6 +440,55 @@ fn total(by_thread: &BTreeMap<String, Cpu>) -> Cpu {
     sum
 }
 
+/// One round's figures for a kind: its run without rst against its run with.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    without_s: f64,
+    with_s: f64,
+    /// rst's cost as a share of FreeSWITCH's own CPU.
+    share: f64,
+    sender_share: f64,
+    sender_ns_per_datagram: f64,
+    datagrams: f64,
+}
+
+impl Round {
+    fn of((plain, with): (&Phase, &Phase)) -> Round {
+        let without = plain.total.ns.max(1) as f64;
+        Round {
+            without_s: without / 1e9,
+            with_s: with.total.ns as f64 / 1e9,
+            share: (with.total.ns as f64 - without) / without,
+            sender_share: with.sender.ns as f64 / without,
+            sender_ns_per_datagram: with.sender.ns as f64 / with.datagrams.max(1) as f64,
+            datagrams: with.datagrams as f64,
+        }
+    }
+
+    /// Each figure's median over `rounds` (not one round's: the figures of
+    /// a round move together only in part).
+    fn median(rounds: &[Round]) -> Round {
+        let of = |field: fn(&Round) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(field).collect();
+            values.sort_by(f64::total_cmp);
+            let mid = values.len() / 2;
+            if values.len() % 2 == 0 {
+                (values[mid - 1] + values[mid]) / 2.0
+            } else {
+                values[mid]
+            }
+        };
+        Round {
+            without_s: of(|r| r.without_s),
+            with_s: of(|r| r.with_s),
+            share: of(|r| r.share),
+            sender_share: of(|r| r.sender_share),
+            sender_ns_per_datagram: of(|r| r.sender_ns_per_datagram),
+            datagrams: of(|r| r.datagrams),
+        }
+    }
+}
+
 /// CPU time of this thread, in ns.
 fn thread_cpu_ns() -> u64 {
     let mut now = libc::timespec {
@@ -507,9 +559,20 @@ fn main() {
     // mod_rst's frames-per-datagram in the rst phases (1: its default).
     let frames = env_u64("RST_FS_BENCH_FRAMES", 1);
     let frames_per_datagram = frames.to_string();
-    // Rounds of the four phases, alternating; each figure takes the round in
-    // which FreeSWITCH used least CPU (the least disturbed on a shared machine).
-    let rounds = env_u64("RST_FS_BENCH_ROUNDS", 2).max(1);
+    // Rounds of the phases, alternating; each figure is the median of the
+    // rounds' (on a shared machine one round can be disturbed either way).
+    let rounds = env_u64("RST_FS_BENCH_ROUNDS", 3).max(1);
+    let kinds: Vec<(Kind, &str)> = {
+        let wanted = std::env::var("RST_FS_BENCH_KINDS").unwrap_or_default();
+        [(Kind::Loopback, "loopback"), (Kind::Sip, "sip")]
+            .into_iter()
+            .filter(|(_, name)| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name))
+            .collect()
+    };
+    assert!(
+        !kinds.is_empty(),
+        "RST_FS_BENCH_KINDS names loopback, sip or both"
+    );
     let module = common::release_module_path();
     let receiver = common::Receiver::start();
     let sip_port = free_port();
@@ -550,13 +613,13 @@ fn main() {
     );
     let (idle_before, _) = bench.idle(idle_window);
     let mut phases = Vec::new();
-    let order = [
-        (Kind::Loopback, false),
-        (Kind::Loopback, true),
-        (Kind::Sip, false),
-        (Kind::Sip, true),
-    ];
-    for (round, (kind, rst)) in (1..=rounds).flat_map(|round| order.map(|phase| (round, phase))) {
+    let order: Vec<(Kind, bool)> = kinds
+        .iter()
+        .flat_map(|&(kind, _)| [(kind, false), (kind, true)])
+        .collect();
+    for (round, (kind, rst)) in
+        (1..=rounds).flat_map(|round| order.iter().map(move |&phase| (round, phase)))
+    {
         println!(
             "{kind:?} calls, rst {} (round {round}):",
             if rst { "on" } else { "off" }
@@ -586,71 +649,73 @@ fn main() {
     let sendto_read_ns = bare_sendto_ns(true);
     fs.cli("shutdown");
 
-    // The least disturbed run of each phase.
-    let find = |kind: Kind, rst: bool| {
-        phases
-            .iter()
-            .filter(|p| p.kind == kind && p.rst == rst)
-            .min_by_key(|p| p.total.ns)
-            .expect("every phase ran")
-    };
     let mut figures = Vec::new();
     let mut sender_use = (0u64, 0u64);
-    for (kind, name) in [(Kind::Loopback, "loopback"), (Kind::Sip, "sip")] {
-        let (plain, with) = (find(kind, false), find(kind, true));
-        let share = (with.total.ns as f64 - plain.total.ns as f64) / plain.total.ns.max(1) as f64;
-        let sender_share = with.sender.ns as f64 / plain.total.ns.max(1) as f64;
-        let per_datagram = with.sender.ns as f64 / with.datagrams.max(1) as f64;
-        sender_use.0 += with.sender.ns;
-        sender_use.1 += with.datagrams;
+    let mut sip = None;
+    for &(kind, name) in &kinds {
+        // This kind's runs without and with rst, paired round by round.
+        let runs = |rst: bool| {
+            phases
+                .iter()
+                .filter(move |p| p.kind == kind && p.rst == rst)
+        };
+        let rounds: Vec<Round> = runs(false).zip(runs(true)).map(Round::of).collect();
+        for with in runs(true) {
+            sender_use.0 += with.sender.ns;
+            sender_use.1 += with.datagrams;
+        }
+        let shares: Vec<String> = rounds
+            .iter()
+            .map(|r| format!("{:+.1}", r.share * 100.0))
+            .collect();
+        let m = Round::median(&rounds);
         println!(
-            "{name}: FreeSWITCH {:.3} s CPU without rst ({} ticks), {:.3} s with ({} ticks): rst costs {:+.1} % of FreeSWITCH's own CPU (its sender thread {:.1} %); sender {:.2} us per datagram",
-            plain.total.ns as f64 / 1e9,
-            plain.total.ticks,
-            with.total.ns as f64 / 1e9,
-            with.total.ticks,
-            share * 100.0,
-            sender_share * 100.0,
-            per_datagram / 1000.0
+            "{name}: FreeSWITCH {:.3} s CPU without rst, {:.3} s with (medians of {} rounds): rst costs {:+.1} % of FreeSWITCH's own CPU (rounds: {} %), its sender thread {:.1} %; sender {:.2} us per datagram",
+            m.without_s,
+            m.with_s,
+            rounds.len(),
+            m.share * 100.0,
+            shares.join(", "),
+            m.sender_share * 100.0,
+            m.sender_ns_per_datagram / 1000.0
         );
         figures.extend([
-            Figure::new(
-                format!("{name}_fs_cpu_without_rst"),
-                plain.total.ns as f64 / 1e9,
-                "s",
-            ),
-            Figure::new(
-                format!("{name}_fs_cpu_with_rst"),
-                with.total.ns as f64 / 1e9,
-                "s",
-            ),
-            Figure::new(
-                format!("{name}_fs_ticks_without_rst"),
-                plain.total.ticks as f64,
-                "ticks",
-            ),
-            Figure::new(
-                format!("{name}_fs_ticks_with_rst"),
-                with.total.ticks as f64,
-                "ticks",
-            ),
+            Figure::new(format!("{name}_fs_cpu_without_rst"), m.without_s, "s"),
+            Figure::new(format!("{name}_fs_cpu_with_rst"), m.with_s, "s"),
             Figure::new(
                 format!("{name}_rst_share"),
-                share * 100.0,
+                m.share * 100.0,
+                "% of FreeSWITCH CPU",
+            ),
+            Figure::new(
+                format!("{name}_rst_share_min"),
+                rounds.iter().map(|r| r.share).fold(f64::INFINITY, f64::min) * 100.0,
+                "% of FreeSWITCH CPU",
+            ),
+            Figure::new(
+                format!("{name}_rst_share_max"),
+                rounds
+                    .iter()
+                    .map(|r| r.share)
+                    .fold(f64::NEG_INFINITY, f64::max)
+                    * 100.0,
                 "% of FreeSWITCH CPU",
             ),
             Figure::new(
                 format!("{name}_sender_share"),
-                sender_share * 100.0,
+                m.sender_share * 100.0,
                 "% of FreeSWITCH CPU",
             ),
-            Figure::new(format!("{name}_sender_ns_per_datagram"), per_datagram, "ns"),
             Figure::new(
-                format!("{name}_datagrams"),
-                with.datagrams as f64,
-                "datagrams",
+                format!("{name}_sender_ns_per_datagram"),
+                m.sender_ns_per_datagram,
+                "ns",
             ),
+            Figure::new(format!("{name}_datagrams"), m.datagrams, "datagrams"),
         ]);
+        if kind == Kind::Sip {
+            sip = Some(m);
+        }
     }
     let per_datagram = sender_use.0 as f64 / sender_use.1.max(1) as f64;
     let ratio = per_datagram / sendto_ns;
@@ -661,12 +726,18 @@ fn main() {
         sendto_read_ns / 1000.0,
         per_datagram / sendto_read_ns
     );
-    let sip = find(Kind::Sip, true);
-    let floor = sendto_ns * sip.datagrams as f64 / find(Kind::Sip, false).total.ns.max(1) as f64;
-    println!(
-        "floor: bare sendtos alone for the SIP phase's datagrams would be {:.1} % of FreeSWITCH's own CPU",
-        floor * 100.0
-    );
+    if let Some(sip) = &sip {
+        let floor = sendto_ns * sip.datagrams / (sip.without_s * 1e9).max(1.0);
+        println!(
+            "floor: bare sendtos alone for the SIP phase's datagrams would be {:.1} % of FreeSWITCH's own CPU",
+            floor * 100.0
+        );
+        figures.push(Figure::new(
+            "sip_sendto_floor_share",
+            floor * 100.0,
+            "% of FreeSWITCH CPU",
+        ));
+    }
     println!(
         "idle: rst-sender {} ticks ({:.4} s) before any call and {} ticks ({:.4} s) after the calls, in {} s each (FreeSWITCH {} ticks)",
         idle_before.ticks,
@@ -676,10 +747,7 @@ fn main() {
         idle_window.as_secs(),
         idle_fs.ticks
     );
-    let sip_share = figures
-        .iter()
-        .find(|f| f.name == "sip_rst_share")
-        .map_or(f64::NAN, |f| f.value);
+    let sip_share = sip.as_ref().map_or(f64::NAN, |m| m.share * 100.0);
     // A datagram of several frames costs more than a bare sendto of one:
     // the sender's goal is judged with a frame per datagram.
     let sender_goal = match (frames, ratio <= 1.5) {
@@ -699,11 +767,6 @@ fn main() {
         Figure::new("bare_sendto_ns", sendto_ns, "ns"),
         Figure::new("bare_sendto_read_ns", sendto_read_ns, "ns"),
         Figure::new("sender_vs_sendto_read", per_datagram / sendto_read_ns, "x"),
-        Figure::new(
-            "sip_sendto_floor_share",
-            floor * 100.0,
-            "% of FreeSWITCH CPU",
-        ),
         Figure::new("sender_vs_sendto", ratio, "x"),
         Figure::new(
             "idle_sender_ticks_before",
