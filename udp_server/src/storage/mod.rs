@@ -15,7 +15,9 @@
 //! tried again with backoff (1 s doubling to 30 s) in the same order; a
 //! receiver killed meanwhile resumes from the queue, storing again under the
 //! same keys what it may already have stored. A job waits for its call's
-//! record (a full disk can hold it back) before the uploader takes it; one
+//! record (a full disk can hold it back) before the uploader takes it, and
+//! one a full disk keeps in memory has a marker on disk for the next start
+//! ([`queue::Queue::mark`]); one
 //! whose record is then not on disk (lost, or never written and not
 //! recoverable) can never be stored: it is set aside as `.failed`, with an
 //! error, so that it does not hold the calls after it.
@@ -1058,7 +1060,6 @@ mod tests {
         };
         let records = disk.0.path();
         let metrics = Arc::new(Metrics::default());
-        let mut ids = Vec::new();
         for (n, stop) in [(1, true), (2, false)] {
             let uploads = Uploads::open(records, metrics.clone()).unwrap();
             let mut record = call_record(records.join(format!("2026-12-05/call{n}.json")));
@@ -1098,7 +1099,6 @@ mod tests {
                 "the marker went"
             );
             restarted.queue.done(&pending[0]).unwrap();
-            ids.push(record.uuid);
         }
         assert_eq!(metrics.storage_failures.load(Relaxed), 0);
     }
@@ -1123,7 +1123,7 @@ mod tests {
             .unwrap();
         let crafted = dir.path().join(".upload/2026-12-05.a\\..\\b.json.unqueued");
         std::fs::write(&crafted, b"").unwrap();
-        uploads.enqueue_recovered(&[record.record.clone()]);
+        uploads.enqueue_recovered(std::slice::from_ref(&record.record));
         assert_eq!(uploads.queue.pending().unwrap().0.len(), 1);
         assert!(uploads.queue.marked().unwrap().0.is_empty());
         assert!(!crafted.exists() && crafted.with_extension("bad").exists());

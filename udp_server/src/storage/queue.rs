@@ -4,7 +4,9 @@
 //! temporary file renamed), before anything is uploaded, and removed only once
 //! every object of the call is stored and verified: a receiver killed at any
 //! point finds its jobs again at the next start and stores them again under
-//! the same keys, with the same content.
+//! the same keys, with the same content. A job a full disk keeps from being
+//! written leaves an empty marker file instead, naming the call's record
+//! ([`Queue::mark`]), which the next start turns into the job.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,9 @@ pub struct Queued {
     pub path: PathBuf,
     pub job: Job,
 }
+
+/// A marker ([`Queue::mark`]) and the record it names.
+pub type Marked = (PathBuf, PathBuf);
 
 /// The queue's folder (`<record-dir>/.upload`).
 #[derive(Debug)]
@@ -212,7 +217,7 @@ impl Queue {
     /// record it names; a marker whose name does not name a record in the
     /// record folder (damaged, or crafted to reach out of it) is in the
     /// second list, untouched.
-    pub fn marked(&self) -> io::Result<(Vec<(PathBuf, PathBuf)>, Vec<PathBuf>)> {
+    pub fn marked(&self) -> io::Result<(Vec<Marked>, Vec<PathBuf>)> {
         let mut markers: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
