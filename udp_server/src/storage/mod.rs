@@ -357,7 +357,8 @@ impl Uploads {
     /// A call's record is about to be written: its job is written first,
     /// for the uploader to take once the record is ([`Uploads::enqueue`]).
     /// Never waits on the network; a job that cannot be written (a full
-    /// disk) is kept in memory, logged, and written after its record.
+    /// disk) is kept in memory, logged, and written after its record; an
+    /// empty marker file stands for it on disk meanwhile ([`Queue::mark`]).
     pub fn prepare(&self, record: &CallRecord) {
         let job = Job::new(
             record.uuid.clone(),
