@@ -15,7 +15,9 @@
 //! tried again with backoff (1 s doubling to 30 s) in the same order; a
 //! receiver killed meanwhile resumes from the queue, storing again under the
 //! same keys what it may already have stored. A job waits for its call's
-//! record (a full disk can hold it back) before the uploader takes it; one
+//! record (a full disk can hold it back) before the uploader takes it, and
+//! one a full disk keeps in memory has a marker on disk for the next start
+//! ([`queue::Queue::mark`]); one
 //! whose record is then not on disk (lost, or never written and not
 //! recoverable) can never be stored: it is set aside as `.failed`, with an
 //! error, so that it does not hold the calls after it.
@@ -317,8 +319,10 @@ enum Prepared {
     /// Written as `.next` ([`Queue::prepare`]).
     OnDisk(PathBuf),
     /// Not written: the disk was full. Written once its record is, which
-    /// means there is room again.
-    InMemory(Job),
+    /// means there is room again; until then the marker, an empty file,
+    /// tells the next start to queue the call ([`Queue::mark`]), should this
+    /// run stop or be killed first (`None`: not even the marker could be made).
+    InMemory(Job, Option<PathBuf>),
 }
 
 /// A prepared job waiting for its call's record.
@@ -331,7 +335,8 @@ struct Unwritten {
 
 /// Jobs waiting for their records at once; past it the oldest is left to the
 /// next start (its job stays prepared on disk, as for a receiver killed; one
-/// only in memory is not stored, logged).
+/// only in memory by its marker, or, without a marker, is not stored, logged
+/// and counted).
 const MAX_UNWRITTEN: usize = 10_000;
 
 impl Uploads {
@@ -352,7 +357,8 @@ impl Uploads {
     /// A call's record is about to be written: its job is written first,
     /// for the uploader to take once the record is ([`Uploads::enqueue`]).
     /// Never waits on the network; a job that cannot be written (a full
-    /// disk) is kept in memory, logged, and written after its record.
+    /// disk) is kept in memory, logged, and written after its record; an
+    /// empty marker file stands for it on disk meanwhile ([`Queue::mark`]).
     pub fn prepare(&self, record: &CallRecord) {
         let job = Job::new(
             record.uuid.clone(),
@@ -365,7 +371,8 @@ impl Uploads {
             Ok(path) => Prepared::OnDisk(path),
             Err(error) => {
                 tracing::warn!(uuid = %record.uuid, %error, "cannot write the call's upload job yet; it waits in memory for its record");
-                Prepared::InMemory(job)
+                let marker = self.mark(&record.uuid, &record.record);
+                Prepared::InMemory(job, marker)
             }
         };
         let mut jobs = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
@@ -398,18 +405,45 @@ impl Uploads {
         }
     }
 
+    /// Leaves a marker that tells the next start to queue the call whose
+    /// record is `record`, its job being only in memory. `None`, logged and
+    /// counted, when not even that can be made: then the call is stored only
+    /// if this run writes its job.
+    fn mark(&self, uuid: &str, record: &FsPath) -> Option<PathBuf> {
+        match self.queue.mark(record) {
+            Ok(marker) => {
+                tracing::info!(%uuid, marker = %marker.display(), "the call's upload job is kept in memory; a marker on disk stands for it until it is written");
+                Some(marker)
+            }
+            Err(error) => {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(%uuid, record = %record.display(), %error, "cannot leave a marker for the call's upload job either: the call is stored only if this run can write its job");
+                None
+            }
+        }
+    }
+
     /// Keeps `job` until its record is written (and its job can be).
     fn wait(&self, job: Unwritten) {
         let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
         if unwritten.len() >= MAX_UNWRITTEN {
-            if let Some(Unwritten {
-                uuid,
-                job: Prepared::InMemory(_),
-                ..
-            }) = unwritten.pop_front()
-            {
-                self.metrics.storage_failures.fetch_add(1, Relaxed);
-                tracing::error!(%uuid, "too many uploads wait for room on the disk: this call's is dropped, and its files stay local only");
+            match unwritten.pop_front() {
+                Some(Unwritten {
+                    uuid,
+                    job: Prepared::InMemory(_, Some(marker)),
+                    ..
+                }) => {
+                    tracing::warn!(%uuid, marker = %marker.display(), "too many uploads wait for room on the disk: this call's is left to the next start, by its marker");
+                }
+                Some(Unwritten {
+                    uuid,
+                    job: Prepared::InMemory(_, None),
+                    ..
+                }) => {
+                    self.metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing::error!(%uuid, "too many uploads wait for room on the disk: this call's is dropped, and its files stay local only");
+                }
+                _ => {}
             }
         }
         unwritten.push_back(job);
@@ -434,10 +468,10 @@ impl Uploads {
     /// Lets the uploader take `job`, writing it first if it is only in
     /// memory; gives it back when it still cannot be written.
     fn commit(&self, job: Unwritten) -> Option<Unwritten> {
-        let path = match &job.job {
-            Prepared::OnDisk(path) => path.clone(),
-            Prepared::InMemory(queued) => match self.queue.prepare(queued) {
-                Ok(path) => path,
+        let (path, marker) = match &job.job {
+            Prepared::OnDisk(path) => (path.clone(), None),
+            Prepared::InMemory(queued, marker) => match self.queue.prepare(queued) {
+                Ok(path) => (path, marker.clone()),
                 Err(error) => {
                     tracing::warn!(uuid = %job.uuid, %error, "cannot write the call's upload job yet; it waits in memory");
                     return Some(job);
@@ -451,6 +485,14 @@ impl Uploads {
                 tracing::error!(uuid = %job.uuid, %error, "cannot queue the call's upload; it is stored after the next start");
             }
         }
+        // The job is on disk (prepared at worst, which the next start
+        // queues): the marker has done its work. One left by a kill before
+        // this is told from the job at the next start.
+        if let Some(marker) = marker {
+            if let Err(error) = std::fs::remove_file(&marker) {
+                tracing::warn!(uuid = %job.uuid, marker = %marker.display(), %error, "cannot remove the marker of a call's upload job now written; the next start finds the call queued and removes it");
+            }
+        }
         None
     }
 }
@@ -458,43 +500,86 @@ impl Uploads {
 impl Uploads {
     /// At the receiver's stop, once every recorder thread is done: the jobs
     /// still waiting are written if they can be. One that stays only in
-    /// memory (a full disk) while its call's record was written is lost with
-    /// this run: nothing on disk tells the next start to store that call
-    /// (a record not written yet is completed and queued by the next
-    /// start's recovery). Each is logged and counted.
+    /// memory (a full disk) is left to the next start by its marker
+    /// ([`Uploads::enqueue_recovered`]), as after a kill; a record not
+    /// written yet is completed and queued by the next start's recovery.
+    /// Only a call whose record was written and whose job and marker both
+    /// could not be stays local: logged and counted, as its marker's
+    /// failure was.
     pub fn stop(&self) {
         self.commit_written();
         let unwritten =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
         for Unwritten { uuid, record, job } in unwritten {
-            if matches!(job, Prepared::InMemory(_)) && record.exists() {
-                self.metrics.storage_failures.fetch_add(1, Relaxed);
-                tracing::error!(%uuid, record = %record.display(), "the call's upload job could not be written (a full disk) before the receiver stopped: the call stays local only");
+            match job {
+                Prepared::InMemory(_, Some(marker)) => {
+                    tracing::warn!(%uuid, record = %record.display(), marker = %marker.display(), "the call's upload job could not be written (a full disk) before the receiver stopped: its marker tells the next start to store the call");
+                }
+                Prepared::InMemory(_, None) if record.exists() => {
+                    self.metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing::error!(%uuid, record = %record.display(), "the call's upload job and its marker could not be written (a full disk) before the receiver stopped: the call stays local only");
+                }
+                _ => {}
             }
         }
     }
 
     /// Queues the calls whose records the start's recovery completed (the
     /// receiver was killed before they ended, or between writing a record
-    /// and queueing it): nothing received stays unstored. A call already in
-    /// the queue is not queued twice.
+    /// and queueing it), then those an earlier run left markers for (their
+    /// jobs could not be written: [`Queue::mark`]): nothing received stays
+    /// unstored. A call already in the queue is not queued twice. A marker
+    /// goes once its call is queued, or when its record is not on disk (the
+    /// call cannot be stored: logged and counted); a marker whose name does
+    /// not name a record is set aside, logged and counted.
     pub fn enqueue_recovered(&self, recovered: &[PathBuf]) {
-        let records: Vec<&PathBuf> = recovered
+        let mut records: Vec<(PathBuf, Option<PathBuf>)> = recovered
             .iter()
             .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .map(|path| (path.clone(), None))
             .collect();
+        match self.queue.marked() {
+            Ok((marked, bad)) => {
+                for marker in bad {
+                    self.metrics.storage_failures.fetch_add(1, Relaxed);
+                    let aside = marker.with_extension("bad");
+                    let moved = std::fs::rename(&marker, &aside);
+                    tracing::error!(marker = %marker.display(), aside = %aside.display(), set_aside = moved.is_ok(), "an upload marker does not name a record in the record folder; set aside, nothing queued for it");
+                }
+                records.extend(marked.into_iter().map(|(m, r)| (r, Some(m))));
+            }
+            Err(error) => {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                tracing::error!(%error, "cannot read the upload markers; the calls they stand for are queued at a later start");
+            }
+        }
         if records.is_empty() {
             return;
         }
-        let queued = match self.queue.pending() {
+        let mut queued = match self.queue.pending() {
             Ok((jobs, _)) => jobs,
             Err(error) => {
                 tracing::error!(%error, "cannot read the upload queue");
                 Vec::new()
             }
         };
-        for path in records {
-            if queued.iter().any(|q| &q.job.record == path) {
+        let unmark = |marker: &Option<PathBuf>| {
+            let Some(marker) = marker else { return };
+            if let Err(error) = std::fs::remove_file(marker) {
+                tracing::warn!(marker = %marker.display(), %error, "cannot remove an upload marker whose call is queued; the next start removes it");
+            }
+        };
+        for (path, marker) in &records {
+            let path = path.as_path();
+            if queued.iter().any(|q| q.job.record == path) {
+                unmark(marker);
+                continue;
+            }
+            if marker.is_some() && !path.exists() {
+                self.metrics.storage_failures.fetch_add(1, Relaxed);
+                self.metrics.storage_calls_failed.fetch_add(1, Relaxed);
+                tracing::error!(record = %path.display(), "an upload marker names a record that is not on disk: its call cannot be stored");
+                unmark(marker);
                 continue;
             }
             let job = std::fs::read(path)
@@ -508,12 +593,32 @@ impl Uploads {
             };
             match self.queue.push(&job) {
                 Ok(()) => {
-                    tracing::info!(uuid = %job.uuid, "a call the earlier run did not finish is queued for storage");
+                    tracing::info!(uuid = %job.uuid, record = %path.display(), "a call the earlier run did not finish storing is queued for storage");
+                    unmark(marker);
                     self.wake.notify_one();
+                    queued.push(Queued {
+                        path: PathBuf::new(),
+                        job,
+                    });
+                }
+                Err(error) if marker.is_some() => {
+                    // Still a full disk: the marker stays, and this run
+                    // writes the job once it can.
+                    tracing::warn!(uuid = %job.uuid, %error, "cannot write the upload job of a call an earlier run left a marker for; it waits in memory, and its marker on disk");
+                    self.wait(Unwritten {
+                        uuid: job.uuid.clone(),
+                        record: path.to_owned(),
+                        job: Prepared::InMemory(job, marker.clone()),
+                    });
                 }
                 Err(error) => {
-                    self.metrics.storage_failures.fetch_add(1, Relaxed);
-                    tracing::error!(uuid = %job.uuid, %error, "cannot queue the call's upload; its files stay local only");
+                    tracing::warn!(uuid = %job.uuid, %error, "cannot write the upload job of a recovered call; it waits in memory");
+                    let marker = self.mark(&job.uuid, path);
+                    self.wait(Unwritten {
+                        uuid: job.uuid.clone(),
+                        record: path.to_owned(),
+                        job: Prepared::InMemory(job, marker),
+                    });
                 }
             }
         }
@@ -915,5 +1020,115 @@ mod tests {
         assert_eq!(recovered, from_memory);
         assert_eq!(recovered.day, "2026/11/24");
         assert_eq!(recovered.files.len(), 5);
+    }
+
+    /// A 512 KiB tmpfs, unmounted on drop; `None` (and SKIPPED) without root.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    fn small_tmpfs(test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "SKIPPED {test}: mounting a tmpfs needs root (run the tests as root, as CI does)"
+            );
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    /// The case a receiver's stop could not save before markers: the call's
+    /// record is on disk, its job cannot be written (a real full tmpfs).
+    /// The marker, an empty file, still can; the next start, with room,
+    /// queues the call from it and removes it. Dropped without `stop`, as a
+    /// kill -9 would, the same.
+    #[test]
+    fn a_call_whose_job_did_not_fit_is_queued_by_the_next_start() {
+        let Some(disk) = small_tmpfs("a_call_whose_job_did_not_fit") else {
+            return;
+        };
+        let records = disk.0.path();
+        let metrics = Arc::new(Metrics::default());
+        for (n, stop) in [(1, true), (2, false)] {
+            let uploads = Uploads::open(records, metrics.clone()).unwrap();
+            let mut record = call_record(records.join(format!("2026-12-05/call{n}.json")));
+            record.uuid = format!("478525a8-8263-4550-b18c-00000000000{n}");
+            std::fs::create_dir_all(record.record.parent().unwrap()).unwrap();
+            crate::record::write_record(&record).unwrap();
+            let filler = records.join("filler");
+            let mut file = std::fs::File::create(&filler).unwrap();
+            while std::io::Write::write_all(&mut file, &[0u8; 512]).is_ok() {}
+            drop(file);
+
+            uploads.prepare(&record);
+            uploads.enqueue(&record);
+            uploads.commit_written();
+            assert!(
+                uploads.queue.pending().unwrap().0.is_empty(),
+                "the disk is full"
+            );
+            let (marked, bad) = uploads.queue.marked().unwrap();
+            assert_eq!((marked.len(), bad.len()), (1, 0));
+            assert_eq!(marked[0].1, record.record);
+            if stop {
+                uploads.stop();
+            }
+            drop(uploads);
+            assert_eq!(metrics.storage_failures.load(Relaxed), 0);
+
+            std::fs::remove_file(&filler).unwrap();
+            let restarted = Uploads::open(records, metrics.clone()).unwrap();
+            restarted.enqueue_recovered(&[]);
+            let (pending, _) = restarted.queue.pending().unwrap();
+            assert_eq!(pending.len(), 1, "{pending:?}");
+            assert_eq!(pending[0].job.record, record.record);
+            assert_eq!(pending[0].job.uuid, record.uuid);
+            assert!(
+                restarted.queue.marked().unwrap().0.is_empty(),
+                "the marker went"
+            );
+            restarted.queue.done(&pending[0]).unwrap();
+        }
+        assert_eq!(metrics.storage_failures.load(Relaxed), 0);
+    }
+
+    /// A marker whose call is queued already (a kill between writing the job
+    /// and removing the marker) queues nothing twice; one whose record is
+    /// gone is counted; one whose name is crafted is set aside, counted.
+    #[test]
+    fn markers_queue_each_call_once_and_bad_ones_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let uploads = Uploads::open(dir.path(), metrics.clone()).unwrap();
+        let record = call_record(dir.path().join("2026-12-05/call.json"));
+        std::fs::create_dir_all(record.record.parent().unwrap()).unwrap();
+        crate::record::write_record(&record).unwrap();
+        uploads.prepare(&record);
+        uploads.enqueue(&record);
+        uploads.queue.mark(&record.record).unwrap();
+        uploads
+            .queue
+            .mark(&dir.path().join("2026-12-05/gone.json"))
+            .unwrap();
+        let crafted = dir.path().join(".upload/2026-12-05.a\\..\\b.json.unqueued");
+        std::fs::write(&crafted, b"").unwrap();
+        uploads.enqueue_recovered(std::slice::from_ref(&record.record));
+        assert_eq!(uploads.queue.pending().unwrap().0.len(), 1);
+        assert!(uploads.queue.marked().unwrap().0.is_empty());
+        assert!(!crafted.exists() && crafted.with_extension("bad").exists());
+        assert_eq!(metrics.storage_failures.load(Relaxed), 2);
+        assert_eq!(metrics.storage_calls_failed.load(Relaxed), 1);
     }
 }

@@ -4,7 +4,9 @@
 //! temporary file renamed), before anything is uploaded, and removed only once
 //! every object of the call is stored and verified: a receiver killed at any
 //! point finds its jobs again at the next start and stores them again under
-//! the same keys, with the same content.
+//! the same keys, with the same content. A job a full disk keeps from being
+//! written leaves an empty marker file instead, naming the call's record
+//! ([`Queue::mark`]), which the next start turns into the job.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -66,10 +68,16 @@ pub struct Queued {
     pub job: Job,
 }
 
+/// A marker ([`Queue::mark`]) and the record it names.
+pub type Marked = (PathBuf, PathBuf);
+
 /// The queue's folder (`<record-dir>/.upload`).
 #[derive(Debug)]
 pub struct Queue {
     dir: PathBuf,
+    /// The record folder the queue's folder is in: every marker names a
+    /// record under it ([`Queue::mark`]).
+    records: PathBuf,
     next: AtomicU64,
 }
 
@@ -80,6 +88,9 @@ const SUFFIX: &str = ".job";
 const PREPARED: &str = "next";
 /// A job given up on ([`Queue::fail`]): kept for a person to look at.
 const FAILED: &str = "failed";
+/// An empty file standing for a job that could not be written (a full
+/// disk): its name says which record to queue ([`Queue::mark`]).
+const MARKER: &str = ".unqueued";
 
 impl Queue {
     /// Opens (creates) the queue in `dir`; new jobs are numbered after those there.
@@ -99,6 +110,7 @@ impl Queue {
         }
         let queue = Queue {
             dir: dir.to_owned(),
+            records: dir.parent().unwrap_or(dir).to_owned(),
             next: AtomicU64::new(0),
         };
         // After the jobs set aside too (`.bad`, `.failed`): one set aside
@@ -180,6 +192,56 @@ impl Queue {
         }
     }
 
+    /// The job of the call whose record is (or will be) `record` cannot be
+    /// written (a full disk): an empty file named after the record stands
+    /// for it, which takes an inode and a directory entry but no data block,
+    /// so it can be made where the job could not. The next start queues
+    /// the record it names ([`Queue::marked`]). Returns the marker.
+    pub fn mark(&self, record: &Path) -> io::Result<PathBuf> {
+        let name = marker_name(&self.records, record).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a record under {}",
+                    record.display(),
+                    self.records.display()
+                ),
+            )
+        })?;
+        let path = self.dir.join(name);
+        std::fs::File::create(&path)?;
+        Ok(path)
+    }
+
+    /// The markers left ([`Queue::mark`]), oldest first, each with the
+    /// record it names; a marker whose name does not name a record in the
+    /// record folder (damaged, or crafted to reach out of it) is in the
+    /// second list, untouched.
+    pub fn marked(&self) -> io::Result<(Vec<Marked>, Vec<PathBuf>)> {
+        let mut markers: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(MARKER))
+            })
+            .collect();
+        markers.sort();
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for marker in markers {
+            let record = marker
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| record_of_marker(&self.records, n));
+            match record {
+                Some(record) => good.push((marker, record)),
+                None => bad.push(marker),
+            }
+        }
+        Ok((good, bad))
+    }
+
     /// The job files, in sequence order.
     fn files(&self) -> io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
@@ -197,6 +259,46 @@ fn sequence_of(path: &Path) -> Option<u64> {
         .strip_suffix(SUFFIX)?
         .parse()
         .ok()
+}
+
+/// `<day>.<record file name>.unqueued` for the record
+/// `<records>/<day>/<record file name>`: `None` for a record elsewhere.
+fn marker_name(records: &Path, record: &Path) -> Option<String> {
+    let relative = record.strip_prefix(records).ok()?;
+    let mut parts = relative.components();
+    let (Some(day), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let (day, name) = (day.as_os_str().to_str()?, name.as_os_str().to_str()?);
+    (is_day(day) && is_record_name(name)).then(|| format!("{day}.{name}{MARKER}"))
+}
+
+/// The record a marker's name stands for, only if it is a plain file name
+/// in a day folder of `records`: what [`marker_name`] makes, and nothing
+/// that could lead out of the folder (`..`, `/`, a drive or a NUL).
+fn record_of_marker(records: &Path, marker: &str) -> Option<PathBuf> {
+    let rest = marker.strip_suffix(MARKER)?;
+    let (day, name) = rest.split_once('.')?;
+    (is_day(day) && is_record_name(name)).then(|| records.join(day).join(name))
+}
+
+/// `YYYY-MM-DD`, the name of a day's folder.
+fn is_day(day: &str) -> bool {
+    let bytes = day.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// A record's file name: `*.json`, one component, no separator or NUL.
+fn is_record_name(name: &str) -> bool {
+    name.len() > ".json".len()
+        && name.ends_with(".json")
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.ends_with(MARKER)
 }
 
 #[cfg(test)]
@@ -271,5 +373,70 @@ mod tests {
         let (pending, _) = queue.pending().unwrap();
         assert!(queue.fail(&pending[0]).unwrap() != again);
         assert!(aside.exists() && again.exists());
+    }
+
+    #[test]
+    fn a_marker_names_its_record_and_back() {
+        let records = Path::new("/rec");
+        let record = records.join("2026-12-05/478525a8-8263-4550-b18c-000000000001.json");
+        let name = marker_name(records, &record).unwrap();
+        assert_eq!(
+            name,
+            "2026-12-05.478525a8-8263-4550-b18c-000000000001.json.unqueued"
+        );
+        assert_eq!(record_of_marker(records, &name), Some(record));
+        // A second record of the same UUID in a day.
+        let again = records.join("2026-12-05/478525a8.2.json");
+        let name = marker_name(records, &again).unwrap();
+        assert_eq!(record_of_marker(records, &name), Some(again));
+    }
+
+    #[test]
+    fn a_marker_cannot_name_a_file_out_of_the_record_folder() {
+        let records = Path::new("/rec");
+        for record in [
+            "/elsewhere/2026-12-05/a.json",
+            "/rec/a.json",
+            "/rec/2026-12-05/deeper/a.json",
+            "/rec/2026-12-05/a.wav",
+            "/rec/.upload/a.json",
+            "/rec/2026-12-05/../a.json",
+        ] {
+            assert_eq!(marker_name(records, Path::new(record)), None, "{record}");
+        }
+        for marker in [
+            "2026-12-05.a.json",
+            "2026-12-05..json.unqueued",
+            "2026-12-05.../../etc/x.json.unqueued",
+            "2026-12-05./etc/passwd.json.unqueued",
+            "2026-12-05.a/../../b.json.unqueued",
+            "2026-12-05.a\\b.json.unqueued",
+            "2026-12-05.a\0.json.unqueued",
+            "..-12-05.a.json.unqueued",
+            "2026-12-0/.a.json.unqueued",
+            "2026-12-05.a.wav.unqueued",
+            ".unqueued",
+            "x.unqueued",
+        ] {
+            assert_eq!(record_of_marker(records, marker), None, "{marker:?}");
+        }
+    }
+
+    #[test]
+    fn markers_come_back_with_their_records_and_bad_ones_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(&dir.path().join(".upload")).unwrap();
+        let record = dir.path().join("2026-12-05/a.json");
+        let marker = queue.mark(&record).unwrap();
+        assert_eq!(std::fs::metadata(&marker).unwrap().len(), 0);
+        assert!(queue.mark(&dir.path().join("a.json")).is_err());
+        let crafted = dir.path().join(".upload/2026-12-05..json.unqueued");
+        std::fs::write(&crafted, b"").unwrap();
+        // Not a job, and not in the jobs' numbering.
+        let queue = Queue::open(&dir.path().join(".upload")).unwrap();
+        assert!(queue.pending().unwrap().0.is_empty());
+        let (marked, bad) = queue.marked().unwrap();
+        assert_eq!(marked, vec![(marker, record)]);
+        assert_eq!(bad, vec![crafted]);
     }
 }
