@@ -149,7 +149,7 @@ fn check_message(msg: &SipMessage<'_>) {
     }
 }
 
-fn check_sdp(sdp: &Sdp) {
+fn check_sdp(sdp: &Sdp<'_>) {
     if let Some(audio) = sdp.audio() {
         assert_ne!(audio.port, 0);
     }

@@ -103,10 +103,10 @@ a=rtpmap:31 LPC\r\n";
     assert_eq!(m.from.tag.as_deref(), Some("98asjd8"));
     assert_eq!(m.header_all("Via").count(), 2);
     assert_eq!(
-        m.header("NewFangledHeader"),
+        m.header("NewFangledHeader").as_deref(),
         Some("newfangled value continued newfangled value")
     );
-    assert_eq!(m.header("Subject"), Some(""));
+    assert_eq!(m.header("Subject").as_deref(), Some(""));
     assert_eq!(m.body.len(), 150);
     let sdp = Sdp::parse(m.body).unwrap();
     assert_eq!(sdp.media[1].kind, MediaKind::Video);

@@ -290,7 +290,10 @@ pub struct SipMessage<'a> {
     /// The body: `content_length` bytes when given (RFC 3261 18.3: extra
     /// datagram bytes are ignored), else everything after the header section.
     pub body: &'a [u8],
-    headers: Vec<Header<'a>>,
+    /// The header section, past the start line: read again for
+    /// [`SipMessage::headers`], which few callers want.
+    head: Head<'a>,
+    header_lines: Lines<'a>,
 }
 
 impl<'a> SipMessage<'a> {
@@ -311,34 +314,32 @@ impl<'a> SipMessage<'a> {
         let head = &bytes[..head_len];
         let rest = &bytes[body_start..];
 
-        let mut lines = Lines { rest: head };
-        let first_line = lines.next().ok_or(SipError::Empty)?;
+        let mut header_lines = Lines { rest: head };
+        let first_line = header_lines.next().ok_or(SipError::Empty)?;
         let start = parse_start_line(first_line)?;
         let head = Head::new(head);
-        let headers = parse_headers(&head, &mut lines)?;
-        let wanted = Wanted::find(&headers);
+        let mut wanted = Wanted::find(Headers::new(&head, header_lines))?;
 
         let call_id = wanted
             .single(CALL_ID)?
             .filter(|v| !v.is_empty())
-            .ok_or(SipError::MissingHeader { name: "Call-ID" })?
-            .clone();
+            .ok_or(SipError::MissingHeader { name: "Call-ID" })?;
         let cseq = wanted
             .single(CSEQ)?
             .ok_or(SipError::MissingHeader { name: "CSeq" })?;
-        let cseq = parse_cseq(cseq)?;
+        let cseq = parse_cseq(&cseq)?;
         let from = wanted
             .single(FROM)?
             .ok_or(SipError::MissingHeader { name: "From" })?;
-        let from = parse_name_addr(from, "From")?;
+        let from = parse_name_addr(&from, "From")?;
         let to = wanted
             .single(TO)?
             .ok_or(SipError::MissingHeader { name: "To" })?;
-        let to = parse_name_addr(to, "To")?;
-        let content_type = wanted.values[CONTENT_TYPE].cloned();
+        let to = parse_name_addr(&to, "To")?;
+        let content_type = wanted.values[CONTENT_TYPE].take();
         let content_length = match wanted.single(CONTENT_LENGTH)? {
             None => None,
-            Some(value) => Some(parse_content_length(value)?),
+            Some(value) => Some(parse_content_length(&value)?),
         };
         let body = match content_length {
             Some(declared) if declared > rest.len() => {
@@ -359,7 +360,8 @@ impl<'a> SipMessage<'a> {
             content_type,
             content_length,
             body,
-            headers,
+            head,
+            header_lines,
         })
     }
 
@@ -384,22 +386,23 @@ impl<'a> SipMessage<'a> {
     }
 
     /// Every header, in order, unfolded.
-    pub fn headers(&self) -> &[Header<'a>] {
-        &self.headers
+    pub fn headers(&self) -> impl Iterator<Item = Header<'a>> + '_ {
+        // [`SipMessage::parse`] read them all without an error, so none
+        // comes here; `map_while` stops there all the same.
+        Headers::new(&self.head, self.header_lines).map_while(Result::ok)
     }
 
     /// The first value of header `name` (case-insensitive; a compact form and
     /// its long name are the same header).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        first(&self.headers, name)
+    pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.header_all(name).next()
     }
 
     /// Every value of header `name`, in order.
-    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
-        self.headers
-            .iter()
+    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, str>> + 's {
+        self.headers()
             .filter(move |h| same_header(h.name, name))
-            .map(|h| h.value.as_ref())
+            .map(|h| h.value)
     }
 
     /// Whether the body is an SDP session description: Content-Type
@@ -474,13 +477,6 @@ fn same_header(written: &str, wanted: &str) -> bool {
     canonical(written).eq_ignore_ascii_case(canonical(wanted))
 }
 
-fn first<'h>(headers: &'h [Header<'_>], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|h| same_header(h.name, name))
-        .map(|h| h.value.as_ref())
-}
-
 /// The headers [`SipMessage::parse`] reads itself, by their index in
 /// [`WANTED`].
 const CALL_ID: usize = 0;
@@ -526,38 +522,40 @@ fn wanted_index(name: &str) -> Option<usize> {
 /// The first value of each [`WANTED`] header, and whether a later one
 /// differed: found in one pass over the headers rather than one per name.
 #[derive(Debug)]
-struct Wanted<'h, 'a> {
-    values: [Option<&'h Cow<'a, str>>; WANTED.len()],
+struct Wanted<'a> {
+    values: [Option<Cow<'a, str>>; WANTED.len()],
     conflicts: [bool; WANTED.len()],
 }
 
-impl<'h, 'a> Wanted<'h, 'a> {
-    fn find(headers: &'h [Header<'a>]) -> Wanted<'h, 'a> {
+impl<'a> Wanted<'a> {
+    /// Reads every header, keeping the wanted ones: the first error of any
+    /// header comes before what the wanted ones say.
+    fn find(mut headers: Headers<'_, 'a>) -> Result<Wanted<'a>, SipError> {
         let mut wanted = Wanted {
-            values: [None; WANTED.len()],
+            values: Default::default(),
             conflicts: [false; WANTED.len()],
         };
-        for h in headers {
+        while let Some(h) = headers.read()? {
             let Some(i) = wanted_index(h.name) else {
                 continue;
             };
-            match wanted.values[i] {
-                None => wanted.values[i] = Some(&h.value),
+            match &wanted.values[i] {
+                None => wanted.values[i] = Some(h.value),
                 Some(prev) if *prev == h.value => {}
                 Some(_) => wanted.conflicts[i] = true,
             }
         }
-        wanted
+        Ok(wanted)
     }
 
     /// The value of a header that must not appear twice with different
     /// values: two Call-IDs or two Content-Lengths are how a hostile message
     /// would make the tap and the phone disagree about what it says.
-    fn single(&self, i: usize) -> Result<Option<&'h Cow<'a, str>>, SipError> {
+    fn single(&mut self, i: usize) -> Result<Option<Cow<'a, str>>, SipError> {
         if self.conflicts[i] {
             return Err(SipError::ConflictingHeader { name: WANTED[i] });
         }
-        Ok(self.values[i])
+        Ok(self.values[i].take())
     }
 }
 
@@ -594,8 +592,16 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 }
 
 /// Lines of the header section, split on LF with a trailing CR removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Lines<'a> {
     rest: &'a [u8],
+}
+
+impl Lines<'_> {
+    /// Whether the next line starts with whitespace: a folded continuation.
+    fn continues(&self) -> bool {
+        matches!(self.rest, [b' ' | b'\t', ..])
+    }
 }
 
 impl<'a> Iterator for Lines<'a> {
@@ -620,6 +626,7 @@ impl<'a> Iterator for Lines<'a> {
 /// The header section of a message, and its text when all of it is UTF-8
 /// (nearly always: SIP headers are ASCII), validated once: each header's
 /// name and value are then slices of that text, with no check of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head<'a> {
     bytes: &'a [u8],
     text: Option<&'a str>,
@@ -744,37 +751,67 @@ const TOKEN: [bool; 256] = {
     table
 };
 
-fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Header<'a>>, SipError> {
-    // Room for a typical message's headers at once, rather than growing
-    // four times on the way.
-    let mut headers: Vec<Header<'a>> = Vec::with_capacity(32);
-    for line in lines {
+/// The header lines of a section, unfolded: each item is a header with its
+/// continuation lines joined. Read once by [`SipMessage::parse`] without
+/// keeping them (a vector of every header was an allocation per message),
+/// and again by [`SipMessage::headers`] for a caller that asks.
+struct Headers<'h, 'a> {
+    head: &'h Head<'a>,
+    lines: Lines<'a>,
+    count: usize,
+}
+
+impl<'h, 'a> Headers<'h, 'a> {
+    fn new(head: &'h Head<'a>, lines: Lines<'a>) -> Headers<'h, 'a> {
+        Headers {
+            head,
+            lines,
+            count: 0,
+        }
+    }
+
+    /// The next header, or the error that ends the section.
+    #[inline]
+    fn read(&mut self) -> Result<Option<Header<'a>>, SipError> {
+        let Some(line) = self.lines.next() else {
+            return Ok(None);
+        };
         if let [b' ' | b'\t', ..] = line {
-            // A folded continuation (RFC 3261 7.3.1): joined with one space.
-            let Some(last) = headers.last_mut() else {
-                return Err(SipError::BadHeader {
-                    line: shorten(line),
-                });
+            // A continuation with no header before it.
+            return Err(SipError::BadHeader {
+                line: shorten(line),
+            });
+        }
+        let mut header = self.header(line)?;
+        // Folded continuations (RFC 3261 7.3.1): joined with one space.
+        while self.lines.continues() {
+            let Some(line) = self.lines.next() else {
+                break;
             };
-            let more = head.text(line);
+            let more = self.head.text(line);
             let more = more.trim();
-            let len = last.name.len() + 2 + last.value.len() + 1 + more.len();
+            let len = header.name.len() + 2 + header.value.len() + 1 + more.len();
             if len > MAX_HEADER_LEN {
                 return Err(SipError::HeaderTooLong {
-                    name: last.name.chars().take(64).collect(),
+                    name: header.name.chars().take(64).collect(),
                     len,
                     max: MAX_HEADER_LEN,
                 });
             }
             if !more.is_empty() {
-                let value = last.value.to_mut();
+                let value = header.value.to_mut();
                 if !value.is_empty() {
                     value.push(' ');
                 }
                 value.push_str(more);
             }
-            continue;
         }
+        Ok(Some(header))
+    }
+
+    /// A header line that is not a continuation.
+    #[inline]
+    fn header(&mut self, line: &'a [u8]) -> Result<Header<'a>, SipError> {
         if line.len() > MAX_HEADER_LEN {
             let name_end = memchr(b':', line).unwrap_or(0).min(64);
             return Err(SipError::HeaderTooLong {
@@ -783,9 +820,10 @@ fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Heade
                 max: MAX_HEADER_LEN,
             });
         }
-        if headers.len() >= MAX_HEADERS {
+        if self.count >= MAX_HEADERS {
             return Err(SipError::TooManyHeaders { max: MAX_HEADERS });
         }
+        self.count += 1;
         // `token [SP/HTAB] ":"`, the name read in the same pass that finds
         // the colon (the line does not start with whitespace: that is a
         // continuation, above).
@@ -802,13 +840,20 @@ fn parse_headers<'a>(head: &Head<'a>, lines: &mut Lines<'a>) -> Result<Vec<Heade
         }
         let name = &line[..name_len];
         // Token characters are ASCII, so this cannot fail.
-        let name = head.str(name).ok_or_else(|| SipError::BadHeader {
+        let name = self.head.str(name).ok_or_else(|| SipError::BadHeader {
             line: shorten(line),
         })?;
-        let value = head.text(trim_ws(&line[colon + 1..]));
-        headers.push(Header { name, value });
+        let value = self.head.text(trim_ws(&line[colon + 1..]));
+        Ok(Header { name, value })
     }
-    Ok(headers)
+}
+
+impl<'a> Iterator for Headers<'_, 'a> {
+    type Item = Result<Header<'a>, SipError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.read().transpose()
+    }
 }
 
 fn trim_ws(mut bytes: &[u8]) -> &[u8] {

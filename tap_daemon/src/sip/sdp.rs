@@ -119,30 +119,32 @@ impl MediaKind {
 
 /// An `a=rtpmap:PT NAME/CLOCK[/CHANNELS]` line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RtpMap {
+pub struct RtpMap<'a> {
     pub payload_type: u8,
     /// The encoding name as written (`PCMA`, `pcma`, `telephone-event`...).
-    pub encoding: String,
+    pub encoding: &'a str,
     pub clock_rate: u32,
     pub channels: Option<u8>,
 }
 
-/// One `m=` section with what applies to it.
+/// One `m=` section with what applies to it, borrowed from the body: an
+/// SDP is read for each message that carries one, and most repeat the
+/// media already known, so copies of its text were allocations for nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Media {
+pub struct Media<'a> {
     pub kind: MediaKind,
     /// The port; 0 means the stream is rejected or disabled (RFC 3264 6).
     pub port: u16,
     /// The transport, e.g. `RTP/AVP`, `RTP/SAVP`, `udptl`.
-    pub proto: String,
+    pub proto: &'a str,
     /// RTP payload type numbers, in preference order. Formats that are not
     /// numbers (T.38's `t38`) are left out.
     pub payload_types: Vec<u8>,
     /// The media-level `c=` address, overriding the session's.
     pub connection: Option<IpAddr>,
-    pub rtpmaps: Vec<RtpMap>,
+    pub rtpmaps: Vec<RtpMap<'a>>,
     /// `a=fmtp:PT PARAMS` lines.
-    pub fmtps: Vec<(u8, String)>,
+    pub fmtps: Vec<(u8, &'a str)>,
     /// The media-level direction attribute, if any.
     pub direction: Option<MediaDirection>,
     /// An `a=crypto:` line (SDES keys, RFC 4568): with it, even an `RTP/AVP`
@@ -150,7 +152,7 @@ pub struct Media {
     pub crypto: bool,
 }
 
-impl Media {
+impl Media<'_> {
     /// Whether its RTP is SRTP: a secure profile (`RTP/SAVP`, `RTP/SAVPF`,
     /// DTLS-SRTP's `UDP/TLS/RTP/SAVPF`) or SDES keys.
     pub fn is_encrypted(&self) -> bool {
@@ -165,18 +167,18 @@ impl Media {
 
 /// A parsed session description.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sdp {
+pub struct Sdp<'a> {
     /// The session-level `c=` address.
     pub connection: Option<IpAddr>,
     /// The session-level direction attribute, if any.
     pub direction: Option<MediaDirection>,
-    pub media: Vec<Media>,
+    pub media: Vec<Media<'a>>,
 }
 
-impl Sdp {
+impl<'a> Sdp<'a> {
     /// Parses an SDP body. Accepts CRLF or LF line ends and lines in any
     /// order after `v=` (strict ordering would lose real calls for nothing).
-    pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
+    pub fn parse(body: &'a [u8]) -> Result<Sdp<'a>, SdpError> {
         let text = std::str::from_utf8(body).map_err(|_| SdpError::NotSdp)?;
         let text = text.trim_start();
         if !text.starts_with("v=") {
@@ -225,7 +227,7 @@ impl Sdp {
         Ok(sdp)
     }
 
-    fn attribute(&mut self, value: &str) -> Result<(), SdpError> {
+    fn attribute(&mut self, value: &'a str) -> Result<(), SdpError> {
         let (name, arg) = split_at_byte(value, b':').unwrap_or((value, ""));
         if let Some(dir) = MediaDirection::parse(trim(name)) {
             match self.media.last_mut() {
@@ -254,9 +256,7 @@ impl Sdp {
             }
             let (pt, params) = split_at_byte(arg, b' ').unwrap_or((arg, ""));
             if let Ok(pt) = trim(pt).parse::<u8>() {
-                media
-                    .fmtps
-                    .push((pt, first_chars(trim(params), 256).to_owned()));
+                media.fmtps.push((pt, first_chars(trim(params), 256)));
             }
         }
         Ok(())
@@ -264,7 +264,7 @@ impl Sdp {
 
     /// The first audio section with a non-zero port: the one a call's voice
     /// uses. (A second audio stream is rare enough to ignore.)
-    pub fn audio(&self) -> Option<&Media> {
+    pub fn audio(&self) -> Option<&Media<'a>> {
         self.media
             .iter()
             .find(|m| m.kind == MediaKind::Audio && m.port != 0)
@@ -272,7 +272,7 @@ impl Sdp {
 
     /// Where `media` is to be received: its own `c=` or the session's, and
     /// its port. `None` when the port is 0 or no address is given.
-    pub fn endpoint(&self, media: &Media) -> Option<SocketAddr> {
+    pub fn endpoint(&self, media: &Media<'_>) -> Option<SocketAddr> {
         if media.port == 0 {
             return None;
         }
@@ -283,7 +283,7 @@ impl Sdp {
     /// The direction in force for `media`: its own attribute, else the
     /// session's, else sendrecv; a `0.0.0.0` connection address (RFC 2543
     /// hold) counts as inactive.
-    pub fn direction_of(&self, media: &Media) -> MediaDirection {
+    pub fn direction_of(&self, media: &Media<'_>) -> MediaDirection {
         let held = media
             .connection
             .or(self.connection)
@@ -295,12 +295,12 @@ impl Sdp {
     }
 }
 
-impl Media {
+impl Media<'_> {
     /// The encoding name and clock rate of payload type `pt`: from `a=rtpmap`
     /// when given, else the static table of RFC 3551.
     pub fn encoding(&self, pt: u8) -> Option<(&str, u32)> {
         if let Some(map) = self.rtpmaps.iter().find(|m| m.payload_type == pt) {
-            return Some((&map.encoding, map.clock_rate));
+            return Some((map.encoding, map.clock_rate));
         }
         static_payload_type(pt)
     }
@@ -315,10 +315,7 @@ impl Media {
 
     /// The `a=fmtp` parameters of payload type `pt`.
     pub fn fmtp(&self, pt: u8) -> Option<&str> {
-        self.fmtps
-            .iter()
-            .find(|(p, _)| *p == pt)
-            .map(|(_, s)| s.as_str())
+        self.fmtps.iter().find(|(p, _)| *p == pt).map(|&(_, s)| s)
     }
 }
 
@@ -371,7 +368,7 @@ fn parse_connection(value: &str) -> Result<IpAddr, SdpError> {
     Ok(ip)
 }
 
-fn parse_media(value: &str) -> Result<Media, SdpError> {
+fn parse_media(value: &str) -> Result<Media<'_>, SdpError> {
     let bad = || SdpError::BadMedia {
         line: value.chars().take(80).collect(),
     };
@@ -384,7 +381,7 @@ fn parse_media(value: &str) -> Result<Media, SdpError> {
         .unwrap_or("")
         .parse()
         .map_err(|_| bad())?;
-    let proto = first_chars(parts.next().ok_or_else(bad)?, 32).to_owned();
+    let proto = first_chars(parts.next().ok_or_else(bad)?, 32);
     let mut payload_types = Vec::new();
     for fmt in parts {
         if payload_types.len() >= MAX_FORMATS {
@@ -423,11 +420,11 @@ fn first_chars(s: &str, n: usize) -> &str {
     }
 }
 
-fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
+fn parse_rtpmap(arg: &str) -> Option<RtpMap<'_>> {
     let (pt, rest) = trim(arg).split_once(char::is_whitespace)?;
     let payload_type: u8 = pt.parse().ok().filter(|pt| *pt < 128)?;
     let mut parts = trim(rest).split('/');
-    let encoding = first_chars(trim(parts.next()?), 32).to_owned();
+    let encoding = first_chars(trim(parts.next()?), 32);
     let clock_rate: u32 = trim(parts.next()?).parse().ok()?;
     let channels = parts.next().and_then(|c| trim(c).parse().ok());
     if encoding.is_empty() {

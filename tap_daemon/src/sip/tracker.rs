@@ -792,7 +792,7 @@ impl Tracker {
 
 /// A party's media from its SDP. A hold to `0.0.0.0` keeps the previous
 /// endpoint (the port is still the one the call used) and marks it inactive.
-fn media_desc(sdp: &Sdp, previous: Option<&MediaDesc>) -> MediaDesc {
+fn media_desc(sdp: &Sdp<'_>, previous: Option<&MediaDesc>) -> MediaDesc {
     let non_audio = sdp
         .media
         .iter()
