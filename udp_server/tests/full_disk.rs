@@ -153,6 +153,22 @@ fn wait_for_counter(receiver: &Receiver, name: &str, done: impl Fn(u64) -> bool)
     }
 }
 
+/// Each of the `calls` records, read again once stored, says where it went,
+/// and the object there is the record as on disk.
+fn assert_records_stored(receiver: &Receiver, store: &common::seaweed::Store, calls: usize) {
+    let reader = store.reader();
+    for record in receiver.wait_records(calls) {
+        let key = record["stored"]["record_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the record says where it is stored: {record}"));
+        assert_eq!(
+            reader.get(key),
+            std::fs::read(record["record"].as_str().unwrap()).unwrap(),
+            "{key}: the record, as stored"
+        );
+    }
+}
+
 /// Each record says who called whom, when, and that the recording failed
 /// (`because` in its error).
 fn assert_failed_records(records: &[serde_json::Value], ids: &[String], because: &str) {
@@ -218,18 +234,7 @@ fn calls_ended_on_a_full_disk_are_stored_once_room_returns() {
     let records = receiver.wait_records(3);
     assert_failed_records(&records, &ids, "No space left");
     wait_for_counter(&receiver, "rst_storage_calls_stored_total", |n| n == 3);
-    let reader = store.reader();
-    // Read again: a stored call's record says where it went.
-    for record in receiver.wait_records(3) {
-        let key = record["stored"]["record_key"]
-            .as_str()
-            .unwrap_or_else(|| panic!("the record says where it is stored: {record}"));
-        assert_eq!(
-            reader.get(key),
-            std::fs::read(record["record"].as_str().unwrap()).unwrap(),
-            "{key}: the record, as stored"
-        );
-    }
+    assert_records_stored(&receiver, &store, 3);
     assert_eq!(receiver.counter("rst_storage_calls_failed_total"), 0);
     let torn = files_in(receiver.dir.path(), ".tmp");
     assert!(
@@ -280,17 +285,7 @@ fn calls_waiting_on_a_full_disk_at_a_stop_are_stored_by_the_next_start() {
     let records = restarted.wait_records(3);
     assert_failed_records(&records, &ids, "");
     wait_for_counter(&restarted, "rst_storage_calls_stored_total", |n| n == 3);
-    let reader = store.reader();
-    for record in restarted.wait_records(3) {
-        let key = record["stored"]["record_key"]
-            .as_str()
-            .unwrap_or_else(|| panic!("the record says where it is stored: {record}"));
-        assert_eq!(
-            reader.get(key),
-            std::fs::read(record["record"].as_str().unwrap()).unwrap(),
-            "{key}: the record, as stored"
-        );
-    }
+    assert_records_stored(&restarted, &store, 3);
     assert_eq!(restarted.counter("rst_storage_failures_total"), 0);
     let left = files_in(&restarted.dir.path().join(".upload"), ".unqueued");
     assert!(left.is_empty(), "markers left: {left:?}");
