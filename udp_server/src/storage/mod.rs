@@ -601,19 +601,12 @@ impl Uploads {
                         job,
                     });
                 }
-                Err(error) if marker.is_some() => {
-                    // Still a full disk: the marker stays, and this run
-                    // writes the job once it can.
-                    tracing::warn!(uuid = %job.uuid, %error, "cannot write the upload job of a call an earlier run left a marker for; it waits in memory, and its marker on disk");
-                    self.wait(Unwritten {
-                        uuid: job.uuid.clone(),
-                        record: path.to_owned(),
-                        job: Prepared::InMemory(job, marker.clone()),
-                    });
-                }
                 Err(error) => {
+                    // Still a full disk: the job waits in memory, with a
+                    // marker on disk (the earlier run's, else a new one)
+                    // until this run can write it.
                     tracing::warn!(uuid = %job.uuid, %error, "cannot write the upload job of a recovered call; it waits in memory");
-                    let marker = self.mark(&job.uuid, path);
+                    let marker = marker.clone().or_else(|| self.mark(&job.uuid, path));
                     self.wait(Unwritten {
                         uuid: job.uuid.clone(),
                         record: path.to_owned(),
