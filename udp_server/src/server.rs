@@ -36,6 +36,10 @@ use crate::taps::TapLinks;
 /// before the batches go to the recorders: bounds the work per wake-up, and
 /// so the size of a recorder batch.
 const RECEIVES_PER_WAKE_UP: usize = 4;
+/// At a stop, the most `recvmmsg` batches read from the main port for what the
+/// kernel already holds (its buffer holds fewer; the bound only keeps a sender
+/// that never stops from holding the stop up).
+const DRAIN_BATCHES: usize = 1024;
 /// The largest datagram the receiver's port takes (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_536;
 /// The largest RTP packet a call's port takes; longer ones are cut (and fail to parse).
@@ -452,7 +456,8 @@ fn publish(feed: &Feed, uploads: Option<&crate::storage::Uploads>, event: Event<
 struct RtpPort {
     call: CallId,
     direction: Direction,
-    socket: UdpSocket,
+    /// Shared with [`RtpSockets::open`], which reads what is left at a stop.
+    socket: Arc<UdpSocket>,
 }
 
 /// An [`RtpPort`] that has packets to read, or `None` once its call closed it.
@@ -463,8 +468,9 @@ type RtpReady = Pin<Box<dyn Future<Output = Option<RtpPort>> + Send>>;
 /// `recvmmsg` into its own buffer (no task, copy or channel per packet).
 struct RtpSockets {
     ip: IpAddr,
-    /// Cancelled when the call ends: its ports close.
-    open: HashMap<CallId, CancellationToken>,
+    /// Cancelled when the call ends: its ports close. With the two ports, for
+    /// what is left in them at a stop.
+    open: HashMap<CallId, (CancellationToken, [Arc<UdpSocket>; 2])>,
     ready: FuturesUnordered<RtpReady>,
 }
 
@@ -484,18 +490,19 @@ impl RtpSockets {
     fn bind(&mut self, call: CallId, ports: RtpPorts) -> std::io::Result<()> {
         let read = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.read))?)?;
         let write = UdpSocket::from_std(bind_udp(SocketAddr::new(self.ip, ports.write))?)?;
+        let sockets = [Arc::new(read), Arc::new(write)];
         let closed = CancellationToken::new();
-        for (socket, direction) in [(read, Direction::Read), (write, Direction::Write)] {
+        for (socket, direction) in sockets.iter().zip(Direction::BOTH) {
             self.wait(
                 RtpPort {
                     call,
                     direction,
-                    socket,
+                    socket: socket.clone(),
                 },
                 closed.clone(),
             );
         }
-        self.open.insert(call, closed);
+        self.open.insert(call, (closed, sockets));
         Ok(())
     }
 
@@ -518,19 +525,19 @@ impl RtpSockets {
 
     /// Waits for more of `port`'s packets, unless its call ended meanwhile.
     fn rearm(&self, port: RtpPort) {
-        if let Some(closed) = self.open.get(&port.call) {
+        if let Some((closed, _)) = self.open.get(&port.call) {
             self.wait(port, closed.clone());
         }
     }
 
     fn close(&mut self, call: CallId) {
-        if let Some(closed) = self.open.remove(&call) {
+        if let Some((closed, _)) = self.open.remove(&call) {
             closed.cancel();
         }
     }
 
     fn close_all(&mut self) {
-        for (_, closed) in self.open.drain() {
+        for (_, (closed, _)) in self.open.drain() {
             closed.cancel();
         }
         self.ready.clear();
@@ -562,7 +569,11 @@ impl Receiver {
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    self.drain(&mut datagrams, &mut packets, &mut outbox);
+                    outbox.send(batches).await?;
+                    return Ok(());
+                }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     let Receiver { table, rtp, .. } = self;
@@ -580,8 +591,8 @@ impl Receiver {
                 Some(ready) = self.rtp.ready.next() => {
                     // `None`: the port's call ended, and the port is closed.
                     let Some(port) = ready else { continue };
-                    match port.socket.try_io(Interest::READABLE, || packets.try_recv(&port.socket)) {
-                        Ok(_) => self.handle_rtp(&port, &packets, &mut outbox),
+                    match port.socket.try_io(Interest::READABLE, || packets.try_recv(&*port.socket)) {
+                        Ok(_) => self.handle_rtp(port.call, port.direction, &packets, &mut outbox),
                         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(error) => tracing::debug!(%error, "RTP receive error"),
                     }
@@ -613,6 +624,43 @@ impl Receiver {
                 }
             }
             outbox.send(batches).await?;
+        }
+    }
+
+    /// At a stop: handles what the kernel already holds for the main port and
+    /// every call's RTP ports, so that a stop loses nothing already received.
+    /// Reads the sockets directly: tokio may not have seen them readable yet.
+    fn drain(&mut self, datagrams: &mut RecvBatch, packets: &mut RecvBatch, outbox: &mut Outbox) {
+        for _ in 0..DRAIN_BATCHES {
+            match datagrams.try_recv(&*self.socket) {
+                Ok(count) => {
+                    self.handle_all(datagrams, outbox);
+                    if count < rst_net::BATCH {
+                        break;
+                    }
+                }
+                // WouldBlock: nothing left; any other error is the loop's too.
+                Err(_) => break,
+            }
+        }
+        let ports: Vec<(CallId, Direction, Arc<UdpSocket>)> = self
+            .rtp
+            .open
+            .iter()
+            .flat_map(|(&call, (_, sockets))| {
+                sockets
+                    .iter()
+                    .zip(Direction::BOTH)
+                    .map(move |(socket, direction)| (call, direction, socket.clone()))
+            })
+            .collect();
+        for (call, direction, socket) in ports {
+            while let Ok(count) = packets.try_recv(&*socket) {
+                self.handle_rtp(call, direction, packets, outbox);
+                if count < rst_net::BATCH {
+                    break;
+                }
+            }
         }
     }
 
@@ -662,7 +710,13 @@ impl Receiver {
 
     /// Handles the packets one `recvmmsg` took from one of a call's RTP ports
     /// (they have no GRO, unlike the main port: each message is one packet).
-    fn handle_rtp(&mut self, port: &RtpPort, packets: &RecvBatch, batch: &mut Outbox) {
+    fn handle_rtp(
+        &mut self,
+        call: CallId,
+        direction: Direction,
+        packets: &RecvBatch,
+        batch: &mut Outbox,
+    ) {
         let at = Instant::now();
         for i in 0..packets.len() {
             let Some(from) = packets.sender(i) else {
@@ -670,8 +724,8 @@ impl Receiver {
             };
             self.table.handle_rtp(
                 at,
-                port.call,
-                port.direction,
+                call,
+                direction,
                 from,
                 packets.message(i),
                 &mut |output| batch.push(output, at),

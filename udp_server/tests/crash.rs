@@ -17,7 +17,9 @@ fn spawn_receiver(dir: &std::path::Path) -> (Process, SocketAddr) {
 #[test]
 fn kill_9_mid_call_leaves_valid_files_that_the_next_start_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_receiver(dir.path());
+    let metrics = free_metrics_addr();
+    let (mut child, addr) =
+        spawn_receiver_process(dir.path(), &["--metrics", &metrics.to_string()], None);
     let mut sender = Sender::new(addr);
     let id = uuid(1);
     sender.inv(&id, "alice", "bob");
@@ -29,7 +31,8 @@ fn kill_9_mid_call_leaves_valid_files_that_the_next_start_completes() {
         sender.data(&id, Read, 0, &[0xFF; 160]);
         sender.data(&id, Write, 0, &[0x7F; 160]);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Every datagram (the INV and 300 DATA) has reached the receiver.
+    wait_scraped(metrics, "rst_datagrams_total", 301);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
@@ -48,7 +51,7 @@ fn kill_9_mid_call_leaves_valid_files_that_the_next_start_completes() {
     }
 
     let (child, _) = spawn_receiver(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !files_in(dir.path(), ".part").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -59,9 +59,9 @@ fn consoles_follow_real_calls() {
         ..Settings::default()
     });
     let mut console = Console::connect(feed);
-    // A console that connects and never reads.
+    // A console that connects and never reads. The hub accepts in order, so it
+    // is registered once `late` (below) has had its snapshot.
     let stalled = Console::connect(feed);
-    std::thread::sleep(Duration::from_millis(100));
 
     let mut sender = Sender::new(receiver.addr);
     let data_call = uuid(1);
@@ -181,8 +181,9 @@ fn shutdown_call_ends_reach_the_consoles() {
         feed: Some(feed),
         ..Settings::default()
     });
+    // Connected before or after the INV, the console gets the call_start (live or
+    // in its snapshot), and once it has, the call_end too.
     let mut console = Console::connect(feed);
-    std::thread::sleep(Duration::from_millis(100));
     let mut sender = Sender::new(receiver.addr);
     sender.inv(&uuid(3), "a", "b");
     assert_eq!(console.next()["event"], "call_start");

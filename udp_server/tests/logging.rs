@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,10 +18,7 @@ const CALLS: usize = 3000;
 #[test]
 fn a_stderr_nobody_reads_stops_no_call_and_no_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics = free_metrics_addr();
     let mut child = Process(
         Command::new(env!("CARGO_BIN_EXE_udp_server"))
             .args([
@@ -96,12 +93,4 @@ fn wait_for_exit(child: &mut Process, within: Duration) -> std::process::ExitSta
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }

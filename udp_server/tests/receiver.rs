@@ -151,7 +151,8 @@ fn data_before_its_inv_starts_the_call_and_the_late_inv_names_it() {
     let payload = vec![0x55u8; 160];
     sender.data(&id, Read, 8, &payload);
     sender.data(&id, Write, 8, &payload);
-    std::thread::sleep(Duration::from_millis(100));
+    // Both DATA are in before the INV comes.
+    wait_counter(&receiver, "rst_datagrams_total", 2);
     sender.inv(&id, "alice", "bob");
     sender.data(&id, Read, 8, &payload);
     sender.bye(&id);
@@ -631,19 +632,6 @@ fn a_fax_phase_declared_by_the_sender_reaches_the_record() {
         assert_eq!(record["fax"], expected, "{record}");
     }
     receiver.stop();
-}
-
-/// Waits until `counter` reaches `value`, as long as a busy machine needs.
-fn wait_counter(receiver: &Receiver, counter: &str, value: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while receiver.counter(counter) < value {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{counter} = {}, waiting for {value}",
-            receiver.counter(counter)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A flood of stray DATA with distinct UUIDs (the outside test's 20,000 made

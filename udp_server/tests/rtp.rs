@@ -45,7 +45,7 @@ fn an_rtp_mode_inv_gets_two_ports_and_a_repeat_gets_the_same() {
 
     // Ports come back when a call ends (its BYE lingers a moment for RTP in flight).
     first.control.bye(&uuid(1));
-    std::thread::sleep(udp_server::calls::BYE_LINGER + Duration::from_millis(300));
+    wait_counter(&receiver, "rst_calls_ended_total{reason=\"bye\"}", 1);
     let c = third.inv(&uuid(3), "").unwrap();
     let mut freed = [c.0, c.1];
     freed.sort();
@@ -306,6 +306,37 @@ fn rtp_sent_around_the_bye_is_still_recorded() {
     receiver.stop();
 }
 
+/// A stop reads what the kernel already holds before it ends the calls: the
+/// datagrams and RTP packets sent just before it are all in the records, with
+/// no wait between the last send and the stop.
+#[test]
+fn a_stop_records_everything_sent_before_it_on_every_port() {
+    let mut receiver = Receiver::with(settings("21510-21519"));
+    let mut rtp_call = RtpSender::new(receiver.addr);
+    let rtp_id = uuid(51);
+    let (read, _) = rtp_call.inv(&rtp_id, "").unwrap();
+    let mut data_call = Sender::new(receiver.addr);
+    let data_id = uuid(52);
+    data_call.inv(&data_id, "alice", "bob");
+    for sequence in 0..200u16 {
+        rtp_call
+            .read
+            .send_to(
+                &rtp(sequence, u32::from(sequence) * 160, 7, 0, &[0xFF; 160]),
+                ("127.0.0.1", read),
+            )
+            .unwrap();
+        data_call.data(&data_id, rst_proto::Direction::Read, 0, &[0xFF; 160]);
+    }
+    receiver.stop();
+    let records = records_in(receiver.dir.path());
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in records {
+        assert_eq!(record["end_reason"], "shutdown", "{record}");
+        assert_eq!(record["directions"]["R"]["samples"], 200 * 160, "{record}");
+    }
+}
+
 /// A re-INVITE moving a call to opus: the sender (tap_daemon) sends the INV
 /// again declaring the new payload type, and the receiver decodes what
 /// follows at 48 kHz into a second WAV segment, while a number it already
@@ -437,14 +468,7 @@ fn call_with_digit_on_101(receiver: &Receiver, id: &str, extensions: &str) -> se
         .read
         .send_to(&rtp(5, 800, 7, 101, &event), to)
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while receiver.counter("rst_rtp_packets_total") < before + 6 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the RTP did not arrive"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_counter(receiver, "rst_rtp_packets_total", before + 6);
     sender.control.bye(id);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -339,6 +339,44 @@ pub fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
     }
 }
 
+/// A free TCP port on 127.0.0.1 for a receiver process's `--metrics`.
+pub fn free_metrics_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// The Prometheus text at `addr` (`--metrics`), or `None` while nothing answers there.
+pub fn try_scrape(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The Prometheus text at `addr` (`--metrics`).
+pub fn scrape(addr: SocketAddr) -> String {
+    try_scrape(addr).unwrap_or_else(|| panic!("no metrics at {addr}"))
+}
+
+/// Waits (120 s at most) until a receiver process's counter `metric`, scraped
+/// from `addr`, reaches `at_least`.
+pub fn wait_scraped(addr: SocketAddr, metric: &str, at_least: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = try_scrape(addr).map(|text| self::metric(&text, metric));
+        if now.is_some_and(|value| value >= at_least) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{metric} at {addr} stayed below {at_least}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn uuid(n: u32) -> String {
     format!("478525a8-8263-4550-b18c-{n:012x}")
 }
