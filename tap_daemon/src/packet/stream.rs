@@ -140,6 +140,11 @@ pub struct StreamReassembler {
     flows: FastMap<FlowKey, Flow>,
     /// Sum of `buffered` over all flows.
     total_buffered: usize,
+    /// No flow is due to expire, nor hole to be skipped, at or before this
+    /// capture time: [`StreamReassembler::expire`] has nothing to do until
+    /// then and does not walk the flows (it is called every second; a tap
+    /// follows hundreds of SIP connections idle for minutes).
+    next_due: Duration,
     gaps: u64,
     retransmitted: u64,
 }
@@ -150,6 +155,7 @@ impl StreamReassembler {
             limits,
             flows: FastMap::default(),
             total_buffered: 0,
+            next_due: Duration::MAX,
             gaps: 0,
             retransmitted: 0,
         }
@@ -238,6 +244,10 @@ impl StreamReassembler {
             return Ok(());
         };
         flow.last_seen = now;
+        // Due no later than from now (capture time may have gone backwards).
+        self.next_due = self
+            .next_due
+            .min(now.saturating_add(self.limits.idle_timeout));
         let held_before = flow.buffered;
         if flow.closed {
             self.retransmitted += 1;
@@ -319,15 +329,29 @@ impl StreamReassembler {
             Self::check_fin(key, flow, out);
         }
         self.total_buffered = self.total_buffered - held_before + flow.buffered;
+        // A new hole may be due sooner than any flow.
+        self.next_due = self.next_due.min(Self::due(&self.limits, flow));
         Ok(())
+    }
+
+    /// When `flow` is due to expire, or its hole to be skipped, whichever
+    /// comes first: [`StreamReassembler::expire`] acts only after it.
+    fn due(limits: &StreamLimits, flow: &Flow) -> Duration {
+        let idle = flow.last_seen.saturating_add(limits.idle_timeout);
+        flow.hole_since
+            .map_or(idle, |t| idle.min(t.saturating_add(limits.hole_timeout)))
     }
 
     /// Drop directions idle past the timeout (reporting their end, after any
     /// bytes they still held) and skip holes that waited too long.
     pub fn expire<'a>(&mut self, now: Duration, out: &mut Vec<Chunk<'a>>) {
+        if now <= self.next_due {
+            return;
+        }
         let limits = self.limits;
         let mut gaps = 0;
         let mut total = 0;
+        let mut next_due = Duration::MAX;
         self.flows.retain(|key, flow| {
             let idle = now.saturating_sub(flow.last_seen) > limits.idle_timeout;
             let stale = flow
@@ -343,11 +367,13 @@ impl StreamReassembler {
             }
             if !idle {
                 total += flow.buffered;
+                next_due = next_due.min(Self::due(&limits, flow));
             }
             !idle
         });
         self.gaps += gaps;
         self.total_buffered = total;
+        self.next_due = next_due;
     }
 
     /// The capture ended: deliver everything still held, past any hole, and
@@ -615,6 +641,36 @@ mod tests {
         let mut out = Vec::new();
         r.finish(&mut out);
         assert_eq!(collect(out), (vec![], false, Some(StreamEnd::Finished)));
+    }
+
+    /// `expire` skips its walk until something is due, and is never late:
+    /// a hole made after the last walk, a flow seen again (not expired on
+    /// its old time), a flow seen at an earlier capture time (due sooner).
+    #[test]
+    fn expire_acts_exactly_when_something_is_due() {
+        let expire = |r: &mut StreamReassembler, secs: u64| {
+            let mut out = Vec::new();
+            r.expire(Duration::from_secs(secs), &mut out);
+            collect(out)
+        };
+        let mut r = StreamReassembler::new(StreamLimits::default());
+        feed(&mut r, 100, seg(0, A, b"ab"));
+        assert_eq!(expire(&mut r, 101), (vec![], false, None));
+        // A hole at 102: skipped after 5 s, not before.
+        feed(&mut r, 102, seg(4, A, b"ef"));
+        assert_eq!(expire(&mut r, 107), (vec![], false, None));
+        assert_eq!(expire(&mut r, 108), (b"ef".to_vec(), true, None));
+        // Seen again at 300: not idle at 403 (its last sight before was at 102).
+        feed(&mut r, 300, seg(6, A, b"gh"));
+        assert_eq!(expire(&mut r, 403), (vec![], false, None));
+        assert_eq!(r.len(), 1);
+        // Capture time gone backwards: seen at 50, idle after 350.
+        feed(&mut r, 50, seg(8, A, b"ij"));
+        assert_eq!(
+            expire(&mut r, 351),
+            (vec![], false, Some(StreamEnd::Expired))
+        );
+        assert!(r.is_empty());
     }
 
     #[test]
