@@ -677,19 +677,21 @@ unsafe extern "C" fn bug_callback(
     guarded("the media bug", SWITCH_TRUE, || {
         // SAFETY: between INIT and CLOSE the tap is live and only this bug's thread uses it.
         let tap = unsafe { &mut *tap };
-        // SAFETY: inside the bug's own callback.
-        unsafe {
-            match kind {
-                SWITCH_ABC_TYPE_TAP_NATIVE_READ => {
-                    tap.native_frame(bug, rst_proto::Direction::Read)
+        tap.sampled(|tap| {
+            // SAFETY: inside the bug's own callback.
+            unsafe {
+                match kind {
+                    SWITCH_ABC_TYPE_TAP_NATIVE_READ => {
+                        tap.native_frame(bug, rst_proto::Direction::Read)
+                    }
+                    SWITCH_ABC_TYPE_TAP_NATIVE_WRITE => {
+                        tap.native_frame(bug, rst_proto::Direction::Write)
+                    }
+                    SWITCH_ABC_TYPE_READ_PING => tap.linear_frames(bug),
+                    _ => {}
                 }
-                SWITCH_ABC_TYPE_TAP_NATIVE_WRITE => {
-                    tap.native_frame(bug, rst_proto::Direction::Write)
-                }
-                SWITCH_ABC_TYPE_READ_PING => tap.linear_frames(bug),
-                _ => {}
             }
-        }
+        });
         SWITCH_TRUE
     })
 }

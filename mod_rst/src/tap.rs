@@ -5,13 +5,14 @@
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rst_proto::{Direction, PayloadType};
 
 use crate::config::Audio;
 use crate::ffi::*;
 use crate::fs::SessionRef;
-use crate::sender::{Sender, StreamId, MAX_FRAME_BYTES};
+use crate::sender::{Sender, StreamId, CALLBACK_SAMPLE, MAX_FRAME_BYTES};
 
 /// The buffer `switch_core_media_bug_read` fills: FreeSWITCH's recommended size.
 const READ_BUFFER_BYTES: usize = 8192;
@@ -25,6 +26,8 @@ pub struct Tap {
     pub sender: Sender,
     /// Set at CLOSE: the call's playback bug must not be attached after it.
     pub stopped: Arc<AtomicBool>,
+    /// Callbacks since the last timed one ([`Tap::sampled`]).
+    callbacks: u32,
     read_buffer: Box<[u8; READ_BUFFER_BYTES]>,
     left: Box<[u8; MAX_FRAME_BYTES]>,
     right: Box<[u8; MAX_FRAME_BYTES]>,
@@ -44,10 +47,25 @@ impl Tap {
             audio,
             sender,
             stopped,
+            callbacks: 0,
             read_buffer: Box::new([0; READ_BUFFER_BYTES]),
             left: Box::new([0; MAX_FRAME_BYTES]),
             right: Box::new([0; MAX_FRAME_BYTES]),
         })
+    }
+
+    /// Runs one media-bug callback's `work`, timing one in
+    /// [`CALLBACK_SAMPLE`] for `rst_status` (what rst costs the media threads).
+    pub fn sampled(&mut self, work: impl FnOnce(&mut Tap)) {
+        self.callbacks += 1;
+        if self.callbacks < CALLBACK_SAMPLE {
+            work(self);
+            return;
+        }
+        self.callbacks = 0;
+        let started = Instant::now();
+        work(self);
+        self.sender.counters.callback_sampled(started.elapsed());
     }
 
     /// The media bug flags for this tap's audio. ONE_ONLY: FreeSWITCH itself

@@ -37,6 +37,21 @@ fn two_hundred_concurrent_calls() {
     assert_eq!(counters["frames_sent"], 2 * 150 * CALLS, "{counters}");
     assert_eq!(counters["frames_dropped_queue_full"], 0, "{counters}");
     assert_eq!(counters["send_errors"], 0, "{counters}");
+    // The module's own sample of what its callbacks cost: counted in runs of
+    // CALLBACK_SAMPLE (64), one timed a run; short of the host's count only
+    // by each call's unfinished run (the CLOSE callback is not counted).
+    let hosted = summary["callbacks"]["count"].as_u64().unwrap();
+    let counted = counters["callbacks"].as_u64().unwrap();
+    let timed = counters["callbacks_timed"].as_u64().unwrap();
+    assert_eq!(counted, 64 * timed, "{counters}");
+    assert!(
+        counted <= hosted && hosted - counted < 64 * u64::from(CALLS) + u64::from(CALLS),
+        "{counted} counted of {hosted} callbacks: {counters}"
+    );
+    assert!(
+        counters["callback_ns_timed"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
     let records = receiver.wait_records(CALLS as usize);
     let expected_r = heard("PCMU", &tone(READ_HZ, 8000.0, 8000, 0, 24000));
     let expected_w = heard("PCMU", &tone(WRITE_HZ, 8000.0, 8000, 0, 24000));
