@@ -300,7 +300,7 @@ fn run(
         ],
         work.path(),
     );
-    daemon.wait_for_log("capturing interface", Duration::from_secs(15), interrupted)?;
+    daemon.wait_for_log("capture open", Duration::from_secs(15), interrupted)?;
 
     let mut replay = Proc::spawn(
         &net.b,

@@ -212,7 +212,7 @@ pub fn live(
     shutdown: &AtomicBool,
 ) -> Result<Summary, CaptureError> {
     let cap = open_live(interface, snaplen, buffer_size, config.filter.as_deref())?;
-    tracing::info!(interface, "capturing");
+    tracing::info!(interface, "capture open");
     let mut pipeline = Pipeline::new(config.pipeline.clone());
     let mut output = UdpOutput::new(config.output.clone())?;
     let ended = live_loop(

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         return tap_daemon::control::serve(bound, control, &shutdown).context("control plane");
     }
     tracing::info!(
-        "control disabled (no `secret` in the configuration file): capturing as configured"
+        "control disabled (no `secret` in the configuration file): the configured capture runs"
     );
     let run = settings.resolve()?;
     watch_signals(shutdown.clone())?;

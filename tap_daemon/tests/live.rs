@@ -153,7 +153,7 @@ fn tap_daemon(ns: &Netns, receiver: SocketAddr, dir: &Path) -> Proc {
         ],
         dir,
     );
-    proc.wait_for_log("capturing", Duration::from_secs(15), || false)
+    proc.wait_for_log("capture open", Duration::from_secs(15), || false)
         .unwrap_or_else(|e| panic!("{e}"));
     proc
 }

@@ -105,7 +105,7 @@ impl Session {
                 let cap =
                     capture::open_live(&interface, snaplen, buffer_size, run.filter.as_deref())?;
                 let output = Routed::new(run.output.clone())?;
-                tracing::info!(interface, "capturing (control)");
+                tracing::info!(interface, "capture open (control)");
                 let (stop, counters) = (stop.clone(), counters.clone());
                 std::thread::Builder::new()
                     .name("tap-live".into())

@@ -19,13 +19,18 @@ use std::time::{Duration, Instant};
 
 /// Runs `ip args`; its error output on failure.
 pub fn ip(args: &[&str]) -> Result<(), String> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip args`: its output, or its error output on failure.
+fn ip_output(args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "ip {}: {}",
@@ -52,6 +57,29 @@ impl Netns {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         ip(&all)
+    }
+
+    /// Waits until `dev` carries frames: its state UP and its queueing
+    /// discipline attached. A device set up is not ready at once: until the
+    /// kernel's link watch runs (a work queue, later under load) the device
+    /// keeps the `noop` discipline, which drops what is sent through it and
+    /// reports success, so a tcpreplay started then loses its first packets
+    /// without a word.
+    pub fn wait_up(&self, dev: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let shown = ip_output(&["-n", &self.name, "-o", "link", "show", dev])?;
+            if shown.contains("state UP") && !shown.contains("qdisc noop") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{dev} in {} not ready after 30 s: {shown}",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Runs `sysctl -qw settings` inside the namespace.
@@ -151,7 +179,8 @@ impl Pair {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "brd", "+", "dev", dev])?;
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        Ok(())
+        self.a.wait_up("veth-a")?;
+        self.b.wait_up("veth-b")
     }
 
     /// One datagram from B to A across the veth (wakes a capture blocked

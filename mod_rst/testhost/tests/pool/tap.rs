@@ -67,18 +67,29 @@ impl Tap {
         let daemon = Command::new(workspace_binary("tap_daemon"))
             .args(["--interface", &veth.capture, "--receivers", receivers])
             .args(["--failover-ms", "300", "--name", NAME])
-            .env("RUST_LOG", "warn")
+            // `capture open` (info) says frames from now on are seen.
+            .env("RUST_LOG", "warn,tap_daemon::capture=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(work.path().join("tap_daemon.log")).unwrap())
             .spawn()
             .expect("tap_daemon starts");
-        Ok(Tap {
+        let mut tap = Tap {
             work,
             veth,
             daemon,
             replay: None,
-        })
+        };
+        // Frames sent before the capture is open are never seen.
+        wait_for("tap_daemon to open its capture", || {
+            if let Some(status) = tap.daemon.try_wait().unwrap() {
+                panic!("tap_daemon: {status}: {}", tap.log("tap_daemon.log"));
+            }
+            tap.log("tap_daemon.log")
+                .contains("capture open")
+                .then_some(())
+        });
+        Ok(tap)
     }
 
     /// tcpreplay starts sending the thirty calls, in real time.
@@ -166,6 +177,19 @@ impl Veth {
         ])?;
         ip(&["link", "set", &veth.send, "up"])?;
         ip(&["link", "set", &veth.capture, "up"])?;
+        // A device just set up keeps the `noop` queueing discipline until
+        // the kernel's link watch runs (later under load); it drops what is
+        // sent and reports success, so tcpreplay would lose its first frames
+        // without a word.
+        for dev in [&veth.send, &veth.capture] {
+            wait_for(&format!("{dev} up with a queueing discipline"), || {
+                let shown = Command::new("ip")
+                    .args(["-o", "link", "show", dev])
+                    .output();
+                let shown = String::from_utf8_lossy(&shown.ok()?.stdout).into_owned();
+                (shown.contains("state UP") && !shown.contains("qdisc noop")).then_some(())
+            });
+        }
         Ok(veth)
     }
 }
