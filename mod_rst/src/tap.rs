@@ -4,8 +4,10 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use rst_net::thread_cpu_ns;
 
 use rst_proto::{Direction, PayloadType};
 
@@ -55,7 +57,9 @@ impl Tap {
     }
 
     /// Runs one media-bug callback's `work`, timing one in
-    /// [`CALLBACK_SAMPLE`] for `rst_status` (what rst costs the media threads).
+    /// [`CALLBACK_SAMPLE`] for `rst_status` (what rst costs the media
+    /// threads): in wall time, and in the thread's CPU time less what the
+    /// CPU clock's own reads add ([`cpu_clock_cost_ns`]).
     pub fn sampled(&mut self, work: impl FnOnce(&mut Tap)) {
         self.callbacks += 1;
         if self.callbacks < CALLBACK_SAMPLE {
@@ -63,9 +67,14 @@ impl Tap {
             return;
         }
         self.callbacks = 0;
+        let cpu_started = thread_cpu_ns();
         let started = Instant::now();
         work(self);
-        self.sender.counters.callback_sampled(started.elapsed());
+        let took = started.elapsed();
+        let cpu_ns = thread_cpu_ns()
+            .saturating_sub(cpu_started)
+            .saturating_sub(cpu_clock_cost_ns());
+        self.sender.counters.callback_sampled(took, cpu_ns);
     }
 
     /// The media bug flags for this tap's audio. ONE_ONLY: FreeSWITCH itself
@@ -184,6 +193,22 @@ impl Tap {
             );
         }
     }
+}
+
+/// What two back-to-back reads of the thread's CPU clock measure on this
+/// machine (the least of a few tries, taken once): two system calls' entry
+/// and exit, which a timed callback's CPU time would otherwise include.
+pub fn cpu_clock_cost_ns() -> u64 {
+    static COST: OnceLock<u64> = OnceLock::new();
+    *COST.get_or_init(|| {
+        (0..32)
+            .map(|_| {
+                let first = thread_cpu_ns();
+                thread_cpu_ns().saturating_sub(first)
+            })
+            .min()
+            .unwrap_or(0)
+    })
 }
 
 /// How far the RTP timestamp advances for a frame: its samples, except G.722,

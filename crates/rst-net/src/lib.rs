@@ -10,6 +10,9 @@
 //! Blocking std sockets and `libc` system calls: no async runtime, so mod_rst
 //! can use it inside FreeSWITCH.
 //!
+//! Also the calling thread's CPU clock ([`thread_cpu_ns`]), which mod_rst's
+//! callback sampling and its benchmarks read.
+//!
 //! Linux only: `sendmmsg`, `IP_RECVERR` and `MSG_ERRQUEUE` are Linux's.
 
 pub mod batch;
@@ -28,6 +31,19 @@ use rst_proto::{Direction, RtpPorts};
 /// `recvmmsg`): the kernel takes up to 1024; the send paths' arrays live on
 /// the stack, and 64 keeps them at a few KiB.
 pub const BATCH: usize = 64;
+
+/// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`): unlike
+/// wall time, not inflated while the thread is preempted on a busy machine.
+/// A system call (the vDSO does not serve this clock), so a few hundred ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
 
 /// The wildcard address of `target`'s family, port 0.
 pub fn any_for(target: SocketAddr) -> SocketAddr {

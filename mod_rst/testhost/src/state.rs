@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, O
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
+use rst_net::thread_cpu_ns;
 use serde_json::{json, Value};
 
 use crate::types::*;
@@ -282,17 +283,6 @@ pub(crate) struct Timing {
     /// machine is overloaded and the thread is preempted.
     pub(crate) cpu_total_ns: u128,
     pub(crate) cpu_max_ns: u64,
-}
-
-/// This thread's CPU time, in ns.
-pub(crate) fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 impl Timing {
