@@ -13,6 +13,18 @@ pub fn part_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Writes `bytes` to `path` whole or not at all: into `temporary`, then
+/// renamed over `path`, so whoever watches the folder never reads half a
+/// file. A write that fails (a full disk) removes what it left of
+/// `temporary`: a torn temporary is nobody's file.
+pub fn write_whole(path: &Path, temporary: &Path, bytes: &[u8]) -> io::Result<()> {
+    let written = std::fs::write(temporary, bytes).and_then(|()| std::fs::rename(temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(temporary);
+    }
+    written
+}
+
 /// Bytes a WAV file buffers per channel before they go to the kernel. Small,
 /// because every active call holds three files (its two directions and the
 /// stereo file) and memory per call is what bounds how many calls one receiver
@@ -305,6 +317,23 @@ pub fn repair_wav(path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_write_leaves_the_file_or_nothing_and_never_its_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, temporary) = (dir.path().join("a.json"), dir.path().join("a.json.tmp"));
+        write_whole(&path, &temporary, b"one").unwrap();
+        write_whole(&path, &temporary, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!temporary.exists());
+        // The rename fails (a folder is in the way), after the temporary
+        // was written whole: it goes too, and the error says why.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let error = write_whole(&blocked, &temporary, b"three").unwrap_err();
+        assert!(!temporary.exists(), "{error}");
+        assert!(blocked.join("inside").is_dir());
+    }
 
     #[test]
     fn a_wav_reads_back_after_each_flush_and_at_the_end() {

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use crate::align::StereoAligner;
 use crate::calls::CallStart;
 use crate::end::EndReason;
-use crate::files::{part_path, RawFile, WavFile};
+use crate::files::{part_path, write_whole, RawFile, WavFile};
 use crate::jitter::{JitterBuffer, RtpStats, Timeline};
 use crate::live::{AudioFrame, LiveCall, LiveEvent, Timing};
 use crate::metrics::Metrics;
@@ -1224,14 +1224,11 @@ pub fn write_record(record: &CallRecord) -> io::Result<()> {
     }
 }
 
-/// Writes the record whole or not at all (a temporary file renamed over the
-/// old one), so whoever watches the folder never reads half a record.
+/// Writes the record whole or not at all ([`write_whole`]).
 fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     text.push(b'\n');
-    let temporary = with_suffix(path, "tmp");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, path)
+    write_whole(path, &with_suffix(path, "tmp"), &text)
 }
 
 #[cfg(test)]

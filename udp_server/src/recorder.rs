@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::calls::{CallId, CallStart};
 use crate::end::EndReason;
-use crate::files::repair_wav;
+use crate::files::{repair_wav, write_whole};
 use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::play::PlayTarget;
@@ -659,9 +659,7 @@ fn complete_record(part: &Path) -> std::io::Result<()> {
     );
     let mut text = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    let temporary = part.with_extension("tmp");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, part)
+    write_whole(part, &part.with_extension("tmp"), &text)
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::write_whole;
+
 /// Segments an outbox is split into, at least (for dropping the oldest in
 /// steps of about an eighth of the maximum).
 const SEGMENTS: u64 = 8;
@@ -308,10 +310,9 @@ impl Outbox {
     }
 
     fn write_cursor(&self) -> Result<(), OutboxError> {
-        let tmp = self.dir.join(CURSOR_TMP);
-        fs::write(&tmp, format!("{} {}\n", self.cursor.0, self.cursor.1)).map_err(at(&tmp))?;
         let path = self.dir.join(CURSOR);
-        fs::rename(&tmp, &path).map_err(at(&path))
+        let line = format!("{} {}\n", self.cursor.0, self.cursor.1);
+        write_whole(&path, &self.dir.join(CURSOR_TMP), line.as_bytes()).map_err(at(&path))
     }
 
     fn last(&self) -> Segment {

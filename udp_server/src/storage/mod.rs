@@ -45,6 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::Feed;
+use crate::files::write_whole;
 use crate::metrics::Metrics;
 use crate::record::CallRecord;
 use etag::{Expected, Verdict, PART_SIZE};
@@ -828,15 +829,14 @@ async fn store_call(
     });
     let mut text = serde_json::to_vec_pretty(&record).unwrap_or_default();
     text.push(b'\n');
-    let temporary = job.record.with_extension("json.tmp");
-    let write = async {
-        tokio::fs::write(&temporary, &text).await?;
-        tokio::fs::rename(&temporary, &job.record).await
-    };
-    write.await.map_err(|source| StoreError::Write {
-        path: job.record.clone(),
-        source,
-    })?;
+    let (path, temporary) = (job.record.clone(), job.record.with_extension("json.tmp"));
+    tokio::task::spawn_blocking(move || write_whole(&path, &temporary, &text))
+        .await
+        .unwrap_or_else(|joined| Err(std::io::Error::other(joined)))
+        .map_err(|source| StoreError::Write {
+            path: job.record.clone(),
+            source,
+        })?;
     put_file(config, &record_key, &job.record).await?;
     if !config.keep_local {
         for file in &job.files {

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::write_whole;
+
 /// One ended call to store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -136,15 +138,8 @@ impl Queue {
         let n = self.next.fetch_add(1, Relaxed);
         let path = self.dir.join(format!("{n:020}.{PREPARED}"));
         let temporary = self.dir.join(format!("{n:020}.tmp"));
-        let written = serde_json::to_vec(job)
-            .map_err(io::Error::other)
-            .and_then(|bytes| std::fs::write(&temporary, bytes))
-            .and_then(|()| std::fs::rename(&temporary, &path));
-        if let Err(error) = written {
-            // A full disk leaves what it took of the file: not a job.
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error);
-        }
+        let bytes = serde_json::to_vec(job).map_err(io::Error::other)?;
+        write_whole(&path, &temporary, &bytes)?;
         Ok(path)
     }
 
