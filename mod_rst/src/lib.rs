@@ -112,8 +112,6 @@ unsafe extern "C" fn module_load(
             return SWITCH_STATUS_MEMERR;
         }
         let settings = load_settings();
-        // Measured here, not in a media thread's first timed callback.
-        tap::cpu_clock_cost_ns();
         let (sender, commands) = sender::channel(settings.queue_frames);
         if let Some(pool) = &settings.receivers {
             sender.counters.set_pool(pool.clone());

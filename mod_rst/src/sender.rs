@@ -195,10 +195,8 @@ pub struct Counters {
     pub callbacks: AtomicU64,
     pub callbacks_timed: AtomicU64,
     pub callback_ns_timed: AtomicU64,
-    /// The timed callbacks' CPU time (their thread's clock), which a media
-    /// thread preempted mid-callback does not inflate as it does the wall
-    /// time above: what the callbacks cost FreeSWITCH's CPU.
-    pub callback_cpu_ns_timed: AtomicU64,
+    /// Sampled callbacks not timed: their thread left the CPU meanwhile.
+    pub callbacks_preempted: AtomicU64,
     /// The pool of receivers' health (`receivers` in rst.conf), when there is
     /// one: written by the sender thread, read by `rst_status`. Never touched
     /// by a media thread.
@@ -208,7 +206,7 @@ pub struct Counters {
 /// One media-bug callback in this many is timed, and the callbacks are
 /// counted in runs of this many: what rst costs FreeSWITCH's media threads,
 /// measured inside a real FreeSWITCH (its benchmark reads it from
-/// `rst_status`) for four clock reads per run.
+/// `rst_status`) for two clock reads and two `getrusage` per run.
 pub const CALLBACK_SAMPLE: u32 = 64;
 
 /// A receiver that failed is left out of new calls' first choice this long.
@@ -216,14 +214,17 @@ const RECEIVER_RETRY: Duration = Duration::from_secs(5);
 
 impl Counters {
     /// A stream's run of [`CALLBACK_SAMPLE`] callbacks, the last of them
-    /// timed: `took` from start to end, `cpu_ns` of its thread's CPU.
-    pub fn callback_sampled(&self, took: Duration, cpu_ns: u64) {
+    /// timed at `took`, unless its thread was `preempted` meanwhile.
+    pub fn callback_sampled(&self, took: Duration, preempted: bool) {
         self.callbacks
             .fetch_add(u64::from(CALLBACK_SAMPLE), Relaxed);
+        if preempted {
+            self.callbacks_preempted.fetch_add(1, Relaxed);
+            return;
+        }
         self.callbacks_timed.fetch_add(1, Relaxed);
         self.callback_ns_timed
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-        self.callback_cpu_ns_timed.fetch_add(cpu_ns, Relaxed);
     }
 
     /// Calls go to this pool of receivers.
@@ -270,7 +271,7 @@ impl Counters {
     pub fn to_json(&self) -> String {
         let c = |counter: &AtomicU64| counter.load(Relaxed);
         format!(
-            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"datagrams_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{},\"callbacks\":{},\"callbacks_timed\":{},\"callback_ns_timed\":{},\"callback_cpu_ns_timed\":{}",
+            "{{\"streams_started\":{},\"streams_active\":{},\"frames_queued\":{},\"frames_dropped_queue_full\":{},\"frames_too_big\":{},\"dtmf_queued\":{},\"dtmf_dropped\":{},\"frames_sent\":{},\"datagrams_sent\":{},\"frames_dropped_waiting\":{},\"send_errors\":{},\"invs_unacknowledged\":{},\"byes_unacknowledged\":{},\"acks_received\":{},\"callbacks\":{},\"callbacks_timed\":{},\"callback_ns_timed\":{},\"callbacks_preempted\":{}",
             c(&self.streams_started),
             c(&self.streams_active),
             c(&self.frames_queued),
@@ -288,7 +289,7 @@ impl Counters {
             c(&self.callbacks),
             c(&self.callbacks_timed),
             c(&self.callback_ns_timed),
-            c(&self.callback_cpu_ns_timed),
+            c(&self.callbacks_preempted),
         ) + &self.receivers_json()
             + &self.play_json()
     }

@@ -4,10 +4,10 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use rst_net::thread_cpu_ns;
+use rst_net::thread_context_switches;
 
 use rst_proto::{Direction, PayloadType};
 
@@ -58,8 +58,14 @@ impl Tap {
 
     /// Runs one media-bug callback's `work`, timing one in
     /// [`CALLBACK_SAMPLE`] for `rst_status` (what rst costs the media
-    /// threads): in wall time, and in the thread's CPU time less what the
-    /// CPU clock's own reads add ([`cpu_clock_cost_ns`]).
+    /// threads' CPU).
+    ///
+    /// The clock is the TSC's (`Instant`, a few ns, no system call); a
+    /// sample during which the thread left the CPU (its context switches,
+    /// read before and after, outside the timed part) is counted but not
+    /// timed: its wall time would hold another thread's work. The thread's
+    /// own CPU clock cannot serve here: it is a system call, whose entry and
+    /// exit inside the timed part doubled a callback's figure in FreeSWITCH.
     pub fn sampled(&mut self, work: impl FnOnce(&mut Tap)) {
         self.callbacks += 1;
         if self.callbacks < CALLBACK_SAMPLE {
@@ -67,14 +73,12 @@ impl Tap {
             return;
         }
         self.callbacks = 0;
-        let cpu_started = thread_cpu_ns();
+        let switches = thread_context_switches();
         let started = Instant::now();
         work(self);
         let took = started.elapsed();
-        let cpu_ns = thread_cpu_ns()
-            .saturating_sub(cpu_started)
-            .saturating_sub(cpu_clock_cost_ns());
-        self.sender.counters.callback_sampled(took, cpu_ns);
+        let preempted = thread_context_switches() != switches;
+        self.sender.counters.callback_sampled(took, preempted);
     }
 
     /// The media bug flags for this tap's audio. ONE_ONLY: FreeSWITCH itself
@@ -193,22 +197,6 @@ impl Tap {
             );
         }
     }
-}
-
-/// What two back-to-back reads of the thread's CPU clock measure on this
-/// machine (the least of a few tries, taken once): two system calls' entry
-/// and exit, which a timed callback's CPU time would otherwise include.
-pub fn cpu_clock_cost_ns() -> u64 {
-    static COST: OnceLock<u64> = OnceLock::new();
-    *COST.get_or_init(|| {
-        (0..32)
-            .map(|_| {
-                let first = thread_cpu_ns();
-                thread_cpu_ns().saturating_sub(first)
-            })
-            .min()
-            .unwrap_or(0)
-    })
 }
 
 /// How far the RTP timestamp advances for a frame: its samples, except G.722,

@@ -10,8 +10,9 @@
 //! Blocking std sockets and `libc` system calls: no async runtime, so mod_rst
 //! can use it inside FreeSWITCH.
 //!
-//! Also the calling thread's CPU clock ([`thread_cpu_ns`]), which mod_rst's
-//! callback sampling and its benchmarks read.
+//! Also the calling thread's CPU clock ([`thread_cpu_ns`]) and its count of
+//! context switches ([`thread_context_switches`]), which mod_rst's callback
+//! sampling, its test host and its benchmarks read.
 //!
 //! Linux only: `sendmmsg`, `IP_RECVERR` and `MSG_ERRQUEUE` are Linux's.
 
@@ -43,6 +44,19 @@ pub fn thread_cpu_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How many times the calling thread has left the CPU, by choice or
+/// preempted (`getrusage(RUSAGE_THREAD)`: `ru_nvcsw + ru_nivcsw`). A system
+/// call; 0 if it fails.
+pub fn thread_context_switches() -> u64 {
+    // SAFETY: all-zero is a valid `rusage` (integers and timevals).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes the rusage we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return 0;
+    }
+    (usage.ru_nvcsw as u64).wrapping_add(usage.ru_nivcsw as u64)
 }
 
 /// The wildcard address of `target`'s family, port 0.

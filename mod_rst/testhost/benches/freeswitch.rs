@@ -18,7 +18,8 @@
 //! /proc/PID/task/*/stat (and `schedstat`, exact ns) at the window's start and
 //! end; the `rst-sender` thread is rst's own; the rest of rst's own work is its
 //! bug callbacks on the media threads, which the module times itself (one
-//! callback in 64 in its thread's CPU time, counted in `rst_status`). Their sum is rst's own work. The
+//! callback in 64, left untimed if its thread was preempted meanwhile,
+//! counted in `rst_status`). Their sum is rst's own work. The
 //! difference of FreeSWITCH's total between the runs without and with rst is
 //! printed too: it would also show what rst makes FreeSWITCH do besides (none
 //! expected), but on a shared machine it moves by tens of points per round.
@@ -292,20 +293,24 @@ struct Phase {
     sender: Cpu,
     /// Datagrams the module sent in the window.
     datagrams: u64,
-    /// The media threads' CPU time in rst's callbacks in the window: the
-    /// callbacks the module counted, times the mean CPU time of those it
-    /// timed (`rst_status`: one in 64).
+    /// The media threads' time in rst's callbacks in the window: the
+    /// callbacks the module counted, times the mean of those it timed
+    /// (`rst_status`: one in 64, unless its thread was preempted meanwhile).
     callbacks_ns: f64,
-    /// The same in wall time, which counts a callback's time preempted too.
-    callbacks_wall_ns: f64,
+    /// The share of the sampled callbacks left untimed for a preemption.
+    preempted: f64,
 }
 
 /// rst's callbacks' time between two `rst_status` answers: those counted,
-/// times the mean of those timed (`timed`: `callback_cpu_ns_timed` or
-/// `callback_ns_timed`).
-fn callbacks_ns(at_start: &Value, at_end: &Value, timed: &str) -> f64 {
+/// times the mean of those timed; and the share of samples preempted.
+fn callbacks_ns(at_start: &Value, at_end: &Value) -> (f64, f64) {
     let delta = |name: &str| counter(at_end, name).saturating_sub(counter(at_start, name)) as f64;
-    delta("callbacks") * delta(timed) / delta("callbacks_timed").max(1.0)
+    let timed = delta("callbacks_timed");
+    let preempted = delta("callbacks_preempted");
+    (
+        delta("callbacks") * delta("callback_ns_timed") / timed.max(1.0),
+        preempted / (timed + preempted).max(1.0),
+    )
 }
 
 struct Bench<'a> {
@@ -394,6 +399,7 @@ impl Bench<'_> {
         if rst {
             self.check_recorded(records_before, &status_before);
         }
+        let (callbacks_ns, preempted) = callbacks_ns(&at_start, &at_end);
         Phase {
             kind,
             rst,
@@ -401,8 +407,8 @@ impl Bench<'_> {
             sender: by_thread.get("rst-sender").copied().unwrap_or_default(),
             by_thread,
             datagrams: counter(&at_end, "datagrams_sent") - counter(&at_start, "datagrams_sent"),
-            callbacks_ns: callbacks_ns(&at_start, &at_end, "callback_cpu_ns_timed"),
-            callbacks_wall_ns: callbacks_ns(&at_start, &at_end, "callback_ns_timed"),
+            callbacks_ns,
+            preempted,
         }
     }
 
@@ -470,10 +476,10 @@ struct Round {
     /// the two runs' totals (noisy: two totals of a busy process).
     share: f64,
     sender_share: f64,
-    /// The media threads' CPU time in rst's callbacks, as a share.
+    /// The media threads' time in rst's callbacks, as a share.
     callbacks_share: f64,
-    /// Their wall time, as a share (preemptions included).
-    callbacks_wall_share: f64,
+    /// Sampled callbacks left untimed for a preemption, as a share.
+    preempted: f64,
     sender_ns_per_datagram: f64,
     datagrams: f64,
 }
@@ -487,7 +493,7 @@ impl Round {
             share: (with.total.ns as f64 - without) / without,
             sender_share: with.sender.ns as f64 / without,
             callbacks_share: with.callbacks_ns / without,
-            callbacks_wall_share: with.callbacks_wall_ns / without,
+            preempted: with.preempted,
             sender_ns_per_datagram: with.sender.ns as f64 / with.datagrams.max(1) as f64,
             datagrams: with.datagrams as f64,
         }
@@ -512,7 +518,7 @@ impl Round {
             share: of(|r| r.share),
             sender_share: of(|r| r.sender_share),
             callbacks_share: of(|r| r.callbacks_share),
-            callbacks_wall_share: of(|r| r.callbacks_wall_share),
+            preempted: of(|r| r.preempted),
             sender_ns_per_datagram: of(|r| r.sender_ns_per_datagram),
             datagrams: of(|r| r.datagrams),
         }
@@ -689,7 +695,7 @@ fn main() {
             .collect();
         let m = Round::median(&rounds);
         println!(
-            "{name}: FreeSWITCH {:.3} s CPU without rst, {:.3} s with (medians of {} rounds): the difference {:+.1} % of FreeSWITCH's own CPU (rounds: {} %); rst's own work {:.1} %: its sender thread {:.1} % and its callbacks on the media threads {:.1} % (CPU; {:.1} % in wall time); sender {:.2} us per datagram",
+            "{name}: FreeSWITCH {:.3} s CPU without rst, {:.3} s with (medians of {} rounds): the difference {:+.1} % of FreeSWITCH's own CPU (rounds: {} %); rst's own work {:.1} %: its sender thread {:.1} % and its callbacks on the media threads {:.1} % ({:.1} % of the samples preempted, untimed); sender {:.2} us per datagram",
             m.without_s,
             m.with_s,
             rounds.len(),
@@ -698,7 +704,7 @@ fn main() {
             (m.sender_share + m.callbacks_share) * 100.0,
             m.sender_share * 100.0,
             m.callbacks_share * 100.0,
-            m.callbacks_wall_share * 100.0,
+            m.preempted * 100.0,
             m.sender_ns_per_datagram / 1000.0
         );
         figures.extend([
@@ -731,11 +737,6 @@ fn main() {
             Figure::new(
                 format!("{name}_callbacks_share"),
                 m.callbacks_share * 100.0,
-                "% of FreeSWITCH CPU",
-            ),
-            Figure::new(
-                format!("{name}_callbacks_wall_share"),
-                m.callbacks_wall_share * 100.0,
                 "% of FreeSWITCH CPU",
             ),
             Figure::new(

