@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rst_proto::{Data, Direction, Extensions, Inv, Message, PayloadType, RtpPacket, Uuid};
 use udp_server::{Metrics, Settings};
@@ -195,12 +195,23 @@ impl Sender {
         self.receive_within(Duration::from_millis(500))
     }
 
+    /// A datagram from the receiver within `timeout`. Datagrams from
+    /// elsewhere are skipped: tests run side by side, and one test's RTP
+    /// sent to a port its receiver has closed reaches whichever socket
+    /// binds that port next, such as this one (CI saw one in place of an ACK).
     pub fn receive_within(&self, timeout: Duration) -> Option<Vec<u8>> {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let deadline = Instant::now() + timeout;
         let mut reply = [0u8; 2048];
-        match self.socket.recv_from(&mut reply) {
-            Ok((len, _)) => Some(reply[..len].to_vec()),
-            Err(_) => None,
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.socket.recv_from(&mut reply) {
+                Ok((len, from)) if from == self.target => return Some(reply[..len].to_vec()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
         }
     }
 }
