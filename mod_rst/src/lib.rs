@@ -118,6 +118,7 @@ unsafe extern "C" fn module_load(
         }
         let counters = sender.counters.clone();
         let hex_dir = settings.write_hex.then(|| settings.hex_dir.clone());
+        let queue_frames = settings.queue_frames;
         if let Some(dir) = &hex_dir {
             if let Err(error) = std::fs::create_dir_all(dir) {
                 fs::log(
@@ -129,7 +130,7 @@ unsafe extern "C" fn module_load(
         }
         let thread = match std::thread::Builder::new()
             .name("rst-sender".into())
-            .spawn(move || sender::run(commands, counters, hex_dir, FreeSwitch))
+            .spawn(move || sender::run(commands, queue_frames, counters, hex_dir, FreeSwitch))
         {
             Ok(thread) => thread,
             Err(error) => {

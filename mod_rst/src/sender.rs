@@ -435,12 +435,62 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// at most this much later at the receiver, well within its jitter buffer.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-/// The batch window while every call gathers frames ([`Stream::gathers`]):
-/// their audio waits 20 ms or more for its datagram anyway, and half the
-/// wake-ups cost the sender about a seventh less CPU (FreeSWITCH bench, 100
-/// SIP calls at `frames-per-datagram` 3, two alternating rounds: 4.3 and 4.8
-/// against 5.5 and 5.3 us per datagram).
-const GATHERING_BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// A frame's time, at most: how long a gathering stream's next frame takes.
+const FRAME_TIME: Duration = Duration::from_millis(20);
+
+/// How long the sender sleeps while audio flows. While a stream sends each
+/// frame at once, [`BATCH_WINDOW`]. While every stream gathers frames
+/// ([`Stream::gathers`]), as long as the fewest frames any of them puts in a
+/// datagram take (60 ms at 3): their audio waits that long anyway, and each
+/// wake-up then finds each call's frames together, so the call's state is
+/// fetched into the cache once per datagram instead of once per frame (the
+/// sender's cost is mostly such fetches: `perf` puts a fifth of its time in
+/// the first copy of a frame, another fifth in the first writes of the call's
+/// datagram). Never longer than fills half the queue at the rate of the last
+/// wake-up: the queue is sized for frames, not for time (`queue-frames`).
+fn batch_window(
+    fewest_frames: u32,
+    queued_last: usize,
+    since_last: Duration,
+    capacity: usize,
+) -> Duration {
+    if fewest_frames <= 1 {
+        return BATCH_WINDOW;
+    }
+    let gathering = FRAME_TIME * fewest_frames;
+    if queued_last == 0 {
+        return gathering;
+    }
+    // Half the queue at the last wake-up's rate.
+    let half = since_last.mul_f64((capacity / 2) as f64 / queued_last as f64);
+    gathering.min(half).max(Duration::from_millis(1))
+}
+
+/// The live streams by the frames each puts in a datagram (1: each frame at
+/// once): the fewest set the sender's wake-ups ([`batch_window`]).
+#[derive(Debug, Default)]
+struct Gathering(std::collections::BTreeMap<u32, usize>);
+
+impl Gathering {
+    fn add(&mut self, stream: &Stream) {
+        *self.0.entry(stream.frames_per_datagram()).or_default() += 1;
+    }
+
+    fn remove(&mut self, stream: &Stream) {
+        let frames = stream.frames_per_datagram();
+        if let Some(count) = self.0.get_mut(&frames) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&frames);
+            }
+        }
+    }
+
+    /// The fewest frames a live stream puts in a datagram (1 with none).
+    fn fewest(&self) -> u32 {
+        self.0.keys().next().copied().unwrap_or(1)
+    }
+}
 
 /// How the sender thread waits before its next wake-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +516,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// The thread body: runs until [`Command::Shutdown`] (or every sender is gone).
 pub fn run(
     commands: Receiver<Command>,
+    capacity: usize,
     counters: Arc<Counters>,
     hex_dir: Option<String>,
     host: impl Host,
@@ -482,22 +533,22 @@ pub fn run(
     // is (a walk per wake-up costs too much with hundreds of calls).
     let mut next_due: Option<Instant> = None;
     let mut wait = Wait::Idle;
-    // Live streams that send each frame at once: while there is one, the
-    // sender wakes every `BATCH_WINDOW`.
-    let mut prompt_streams = 0usize;
+    let mut gathering = Gathering::default();
+    // The last wake-up: when it began, the frames (pieces) it took, and how
+    // long they had been coming (since the wake-up before).
+    let mut last_wake = Instant::now();
+    let mut frames = 0usize;
+    let mut interval = Duration::ZERO;
     loop {
-        let window = if prompt_streams > 0 {
-            BATCH_WINDOW
-        } else {
-            GATHERING_BATCH_WINDOW
-        };
+        let window = batch_window(gathering.fewest(), frames, interval, capacity);
         let first = match next_command(&commands, wait, window, next_due) {
             Ok(command) => command,
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
         };
         let now = Instant::now();
-        let mut frames = 0usize;
+        interval = now.saturating_duration_since(std::mem::replace(&mut last_wake, now));
+        frames = 0;
         // Bounded work per wake-up (the queue's size at most), so timers and
         // ACKs are never starved.
         for command in first
@@ -544,7 +595,7 @@ pub fn run(
                             next_due = earliest(next_due, stream.next_timeout());
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
-                            prompt_streams += usize::from(!stream.gathers());
+                            gathering.add(&stream);
                             by_uuid.insert(uuid, id);
                             live.insert(
                                 id,
@@ -740,7 +791,7 @@ pub fn run(
                     .frames_dropped_waiting
                     .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
                 counters.streams_active.fetch_sub(1, Relaxed);
-                prompt_streams -= usize::from(!entry.stream.gathers());
+                gathering.remove(&entry.stream);
                 by_uuid.remove(entry.stream.uuid());
             }
         }
@@ -1005,6 +1056,65 @@ mod tests {
         (0..MAX_FRAME_BYTES)
             .map(|i| (i % 251) as u8 ^ seed)
             .collect()
+    }
+
+    #[test]
+    fn the_sender_wakes_as_often_as_the_most_prompt_stream_needs_and_before_the_queue_half_fills() {
+        let ms = Duration::from_millis;
+        // A stream that sends each frame at once (or none live): the batch window.
+        assert_eq!(batch_window(1, 0, ms(10), 4096), BATCH_WINDOW);
+        // Every stream gathers three frames: three frames' time.
+        assert_eq!(batch_window(3, 0, ms(60), 4096), ms(60));
+        assert_eq!(batch_window(3, 600, ms(60), 4096), ms(60));
+        // 3,000 frames came in the last 60 ms: half the queue fills in 41 ms.
+        let window = batch_window(3, 3000, ms(60), 4096);
+        assert!(window < ms(42) && window > ms(40), "{window:?}");
+        // The queue was full: wake within half the time it took.
+        assert_eq!(batch_window(5, 4096, ms(20), 4096), ms(10));
+        // Never a busy loop.
+        assert_eq!(batch_window(3, 4096, Duration::ZERO, 4096), ms(1));
+    }
+
+    #[test]
+    fn the_fewest_frames_per_datagram_of_the_live_streams_are_followed() {
+        let start = |frames_per_datagram| {
+            Stream::start(
+                StreamStart {
+                    uuid: "4f8e0b8a-8d1c-4c57-9a6b-3a2f7f0e1d20".into(),
+                    caller: "1001".into(),
+                    callee: "1002".into(),
+                    target: "127.0.0.1:9".parse().unwrap(),
+                    mode: Mode::Data,
+                    local_ports: None,
+                    extensions: String::new(),
+                    fallbacks: Vec::new(),
+                    failover_after: Duration::from_millis(500),
+                    retransmit: Duration::from_millis(100),
+                    tries: 3,
+                    max_pending: 2,
+                    seed: 42,
+                    refresh: None,
+                    event_clock: 8000,
+                    frames_per_datagram,
+                },
+                Instant::now(),
+                &mut |_, _, _| {},
+            )
+            .unwrap()
+        };
+        let (three, five) = (start(3), start(5));
+        let mut gathering = Gathering::default();
+        assert_eq!(gathering.fewest(), 1, "no stream");
+        gathering.add(&five);
+        gathering.add(&three);
+        gathering.add(&three);
+        assert_eq!(gathering.fewest(), 3);
+        gathering.remove(&three);
+        assert_eq!(gathering.fewest(), 3, "one stream of three is still live");
+        gathering.remove(&three);
+        assert_eq!(gathering.fewest(), 5);
+        gathering.add(&start(1));
+        assert_eq!(gathering.fewest(), 1);
     }
 
     #[test]

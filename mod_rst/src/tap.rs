@@ -217,3 +217,45 @@ fn rtp_clock_samples(payload_type: u8, samples: u32, bytes: usize) -> u32 {
         samples
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    /// A run of [`CALLBACK_SAMPLE`] callbacks, the last of which is the
+    /// timed one, with `last` as its work.
+    fn run(tap: &mut Tap, last: impl FnOnce()) {
+        for _ in 1..CALLBACK_SAMPLE {
+            tap.sampled(|_| {});
+        }
+        tap.sampled(|_| last());
+    }
+
+    #[test]
+    fn a_sampled_callback_whose_thread_left_the_cpu_is_counted_but_not_timed() {
+        let (sender, _commands) = crate::sender::channel(16);
+        let counters = sender.counters.clone();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut tap = Tap::new(1, "a".into(), Audio::Native, sender, stopped);
+        let counted = |c: &crate::sender::Counters| {
+            (
+                c.callbacks.load(Relaxed),
+                c.callbacks_timed.load(Relaxed),
+                c.callbacks_preempted.load(Relaxed),
+            )
+        };
+        // A sampled callback that sleeps leaves the CPU for certain.
+        run(&mut tap, || std::thread::sleep(Duration::from_millis(1)));
+        let (callbacks, timed, preempted) = counted(&counters);
+        assert_eq!((callbacks, timed, preempted), (64, 0, 1));
+        assert_eq!(counters.callback_ns_timed.load(Relaxed), 0);
+        // One that does not is timed, unless this thread happened to be
+        // preempted meanwhile (a busy machine): then it is not timed either.
+        run(&mut tap, || {});
+        let (callbacks, timed, preempted) = counted(&counters);
+        assert_eq!(callbacks, 128);
+        assert_eq!(timed + preempted, 2);
+    }
+}

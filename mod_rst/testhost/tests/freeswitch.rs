@@ -19,7 +19,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::freeswitch::{free_port, start_freeswitch, Setup};
 use common::Script;
@@ -201,7 +201,11 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
             "originate {{origination_uuid={parked}}}loopback/1001/default &park"
         ))
         .starts_with("+OK"));
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs.cli(&format!("uuid_exists {parked}")) != "true" {
+        assert!(Instant::now() < deadline, "the parked leg never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let reply = fs.cli(&format!(
         "uuid_rst {parked} 127.0.0.1 {}",
         receiver.addr.port()
