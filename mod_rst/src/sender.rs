@@ -472,12 +472,12 @@ fn batch_window(
 struct Gathering(std::collections::BTreeMap<u32, usize>);
 
 impl Gathering {
-    fn add(&mut self, stream: &Stream) {
-        *self.0.entry(stream.frames_per_datagram()).or_default() += 1;
+    /// A stream of `frames` per datagram ([`Stream::frames_per_datagram`]) starts.
+    fn add(&mut self, frames: u32) {
+        *self.0.entry(frames).or_default() += 1;
     }
 
-    fn remove(&mut self, stream: &Stream) {
-        let frames = stream.frames_per_datagram();
+    fn remove(&mut self, frames: u32) {
         if let Some(count) = self.0.get_mut(&frames) {
             *count -= 1;
             if *count == 0 {
@@ -595,7 +595,7 @@ pub fn run(
                             next_due = earliest(next_due, stream.next_timeout());
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
-                            gathering.add(&stream);
+                            gathering.add(stream.frames_per_datagram());
                             by_uuid.insert(uuid, id);
                             live.insert(
                                 id,
@@ -791,7 +791,7 @@ pub fn run(
                     .frames_dropped_waiting
                     .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
                 counters.streams_active.fetch_sub(1, Relaxed);
-                gathering.remove(&entry.stream);
+                gathering.remove(entry.stream.frames_per_datagram());
                 by_uuid.remove(entry.stream.uuid());
             }
         }
@@ -1077,43 +1077,17 @@ mod tests {
 
     #[test]
     fn the_fewest_frames_per_datagram_of_the_live_streams_are_followed() {
-        let start = |frames_per_datagram| {
-            Stream::start(
-                StreamStart {
-                    uuid: "4f8e0b8a-8d1c-4c57-9a6b-3a2f7f0e1d20".into(),
-                    caller: "1001".into(),
-                    callee: "1002".into(),
-                    target: "127.0.0.1:9".parse().unwrap(),
-                    mode: Mode::Data,
-                    local_ports: None,
-                    extensions: String::new(),
-                    fallbacks: Vec::new(),
-                    failover_after: Duration::from_millis(500),
-                    retransmit: Duration::from_millis(100),
-                    tries: 3,
-                    max_pending: 2,
-                    seed: 42,
-                    refresh: None,
-                    event_clock: 8000,
-                    frames_per_datagram,
-                },
-                Instant::now(),
-                &mut |_, _, _| {},
-            )
-            .unwrap()
-        };
-        let (three, five) = (start(3), start(5));
         let mut gathering = Gathering::default();
         assert_eq!(gathering.fewest(), 1, "no stream");
-        gathering.add(&five);
-        gathering.add(&three);
-        gathering.add(&three);
+        gathering.add(5);
+        gathering.add(3);
+        gathering.add(3);
         assert_eq!(gathering.fewest(), 3);
-        gathering.remove(&three);
+        gathering.remove(3);
         assert_eq!(gathering.fewest(), 3, "one stream of three is still live");
-        gathering.remove(&three);
+        gathering.remove(3);
         assert_eq!(gathering.fewest(), 5);
-        gathering.add(&start(1));
+        gathering.add(1);
         assert_eq!(gathering.fewest(), 1);
     }
 

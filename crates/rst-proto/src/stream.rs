@@ -943,7 +943,7 @@ impl Stream {
             self.send_direction(direction, emit);
         }
         if self.gathered[direction as usize].frames == 0 && full(1, payload.len()) {
-            self.send_data(direction, payload_type, payload, 1, emit);
+            self.send_frame(direction, payload_type, payload, emit);
             return;
         }
         let held = &mut self.gathered[direction as usize];
@@ -972,16 +972,10 @@ impl Stream {
         let Some(payload_type) = held.payload_type.filter(|_| held.frames > 0) else {
             return;
         };
-        let frames = std::mem::take(&mut held.frames);
-        let target = self.targets[self.current];
-        self.buffer.clear();
-        Data::encode_header(
-            Uuid::trusted(&self.uuid),
-            direction,
-            payload_type,
-            held.payload_len(),
-            &mut self.buffer,
-        );
+        let (frames, len) = (std::mem::take(&mut held.frames), held.payload_len());
+        self.data_header(direction, payload_type, len);
+        let target = self.target();
+        let held = &mut self.gathered[direction as usize];
         match HEADER_ROOM.checked_sub(self.buffer.len()) {
             Some(start) => {
                 held.datagram[start..HEADER_ROOM].copy_from_slice(&self.buffer);
@@ -995,29 +989,36 @@ impl Stream {
             }
         }
         held.datagram.truncate(HEADER_ROOM);
-        self.stats.frames_sent += u64::from(frames);
-        self.stats.datagrams_sent += 1;
+        self.count_sent(frames);
     }
 
-    /// One DATA datagram of `frames` frames.
-    fn send_data(
+    /// One DATA datagram of one frame.
+    fn send_frame(
         &mut self,
         direction: Direction,
         payload_type: PayloadType,
         payload: &[u8],
-        frames: u32,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
+        self.data_header(direction, payload_type, payload.len());
+        self.buffer.extend_from_slice(payload);
+        emit(Via::Control, self.target(), &self.buffer);
+        self.count_sent(1);
+    }
+
+    /// `DATA:UUID:FLAG:PT:LENGTH:`, alone in the stream's buffer.
+    fn data_header(&mut self, direction: Direction, payload_type: PayloadType, len: usize) {
         self.buffer.clear();
         Data::encode_header(
             Uuid::trusted(&self.uuid),
             direction,
             payload_type,
-            payload.len(),
+            len,
             &mut self.buffer,
         );
-        self.buffer.extend_from_slice(payload);
-        emit(Via::Control, self.target(), &self.buffer);
+    }
+
+    fn count_sent(&mut self, frames: u32) {
         self.stats.frames_sent += u64::from(frames);
         self.stats.datagrams_sent += 1;
     }
