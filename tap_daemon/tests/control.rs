@@ -242,8 +242,16 @@ fn two_clients_at_once_the_second_only_watches() {
     ok(first.ask(r#"{"cmd":"config","receiver":"127.0.0.1:9"}"#));
     ok(first.ask(r#"{"cmd":"close"}"#));
     assert!(first.read().is_none());
-    // The control is free; the observer takes it by saying hello again.
-    std::thread::sleep(Duration::from_millis(100));
+    // The control is free once the tap has seen the first client go; the
+    // observer takes it by saying hello again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of(&mut second)["clients"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed client is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     refused(&second.ask(r#"{"cmd":"start"}"#), "busy");
     assert_eq!(ok(second.hello(SECRET))["role"], "control");
     let status = status_of(&mut second);

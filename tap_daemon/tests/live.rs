@@ -294,9 +294,11 @@ impl Receiver {
         }
     }
 
-    /// Stops the receiver and returns its records keyed by Call-ID.
-    fn finish(&mut self) -> HashMap<String, serde_json::Value> {
-        std::thread::sleep(Duration::from_millis(300));
+    /// Waits (bounded) for the `expected` records (the daemon's BYEs at its
+    /// stop end the calls still open), stops the receiver and returns its
+    /// records keyed by Call-ID.
+    fn finish(&mut self, expected: usize) -> HashMap<String, serde_json::Value> {
+        self.wait_records(expected, Duration::from_secs(10));
         self.running.stop().unwrap();
         self.records()
             .into_iter()
@@ -510,7 +512,7 @@ fn live_sipp_calls_are_recorded() {
     }
     let log = stop_daemon(&mut daemon, &net, &mut defects);
     wire.stop(Duration::from_secs(10));
-    let records = receiver.finish();
+    let records = receiver.finish(CALLS);
 
     // The wire, as tshark reads it.
     let dialogs = dialogs(&wire_file);
@@ -730,7 +732,7 @@ fn live_tcpreplay_of_a_capture_is_recorded() {
     }
     let log = stop_daemon(&mut daemon, &net, &mut defects);
     wire.stop(Duration::from_secs(10));
-    let records = receiver.finish();
+    let records = receiver.finish(EXPECT.len());
 
     // The reference capture on the wire is a second capture point competing
     // for the CPU: when it misses packets it says so, but the recording is
