@@ -448,6 +448,10 @@ const FRAME_TIME: Duration = Duration::from_millis(20);
 /// the first copy of a frame, another fifth in the first writes of the call's
 /// datagram). Never longer than fills half the queue at the rate of the last
 /// wake-up: the queue is sized for frames, not for time (`queue-frames`).
+/// Only a rate that more than doubles within one window (more new calls
+/// in 60 ms than were live, far beyond FreeSWITCH's `sessions-per-second`)
+/// could fill it; that is counted (`frames_dropped_queue_full`), and at 1
+/// frame per datagram the window stays [`BATCH_WINDOW`].
 fn batch_window(
     fewest_frames: u32,
     queued_last: usize,

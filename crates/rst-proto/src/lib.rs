@@ -23,9 +23,9 @@ mod types;
 
 pub use error::{EncodeError, ParseError};
 pub use message::{
-    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Continuation, Data, Dtmf,
-    Extensions, ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts, MAX_CALL_ID, MAX_MARK_NAME,
-    MAX_TAP_NAME,
+    is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Continuation, Data,
+    DataHeader, Dtmf, Extensions, ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts,
+    MAX_CALL_ID, MAX_DATA_HEADER_LEN, MAX_MARK_NAME, MAX_TAP_NAME,
 };
 pub use pool::{Health, Pool, PoolError, ReceiverHealth};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};

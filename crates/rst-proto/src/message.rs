@@ -780,15 +780,69 @@ impl<'a> Data<'a> {
         payload_len: usize,
         out: &mut Vec<u8>,
     ) {
-        out.extend_from_slice(DATA);
-        out.extend_from_slice(uuid.as_str().as_bytes());
-        out.push(b':');
-        out.push(direction.flag());
-        out.push(b':');
-        push_payload_type(out, payload_type);
-        out.push(b':');
-        push_decimal(out, payload_len);
-        out.push(b':');
+        out.extend_from_slice(&Self::header(uuid, direction, payload_type, payload_len));
+    }
+
+    /// `DATA:UUID:FLAG:PT:LENGTH:`, on the stack: for a sender that puts it
+    /// in front of a payload already in place.
+    pub fn header(
+        uuid: Uuid<'_>,
+        direction: Direction,
+        payload_type: PayloadType,
+        payload_len: usize,
+    ) -> DataHeader {
+        let mut out = DataHeader {
+            bytes: [0; MAX_DATA_HEADER_LEN],
+            len: 0,
+        };
+        out.put(DATA);
+        out.put(uuid.as_str().as_bytes());
+        out.put(&[b':', direction.flag(), b':']);
+        push_payload_type(&mut out, payload_type);
+        out.put(b":");
+        push_decimal(&mut out, payload_len);
+        out.put(b":");
+        out
+    }
+}
+
+/// The longest DATA header: `DATA:`, the longest UUID, `:F:`, a payload
+/// type (up to 127), `:`, a length (up to 20 digits), `:`.
+pub const MAX_DATA_HEADER_LEN: usize = DATA.len() + Uuid::MAX_LEN + 3 + 3 + 1 + 20 + 1;
+
+/// A DATA header ([`Data::header`]), as bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct DataHeader {
+    bytes: [u8; MAX_DATA_HEADER_LEN],
+    len: usize,
+}
+
+impl std::ops::Deref for DataHeader {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Where the encoders write: a growing buffer, or a header on the stack.
+trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Out for DataHeader {
+    /// Never past [`MAX_DATA_HEADER_LEN`]: a `Uuid` is at most
+    /// `Uuid::MAX_LEN` long and the numbers have their widest digits.
+    fn put(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(MAX_DATA_HEADER_LEN);
+        self.bytes[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
     }
 }
 
@@ -839,7 +893,7 @@ impl<'a> Play<'a> {
 
 /// `n` in decimal: what `write!(out, "{n}")` writes, without the formatting
 /// machinery (a DATA header is written per frame, in FreeSWITCH's process).
-fn push_decimal(out: &mut Vec<u8>, n: usize) {
+fn push_decimal(out: &mut impl Out, n: usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = n;
@@ -851,15 +905,15 @@ fn push_decimal(out: &mut Vec<u8>, n: usize) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    out.put(&digits[at..]);
 }
 
 /// A payload type as the wire has it: two digits at least (`{:02}`, see
 /// [`PayloadType`]'s `Display`).
-fn push_payload_type(out: &mut Vec<u8>, payload_type: PayloadType) {
+fn push_payload_type(out: &mut impl Out, payload_type: PayloadType) {
     let number = payload_type.number();
     if number < 10 {
-        out.push(b'0');
+        out.put(b"0");
     }
     push_decimal(out, usize::from(number));
 }
@@ -1013,6 +1067,26 @@ fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header on the stack is the one a buffer gets, whole even at its
+    /// longest.
+    #[test]
+    fn the_longest_data_header_fits_its_stack_buffer_and_matches_the_encoded_one() {
+        let uuid = "u".repeat(Uuid::MAX_LEN);
+        let uuid = Uuid::new(&uuid).unwrap();
+        let pt = PayloadType::new(127).unwrap();
+        let longest = Data::header(uuid, Direction::Write, pt, usize::MAX);
+        assert_eq!(longest.len(), MAX_DATA_HEADER_LEN);
+        assert!(longest.ends_with(format!(":127:{}:", usize::MAX).as_bytes()));
+        let mut encoded = Vec::new();
+        let short = Uuid::new("a1").unwrap();
+        Data::encode_header(short, Direction::Read, PayloadType::PCMU, 160, &mut encoded);
+        assert_eq!(encoded, b"DATA:a1:R:00:160:");
+        assert_eq!(
+            &*Data::header(short, Direction::Read, PayloadType::PCMU, 160),
+            &encoded[..]
+        );
+    }
 
     #[test]
     fn headers_written_by_hand_are_what_the_formatter_writes() {
