@@ -566,6 +566,10 @@ fn events_reach_nats_amqp_and_a_webhook_as_the_feed_sends_them() {
             .all(|t| bus_metric(&receiver, "rst_bus_published_total", t) >= 4))
         .then_some(())
     });
+    // The gauge falls once the delivered event is acknowledged, after it is counted.
+    wait_for("NATS's empty outbox", || {
+        (bus_metric(&receiver, "rst_bus_waiting", "nats") == 0).then_some(())
+    });
     assert_eq!(bus_metric(&receiver, "rst_bus_waiting", "nats"), 0);
     receiver.stop();
 }

@@ -186,6 +186,11 @@ async fn stalled_client_is_dropped_while_the_other_gets_every_event() {
         server.stats().dropped_slow.load(Relaxed) == 1
     })
     .await;
+    // Counted dropped just before it is no longer counted connected.
+    wait_until("the dropped client is unregistered", || {
+        server.stats().clients.load(Relaxed) <= 1
+    })
+    .await;
     assert_eq!(server.stats().clients.load(Relaxed), 1);
     assert_eq!(server.stats().clients_total.load(Relaxed), 2);
     assert_eq!(server.stats().events.load(Relaxed), EVENTS);
@@ -312,6 +317,11 @@ async fn reconnecting_client_gets_the_snapshot_again() {
     drop(client);
     wait_until("the disconnect is noticed", || {
         server.stats().clients.load(Relaxed) == 0
+    })
+    .await;
+    // Counted disconnected just after it is no longer counted connected.
+    wait_until("the disconnect is counted", || {
+        server.stats().disconnected.load(Relaxed) >= 1
     })
     .await;
     assert_eq!(server.stats().disconnected.load(Relaxed), 1);

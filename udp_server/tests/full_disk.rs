@@ -205,6 +205,8 @@ fn records_of_calls_ended_on_a_full_disk_are_written_when_room_returns() {
     let records = receiver.wait_records(3);
     assert_failed_records(&records, &ids, "No space left");
     wait_for_counter(&receiver, "rst_records_pending", |n| n == 0);
+    // Counted retried just after no longer pending.
+    wait_for_counter(&receiver, "rst_records_retried_total", |n| n >= pending);
     assert_eq!(receiver.counter("rst_records_retried_total"), pending);
     receiver.stop();
 }

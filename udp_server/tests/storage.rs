@@ -162,6 +162,8 @@ fn ended_calls_are_stored_verified_and_named_in_their_records() {
             .ends_with("-2"),
         "stored in two parts, the multipart checksum verified: {wav}"
     );
+    // The backlog gauges are set after a call is counted stored.
+    wait_gauge_at_most(&receiver, "rst_storage_files_waiting", 0);
     assert_eq!(receiver.counter("rst_storage_files_waiting"), 0);
 }
 
@@ -195,6 +197,9 @@ fn calls_wait_while_the_store_is_down_and_are_stored_once_it_is_up() {
     for record in receiver.wait_records(20) {
         check_stored(&reader, &record);
     }
+    // The backlog gauges are set after a call is counted stored.
+    wait_gauge_at_most(&receiver, "rst_storage_files_waiting", 0);
+    wait_gauge_at_most(&receiver, "rst_storage_bytes_waiting", 0);
     assert_eq!(receiver.counter("rst_storage_files_waiting"), 0);
     assert_eq!(receiver.counter("rst_storage_bytes_waiting"), 0);
 }

@@ -350,6 +350,19 @@ pub fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
     }
 }
 
+/// Waits (120 s at most) until the receiver's gauge `metric` falls to `at_most`.
+pub fn wait_gauge_at_most(receiver: &Receiver, metric: &str, at_most: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while receiver.counter(metric) > at_most {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{metric} stayed above {at_most}: {}",
+            receiver.counter(metric)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free TCP port on 127.0.0.1 for a receiver process's `--metrics`.
 pub fn free_metrics_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

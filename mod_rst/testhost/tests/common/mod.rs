@@ -217,7 +217,9 @@ pub fn spawn_udp_server(
     wait_for("udp_server to answer", || {
         probe.send_to(b"BYE :probe", addr).ok()?;
         let mut reply = [0u8; 64];
-        probe.recv_from(&mut reply).ok().map(|_| ())
+        // Only udp_server's answer: a stray datagram to a reused port is not it.
+        let (_, from) = probe.recv_from(&mut reply).ok()?;
+        (from == addr).then_some(())
     });
     (child, addr)
 }
