@@ -435,7 +435,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// at most this much later at the receiver, well within its jitter buffer.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-/// A frame's time, at most: how long a gathering stream's next frame takes.
+/// A frame's time at the usual 20 ms packetization: a gathering stream's
+/// frames come about this far apart.
 const FRAME_TIME: Duration = Duration::from_millis(20);
 
 /// How long the sender sleeps while audio flows. While a stream sends each
