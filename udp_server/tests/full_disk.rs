@@ -141,16 +141,14 @@ fn fill_up(path: &std::path::Path) {
 }
 
 fn wait_for_counter(receiver: &Receiver, name: &str, done: impl Fn(u64) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !done(receiver.counter(name)) {
-        assert!(
-            std::time::Instant::now() < deadline,
+    let what = || {
+        format!(
             "{name} = {}; files: {:?}",
             receiver.counter(name),
             files_in(receiver.dir.path(), "")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        )
+    };
+    wait_until(what, || done(receiver.counter(name)));
 }
 
 /// Each of the `calls` records, read again once stored, says where it went,

@@ -337,30 +337,36 @@ pub fn assert_joined_ramp(summary: &serde_json::Value, out: &Path, id: &str) {
     assert_eq!((spec.channels, stereo.len()), (2, 40_000));
 }
 
-/// Waits (120 s at most) until the receiver's counter `metric` reaches `at_least`.
-pub fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
+/// Waits (120 s at most) until `done` holds; fails with `what()`, which
+/// says what did not happen (read when it fails, so it can show the state).
+pub fn wait_until(what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while receiver.counter(metric) < at_least {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{metric} stayed below {at_least}: {}",
-            receiver.counter(metric)
-        );
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", what());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Waits (120 s at most) until the receiver's counter `metric` reaches `at_least`.
+pub fn wait_counter(receiver: &Receiver, metric: &str, at_least: u64) {
+    let what = || {
+        format!(
+            "{metric} stayed below {at_least}: {}",
+            receiver.counter(metric)
+        )
+    };
+    wait_until(what, || receiver.counter(metric) >= at_least);
+}
+
 /// Waits (120 s at most) until the receiver's gauge `metric` falls to `at_most`.
 pub fn wait_gauge_at_most(receiver: &Receiver, metric: &str, at_most: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while receiver.counter(metric) > at_most {
-        assert!(
-            std::time::Instant::now() < deadline,
+    let what = || {
+        format!(
             "{metric} stayed above {at_most}: {}",
             receiver.counter(metric)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    };
+    wait_until(what, || receiver.counter(metric) <= at_most);
 }
 
 /// A free TCP port on 127.0.0.1 for a receiver process's `--metrics`.
