@@ -13,6 +13,7 @@ pub mod config;
 pub mod ffi;
 pub mod fs;
 pub mod play;
+mod queue;
 mod sender;
 pub mod tap;
 

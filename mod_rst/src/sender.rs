@@ -6,7 +6,6 @@ use foldhash::{HashMap, HashSet};
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use rst_proto::{Direction, Health, Message, Pool, RtpPorts};
 
 use crate::config::Mode;
 use crate::play::{PlayCounters, PlayEvent, PlayFeed, PlayLater};
+use crate::queue::{Consumer, OwnLine, Producer};
 use rst_proto::stream::{Stream, StreamStart, Trouble, Via};
 
 /// Largest frame a media thread hands over: 20 ms of 48 kHz L16.
@@ -33,7 +33,9 @@ pub const INLINE_FRAME_BYTES: usize = 320;
 pub type StreamId = u64;
 
 /// A frame, or a piece of one, copied off the media thread, inline so that
-/// queueing allocates nothing.
+/// queueing allocates nothing. It is written and read where it lies in the
+/// queue ([`crate::queue`]): only its header and its `len` bytes are touched.
+#[derive(Clone)]
 pub struct Frame {
     pub stream: StreamId,
     pub direction: Direction,
@@ -47,33 +49,55 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The frame's pieces (one when it fits [`INLINE_FRAME_BYTES`]);
-    /// `payload` is at most [`MAX_FRAME_BYTES`] long (checked by the caller).
-    fn pieces<'a>(
+    /// What a free slot of the queue holds to begin with: stream 0 is never
+    /// a live one.
+    const EMPTY: Frame = Frame {
+        stream: 0,
+        direction: Direction::Read,
+        payload_type: 0,
+        rtp_clock_samples: 0,
+        offset: 0,
+        total: 0,
+        len: 0,
+        bytes: [0; INLINE_FRAME_BYTES],
+    };
+
+    /// The pieces `payload` goes in, with where each starts: one when it
+    /// fits [`INLINE_FRAME_BYTES`], one empty piece when it is empty.
+    fn pieces(payload: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+        let pieces = payload.len().div_ceil(INLINE_FRAME_BYTES).max(1);
+        (0..pieces).map(move |i| {
+            let start = i * INLINE_FRAME_BYTES;
+            (
+                start,
+                &payload[start..payload.len().min(start + INLINE_FRAME_BYTES)],
+            )
+        })
+    }
+
+    /// Makes this the piece of `total` bytes starting at `offset`, copying
+    /// only the piece's bytes. `piece` is at most [`INLINE_FRAME_BYTES`]
+    /// long and `total` at most [`MAX_FRAME_BYTES`] ([`Frame::pieces`]).
+    #[allow(clippy::too_many_arguments)]
+    fn set(
+        &mut self,
         stream: StreamId,
         direction: Direction,
         payload_type: u8,
         rtp_clock_samples: u32,
-        payload: &'a [u8],
-    ) -> impl Iterator<Item = Frame> + 'a {
-        // An empty frame is one empty piece.
-        let pieces = payload.len().div_ceil(INLINE_FRAME_BYTES).max(1);
-        (0..pieces).map(move |i| {
-            let start = i * INLINE_FRAME_BYTES;
-            let piece = &payload[start..payload.len().min(start + INLINE_FRAME_BYTES)];
-            let mut bytes = [0; INLINE_FRAME_BYTES];
-            bytes[..piece.len()].copy_from_slice(piece);
-            Frame {
-                stream,
-                direction,
-                payload_type,
-                rtp_clock_samples,
-                offset: start as u16,
-                total: payload.len() as u16,
-                len: piece.len() as u16,
-                bytes,
-            }
-        })
+        offset: usize,
+        total: usize,
+        piece: &[u8],
+    ) {
+        let len = piece.len().min(INLINE_FRAME_BYTES);
+        self.stream = stream;
+        self.direction = direction;
+        self.payload_type = payload_type;
+        self.rtp_clock_samples = rtp_clock_samples;
+        self.offset = offset as u16;
+        self.total = total as u16;
+        self.len = len as u16;
+        self.bytes[..len].copy_from_slice(&piece[..len]);
     }
 
     fn bytes(&self) -> &[u8] {
@@ -145,19 +169,27 @@ pub enum Command {
     Shutdown,
 }
 
-/// An atomic counter alone on its cache line. A counter that media threads
-/// bump per frame on one core, sharing a line with those the sender thread
-/// bumps on the other, made each of the sender's adds wait for the line
-/// (`perf`: an eighth of the sender thread's time).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct OwnLine(AtomicU64);
+/// What a free slot of the queue holds (see [`crate::queue`]): frames are
+/// written over it in place.
+impl Default for Command {
+    fn default() -> Self {
+        Command::Frame(Frame::EMPTY)
+    }
+}
 
-impl std::ops::Deref for OwnLine {
-    type Target = AtomicU64;
-
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
+impl Command {
+    /// Lets `write` make this free slot a frame, over the frame it holds
+    /// (a slot the sender left holding something else, which it never does,
+    /// is replaced whole).
+    fn write_frame(&mut self, write: impl FnOnce(&mut Frame)) {
+        match self {
+            Command::Frame(frame) => write(frame),
+            other => {
+                let mut frame = Frame::EMPTY;
+                write(&mut frame);
+                *other = Command::Frame(frame);
+            }
+        }
     }
 }
 
@@ -334,7 +366,7 @@ pub trait Host: Send + 'static {
 /// The media threads' side: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct Sender {
-    queue: SyncSender<Command>,
+    queue: Producer<Command>,
     pub counters: Arc<Counters>,
 }
 
@@ -353,10 +385,23 @@ impl Sender {
             self.counters.frames_too_big.fetch_add(1, Relaxed);
             return;
         }
-        for piece in Frame::pieces(stream, direction, payload_type, rtp_clock_samples, payload) {
-            if self.queue.try_send(Command::Frame(piece)).is_err() {
-                // Full (or the sender is gone): the frame is lost, and with it
-                // any pieces already queued (the sender drops them).
+        for (offset, piece) in Frame::pieces(payload) {
+            let queued = self.queue.try_push_with(|slot| {
+                slot.write_frame(|frame| {
+                    frame.set(
+                        stream,
+                        direction,
+                        payload_type,
+                        rtp_clock_samples,
+                        offset,
+                        payload.len(),
+                        piece,
+                    )
+                })
+            });
+            if !queued {
+                // Full: the frame is lost, and with it any pieces already
+                // queued (the sender drops them).
                 self.counters
                     .frames_dropped_queue_full
                     .fetch_add(1, Relaxed);
@@ -374,34 +419,40 @@ impl Sender {
             digit,
             duration_ms,
         };
-        match self.queue.try_send(command) {
+        match self.queue.try_push(command) {
             Ok(()) => self.counters.dtmf_queued.fetch_add(1, Relaxed),
             Err(_) => self.counters.dtmf_dropped.fetch_add(1, Relaxed),
         };
     }
 
-    /// Queues a control command (start, stop, shutdown): not on a media thread,
-    /// so it may wait briefly for room.
+    /// Queues a control command (start, stop, shutdown) and wakes the sender
+    /// thread: not on a media thread, so it may wait briefly for room.
+    /// `false` when there is none, or the sender thread is gone.
     pub fn control(&self, command: Command) -> bool {
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut command = command;
         loop {
-            match self.queue.try_send(command) {
-                Ok(()) => return true,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+            if self.queue.is_closed() {
+                return false;
+            }
+            match self.queue.try_push(command) {
+                Ok(()) => {
+                    self.queue.wake();
+                    return true;
+                }
+                Err(back) if Instant::now() < deadline => {
                     command = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(TrySendError::Full(_)) => return false,
+                Err(_) => return false,
             }
         }
     }
 }
 
 /// Creates the queue and its sending side; [`run`] drains the other side.
-pub fn channel(queue_frames: usize) -> (Sender, Receiver<Command>) {
-    let (queue, commands) = std::sync::mpsc::sync_channel(queue_frames);
+pub fn channel(queue_frames: usize) -> (Sender, Consumer<Command>) {
+    let (queue, commands) = crate::queue::queue(queue_frames);
     (
         Sender {
             queue,
@@ -425,7 +476,8 @@ struct Live {
 }
 
 /// Longest sleep of the sender thread while calls are open but none had
-/// audio in its last wake-up: how late an ACK or a PLAY is noticed then.
+/// audio in its last wake-up: how late an ACK, a PLAY or the calls' next
+/// audio is noticed then.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 /// While calls have audio, the sender wakes this often (not on every frame):
@@ -502,7 +554,7 @@ impl Gathering {
 enum Wait {
     /// Audio flows: sleep the batch window (or less, when a timer is due).
     Batch,
-    /// Calls are open but quiet: wait for a command, at most `IDLE_WAIT`.
+    /// Calls are open but quiet: wait for a control command, at most `IDLE_WAIT`.
     Quiet,
     /// No call: wait for a command, or for a timer of a closing stream only.
     Idle,
@@ -520,7 +572,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// The thread body: runs until [`Command::Shutdown`] (or every sender is gone).
 pub fn run(
-    commands: Receiver<Command>,
+    mut commands: Consumer<Command>,
     capacity: usize,
     counters: Arc<Counters>,
     hex_dir: Option<String>,
@@ -546,20 +598,32 @@ pub fn run(
     let mut interval = Duration::ZERO;
     loop {
         let window = batch_window(gathering.fewest(), frames, interval, capacity);
-        let first = match next_command(&commands, wait, window, next_due) {
-            Ok(command) => command,
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
-        };
+        wait_for_work(&commands, wait, window, next_due);
         let now = Instant::now();
         interval = now.saturating_duration_since(std::mem::replace(&mut last_wake, now));
         frames = 0;
+        // Every module handle is gone (it never is while FreeSWITCH runs the
+        // module, whose unload sends `Shutdown`): shut down after the queue.
+        let mut gone = commands.is_disconnected() && shutdown_deadline.is_none();
         // Bounded work per wake-up (the queue's size at most), so timers and
         // ACKs are never starved.
-        for command in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| commands.try_recv().ok()).take(MAX_COMMANDS))
-        {
+        for _ in 0..MAX_COMMANDS {
+            // A frame is delivered where it lies in the queue; anything else
+            // is taken out of its slot.
+            let popped = commands.try_pop_with(|command| match command {
+                Command::Frame(frame) => {
+                    frames += 1;
+                    deliver(&mut live, &mut control, &counters, frame);
+                    None
+                }
+                other => Some(std::mem::take(other)),
+            });
+            let command = match popped {
+                Some(Some(command)) => command,
+                Some(None) => continue,
+                None if std::mem::take(&mut gone) => Command::Shutdown,
+                None => break,
+            };
             match command {
                 Command::Start {
                     stream: id,
@@ -617,10 +681,8 @@ pub fn run(
                         Err(error) => host.socket_error(&uuid, &io::Error::other(error)),
                     }
                 }
-                Command::Frame(frame) => {
-                    frames += 1;
-                    deliver(&mut live, &mut control, &counters, &frame)
-                }
+                // Delivered in place above.
+                Command::Frame(_) => {}
                 Command::Dtmf {
                     stream,
                     direction,
@@ -816,33 +878,23 @@ pub fn run(
 /// Commands drained per wake-up at most.
 const MAX_COMMANDS: usize = 8192;
 
-/// Waits as `wait` says for the first command of the next wake-up (`None`:
-/// a timer is due, or the batch `window` is over).
-fn next_command(
-    commands: &Receiver<Command>,
+/// Waits as `wait` says before the next wake-up: until the batch `window`
+/// is over, a timer is due, or (when quiet or idle) a control command comes.
+/// Frames never wake the thread ([`crate::queue`]): while calls are quiet,
+/// one that comes waits [`IDLE_WAIT`] at most.
+fn wait_for_work(
+    commands: &Consumer<Command>,
     wait: Wait,
     window: Duration,
     next_due: Option<Instant>,
-) -> Result<Option<Command>, RecvTimeoutError> {
+) {
     let until_due = next_due.map(|due| due.saturating_duration_since(Instant::now()));
     match wait {
-        Wait::Batch => {
-            // Sleep, not a wait on the queue: a waiting receiver makes every
-            // media thread's send wake it, which is what batching avoids.
-            std::thread::sleep(until_due.map_or(window, |d| d.min(window)));
-            Ok(None)
-        }
-        Wait::Quiet => commands
-            .recv_timeout(until_due.map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT)))
-            .map(Some),
+        // Sleep, whatever comes: each wake-up drains what the window gathered.
+        Wait::Batch => std::thread::sleep(until_due.map_or(window, |d| d.min(window))),
+        Wait::Quiet => commands.park(Some(until_due.map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT)))),
         // Between calls nothing is due: the thread sleeps until a call starts.
-        Wait::Idle => match until_due {
-            Some(until) => commands.recv_timeout(until).map(Some),
-            None => commands
-                .recv()
-                .map(Some)
-                .map_err(|_| RecvTimeoutError::Disconnected),
-        },
+        Wait::Idle => commands.park(until_due),
     }
 }
 
@@ -1032,9 +1084,8 @@ fn open_hex(dir: &str, uuid: &str) -> Option<io::BufWriter<std::fs::File>> {
 mod tests {
     use super::*;
 
-    fn frames(commands: &Receiver<Command>) -> Vec<Frame> {
-        commands
-            .try_iter()
+    fn frames(commands: &mut Consumer<Command>) -> Vec<Frame> {
+        std::iter::from_fn(|| commands.try_pop_with(std::mem::take))
             .map(|command| match command {
                 Command::Frame(frame) => frame,
                 other => panic!("not a frame: {other:?}"),
@@ -1098,12 +1149,12 @@ mod tests {
 
     #[test]
     fn a_frame_over_the_inline_size_goes_in_pieces_and_comes_back_whole() {
-        let (sender, commands) = channel(16);
+        let (sender, mut commands) = channel(16);
         let small = [7u8; 160];
         sender.try_frame(1, Direction::Read, 11, 960, &big(0));
         sender.try_frame(1, Direction::Write, 0, 160, &small);
         sender.try_frame(1, Direction::Write, 11, 960, &big(1));
-        let queued = frames(&commands);
+        let queued = frames(&mut commands);
         assert_eq!(queued.len(), 6 + 1 + 6, "1920 bytes go as 6 pieces of 320");
         assert!(queued.iter().all(|f| f.len as usize <= INLINE_FRAME_BYTES));
         let got = whole(&queued, &mut Pieces::default());
@@ -1114,23 +1165,34 @@ mod tests {
     #[test]
     fn a_frame_whose_piece_found_the_queue_full_is_lost_whole_and_the_next_is_not() {
         // Room for a small frame and five pieces: the sixth piece is refused.
-        let (sender, commands) = channel(6);
+        let (sender, mut commands) = channel(6);
         sender.try_frame(1, Direction::Read, 0, 160, &[1; 160]);
         sender.try_frame(1, Direction::Read, 11, 960, &big(0));
         assert_eq!(sender.counters.frames_dropped_queue_full.load(Relaxed), 1);
         assert_eq!(sender.counters.frames_queued.load(Relaxed), 1);
         let mut pieces = Pieces::default();
-        let first = frames(&commands);
+        let first = frames(&mut commands);
         assert_eq!(first.len(), 6);
         assert_eq!(whole(&first, &mut pieces), vec![vec![1; 160]]);
         sender.try_frame(1, Direction::Read, 11, 960, &big(2));
-        assert_eq!(whole(&frames(&commands), &mut pieces), vec![big(2)]);
+        assert_eq!(whole(&frames(&mut commands), &mut pieces), vec![big(2)]);
+    }
+
+    /// `payload`'s pieces, as the queue holds them.
+    fn pieces_of(direction: Direction, payload: &[u8]) -> Vec<Frame> {
+        Frame::pieces(payload)
+            .map(|(offset, piece)| {
+                let mut frame = Frame::EMPTY;
+                frame.set(1, direction, 11, 960, offset, payload.len(), piece);
+                frame
+            })
+            .collect()
     }
 
     #[test]
     fn a_piece_after_a_missing_one_is_dropped_and_the_directions_keep_apart() {
-        let read: Vec<Frame> = Frame::pieces(1, Direction::Read, 11, 960, &big(0)).collect();
-        let write: Vec<Frame> = Frame::pieces(1, Direction::Write, 11, 960, &big(1)).collect();
+        let read = pieces_of(Direction::Read, &big(0));
+        let write = pieces_of(Direction::Write, &big(1));
         assert!(read.len() > 2);
         let mut pieces = Pieces::default();
         // Read's second piece is missing; Write's pieces come between Read's.
@@ -1142,7 +1204,7 @@ mod tests {
             whole.extend(pieces.add(write).map(<[u8]>::to_vec));
         }
         assert_eq!(whole, vec![big(1)], "Read had a gap: not a frame");
-        let again: Vec<Frame> = Frame::pieces(1, Direction::Read, 11, 960, &big(3)).collect();
+        let again = pieces_of(Direction::Read, &big(3));
         let whole: Vec<Vec<u8>> = again
             .iter()
             .filter_map(|piece| pieces.add(piece).map(<[u8]>::to_vec))
