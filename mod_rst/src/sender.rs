@@ -35,7 +35,6 @@ pub type StreamId = u64;
 /// A frame, or a piece of one, copied off the media thread, inline so that
 /// queueing allocates nothing. It is written and read where it lies in the
 /// queue ([`crate::queue`]): only its header and its `len` bytes are touched.
-#[derive(Clone)]
 pub struct Frame {
     pub stream: StreamId,
     pub direction: Direction,

@@ -63,14 +63,19 @@ fn discovery_over_loopback_answers_requests_and_counts_garbage() {
             .send_to(&Request::new(nonce.clone()).encode(), to)
             .unwrap();
         let mut buf = [0u8; 4096];
-        // The tap's answer within 5 s: a stray datagram to a reused port is skipped.
+        // The tap's answer within 5 s: a stray datagram to a reused port
+        // (another address, or another port) is skipped.
         let deadline = Instant::now() + Duration::from_secs(5);
         let (len, from) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no answer from the tap's port");
             socket.set_read_timeout(Some(left)).unwrap();
             match socket.recv_from(&mut buf) {
-                Ok((len, from)) if from.port() == tap.discovery.port() => break (len, from),
+                Ok((len, from))
+                    if from.ip().is_loopback() && from.port() == tap.discovery.port() =>
+                {
+                    break (len, from)
+                }
                 Ok(_) => continue,
                 Err(error) => panic!("no answer from the tap's port: {error}"),
             }

@@ -528,33 +528,41 @@ fn digits_the_channel_receives_reach_the_record_in_data_and_rtp_mode() {
     }
 }
 
-/// `frames-per-datagram = 3`: a third of the datagrams (the last two frames
-/// of each direction go before the BYE), and the same audio, sample by sample.
+/// `frames-per-datagram` 2 to 5: a datagram per so many frames (the last
+/// few of each direction go before the BYE), and the same audio, sample by
+/// sample. The sender's wake-up follows the setting (`batch_window`).
 #[test]
-fn three_frames_per_datagram_record_the_same_audio() {
-    let receiver = Receiver::start();
-    let conf = conf_for(&receiver, &[("frames-per-datagram", "3")]);
-    let mut host = Host::start();
-    host.load(conf.path());
-    let u = uuid(0x30);
-    host.ok(&format!("session {u} codec=PCMU rate=8000"));
-    host.ok(&format!("app {u} rst"));
-    host.ok(&format!(
-        "media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"
-    ));
-    host.ok("wait");
-    host.ok(&format!("hangup {u}"));
-    let record = receiver.record(&u);
-    finish(host);
-    assert_eq!(record["end_reason"], "bye", "{record}");
-    for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
-        assert_eq!(record["directions"][dir]["packets"], 17, "{record}");
-        let (_, samples) = direction_wav(&record, dir);
-        let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, 8000));
-        assert_samples(
-            &format!("PCMU {dir}, three frames a datagram"),
-            &samples,
-            &expected,
-        );
+fn two_to_five_frames_per_datagram_record_the_same_audio() {
+    for frames in 2..=5u32 {
+        let receiver = Receiver::start();
+        let conf = conf_for(&receiver, &[("frames-per-datagram", &frames.to_string())]);
+        let mut host = Host::start();
+        host.load(conf.path());
+        let u = uuid(0x30 + frames);
+        host.ok(&format!("session {u} codec=PCMU rate=8000"));
+        host.ok(&format!("app {u} rst"));
+        host.ok(&format!(
+            "media {u} 1 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+        ));
+        host.ok("wait");
+        host.ok(&format!("hangup {u}"));
+        let record = receiver.record(&u);
+        finish(host);
+        assert_eq!(record["end_reason"], "bye", "{frames}: {record}");
+        // One second: 50 frames of 20 ms a direction.
+        let datagrams = 50u32.div_ceil(frames);
+        for (dir, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
+            assert_eq!(
+                record["directions"][dir]["packets"], datagrams,
+                "{frames} frames a datagram: {record}"
+            );
+            let (_, samples) = direction_wav(&record, dir);
+            let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, 8000));
+            assert_samples(
+                &format!("PCMU {dir}, {frames} frames a datagram"),
+                &samples,
+                &expected,
+            );
+        }
     }
 }
