@@ -16,6 +16,10 @@
 //! and the consumer reads in place. Nothing is ever uninitialized, and a
 //! writer that panics still leaves a valid value behind, published.
 //!
+//! Miri finds no data race or undefined behaviour in its tests, over
+//! several seeds: `MIRIFLAGS=-Zmiri-many-seeds=0..6 cargo +nightly miri test
+//! -p mod_rst --lib queue::` (nightly's `miri` and `rust-src` components).
+//!
 //! Pushing wakes nobody: the consumer sleeps its own time, and a producer
 //! that must be seen at once calls [`Producer::wake`] (control commands do;
 //! frames, 2 per call every 20 ms, do not: a wake per frame is what the
@@ -372,7 +376,9 @@ mod tests {
     #[test]
     fn many_producers_lose_nothing_tear_nothing_and_keep_their_own_order() {
         const PRODUCERS: u64 = 4;
-        const EACH: u64 = 50_000;
+        // Miri (`cargo +nightly miri test -p mod_rst --lib queue::`)
+        // checks every access for races, slowly: fewer values there.
+        const EACH: u64 = if cfg!(miri) { 300 } else { 50_000 };
         let (producer, mut consumer) = queue::<Wide>(64);
         let threads: Vec<_> = (0..PRODUCERS)
             .map(|p| {
