@@ -19,7 +19,9 @@
 //! end; the `rst-sender` thread is rst's own; the rest of rst's own work is its
 //! bug callbacks on the media threads, which the module times itself (one
 //! callback in 64, left untimed if its thread was preempted meanwhile,
-//! counted in `rst_status`). Their sum is rst's own work. The
+//! counted in `rst_status`), plus what that sampling costs them (two
+//! `getrusage` and two clock reads per sampled callback, measured here). Their
+//! sum is rst's own work. The
 //! difference of FreeSWITCH's total between the runs without and with rst is
 //! printed too: it would also show what rst makes FreeSWITCH do besides (none
 //! expected), but on a shared machine it moves by tens of points per round.
@@ -49,7 +51,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rst_load::results::{record, Figure};
-use rst_net::thread_cpu_ns;
+use rst_net::{thread_context_switches, thread_cpu_ns};
 use serde_json::Value;
 
 #[path = "../tests/common/mod.rs"]
@@ -299,18 +301,39 @@ struct Phase {
     callbacks_ns: f64,
     /// The share of the sampled callbacks left untimed for a preemption.
     preempted: f64,
+    /// The sampled callbacks (timed or not): each paid for the sampling's
+    /// own reads, outside the timed part ([`sampling_ns`]).
+    samples: f64,
 }
 
 /// rst's callbacks' time between two `rst_status` answers: those counted,
-/// times the mean of those timed; and the share of samples preempted.
-fn callbacks_ns(at_start: &Value, at_end: &Value) -> (f64, f64) {
+/// times the mean of those timed; the share of samples preempted; and the
+/// samples taken.
+fn callbacks_ns(at_start: &Value, at_end: &Value) -> (f64, f64, f64) {
     let delta = |name: &str| counter(at_end, name).saturating_sub(counter(at_start, name)) as f64;
     let timed = delta("callbacks_timed");
     let preempted = delta("callbacks_preempted");
     (
         delta("callbacks") * delta("callback_ns_timed") / timed.max(1.0),
         preempted / (timed + preempted).max(1.0),
+        timed + preempted,
     )
+}
+
+/// What sampling a callback costs its media thread, outside the part it
+/// times (`Tap::sampled` in mod_rst): two reads of the thread's context
+/// switches (`getrusage`, a system call) and two of the clock. CPU ns,
+/// measured here on this machine.
+fn sampling_ns() -> f64 {
+    let count = 50_000u32;
+    let start = thread_cpu_ns();
+    for _ in 0..count {
+        std::hint::black_box(thread_context_switches());
+        std::hint::black_box(Instant::now());
+        std::hint::black_box(Instant::now());
+        std::hint::black_box(thread_context_switches());
+    }
+    (thread_cpu_ns() - start) as f64 / f64::from(count)
 }
 
 struct Bench<'a> {
@@ -399,7 +422,7 @@ impl Bench<'_> {
         if rst {
             self.check_recorded(records_before, &status_before);
         }
-        let (callbacks_ns, preempted) = callbacks_ns(&at_start, &at_end);
+        let (callbacks_ns, preempted, samples) = callbacks_ns(&at_start, &at_end);
         Phase {
             kind,
             rst,
@@ -409,6 +432,7 @@ impl Bench<'_> {
             datagrams: counter(&at_end, "datagrams_sent") - counter(&at_start, "datagrams_sent"),
             callbacks_ns,
             preempted,
+            samples,
         }
     }
 
@@ -672,6 +696,14 @@ fn main() {
     let (idle_after, idle_fs) = bench.idle(idle_window);
     let sendto_ns = bare_sendto_ns(false);
     let sendto_read_ns = bare_sendto_ns(true);
+    // The callbacks' share counts what sampling them cost the media threads.
+    let sampling = sampling_ns();
+    for phase in &mut phases {
+        phase.callbacks_ns += phase.samples * sampling;
+    }
+    println!(
+        "sampling: {sampling:.0} ns a sampled callback (two getrusage, two clock reads, one callback in 64), counted in the callbacks' share"
+    );
     fs.cli("shutdown");
 
     let mut figures = Vec::new();
@@ -808,6 +840,7 @@ fn main() {
     figures.extend([
         Figure::new("sender_ns_per_datagram", per_datagram, "ns"),
         Figure::new("bare_sendto_ns", sendto_ns, "ns"),
+        Figure::new("callback_sampling_ns", sampling, "ns"),
         Figure::new("bare_sendto_read_ns", sendto_read_ns, "ns"),
         Figure::new("sender_vs_sendto_read", per_datagram / sendto_read_ns, "x"),
         Figure::new("sender_vs_sendto", ratio, "x"),
