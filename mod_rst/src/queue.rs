@@ -244,11 +244,11 @@ impl<T> Consumer<T> {
     /// for producers (with what `read` left in it). `None` when the queue is
     /// empty, or while the oldest value's producer is still writing it.
     pub fn try_pop_with<R>(&mut self, read: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let shared = &*self.shared;
-        let slot = shared.slot(self.head);
-        if slot.turn.load(Ordering::Acquire) != self.head + 1 {
+        if self.is_empty() {
             return None;
         }
+        let shared = &*self.shared;
+        let slot = shared.slot(self.head);
         // Frees the slot after `read`, even if `read` panics.
         struct Free<'a>(&'a AtomicU64, u64);
         impl Drop for Free<'_> {
@@ -263,7 +263,9 @@ impl<T> Consumer<T> {
         Some(read(unsafe { &mut *slot.value.get() }))
     }
 
-    /// Nothing to read now.
+    /// Nothing to read now (or the oldest value's producer is still
+    /// writing it). Its Acquire load is what makes a published value
+    /// visible to [`Consumer::try_pop_with`].
     pub fn is_empty(&self) -> bool {
         self.shared.slot(self.head).turn.load(Ordering::Acquire) != self.head + 1
     }

@@ -19,7 +19,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::freeswitch::{free_port, start_freeswitch, Setup};
 use common::Script;
@@ -201,11 +201,9 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
             "originate {{origination_uuid={parked}}}loopback/1001/default &park"
         ))
         .starts_with("+OK"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fs.cli(&format!("uuid_exists {parked}")) != "true" {
-        assert!(Instant::now() < deadline, "the parked leg never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for("the parked leg", || {
+        (fs.cli(&format!("uuid_exists {parked}")) == "true").then_some(())
+    });
     let reply = fs.cli(&format!(
         "uuid_rst {parked} 127.0.0.1 {}",
         receiver.addr.port()
