@@ -1814,6 +1814,61 @@ mod tests {
         assert_eq!((to_b(), stream.stats.frames_dropped_waiting), (2, 1));
     }
 
+    /// Frames gathered for a datagram when the call moves belong to the old
+    /// receiver's part (the new part's offset counts them): they go there,
+    /// before its BYE, and the new receiver's first datagram holds only
+    /// frames handed after the move.
+    #[test]
+    fn frames_gathered_when_the_call_moves_go_to_the_old_receiver_before_its_bye() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled(Mode::Data, t0);
+        stream.frames_per_datagram = 3;
+        let mut emit = emitter(&sent);
+        stream.ack_from(addr(A), None, &mut emit);
+        // Five frames a direction: one datagram of three went, two are held.
+        for k in 0..5u8 {
+            stream.frame(Direction::Read, 0, 160, &[k; 160], &mut emit);
+            stream.frame(Direction::Write, 0, 160, &[100 + k; 160], &mut emit);
+        }
+        let moved = stream.unreachable(addr(A), t0, &mut emit);
+        assert!(
+            matches!(moved, Some(Trouble::FailedOver { offset_ms: 100, .. })),
+            "the new part begins after the five frames handed: {moved:?}"
+        );
+        for k in 5..8u8 {
+            stream.frame(Direction::Read, 0, 160, &[k; 160], &mut emit);
+            stream.frame(Direction::Write, 0, 160, &[100 + k; 160], &mut emit);
+        }
+        let to = |receiver: &str| -> Vec<String> {
+            sent.borrow()
+                .iter()
+                .filter(|(_, to, _)| *to == addr(receiver))
+                .filter_map(|(_, _, bytes)| match Message::parse(bytes).unwrap() {
+                    Message::Data(data) => Some(format!(
+                        "{}:{:?}",
+                        data.direction.as_str(),
+                        data.payload.chunks(160).map(|f| f[0]).collect::<Vec<_>>()
+                    )),
+                    Message::Bye(_) => Some("BYE".into()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            to(A),
+            [
+                "R:[0, 1, 2]",
+                "W:[100, 101, 102]",
+                "R:[3, 4]",
+                "W:[103, 104]",
+                "BYE"
+            ]
+        );
+        assert_eq!(to(B), ["R:[5, 6, 7]", "W:[105, 106, 107]"]);
+        assert_eq!(stream.stats.frames_dropped_waiting, 0);
+        assert_eq!(stream.stats.frames_sent, 16);
+    }
+
     #[test]
     fn an_unanswered_first_inv_goes_round_the_order() {
         let t0 = Instant::now();

@@ -36,6 +36,24 @@ fn frames_made(host: &mut Host, u: &str) -> usize {
     stats["media"]["read"]["frames"].as_u64().unwrap() as usize
 }
 
+/// Lets the calls run `frames` more (of the first call), stops their
+/// media, hangs them up, and returns the frames each made.
+fn hang_up_after(host: &mut Host, calls: &[String], frames: usize) -> Vec<usize> {
+    let now = frames_made(host, &calls[0]);
+    wait_for(&format!("{frames} more frames"), || {
+        (frames_made(host, &calls[0]) >= now + frames).then_some(())
+    });
+    for u in calls {
+        host.ok(&format!("stop_media {u}"));
+    }
+    host.ok("wait");
+    let totals = calls.iter().map(|u| frames_made(host, u)).collect();
+    for u in calls {
+        host.ok(&format!("hangup {u}"));
+    }
+    totals
+}
+
 #[test]
 fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
     let with_ports = |ports: &str| {
@@ -124,18 +142,7 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
         .clone();
     assert_eq!(dead["up"], false, "{s}");
     // A second of audio after the failover, then the calls end.
-    let at_failover = frames_made(&mut host, &calls[0]);
-    wait_for("a second of audio after the failover", || {
-        (frames_made(&mut host, &calls[0]) >= at_failover + 50).then_some(())
-    });
-    for u in &calls {
-        host.ok(&format!("stop_media {u}"));
-    }
-    host.ok("wait");
-    let totals: Vec<usize> = calls.iter().map(|u| frames_made(&mut host, u)).collect();
-    for u in &calls {
-        host.ok(&format!("hangup {u}"));
-    }
+    let totals = hang_up_after(&mut host, &calls, 50);
     let ended = wait_for("every stream closed", || {
         let s = status(&mut host);
         (s["streams_active"] == 0).then_some(s)
@@ -403,4 +410,86 @@ fn a_receiver_with_nothing_listening_fails_over_on_the_icmp_error() {
     let record = live.record(&u);
     assert_eq!(record["end_reason"], "bye", "{record:#}");
     finish(host);
+}
+
+/// A call that gathers frames (`frames-per-datagram` 3) whose receiver is
+/// killed mid-call: the frames held for a datagram at the move go to the old
+/// receiver's part, which the new part's offset counts, so the assembled
+/// audio is complete but for the failure's two seconds, and what follows
+/// the move sits exactly where it belongs (its last second sample-exact).
+#[test]
+fn a_call_gathering_frames_keeps_its_audio_in_place_through_a_failover() {
+    let survivor = Receiver::start();
+    let victim_dir = tempfile::tempdir().unwrap();
+    let (mut victim, victim_addr) = spawn_receiver(victim_dir.path(), None);
+    let list = format!("{victim_addr},{}", survivor.addr);
+    let pool = rst_proto::Pool::parse(&list).unwrap();
+    let conf = conf_dir(&[
+        ("receivers", list.as_str()),
+        ("failover-ms", "300"),
+        ("frames-per-datagram", "3"),
+    ]);
+    let mut host = Host::start();
+    host.load(conf.path());
+    let calls: Vec<String> = (0x1900..0x1a00)
+        .map(uuid)
+        .filter(|u| pool.order(u).next() == Some(victim_addr))
+        .take(3)
+        .collect();
+    assert_eq!(calls.len(), 3, "some UUIDs go to the victim first");
+    for u in &calls {
+        session(&mut host, u);
+        host.ok(&format!("app {u} rst"));
+        host.ok(&format!(
+            "media {u} 120 read_hz={READ_HZ} write_hz={WRITE_HZ}"
+        ));
+    }
+    wait_for(
+        "the calls answered, with audio on the victim's disk",
+        || {
+            let acks = status(&mut host)["acks_received"].as_u64()?;
+            let flushed = calls
+                .iter()
+                .all(|u| tap::flushed(victim_dir.path(), u) >= 8_000);
+            (acks >= calls.len() as u64 && flushed).then_some(())
+        },
+    );
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    wait_for("every call failed over", || {
+        (status(&mut host)["failovers"].as_u64()? >= calls.len() as u64).then_some(())
+    });
+    // Two seconds after the move, so that its last second is well clear of it.
+    let totals = hang_up_after(&mut host, &calls, 100);
+    for u in &calls {
+        survivor.record(u);
+    }
+    let ended = status(&mut host);
+    assert_eq!(ended["frames_dropped_queue_full"], 0, "{ended}");
+    finish(host);
+
+    let from = [victim_dir.path().to_owned(), survivor.dir.path().to_owned()];
+    for (u, total) in calls.iter().zip(totals) {
+        let out = tempfile::tempdir().unwrap();
+        let assembled = udp_server::assemble::assemble(u, &from, out.path()).unwrap();
+        assert_eq!(assembled.parts.len(), 2, "{u}: {assembled:?}");
+        for (direction, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
+            let (_, samples) = read_wav(&assembled.directions[direction].wav);
+            let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, total * 160));
+            let what = format!("{u} {direction}: {assembled:?}");
+            assert_eq!(samples.len(), expected.len(), "{what}");
+            let wrong = samples
+                .iter()
+                .zip(&expected)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(wrong <= 16_000, "{wrong} samples differ: {what}");
+            let last = expected.len() - 8_000;
+            assert_samples(
+                &format!("the last second after the move, {what}"),
+                &samples[last..],
+                &expected[last..],
+            );
+        }
+    }
 }
