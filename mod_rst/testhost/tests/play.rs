@@ -47,7 +47,17 @@ fn speech(samples: usize) -> Vec<u8> {
 /// A loaded host with one call `u` streaming to `receiver`, its media running
 /// for `seconds` with the channel's own 500 Hz written.
 fn call(receiver: &Receiver, play_mode: &str, u: &str, seconds: u32) -> (Host, tempfile::TempDir) {
-    let conf = conf_for(receiver, &[("play-mode", play_mode)]);
+    call_with(receiver, &[("play-mode", play_mode)], u, seconds)
+}
+
+/// [`call`], with the module's parameters given.
+fn call_with(
+    receiver: &Receiver,
+    params: &[(&str, &str)],
+    u: &str,
+    seconds: u32,
+) -> (Host, tempfile::TempDir) {
+    let conf = conf_for(receiver, params);
     let mut host = Host::start();
     host.load(conf.path());
     session(&mut host, u);
@@ -85,6 +95,17 @@ fn heard(host: &mut Host, u: &str) -> Vec<i16> {
 
 #[test]
 fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
+    bot_speaks("1", 0x900);
+}
+
+/// The same with the call's audio gathered three frames to a datagram: the
+/// bot hears it later, in bigger pieces; what it says back is paced as before.
+#[test]
+fn a_bot_speaks_into_a_call_that_gathers_frames() {
+    bot_speaks("3", 0x908);
+}
+
+fn bot_speaks(frames_per_datagram: &str, n: u32) {
     let speech = speech(8000);
     let (url, got) = bot(Script {
         say: speech.clone(),
@@ -92,8 +113,12 @@ fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
         clear_after: None,
     });
     let receiver = receiver_for(url);
-    let u = uuid(0x900);
-    let (mut host, _conf) = call(&receiver, "replace", &u, 6);
+    let u = uuid(n);
+    let params = [
+        ("play-mode", "replace"),
+        ("frames-per-datagram", frames_per_datagram),
+    ];
+    let (mut host, _conf) = call_with(&receiver, &params, &u, 6);
     host.ok("wait");
     let caller_heard = heard(&mut host, &u);
     let events = host.ok("events");
@@ -113,6 +138,15 @@ fn a_bot_speaks_into_a_mod_rst_call_the_caller_hears_it_and_w_records_it() {
     );
     // Before it, the channel's own 500 Hz.
     assert!(find(&caller_heard, &expected[..160]).is_some_and(|at| at > 0));
+    // The call's audio went as many frames to a datagram as asked (the
+    // last datagram of a direction may hold fewer).
+    let frames = record["directions"]["R"]["samples"].as_u64().unwrap() / 160;
+    let per_datagram: u64 = frames_per_datagram.parse().unwrap();
+    assert_eq!(
+        record["directions"]["R"]["packets"],
+        frames.div_ceil(per_datagram),
+        "{record}"
+    );
     // The recording's W is what the caller heard.
     let (_, w) = direction_wav(&record, "W");
     assert!(
