@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use control_support::{captures, ok, refused, Client, Receiver, Tap, SECRET};
+use control_support::{captures, ok, refused, wait_for, Client, Receiver, Tap, SECRET};
 use rst_control::discovery::{Nonce, Reply, Request};
 use serde_json::Value;
 use tap_daemon::config::Settings;
@@ -131,14 +131,10 @@ fn seed_sequence_over_loopback_records_the_call() {
     let packets = |d: &str| record["directions"][d]["packets"].as_u64().unwrap_or(0);
     assert_eq!(packets("R") + packets("W"), 425, "{record}");
     // The file was read to its end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
+    let status = wait_for("the capture to end", || {
         let status = status_of(&mut client);
-        if status["state"] != "running" || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (status["state"] != "running").then_some(status)
+    });
     assert_eq!(status["state"], "finished", "{status}");
     assert_eq!(status["counters"]["calls_started"], 1, "{status}");
     assert_eq!(status["counters"]["packets"], 433, "{status}");
@@ -260,14 +256,9 @@ fn two_clients_at_once_the_second_only_watches() {
     assert!(first.read().is_none());
     // The control is free once the tap has seen the first client go; the
     // observer takes it by saying hello again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status_of(&mut second)["clients"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the closed client is still counted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the closed client no longer counted", || {
+        (status_of(&mut second)["clients"] == 1).then_some(())
+    });
     refused(&second.ask(r#"{"cmd":"start"}"#), "busy");
     assert_eq!(ok(second.hello(SECRET))["role"], "control");
     let status = status_of(&mut second);
@@ -302,25 +293,16 @@ fn a_client_that_vanishes_mid_session_leaves_the_capture_running() {
     // The tap notices the vanished client when its connection reads the end;
     // until then a newcomer only watches. Wait for that, not for time.
     let mut next = Client::connect(tap.control);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ok(next.hello(SECRET))["role"] != "control" {
-        assert!(
-            Instant::now() < deadline,
-            "control still held by the vanished client"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the vanished client's control to be free", || {
+        (ok(next.hello(SECRET))["role"] == "control").then_some(())
+    });
     // libpcap's statistics are read and published every 200 ms of the capture.
-    let status = loop {
+    let status = wait_for("libpcap's statistics", || {
         let status = status_of(&mut next);
-        if status["counters"]["pcap"].is_object() || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        status["counters"]["pcap"].is_object().then_some(status)
+    });
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["config"]["filter"], "udp port 7");
-    assert!(status["counters"]["pcap"].is_object(), "{status}");
     assert_eq!(ok(next.ask(r#"{"cmd":"stop"}"#))["state"], "stopped");
 }
 
@@ -361,14 +343,10 @@ fn status_counts_encrypted_rtp() {
         receiver.addr
     )));
     ok(client.ask(r#"{"cmd":"start"}"#));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
+    let status = wait_for("the capture to end", || {
         let status = status_of(&mut client);
-        if status["state"] != "running" || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (status["state"] != "running").then_some(status)
+    });
     assert_eq!(status["state"], "finished", "{status}");
     let encrypted = status["counters"]["rtp_encrypted"].as_u64().unwrap();
     // Of its 997 RTP packets, those after the Conf2ACK are ciphertext.

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use control_support::wait_for;
 use rst_proto::rtp::RtpPacket;
 use rst_proto::{Direction, Pool};
 use tap_daemon::output::{OutputConfig, UdpOutput};
@@ -67,17 +68,6 @@ fn talk(output: &mut UdpOutput, keys: &[CallKey], first: u32, frames: u32) {
             }
         }
         output.service();
-    }
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

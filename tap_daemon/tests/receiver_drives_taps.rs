@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use control_support::{captures, ok, wait_records_in, Client, Tap, SECRET};
+use control_support::{captures, ok, wait_for, wait_records_in, Client, Tap, SECRET};
 use rst_control::control::Secret;
 use serde_json::Value;
 use tap_daemon::config::Settings;
@@ -66,14 +66,6 @@ fn status(tap: &Tap) -> Value {
     let status = ok(client.ask(r#"{"cmd":"status"}"#));
     ok(client.ask(r#"{"cmd":"close"}"#));
     status
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn call_ids(records: &[Value]) -> Vec<String> {
@@ -133,8 +125,8 @@ fn the_receiver_drives_a_tap_and_takes_it_back_after_a_restart() {
         "{records:?}"
     );
     assert!(running.metrics().tap_link_failures.load(Ordering::Relaxed) >= 1);
-    wait_until("the link is up again", Duration::from_secs(10), || {
-        running.metrics().taps_running.load(Ordering::Relaxed) == 1
+    wait_for("the link up again", || {
+        (running.metrics().taps_running.load(Ordering::Relaxed) == 1).then_some(())
     });
     let metrics = running.metrics().render();
     assert!(metrics.contains("rst_taps_running 1"), "{metrics}");
@@ -206,8 +198,8 @@ fn a_wrong_secret_records_nothing_and_a_second_receiver_only_waits() {
         vec![tap_at(tap.control, "not the secret")],
         None,
     );
-    wait_until("the refusal is counted", Duration::from_secs(10), || {
-        wrong.metrics().tap_link_failures.load(Ordering::Relaxed) >= 1
+    wait_for("the refusal counted", || {
+        (wrong.metrics().tap_link_failures.load(Ordering::Relaxed) >= 1).then_some(())
     });
     assert_eq!(wrong.metrics().taps_running.load(Ordering::Relaxed), 0);
     let seen = status(&tap);
@@ -226,11 +218,9 @@ fn a_wrong_secret_records_nothing_and_a_second_receiver_only_waits() {
         vec![tap_at(tap.control, SECRET)],
         None,
     );
-    wait_until(
-        "the first receiver runs the tap",
-        Duration::from_secs(10),
-        || first.metrics().taps_running.load(Ordering::Relaxed) == 1,
-    );
+    wait_for("the first receiver to run the tap", || {
+        (first.metrics().taps_running.load(Ordering::Relaxed) == 1).then_some(())
+    });
     let second_dir = tempfile::tempdir().unwrap();
     let second = receiver(
         second_dir.path(),
@@ -238,11 +228,9 @@ fn a_wrong_secret_records_nothing_and_a_second_receiver_only_waits() {
         vec![tap_at(tap.control, SECRET)],
         None,
     );
-    wait_until(
-        "the second receiver is turned away",
-        Duration::from_secs(10),
-        || second.metrics().tap_link_failures.load(Ordering::Relaxed) >= 1,
-    );
+    wait_for("the second receiver to be turned away", || {
+        (second.metrics().tap_link_failures.load(Ordering::Relaxed) >= 1).then_some(())
+    });
     assert_eq!(second.metrics().taps_running.load(Ordering::Relaxed), 0);
     let records = wait_records_in(dir.path(), 1, Duration::from_secs(20));
     assert_eq!(call_ids(&records), ["1-2161@10.0.2.20"]);
