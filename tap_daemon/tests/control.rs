@@ -10,8 +10,9 @@ use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use control_support::{captures, ok, refused, wait_for, Client, Receiver, Tap, SECRET};
+use control_support::{captures, ok, refused, Client, Receiver, Tap, SECRET};
 use rst_control::discovery::{Nonce, Reply, Request};
+use rst_test_support::wait_for;
 use serde_json::Value;
 use tap_daemon::config::Settings;
 

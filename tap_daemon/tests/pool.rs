@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use control_support::wait_for;
 use rst_proto::rtp::RtpPacket;
 use rst_proto::{Direction, Pool};
+use rst_test_support::wait_for;
 use tap_daemon::output::{OutputConfig, UdpOutput};
 use tap_daemon::pipeline::{CallStart, Output};
 use tap_daemon::sip::CallKey;

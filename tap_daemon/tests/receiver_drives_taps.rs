@@ -12,8 +12,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use control_support::{captures, ok, wait_for, wait_records_in, Client, Tap, SECRET};
+use control_support::{captures, ok, wait_records_in, Client, Tap, SECRET};
 use rst_control::control::Secret;
+use rst_test_support::wait_for;
 use serde_json::Value;
 use tap_daemon::config::Settings;
 use udp_server::taps::TapSpec;

@@ -86,19 +86,6 @@ pub fn records_in(dir: &Path) -> Vec<Value> {
     out
 }
 
-/// Polls `check` until it gives a value; panics naming `what` after a
-/// deadline generous enough for a machine whose cores are all busy.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits (bounded) until `count` records exist under `dir`.
 pub fn wait_records_in(dir: &Path, count: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;

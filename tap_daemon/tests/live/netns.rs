@@ -59,27 +59,11 @@ impl Netns {
         ip(&all)
     }
 
-    /// Waits until `dev` carries frames: its state UP and its queueing
-    /// discipline attached. A device set up is not ready at once: until the
-    /// kernel's link watch runs (a work queue, later under load) the device
-    /// keeps the `noop` discipline, which drops what is sent through it and
-    /// reports success, so a tcpreplay started then loses its first packets
-    /// without a word.
+    /// Waits until `dev` in this namespace carries frames
+    /// ([`rst_test_support::wait_link_ready`]).
     pub fn wait_up(&self, dev: &str) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let shown = ip_output(&["-n", &self.name, "-o", "link", "show", dev])?;
-            if shown.contains("state UP") && !shown.contains("qdisc noop") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{dev} in {} not ready after 30 s: {shown}",
-                    self.name
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        rst_test_support::wait_link_ready(Some(&self.name), dev)
+            .map_err(|e| format!("in {}: {e}", self.name))
     }
 
     /// Runs `sysctl -qw settings` inside the namespace.

@@ -254,18 +254,7 @@ impl Drop for ExternalReceiver {
     }
 }
 
-/// Polls `check` until it gives a value; panics naming `what` after a deadline
-/// generous enough for a machine whose cores are all busy.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use rst_test_support::wait_for;
 
 /// Waits until `count` records exist under `dir`, then returns them, sorted by path.
 pub fn wait_records(dir: &Path, count: usize) -> Vec<Value> {

@@ -177,18 +177,9 @@ impl Veth {
         ])?;
         ip(&["link", "set", &veth.send, "up"])?;
         ip(&["link", "set", &veth.capture, "up"])?;
-        // A device just set up keeps the `noop` queueing discipline until
-        // the kernel's link watch runs (later under load); it drops what is
-        // sent and reports success, so tcpreplay would lose its first frames
-        // without a word.
+        // Before tcpreplay, or it could lose its first frames without a word.
         for dev in [&veth.send, &veth.capture] {
-            wait_for(&format!("{dev} up with a queueing discipline"), || {
-                let shown = Command::new("ip")
-                    .args(["-o", "link", "show", dev])
-                    .output();
-                let shown = String::from_utf8_lossy(&shown.ok()?.stdout).into_owned();
-                (shown.contains("state UP") && !shown.contains("qdisc noop")).then_some(())
-            });
+            rst_test_support::wait_link_ready(None, dev)?;
         }
         Ok(veth)
     }
