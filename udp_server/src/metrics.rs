@@ -83,6 +83,9 @@ pub struct Metrics {
     pub write_errors: AtomicU64,
     /// Leftover `.part` files from an earlier run repaired at start-up.
     pub recovered_files: AtomicU64,
+    /// Leftover `.part` files that start-up could not repair (a full disk,
+    /// say): left as they are, for the next start.
+    pub recovery_failures: AtomicU64,
     pub acks_sent: AtomicU64,
     pub rtp_packets: AtomicU64,
     /// RTP datagrams that are not valid RTP.
@@ -279,7 +282,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 27] = [
+        let counters: [(&str, &str, &AtomicU64); 28] = [
             (
                 "rst_storage_calls_stored_total",
                 "Calls whose files and record are stored in object storage, verified.",
@@ -374,6 +377,11 @@ impl Metrics {
                 "rst_recovered_files_total",
                 "Unfinished files repaired at start-up.",
                 &self.recovered_files,
+            ),
+            (
+                "rst_recovery_failures_total",
+                "Unfinished files start-up could not repair, left for the next start.",
+                &self.recovery_failures,
             ),
             ("rst_acks_sent_total", "ACKs sent.", &self.acks_sent),
             (

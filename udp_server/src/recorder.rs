@@ -596,7 +596,8 @@ pub fn recover(record_dir: &Path, metrics: &Metrics) -> Vec<std::path::PathBuf> 
                 recovered.push(final_path);
             }
             Err(error) => {
-                tracing::warn!(path = %part.display(), %error, "cannot recover a file left unfinished by an earlier run; left as it is");
+                metrics.recovery_failures.fetch_add(1, Relaxed);
+                tracing::warn!(path = %part.display(), %error, "cannot recover a file left unfinished by an earlier run; left as it is for the next start (is the disk full?)");
             }
         }
     }

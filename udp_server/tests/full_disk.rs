@@ -396,3 +396,62 @@ fn a_full_disk_does_not_stop_a_live_stream() {
     assert_eq!(record["end_reason"], "error");
     assert_eq!(record["streams"][0]["dropped_ms"], 0, "{record}");
 }
+
+/// The receiver killed mid-call (`kill -9`), then started again on a disk
+/// that is still full: it starts and answers; its audio files are repaired
+/// in place, but the call's record cannot be completed (that needs a new
+/// file), so it is left as it was, counted, for the next start, which
+/// completes it once there is room. Nothing the crash left is lost.
+#[test]
+fn a_start_on_a_still_full_disk_leaves_what_it_cannot_recover_for_the_next() {
+    let Some((mount, filler)) = small_disk("a_start_on_a_still_full_disk") else {
+        return;
+    };
+    let dir = tempfile::TempDir::new_in(mount.0.path()).unwrap();
+    let metrics = free_metrics_addr();
+    let (mut child, addr) =
+        spawn_receiver_process(dir.path(), &["--metrics", &metrics.to_string()], None);
+    let mut sender = Sender::new(addr);
+    let id = uuid(300);
+    sender.inv(&id, "alice", "bob");
+    for _ in 0..50 {
+        sender.data(&id, Read, 0, &[0xFF; 160]);
+        sender.data(&id, Write, 0, &[0x7F; 160]);
+    }
+    wait_scraped(metrics, "rst_datagrams_total", 101);
+    child.kill().unwrap(); // SIGKILL: no BYE, no final record
+    child.wait().unwrap();
+    let record_part = files_in(dir.path(), ".json.part");
+    assert_eq!(record_part.len(), 1, "{:?}", files_in(dir.path(), ""));
+    let left = std::fs::read(&record_part[0]).unwrap();
+    let topping = mount.0.path().join("topping");
+    fill_up(&topping);
+
+    let mut full = Receiver::in_dir(Settings::default(), dir);
+    wait_for_counter(&full, "rst_recovery_failures_total", |n| n >= 1);
+    // It answers (a BYE of no call is acknowledged, and creates nothing).
+    Sender::new(full.addr).bye(&uuid(301));
+    assert_eq!(
+        std::fs::read(&record_part[0]).unwrap(),
+        left,
+        "the provisional record is left as it was"
+    );
+    full.stop();
+    let dir = std::mem::replace(&mut full.dir, tempfile::tempdir().unwrap());
+    drop(full);
+
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&topping).unwrap();
+    let mut roomy = Receiver::in_dir(Settings::default(), dir);
+    let records = roomy.wait_records(1);
+    let record = &records[0];
+    assert_eq!(record["uuid"], id.as_str(), "{record}");
+    assert_eq!(record["end_reason"], "error", "{record}");
+    assert_eq!(record["caller"], "alice", "{record}");
+    for direction in ["R", "W"] {
+        let path = path_of(record, &format!("/directions/{direction}/wav/0"));
+        assert_sox_accepts(&path);
+    }
+    assert!(files_in(roomy.dir.path(), ".part").is_empty());
+    roomy.stop();
+}
