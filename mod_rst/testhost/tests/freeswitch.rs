@@ -8,7 +8,8 @@
 //! the built module, originates loopback calls that play tones, starts `rst`
 //! from the dialplan (with and without the original README's quotes) and with
 //! `uuid_rst` over the event socket, and checks that a real receiver recorded
-//! each tone in the right direction. Then a real SIP call from sipp (its
+//! each tone in the right direction; one call is on a 16 kHz L16 channel,
+//! whose frames cross the module's queue in pieces. Then a real SIP call from sipp (its
 //! `uac_pcap` scenario: PCMA audio, then an RFC 2833 digit 1) asks for a live
 //! stream (`rst_stream`): the digit reaches the record and the stream's `dtmf`
 //! message. Last, a bot answers a loopback call's stream with 3 s of 700 Hz
@@ -216,30 +217,50 @@ fn a_real_freeswitch_streams_its_calls_to_the_receiver() {
     assert!(fs
         .cli("originate loopback/1002/default &park")
         .starts_with("+OK"));
+    // 4. As 1, on a 16 kHz L16 channel: its 640-byte frames go through the
+    //    queue in pieces (320 bytes a slot) and must come out whole.
+    //    mod_loopback reads `loopback_initial_codec` before it sets the
+    //    originate's variables on the channel: a global it is, for this call
+    //    alone (then back to mod_loopback's own default).
+    fs.cli("global_setvar loopback_initial_codec=L16@16000h@20i");
+    let wideband = fs.cli("originate loopback/1000/default &park");
+    fs.cli("global_setvar loopback_initial_codec=L16@8000h@20i");
+    assert!(wideband.starts_with("+OK"), "{wideband}");
 
-    let records = receiver.wait_records(3);
-    let by_tone = |direction: &str, hz: f64| {
+    let records = receiver.wait_records(4);
+    let by_tone = |direction: &str, hz: f64, rate: u32| {
         records
             .iter()
             .find(|r| {
                 r["directions"][direction]["wav"].get(0).is_some() && {
                     let (spec, samples) = direction_wav(r, direction);
-                    tone_share(&samples, f64::from(spec.sample_rate), hz) > 0.5
+                    spec.sample_rate == rate
+                        && tone_share(&samples, f64::from(spec.sample_rate), hz) > 0.5
                 }
             })
-            .unwrap_or_else(|| panic!("no record with {hz} Hz on {direction}: {records:#?}"))
+            .unwrap_or_else(|| {
+                panic!("no record with {hz} Hz at {rate} Hz on {direction}: {records:#?}")
+            })
     };
-    assert_tone(by_tone("W", 800.0), "W", 800.0);
-    let heard = by_tone("R", 1200.0);
+    assert_tone(by_tone("W", 800.0, 8000), "W", 800.0);
+    let heard = by_tone("R", 1200.0, 8000);
     assert_eq!(heard["uuid"], parked);
     assert_tone(heard, "R", 1200.0);
-    assert_tone(by_tone("W", 600.0), "W", 600.0);
+    assert_tone(by_tone("W", 600.0, 8000), "W", 600.0);
+    let wideband = by_tone("W", 800.0, 16000);
+    assert_tone(wideband, "W", 800.0);
+    let w = &wideband["directions"]["W"];
+    assert_eq!(
+        w["bytes"].as_u64(),
+        w["packets"].as_u64().map(|packets| packets * 640),
+        "every datagram one whole 20 ms frame of 16 kHz L16: {wideband:#}"
+    );
     for record in &records {
         assert_eq!(record["end_reason"], "bye", "{record:#}");
         assert!(record["caller"].is_string() && record["callee"].is_string());
     }
     let status = fs.cli("rst_status");
-    assert!(status.contains("\"streams_started\":3"), "{status}");
+    assert!(status.contains("\"streams_started\":4"), "{status}");
     assert!(
         connections.lock().unwrap().is_empty(),
         "no call above asked for a stream"
