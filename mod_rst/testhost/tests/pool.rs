@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
+use udp_server::assemble::Assembled;
 
 /// The debug build of udp_server as its own process, to be killed, on
 /// `addr` (or a free port), with the tap's calls' RTP ports: its own range
@@ -34,6 +35,55 @@ fn status(host: &mut Host) -> Value {
 fn frames_made(host: &mut Host, u: &str) -> usize {
     let stats = host.ok(&format!("stats {u}"));
     stats["media"]["read"]["frames"].as_u64().unwrap() as usize
+}
+
+/// Starts call `u` with rst on it, and `seconds` of its tones (R and W).
+fn start_call(host: &mut Host, u: &str, seconds: u32) {
+    session(host, u);
+    host.ok(&format!("app {u} rst"));
+    host.ok(&format!(
+        "media {u} {seconds} read_hz={READ_HZ} write_hz={WRITE_HZ}"
+    ));
+}
+
+/// One direction of an assembled call against the tone its call sent.
+struct Heard {
+    direction: &'static str,
+    /// Samples that differ from the tone.
+    wrong: usize,
+    samples: Vec<i16>,
+    expected: Vec<i16>,
+}
+
+/// Call `u` assembled from `from`'s parts, and each direction against the
+/// tone the call sent (`total` frames): the lengths must be equal.
+fn assembled_tones(u: &str, from: &[std::path::PathBuf], total: usize) -> (Assembled, Vec<Heard>) {
+    let out = tempfile::tempdir().unwrap();
+    let assembled = udp_server::assemble::assemble(u, from, out.path()).unwrap();
+    let directions = [("R", READ_HZ), ("W", WRITE_HZ)]
+        .into_iter()
+        .map(|(direction, hz)| {
+            let (_, samples) = read_wav(&assembled.directions[direction].wav);
+            let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, total * 160));
+            assert_eq!(
+                samples.len(),
+                expected.len(),
+                "{u} {direction}: {assembled:?}"
+            );
+            let wrong = samples
+                .iter()
+                .zip(&expected)
+                .filter(|(a, b)| a != b)
+                .count();
+            Heard {
+                direction,
+                wrong,
+                samples,
+                expected,
+            }
+        })
+        .collect();
+    (assembled, directions)
 }
 
 /// Lets the calls run `frames` more (of the first call), stops their
@@ -99,11 +149,7 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
         .collect();
     assert!(!moved.is_empty());
     for u in &calls {
-        session(&mut host, u);
-        host.ok(&format!("app {u} rst"));
-        host.ok(&format!(
-            "media {u} 120 read_hz={READ_HZ} write_hz={WRITE_HZ}"
-        ));
+        start_call(&mut host, u, 120);
     }
     wait_for("every call answered and a second of audio", || {
         let s = status(&mut host);
@@ -169,25 +215,15 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
     let mut worst = 0;
     let mut extra_moves = 0;
     for (u, total) in calls.iter().zip(totals) {
-        let out = tempfile::tempdir().unwrap();
-        let assembled = udp_server::assemble::assemble(u, &from, out.path()).unwrap();
+        let (assembled, directions) = assembled_tones(u, &from, total);
         let parts = assembled.parts.len();
         let least = 1 + usize::from(moved.contains(u));
         assert!(parts >= least, "{u}: {parts} parts: {assembled:?}");
         extra_moves += parts - least;
-        for (direction, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
-            let (_, samples) = read_wav(&assembled.directions[direction].wav);
-            let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, total * 160));
-            assert_eq!(
-                samples.len(),
-                expected.len(),
-                "{u} {direction}: {assembled:?}"
-            );
-            let wrong = samples
-                .iter()
-                .zip(&expected)
-                .filter(|(a, b)| a != b)
-                .count();
+        for Heard {
+            direction, wrong, ..
+        } in directions
+        {
             // Two seconds at 8 kHz around a move; nothing in a call never moved.
             let allowed = if parts > 1 { 16_000 } else { 0 };
             worst = worst.max(wrong);
@@ -222,11 +258,7 @@ fn a_receiver_killed_mid_call_costs_each_call_at_most_two_seconds() {
             }
         };
         let acks = status(&mut host)["acks_received"].as_u64().unwrap();
-        session(&mut host, &u);
-        host.ok(&format!("app {u} rst"));
-        host.ok(&format!(
-            "media {u} 120 read_hz={READ_HZ} write_hz={WRITE_HZ}"
-        ));
+        start_call(&mut host, &u, 120);
         wait_for("the new call answered", || {
             (status(&mut host)["acks_received"].as_u64()? > acks).then_some(())
         });
@@ -392,11 +424,7 @@ fn a_receiver_with_nothing_listening_fails_over_on_the_icmp_error() {
         .map(uuid)
         .find(|u| pool.order(u).next() == Some(gone))
         .expect("some UUID goes to the first receiver first");
-    session(&mut host, &u);
-    host.ok(&format!("app {u} rst"));
-    host.ok(&format!(
-        "media {u} 100 read_hz={READ_HZ} write_hz={WRITE_HZ}"
-    ));
+    start_call(&mut host, &u, 100);
     // wait_for gives up after 60 s, before failover-ms could move the call:
     // only the ICMP error can.
     let s = wait_for("the call to fail over", || {
@@ -438,11 +466,7 @@ fn a_call_gathering_frames_keeps_its_audio_in_place_through_a_failover() {
         .collect();
     assert_eq!(calls.len(), 3, "some UUIDs go to the victim first");
     for u in &calls {
-        session(&mut host, u);
-        host.ok(&format!("app {u} rst"));
-        host.ok(&format!(
-            "media {u} 120 read_hz={READ_HZ} write_hz={WRITE_HZ}"
-        ));
+        start_call(&mut host, u, 120);
     }
     wait_for(
         "the calls answered, with audio on the victim's disk",
@@ -470,19 +494,16 @@ fn a_call_gathering_frames_keeps_its_audio_in_place_through_a_failover() {
 
     let from = [victim_dir.path().to_owned(), survivor.dir.path().to_owned()];
     for (u, total) in calls.iter().zip(totals) {
-        let out = tempfile::tempdir().unwrap();
-        let assembled = udp_server::assemble::assemble(u, &from, out.path()).unwrap();
+        let (assembled, directions) = assembled_tones(u, &from, total);
         assert_eq!(assembled.parts.len(), 2, "{u}: {assembled:?}");
-        for (direction, hz) in [("R", READ_HZ), ("W", WRITE_HZ)] {
-            let (_, samples) = read_wav(&assembled.directions[direction].wav);
-            let expected = heard("PCMU", &tone(hz, 8000.0, 8000, 0, total * 160));
+        for Heard {
+            direction,
+            wrong,
+            samples,
+            expected,
+        } in directions
+        {
             let what = format!("{u} {direction}: {assembled:?}");
-            assert_eq!(samples.len(), expected.len(), "{what}");
-            let wrong = samples
-                .iter()
-                .zip(&expected)
-                .filter(|(a, b)| a != b)
-                .count();
             assert!(wrong <= 16_000, "{wrong} samples differ: {what}");
             let last = expected.len() - 8_000;
             assert_samples(
