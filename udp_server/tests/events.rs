@@ -45,15 +45,8 @@ fn free_port() -> u16 {
 }
 
 /// Polls `probe` until it gives a value; panics after [`PATIENCE`].
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    rst_test_support::wait_for_within(what, PATIENCE, probe)
 }
 
 fn listening(port: u16) -> bool {

@@ -12,8 +12,18 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `check` until it gives a value; panics naming `what` after
 /// [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, PATIENCE, check)
+}
+
+/// [`wait_for`], giving up after `patience` (for what may take longer to
+/// start than a test's own work: a message broker, say).
+pub fn wait_for_within<T>(
+    what: &str,
+    patience: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(value) = check() {
             return value;
