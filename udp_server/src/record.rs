@@ -409,19 +409,39 @@ impl CallRecording {
         Ok(recording)
     }
 
+    /// Writes the first provisional record, naming the bare payload files
+    /// (the `raw` option) before they are created, as every file of a call is
+    /// named before it exists: a receiver killed in between leaves a name
+    /// that recovery drops, never a file that no record names.
     fn create_first_files(&mut self, bare_payload: bool) -> io::Result<()> {
         if bare_payload {
-            for lane in &mut self.lanes {
-                let path = with_suffix(&self.base, &format!("{}.raw", lane.direction.as_str()));
-                lane.bare = Some(RawFile::create(path.clone())?);
+            for lane in &self.lanes {
+                let name = lane.direction.as_str();
+                let path = with_suffix(&self.base, &format!("{name}.raw"));
                 self.record
                     .directions
-                    .get_mut(lane.direction.as_str())
+                    .get_mut(name)
                     .expect("both directions")
                     .bare = Some(path);
             }
         }
-        self.write_provisional_record()
+        let mut result = self.write_provisional_record();
+        for lane in &mut self.lanes {
+            let stats = self.record.directions.get_mut(lane.direction.as_str());
+            let stats = stats.expect("both directions");
+            // The name is kept only for a file made.
+            let Some(path) = stats.bare.take().filter(|_| result.is_ok()) else {
+                continue;
+            };
+            match RawFile::create(path.clone()) {
+                Ok(file) => {
+                    lane.bare = Some(file);
+                    stats.bare = Some(path);
+                }
+                Err(error) => result = Err(error),
+            }
+        }
+        result
     }
 
     pub fn record(&self) -> &CallRecord {
@@ -901,7 +921,7 @@ impl CallRecording {
             return write_raw(
                 lane,
                 &self.base,
-                stats,
+                &mut self.record,
                 payload_type,
                 payload,
                 "no decoder for this payload type",
@@ -917,7 +937,7 @@ impl CallRecording {
                 return write_raw(
                     lane,
                     &self.base,
-                    stats,
+                    &mut self.record,
                     payload_type,
                     payload,
                     "payload could not be decoded",
@@ -950,7 +970,6 @@ impl CallRecording {
                 n => format!("{}.{n}.wav", lane.direction.as_str()),
             };
             let path = with_suffix(&self.base, &suffix);
-            lane.wav = Some(WavFile::create(path.clone(), 1, rate)?);
             // A continued call's first file begins at the part's start when
             // its audio is placed from there; any other file at its audio.
             let from_part_start =
@@ -958,8 +977,37 @@ impl CallRecording {
             lane.segment_start = if from_part_start { Duration::ZERO } else { at };
             stats.begins.get_or_insert(lane.segment_start.as_secs_f64());
             lane.segment_samples = 0;
-            stats.wav.push(path);
-            write_json(&part_path(&self.record.record), &self.record)?;
+            // Named before they are created ([`CallRecording::create_first_files`]):
+            // this file, and the stereo file with the call's first. A name
+            // whose file could not be made is taken back.
+            stats.wav.push(path.clone());
+            let stereo = self.record.stereo.is_none().then(|| {
+                let path = with_suffix(&self.base, "stereo.wav");
+                self.record.stereo = Some(path.clone());
+                path
+            });
+            let created = write_json(&part_path(&self.record.record), &self.record)
+                .and_then(|()| WavFile::create(path, 1, rate));
+            match created {
+                Ok(wav) => lane.wav = Some(wav),
+                Err(error) => {
+                    let stats = self.record.directions.get_mut(lane.direction.as_str());
+                    stats.expect("both directions").wav.pop();
+                    if stereo.is_some() {
+                        self.record.stereo = None;
+                    }
+                    return Err(error);
+                }
+            }
+            if let Some(path) = stereo {
+                match WavFile::create(path, 2, rate) {
+                    Ok(wav) => self.stereo = Some((StereoAligner::new(rate), wav)),
+                    Err(error) => {
+                        self.record.stereo = None;
+                        return Err(error);
+                    }
+                }
+            }
         }
         let lane = &mut self.lanes[index];
         let wav = lane.wav.as_mut().expect("opened above");
@@ -1000,15 +1048,10 @@ impl CallRecording {
             .samples += written;
         metrics.samples_written.fetch_add(written, Relaxed);
 
-        if self.stereo.is_none() {
-            let path = with_suffix(&self.base, "stereo.wav");
-            self.stereo = Some((
-                StereoAligner::new(rate),
-                WavFile::create(path.clone(), 2, rate)?,
-            ));
-            self.record.stereo = Some(path);
-        }
-        let (aligner, wav) = self.stereo.as_mut().expect("opened above");
+        let Some((aligner, wav)) = self.stereo.as_mut() else {
+            // Made with the call's first WAV file: the call failed if it could not be.
+            return Ok(());
+        };
         let mut frames = STEREO_FRAMES.take();
         frames.clear();
         match timing {
@@ -1067,7 +1110,7 @@ fn write_silence(wav: &mut WavFile, mut samples: u64) -> io::Result<()> {
 fn write_raw(
     lane: &mut Lane,
     base: &Path,
-    stats: &mut DirectionRecord,
+    record: &mut CallRecord,
     payload_type: PayloadType,
     payload: &[u8],
     reason: &'static str,
@@ -1076,13 +1119,28 @@ fn write_raw(
     let position = match lane.raw.iter().position(|(p, _)| *p == pt) {
         Some(position) => position,
         None => {
-            let path = with_suffix(base, &format!("{}.pt{pt:02}.raw", lane.direction.as_str()));
-            lane.raw.push((pt, RawFile::create(path.clone())?));
+            let direction = lane.direction.as_str();
+            let path = with_suffix(base, &format!("{direction}.pt{pt:02}.raw"));
+            let stats = record
+                .directions
+                .get_mut(direction)
+                .expect("both directions");
             stats.raw.push(RawRecord {
                 payload_type: pt,
-                path,
+                path: path.clone(),
                 reason,
             });
+            // Named before it is made ([`CallRecording::create_first_files`]).
+            let created =
+                write_json(&part_path(&record.record), record).and_then(|()| RawFile::create(path));
+            match created {
+                Ok(file) => lane.raw.push((pt, file)),
+                Err(error) => {
+                    let stats = record.directions.get_mut(direction);
+                    stats.expect("both directions").raw.pop();
+                    return Err(error);
+                }
+            }
             lane.raw.len() - 1
         }
     };
@@ -1234,6 +1292,79 @@ fn write_json(path: &Path, record: &CallRecord) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file of a call is named in its provisional record before it is
+    /// made, so a receiver killed at any moment leaves no file that no record
+    /// names (recovery drops a name whose file was never made instead).
+    #[test]
+    fn a_call_names_each_file_in_its_provisional_record_before_it_makes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RecordOptions {
+            record_dir: dir.path().to_owned(),
+            bare_payload: true,
+            jitter_packets: 4,
+            default_payload_types: Arc::from([]),
+        };
+        let start = CallStart {
+            call: 1,
+            uuid: "named-first".into(),
+            caller: Some("alice".into()),
+            callee: Some("bob".into()),
+            sender: "127.0.0.1:5000".parse().unwrap(),
+            l16_rate: 8000,
+            sender_rtp_ports: None,
+            extensions: String::new(),
+        };
+        let now = Instant::now();
+        let mut call = CallRecording::open(&start, OffsetDateTime::now_utc(), now, &options)
+            .map_err(|e| e.error)
+            .unwrap();
+        // The files in the call's folder that its provisional record does not name.
+        let unnamed = |call: &CallRecording| -> Vec<String> {
+            let part = part_path(&call.record().record);
+            let text = std::fs::read_to_string(&part).unwrap();
+            let files = std::fs::read_dir(part.parent().unwrap()).unwrap();
+            let names = files.map(|file| file.unwrap().file_name().into_string().unwrap());
+            names
+                .filter(|name| !name.ends_with(".json.part"))
+                .filter(|name| {
+                    let name = name.strip_suffix(".part").unwrap_or(name);
+                    !text.contains(&format!("/{name}\""))
+                })
+                .collect()
+        };
+        assert_eq!(unnamed(&call), Vec::<String>::new(), "at the call's start");
+        let undeclared = PayloadType::new(99).unwrap();
+        for (direction, payload_type) in [
+            (Direction::Read, PayloadType::PCMU),
+            (Direction::Read, undeclared),
+            (Direction::Write, PayloadType::PCMA),
+            // Another sample rate: a second WAV file.
+            (Direction::Read, PayloadType::G722),
+        ] {
+            call.audio(
+                direction,
+                payload_type,
+                &[0x55; 160],
+                now,
+                &Metrics::default(),
+            );
+            assert_eq!(
+                unnamed(&call),
+                Vec::<String>::new(),
+                "after {direction:?} audio of payload type {}",
+                payload_type.number()
+            );
+        }
+        let record = call.record();
+        let (r, w) = (
+            &record.directions.get("R").unwrap(),
+            &record.directions.get("W").unwrap(),
+        );
+        assert_eq!((r.wav.len(), r.raw.len(), w.wav.len()), (2, 1, 1));
+        assert!(record.stereo.is_some() && r.bare.is_some() && w.bare.is_some());
+        assert!(record.error.is_none(), "{:?}", record.error);
+    }
 
     #[test]
     fn directions_are_written_as_the_map_of_r_and_w_they_were() {

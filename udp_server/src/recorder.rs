@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::calls::{CallId, CallStart};
 use crate::end::EndReason;
-use crate::files::{repair_wav, write_whole};
+use crate::files::{part_path, repair_wav, write_whole};
 use crate::live::{CallInfo, LiveCalls, LiveEvent};
 use crate::metrics::Metrics;
 use crate::play::PlayTarget;
@@ -652,6 +652,7 @@ fn complete_record(part: &Path) -> std::io::Result<()> {
     let fields = record
         .as_object_mut()
         .ok_or_else(|| std::io::Error::other("record is not an object"))?;
+    forget_files_never_made(fields, part.parent().unwrap_or(Path::new(".")));
     fields.insert("end".into(), ended.into());
     fields.insert("end_reason".into(), "error".into());
     fields.insert(
@@ -661,6 +662,39 @@ fn complete_record(part: &Path) -> std::io::Result<()> {
     let mut text = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
     text.push(b'\n');
     write_whole(part, &part.with_extension("tmp"), &text)
+}
+
+/// Takes out of a provisional record the names of files that are not in its
+/// folder: a call names each file before it makes it (see
+/// `CallRecording::create_first_files`), so a run killed in between left a
+/// name without a file. A file is looked for by its name in the record's own
+/// folder (a call's files are all there), so a record dir given as a relative
+/// path from another working folder does not matter.
+fn forget_files_never_made(record: &mut serde_json::Map<String, serde_json::Value>, folder: &Path) {
+    use serde_json::Value;
+    let made = |name: &Value| {
+        let file = name.as_str().and_then(|path| Path::new(path).file_name());
+        file.is_some_and(|file| {
+            let path = folder.join(file);
+            path.exists() || part_path(&path).exists()
+        })
+    };
+    let forget = |name: Option<&mut Value>| {
+        if let Some(name) = name.filter(|name| !name.is_null() && !made(name)) {
+            *name = Value::Null;
+        }
+    };
+    forget(record.get_mut("stereo"));
+    let directions = record.get_mut("directions").and_then(Value::as_object_mut);
+    for direction in directions.into_iter().flat_map(|d| d.values_mut()) {
+        forget(direction.get_mut("bare"));
+        if let Some(wav) = direction.get_mut("wav").and_then(Value::as_array_mut) {
+            wav.retain(made);
+        }
+        if let Some(raw) = direction.get_mut("raw").and_then(Value::as_array_mut) {
+            raw.retain(|raw| raw.get("path").is_some_and(made));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -722,5 +756,43 @@ mod tests {
         let cut: serde_json::Value = serde_json::from_slice(&std::fs::read(&cut).unwrap()).unwrap();
         assert_eq!(cut["end_reason"], "error");
         assert_eq!(metrics.recovered_files.load(Relaxed), 1);
+    }
+
+    /// A run killed between naming a call's files and making them: the
+    /// completed record keeps only the names of files that are there.
+    #[test]
+    fn recovery_forgets_the_names_of_files_never_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("2026-12-04");
+        std::fs::create_dir(&day).unwrap();
+        // Named from another working folder: only the file name counts.
+        let named = |file: &str| format!("elsewhere/2026-12-04/cut.{file}");
+        std::fs::write(day.join("cut.R.wav"), b"RIFF").unwrap();
+        std::fs::write(day.join("cut.R.raw.part"), b"").unwrap();
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&record_text("cut", None)).unwrap();
+        record["stereo"] = named("stereo.wav").into();
+        record["directions"] = serde_json::json!({
+            "R": {
+                "wav": [named("R.wav"), named("R.2.wav")],
+                "bare": named("R.raw"),
+                "raw": [{"payload_type": 99, "path": named("R.pt99.raw"), "reason": "no decoder"}],
+            },
+            "W": {"wav": [named("W.wav")], "bare": named("W.raw"), "raw": []},
+        });
+        let cut = day.join("cut.json");
+        std::fs::write(part_path(&cut), serde_json::to_vec(&record).unwrap()).unwrap();
+
+        recover(dir.path(), &Metrics::default());
+
+        let cut: serde_json::Value = serde_json::from_slice(&std::fs::read(&cut).unwrap()).unwrap();
+        assert_eq!(cut["end_reason"], "error");
+        assert_eq!(cut["stereo"], serde_json::Value::Null);
+        let (r, w) = (&cut["directions"]["R"], &cut["directions"]["W"]);
+        assert_eq!(r["wav"], serde_json::json!([named("R.wav")]));
+        assert_eq!(r["bare"], named("R.raw"), "made: recovered under its name");
+        assert_eq!(r["raw"], serde_json::json!([]));
+        assert_eq!(w["wav"], serde_json::json!([]));
+        assert_eq!(w["bare"], serde_json::Value::Null);
     }
 }

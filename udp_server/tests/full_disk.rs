@@ -419,22 +419,27 @@ fn a_start_on_a_still_full_disk_leaves_what_it_cannot_recover_for_the_next() {
         sender.data(&id, Write, 0, &[0x7F; 160]);
     }
     wait_scraped(metrics, "rst_datagrams_total", 101);
-    // Killed once the provisional record names the call's audio files (the
-    // recorder writes it again when it creates them, a moment after).
-    let names_its_audio = || {
+    // Killed once the call's audio files are made (its provisional record
+    // names each a moment before it makes it).
+    let audio_made = || {
         let part = files_in(dir.path(), ".json.part").pop()?;
         let record: serde_json::Value = serde_json::from_slice(&std::fs::read(part).ok()?).ok()?;
-        let named = |d: &str| record.pointer(&format!("/directions/{d}/wav/0")).is_some();
-        Some(named("R") && named("W"))
+        let made = |d: &str| {
+            let path = record
+                .pointer(&format!("/directions/{d}/wav/0"))?
+                .as_str()?;
+            Some(std::path::Path::new(&format!("{path}.part")).exists())
+        };
+        Some(made("R")? && made("W")?)
     };
     wait_until(
         || {
             format!(
-                "a provisional record naming the audio: {:?}",
+                "the audio files its provisional record names: {:?}",
                 files_in(dir.path(), "")
             )
         },
-        || names_its_audio() == Some(true),
+        || audio_made() == Some(true),
     );
     child.kill().unwrap(); // SIGKILL: no BYE, no final record
     child.wait().unwrap();
