@@ -52,7 +52,14 @@ pub struct Settings {
     /// audio by up to that many frames less one: for recording, not for
     /// live bots.
     pub frames_per_datagram: u32,
+    /// `frames-per-datagram = auto` (the default): [`AUTO_FRAMES`] while
+    /// nobody hears the call live, each frame at once while the receiver
+    /// says someone does (LIVE).
+    pub live: bool,
 }
+
+/// Frames per datagram of `frames-per-datagram = auto` while nobody hears a call.
+pub const AUTO_FRAMES: u32 = 3;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -71,7 +78,8 @@ impl Default for Settings {
             play: Some(PlayMode::Mix),
             receivers: None,
             failover: Duration::from_millis(500),
-            frames_per_datagram: 1,
+            frames_per_datagram: AUTO_FRAMES,
+            live: true,
         }
     }
 }
@@ -170,7 +178,12 @@ impl Settings {
                 },
                 "frames-per-datagram" => match value.parse() {
                     Ok(frames) if (1..=5).contains(&frames) => {
-                        settings.frames_per_datagram = frames
+                        settings.frames_per_datagram = frames;
+                        settings.live = false;
+                    }
+                    _ if value.eq_ignore_ascii_case("auto") => {
+                        settings.frames_per_datagram = AUTO_FRAMES;
+                        settings.live = true;
                     }
                     _ => bad(),
                 },
@@ -210,17 +223,19 @@ mod tests {
     }
 
     #[test]
-    fn frames_per_datagram_is_1_to_5() {
-        assert_eq!(Settings::default().frames_per_datagram, 1);
-        let (settings, problems) = Settings::from_params([("frames-per-datagram", "3")]);
-        assert_eq!((settings.frames_per_datagram, problems.len()), (3, 0));
+    fn frames_per_datagram_is_1_to_5_or_auto() {
+        let auto = (AUTO_FRAMES, true, 0);
+        let default = Settings::default();
+        assert_eq!((default.frames_per_datagram, default.live, 0), auto);
+        for (value, expected) in [("3", (3, false, 0)), ("1", (1, false, 0)), ("AUTO", auto)] {
+            let (settings, problems) = Settings::from_params([("frames-per-datagram", value)]);
+            let got = (settings.frames_per_datagram, settings.live, problems.len());
+            assert_eq!(got, expected, "{value}");
+        }
         for bad in ["0", "6", "x"] {
             let (settings, problems) = Settings::from_params([("frames-per-datagram", bad)]);
-            assert_eq!(
-                (settings.frames_per_datagram, problems.len()),
-                (1, 1),
-                "{bad}"
-            );
+            let got = (settings.frames_per_datagram, settings.live, problems.len());
+            assert_eq!(got, (AUTO_FRAMES, true, 1), "{bad}");
         }
     }
 

@@ -496,6 +496,7 @@ fn start_stream(session: &SessionRef, target: &Target) -> Result<String, String>
         refresh,
         event_clock: rate,
         frames_per_datagram: settings.frames_per_datagram,
+        live: settings.live,
     };
     if !sender.control(Command::Start {
         stream: stream_id,

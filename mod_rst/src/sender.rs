@@ -214,6 +214,9 @@ pub struct Counters {
     pub invs_unacknowledged: AtomicU64,
     pub byes_unacknowledged: AtomicU64,
     pub acks_received: AtomicU64,
+    /// LIVE from a call's receiver (someone hears the call: its frames go
+    /// one to a datagram while `frames-per-datagram` is `auto`).
+    pub lives_received: AtomicU64,
     /// Calls moved to another receiver of the pool.
     pub failovers: AtomicU64,
     /// ICMP errors from receivers (port unreachable and the like).
@@ -292,7 +295,8 @@ impl Counters {
             })
             .unwrap_or_default();
         format!(
-            ",\"failovers\":{},\"icmp_errors\":{},\"gso\":{},\"receivers\":[{list}]",
+            ",\"lives_received\":{},\"failovers\":{},\"icmp_errors\":{},\"gso\":{},\"receivers\":[{list}]",
+            self.lives_received.load(Relaxed),
             self.failovers.load(Relaxed),
             self.icmp_errors.load(Relaxed),
             rst_net::gso_in_use()
@@ -585,18 +589,19 @@ pub fn run(
     let mut shutdown_deadline: Option<Instant> = None;
     let mut ack_buffer = [0u8; 2048];
     let mut acks: Vec<(StreamId, SocketAddr, Option<RtpPorts>)> = Vec::new();
+    // LIVE from receivers this wake-up: (stream, from).
+    let mut heard: Vec<(StreamId, SocketAddr)> = Vec::new();
     // The earliest retransmission due, so the streams are walked only when one
     // is (a walk per wake-up costs too much with hundreds of calls).
     let mut next_due: Option<Instant> = None;
     let mut wait = Wait::Idle;
-    let mut gathering = Gathering::default();
     // The last wake-up: when it began, the frames (pieces) it took, and how
     // long they had been coming (since the wake-up before).
     let mut last_wake = Instant::now();
     let mut frames = 0usize;
     let mut interval = Duration::ZERO;
     loop {
-        let window = batch_window(gathering.fewest(), frames, interval, capacity);
+        let window = batch_window(control.gathering.fewest(), frames, interval, capacity);
         wait_for_work(&commands, wait, window, next_due);
         let now = Instant::now();
         interval = now.saturating_duration_since(std::mem::replace(&mut last_wake, now));
@@ -663,7 +668,7 @@ pub fn run(
                             next_due = earliest(next_due, stream.next_timeout());
                             counters.streams_started.fetch_add(1, Relaxed);
                             counters.streams_active.fetch_add(1, Relaxed);
-                            gathering.add(stream.frames_per_datagram());
+                            control.gathering.add(stream.frames_per_datagram());
                             by_uuid.insert(uuid, id);
                             live.insert(
                                 id,
@@ -737,6 +742,7 @@ pub fn run(
 
         // ACKs, and audio back, from the receiver(s).
         acks.clear();
+        heard.clear();
         let mut marked = Vec::new();
         for socket in control.sockets() {
             let mut errors = 0;
@@ -781,6 +787,10 @@ pub fn run(
                         counters.acks_received.fetch_add(1, Relaxed);
                         counters.with_health(|h| h.answered(from));
                         acks.push((id, from, ack.rtp_ports));
+                    }
+                    Message::Live(_) => {
+                        counters.lives_received.fetch_add(1, Relaxed);
+                        heard.push((id, from));
                     }
                     Message::Play(play) => {
                         if let Some(feed) = live.get_mut(&id).and_then(|e| e.play.as_mut()) {
@@ -832,6 +842,14 @@ pub fn run(
                 }
             }
         }
+        for &(id, from) in &heard {
+            if let Some(entry) = live.get_mut(&id) {
+                drive(entry, &mut control, &counters, |stream, emit| {
+                    stream.live_from(from, now, emit)
+                });
+                next_due = earliest(next_due, entry.stream.next_timeout());
+            }
+        }
 
         let now = Instant::now();
         if next_due.is_some_and(|due| now >= due) {
@@ -857,7 +875,7 @@ pub fn run(
                     .frames_dropped_waiting
                     .fetch_add(entry.stream.stats.frames_dropped_waiting, Relaxed);
                 counters.streams_active.fetch_sub(1, Relaxed);
-                gathering.remove(entry.stream.frames_per_datagram());
+                control.gathering.remove(entry.stream.frames_per_datagram());
                 by_uuid.remove(entry.stream.uuid());
             }
         }
@@ -1000,11 +1018,17 @@ fn drive<R>(
     } = entry;
     // Frames go out from `frame` and, in RTP mode, from `ack` (those held until then).
     let before = (stream.stats.frames_sent, stream.stats.datagrams_sent);
+    let gathered = stream.frames_per_datagram();
     let mut emit =
         |via, to, bytes: &[u8]| send(control, rtp.as_ref(), hex, counters, via, to, bytes);
     let result = action(stream, &mut emit);
     control.sent.0 += stream.stats.frames_sent - before.0;
     control.sent.1 += stream.stats.datagrams_sent - before.1;
+    let gathers = stream.frames_per_datagram();
+    if gathers != gathered {
+        control.gathering.remove(gathered);
+        control.gathering.add(gathers);
+    }
     result
 }
 
@@ -1018,6 +1042,10 @@ struct Control {
     /// Frames and audio datagrams sent this wake-up, counted at its [`flush`]
     /// (an atomic add per frame cost more than the frame's send).
     sent: (u64, u64),
+    /// The live streams' frames per datagram, kept in step by [`drive`] (a
+    /// LIVE, or the end of its hold, changes a stream's): how long the
+    /// thread may sleep.
+    gathering: Gathering,
 }
 
 impl Control {

@@ -415,6 +415,7 @@ impl Output for UdpOutput {
             event_clock: call.clock_rate,
             // RTP mode: captured packets go as they came.
             frames_per_datagram: 1,
+            live: false,
         };
         let control = &self.control;
         let stats = &mut self.stats;

@@ -445,7 +445,9 @@ impl CallTable {
                 // player already told the consumer it was cleared.
                 None => self.metrics.refused(Refusal::AfterEnd),
             },
-            Message::Play(_) | Message::Clear(_) => self.metrics.refused(Refusal::Unexpected),
+            Message::Play(_) | Message::Clear(_) | Message::Live(_) => {
+                self.metrics.refused(Refusal::Unexpected)
+            }
         }
     }
 

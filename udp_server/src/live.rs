@@ -8,6 +8,8 @@
 //! for a call nobody listens to.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -157,6 +159,51 @@ pub struct LiveCall {
     player: OnceLock<Player>,
     /// Cancelled when the call ends: its player stops.
     ended: CancellationToken,
+    /// How its sender is told that someone hears the call, when it gathers
+    /// frames until then (`live=1`).
+    tell_live: Option<TellLive>,
+}
+
+/// LIVE to a call's sender, which gathers the call's frames several to a
+/// datagram unless someone hears it (`live=1` in its INV): said at once by
+/// the first subscriber, and again every [`rst_proto::LIVE_EVERY`] while
+/// anyone hears ([`LiveCalls::tell_heard`]). A listener gets real time, an
+/// unheard recording costs the sender a third of the datagrams.
+#[derive(Debug)]
+struct TellLive {
+    to: SocketAddr,
+    datagram: Box<[u8]>,
+    socket: Arc<UdpSocket>,
+    metrics: Arc<Metrics>,
+}
+
+impl TellLive {
+    fn new(
+        uuid: &str,
+        to: SocketAddr,
+        socket: Arc<UdpSocket>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Self> {
+        let uuid = rst_proto::Uuid::new(uuid).ok()?;
+        let datagram = rst_proto::Message::Live(rst_proto::Live { uuid })
+            .to_vec()
+            .ok()?;
+        Some(TellLive {
+            to,
+            datagram: datagram.into(),
+            socket,
+            metrics,
+        })
+    }
+
+    /// Never waits: a LIVE the socket cannot take now goes with the next.
+    fn send(&self) {
+        let counter = match self.socket.try_send_to(&self.datagram, self.to) {
+            Ok(_) => &self.metrics.lives_sent,
+            Err(_) => &self.metrics.send_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 /// Why a consumer's audio cannot go into a call.
@@ -200,11 +247,19 @@ impl LiveCall {
         change(&mut self.info.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Everything published from now on.
+    /// Everything published from now on. The first subscriber tells a
+    /// sender that gathers frames to send them at once ([`TellLive`]).
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
-        self.events
-            .get_or_init(|| broadcast::channel(EVENTS_PER_CALL).0)
-            .subscribe()
+        let events = self
+            .events
+            .get_or_init(|| broadcast::channel(EVENTS_PER_CALL).0);
+        let subscriber = events.subscribe();
+        if events.receiver_count() == 1 {
+            if let Some(tell) = &self.tell_live {
+                tell.send();
+            }
+        }
+        subscriber
     }
 
     /// Whether anyone hears this call: frames are built only then.
@@ -261,7 +316,19 @@ impl LiveCalls {
         }
     }
 
-    pub fn open(&self, call: CallId, info: CallInfo, play: Option<PlayTarget>) -> Arc<LiveCall> {
+    /// A call in progress. `play`: where audio back goes, when its sender
+    /// can play; `gathers`: its sender, when it gathers frames until told
+    /// that someone hears the call (`live=1`).
+    pub fn open(
+        &self,
+        call: CallId,
+        info: CallInfo,
+        play: Option<PlayTarget>,
+        gathers: Option<SocketAddr>,
+    ) -> Arc<LiveCall> {
+        let tell_live = gathers.and_then(|to| {
+            TellLive::new(&info.uuid, to, self.socket.clone(), self.metrics.clone())
+        });
         let live = Arc::new(LiveCall {
             info: Mutex::new(info),
             media: Mutex::default(),
@@ -271,9 +338,34 @@ impl LiveCalls {
             play,
             player: OnceLock::new(),
             ended: CancellationToken::new(),
+            tell_live,
         });
         self.lock().insert(call, live.clone());
         live
+    }
+
+    /// Says LIVE again, every [`rst_proto::LIVE_EVERY`], to the senders of
+    /// the calls someone hears whose senders gather frames, until `stop`.
+    pub async fn tell_heard(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(rst_proto::LIVE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let heard: Vec<Arc<LiveCall>> = self
+                .lock()
+                .values()
+                .filter(|live| live.tell_live.is_some() && live.wanted())
+                .cloned()
+                .collect();
+            for live in heard {
+                if let Some(tell) = &live.tell_live {
+                    tell.send();
+                }
+            }
+        }
     }
 
     /// Forgets the call: no new subscriber finds it, its player stops. (Its

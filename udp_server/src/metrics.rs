@@ -19,7 +19,7 @@ pub enum Refusal {
     AfterEnd,
     /// An ACK sent to the receiver, which only sends them.
     UnexpectedAck,
-    /// A PLAY or CLR sent to the receiver, which only sends them.
+    /// A PLAY, CLR or LIVE sent to the receiver, which only sends them.
     Unexpected,
     /// RTP mode: every port of the `rtp-ports` range is in use.
     NoPorts,
@@ -62,7 +62,9 @@ impl Refusal {
     }
 }
 
-const COMMANDS: [&str; 8] = ["inv", "data", "bye", "ack", "dtmf", "play", "clr", "mark"];
+const COMMANDS: [&str; 9] = [
+    "inv", "data", "bye", "ack", "dtmf", "play", "clr", "mark", "live",
+];
 
 /// Every counter of the receiver. All updates are relaxed atomics: they are
 /// statistics, not synchronisation.
@@ -93,6 +95,8 @@ pub struct Metrics {
     /// RTP port pairs that could not be bound (taken by another program).
     pub rtp_open_failures: AtomicU64,
     pub send_errors: AtomicU64,
+    /// LIVE told to senders that gather frames: someone hears their call.
+    pub lives_sent: AtomicU64,
     /// Taps configured, started and watched by this receiver right now.
     pub taps_running: AtomicI64,
     /// Tap link sessions that ended in an error (a tap restarted, say).
@@ -151,6 +155,7 @@ impl Metrics {
             rst_proto::Message::Play(_) => 5,
             rst_proto::Message::Clear(_) => 6,
             rst_proto::Message::Mark(_) => 7,
+            rst_proto::Message::Live(_) => 8,
         };
         self.messages[index].fetch_add(1, Relaxed);
     }
@@ -282,7 +287,7 @@ impl Metrics {
                 &mut std::iter::once((String::new(), value)),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 28] = [
+        let counters: [(&str, &str, &AtomicU64); 29] = [
             (
                 "rst_storage_calls_stored_total",
                 "Calls whose files and record are stored in object storage, verified.",
@@ -385,8 +390,13 @@ impl Metrics {
             ),
             ("rst_acks_sent_total", "ACKs sent.", &self.acks_sent),
             (
+                "rst_lives_sent_total",
+                "LIVE sent to senders that gather frames: someone hears the call.",
+                &self.lives_sent,
+            ),
+            (
                 "rst_send_errors_total",
-                "Failed sends of ACKs.",
+                "Failed sends of ACKs, PLAYs and LIVEs.",
                 &self.send_errors,
             ),
             (

@@ -367,9 +367,13 @@ fn go_live(live: &Live, start: &CallStart, recording: &mut CallRecording) {
             to: start.sender,
             rate: start.l16_rate,
         });
+    let gathers = extensions
+        .as_ref()
+        .filter(|e| e.live())
+        .map(|_| start.sender);
     let call = live
         .calls
-        .open(start.call, CallInfo::of(recording.record()), play);
+        .open(start.call, CallInfo::of(recording.record()), play, gathers);
     let streams = live
         .streams
         .start(&call, extensions.iter().flat_map(Extensions::streams));

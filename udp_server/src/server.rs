@@ -233,6 +233,8 @@ pub async fn run_with(
         }
         None => None,
     };
+    // Senders that gather frames (`live=1`) hear LIVE while anyone hears their calls.
+    tokio::spawn(live_calls.clone().tell_heard(shutdown.clone()));
     let stats_task = tokio::spawn(log_stats(
         config.stats_interval,
         metrics.clone(),

@@ -12,6 +12,7 @@ use common::*;
 use futures_util::StreamExt as _;
 use rst_proto::Direction;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, Message};
+use tokio_util::sync::CancellationToken;
 use udp_server::Settings;
 
 const TOKEN: &str = "0123456789abcdef-listen";
@@ -126,8 +127,31 @@ fn wait_listed(http: SocketAddr, id: &str) {
     }
 }
 
+/// Waits until the API counts `count` listeners on call `id`.
+fn wait_listeners(http: SocketAddr, id: &str, count: usize) {
+    let listeners = || {
+        let (_, body) = get(http, &format!("/api/calls/{id}"), Some(TOKEN));
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (info["listeners"].clone(), body)
+    };
+    wait_until(
+        || format!("{count} listeners on {id}: {}", listeners().1),
+        || listeners().0 == count,
+    );
+}
+
 /// A `listen` client: every message until the receiver closes.
 fn listen(http: SocketAddr, path: &str, token: &str) -> std::thread::JoinHandle<Vec<Message>> {
+    listen_until(http, path, token, CancellationToken::new())
+}
+
+/// A `listen` client that leaves when `leave` is cancelled.
+fn listen_until(
+    http: SocketAddr,
+    path: &str,
+    token: &str,
+    leave: CancellationToken,
+) -> std::thread::JoinHandle<Vec<Message>> {
     let url = format!("ws://{http}{path}");
     let token = token.to_owned();
     std::thread::spawn(move || {
@@ -142,11 +166,18 @@ fn listen(http: SocketAddr, path: &str, token: &str) -> std::thread::JoinHandle<
                 .insert("Authorization", format!("Bearer {token}").parse().unwrap());
             let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
             let mut messages = Vec::new();
-            while let Some(Ok(message)) = socket.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
+            loop {
+                let message = tokio::select! {
+                    () = leave.cancelled() => {
+                        socket.close(None).await.ok();
+                        break;
+                    }
+                    message = socket.next() => message,
+                };
+                match message {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(message)) => messages.push(message),
                 }
-                messages.push(message);
             }
             messages
         })
@@ -190,19 +221,7 @@ fn the_api_lists_calls_and_two_clients_listen_at_once_and_bad_tokens_are_refused
         TOKEN,
     );
     // Both are counted on the call while they listen.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = get(http, &format!("/api/calls/{id}"), Some(TOKEN));
-        let info: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if info["listeners"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "two listeners never showed: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listeners(http, &id, 2);
     call.join().unwrap();
     let raw = raw.join().unwrap();
     let twilio = twilio.join().unwrap();
@@ -310,4 +329,73 @@ fn listening_is_logged_to_the_metadata_feed() {
     assert!(start["time"].is_string());
     call.join().unwrap();
     listener.join().unwrap();
+}
+
+/// A sender that gathers frames until someone hears the call (`live=1`)
+/// hears LIVE from the receiver as a client starts to listen, and again
+/// every second while it does; after the client leaves, no more (at most
+/// one already on its way). A sender that did not ask hears none.
+#[test]
+fn a_sender_that_gathers_frames_hears_live_while_a_client_listens() {
+    let (receiver, http, _secrets) = http_receiver(true);
+    let (id, quiet_id) = (uuid(43), uuid(44));
+    let mut gathers = Sender::new(receiver.addr);
+    let live = rst_proto::ExtensionsBuilder::new().live().build();
+    gathers.inv_with(&id, "a", "b", rst_proto::Extensions::parse(&live).unwrap());
+    let mut quiet = Sender::new(receiver.addr);
+    quiet.inv(&quiet_id, "a", "b");
+    gathers.data(&id, Direction::Read, 0, &[0xFF; 160]);
+    quiet.data(&quiet_id, Direction::Read, 0, &[0xFF; 160]);
+    wait_listed(http, &id);
+    wait_listed(http, &quiet_id);
+    let live_datagram = format!("LIVE:{id}").into_bytes();
+
+    // A listener of each call, for as long as `leave` is not cancelled.
+    let leave = CancellationToken::new();
+    let clients: Vec<_> = [&id, &quiet_id]
+        .into_iter()
+        .map(|id| {
+            listen_until(
+                http,
+                &format!("/api/calls/{id}/listen"),
+                TOKEN,
+                leave.clone(),
+            )
+        })
+        .collect();
+
+    let first = gathers.receive_within(Duration::from_secs(30));
+    assert_eq!(
+        first.as_deref(),
+        Some(&live_datagram[..]),
+        "LIVE as the listening starts"
+    );
+    let second = gathers.receive_within(Duration::from_secs(30));
+    assert_eq!(
+        second.as_deref(),
+        Some(&live_datagram[..]),
+        "LIVE again while it goes on"
+    );
+    // Counted as it leaves: the count may come a moment after the datagram.
+    wait_counter(&receiver, "rst_lives_sent_total", 2);
+
+    leave.cancel();
+    for client in clients {
+        client.join().unwrap();
+    }
+    wait_listeners(http, &id, 0);
+    // Three LIVE periods: at most the one a tick had under way.
+    let mut after = 0;
+    while let Some(datagram) = gathers.receive_within(3 * rst_proto::LIVE_EVERY) {
+        assert_eq!(datagram, live_datagram);
+        after += 1;
+        assert!(after <= 1, "LIVE went on after the listener left");
+    }
+    assert_eq!(
+        quiet.receive(),
+        None,
+        "a sender without live=1 hears no LIVE"
+    );
+    gathers.bye(&id);
+    quiet.bye(&quiet_id);
 }

@@ -24,8 +24,8 @@ mod types;
 pub use error::{EncodeError, ParseError};
 pub use message::{
     is_dtmf_digit, is_stream_name, parse_payload_type, Ack, Bye, Clear, Continuation, Data,
-    DataHeader, Dtmf, Extensions, ExtensionsBuilder, Inv, Mark, Message, Play, RtpPorts,
-    MAX_CALL_ID, MAX_DATA_HEADER_LEN, MAX_MARK_NAME, MAX_TAP_NAME,
+    DataHeader, Dtmf, Extensions, ExtensionsBuilder, Inv, Live, Mark, Message, Play, RtpPorts,
+    LIVE_EVERY, LIVE_HOLDS, MAX_CALL_ID, MAX_DATA_HEADER_LEN, MAX_MARK_NAME, MAX_TAP_NAME,
 };
 pub use pool::{Health, Pool, PoolError, ReceiverHealth};
 pub use rtp::{RtpError, RtpPacket, TelephoneEvent};

@@ -14,6 +14,7 @@ pub enum Message<'a> {
     Play(Play<'a>),
     Clear(Clear<'a>),
     Mark(Mark<'a>),
+    Live(Live<'a>),
 }
 
 /// `INV :UUID:CALLER:CALLEE[:LOCAL_READ_PORT:LOCAL_WRITE_PORT][:key=value...]`
@@ -82,6 +83,22 @@ pub struct Play<'a> {
 pub struct Clear<'a> {
     pub uuid: Uuid<'a>,
 }
+
+/// `LIVE:UUID` (receiver → sender): someone hears this call live, so its
+/// frames should go one to a datagram, not gathered. It holds for
+/// [`LIVE_HOLDS`]; the receiver says it again every [`LIVE_EVERY`] while
+/// anyone hears, so a lost one costs nothing and a receiver that died stops
+/// holding the call's audio to real time. Sent only to a sender whose INV
+/// said `live=1` ([`Extensions::LIVE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live<'a> {
+    pub uuid: Uuid<'a>,
+}
+
+/// How often a receiver says [`Live`] while anyone hears a call.
+pub const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long one [`Live`] holds: three of them, so two may be lost.
+pub const LIVE_HOLDS: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `MARK:UUID:NAME[:cleared]`. From the receiver: tell me once everything
 /// played before this point has been played. From the sender back: that
@@ -271,6 +288,16 @@ impl<'a> Extensions<'a> {
         self.get(Self::PLAY) == Some("1")
     }
 
+    /// The key of the `live=1` extension: the sender gathers a direction's
+    /// frames several to a datagram unless the receiver says that someone
+    /// hears the call ([`Live`]); a receiver says so to no other sender.
+    pub const LIVE: &'static str = "live";
+
+    /// Whether the sender wants to be told when someone hears the call (`live=1`).
+    pub fn live(&self) -> bool {
+        self.get(Self::LIVE) == Some("1")
+    }
+
     /// The key of the `part=N` extension: this INV continues a call that
     /// began on another receiver of a pool; `N` counts the call's parts from
     /// 1 (a first part says nothing). With [`Extensions::OFFSET_MS`].
@@ -428,6 +455,12 @@ impl ExtensionsBuilder {
         self
     }
 
+    /// `live=1`: tell this sender when someone hears the call ([`Live`]).
+    pub fn live(mut self) -> Self {
+        self.fields.push(format!("{}=1", Extensions::LIVE));
+        self
+    }
+
     /// `fax=1`: the call had a fax (T.38) phase.
     pub fn fax(mut self) -> Self {
         self.fields.push(format!("{}=1", Extensions::FAX));
@@ -523,6 +556,7 @@ const DTMF: &[u8; 5] = b"DTMF:";
 const PLAY: &[u8; 5] = b"PLAY:";
 const CLR: &[u8; 5] = b"CLR :";
 const MARK: &[u8; 5] = b"MARK:";
+const LIVE: &[u8; 5] = b"LIVE:";
 
 impl<'a> Message<'a> {
     /// Parses one datagram. Never panics, never allocates on success.
@@ -547,6 +581,7 @@ impl<'a> Message<'a> {
             PLAY => Play::parse_body(rest).map(Message::Play),
             CLR => Clear::parse_body(control_text("CLR", rest)?).map(Message::Clear),
             MARK => Mark::parse_body(control_text("MARK", rest)?).map(Message::Mark),
+            LIVE => Live::parse_body(control_text("LIVE", rest)?).map(Message::Live),
             other => Err(ParseError::UnknownCommand {
                 command: String::from_utf8_lossy(&other[..4]).into_owned(),
             }),
@@ -563,6 +598,7 @@ impl<'a> Message<'a> {
             Message::Play(m) => m.uuid,
             Message::Clear(m) => m.uuid,
             Message::Mark(m) => m.uuid,
+            Message::Live(m) => m.uuid,
         }
     }
 
@@ -614,6 +650,10 @@ impl<'a> Message<'a> {
             Message::Clear(clear) => {
                 out.extend_from_slice(CLR);
                 out.extend_from_slice(clear.uuid.as_str().as_bytes());
+            }
+            Message::Live(live) => {
+                out.extend_from_slice(LIVE);
+                out.extend_from_slice(live.uuid.as_str().as_bytes());
             }
             Message::Mark(mark) => {
                 if mark.wire_name.contains(':') || mark.wire_name.len() > MAX_MARK_NAME {
@@ -918,14 +958,23 @@ fn push_payload_type(out: &mut impl Out, payload_type: PayloadType) {
     push_decimal(out, usize::from(number));
 }
 
+/// The body of a message that is a UUID alone (`BYE`, `CLR`, `LIVE`).
+fn uuid_alone<'a>(text: &'a str, message: &'static str) -> Result<Uuid<'a>, ParseError> {
+    if text.contains(':') {
+        return Err(ParseError::TrailingFields { message });
+    }
+    Uuid::new(text)
+}
+
 impl<'a> Clear<'a> {
     fn parse_body(text: &'a str) -> Result<Self, ParseError> {
-        if text.contains(':') {
-            return Err(ParseError::TrailingFields { message: "CLR" });
-        }
-        Ok(Clear {
-            uuid: Uuid::new(text)?,
-        })
+        uuid_alone(text, "CLR").map(|uuid| Clear { uuid })
+    }
+}
+
+impl<'a> Live<'a> {
+    fn parse_body(text: &'a str) -> Result<Self, ParseError> {
+        uuid_alone(text, "LIVE").map(|uuid| Live { uuid })
     }
 }
 
@@ -963,12 +1012,7 @@ impl<'a> Mark<'a> {
 
 impl<'a> Bye<'a> {
     fn parse_body(text: &'a str) -> Result<Self, ParseError> {
-        if text.contains(':') {
-            return Err(ParseError::TrailingFields { message: "BYE" });
-        }
-        Ok(Bye {
-            uuid: Uuid::new(text)?,
-        })
+        uuid_alone(text, "BYE").map(|uuid| Bye { uuid })
     }
 }
 
@@ -1241,6 +1285,12 @@ mod tests {
             b"CLR :478525a8-8263-4550-b18c-d027d11c9865"
         );
         assert_eq!(Message::parse(&clear.to_vec().unwrap()).unwrap(), clear);
+        let live = Message::Live(Live { uuid });
+        assert_eq!(
+            live.to_vec().unwrap(),
+            b"LIVE:478525a8-8263-4550-b18c-d027d11c9865"
+        );
+        assert_eq!(Message::parse(&live.to_vec().unwrap()).unwrap(), live);
         let name = Extensions::escape("end of: greeting 100%");
         for cleared in [false, true] {
             let mark = Message::Mark(Mark {
@@ -1261,6 +1311,8 @@ mod tests {
             &b"PLAY:478525a8:x:00:1:a"[..],
             b"PLAY:478525a8:1:00:2:a",
             b"CLR :478525a8:x",
+            b"LIVE:478525a8:1",
+            b"LIVE:",
             b"MARK:478525a8",
             b"MARK:478525a8:n:played",
             b"MARK:478525a8:n:cleared:x",
@@ -1273,6 +1325,9 @@ mod tests {
         }
         let text = ExtensionsBuilder::new().rate(16000).play().build();
         assert!(Extensions::parse(&text).unwrap().play());
+        assert!(!Extensions::parse(&text).unwrap().live());
+        let text = ExtensionsBuilder::new().live().build();
+        assert!(Extensions::parse(&text).unwrap().live());
         assert!(!Extensions::NONE.play());
     }
 

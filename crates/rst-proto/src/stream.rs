@@ -98,6 +98,9 @@ pub struct StreamStats {
     pub frames_dropped_waiting: u64,
     /// Moves to another receiver of the pool.
     pub failovers: u64,
+    /// Times the receiver said that someone began to hear the call
+    /// ([`Stream::live_from`]), while it gathered frames.
+    pub heard: u64,
 }
 
 #[derive(Debug)]
@@ -201,6 +204,11 @@ pub struct Stream {
     frames_per_datagram: u32,
     /// DATA frames of each direction held to go as one datagram.
     gathered: [Gathered; 2],
+    /// Until when someone hears the call live, as its receiver last said
+    /// ([`Stream::live_from`]): frames go one to a datagram till then.
+    heard_until: Option<Instant>,
+    /// The INV said `live=1`: LIVE is taken ([`StreamStart::live`]).
+    live: bool,
 }
 
 /// Payload bytes one gathered DATA datagram carries at most: with its
@@ -280,6 +288,12 @@ pub struct StreamStart {
     /// does not mind, a live bot does). Held frames go before a key press,
     /// a new INV, a failover and the BYE.
     pub frames_per_datagram: u32,
+    /// With `frames_per_datagram` above 1 (DATA mode): gather only while
+    /// nobody hears the call live. The INV says `live=1`, and while the
+    /// receiver says LIVE ([`Stream::live_from`]) each frame goes at once:
+    /// a recording costs the fewer datagrams, a listener or a bot gets
+    /// audio in real time.
+    pub live: bool,
 }
 
 impl Stream {
@@ -292,12 +306,21 @@ impl Stream {
         // `:` would shift the INV's fields; a caller id never needs one.
         let clean = |text: &str| text.replace(':', "");
         let (caller, callee) = (clean(&start.caller), clean(&start.callee));
+        let frames_per_datagram = start.frames_per_datagram.max(1);
+        let live = start.live && start.mode == Mode::Data && frames_per_datagram > 1;
+        let extensions = match live {
+            true => crate::ExtensionsBuilder::new()
+                .raw(&start.extensions)
+                .live()
+                .build(),
+            false => start.extensions,
+        };
         let inv = encode_inv(
             &start.uuid,
             &caller,
             &callee,
             start.local_ports,
-            &start.extensions,
+            &extensions,
         )?;
         let leg = |n: u64| {
             let bits =
@@ -318,7 +341,7 @@ impl Stream {
             local_ports: start.local_ports,
             targets,
             current: 0,
-            extensions: start.extensions,
+            extensions,
             part: Continuation {
                 part: 1,
                 offset_ms: 0,
@@ -350,8 +373,10 @@ impl Stream {
             inv_sent_at: now,
             event_clock: start.event_clock.max(1),
             dtmf_sent: 0,
-            frames_per_datagram: start.frames_per_datagram.max(1),
+            frames_per_datagram,
             gathered: Default::default(),
+            heard_until: None,
+            live,
         };
         emit(Via::Control, stream.target(), &stream.inv);
         Ok(stream)
@@ -362,10 +387,31 @@ impl Stream {
     }
 
     /// Whether frames wait for others to go with them (DATA mode with
-    /// `frames_per_datagram` above 1): the call's audio is late by a frame's
-    /// time or more anyway.
+    /// `frames_per_datagram` above 1, while nobody hears the call live): the
+    /// call's audio is late by a frame's time or more anyway.
     pub fn gathers(&self) -> bool {
-        self.mode == Mode::Data && self.frames_per_datagram > 1
+        self.mode == Mode::Data && self.frames_per_datagram > 1 && self.heard_until.is_none()
+    }
+
+    /// The receiver says someone hears the call live (`LIVE`, from `from`):
+    /// a stream started with [`StreamStart::live`] sends what it holds now,
+    /// and each frame at once for the next [`crate::LIVE_HOLDS`] (the
+    /// receiver says it again before then while anyone hears). From another
+    /// address, or to a stream that did not ask, it changes nothing.
+    pub fn live_from(
+        &mut self,
+        from: SocketAddr,
+        now: Instant,
+        emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
+    ) {
+        if !self.live || !same_receiver(from, self.target()) || self.is_closing() {
+            return;
+        }
+        if self.heard_until.is_none() {
+            self.send_gathered(emit);
+            self.stats.heard += 1;
+        }
+        self.heard_until = Some(now + crate::LIVE_HOLDS);
     }
 
     /// The frames this stream puts in a DATA datagram: 1 when it sends each
@@ -714,6 +760,8 @@ impl Stream {
         self.stats.frames_dropped_waiting += self.pending.len() as u64;
         self.pending.clear();
         self.server_ports = None;
+        // Who hears the call there, the new receiver says.
+        self.heard_until = None;
         // The extensions were valid when given, and part/offset are digits:
         // the INV encodes; should it not, the last one stays (better than none).
         if let Ok(inv) = encode_inv(
@@ -818,6 +866,10 @@ impl Stream {
         now: Instant,
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) -> Option<Trouble> {
+        if self.heard_until.is_some_and(|until| now >= until) {
+            // Nobody heard of for a while: gather again.
+            self.heard_until = None;
+        }
         if self.can_fail_over()
             && self
                 .unacked_since
@@ -890,7 +942,7 @@ impl Stream {
     }
 
     /// When [`Stream::poll`] next has something to do: a retransmission,
-    /// or the INV's refresh.
+    /// the INV's refresh, or the end of a LIVE's hold.
     pub fn next_timeout(&self) -> Option<Instant> {
         let due = match self.state {
             State::Inviting { next, .. }
@@ -903,10 +955,10 @@ impl Stream {
             .unacked_since
             .filter(|_| self.can_fail_over())
             .map(|since| since + self.failover_after);
-        match (due, failover) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [due, failover, self.heard_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether an INV (the first, or a declaration) waits for its ACK.
@@ -931,7 +983,7 @@ impl Stream {
         emit: &mut dyn FnMut(Via, SocketAddr, &[u8]),
     ) {
         // Full: as many frames as asked, or no room for another like it.
-        let per_datagram = self.frames_per_datagram;
+        let per_datagram = self.frames_per_datagram();
         let full = |frames: u32, bytes: usize| {
             frames >= per_datagram || bytes + payload.len() > MAX_GATHERED_PAYLOAD
         };
@@ -1092,37 +1144,49 @@ mod tests {
 
     type Sent = Vec<(Via, SocketAddr, Vec<u8>)>;
 
+    const UUID: &str = "478525a8-8263-4550-b18c-d027d11c9865";
+
     fn start(mode: Mode, now: Instant) -> (Stream, Sent) {
-        start_as("478525a8-8263-4550-b18c-d027d11c9865", mode, now).unwrap()
+        start_as(UUID, mode, now).unwrap()
     }
 
     fn start_as(uuid: &str, mode: Mode, now: Instant) -> Result<(Stream, Sent), String> {
+        start_with(uuid, mode, now, |_| {})
+    }
+
+    fn start_with(
+        uuid: &str,
+        mode: Mode,
+        now: Instant,
+        change: impl FnOnce(&mut StreamStart),
+    ) -> Result<(Stream, Sent), String> {
         let mut sent = Sent::new();
-        let stream = Stream::start(
-            StreamStart {
-                uuid: uuid.into(),
-                caller: "1001".into(),
-                callee: "sip:1002".into(),
-                target: "127.0.0.1:9527".parse().unwrap(),
-                mode,
-                local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
-                    read: 5004,
-                    write: 5005,
-                }),
-                extensions: String::new(),
-                fallbacks: Vec::new(),
-                failover_after: Duration::from_millis(500),
-                retransmit: Duration::from_millis(100),
-                tries: 3,
-                max_pending: 2,
-                seed: 42,
-                refresh: None,
-                event_clock: 8000,
-                frames_per_datagram: 1,
-            },
-            now,
-            &mut |via, to, bytes| sent.push((via, to, bytes.to_vec())),
-        )?;
+        let mut start = StreamStart {
+            uuid: uuid.into(),
+            caller: "1001".into(),
+            callee: "sip:1002".into(),
+            target: "127.0.0.1:9527".parse().unwrap(),
+            mode,
+            local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
+                read: 5004,
+                write: 5005,
+            }),
+            extensions: String::new(),
+            fallbacks: Vec::new(),
+            failover_after: Duration::from_millis(500),
+            retransmit: Duration::from_millis(100),
+            tries: 3,
+            max_pending: 2,
+            seed: 42,
+            refresh: None,
+            event_clock: 8000,
+            frames_per_datagram: 1,
+            live: false,
+        };
+        change(&mut start);
+        let stream = Stream::start(start, now, &mut |via, to, bytes| {
+            sent.push((via, to, bytes.to_vec()))
+        })?;
         Ok((stream, sent))
     }
 
@@ -1601,6 +1665,99 @@ mod tests {
         assert_eq!(stream.stats.datagrams_sent, 6);
     }
 
+    /// A stream that gathers unless someone hears the call (`live`): its
+    /// INV says `live=1`; a LIVE from its receiver sends what is held at
+    /// once, then each frame alone, until LIVE_HOLDS pass with no other
+    /// LIVE; then it gathers again. A LIVE from elsewhere changes nothing.
+    #[test]
+    fn a_live_stream_sends_each_frame_at_once_while_its_receiver_says_live() {
+        let t0 = Instant::now();
+        let (mut stream, inv) = start_with(UUID, Mode::Data, t0, |start| {
+            start.frames_per_datagram = 3;
+            start.live = true;
+        })
+        .unwrap();
+        let inv = String::from_utf8(inv[0].2.clone()).unwrap();
+        assert!(inv.ends_with(":live=1"), "{inv}");
+        let receiver = stream.target();
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Sent::new()));
+        let mut emit = emitter(&sent);
+        stream.ack(None, &mut emit);
+        let frame = |stream: &mut Stream, k: u8, emit: &mut dyn FnMut(Via, SocketAddr, &[u8])| {
+            stream.frame(Direction::Read, 0, 160, &[k; 160], emit)
+        };
+        for k in 0..2 {
+            frame(&mut stream, k, &mut emit);
+        }
+        assert!(
+            sent.borrow().is_empty() && stream.gathers(),
+            "two of three held"
+        );
+        stream.live_from(addr("127.0.0.1:1"), t0, &mut emit);
+        assert!(
+            sent.borrow().is_empty() && stream.gathers(),
+            "LIVE from elsewhere"
+        );
+
+        let t1 = t0 + Duration::from_millis(40);
+        stream.live_from(receiver, t1, &mut emit);
+        assert!(!stream.gathers());
+        assert_eq!(stream.frames_per_datagram(), 1);
+        frame(&mut stream, 2, &mut emit);
+        frame(&mut stream, 3, &mut emit);
+        // Renewed before it ends, then not: it holds LIVE_HOLDS from the last.
+        let t2 = t1 + crate::LIVE_EVERY;
+        stream.live_from(receiver, t2, &mut emit);
+        assert_eq!(stream.next_timeout(), Some(t2 + crate::LIVE_HOLDS));
+        stream.poll(t2 + crate::LIVE_HOLDS - Duration::from_millis(1), &mut emit);
+        frame(&mut stream, 4, &mut emit);
+        stream.poll(t2 + crate::LIVE_HOLDS, &mut emit);
+        assert!(stream.gathers(), "gathers again");
+        for k in 5..8 {
+            frame(&mut stream, k, &mut emit);
+        }
+        let datagrams: Vec<Vec<u8>> = sent
+            .borrow()
+            .iter()
+            .map(|(_, to, bytes)| {
+                assert_eq!(*to, receiver);
+                match Message::parse(bytes).unwrap() {
+                    Message::Data(data) => data.payload.chunks(160).map(|f| f[0]).collect(),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(
+            datagrams,
+            [vec![0, 1], vec![2], vec![3], vec![4], vec![5, 6, 7]],
+            "the held frames at the LIVE, then one a datagram, then three"
+        );
+        assert_eq!(stream.stats.heard, 1);
+        assert_eq!(
+            (stream.stats.frames_sent, stream.stats.datagrams_sent),
+            (8, 5)
+        );
+    }
+
+    /// Without `live`, an INV says nothing of it and a LIVE changes nothing.
+    #[test]
+    fn a_stream_that_did_not_ask_ignores_live() {
+        let t0 = Instant::now();
+        for (frames, live) in [(3, false), (1, true)] {
+            let (mut stream, inv) = start_with(UUID, Mode::Data, t0, |start| {
+                start.frames_per_datagram = frames;
+                start.live = live;
+            })
+            .unwrap();
+            assert!(!String::from_utf8_lossy(&inv[0].2).contains("live="));
+            let gathers = stream.gathers();
+            let receiver = stream.target();
+            stream.live_from(receiver, t0, &mut |_, _, _| panic!("nothing to send"));
+            assert_eq!(stream.gathers(), gathers);
+            assert_eq!(stream.stats.heard, 0);
+        }
+    }
+
     #[test]
     fn only_a_data_stream_of_several_frames_per_datagram_gathers() {
         let t0 = Instant::now();
@@ -1683,6 +1840,7 @@ mod tests {
                 refresh: Some(Duration::from_secs(1)),
                 event_clock: 8000,
                 frames_per_datagram: 1,
+                live: false,
             },
             now,
             &mut emitter(&sent),

@@ -41,8 +41,9 @@
 //! - every call recorded completely: one record per call, ended by BYE, and
 //!   as many datagrams recorded as the module sent (none dropped, none failed).
 //!
-//! `RST_FS_BENCH_FRAMES=3` runs the rst phases with mod_rst's
-//! `frames-per-datagram = 3` (DATA frames three to a datagram).
+//! `RST_FS_BENCH_FRAMES` sets mod_rst's `frames-per-datagram` in the rst
+//! phases: `auto` (its default: three to a datagram, as nobody listens to
+//! the bench's calls), or 1 to 5.
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -605,9 +606,19 @@ fn main() {
     let calls = env_u64("RST_FS_BENCH_CALLS", 100);
     let window = Duration::from_secs(env_u64("RST_FS_BENCH_SECS", 60));
     let idle_window = Duration::from_secs(env_u64("RST_FS_BENCH_IDLE_SECS", 10));
-    // mod_rst's frames-per-datagram in the rst phases (1: its default).
-    let frames = env_u64("RST_FS_BENCH_FRAMES", 1);
-    let frames_per_datagram = frames.to_string();
+    // mod_rst's frames-per-datagram in the rst phases (`auto`: its default,
+    // three to a datagram here, where nobody listens).
+    let frames_per_datagram =
+        std::env::var("RST_FS_BENCH_FRAMES").unwrap_or_else(|_| "auto".to_owned());
+    let auto = frames_per_datagram.eq_ignore_ascii_case("auto");
+    let frames: u64 = match auto {
+        true => 3,
+        false => frames_per_datagram
+            .parse()
+            .ok()
+            .filter(|n| (1..=5).contains(n))
+            .expect("RST_FS_BENCH_FRAMES is auto or 1 to 5"),
+    };
     // Rounds of the phases, alternating; each figure is the median of the
     // rounds' (on a shared machine one round can be disturbed either way).
     let rounds = env_u64("RST_FS_BENCH_ROUNDS", 3).max(1);
@@ -854,6 +865,7 @@ fn main() {
         Figure::new("idle_seconds", idle_window.as_secs_f64(), "s"),
         Figure::new("calls", calls as f64, "calls"),
         Figure::new("frames_per_datagram", frames as f64, "frames"),
+        Figure::new("frames_auto", f64::from(u8::from(auto)), "bool"),
         Figure::new("window_seconds", window.as_secs_f64(), "s"),
         Figure::new("rounds", rounds as f64, "rounds"),
     ]);

@@ -1,7 +1,9 @@
 //! A call from mod_rst (in fs-testhost) that asks for a live stream by its
 //! channel variable `rst_stream`: the receiver streams it to a real WebSocket
 //! consumer in the `twilio` format, and what the consumer decodes is what
-//! the receiver recorded, sample for sample.
+//! the receiver recorded, sample for sample. With the module's default
+//! `frames-per-datagram` (`auto`) the streamed call's frames go one to a
+//! datagram once the receiver says LIVE, the call nobody hears three.
 
 mod common;
 
@@ -33,6 +35,15 @@ fn a_call_with_rst_stream_reaches_a_twilio_consumer_as_recorded() {
     host.ok(&format!("var {streamed} rst_stream=bot"));
     for u in [&streamed, &plain] {
         host.ok(&format!("app {u} rst"));
+    }
+    // The consumer took the streamed call: the receiver said LIVE to the module.
+    wait_for("a LIVE from the receiver", || {
+        let status = host.ok("api rst_status");
+        let counters: serde_json::Value =
+            serde_json::from_str(status["output"].as_str()?.trim()).ok()?;
+        (counters["lives_received"].as_u64()? >= 1).then_some(())
+    });
+    for u in [&streamed, &plain] {
         host.ok(&format!("media {u} 1 read_hz=1000 write_hz=500"));
     }
     host.ok("wait");
@@ -44,7 +55,18 @@ fn a_call_with_rst_stream_reaches_a_twilio_consumer_as_recorded() {
         receiver.record(&plain).get("streams").is_none(),
         "only the call that asked"
     );
+    let plain = receiver.record(&plain);
     finish(host);
+    for dir in ["R", "W"] {
+        let datagrams = |record: &serde_json::Value| record["directions"][dir]["packets"].clone();
+        assert_eq!(
+            datagrams(&record),
+            50,
+            "heard: a frame a datagram: {record}"
+        );
+        let gathered = datagrams_by_default(50, 160);
+        assert_eq!(datagrams(&plain), gathered, "unheard: three: {plain}");
+    }
     let stream = &record["streams"][0];
     assert_eq!(stream["profile"], "bot", "{record}");
     assert_eq!(stream["dropped_ms"], 0, "{record}");

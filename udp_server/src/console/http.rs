@@ -545,7 +545,7 @@ mod tests {
             duration: 0.0,
         };
         let calls: Vec<_> = (0..MAX_METERED_CALLS as u64 + 10)
-            .map(|n| live.open(n, info(n), None))
+            .map(|n| live.open(n, info(n), None, None))
             .collect();
         let watch = |metered| Watch {
             live: live.clone(),

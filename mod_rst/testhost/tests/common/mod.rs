@@ -477,6 +477,15 @@ pub fn tone_sample(hz: f64, amplitude: f64, rate: u32, n: u64) -> i16 {
 
 /// The tones the tests send: whole periods of one second, so that every frame
 /// of a second differs and a lost, repeated or reordered frame shows.
+/// The DATA datagrams `frames` frames of `bytes` each go in at the module's
+/// default `frames-per-datagram` (`auto`, nobody listening): three to a
+/// datagram (mod_rst's `config::AUTO_FRAMES`), as many as fit in
+/// `MAX_GATHERED_PAYLOAD` bytes.
+pub fn datagrams_by_default(frames: u64, bytes: usize) -> u64 {
+    let fit = (rst_proto::stream::MAX_GATHERED_PAYLOAD / bytes).clamp(1, 3);
+    frames.div_ceil(fit as u64)
+}
+
 pub const READ_HZ: f64 = 1013.0;
 pub const WRITE_HZ: f64 = 487.0;
 
