@@ -214,8 +214,9 @@ pub struct Counters {
     pub invs_unacknowledged: AtomicU64,
     pub byes_unacknowledged: AtomicU64,
     pub acks_received: AtomicU64,
-    /// LIVE from a call's receiver (someone hears the call: its frames go
-    /// one to a datagram while `frames-per-datagram` is `auto`).
+    /// LIVE for a call of this module (someone hears the call: its frames go
+    /// one to a datagram while `frames-per-datagram` is `auto`; taken only
+    /// from the call's receiver).
     pub lives_received: AtomicU64,
     /// Calls moved to another receiver of the pool.
     pub failovers: AtomicU64,
