@@ -1175,6 +1175,60 @@ mod tests {
         assert_eq!(gathering.fewest(), 1);
     }
 
+    /// A stream of `frames-per-datagram = auto` goes from three frames a
+    /// datagram to one at its receiver's LIVE and back when that ends: the
+    /// thread's sleep (`Gathering`) follows, through `drive`.
+    #[test]
+    fn the_sleep_follows_a_stream_that_its_receiver_says_is_heard() {
+        let now = Instant::now();
+        let receiver: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let start = StreamStart {
+            uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+            caller: "1001".into(),
+            callee: "1002".into(),
+            target: receiver,
+            mode: Mode::Data,
+            local_ports: None,
+            extensions: String::new(),
+            fallbacks: Vec::new(),
+            failover_after: Duration::from_millis(500),
+            retransmit: Duration::from_millis(200),
+            tries: 6,
+            max_pending: 50,
+            seed: 1,
+            refresh: None,
+            event_clock: 8000,
+            frames_per_datagram: crate::config::AUTO_FRAMES,
+            live: true,
+        };
+        let stream = Stream::start(start, now, &mut |_, _, _| {}).unwrap();
+        let mut control = Control::default();
+        control.gathering.add(stream.frames_per_datagram());
+        let mut entry = Live {
+            stream,
+            rtp: None,
+            hex: None,
+            play: None,
+            play_later: None,
+            pieces: Pieces::default(),
+        };
+        let counters = Counters::default();
+        assert_eq!(control.gathering.fewest(), 3);
+        drive(&mut entry, &mut control, &counters, |stream, emit| {
+            stream.live_from(receiver, now, emit)
+        });
+        assert_eq!(control.gathering.fewest(), 1, "heard: each frame at once");
+        let ended = now + rst_proto::LIVE_HOLDS;
+        drive(&mut entry, &mut control, &counters, |stream, emit| {
+            stream.poll(ended, emit)
+        });
+        assert_eq!(
+            control.gathering.fewest(),
+            3,
+            "no LIVE for a while: gathers"
+        );
+    }
+
     #[test]
     fn a_frame_over_the_inline_size_goes_in_pieces_and_comes_back_whole() {
         let (sender, mut commands) = channel(16);
