@@ -153,6 +153,9 @@ pub struct LiveCall {
     /// some 30 KiB) would otherwise be most of an unheard call's memory.
     events: OnceLock<broadcast::Sender<LiveEvent>>,
     listeners: std::sync::atomic::AtomicUsize,
+    /// Subscribers that only meter the call's levels (the console's list):
+    /// they need no real time, so they do not make the call heard.
+    meters: std::sync::atomic::AtomicUsize,
     /// Where audio back goes, when the call's sender can play (`play=1`).
     play: Option<PlayTarget>,
     /// Started by the first consumer that speaks.
@@ -247,19 +250,42 @@ impl LiveCall {
         change(&mut self.info.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Everything published from now on. The first subscriber tells a
-    /// sender that gathers frames to send them at once ([`TellLive`]).
+    /// Everything published from now on, as it comes: the first such
+    /// subscriber tells a sender that gathers frames to send them at once
+    /// ([`TellLive`]).
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
-        let events = self
-            .events
-            .get_or_init(|| broadcast::channel(EVENTS_PER_CALL).0);
-        let subscriber = events.subscribe();
-        if events.receiver_count() == 1 {
+        let subscriber = self.events().subscribe();
+        if self.heard() && self.hearers() == 1 {
             if let Some(tell) = &self.tell_live {
                 tell.send();
             }
         }
         subscriber
+    }
+
+    /// Everything published from now on, for level meters, which do not
+    /// mind audio that comes a few frames at a time: the call is not heard
+    /// for it (no LIVE) while the guard lives.
+    pub fn subscribe_to_meter(self: &Arc<Self>) -> (broadcast::Receiver<LiveEvent>, MeterGuard) {
+        self.meters.fetch_add(1, Relaxed);
+        (self.events().subscribe(), MeterGuard(self.clone()))
+    }
+
+    fn events(&self) -> &broadcast::Sender<LiveEvent> {
+        self.events
+            .get_or_init(|| broadcast::channel(EVENTS_PER_CALL).0)
+    }
+
+    /// Subscribers that hear the call as it comes (not only meter it).
+    fn hearers(&self) -> usize {
+        let subscribers = self.events.get().map_or(0, |e| e.receiver_count());
+        subscribers.saturating_sub(self.meters.load(Relaxed))
+    }
+
+    /// Whether anyone hears the call as it comes: its sender, if it gathers
+    /// frames, is told LIVE.
+    fn heard(&self) -> bool {
+        self.hearers() > 0
     }
 
     /// Whether anyone hears this call: frames are built only then.
@@ -286,6 +312,17 @@ impl LiveCall {
 
 #[derive(Debug)]
 pub struct ListenerGuard(Arc<LiveCall>);
+
+/// Counts a meter's subscription ([`LiveCall::subscribe_to_meter`]) for as
+/// long as it lives: drop it with the subscription.
+#[derive(Debug)]
+pub struct MeterGuard(Arc<LiveCall>);
+
+impl Drop for MeterGuard {
+    fn drop(&mut self) {
+        self.0.meters.fetch_sub(1, Relaxed);
+    }
+}
 
 impl Drop for ListenerGuard {
     fn drop(&mut self) {
@@ -335,6 +372,7 @@ impl LiveCalls {
             started: Instant::now(),
             events: OnceLock::new(),
             listeners: Default::default(),
+            meters: Default::default(),
             play,
             player: OnceLock::new(),
             ended: CancellationToken::new(),
@@ -357,7 +395,7 @@ impl LiveCalls {
             let heard: Vec<Arc<LiveCall>> = self
                 .lock()
                 .values()
-                .filter(|live| live.tell_live.is_some() && live.wanted())
+                .filter(|live| live.tell_live.is_some() && live.heard())
                 .cloned()
                 .collect();
             for live in heard {
@@ -420,5 +458,62 @@ impl LiveCalls {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, Arc<LiveCall>>> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call whose sender gathers frames: a meter's subscription (the
+    /// console's list) does not tell it LIVE, nor keep it heard; a
+    /// subscriber that hears the call does, at once.
+    #[tokio::test]
+    async fn only_a_subscriber_that_hears_the_call_tells_its_sender_live() {
+        let receiver = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // As the receiver's socket is once it has run: known writable
+        // (`try_send_to` sends only then).
+        receiver.writable().await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let calls = LiveCalls::new(receiver, metrics.clone(), 0);
+        let info = CallInfo {
+            uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+            caller: None,
+            callee: None,
+            call_id: None,
+            tap: None,
+            sender: sender.local_addr().unwrap().to_string(),
+            mode: "data",
+            start: OffsetDateTime::UNIX_EPOCH,
+            streams: Vec::new(),
+            listeners: 0,
+            duration: 0.0,
+        };
+        let call = calls.open(1, info, None, Some(sender.local_addr().unwrap()));
+
+        let meter = call.subscribe_to_meter();
+        assert!(call.wanted(), "its frames are built for the meter");
+        assert!(!call.heard());
+        assert_eq!(metrics.lives_sent.load(Relaxed), 0);
+
+        let hearer = call.subscribe();
+        assert!(call.heard());
+        let mut datagram = [0u8; 64];
+        let wait = Duration::from_secs(30);
+        let (len, _) = tokio::time::timeout(wait, sender.recv_from(&mut datagram))
+            .await
+            .expect("LIVE within 30 s")
+            .unwrap();
+        assert_eq!(
+            &datagram[..len],
+            b"LIVE:478525a8-8263-4550-b18c-d027d11c9865"
+        );
+        assert_eq!(metrics.lives_sent.load(Relaxed), 1);
+
+        drop(hearer);
+        assert!(!call.heard(), "the meter alone");
+        drop(meter);
+        assert!(!call.wanted());
     }
 }

@@ -22,7 +22,7 @@ use super::audio::{envelope, Meter};
 use super::index::Query as Search;
 use super::{session_cookie, session_label, COOKIE, SESSION_MAX};
 use crate::http::HttpState;
-use crate::live::{LiveCall, LiveCalls, LiveEvent};
+use crate::live::{LiveCall, LiveCalls, LiveEvent, MeterGuard};
 
 const INDEX_HTML: &str = include_str!("../../console/index.html");
 const LOGIN_HTML: &str = include_str!("../../console/login.html");
@@ -272,7 +272,7 @@ struct Watch {
 struct Watched {
     call: Arc<LiveCall>,
     /// The call's audio and its meters, when this console meters it.
-    heard: Option<(broadcast::Receiver<LiveEvent>, [Meter; 2])>,
+    heard: Option<(broadcast::Receiver<LiveEvent>, [Meter; 2], MeterGuard)>,
 }
 
 impl Watch {
@@ -294,12 +294,13 @@ impl Watch {
             };
             // Calls ending make room for later ones.
             if n < self.metered && watched.heard.is_none() {
-                watched.heard = Some((watched.call.subscribe(), [Meter::default(); 2]));
+                let (events, guard) = watched.call.subscribe_to_meter();
+                watched.heard = Some((events, [Meter::default(); 2], guard));
             }
             let mut call = serde_json::to_value(&info).unwrap_or_default();
             call["media"] = serde_json::to_value(watched.call.media()).unwrap_or_default();
             call["levels"] = match &mut watched.heard {
-                Some((events, meters)) => {
+                Some((events, meters, _)) => {
                     loop {
                         match events.try_recv() {
                             Ok(LiveEvent::Audio(frame)) => {
