@@ -1818,35 +1818,68 @@ mod tests {
 
     /// A stream over a pool of A, B and C, refreshing every second.
     fn start_pooled(mode: Mode, now: Instant) -> (Stream, std::rc::Rc<std::cell::RefCell<Sent>>) {
+        start_pooled_with(mode, now, |_| {})
+    }
+
+    fn start_pooled_with(
+        mode: Mode,
+        now: Instant,
+        change: impl FnOnce(&mut StreamStart),
+    ) -> (Stream, std::rc::Rc<std::cell::RefCell<Sent>>) {
         let sent = std::rc::Rc::new(std::cell::RefCell::new(Sent::new()));
-        let stream = Stream::start(
-            StreamStart {
-                uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
-                caller: "1001".into(),
-                callee: "1002".into(),
-                target: A.parse().unwrap(),
-                mode,
-                local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
-                    read: 5004,
-                    write: 5005,
-                }),
-                extensions: "call-id=x".into(),
-                fallbacks: vec![B.parse().unwrap(), C.parse().unwrap()],
-                failover_after: Duration::from_millis(500),
-                retransmit: Duration::from_millis(100),
-                tries: 3,
-                max_pending: 10,
-                seed: 42,
-                refresh: Some(Duration::from_secs(1)),
-                event_clock: 8000,
-                frames_per_datagram: 1,
-                live: false,
-            },
-            now,
-            &mut emitter(&sent),
-        )
-        .unwrap();
+        let mut start = StreamStart {
+            uuid: "478525a8-8263-4550-b18c-d027d11c9865".into(),
+            caller: "1001".into(),
+            callee: "1002".into(),
+            target: A.parse().unwrap(),
+            mode,
+            local_ports: (mode == Mode::Rtp).then_some(RtpPorts {
+                read: 5004,
+                write: 5005,
+            }),
+            extensions: "call-id=x".into(),
+            fallbacks: vec![B.parse().unwrap(), C.parse().unwrap()],
+            failover_after: Duration::from_millis(500),
+            retransmit: Duration::from_millis(100),
+            tries: 3,
+            max_pending: 10,
+            seed: 42,
+            refresh: Some(Duration::from_secs(1)),
+            event_clock: 8000,
+            frames_per_datagram: 1,
+            live: false,
+        };
+        change(&mut start);
+        let stream = Stream::start(start, now, &mut emitter(&sent)).unwrap();
         (stream, sent)
+    }
+
+    /// Who hears a call is its receiver's to say: after a failover the old
+    /// receiver's LIVE holds no more and is not taken; the new one's is.
+    #[test]
+    fn a_live_hold_ends_with_a_failover_and_only_the_new_receiver_renews_it() {
+        let t0 = Instant::now();
+        let (mut stream, sent) = start_pooled_with(Mode::Data, t0, |start| {
+            start.frames_per_datagram = 3;
+            start.live = true;
+        });
+        let mut emit = emitter(&sent);
+        assert!(invs_to(&sent)[0].1.ends_with(":live=1"));
+        stream.ack_from(addr(A), None, &mut emit);
+        stream.live_from(addr(A), t0, &mut emit);
+        assert!(!stream.gathers());
+        stream
+            .unreachable(addr(A), t0, &mut emit)
+            .expect("failed over");
+        assert_eq!(stream.target(), addr(B));
+        assert!(stream.gathers(), "the new receiver has not said LIVE");
+        let (_, inv) = invs_to(&sent).pop().unwrap();
+        assert!(inv.contains(":live=1"), "{inv}");
+        stream.live_from(addr(A), t0, &mut emit);
+        assert!(stream.gathers(), "the old receiver's LIVE is not taken");
+        stream.live_from(addr(B), t0, &mut emit);
+        assert!(!stream.gathers());
+        assert_eq!(stream.stats.heard, 2);
     }
 
     fn addr(text: &str) -> SocketAddr {
