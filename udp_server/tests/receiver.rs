@@ -367,6 +367,31 @@ fn malformed_datagrams_are_counted_by_kind_and_harm_no_call() {
     receiver.stop();
 }
 
+/// What only a receiver sends (LIVE, PLAY, CLR) sent to it is refused,
+/// counted, and harms no call.
+#[test]
+fn what_only_a_receiver_sends_is_refused_and_harms_no_call() {
+    let mut receiver = Receiver::start();
+    let mut sender = Sender::new(receiver.addr);
+    let id = uuid(14);
+    sender.inv(&id, "alice", "bob");
+    sender.send_raw(format!("LIVE:{id}").as_bytes());
+    sender.send_raw(format!("CLR :{id}").as_bytes());
+    sender.send_raw(format!("PLAY:{id}:0:10:2:ab").as_bytes());
+    sender.data(&id, Read, 0, &[0xFFu8; 160]);
+    sender.bye(&id);
+    let record = receiver.wait_records(1).pop().unwrap();
+    assert_eq!(record["directions"]["R"]["samples"], 160, "{record}");
+    assert_eq!(record["end_reason"], "bye", "{record}");
+    assert_eq!(
+        receiver.counter("rst_refused_total{reason=\"unexpected\"}"),
+        3
+    );
+    assert_eq!(receiver.counter("rst_messages_total{command=\"live\"}"), 1);
+    assert_eq!(sender.receive(), None, "nothing answers them");
+    receiver.stop();
+}
+
 #[test]
 fn a_flood_of_inv_stops_at_max_calls() {
     let mut receiver = Receiver::with(Settings {
