@@ -255,7 +255,7 @@ impl LiveCall {
     /// ([`TellLive`]).
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         let subscriber = self.events().subscribe();
-        if self.heard() && self.hearers() == 1 {
+        if self.hearers() == 1 {
             if let Some(tell) = &self.tell_live {
                 tell.send();
             }
