@@ -425,7 +425,7 @@ impl CallRecording {
                     .bare = Some(path);
             }
         }
-        let mut result = self.write_provisional_record();
+        let mut result = self.record.write_provisional();
         for lane in &mut self.lanes {
             let stats = self.record.directions.get_mut(lane.direction.as_str());
             let stats = stats.expect("both directions");
@@ -508,7 +508,7 @@ impl CallRecording {
     pub fn identify(&mut self, caller: &str, callee: &str) {
         self.record.caller = Some(caller.to_owned());
         self.record.callee = Some(callee.to_owned());
-        let result = self.write_provisional_record();
+        let result = self.record.write_provisional();
         self.check(result, "update the record", None);
     }
 
@@ -986,7 +986,9 @@ impl CallRecording {
                 self.record.stereo = Some(path.clone());
                 path
             });
-            let created = write_json(&part_path(&self.record.record), &self.record)
+            let created = self
+                .record
+                .write_provisional()
                 .and_then(|()| WavFile::create(path, 1, rate));
             match created {
                 Ok(wav) => lane.wav = Some(wav),
@@ -1066,10 +1068,6 @@ impl CallRecording {
         result
     }
 
-    fn write_provisional_record(&self) -> io::Result<()> {
-        write_json(&part_path(&self.record.record), &self.record)
-    }
-
     fn check(&mut self, result: io::Result<()>, what: &str, metrics: Option<&Metrics>) {
         let Err(error) = result else { return };
         if let Some(metrics) = metrics {
@@ -1131,8 +1129,9 @@ fn write_raw(
                 reason,
             });
             // Named before it is made ([`CallRecording::create_first_files`]).
-            let created =
-                write_json(&part_path(&record.record), record).and_then(|()| RawFile::create(path));
+            let created = record
+                .write_provisional()
+                .and_then(|()| RawFile::create(path));
             match created {
                 Ok(file) => lane.raw.push((pt, file)),
                 Err(error) => {
@@ -1279,6 +1278,15 @@ pub fn write_record(record: &CallRecord) -> io::Result<()> {
     match std::fs::remove_file(part_path(&record.record)) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
+    }
+}
+
+impl CallRecord {
+    /// Writes the record as it stands beside the call's files (`.json.part`),
+    /// whole or not at all: what the next start completes should the
+    /// receiver die first.
+    fn write_provisional(&self) -> io::Result<()> {
+        write_json(&part_path(&self.record), self)
     }
 }
 
